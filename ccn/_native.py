@@ -1,0 +1,32 @@
+"""The one place that imports the private extension module ``ccn._core``.
+
+The default build links the BLAS from the ``scipy-openblas32`` wheel. It is loaded here
+first, with RTLD_GLOBAL, so the extension finds it however ccn was installed (wheel,
+editable, or an in-place developer build).
+"""
+
+import ctypes
+import os
+
+from .errors import CcnRuntimeError
+
+
+def _preload_blas():
+    try:
+        import scipy_openblas32
+    except ImportError:  # a build against a system BLAS or MKL needs no preload
+        return
+    lib = os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(fullname=True))
+    ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+
+
+_preload_blas()
+try:
+    from . import _core as core  # noqa: E402
+except ImportError as e:  # pragma: no cover - depends on the installation
+    raise CcnRuntimeError(
+        f"the ccn native core could not be loaded ({e}). Reinstall ccn with "
+        "`pip install .` (or `pip install -e .`) so that the C++ extension is built."
+    ) from e
+
+__all__ = ["core"]

@@ -1,0 +1,50 @@
+"""`ccn info`: version, compiled backends, BLAS, threads and GPUs."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+
+def gather() -> dict:
+    from .._native import core
+    from .. import __version__
+
+    b = core.build_info()
+    return {
+        "version": __version__,
+        "backends": list(b["backends"]),
+        "blas": b["blas"],
+        "blas_config": b["blas_config"].strip(),
+        "blas_threads": b["blas_threads"],
+        "omp_threads": b["omp_threads"],
+        "cpu_count": os.cpu_count(),
+        "compiler": b.get("compiler", ""),
+        "cuda_status": core.cuda_status(),
+        "gpus": list(core.cuda_devices()),
+    }
+
+
+@click.command()
+@click.option("--json", "json_out", is_flag=True, envvar="CCN_INFO_JSON", help="Print machine-readable JSON.")
+def info(json_out):
+    """Show the version, backends, BLAS, threads and visible GPUs."""
+    d = gather()
+    if json_out:
+        import json
+
+        click.echo(json.dumps(d, indent=2))
+        return
+    click.echo(f"ccn {d['version']}")
+    click.echo(f"backends compiled in: {', '.join(d['backends'])}")
+    click.echo(f"BLAS: {d['blas']} ({d['blas_config']}), {d['blas_threads']} threads")
+    click.echo(f"OpenMP threads: {d['omp_threads']} (of {d['cpu_count']} CPUs)")
+    if "cuda" in d["backends"]:
+        click.echo(f"CUDA: {d['cuda_status']}")
+    if d["gpus"]:
+        for g in d["gpus"]:
+            cc = ".".join(str(x) for x in g["compute_capability"])
+            click.echo(f"GPU {g['index']}: {g['name']}, {g['memory_bytes'] / 2**30:.1f} GiB, compute capability {cc}")
+    else:
+        click.echo("GPU: no GPU" + ("" if "cuda" in d["backends"] else " (CUDA backend not compiled in)"))

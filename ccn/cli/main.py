@@ -1,0 +1,83 @@
+"""`ccn`: the Click group, error handling and command registry.
+
+Errors: a :class:`ccn.errors.CcnError` is printed as one paragraph (``error: ...``) and the
+process exits with its ``exit_code`` (2 for usage, config and input, 1 for runtime).
+Anything else is a bug: one line naming it, exit 1. ``--debug`` (or ``CCN_DEBUG=1``) shows
+the traceback instead. Every option can also be set as ``CCN_<COMMAND>_<OPTION>``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+
+import click
+
+from .. import __version__
+from ..errors import CcnError
+
+# name -> "module:function"; a command is listed here only once it works.
+COMMANDS = {
+    "info": "ccn.cli.info:info",
+}
+
+
+class CcnGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CcnError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            _print_error(str(e))
+            ctx.exit(e.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            _print_error("interrupted.")
+            ctx.exit(130)
+        except Exception as e:  # a bug in ccn
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            _print_error(f"internal error: {type(e).__name__}: {e}. This is a bug in ccn; rerun with --debug "
+                         "for the traceback and report it.")
+            ctx.exit(1)
+
+
+def _print_error(msg: str) -> None:
+    click.echo(f"error: {msg}", err=True)
+
+
+@click.group(cls=CcnGroup, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "CCN"})
+@click.version_option(__version__, "--version", prog_name="ccn")
+@click.option("--debug", is_flag=True, envvar="CCN_DEBUG", help="Show Python tracebacks on errors.")
+@click.pass_context
+def cli(ctx, debug):
+    """ccn: train cuda-convnet nets from their layer files, on CPUs and GPUs."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def main(argv=None):
+    try:
+        cli.main(args=argv, prog_name="ccn", standalone_mode=True, auto_envvar_prefix="CCN")
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        # Click exits 2 for usage errors already; keep it.
+        sys.exit(code)
+
+
+if __name__ == "__main__":  # python -m ccn.cli.main
+    main()

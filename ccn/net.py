@@ -1,0 +1,189 @@
+"""ccn.Net: a net built from cuda-convnet layer files, with NumPy access to everything.
+
+Layout of every array that crosses this API: activations are ``cases x (C*H*W)`` float32
+(channels slowest, x fastest within a case); weights keep cuda-convnet's matrix shapes
+(conv: ``filterSize^2*filterChannels x filters``, fc: ``inputs x outputs``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._native import core
+from .errors import ConfigError, InputError
+from .netfiles import read_text
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    type: str
+    inputs: list[str]
+    shape: tuple[int, int, int]  # channels, rows, cols per case
+    weights: list[str]
+    biases: str | None
+    flops_per_case: float
+    neuron: str
+    is_cost: bool
+    data_idx: int
+
+    @property
+    def outputs(self) -> int:
+        c, h, w = self.shape
+        return c * h * w
+
+
+@dataclass
+class ParamInfo:
+    name: str
+    layer: str
+    shape: tuple[int, int]
+    is_bias: bool
+    init_std: float
+    init_value: float
+    init_func: str
+    eps: str
+    mom: float
+    wc: float
+    wball: float
+    update_period: int
+    shared_by: int
+    passes: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def _dims(data_dims) -> dict[int, tuple[int, int, int]]:
+    out = {}
+    for k, v in (data_dims or {}).items():
+        if isinstance(v, (int, np.integer)):
+            out[int(k)] = (int(v), 1, 1)
+        else:
+            v = tuple(int(x) for x in v)
+            if len(v) != 3:
+                raise InputError(f"data dims for dataIdx {k} must be an int or (channels, rows, cols), got {v}.")
+            out[int(k)] = v
+    return out
+
+
+class Net:
+    """A net from a layer-definition file and (optionally) a layer-params file.
+
+    ``data_dims`` maps each ``dataIdx`` to its per-case shape, e.g. ``{0: (3, 32, 32), 1: 1}``.
+    Without a params file the learning hyper-parameters are zero (inspection only).
+    """
+
+    def __init__(self, layers: str, params: str | None = None, data_dims=None, seed: int = 0,
+                 layers_text: str | None = None, params_text: str | None = None, init: bool = True):
+        if layers_text is None:
+            layers_text = read_text(layers, "layer-definition file")
+        if params is not None and params_text is None:
+            params_text = read_text(params, "layer-params file")
+        self.layers_path = layers
+        self.params_path = params
+        self.layers_text = layers_text
+        self.params_text = params_text or ""
+        self.data_dims = _dims(data_dims)
+        self._net = core.Net(layers_text, layers, self.params_text, params or "", self.data_dims)
+        self._net.seed = int(seed)
+        self.seed = int(seed)
+        if init:
+            self.init_weights(seed)
+
+    # ---- structure -------------------------------------------------------------------
+    @property
+    def layers(self) -> list[LayerInfo]:
+        return [LayerInfo(**d) for d in self._net.layers()]
+
+    def layer(self, name: str) -> LayerInfo:
+        for info in self.layers:
+            if info.name == name:
+                return info
+        raise InputError(f"no layer named '{name}'; layers: {', '.join(l.name for l in self.layers)}.")
+
+    @property
+    def params(self) -> list[ParamInfo]:
+        return [ParamInfo(**d) for d in self._net.params()]
+
+    @property
+    def gpus_needed(self) -> int:
+        return self._net.gpus_needed
+
+    def cost_layers(self) -> list[str]:
+        return [l.name for l in self.layers if l.is_cost]
+
+    # ---- parameters ------------------------------------------------------------------
+    def get(self, name: str, which: str = "w") -> np.ndarray:
+        return self._net.get(name, which)
+
+    def set(self, name: str, array, which: str = "w") -> None:
+        self._net.set(name, np.ascontiguousarray(array, dtype=np.float32), which)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return {p.name: self.get(p.name) for p in self.params}
+
+    def init_weights(self, seed: int = 0) -> None:
+        """N(0, initW^2) weights and constant initB biases, or the user's initWFunc/initBFunc."""
+        rng = np.random.default_rng(seed)
+        for p in self.params:
+            if p.init_func:
+                arr = self._call_init_func(p)
+            elif p.is_bias:
+                arr = np.full(p.shape, p.init_value, dtype=np.float32)
+            else:
+                arr = (rng.standard_normal(p.shape) * p.init_std).astype(np.float32)
+            self.set(p.name, arr)
+
+    def _call_init_func(self, p: ParamInfo) -> np.ndarray:
+        m = re.fullmatch(r"\s*([\w.]+)\.(\w+)\s*(?:\((.*)\))?\s*", p.init_func)
+        key = "initBFunc" if p.is_bias else "initWFunc"
+        if not m:
+            raise ConfigError(f"layer '{p.layer}', key '{key}': expected module.function(args), found '{p.init_func}'.")
+        module, func, args = m.group(1), m.group(2), m.group(3)
+        try:
+            fn = getattr(importlib.import_module(module), func)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"layer '{p.layer}', key '{key}': cannot load '{module}.{func}' ({e}).") from e
+        params = [a.strip() for a in args.split(",")] if args and args.strip() else []
+        idx = int(re.search(r"\[(\d+)\]", p.name).group(1)) if "[" in p.name else 0
+        arr = np.asarray(fn(p.layer, idx, p.shape, params), dtype=np.float32)
+        if arr.size != p.shape[0] * p.shape[1]:
+            raise ConfigError(f"layer '{p.layer}', key '{key}': {module}.{func} returned shape {arr.shape}, "
+                              f"expected {p.shape}.")
+        return arr.reshape(p.shape)
+
+    # ---- running ---------------------------------------------------------------------
+    def _data(self, data) -> list:
+        if isinstance(data, dict):
+            n = max(data) + 1 if data else 0
+            return [np.ascontiguousarray(data[i], dtype=np.float32) if i in data else None for i in range(n)]
+        return [None if d is None else np.ascontiguousarray(d, dtype=np.float32) for d in data]
+
+    def forward(self, data, train: bool = False) -> None:
+        self._net.fprop(self._data(data), train)
+
+    def backward(self, seeds: dict | None = None) -> None:
+        self._net.bprop({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in (seeds or {}).items()})
+
+    def update(self, progress: float, minibatch: int) -> None:
+        self._net.update(progress, minibatch)
+
+    def train_step(self, data, progress: float, minibatch: int) -> list[dict]:
+        return self._net.train_step(self._data(data), progress, minibatch)
+
+    def output(self, layer: str) -> np.ndarray:
+        return self._net.output(layer)
+
+    def output_grad(self, layer: str) -> np.ndarray:
+        return self._net.output_grad(layer)
+
+    def costs(self) -> list[dict]:
+        return self._net.costs()
+
+    def reload_params(self, params: str, params_text: str | None = None) -> None:
+        text = params_text if params_text is not None else read_text(params, "layer-params file")
+        self._net.reload_params(text, params)
+        self.params_path, self.params_text = params, text

@@ -1,0 +1,68 @@
+// ccn/native/core/tensor.h: the one array type of the CPU core.
+//
+// A Mat is a dense row-major float32 matrix (rows x cols) in 64-byte aligned memory.
+// Layout conventions used everywhere in ccn:
+//   - activations and their gradients: rows = cases (the minibatch), cols = C*H*W with
+//     x fastest, then y, then channel ("NCHW", case slowest);
+//   - weights keep cuda-convnet's matrix shapes (see each layer file), so checkpoints and
+//     NumPy views read the same way as in the original.
+#pragma once
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <utility>
+
+#include "core/error.h"
+
+namespace ccn {
+
+struct AlignedFree {
+  void operator()(float* p) const { std::free(p); }
+};
+
+class Mat {
+ public:
+  Mat() = default;
+  Mat(int64_t rows, int64_t cols) { resize(rows, cols); }
+
+  void resize(int64_t rows, int64_t cols) {
+    CCN_CHECK(rows >= 0 && cols >= 0);
+    if (rows * cols > capacity_) {
+      size_t bytes = ((size_t)(rows * cols) * sizeof(float) + 63) / 64 * 64;
+      float* p = static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
+      if (!p) runtime_error("out of memory allocating ", bytes, " bytes");
+      data_.reset(p);
+      capacity_ = rows * cols;
+    }
+    rows_ = rows;
+    cols_ = cols;
+  }
+  void zero() {
+    if (size()) std::memset(data_.get(), 0, (size_t)size() * sizeof(float));
+  }
+  void fill(float v) {
+    float* p = data();
+    for (int64_t i = 0; i < size(); ++i) p[i] = v;
+  }
+  void copy_from(const Mat& o) {
+    resize(o.rows(), o.cols());
+    if (size()) std::memcpy(data(), o.data(), (size_t)size() * sizeof(float));
+  }
+
+  int64_t rows() const { return rows_; }
+  int64_t cols() const { return cols_; }
+  int64_t size() const { return rows_ * cols_; }
+  float* data() { return data_.get(); }
+  const float* data() const { return data_.get(); }
+  float* row(int64_t r) { return data_.get() + r * cols_; }
+  const float* row(int64_t r) const { return data_.get() + r * cols_; }
+  float& at(int64_t r, int64_t c) { return data_.get()[r * cols_ + c]; }
+  float at(int64_t r, int64_t c) const { return data_.get()[r * cols_ + c]; }
+
+ private:
+  std::unique_ptr<float, AlignedFree> data_;
+  int64_t rows_ = 0, cols_ = 0, capacity_ = 0;
+};
+
+}  // namespace ccn

@@ -1,0 +1,38 @@
+// ccn/native/cuda/cuda_info.cu: device enumeration for `ccn info`.
+#include <cuda_runtime.h>
+
+#include "core/error.h"
+#include "cuda/cuda_info.h"
+
+namespace ccn {
+
+std::vector<GpuInfo> cuda_devices() {
+  std::vector<GpuInfo> out;
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" error
+    return out;
+  }
+  for (int i = 0; i < n; ++i) {
+    cudaDeviceProp p;
+    if (cudaGetDeviceProperties(&p, i) != cudaSuccess) continue;
+    out.push_back(GpuInfo{i, p.name, (int64_t)p.totalGlobalMem, p.major, p.minor});
+  }
+  return out;
+}
+
+std::string cuda_status() {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return cudaGetErrorString(e);
+  }
+  int rt = 0, drv = 0;
+  cudaRuntimeGetVersion(&rt);
+  cudaDriverGetVersion(&drv);
+  return cat("ok: ", n, " device", n == 1 ? "" : "s", ", runtime ", rt / 1000, ".", (rt % 1000) / 10, ", driver ",
+             drv / 1000, ".", (drv % 1000) / 10);
+}
+
+}  // namespace ccn

@@ -1,0 +1,92 @@
+// ccn/native/layers/cost_logreg.cpp: type=cost.logreg, multinomial logistic regression.
+//
+// inputs = labels (N x 1, class indices as floats), probs (N x K, e.g. a softmax).
+// Values, summed over cases: -log p[label]; top-1 wrong; top-k wrong (topk, default 1).
+// A case counts as correct with credit 1/t when its label ties t classes for the top
+// probability (cuda-convnet2's "ties share credit"); for top-k, the label is right when
+// fewer than k classes beat it, with the same sharing among ties crossing the k boundary.
+// Gradient: dCost/dprobs[n, label] = -coeff / p[n, label].
+#include <cmath>
+
+#include "layers/layer.h"
+
+namespace ccn {
+
+class LogregCost : public Layer {
+ public:
+  void setup(LayerSpec& spec, SetupCtx& ctx) override {
+    if (ctx.in.size() != 2)
+      spec.fail("inputs", cat("cost.logreg takes two inputs, labels then probabilities; found ", ctx.in.size(), "."));
+    if (ctx.in[0].size() != 1)
+      spec.fail("inputs", cat("the first input, '", ctx.in_names[0], "', must be the labels (1 value per case); it has ",
+                              ctx.in[0].size(), "."));
+    classes_ = (int)ctx.in[1].size();
+    reload_params(spec);
+    out = Shape{0, 1, 1};
+  }
+  void reload_params(LayerSpec& spec) override {
+    coeff_ = spec.get_float("coeff", 1.0, Src::Params);
+    topk_ = spec.has("topk", Src::Def) ? spec.get_int("topk", 1, Src::Def) : spec.get_int("topk", 1, Src::Params);
+    spec.allow("topk", Src::Def);
+    if (topk_ < 1 || topk_ > classes_)
+      spec.fail("topk", cat("must be between 1 and the number of classes (", classes_, "), found ", topk_, "."), Src::Params);
+  }
+  void fprop(const std::vector<const Mat*>& in, Mat&, const PassCtx&) override {
+    const Mat& lab = *in[0];
+    const Mat& p = *in[1];
+    double nll = 0, wrong1 = 0, wrongk = 0;
+    for (int64_t n = 0; n < p.rows(); ++n) {
+      const float* pr = p.row(n);
+      int y = label(lab.at(n, 0));
+      float py = pr[y];
+      int greater = 0, equal = 0;  // classes with p > py, and with p == py (label included)
+      for (int j = 0; j < classes_; ++j) {
+        greater += pr[j] > py;
+        equal += pr[j] == py;
+      }
+      nll -= std::log(std::max(py, 1e-38f));
+      wrong1 += 1.0 - credit(greater, equal, 1);
+      wrongk += 1.0 - credit(greater, equal, topk_);
+    }
+    values_ = {nll, wrong1};
+    if (topk_ > 1) values_.push_back(wrongk);
+  }
+  void bprop(const std::vector<const Mat*>& in, const Mat&, const Mat&, const std::vector<Mat*>& din,
+             const PassCtx&) override {
+    if (!din[1]) return;
+    const Mat& lab = *in[0];
+    const Mat& p = *in[1];
+    for (int64_t n = 0; n < p.rows(); ++n) {
+      int y = label(lab.at(n, 0));
+      din[1]->at(n, y) += (float)(-coeff_ / std::max(p.at(n, y), 1e-38f));
+    }
+  }
+  bool is_cost() const override { return true; }
+  std::vector<double> cost_values() const override { return values_; }
+  std::vector<std::string> cost_names() const override {
+    std::vector<std::string> n = {"logprob", "error"};
+    if (topk_ > 1) n.push_back(cat("top-", topk_, " error"));
+    return n;
+  }
+  double coeff() const override { return coeff_; }
+
+ private:
+  int label(float v) const {
+    int y = (int)v;
+    if (v != (float)y || y < 0 || y >= classes_)
+      input_error("cost layer '", name, "': label ", v, " is not a class index in 0..", classes_ - 1, ".");
+    return y;
+  }
+  // Share of credit for a label that `greater` classes beat and `equal` classes tie with.
+  static double credit(int greater, int equal, int k) {
+    if (greater >= k) return 0.0;
+    int slots = k - greater;
+    return slots >= equal ? 1.0 : (double)slots / equal;
+  }
+  int classes_ = 0, topk_ = 1;
+  double coeff_ = 1;
+  std::vector<double> values_;
+};
+CCN_REGISTER_LAYER("cost.logreg", LogregCost);
+
+}  // namespace ccn

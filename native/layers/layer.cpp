@@ -1,0 +1,133 @@
+// ccn/native/layers/layer.cpp: registry, shared key rules of weight layers, helpers.
+#include "layers/layer.h"
+
+#include <cmath>
+
+#include "net/net.h"
+
+namespace ccn {
+
+std::string Shape::str() const { return cat(c, "x", h, "x", w); }
+
+std::map<std::string, LayerFactory>& layer_registry() {
+  static std::map<std::string, LayerFactory> r;
+  return r;
+}
+
+uint64_t mix64(uint64_t x) {  // splitmix64 finaliser
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+Param* SetupCtx::make_param(const std::string& pname, int64_t rows, int64_t cols, bool is_bias) {
+  return net->make_param(layer->name, layer->name + "." + pname, rows, cols, is_bias);
+}
+
+Param* SetupCtx::find_weights(LayerSpec& spec, const std::string& ref) {
+  std::string lname = ref;
+  int idx = 0;
+  size_t lb = ref.find('[');
+  if (lb != std::string::npos) {
+    if (ref.back() != ']') spec.fail("weightSource", cat("expected a layer name or name[index], found '", ref, "'."));
+    lname = strip(ref.substr(0, lb));
+    std::string si = ref.substr(lb + 1, ref.size() - lb - 2);
+    char* end = nullptr;
+    long v = std::strtol(si.c_str(), &end, 10);
+    if (si.empty() || *end) spec.fail("weightSource", cat("the index in '", ref, "' is not an integer."));
+    idx = (int)v;
+  }
+  Layer* src = net->find_layer(lname);
+  if (!src) {
+    std::string m = did_you_mean(lname, net->layer_names());
+    spec.fail("weightSource", cat("there is no layer '", lname, "'", m.empty() ? "." : cat("; did you mean '", m, "'?")));
+  }
+  if (src == layer) spec.fail("weightSource", "a layer cannot share weights with itself.");
+  if (src->weights.empty())
+    spec.fail("weightSource", cat("layer '", lname, "' (type=", src->type, ") has no weights to share."));
+  if (idx < 0 || idx >= (int)src->weights.size())
+    spec.fail("weightSource", cat("layer '", lname, "' has ", src->weights.size(), " weight matrices; index ", idx,
+                                  " is out of range."));
+  return src->weights[idx];
+}
+
+void setup_weight_params(LayerSpec& spec, SetupCtx& ctx, Layer& layer,
+                         const std::vector<std::pair<int64_t, int64_t>>& shapes, int64_t bias_rows, int64_t bias_cols,
+                         double default_init_w) {
+  int n = (int)shapes.size();
+  auto sources = spec.get_str_list("weightSource", n, std::string(""));
+  auto init_w = spec.get_float_list("initW", n, default_init_w);
+  double init_b = spec.get_float("initB", 0.0);
+  std::string wfunc = spec.get_str("initWFunc", std::string(""));
+  std::string bfunc = spec.get_str("initBFunc", std::string(""));
+  for (int i = 0; i < n; ++i) {
+    if (!sources[i].empty()) {
+      Param* p = ctx.find_weights(spec, sources[i]);
+      if (p->w.rows() != shapes[i].first || p->w.cols() != shapes[i].second)
+        spec.fail("weightSource", cat("weights '", p->name, "' are ", p->w.rows(), "x", p->w.cols(), " but layer '",
+                                      layer.name, "' needs ", shapes[i].first, "x", shapes[i].second,
+                                      n > 1 ? cat(" for input ", i, " (", ctx.in_names[i], ")") : std::string(), "."));
+      p->shared_by++;
+      layer.weights.push_back(p);
+      continue;
+    }
+    Param* p = ctx.make_param(cat("weights[", i, "]"), shapes[i].first, shapes[i].second, false);
+    p->init_std = init_w[i];
+    p->init_func = wfunc;
+    layer.weights.push_back(p);
+  }
+  if (bias_rows > 0) {
+    layer.biases = ctx.make_param("biases", bias_rows, bias_cols, true);
+    layer.biases->init_value = init_b;
+    layer.biases->init_func = bfunc;
+  }
+  reload_weight_params(spec, layer);
+}
+
+void reload_weight_params(LayerSpec& spec, Layer& layer) {
+  int n = (int)layer.weights.size();
+  // Without any layer-params file (show-net), learning keys default to zero.
+  bool strict = spec.params_given();
+  std::optional<double> z = strict ? std::nullopt : std::optional<double>(0.0);
+  auto eps_w = spec.get_schedule_list("epsW", n, z, Src::Params);
+  auto mom_w = spec.get_float_list("momW", n, z, Src::Params);
+  auto wc = spec.get_float_list("wc", n, z, Src::Params);
+  auto wball = spec.get_float_list("wball", n, 0.0, Src::Params);
+  int period = spec.get_int("updatePeriod", 1, Src::Params);
+  if (period < 1) spec.fail("updatePeriod", "must be at least 1.", Src::Params);
+  for (int i = 0; i < n; ++i) {
+    if (layer.weights[i]->layer != layer.name) continue;  // shared: the owner's settings rule
+    Param* p = layer.weights[i];
+    p->eps = eps_w[i];
+    p->mom = mom_w[i];
+    p->wc = wc[i];
+    p->wball = wball[i];
+    p->update_period = period;
+  }
+  if (layer.biases) {
+    auto eps_b = spec.get_schedule_list("epsB", 1, z, Src::Params);
+    layer.biases->eps = eps_b[0];
+    layer.biases->mom = spec.get_float("momB", z, Src::Params);
+    layer.biases->update_period = period;
+  } else {
+    spec.allow("epsB", Src::Params);
+    spec.allow("momB", Src::Params);
+  }
+}
+
+Shape image_shape(LayerSpec& spec, const Shape& in, int channels, const std::string& input_name) {
+  if (channels <= 0) spec.fail("channels", cat("must be a positive integer, found ", channels, "."));
+  if (in.c == channels && in.h == in.w && in.h > 0) return in;
+  int64_t n = in.size();
+  if (n % channels != 0)
+    spec.fail("channels", cat("input '", input_name, "' has ", n, " values per case (", in.str(), "), which is not a multiple of channels=", channels, "."));
+  int64_t px = n / channels;
+  int64_t s = (int64_t)std::llround(std::sqrt((double)px));
+  if (s * s != px)
+    spec.fail("channels", cat("input '", input_name, "' has ", n, " values per case; with channels=", channels, " that is ",
+                              px, " pixels per channel, which is not a square image."));
+  return Shape{channels, (int)s, (int)s};
+}
+
+}  // namespace ccn

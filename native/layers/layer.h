@@ -1,0 +1,141 @@
+// ccn/native/layers/layer.h: the layer interface, parameters and the type registry.
+//
+// One file per layer type in native/layers/ holds its key rules, its shape rule and its CPU
+// kernels, and registers itself under its `type=` name with CCN_REGISTER_LAYER. The net
+// (native/net) owns activations, gradients and parameters and calls the layers in order.
+//
+// Layout (see core/tensor.h): a layer's input and output are Mats of rows = cases,
+// cols = C*H*W (NCHW per case, x fastest). Gradients have the same shape as what they
+// are gradients of.
+#pragma once
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "netdef/spec.h"
+
+namespace ccn {
+
+// Per-case shape of a layer's output: channels x rows x cols. Non-image outputs (fc,
+// softmax, labels) are c x 1 x 1.
+struct Shape {
+  int c = 0, h = 1, w = 1;
+  int64_t size() const { return (int64_t)c * h * w; }
+  std::string str() const;
+  bool operator==(const Shape& o) const { return c == o.c && h == o.h && w == o.w; }
+  bool operator!=(const Shape& o) const { return !(*this == o); }
+};
+
+// A learnable matrix (weights or biases) with its sum-over-cases gradient, its momentum
+// increment and its learning hyper-parameters from the layer-params file.
+struct Param {
+  std::string name;        // "conv1.weights[0]", "conv1.biases"
+  std::string layer;       // owning layer
+  bool is_bias = false;
+  Mat w, grad, inc;        // same shape; grad accumulates over cases (and updatePeriod passes)
+  Schedule eps;            // learning rate over training progress
+  double mom = 0, wc = 0, wball = 0;
+  int update_period = 1;
+  int passes = 0;          // gradient passes accumulated since the last update
+  // initialisation, done by the Python side: N(0, init_std^2) or init_value, or a user function
+  double init_std = 0, init_value = 0;
+  std::string init_func;   // "module.func(args)" or ""
+  int shared_by = 0;       // number of extra layers using this matrix through weightSource
+};
+
+// What a layer's kernels get besides the data.
+struct PassCtx {
+  bool train = true;
+  uint64_t seed = 0;       // the net's seed
+  uint64_t step = 0;       // forward passes done in training, for counter-based random numbers
+  int layer_id = 0;
+};
+
+class Net;
+class Layer;
+
+// What setup() gets: input shapes, the data provider's dimensions, and the net to declare
+// parameters with.
+struct SetupCtx {
+  std::vector<Shape> in;            // shapes of the inputs, in `inputs=` order
+  std::vector<std::string> in_names;
+  const std::map<int, Shape>* data_dims = nullptr;
+  Net* net = nullptr;
+  Layer* layer = nullptr;
+  // A new parameter matrix owned by the net.
+  Param* make_param(const std::string& name, int64_t rows, int64_t cols, bool is_bias);
+  // The weight matrix named by weightSource ("conv7" or "conv6[2]"); the layer must exist
+  // earlier in the net's order and have weights. Errors name this layer and the reference.
+  Param* find_weights(LayerSpec& spec, const std::string& ref);
+};
+
+class Layer {
+ public:
+  virtual ~Layer() = default;
+
+  // Read keys (through spec, so unknown keys are caught), check the inputs, set `out`,
+  // declare parameters. Errors go through spec.fail / spec.fail_layer.
+  virtual void setup(LayerSpec& spec, SetupCtx& ctx) = 0;
+  // out = f(inputs); out is already sized cases x out.size().
+  virtual void fprop(const std::vector<const Mat*>& in, Mat& out, const PassCtx& ctx) = 0;
+  // Adds dCost/d(input i) into *din[i] (skip where din[i] is null) and adds weight and bias
+  // gradients (summed over cases) into the params' grad. dout is dCost/d(out).
+  virtual void bprop(const std::vector<const Mat*>& in, const Mat& out, const Mat& dout,
+                     const std::vector<Mat*>& din, const PassCtx& ctx) = 0;
+  // Multiply-adds per case in the forward pass (for show-net). Default: 0.
+  virtual double flops_per_case() const { return 0; }
+  // Cost layers: the cost values summed over cases (e.g. logreg: -log p, top-1 wrong,
+  // top-k wrong) and the names of those values.
+  virtual bool is_cost() const { return false; }
+  virtual std::vector<double> cost_values() const { return {}; }
+  virtual std::vector<std::string> cost_names() const { return {}; }
+  virtual double coeff() const { return 1.0; }
+  // Re-read the learning hyper-parameters (layer-params file) when resuming.
+  virtual void reload_params(LayerSpec& spec) {}
+  // Data layers are filled by the net from the minibatch, not computed.
+  virtual bool is_data() const { return false; }
+  virtual int data_idx() const { return -1; }
+  // Layers whose output does not depend on their inputs differentiably (none yet) can say so.
+  virtual bool passes_gradient() const { return true; }
+
+  std::string name, type;
+  int id = 0;
+  std::vector<Layer*> inputs;
+  Shape out;
+  std::vector<Param*> weights;  // one per input for weight layers (may be shared)
+  Param* biases = nullptr;
+  NeuronSpec neuron;            // applied after fprop when type != ident
+  bool has_neuron = false;
+};
+
+using LayerFactory = std::function<std::unique_ptr<Layer>()>;
+std::map<std::string, LayerFactory>& layer_registry();
+struct LayerRegistrar {
+  LayerRegistrar(const char* type, LayerFactory f) { layer_registry()[type] = std::move(f); }
+};
+#define CCN_REGISTER_LAYER(TYPE, CLASS) \
+  static ::ccn::LayerRegistrar ccn_registrar_##CLASS(TYPE, [] { return std::unique_ptr<::ccn::Layer>(new CLASS()); })
+
+// The learning keys of a weight layer (epsW, epsB, momW, momB, wc, wball, updatePeriod from
+// the params file; initW, initB, initWFunc, initBFunc, weightSource from the def file).
+// Creates one weight matrix per input of the given shapes (rows x cols each) or shares one
+// through weightSource, and the bias matrix (bias_rows x bias_cols; 0 rows for none).
+void setup_weight_params(LayerSpec& spec, SetupCtx& ctx, Layer& layer,
+                         const std::vector<std::pair<int64_t, int64_t>>& weight_shapes, int64_t bias_rows,
+                         int64_t bias_cols, double default_init_w = 0.01);
+void reload_weight_params(LayerSpec& spec, Layer& layer);
+
+// Input shape helpers used by image layers: interpret a flat input as channels x s x s.
+Shape image_shape(LayerSpec& spec, const Shape& in, int channels, const std::string& input_name);
+
+// Deterministic counter-based random numbers (no hidden state; same on every thread count).
+uint64_t mix64(uint64_t x);
+inline float uniform01(uint64_t seed, uint64_t stream, uint64_t idx) {
+  uint64_t h = mix64(seed ^ mix64(stream ^ mix64(idx)));
+  return (float)((h >> 40) * (1.0 / 16777216.0));
+}
+
+}  // namespace ccn

@@ -1,0 +1,391 @@
+// ccn/native/net/net.cpp: building, ordering and running a net (see net.h).
+#include "net/net.h"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <set>
+
+#include "layers/neuron.h"
+
+namespace ccn {
+
+Net::Net(const std::string& def_text, const std::string& def_path, const std::string& params_text,
+         const std::string& params_path, const std::map<int, Shape>& data_dims) {
+  def_file_ = parse_config_text(def_text, def_path);
+  have_params_ = !params_path.empty();
+  if (have_params_) par_file_ = parse_config_text(params_text, params_path);
+  build(data_dims);
+}
+
+Layer* Net::find_layer(const std::string& name) const {
+  for (const auto& l : layers_)
+    if (l->name == name) return l.get();
+  return nullptr;
+}
+
+Param* Net::find_param(const std::string& name) const {
+  for (const auto& p : params_)
+    if (p->name == name) return p.get();
+  return nullptr;
+}
+
+std::vector<std::string> Net::layer_names() const {
+  std::vector<std::string> out;
+  for (const auto& l : layers_) out.push_back(l->name);
+  return out;
+}
+
+int Net::index_of(const std::string& name) const {
+  for (size_t i = 0; i < layers_.size(); ++i)
+    if (layers_[i]->name == name) return (int)i;
+  return -1;
+}
+
+Param* Net::make_param(const std::string& layer, const std::string& name, int64_t rows, int64_t cols, bool is_bias) {
+  auto p = std::make_unique<Param>();
+  p->name = name;
+  p->layer = layer;
+  p->is_bias = is_bias;
+  p->w.resize(rows, cols);
+  p->w.zero();
+  p->grad.resize(rows, cols);
+  p->grad.zero();
+  p->inc.resize(rows, cols);
+  p->inc.zero();
+  params_.push_back(std::move(p));
+  return params_.back().get();
+}
+
+void Net::build(const std::map<int, Shape>& data_dims) {
+  const std::string& dpath = def_file_.path;
+  if (def_file_.sections.empty())
+    config_error(dpath, ": no layer sections found; a layer-definition file has sections like [data] with type=data.");
+
+  // Section -> type and inputs, with unknown types caught up front.
+  std::vector<std::string> types;
+  for (const auto& kv : layer_registry()) types.push_back(kv.first);
+  std::map<std::string, const Section*> by_name;
+  std::map<std::string, std::vector<std::string>> inputs_of;
+  for (const auto& s : def_file_.sections) {
+    by_name[s.name] = &s;
+    const Entry* t = s.find("type");
+    if (!t) config_error(dpath, ":", s.line, ": in section [", s.name, "]: missing required key 'type'.");
+    if (!layer_registry().count(t->value)) {
+      std::string m = did_you_mean(t->value, types);
+      std::string list;
+      for (const auto& ty : types) list += (list.empty() ? "" : ", ") + ty;
+      config_error(dpath, ":", t->line, ": in section [", s.name, "], key 'type': unknown layer type '", t->value, "'.",
+                   m.empty() ? "" : cat(" Did you mean '", m, "'?"), " Known types: ", list, ".");
+    }
+    std::vector<std::string> ins;
+    if (const Entry* e = s.find("inputs")) {
+      for (const auto& n : split(e->value, ',')) {
+        if (n.empty())
+          config_error(dpath, ":", e->line, ": in section [", s.name, "], key 'inputs': empty layer name in '", e->value, "'.");
+        ins.push_back(n);
+      }
+    }
+    inputs_of[s.name] = ins;
+  }
+  std::vector<std::string> names;
+  for (const auto& s : def_file_.sections) names.push_back(s.name);
+  for (const auto& s : def_file_.sections) {
+    for (const auto& in : inputs_of[s.name]) {
+      if (!by_name.count(in)) {
+        std::string m = did_you_mean(in, names);
+        config_error(dpath, ":", s.find("inputs")->line, ": in section [", s.name, "], key 'inputs': there is no layer '", in,
+                     "'.", m.empty() ? "" : cat(" Did you mean '", m, "'?"));
+      }
+      if (in == s.name)
+        config_error(dpath, ":", s.find("inputs")->line, ": in section [", s.name, "], key 'inputs': a layer cannot be its own input.");
+    }
+  }
+  if (have_params_) {
+    for (const auto& ps : par_file_.sections)
+      if (!by_name.count(ps.name)) {
+        std::string m = did_you_mean(ps.name, names);
+        config_error(par_file_.path, ":", ps.line, ": section [", ps.name, "] names no layer of ", dpath, ".",
+                     m.empty() ? "" : cat(" Did you mean '", m, "'?"));
+      }
+  }
+
+  // Depth-first topological order, stable in file order; report a cycle by its members.
+  std::map<std::string, int> state;  // 0 new, 1 on stack, 2 done
+  std::vector<std::string> order, stack;
+  std::function<void(const std::string&)> visit = [&](const std::string& n) {
+    if (state[n] == 2) return;
+    if (state[n] == 1) {
+      auto it = std::find(stack.begin(), stack.end(), n);
+      std::string cyc;
+      for (; it != stack.end(); ++it) cyc += *it + " -> ";
+      config_error(dpath, ": the layers form a cycle: ", cyc, n, ". Layer inputs must form a directed acyclic graph.");
+    }
+    state[n] = 1;
+    stack.push_back(n);
+    for (const auto& in : inputs_of[n]) visit(in);
+    stack.pop_back();
+    state[n] = 2;
+    order.push_back(n);
+  };
+  for (const auto& s : def_file_.sections) visit(s.name);
+
+  // Weight sources must be set up before their users: add them as ordering edges.
+  // (A weightSource names a layer; its reference may carry an [index].)
+  {
+    std::map<std::string, std::vector<std::string>> extra;
+    for (const auto& s : def_file_.sections)
+      if (const Entry* e = s.find("weightSource"))
+        for (auto r : split(e->value, ',')) {
+          size_t lb = r.find('[');
+          if (lb != std::string::npos) r = strip(r.substr(0, lb));
+          if (!r.empty() && by_name.count(r) && r != s.name) extra[s.name].push_back(r);
+        }
+    if (!extra.empty()) {
+      for (auto& kv : extra)
+        for (auto& r : kv.second) inputs_of[kv.first].push_back(r);
+      state.clear();
+      order.clear();
+      for (const auto& s : def_file_.sections) visit(s.name);
+      for (auto& kv : extra)
+        for (size_t i = 0; i < kv.second.size(); ++i) inputs_of[kv.first].pop_back();
+    }
+  }
+
+  for (const auto& n : order) {
+    const Section* sec = by_name[n];
+    const Section* psec = have_params_ ? par_file_.find(n) : nullptr;
+    LayerSpec spec(&def_file_, sec, have_params_ ? &par_file_ : nullptr, psec);
+    auto layer = layer_registry().at(spec.type())();
+    layer->name = n;
+    layer->type = spec.type();
+    layer->id = (int)layers_.size();
+    SetupCtx ctx;
+    ctx.net = this;
+    ctx.layer = layer.get();
+    ctx.data_dims = &data_dims;
+    for (const auto& in : inputs_of[n]) {
+      Layer* il = find_layer(in);
+      CCN_CHECK(il != nullptr);
+      layer->inputs.push_back(il);
+      ctx.in.push_back(il->out);
+      ctx.in_names.push_back(in);
+    }
+    spec.allow("inputs");
+    // gpu= (cuda-convnet2): device indices for model/data parallelism.
+    if (spec.has("gpu")) {
+      for (const auto& g : split(spec.get_str("gpu"), ',')) {
+        char* end = nullptr;
+        long v = std::strtol(g.c_str(), &end, 10);
+        if (g.empty() || *end || v < 0 || v > 1023)
+          spec.fail("gpu", cat("expected a comma list of device indices such as 0 or 0,1; found '", spec.get_str("gpu"), "'."));
+        gpus_needed_ = std::max(gpus_needed_, (int)v + 1);
+      }
+    }
+    layer->setup(spec, ctx);
+    if (!layer->is_data() && !layer->is_cost() && layer->type != "neuron") {
+      layer->neuron = spec.get_neuron("neuron", std::string("ident"));
+      validate_neuron(spec, "neuron", layer->neuron);
+      layer->has_neuron = layer->neuron.type != "ident";
+    }
+    spec.finish();
+    if (!layer->is_data() && !layer->is_cost() && layer->out.size() <= 0)
+      spec.fail_layer(cat("its output would be empty (", layer->out.str(), ")."));
+    layers_.push_back(std::move(layer));
+  }
+  size_t n = layers_.size();
+  acts_.resize(n);
+  pre_.resize(n);
+  grads_.resize(n);
+  pre_grads_.resize(n);
+  compute_needs_grad();
+}
+
+void Net::reload_params(const std::string& params_text, const std::string& params_path) {
+  ConfigFile pf = parse_config_text(params_text, params_path);
+  for (const auto& ps : pf.sections)
+    if (!find_layer(ps.name)) {
+      std::string m = did_you_mean(ps.name, layer_names());
+      config_error(params_path, ":", ps.line, ": section [", ps.name, "] names no layer of this net.",
+                   m.empty() ? "" : cat(" Did you mean '", m, "'?"));
+    }
+  par_file_ = std::move(pf);
+  have_params_ = true;
+  for (auto& l : layers_) {
+    const Section* sec = def_file_.find(l->name);
+    LayerSpec spec(&def_file_, sec, &par_file_, par_file_.find(l->name));
+    l->reload_params(spec);
+  }
+}
+
+void Net::compute_needs_grad() {
+  needs_grad_.assign(layers_.size(), false);
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    Layer* l = layers_[i].get();
+    bool need = (l->is_data() && data_grads_) || !l->weights.empty() || l->biases != nullptr;
+    for (Layer* in : l->inputs) need = need || needs_grad_[in->id];
+    needs_grad_[i] = need;
+  }
+}
+
+void Net::fprop(const std::vector<const Mat*>& data, bool train) {
+  if (data.empty() || !data[0]) input_error("fprop needs at least the data for dataIdx 0.");
+  int n = (int)data[0]->rows();
+  for (size_t i = 0; i < data.size(); ++i)
+    if (data[i] && data[i]->rows() != n)
+      input_error("the minibatch's data matrices disagree on the number of cases: dataIdx 0 has ", n,
+                  " but dataIdx ", i, " has ", data[i]->rows(), ".");
+  cases_ = n;
+  PassCtx ctx;
+  ctx.train = train;
+  ctx.seed = seed;
+  ctx.step = step;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    Layer* l = layers_[i].get();
+    ctx.layer_id = (int)i;
+    if (l->is_data()) {
+      int idx = l->data_idx();
+      if (idx >= (int)data.size() || !data[idx])
+        input_error("data layer '", l->name, "' reads dataIdx=", idx, " but the minibatch has only ", data.size(),
+                    " data matri", data.size() == 1 ? "x" : "ces", ".");
+      if (data[idx]->cols() != l->out.size())
+        input_error("data layer '", l->name, "' expects ", l->out.size(), " values per case (", l->out.str(),
+                    ") for dataIdx=", idx, " but the minibatch has ", data[idx]->cols(), ".");
+      acts_[i].copy_from(*data[idx]);
+      continue;
+    }
+    std::vector<const Mat*> ins;
+    for (Layer* in : l->inputs) ins.push_back(&acts_[in->id]);
+    Mat& dst = l->has_neuron ? pre_[i] : acts_[i];
+    dst.resize(n, l->out.size());
+    l->fprop(ins, dst, ctx);
+    if (l->has_neuron) {
+      acts_[i].resize(n, l->out.size());
+      neuron_fprop(l->neuron, pre_[i], acts_[i]);
+    }
+  }
+}
+
+void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
+  int n = cases_;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    if (!needs_grad_[i]) continue;
+    grads_[i].resize(n, layers_[i]->out.size());
+    grads_[i].zero();
+  }
+  for (const auto& kv : seeds) {
+    int i = index_of(kv.first);
+    if (i < 0) input_error("bprop: no layer named '", kv.first, "'.");
+    const Mat& s = *kv.second;
+    if (s.rows() != n || s.cols() != layers_[i]->out.size())
+      input_error("bprop: the gradient for layer '", kv.first, "' must be ", n, "x", layers_[i]->out.size(), ", got ",
+                  s.rows(), "x", s.cols(), ".");
+    grads_[i].resize(n, layers_[i]->out.size());
+    grads_[i].copy_from(s);
+  }
+  PassCtx ctx;
+  ctx.train = true;
+  ctx.seed = seed;
+  ctx.step = step;
+  Mat empty;
+  for (int i = (int)layers_.size() - 1; i >= 0; --i) {
+    Layer* l = layers_[i].get();
+    if (l->is_data()) continue;
+    if (l->is_cost() && !seeds.empty()) continue;
+    bool any_in = false;
+    std::vector<Mat*> din;
+    std::vector<const Mat*> ins;
+    for (Layer* in : l->inputs) {
+      ins.push_back(&acts_[in->id]);
+      din.push_back(needs_grad_[in->id] && l->passes_gradient() ? &grads_[in->id] : nullptr);
+      any_in = any_in || din.back();
+    }
+    if (!any_in && l->weights.empty() && !l->biases) continue;
+    ctx.layer_id = i;
+    if (l->is_cost()) {
+      l->bprop(ins, acts_[i], empty, din, ctx);
+    } else if (l->has_neuron) {
+      pre_grads_[i].resize(n, l->out.size());
+      neuron_bprop(l->neuron, pre_[i], acts_[i], grads_[i], pre_grads_[i], false);
+      l->bprop(ins, pre_[i], pre_grads_[i], din, ctx);
+    } else {
+      l->bprop(ins, acts_[i], grads_[i], din, ctx);
+    }
+  }
+}
+
+void Net::zero_param_grads() {
+  for (auto& p : params_) {
+    p->grad.zero();
+    p->passes = 0;
+  }
+}
+
+void Net::update(double progress, int minibatch) {
+  if (minibatch <= 0) input_error("update: the minibatch size must be positive, got ", minibatch, ".");
+  for (auto& pp : params_) {
+    Param& p = *pp;
+    if (++p.passes < p.update_period) continue;
+    const float scale = (float)(p.eps.value(progress) / ((double)minibatch * p.update_period));
+    const float mom = (float)p.mom;
+    const float decay = p.is_bias ? 0.f : (float)(p.wc * p.eps.value(progress));
+    float* w = p.w.data();
+    float* inc = p.inc.data();
+    float* g = p.grad.data();
+    const int64_t sz = p.w.size();
+#pragma omp parallel for schedule(static) if (sz > 65536)
+    for (int64_t k = 0; k < sz; ++k) {
+      inc[k] = mom * inc[k] - scale * g[k] - decay * w[k];
+      w[k] += inc[k];
+      g[k] = 0.f;
+    }
+    p.passes = 0;
+    if (p.wball > 0 && !p.is_bias) {
+      const int64_t rows = p.w.rows(), cols = p.w.cols();
+      std::vector<double> norm2(cols, 0.0);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) norm2[c] += (double)w[r * cols + c] * w[r * cols + c];
+      for (int64_t c = 0; c < cols; ++c) {
+        double nrm = std::sqrt(norm2[c]);
+        if (nrm > p.wball) {
+          float f = (float)(p.wball / nrm);
+          for (int64_t r = 0; r < rows; ++r) w[r * cols + c] *= f;
+        }
+      }
+    }
+  }
+}
+
+std::vector<CostReport> Net::costs() const {
+  std::vector<CostReport> out;
+  for (const auto& l : layers_)
+    if (l->is_cost()) out.push_back(CostReport{l->name, l->cost_names(), l->cost_values(), l->coeff()});
+  return out;
+}
+
+std::string Net::first_nonfinite_layer() const {
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const Mat& a = acts_[i];
+    const float* p = a.data();
+    for (int64_t k = 0; k < a.size(); ++k)
+      if (!std::isfinite(p[k])) return layers_[i]->name;
+    if (layers_[i]->is_cost())
+      for (double v : layers_[i]->cost_values())
+        if (!std::isfinite(v)) return layers_[i]->name;
+  }
+  return "";
+}
+
+const Mat& Net::output(const std::string& layer) const {
+  int i = index_of(layer);
+  if (i < 0) input_error("no layer named '", layer, "'.");
+  return acts_[i];
+}
+
+const Mat& Net::output_grad(const std::string& layer) const {
+  int i = index_of(layer);
+  if (i < 0) input_error("no layer named '", layer, "'.");
+  return grads_[i];
+}
+
+}  // namespace ccn

@@ -1,0 +1,88 @@
+// ccn/native/net/net.h: a net built from a layer-definition and a layer-params file.
+//
+// The net parses both files, orders the layers (any DAG; cycles and unknown inputs are
+// errors), asks each layer to set itself up, and then runs forward, backward and the SGD
+// update. It owns every activation, gradient and parameter; nothing is global, so several
+// nets can live side by side. Activations: one Mat per layer, rows = cases, cols = C*H*W.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "layers/layer.h"
+#include "netdef/config.h"
+
+namespace ccn {
+
+struct CostReport {
+  std::string layer;
+  std::vector<std::string> names;
+  std::vector<double> values;  // summed over cases
+  double coeff = 1;
+};
+
+class Net {
+ public:
+  // def_text/params_text are the files' contents; the paths are for messages. An empty
+  // params_path means "no params file" (learning keys default to 0; for inspection only).
+  // data_dims gives each dataIdx's per-case shape, as a data provider would.
+  Net(const std::string& def_text, const std::string& def_path, const std::string& params_text,
+      const std::string& params_path, const std::map<int, Shape>& data_dims);
+
+  // Re-read the learning hyper-parameters from a (possibly edited) params file.
+  void reload_params(const std::string& params_text, const std::string& params_path);
+
+  // Forward pass. data[i] is dataIdx i: rows = cases, cols = that data's size. Layers whose
+  // dataIdx is not given must not be needed... every data layer must be given.
+  void fprop(const std::vector<const Mat*>& data, bool train);
+  // Backward pass from the cost layers (seeds empty) or from the given output gradients
+  // (layer name -> dCost/dOutput, as if cost = sum(seed * output)); adds to param grads.
+  void bprop(const std::map<std::string, const Mat*>& seeds = {});
+  // SGD with momentum and weight decay for every parameter whose updatePeriod is reached.
+  // progress in [0,1] drives the schedules; minibatch is the nominal minibatch size.
+  void update(double progress, int minibatch);
+  void zero_param_grads();
+
+  std::vector<CostReport> costs() const;
+  // Name of the first layer (in forward order) whose output holds NaN or Inf, or "".
+  std::string first_nonfinite_layer() const;
+
+  // Introspection
+  const std::vector<std::unique_ptr<Layer>>& layers() const { return layers_; }
+  const std::vector<std::unique_ptr<Param>>& params() const { return params_; }
+  Layer* find_layer(const std::string& name) const;
+  Param* find_param(const std::string& name) const;
+  std::vector<std::string> layer_names() const;
+  const Mat& output(const std::string& layer) const;
+  const Mat& output_grad(const std::string& layer) const;
+  int num_cases() const { return cases_; }
+  int gpus_needed() const { return gpus_needed_; }
+  const ConfigFile& def_file() const { return def_file_; }
+  const ConfigFile& params_file() const { return par_file_; }
+  void set_data_grads(bool on) { data_grads_ = on; compute_needs_grad(); }
+
+  // Random numbers are counter-based: (seed, step, layer, element). step counts training
+  // forward passes; both are part of a checkpoint.
+  uint64_t seed = 0;
+  uint64_t step = 0;
+
+  Param* make_param(const std::string& layer, const std::string& name, int64_t rows, int64_t cols, bool is_bias);
+
+ private:
+  void build(const std::map<int, Shape>& data_dims);
+  void compute_needs_grad();
+  int index_of(const std::string& name) const;
+
+  ConfigFile def_file_, par_file_;
+  bool have_params_ = false;
+  std::vector<std::unique_ptr<Layer>> layers_;   // forward order
+  std::vector<std::unique_ptr<Param>> params_;
+  std::vector<Mat> acts_, pre_, grads_, pre_grads_;
+  std::vector<bool> needs_grad_;
+  bool data_grads_ = false;
+  int cases_ = 0;
+  int gpus_needed_ = 1;
+};
+
+}  // namespace ccn

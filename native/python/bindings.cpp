@@ -1,0 +1,284 @@
+// ccn/native/python/bindings.cpp: the pybind11 module ccn._core. Bindings only: no logic.
+// Arrays cross as float32 NumPy copies; long native calls release the GIL.
+#include <omp.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "core/blas.h"
+#include "core/error.h"
+#include "net/net.h"
+#ifdef CCN_WITH_CUDA
+#include "cuda/cuda_info.h"
+#endif
+
+namespace py = pybind11;
+using namespace ccn;
+
+#ifndef CCN_VERSION
+#define CCN_VERSION "dev"
+#endif
+
+namespace {
+
+using FArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+Mat to_mat(const py::handle& obj, const std::string& what) {
+  FArray a = FArray::ensure(obj);
+  if (!a) input_error(what, ": expected a numeric array.");
+  if (a.ndim() < 1) input_error(what, ": expected an array with at least one dimension, got a scalar.");
+  int64_t rows = a.shape(0), cols = 1;
+  for (py::ssize_t d = 1; d < a.ndim(); ++d) cols *= a.shape(d);
+  Mat m(rows, cols);
+  if (m.size()) std::memcpy(m.data(), a.data(), (size_t)m.size() * sizeof(float));
+  return m;
+}
+
+py::array_t<float> to_array(const Mat& m) {
+  py::array_t<float> a({m.rows(), m.cols()});
+  if (m.size()) std::memcpy(a.mutable_data(), m.data(), (size_t)m.size() * sizeof(float));
+  return a;
+}
+
+std::vector<Mat> to_mats(const py::list& data) {
+  std::vector<Mat> mats;
+  for (size_t i = 0; i < data.size(); ++i) {
+    if (data[i].is_none()) {
+      mats.emplace_back();
+      continue;
+    }
+    mats.push_back(to_mat(data[i], cat("data matrix ", i)));
+  }
+  return mats;
+}
+
+std::vector<const Mat*> ptrs(const std::vector<Mat>& mats, const py::list& data) {
+  std::vector<const Mat*> p;
+  for (size_t i = 0; i < mats.size(); ++i) p.push_back(data[i].is_none() ? nullptr : &mats[i]);
+  return p;
+}
+
+Mat& param_mat(Net& net, const std::string& name, const std::string& which) {
+  Param* p = net.find_param(name);
+  if (!p) input_error("no parameter named '", name, "'.");
+  if (which == "w") return p->w;
+  if (which == "grad") return p->grad;
+  if (which == "inc") return p->inc;
+  input_error("unknown parameter field '", which, "' (expected w, grad or inc).");
+}
+
+py::list costs_list(const Net& net) {
+  py::list out;
+  for (const auto& c : net.costs()) {
+    py::dict d;
+    d["layer"] = c.layer;
+    d["names"] = c.names;
+    d["values"] = c.values;
+    d["coeff"] = c.coeff;
+    out.append(d);
+  }
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "ccn native core (private; use the ccn package)";
+
+  py::module_ errors = py::module_::import("ccn.errors");
+  static py::object config_error_cls = errors.attr("ConfigError");
+  static py::object input_error_cls = errors.attr("InputError");
+  static py::object runtime_error_cls = errors.attr("CcnRuntimeError");
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const ccn::Error& e) {
+      py::object cls = e.kind() == ErrorKind::Config  ? config_error_cls
+                       : e.kind() == ErrorKind::Input ? input_error_cls
+                                                      : runtime_error_cls;
+      PyErr_SetString(cls.ptr(), e.what());
+    } catch (const std::bad_alloc&) {
+      PyErr_SetString(runtime_error_cls.ptr(), "out of memory in the ccn core.");
+    }
+  });
+
+  m.def("version", [] { return std::string(CCN_VERSION); });
+  m.def("build_info", [] {
+    py::dict d;
+    d["version"] = CCN_VERSION;
+    py::list backends;
+    backends.append("cpu");
+#ifdef CCN_WITH_CUDA
+    backends.append("cuda");
+#endif
+    d["backends"] = backends;
+    d["blas"] = blas_name();
+    d["blas_config"] = blas_config();
+    d["blas_threads"] = blas_threads();
+    d["omp_threads"] = omp_get_max_threads();
+#ifdef __VERSION__
+    d["compiler"] = __VERSION__;
+#endif
+    return d;
+  });
+  m.def("set_threads", [](int n) {
+    if (n < 1) input_error("the thread count must be at least 1, got ", n, ".");
+    omp_set_num_threads(n);
+    set_blas_threads(n);
+  });
+  m.def("layer_types", [] {
+    std::vector<std::string> t;
+    for (const auto& kv : layer_registry()) t.push_back(kv.first);
+    return t;
+  });
+  m.def("cuda_devices", [] {
+    py::list out;
+#ifdef CCN_WITH_CUDA
+    for (const auto& g : cuda_devices()) {
+      py::dict d;
+      d["index"] = g.index;
+      d["name"] = g.name;
+      d["memory_bytes"] = g.memory_bytes;
+      d["compute_capability"] = py::make_tuple(g.major, g.minor);
+      out.append(d);
+    }
+#endif
+    return out;
+  });
+  m.def("cuda_status", [] {
+#ifdef CCN_WITH_CUDA
+    return cuda_status();
+#else
+    return std::string("not compiled in");
+#endif
+  });
+
+  py::class_<Net>(m, "Net")
+      .def(py::init([](const std::string& def_text, const std::string& def_path, const std::string& params_text,
+                       const std::string& params_path, const std::map<int, std::tuple<int, int, int>>& dims) {
+             std::map<int, Shape> dd;
+             for (const auto& [k, v] : dims) dd[k] = Shape{std::get<0>(v), std::get<1>(v), std::get<2>(v)};
+             return std::make_unique<Net>(def_text, def_path, params_text, params_path, dd);
+           }),
+           py::arg("def_text"), py::arg("def_path"), py::arg("params_text"), py::arg("params_path"), py::arg("data_dims"))
+      .def("layers",
+           [](const Net& net) {
+             py::list out;
+             for (const auto& l : net.layers()) {
+               py::dict d;
+               d["name"] = l->name;
+               d["type"] = l->type;
+               std::vector<std::string> ins;
+               for (auto* i : l->inputs) ins.push_back(i->name);
+               d["inputs"] = ins;
+               d["shape"] = py::make_tuple(l->out.c, l->out.h, l->out.w);
+               std::vector<std::string> ps;
+               for (auto* p : l->weights) ps.push_back(p->name);
+               d["weights"] = ps;
+               d["biases"] = l->biases ? py::object(py::str(l->biases->name)) : py::object(py::none());
+               d["flops_per_case"] = l->flops_per_case();
+               d["neuron"] = l->has_neuron ? l->neuron.str() : std::string();
+               d["is_cost"] = l->is_cost();
+               d["data_idx"] = l->data_idx();
+               out.append(d);
+             }
+             return out;
+           })
+      .def("params",
+           [](const Net& net) {
+             py::list out;
+             for (const auto& p : net.params()) {
+               py::dict d;
+               d["name"] = p->name;
+               d["layer"] = p->layer;
+               d["shape"] = py::make_tuple(p->w.rows(), p->w.cols());
+               d["is_bias"] = p->is_bias;
+               d["init_std"] = p->init_std;
+               d["init_value"] = p->init_value;
+               d["init_func"] = p->init_func;
+               d["eps"] = p->eps.str();
+               d["mom"] = p->mom;
+               d["wc"] = p->wc;
+               d["wball"] = p->wball;
+               d["update_period"] = p->update_period;
+               d["shared_by"] = p->shared_by;
+               d["passes"] = p->passes;
+               out.append(d);
+             }
+             return out;
+           })
+      .def("eps", [](const Net& net, const std::string& name, double progress) {
+        Param* p = net.find_param(name);
+        if (!p) input_error("no parameter named '", name, "'.");
+        return p->eps.value(progress);
+      })
+      .def("get", [](Net& net, const std::string& name, const std::string& which) { return to_array(param_mat(net, name, which)); },
+           py::arg("name"), py::arg("which") = "w")
+      .def("set",
+           [](Net& net, const std::string& name, const py::handle& arr, const std::string& which) {
+             Mat& dst = param_mat(net, name, which);
+             Mat src = to_mat(arr, "parameter '" + name + "'");
+             if (src.size() != dst.size())
+               input_error("parameter '", name, "' is ", dst.rows(), "x", dst.cols(), " but the array given has ",
+                           src.size(), " values.");
+             std::memcpy(dst.data(), src.data(), (size_t)src.size() * sizeof(float));
+           },
+           py::arg("name"), py::arg("array"), py::arg("which") = "w")
+      .def("set_passes", [](Net& net, const std::string& name, int passes) {
+        Param* p = net.find_param(name);
+        if (!p) input_error("no parameter named '", name, "'.");
+        p->passes = passes;
+      })
+      .def("fprop",
+           [](Net& net, const py::list& data, bool train) {
+             std::vector<Mat> mats = to_mats(data);
+             auto p = ptrs(mats, data);
+             py::gil_scoped_release nogil;
+             net.fprop(p, train);
+           },
+           py::arg("data"), py::arg("train") = false)
+      .def("bprop",
+           [](Net& net, const py::dict& seeds) {
+             std::map<std::string, Mat> mats;
+             for (auto kv : seeds) {
+               std::string k = py::cast<std::string>(kv.first);
+               mats[k] = to_mat(kv.second, "gradient for layer '" + k + "'");
+             }
+             std::map<std::string, const Mat*> p;
+             for (auto& kv : mats) p[kv.first] = &kv.second;
+             py::gil_scoped_release nogil;
+             net.bprop(p);
+           },
+           py::arg("seeds") = py::dict())
+      .def("update",
+           [](Net& net, double progress, int minibatch) {
+             py::gil_scoped_release nogil;
+             net.update(progress, minibatch);
+           },
+           py::arg("progress"), py::arg("minibatch"))
+      .def("train_step",
+           [](Net& net, const py::list& data, double progress, int minibatch) {
+             std::vector<Mat> mats = to_mats(data);
+             auto p = ptrs(mats, data);
+             {
+               py::gil_scoped_release nogil;
+               net.fprop(p, true);
+               net.bprop();
+               net.update(progress, minibatch);
+               net.step++;
+             }
+             return costs_list(net);
+           },
+           py::arg("data"), py::arg("progress"), py::arg("minibatch"))
+      .def("zero_param_grads", &Net::zero_param_grads)
+      .def("costs", [](const Net& net) { return costs_list(net); })
+      .def("output", [](const Net& net, const std::string& name) { return to_array(net.output(name)); })
+      .def("output_grad", [](const Net& net, const std::string& name) { return to_array(net.output_grad(name)); })
+      .def("first_nonfinite_layer", &Net::first_nonfinite_layer)
+      .def("reload_params", &Net::reload_params, py::arg("params_text"), py::arg("params_path"))
+      .def("set_data_grads", &Net::set_data_grads)
+      .def_property_readonly("gpus_needed", &Net::gpus_needed)
+      .def_property_readonly("num_cases", &Net::num_cases)
+      .def_readwrite("seed", &Net::seed)
+      .def_readwrite("step", &Net::step);
+}

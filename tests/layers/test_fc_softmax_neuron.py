@@ -1,0 +1,76 @@
+"""fc, softmax and neuron layers against NumPy float64 references and finite differences."""
+
+import numpy as np
+import pytest
+
+from layercheck import check_layer
+
+NEURONS = {
+    "ident": lambda x: x,
+    "logistic": lambda x: 1 / (1 + np.exp(-x)),
+    "tanh[1.7,0.66]": lambda x: 1.7 * np.tanh(0.66 * x),
+    "relu": lambda x: np.maximum(x, 0),
+    "brelu[1.3]": lambda x: np.minimum(1.3, np.maximum(0, x)),
+    "softrelu": lambda x: np.where(x > 4, x, np.log1p(np.exp(np.minimum(x, 4)))),
+    "abs": np.abs,
+    "square": lambda x: x * x,
+    "linear[2.5,-0.3]": lambda x: 2.5 * x - 0.3,
+    "drelu[0.7]": lambda x: x - 0.7 * np.tanh(x / 0.7),
+}
+
+
+@pytest.mark.parametrize("neuron", sorted(NEURONS))
+def test_neuron_layer(neuron):
+    rng = np.random.default_rng()
+    n, d = int(rng.integers(1, 9)), int(rng.integers(1, 13))
+    x = rng.standard_normal((n, d)) * 2
+    x[np.abs(x) < 0.05] += 0.1  # keep finite differences away from kinks
+    x[np.abs(np.abs(x) - 1.3) < 0.05] += 0.1
+    text = f"[data]\ntype=data\ndataIdx=0\n[n]\ntype=neuron\ninputs=data\nneuron={neuron}\n"
+    check_layer(text, {"data": (0, x)}, lambda a: NEURONS[neuron](a["data"]), "n")
+
+
+@pytest.mark.parametrize("neuron", ["sqrt", "log[1.5]"])
+def test_neuron_positive_domain(neuron):
+    rng = np.random.default_rng()
+    x = rng.uniform(0.3, 3, size=(5, 7))
+    f = {"sqrt": np.sqrt, "log[1.5]": lambda v: np.log(1.5 + v)}[neuron]
+    text = f"[data]\ntype=data\ndataIdx=0\n[n]\ntype=neuron\ninputs=data\nneuron={neuron}\n"
+    check_layer(text, {"data": (0, x)}, lambda a: f(a["data"]), "n")
+
+
+@pytest.mark.parametrize("n", [1, 7, 33])
+def test_fc_two_inputs_with_neuron(n):
+    rng = np.random.default_rng()
+    a, b = rng.standard_normal((n, 5)), rng.standard_normal((n, 3))
+    text = """
+[a]
+type=data
+dataIdx=0
+[b]
+type=data
+dataIdx=1
+[fc]
+type=fc
+inputs=a,b
+outputs=4
+neuron=tanh[1.2,0.8]
+"""
+
+    def ref(v):
+        z = v["a"] @ v["fc.weights[0]"] + v["b"] @ v["fc.weights[1]"] + v["fc.biases"]
+        return 1.2 * np.tanh(0.8 * z)
+
+    check_layer(text, {"a": (0, a), "b": (1, b)}, ref, "fc")
+
+
+def test_softmax():
+    rng = np.random.default_rng()
+    x = rng.standard_normal((6, 11)) * 3
+    text = "[data]\ntype=data\ndataIdx=0\n[sm]\ntype=softmax\ninputs=data\n"
+
+    def ref(v):
+        e = np.exp(v["data"] - v["data"].max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    check_layer(text, {"data": (0, x)}, ref, "sm")
