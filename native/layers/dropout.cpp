@@ -31,7 +31,7 @@ class DropoutLayer : public Layer {
     keep_ = spec.get_float("keep", 0.5, Src::Params);
     enable_ = spec.get_bool("enable", true, Src::Params);
     if (!(keep_ > 0 && keep_ <= 1))
-      spec.fail("keep", cat("is the probability of keeping a value and must be in (0, 1], found ", keep_, "."),
+      spec.fail("keep", cat("must be in (0, 1] (it is the probability of keeping a value), found ", keep_, "."),
                 Src::Params);
   }
 

@@ -166,7 +166,7 @@ def test_backward_uses_last_forward_mode():
 
 @pytest.mark.parametrize("keep", ["0", "-0.5", "1.5"])
 def test_keep_out_of_range(keep):
-    with pytest.raises(ConfigError, match=rf"params.cfg:2: in section \[d\], key 'keep': .*must be in \(0, 1\], found"):
+    with pytest.raises(ConfigError, match=rf"params.cfg:2: in section \[d\], key 'keep': must be in \(0, 1\] .*found"):
         _net("dropout", 4, keep=keep)
 
 
