@@ -27,6 +27,8 @@ class BlurLayer : public Layer {
     int fs = spec.get_int("filterSize");
     if (fs != 3 && fs != 5 && fs != 7 && fs != 9)
       spec.fail("filterSize", cat("must be one of 3, 5, 7, 9, found ", fs, "."));
+    if (!spec.has("stdev") && spec.has("stddev"))
+      spec.fail("stddev", "not a key of layer type 'blur'; cuda-convnet2 spells the standard deviation 'stdev'.");
     double sd = spec.get_float("stdev");
     if (!(sd > 0) || !std::isfinite(sd)) spec.fail("stdev", cat("must be a positive number, found ", sd, "."));
     Shape s = image_shape(spec, ctx.in[0], channels, ctx.in_names[0]);
