@@ -11,6 +11,7 @@
 // Gradient: the original back-propagates by blurring the gradient (the operator is its own
 // transpose, since f is symmetric); we apply the exact transpose (reversed filter, y then x).
 // Layout: rows = cases, each row C*S*S with x fastest; parallel over (case, channel).
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -77,23 +78,25 @@ class BlurLayer : public Layer {
         // pass 1: along x (forward) or along y (transpose), into t
         for (int yy = 0; yy < S; ++yy)
           for (int xx = 0; xx < S; ++xx) {
+            const int pos = transpose ? yy : xx;  // taps k with 0 <= pos + k - r < S
+            const int k0 = std::max(0, r - pos), k1 = std::min(fs, S - pos + r);
             float acc = 0;
-            for (int k = 0; k < fs; ++k) {
-              int q = (transpose ? yy : xx) + k - r;
-              if (q < 0 || q >= S) continue;
-              acc += f[k] * (transpose ? x[q * S + xx] : x[yy * S + q]);
-            }
+            if (transpose)
+              for (int k = k0; k < k1; ++k) acc += f[k] * x[(pos + k - r) * S + xx];
+            else
+              for (int k = k0; k < k1; ++k) acc += f[k] * x[yy * S + pos + k - r];
             t[yy * S + xx] = acc;
           }
         // pass 2: along y (forward) or along x (transpose)
         for (int yy = 0; yy < S; ++yy)
           for (int xx = 0; xx < S; ++xx) {
+            const int pos = transpose ? xx : yy;
+            const int k0 = std::max(0, r - pos), k1 = std::min(fs, S - pos + r);
             float acc = 0;
-            for (int k = 0; k < fs; ++k) {
-              int q = (transpose ? xx : yy) + k - r;
-              if (q < 0 || q >= S) continue;
-              acc += f[k] * (transpose ? t[yy * S + q] : t[q * S + xx]);
-            }
+            if (transpose)
+              for (int k = k0; k < k1; ++k) acc += f[k] * t[yy * S + pos + k - r];
+            else
+              for (int k = k0; k < k1; ++k) acc += f[k] * t[(pos + k - r) * S + xx];
             u[yy * S + xx] = acc;
           }
         if (add)
