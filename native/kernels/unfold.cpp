@@ -1,0 +1,156 @@
+// ccn/native/kernels/unfold.cpp: unfold/fold for conv and local layers (layouts in unfold.h).
+#include "kernels/unfold.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace ccn {
+
+namespace {
+
+// Modules mx (or my) whose tap at filter offset f lands inside the image: [lo, hi).
+// Tap position = mx * stride - pad + f.
+struct Range {
+  int lo, hi;
+};
+inline Range valid_range(int f, const UnfoldGeom& g) {
+  const int first = g.pad - f;  // smallest allowed mx * stride
+  int lo = first <= 0 ? 0 : (first + g.stride - 1) / g.stride;
+  const int last = g.size - 1 + g.pad - f;  // largest allowed mx * stride
+  int hi = last < 0 ? 0 : last / g.stride + 1;
+  hi = std::min(hi, g.modules_x);
+  lo = std::min(lo, hi);
+  return {lo, hi};
+}
+
+// For each image channel, the virtual channels that read it (several with random-sparse
+// connectivity), so folds can run in parallel over (case, image channel) without races.
+std::vector<std::vector<int>> readers(const UnfoldGeom& g) {
+  std::vector<std::vector<int>> r(g.channels);
+  for (size_t v = 0; v < g.vchan.size(); ++v) r[g.vchan[v]].push_back((int)v);
+  return r;
+}
+
+}  // namespace
+
+// col[(b*K + k)*P + m] = img_b[vchan[v], my*st - pad + fy, mx*st - pad + fx] (0 outside).
+void unfold_image_major(const UnfoldGeom& g, const float* imgs, int64_t ld, int B, float* col) {
+  const int fs = g.fsize, M = g.modules_x, S = g.size, st = g.stride;
+  const int V = (int)g.vchan.size();
+  const int64_t P = g.modules(), K = g.rows();
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int b = 0; b < B; ++b)
+    for (int v = 0; v < V; ++v) {
+      const float* src = imgs + b * ld + (int64_t)g.vchan[v] * S * S;
+      float* dst = col + ((int64_t)b * K + (int64_t)v * fs * fs) * P;
+      for (int fy = 0; fy < fs; ++fy) {
+        const Range ry = valid_range(fy, g);
+        for (int fx = 0; fx < fs; ++fx) {
+          const Range rx = valid_range(fx, g);
+          float* d = dst + (int64_t)(fy * fs + fx) * P;
+          for (int my = 0; my < M; ++my) {
+            float* dr = d + (int64_t)my * M;
+            if (my < ry.lo || my >= ry.hi) {
+              std::memset(dr, 0, sizeof(float) * M);
+              continue;
+            }
+            const int64_t base = (int64_t)(my * st - g.pad + fy) * S - g.pad + fx;  // + mx * st
+            for (int mx = 0; mx < rx.lo; ++mx) dr[mx] = 0.f;
+            if (st == 1) {
+              if (rx.hi > rx.lo) std::memcpy(dr + rx.lo, src + base + rx.lo, sizeof(float) * (rx.hi - rx.lo));
+            } else {
+              for (int mx = rx.lo; mx < rx.hi; ++mx) dr[mx] = src[base + (int64_t)mx * st];
+            }
+            for (int mx = rx.hi; mx < M; ++mx) dr[mx] = 0.f;
+          }
+        }
+      }
+    }
+}
+
+// dimg_b[vchan[v], y, x] += col[(b*K + k)*P + m] over every (k, m) that reads (y, x).
+void fold_image_major(const UnfoldGeom& g, const float* col, int B, float* dimgs, int64_t ld) {
+  const int fs = g.fsize, M = g.modules_x, S = g.size, st = g.stride, C = g.channels;
+  const int64_t P = g.modules(), K = g.rows();
+  const auto rd = readers(g);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int b = 0; b < B; ++b)
+    for (int c = 0; c < C; ++c) {
+      float* dimg = dimgs + b * ld + (int64_t)c * S * S;
+      for (int v : rd[c]) {
+        const float* src = col + ((int64_t)b * K + (int64_t)v * fs * fs) * P;
+        for (int fy = 0; fy < fs; ++fy) {
+          const Range ry = valid_range(fy, g);
+          for (int fx = 0; fx < fs; ++fx) {
+            const Range rx = valid_range(fx, g);
+            const float* s = src + (int64_t)(fy * fs + fx) * P;
+            for (int my = ry.lo; my < ry.hi; ++my) {
+              const float* sr = s + (int64_t)my * M;
+              const int64_t base = (int64_t)(my * st - g.pad + fy) * S - g.pad + fx;  // + mx * st
+              for (int mx = rx.lo; mx < rx.hi; ++mx) dimg[base + (int64_t)mx * st] += sr[mx];
+            }
+          }
+        }
+      }
+    }
+}
+
+// col[(m*B + b)*K + k] = img_b[vchan[v], my*st - pad + fy, mx*st - pad + fx] (0 outside).
+void unfold_module_major(const UnfoldGeom& g, const float* imgs, int64_t ld, int B, float* col) {
+  const int fs = g.fsize, M = g.modules_x, S = g.size, st = g.stride;
+  const int V = (int)g.vchan.size();
+  const int64_t P = g.modules(), K = g.rows();
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t m = 0; m < P; ++m)
+    for (int b = 0; b < B; ++b) {
+      const int my = (int)(m / M), mx = (int)(m % M);
+      const int y0 = my * st - g.pad, x0 = mx * st - g.pad;
+      float* dst = col + (m * B + b) * K;
+      const float* img = imgs + b * ld;
+      for (int v = 0; v < V; ++v) {
+        const float* src = img + (int64_t)g.vchan[v] * S * S;
+        for (int fy = 0; fy < fs; ++fy) {
+          float* d = dst + (int64_t)(v * fs + fy) * fs;
+          const int y = y0 + fy;
+          if (y < 0 || y >= S) {
+            std::memset(d, 0, sizeof(float) * fs);
+            continue;
+          }
+          for (int fx = 0; fx < fs; ++fx) {
+            const int x = x0 + fx;
+            d[fx] = (x >= 0 && x < S) ? src[(int64_t)y * S + x] : 0.f;
+          }
+        }
+      }
+    }
+}
+
+// dimg_b[vchan[v], y, x] += col[(m*B + b)*K + k] over every (m, k) that reads (y, x).
+void fold_module_major(const UnfoldGeom& g, const float* col, int B, float* dimgs, int64_t ld) {
+  const int fs = g.fsize, M = g.modules_x, S = g.size, st = g.stride, C = g.channels;
+  const int64_t P = g.modules(), K = g.rows();
+  const auto rd = readers(g);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int b = 0; b < B; ++b)
+    for (int c = 0; c < C; ++c) {
+      float* dimg = dimgs + b * ld + (int64_t)c * S * S;
+      for (int64_t m = 0; m < P; ++m) {
+        const int my = (int)(m / M), mx = (int)(m % M);
+        const int y0 = my * st - g.pad, x0 = mx * st - g.pad;
+        const float* src = col + (m * B + b) * K;
+        for (int v : rd[c])
+          for (int fy = 0; fy < fs; ++fy) {
+            const int y = y0 + fy;
+            if (y < 0 || y >= S) continue;
+            const float* s = src + (int64_t)(v * fs + fy) * fs;
+            float* dr = dimg + (int64_t)y * S;
+            for (int fx = 0; fx < fs; ++fx) {
+              const int x = x0 + fx;
+              if (x >= 0 && x < S) dr[x] += s[fx];
+            }
+          }
+      }
+    }
+}
+
+}  // namespace ccn

@@ -1,0 +1,49 @@
+// ccn/native/kernels/unfold.h: unfold (im2col) and fold (col2im) for conv and local layers.
+//
+// An image batch is B cases of C x S x S floats (NCHW per case, x fastest), case b at
+// imgs + b * ld. A filter of size fs is applied at modulesX x modulesX positions
+// ("modules"); module (my, mx) covers the pixels
+//     y = my * stride - pad + fy,  x = mx * stride - pad + fx,   0 <= fy, fx < fs,
+// and pixels outside the image read as 0 (the bottom/right overhang may exceed `pad`).
+//
+// The filter sees "virtual channels": vchan[v] is the image channel read as filter channel
+// v. With groups, v = g * filterChannels + c, so the rows of group g are one contiguous
+// block; the plain case is vchan = 0..C-1; random-sparse connectivity repeats or permutes
+// channels. One unfolded row per (v, fy, fx):
+//     k = v * fs^2 + fy * fs + fx            (K = |vchan| * fs^2 rows)
+//     m = my * modulesX + mx                 (P = modulesX^2 modules)
+//
+// Two column layouts:
+//   image-major  col[(b * K + k) * P + m]   (per case a K x P matrix: conv GEMMs per case)
+//   module-major col[(m * B + b) * K + k]   (per module a B x K matrix: local GEMMs per module)
+// fold_* is the transpose of unfold_*: it ADDS each column entry into the pixel it came from
+// (entries that fall outside the image are dropped).
+//
+// All four are parallelised with OpenMP and call no BLAS, so callers run their GEMMs outside
+// any parallel region and a threaded BLAS is never oversubscribed.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace ccn {
+
+struct UnfoldGeom {
+  int channels = 0;        // C, image channels
+  int size = 0;            // S, image rows = cols
+  int fsize = 1;           // fs
+  int pad = 0;             // zero padding on the top/left (and at least that on the bottom/right)
+  int stride = 1;
+  int modules_x = 0;       // modulesX
+  std::vector<int> vchan;  // virtual channel -> image channel
+
+  int64_t rows() const { return (int64_t)vchan.size() * fsize * fsize; }  // K
+  int64_t modules() const { return (int64_t)modules_x * modules_x; }     // P
+  int64_t image_size() const { return (int64_t)channels * size * size; }
+};
+
+void unfold_image_major(const UnfoldGeom& g, const float* imgs, int64_t ld, int B, float* col);
+void fold_image_major(const UnfoldGeom& g, const float* col, int B, float* dimgs, int64_t ld);
+void unfold_module_major(const UnfoldGeom& g, const float* imgs, int64_t ld, int B, float* col);
+void fold_module_major(const UnfoldGeom& g, const float* col, int B, float* dimgs, int64_t ld);
+
+}  // namespace ccn
