@@ -24,12 +24,14 @@ class CrossMapResponseNormLayer : public NormLayerBase {
   void fprop(const std::vector<const Mat*>& in, Mat& o, const PassCtx&) override {
     const int64_t N = o.rows(), P = (int64_t)S_ * S_;
     denoms_.resize(N, o.cols());
-    const float a = (float)alpha_, k = (float)min_div_, b = (float)pow_;
+    dpow_.resize(N, o.cols());
+    const float a = (float)alpha_, k = (float)min_div_;
 #pragma omp parallel for collapse(2) schedule(static) if (N * C_ * P > 16384)
     for (int64_t n = 0; n < N; ++n)
       for (int c = 0; c < C_; ++c) {
         const float* xn = in[0]->row(n);
         float* den = denoms_.row(n) + c * P;
+        float* dp = dpow_.row(n) + c * P;
         float* y = o.row(n) + c * P;
         int c0, c1;
         window(c, c0, c1);
@@ -39,10 +41,9 @@ class CrossMapResponseNormLayer : public NormLayerBase {
           for (int64_t p = 0; p < P; ++p) den[p] += xc[p] * xc[p];
         }
         const float* x = xn + c * P;
-        for (int64_t p = 0; p < P; ++p) {
-          den[p] = k + a * den[p];
-          y[p] = x[p] * std::pow(den[p], -b);
-        }
+        for (int64_t p = 0; p < P; ++p) den[p] = k + a * den[p];
+        inv_pow(den, dp, P, pow_);
+        for (int64_t p = 0; p < P; ++p) y[p] = x[p] * dp[p];
       }
   }
 
@@ -51,7 +52,7 @@ class CrossMapResponseNormLayer : public NormLayerBase {
     if (!din[0]) return;
     const int64_t N = dout.rows(), P = (int64_t)S_ * S_;
     CCN_CHECK(denoms_.rows() == N && denoms_.cols() == dout.cols());
-    const float f = (float)(-2.0 * alpha_ * pow_), b = (float)pow_;
+    const float f = (float)(-2.0 * alpha_ * pow_);
     t_.resize(N, dout.cols());
     const int64_t total = N * dout.cols();
     const float* g = dout.data();
@@ -65,11 +66,11 @@ class CrossMapResponseNormLayer : public NormLayerBase {
       for (int c = 0; c < C_; ++c) {
         const float* x = in[0]->row(n) + c * P;
         const float* gc = dout.row(n) + c * P;
-        const float* dc = denoms_.row(n) + c * P;
+        const float* dpc = dpow_.row(n) + c * P;
         float* d = din[0]->row(n) + c * P;
         int c0, c1;
         window_t(c, c0, c1);
-        for (int64_t p = 0; p < P; ++p) d[p] += gc[p] * std::pow(dc[p], -b);
+        for (int64_t p = 0; p < P; ++p) d[p] += gc[p] * dpc[p];
         for (int cc = c0; cc < c1; ++cc) {
           const float* tc = t_.row(n) + cc * P;
           for (int64_t p = 0; p < P; ++p) d[p] += f * x[p] * tc[p];
@@ -95,7 +96,7 @@ class CrossMapResponseNormLayer : public NormLayerBase {
     c1 = std::min(C_, c + lo_t() + N_);
   }
 
-  Mat denoms_, t_;  // D from the last fprop; g*y/D scratch for bprop
+  Mat denoms_, dpow_, t_;  // D and D^(-pow) from the last fprop; g*y/D scratch for bprop
 };
 CCN_REGISTER_LAYER("cmrnorm", CrossMapResponseNormLayer);
 

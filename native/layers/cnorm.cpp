@@ -28,7 +28,8 @@ class ContrastNormLayer : public NormLayerBase {
     const int64_t N = o.rows(), P = (int64_t)S_ * S_;
     denoms_.resize(N, o.cols());
     diffs_.resize(N, o.cols());
-    const float a = (float)alpha_, k = (float)min_div_, b = (float)pow_;
+    dpow_.resize(N, o.cols());
+    const float a = (float)alpha_, k = (float)min_div_;
     const std::vector<float> inv_n = inverse_counts();
 #pragma omp parallel
     {
@@ -39,6 +40,7 @@ class ContrastNormLayer : public NormLayerBase {
           const float* x = in[0]->row(n) + c * P;
           float* dif = diffs_.row(n) + c * P;
           float* den = denoms_.row(n) + c * P;
+          float* dp = dpow_.row(n) + c * P;
           float* y = o.row(n) + c * P;
           box_sum_2d(x, sum.data(), tmp.data(), S_, lo(), N_);
           for (int64_t p = 0; p < P; ++p) {
@@ -46,10 +48,9 @@ class ContrastNormLayer : public NormLayerBase {
             sq[p] = dif[p] * dif[p];
           }
           box_sum_2d(sq.data(), den, tmp.data(), S_, lo(), N_);
-          for (int64_t p = 0; p < P; ++p) {
-            den[p] = k + a * den[p];
-            y[p] = x[p] * std::pow(den[p], -b);
-          }
+          for (int64_t p = 0; p < P; ++p) den[p] = k + a * den[p];
+          inv_pow(den, dp, P, pow_);
+          for (int64_t p = 0; p < P; ++p) y[p] = x[p] * dp[p];
         }
     }
   }
@@ -59,7 +60,7 @@ class ContrastNormLayer : public NormLayerBase {
     if (!din[0]) return;
     const int64_t N = dout.rows(), P = (int64_t)S_ * S_;
     CCN_CHECK(denoms_.rows() == N && denoms_.cols() == dout.cols());
-    const float f = (float)(-2.0 * alpha_ * pow_), b = (float)pow_;
+    const float f = (float)(-2.0 * alpha_ * pow_);
     const std::vector<float> inv_n = inverse_counts();
 #pragma omp parallel
     {
@@ -71,12 +72,13 @@ class ContrastNormLayer : public NormLayerBase {
           const float* g = dout.row(n) + c * P;
           const float* den = denoms_.row(n) + c * P;
           const float* dif = diffs_.row(n) + c * P;
+          const float* dp = dpow_.row(n) + c * P;
           float* d = din[0]->row(n) + c * P;
           for (int64_t p = 0; p < P; ++p) t[p] = g[p] * y[p] / den[p];
           box_sum_2d(t.data(), s.data(), tmp.data(), S_, lo_t(), N_);
           for (int64_t p = 0; p < P; ++p) {
             u[p] = f * dif[p] * s[p];           // dL/dd
-            d[p] += g[p] * std::pow(den[p], -b) + u[p];
+            d[p] += g[p] * dp[p] + u[p];
             t[p] = u[p] * inv_n[p];             // through the mean: dL/dm = -U
           }
           box_sum_2d(t.data(), s.data(), tmp.data(), S_, lo_t(), N_);
@@ -97,7 +99,7 @@ class ContrastNormLayer : public NormLayerBase {
     return r;
   }
 
-  Mat denoms_, diffs_;  // D and x - mean from the last fprop, for bprop
+  Mat denoms_, diffs_, dpow_;  // D, x - mean and D^(-pow) from the last fprop, for bprop
 };
 CCN_REGISTER_LAYER("cnorm", ContrastNormLayer);
 

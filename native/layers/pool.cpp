@@ -22,6 +22,7 @@
 // the backward scatter into din needs no atomics.
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "layers/layer.h"
 
@@ -85,35 +86,50 @@ class PoolLayer : public Layer {
     const int64_t N = o.rows();
     const int C = channels_, S = S_, O = O_;
     const int64_t inPlane = (int64_t)S * S, outPlane = (int64_t)O * O;
-#pragma omp parallel for collapse(2) schedule(static) if (N * C * outPlane > 16384)
-    for (int64_t n = 0; n < N; ++n)
-      for (int c = 0; c < C; ++c) {
-        const float* x = in[0]->row(n) + c * inPlane;  // S x S plane, x fastest
-        float* y = o.row(n) + c * outPlane;            // O x O plane
-        for (int oy = 0; oy < O; ++oy) {
-          const int y0 = std::max(0, start_ + oy * stride_), y1 = std::min(S, start_ + oy * stride_ + size_);
-          for (int ox = 0; ox < O; ++ox) {
-            const int x0 = std::max(0, start_ + ox * stride_), x1 = std::min(S, start_ + ox * stride_ + size_);
-            float r;
-            if (op_ == PoolOp::Avg) {
-              double s = 0;
-              for (int yy = y0; yy < y1; ++yy)
-                for (int xx = x0; xx < x1; ++xx) s += x[yy * S + xx];
-              r = (float)(s / ((y1 - y0) * (x1 - x0)));
-            } else if (op_ == PoolOp::Max) {
-              r = x[y0 * S + x0];
-              for (int yy = y0; yy < y1; ++yy)
-                for (int xx = x0; xx < x1; ++xx) r = std::max(r, x[yy * S + xx]);
-            } else {
-              r = x[y0 * S + x0];
-              for (int yy = y0; yy < y1; ++yy)
-                for (int xx = x0; xx < x1; ++xx)
-                  if (!(std::fabs(r) > std::fabs(x[yy * S + xx]))) r = x[yy * S + xx];
+#pragma omp parallel
+    {
+      std::vector<float> rb(S);  // one output row's window reduced over its rows (max/avg)
+#pragma omp for collapse(2) schedule(static)
+      for (int64_t n = 0; n < N; ++n)
+        for (int c = 0; c < C; ++c) {
+          const float* x = in[0]->row(n) + c * inPlane;  // S x S plane, x fastest
+          float* y = o.row(n) + c * outPlane;            // O x O plane
+          for (int oy = 0; oy < O; ++oy) {
+            const int y0 = std::max(0, start_ + oy * stride_), y1 = std::min(S, start_ + oy * stride_ + size_);
+            if (op_ == PoolOp::MaxAbs) {
+              for (int ox = 0; ox < O; ++ox) {
+                const int x0 = std::max(0, start_ + ox * stride_), x1 = std::min(S, start_ + ox * stride_ + size_);
+                float r = x[y0 * S + x0];
+                for (int yy = y0; yy < y1; ++yy)
+                  for (int xx = x0; xx < x1; ++xx)
+                    if (!(std::fabs(r) > std::fabs(x[yy * S + xx]))) r = x[yy * S + xx];
+                y[oy * O + ox] = r;
+              }
+              continue;
             }
-            y[oy * O + ox] = r;
+            // Vertical pass along contiguous rows, then the horizontal windows.
+            std::copy(x + y0 * S, x + y0 * S + S, rb.begin());
+            for (int yy = y0 + 1; yy < y1; ++yy) {
+              const float* row = x + yy * S;
+              if (op_ == PoolOp::Max)
+                for (int xx = 0; xx < S; ++xx) rb[xx] = std::max(rb[xx], row[xx]);
+              else
+                for (int xx = 0; xx < S; ++xx) rb[xx] += row[xx];
+            }
+            for (int ox = 0; ox < O; ++ox) {
+              const int x0 = std::max(0, start_ + ox * stride_), x1 = std::min(S, start_ + ox * stride_ + size_);
+              float r = rb[x0];
+              if (op_ == PoolOp::Max) {
+                for (int xx = x0 + 1; xx < x1; ++xx) r = std::max(r, rb[xx]);
+              } else {
+                for (int xx = x0 + 1; xx < x1; ++xx) r += rb[xx];
+                r /= (float)((y1 - y0) * (x1 - x0));
+              }
+              y[oy * O + ox] = r;
+            }
           }
         }
-      }
+    }
   }
 
   void bprop(const std::vector<const Mat*>& in, const Mat& o, const Mat& dout, const std::vector<Mat*>& din,

@@ -21,7 +21,8 @@ class ResponseNormLayer : public NormLayerBase {
   void fprop(const std::vector<const Mat*>& in, Mat& o, const PassCtx&) override {
     const int64_t N = o.rows(), P = (int64_t)S_ * S_;
     denoms_.resize(N, o.cols());
-    const float a = (float)alpha_, k = (float)min_div_, b = (float)pow_;
+    dpow_.resize(N, o.cols());
+    const float a = (float)alpha_, k = (float)min_div_;
 #pragma omp parallel
     {
       std::vector<float> sq(P), tmp(P);
@@ -30,13 +31,13 @@ class ResponseNormLayer : public NormLayerBase {
         for (int c = 0; c < C_; ++c) {
           const float* x = in[0]->row(n) + c * P;
           float* den = denoms_.row(n) + c * P;
+          float* dp = dpow_.row(n) + c * P;
           float* y = o.row(n) + c * P;
           for (int64_t p = 0; p < P; ++p) sq[p] = x[p] * x[p];
           box_sum_2d(sq.data(), den, tmp.data(), S_, lo(), N_);
-          for (int64_t p = 0; p < P; ++p) {
-            den[p] = k + a * den[p];
-            y[p] = x[p] * std::pow(den[p], -b);
-          }
+          for (int64_t p = 0; p < P; ++p) den[p] = k + a * den[p];
+          inv_pow(den, dp, P, pow_);
+          for (int64_t p = 0; p < P; ++p) y[p] = x[p] * dp[p];
         }
     }
   }
@@ -46,7 +47,7 @@ class ResponseNormLayer : public NormLayerBase {
     if (!din[0]) return;
     const int64_t N = dout.rows(), P = (int64_t)S_ * S_;
     CCN_CHECK(denoms_.rows() == N && denoms_.cols() == dout.cols());
-    const float f = (float)(-2.0 * alpha_ * pow_), b = (float)pow_;
+    const float f = (float)(-2.0 * alpha_ * pow_);
 #pragma omp parallel
     {
       std::vector<float> t(P), s(P), tmp(P);
@@ -57,10 +58,11 @@ class ResponseNormLayer : public NormLayerBase {
           const float* y = o.row(n) + c * P;
           const float* g = dout.row(n) + c * P;
           const float* den = denoms_.row(n) + c * P;
+          const float* dp = dpow_.row(n) + c * P;
           float* d = din[0]->row(n) + c * P;
           for (int64_t p = 0; p < P; ++p) t[p] = g[p] * y[p] / den[p];
           box_sum_2d(t.data(), s.data(), tmp.data(), S_, lo_t(), N_);
-          for (int64_t p = 0; p < P; ++p) d[p] += g[p] * std::pow(den[p], -b) + f * x[p] * s[p];
+          for (int64_t p = 0; p < P; ++p) d[p] += g[p] * dp[p] + f * x[p] * s[p];
         }
     }
   }
@@ -68,7 +70,7 @@ class ResponseNormLayer : public NormLayerBase {
   double flops_per_case() const override { return (double)C_ * S_ * S_ * (2.0 * N_ + 4); }
 
  private:
-  Mat denoms_;  // D from the last fprop, for bprop
+  Mat denoms_, dpow_;  // D and D^(-pow) from the last fprop, for bprop
 };
 CCN_REGISTER_LAYER("rnorm", ResponseNormLayer);
 
