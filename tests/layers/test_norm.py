@@ -70,7 +70,7 @@ def params_text(scale, pw, min_div=None):
 
 def random_params(rng):
     # scale large enough that the denominator's derivative matters as much as the numerator's
-    scale, pw = float(rng.uniform(0.5, 3)), float(rng.choice([0.75, 0.5, 1.0]))
+    scale, pw = float(rng.uniform(0.5, 3)), float(rng.choice([0.75, 0.5, 1.0, 0.6]))  # 0.75/0.5/1 have fast paths
     min_div = None if rng.random() < 0.3 else float(rng.choice([1.0, 2.0, 0.5]))
     return scale, pw, min_div
 
@@ -106,8 +106,9 @@ def test_norm_with_neuron_and_flat_input():
     n, C, S, N = 3, 2, 5, 3
     x = rng.standard_normal((n, C * S * S))
     text = layers_text("cnorm", C, N, extra="neuron=tanh[1.5,0.5]\n")
-    check_layer(text, {"data": (0, x)}, lambda a: 1.5 * np.tanh(0.5 * cnorm_ref(a["data"], C, S, N, 2.0, 0.75, 1.0)),
-                "n", params_text=params_text(2.0, 0.75))
+    # pow=0.6 takes the general powf path
+    check_layer(text, {"data": (0, x)}, lambda a: 1.5 * np.tanh(0.5 * cnorm_ref(a["data"], C, S, N, 2.0, 0.6, 1.0)),
+                "n", params_text=params_text(2.0, 0.6))
 
 
 def _forward(net, x):
