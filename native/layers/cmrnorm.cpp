@@ -1,0 +1,103 @@
+// ccn/native/layers/cmrnorm.cpp: type=cmrnorm, response normalisation across N neighbouring
+// maps at each pixel (AlexNet's local response normalisation; keys, windows and the scale
+// convention: layers/norm.h).
+//
+//   D_{c,p} = minDiv + a' * sum_{c' in W(c)} x_{c',p}^2,   y = x * D^(-pow),   a' = scale / N
+//   W(c) = [c - N/2, c - N/2 + N) clipped to [0, C), or with blocked=1 the aligned block
+//          [(c / N) * N, (c / N) * N + N) clipped (cudaconv3 kFCNorm).
+// Backward (exact):
+//   dx_{c,p} = g D^(-pow) - 2 a' pow * x_{c,p} * sum_{c' : c in W(c')} g_{c',p} y_{c',p} / D_{c',p}
+// The transposed window is [c - (N - 1 - N/2), c + N/2] clipped (the same block when blocked).
+//
+// Layout: in, out, denominators N x (C*S*S), rows = cases, NCHW per case (x fastest); the inner
+// loops run along the S*S contiguous pixels of a map. Parallel over (case, channel).
+#include <vector>
+
+#include "layers/norm.h"
+
+namespace ccn {
+
+class CrossMapResponseNormLayer : public NormLayerBase {
+ public:
+  CrossMapResponseNormLayer() : NormLayerBase(Kind::CrossMap) {}
+
+  void fprop(const std::vector<const Mat*>& in, Mat& o, const PassCtx&) override {
+    const int64_t N = o.rows(), P = (int64_t)S_ * S_;
+    denoms_.resize(N, o.cols());
+    dpow_.resize(N, o.cols());
+    const float a = (float)alpha_, k = (float)min_div_;
+#pragma omp parallel for collapse(2) schedule(static) if (N * C_ * P > 16384)
+    for (int64_t n = 0; n < N; ++n)
+      for (int c = 0; c < C_; ++c) {
+        const float* xn = in[0]->row(n);
+        float* den = denoms_.row(n) + c * P;
+        float* dp = dpow_.row(n) + c * P;
+        float* y = o.row(n) + c * P;
+        int c0, c1;
+        window(c, c0, c1);
+        std::fill(den, den + P, 0.f);
+        for (int cc = c0; cc < c1; ++cc) {
+          const float* xc = xn + cc * P;
+          for (int64_t p = 0; p < P; ++p) den[p] += xc[p] * xc[p];
+        }
+        const float* x = xn + c * P;
+        for (int64_t p = 0; p < P; ++p) den[p] = k + a * den[p];
+        inv_pow(den, dp, P, pow_);
+        for (int64_t p = 0; p < P; ++p) y[p] = x[p] * dp[p];
+      }
+  }
+
+  void bprop(const std::vector<const Mat*>& in, const Mat& o, const Mat& dout, const std::vector<Mat*>& din,
+             const PassCtx&) override {
+    if (!din[0]) return;
+    const int64_t N = dout.rows(), P = (int64_t)S_ * S_;
+    CCN_CHECK(denoms_.rows() == N && denoms_.cols() == dout.cols());
+    const float f = (float)(-2.0 * alpha_ * pow_);
+    t_.resize(N, dout.cols());
+    const int64_t total = N * dout.cols();
+    const float* g = dout.data();
+    const float* y = o.data();
+    const float* den = denoms_.data();
+    float* t = t_.data();
+#pragma omp parallel for schedule(static) if (total > 65536)
+    for (int64_t i = 0; i < total; ++i) t[i] = g[i] * y[i] / den[i];
+#pragma omp parallel for collapse(2) schedule(static) if (N * C_ * P > 16384)
+    for (int64_t n = 0; n < N; ++n)
+      for (int c = 0; c < C_; ++c) {
+        const float* x = in[0]->row(n) + c * P;
+        const float* gc = dout.row(n) + c * P;
+        const float* dpc = dpow_.row(n) + c * P;
+        float* d = din[0]->row(n) + c * P;
+        int c0, c1;
+        window_t(c, c0, c1);
+        for (int64_t p = 0; p < P; ++p) d[p] += gc[p] * dpc[p];
+        for (int cc = c0; cc < c1; ++cc) {
+          const float* tc = t_.row(n) + cc * P;
+          for (int64_t p = 0; p < P; ++p) d[p] += f * x[p] * tc[p];
+        }
+      }
+  }
+
+  double flops_per_case() const override { return (double)C_ * S_ * S_ * (N_ + 4.0); }
+
+ private:
+  void window(int c, int& c0, int& c1) const {
+    if (blocked_) {
+      c0 = (c / N_) * N_;
+      c1 = std::min(C_, c0 + N_);
+    } else {
+      c0 = std::max(0, c + lo());
+      c1 = std::min(C_, c + lo() + N_);
+    }
+  }
+  void window_t(int c, int& c0, int& c1) const {
+    if (blocked_) return window(c, c0, c1);
+    c0 = std::max(0, c + lo_t());
+    c1 = std::min(C_, c + lo_t() + N_);
+  }
+
+  Mat denoms_, dpow_, t_;  // D and D^(-pow) from the last fprop; g*y/D scratch for bprop
+};
+CCN_REGISTER_LAYER("cmrnorm", CrossMapResponseNormLayer);
+
+}  // namespace ccn

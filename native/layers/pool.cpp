@@ -1,0 +1,176 @@
+// ccn/native/layers/pool.cpp: type=pool, spatial max / avg / maxabs pooling within each map.
+//
+// Keys (layer-definition file): channels, sizeX, stride, start (default 0, may be negative),
+// outputsX (default 0 = computed), pool = max | avg | maxabs (maxabs is cuda-convnet2's).
+//
+// Shape: the input is channels x S x S; the output is channels x O x O with
+//   O = outputsX, or when outputsX = 0:  O = ceil((S - start - sizeX) / stride) + 1.
+// Output o (along each axis) covers input pixels [start + o*stride, start + o*stride + sizeX)
+// clipped to [0, S). Every window must keep at least one pixel of the image.
+//   max:    out = max over the clipped window; backward: every input equal to the maximum
+//           (all tied maxima) receives the output's full gradient, as in cuda-convnet's
+//           kLocalMaxUndo.
+//   maxabs: out = the input of largest magnitude (of several with equal magnitude, the last in
+//           row-major window order, as cuda-convnet2's MaxAbsPooler); backward as max.
+//   avg:    out = sum / (number of window pixels inside the image); backward is the exact
+//           gradient of that, dout / count to each pixel of the clipped window. (The original's
+//           kLocalAvgUndo divides by sizeX^2 even at borders, which is not the gradient of its
+//           own forward; we follow the forward.)
+//
+// Layout: in N x (C*S*S), out N x (C*O*O), rows = cases, NCHW per case (x fastest).
+// Kernels are parallel over (case, channel) planes; each plane is owned by one thread, so
+// the backward scatter into din needs no atomics.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "layers/layer.h"
+
+namespace ccn {
+
+namespace {
+
+// ceil(a / b) for b > 0 and any sign of a.
+int ceil_div(int a, int b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+
+enum class PoolOp { Max, Avg, MaxAbs };
+
+}  // namespace
+
+class PoolLayer : public Layer {
+ public:
+  void setup(LayerSpec& spec, SetupCtx& ctx) override {
+    if (ctx.in.size() != 1) spec.fail("inputs", cat("a pool layer takes exactly one input, found ", ctx.in.size(), "."));
+    std::string pool = spec.get_str("pool");
+    if (pool == "max") op_ = PoolOp::Max;
+    else if (pool == "avg") op_ = PoolOp::Avg;
+    else if (pool == "maxabs") op_ = PoolOp::MaxAbs;
+    else {
+      std::string m = did_you_mean(pool, {"max", "avg", "maxabs"});
+      spec.fail("pool", cat("unknown pooling '", pool, "'; expected max, avg or maxabs.",
+                            m.empty() ? std::string() : cat(" Did you mean '", m, "'?")));
+    }
+    channels_ = spec.get_int("channels");
+    Shape in = image_shape(spec, ctx.in[0], channels_, ctx.in_names[0]);
+    S_ = in.h;
+    size_ = spec.get_int("sizeX");
+    if (size_ < 1) spec.fail("sizeX", cat("must be at least 1, found ", size_, "."));
+    stride_ = spec.get_int("stride");
+    if (stride_ < 1) spec.fail("stride", cat("must be at least 1, found ", stride_, "."));
+    start_ = spec.get_int("start", 0);
+    int ox = spec.get_int("outputsX", 0);
+    if (ox < 0) spec.fail("outputsX", cat("must be 0 (computed) or positive, found ", ox, "."));
+    if (start_ + size_ <= 0)
+      spec.fail("start", cat("with start=", start_, " and sizeX=", size_, " the first pooling window [", start_, ", ",
+                             start_ + size_, ") lies entirely outside the ", S_, "x", S_, " image."));
+    if (start_ >= S_)
+      spec.fail("start", cat("start=", start_, " is outside the ", S_, "x", S_, " image."));
+    if (ox == 0) {
+      O_ = ceil_div(S_ - start_ - size_, stride_) + 1;
+      if (O_ < 1)
+        spec.fail("sizeX", cat("with start=", start_, ", sizeX=", size_, " and stride=", stride_, " on a ", S_, "x", S_,
+                               " image, outputsX = ceil((", S_, " - ", start_, " - ", size_, ") / ", stride_, ") + 1 = ", O_,
+                               "; give a smaller sizeX or start, or an explicit outputsX."));
+    } else {
+      O_ = ox;
+    }
+    int last = start_ + (O_ - 1) * stride_;
+    if (last >= S_)
+      spec.fail(ox ? "outputsX" : "stride",
+                cat("the last pooling window (output ", O_ - 1, ") starts at pixel ", last, ", entirely outside the ", S_,
+                    "x", S_, " image (start=", start_, ", stride=", stride_, ", outputsX=", O_, ")."));
+    out = Shape{channels_, O_, O_};
+  }
+
+  void fprop(const std::vector<const Mat*>& in, Mat& o, const PassCtx&) override {
+    const int64_t N = o.rows();
+    const int C = channels_, S = S_, O = O_;
+    const int64_t inPlane = (int64_t)S * S, outPlane = (int64_t)O * O;
+#pragma omp parallel
+    {
+      std::vector<float> rb(S);  // one output row's window reduced over its rows (max/avg)
+#pragma omp for collapse(2) schedule(static)
+      for (int64_t n = 0; n < N; ++n)
+        for (int c = 0; c < C; ++c) {
+          const float* x = in[0]->row(n) + c * inPlane;  // S x S plane, x fastest
+          float* y = o.row(n) + c * outPlane;            // O x O plane
+          for (int oy = 0; oy < O; ++oy) {
+            const int y0 = std::max(0, start_ + oy * stride_), y1 = std::min(S, start_ + oy * stride_ + size_);
+            if (op_ == PoolOp::MaxAbs) {
+              for (int ox = 0; ox < O; ++ox) {
+                const int x0 = std::max(0, start_ + ox * stride_), x1 = std::min(S, start_ + ox * stride_ + size_);
+                float r = x[y0 * S + x0];
+                for (int yy = y0; yy < y1; ++yy)
+                  for (int xx = x0; xx < x1; ++xx)
+                    if (!(std::fabs(r) > std::fabs(x[yy * S + xx]))) r = x[yy * S + xx];
+                y[oy * O + ox] = r;
+              }
+              continue;
+            }
+            // Vertical pass along contiguous rows, then the horizontal windows.
+            std::copy(x + y0 * S, x + y0 * S + S, rb.begin());
+            for (int yy = y0 + 1; yy < y1; ++yy) {
+              const float* row = x + yy * S;
+              if (op_ == PoolOp::Max)
+                for (int xx = 0; xx < S; ++xx) rb[xx] = std::max(rb[xx], row[xx]);
+              else
+                for (int xx = 0; xx < S; ++xx) rb[xx] += row[xx];
+            }
+            for (int ox = 0; ox < O; ++ox) {
+              const int x0 = std::max(0, start_ + ox * stride_), x1 = std::min(S, start_ + ox * stride_ + size_);
+              float r = rb[x0];
+              if (op_ == PoolOp::Max) {
+                for (int xx = x0 + 1; xx < x1; ++xx) r = std::max(r, rb[xx]);
+              } else {
+                for (int xx = x0 + 1; xx < x1; ++xx) r += rb[xx];
+                r /= (float)((y1 - y0) * (x1 - x0));
+              }
+              y[oy * O + ox] = r;
+            }
+          }
+        }
+    }
+  }
+
+  void bprop(const std::vector<const Mat*>& in, const Mat& o, const Mat& dout, const std::vector<Mat*>& din,
+             const PassCtx&) override {
+    if (!din[0]) return;
+    const int64_t N = dout.rows();
+    const int C = channels_, S = S_, O = O_;
+    const int64_t inPlane = (int64_t)S * S, outPlane = (int64_t)O * O;
+#pragma omp parallel for collapse(2) schedule(static) if (N * C * outPlane > 16384)
+    for (int64_t n = 0; n < N; ++n)
+      for (int c = 0; c < C; ++c) {
+        const float* x = in[0]->row(n) + c * inPlane;
+        const float* y = o.row(n) + c * outPlane;
+        const float* g = dout.row(n) + c * outPlane;
+        float* d = din[0]->row(n) + c * inPlane;  // this thread's plane only
+        for (int oy = 0; oy < O; ++oy) {
+          const int y0 = std::max(0, start_ + oy * stride_), y1 = std::min(S, start_ + oy * stride_ + size_);
+          for (int ox = 0; ox < O; ++ox) {
+            const int x0 = std::max(0, start_ + ox * stride_), x1 = std::min(S, start_ + ox * stride_ + size_);
+            const float go = g[oy * O + ox];
+            if (op_ == PoolOp::Avg) {
+              const float v = go / (float)((y1 - y0) * (x1 - x0));
+              for (int yy = y0; yy < y1; ++yy)
+                for (int xx = x0; xx < x1; ++xx) d[yy * S + xx] += v;
+            } else {
+              const float m = y[oy * O + ox];
+              for (int yy = y0; yy < y1; ++yy)
+                for (int xx = x0; xx < x1; ++xx)
+                  if (x[yy * S + xx] == m) d[yy * S + xx] += go;
+            }
+          }
+        }
+      }
+  }
+
+  double flops_per_case() const override { return (double)channels_ * O_ * O_ * size_ * size_; }
+
+ private:
+  PoolOp op_ = PoolOp::Max;
+  int channels_ = 0, S_ = 0, size_ = 0, stride_ = 1, start_ = 0, O_ = 0;
+};
+CCN_REGISTER_LAYER("pool", PoolLayer);
+
+}  // namespace ccn
