@@ -3,8 +3,9 @@
 The params-file rule (used by every command that takes ``--layers``): an explicit
 ``--params`` wins; otherwise, next to the layer-definition file ``DIR/STEM.EXT``:
 
-1. cuda-convnet's pairs: ``layers-X.EXT`` -> ``layer-params-X.EXT`` and
-   ``layers.X.EXT`` -> ``layer-params.X.EXT`` (e.g. ``layers.gc.cfg``);
+1. cuda-convnet's pairs: ``layers-X.EXT`` -> ``layer-params-X.EXT``,
+   ``layers.X.EXT`` -> ``layer-params.X.EXT`` (e.g. ``layers.gc.cfg``) and
+   ``layers.EXT`` -> ``layer-params.EXT``;
 2. ``STEM-params.EXT`` (our ``layer-defs/alexnet.ini`` -> ``alexnet-params.ini``);
 3. ``STEM.params.EXT``.
 
@@ -21,7 +22,7 @@ from .errors import InputError
 def params_candidates(layers_path: str) -> list[str]:
     folder, base = os.path.split(layers_path)
     stem, ext = os.path.splitext(base)
-    names = []
+    names = ["layer-params" + ext] if stem == "layers" else []
     for prefix, repl in (("layers-", "layer-params-"), ("layers.", "layer-params.")):
         if stem.startswith(prefix):
             names.append(repl + stem[len(prefix):] + ext)

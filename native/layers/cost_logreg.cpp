@@ -26,10 +26,11 @@ class LogregCost : public Layer {
   }
   void reload_params(LayerSpec& spec) override {
     coeff_ = spec.get_float("coeff", 1.0, Src::Params);
-    topk_ = spec.has("topk", Src::Def) ? spec.get_int("topk", 1, Src::Def) : spec.get_int("topk", 1, Src::Params);
+    const Src topk_src = spec.has("topk", Src::Def) ? Src::Def : Src::Params;
+    topk_ = spec.get_int("topk", 1, topk_src);
     spec.allow("topk", Src::Def);
     if (topk_ < 1 || topk_ > classes_)
-      spec.fail("topk", cat("must be between 1 and the number of classes (", classes_, "), found ", topk_, "."), Src::Params);
+      spec.fail("topk", cat("must be between 1 and the number of classes (", classes_, "), found ", topk_, "."), topk_src);
   }
   void fprop(const std::vector<const Mat*>& in, Mat&, const PassCtx&) override {
     const Mat& lab = *in[0];

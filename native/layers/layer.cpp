@@ -1,6 +1,7 @@
 // ccn/native/layers/layer.cpp: registry, shared key rules of weight layers, helpers.
 #include "layers/layer.h"
 
+#include <cerrno>
 #include <cmath>
 
 #include "net/net.h"
@@ -34,10 +35,12 @@ Param* SetupCtx::find_weights(LayerSpec& spec, const std::string& ref) {
     lname = strip(ref.substr(0, lb));
     std::string si = ref.substr(lb + 1, ref.size() - lb - 2);
     char* end = nullptr;
+    errno = 0;
     long v = std::strtol(si.c_str(), &end, 10);
-    if (si.empty() || *end) spec.fail("weightSource", cat("the index in '", ref, "' is not an integer."));
-    idx = (int)v;
+    if (si.empty() || *end || errno) spec.fail("weightSource", cat("the index in '", ref, "' is not an integer."));
+    idx = (v < 0 || v > 1000000) ? -1 : (int)v;
   }
+  if (lname == layer->name) spec.fail("weightSource", "a layer cannot share weights with itself.");
   Layer* src = net->find_layer(lname);
   if (!src) {
     std::string m = did_you_mean(lname, net->layer_names());
@@ -47,8 +50,9 @@ Param* SetupCtx::find_weights(LayerSpec& spec, const std::string& ref) {
   if (src->weights.empty())
     spec.fail("weightSource", cat("layer '", lname, "' (type=", src->type, ") has no weights to share."));
   if (idx < 0 || idx >= (int)src->weights.size())
-    spec.fail("weightSource", cat("layer '", lname, "' has ", src->weights.size(), " weight matrices; index ", idx,
-                                  " is out of range."));
+    spec.fail("weightSource", cat("layer '", lname, "' has ", src->weights.size(), " weight matri",
+                                  src->weights.size() == 1 ? "x" : "ces", "; the index in '", ref, "' is out of range (0 to ",
+                                  src->weights.size() - 1, ")."));
   return src->weights[idx];
 }
 

@@ -43,6 +43,12 @@ int Net::index_of(const std::string& name) const {
 }
 
 Param* Net::make_param(const std::string& layer, const std::string& name, int64_t rows, int64_t cols, bool is_bias) {
+  // One matrix is capped at 2^31-1 values (8 GiB): kernels index within a matrix with int,
+  // and a larger one is a typo (outputs=40960000) rather than a net.
+  if (rows * cols > (int64_t)0x7fffffff)
+    config_error(def_file_.path, ": layer '", layer, "': its parameter matrix ", name, " would be ", rows, " x ", cols,
+                 " = ", rows * cols, " values (", (double)rows * cols * 4 / (1ull << 30),
+                 " GiB); ccn allows at most 2147483647 values per matrix. Check the layer's size keys.");
   auto p = std::make_unique<Param>();
   p->name = name;
   p->layer = layer;
@@ -69,6 +75,9 @@ void Net::build(const std::map<int, Shape>& data_dims) {
   std::map<std::string, std::vector<std::string>> inputs_of;
   for (const auto& s : def_file_.sections) {
     by_name[s.name] = &s;
+    if (s.name == "DEFAULT")
+      config_error(dpath, ":", s.line, ": ConfigParser's [DEFAULT] section (keys shared by every section) is not "
+                   "supported; write the keys in each layer's section.");
     const Entry* t = s.find("type");
     if (!t) config_error(dpath, ":", s.line, ": in section [", s.name, "]: missing required key 'type'.");
     if (!layer_registry().count(t->value)) {
@@ -113,12 +122,17 @@ void Net::build(const std::map<int, Shape>& data_dims) {
   // Depth-first topological order, stable in file order; report a cycle by its members.
   std::map<std::string, int> state;  // 0 new, 1 on stack, 2 done
   std::vector<std::string> order, stack;
+  bool with_sources = false;  // second pass: weightSource edges included
   std::function<void(const std::string&)> visit = [&](const std::string& n) {
     if (state[n] == 2) return;
     if (state[n] == 1) {
       auto it = std::find(stack.begin(), stack.end(), n);
       std::string cyc;
       for (; it != stack.end(); ++it) cyc += *it + " -> ";
+      if (with_sources)
+        config_error(dpath, ": the layers form a cycle once weightSource is counted: ", cyc, n,
+                     ". A layer that shares weights through weightSource must come after the layer it names, "
+                     "so neither may depend on the other.");
       config_error(dpath, ": the layers form a cycle: ", cyc, n, ". Layer inputs must form a directed acyclic graph.");
     }
     state[n] = 1;
@@ -146,6 +160,7 @@ void Net::build(const std::map<int, Shape>& data_dims) {
         for (auto& r : kv.second) inputs_of[kv.first].push_back(r);
       state.clear();
       order.clear();
+      with_sources = true;
       for (const auto& s : def_file_.sections) visit(s.name);
       for (auto& kv : extra)
         for (size_t i = 0; i < kv.second.size(); ++i) inputs_of[kv.first].pop_back();

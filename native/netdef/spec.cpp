@@ -72,9 +72,9 @@ std::string LayerSpec::where(const std::string& key, Src src) const {
   const ConfigFile* f = src == Src::Def ? def_file_ : par_file_;
   const Section* s = src == Src::Def ? def_ : par_;
   const Entry* e = entry(key, src);
-  std::string path = f ? f->path : std::string("<layer-params>");
+  if (!f) return cat("(no layer-params file): in section [", def_->name, "]");
   int line = e ? e->line : (s ? s->line : 0);
-  return cat(path, ":", line, ": in section [", def_->name, "]");
+  return cat(f->path, ":", line, ": in section [", def_->name, "]");
 }
 
 void LayerSpec::fail(const std::string& key, const std::string& msg, Src src) const {
@@ -85,8 +85,10 @@ void LayerSpec::fail_layer(const std::string& msg) const {
   config_error(def_file_->path, ":", def_->line, ": layer '", def_->name, "' (type=", type(), "): ", msg);
 }
 
-void LayerSpec::bad(const std::string& key, Src src, const std::string& found, const std::string& expected) const {
-  config_error(where(key, src), ", key '", key, "': expected ", expected, ", found '", found, "'.");
+void LayerSpec::bad(const std::string& key, Src src, const std::string& found, const std::string& expected,
+                    const std::string& hint) const {
+  config_error(where(key, src), ", key '", key, "': expected ", expected, ", found '", found, "'.",
+               hint.empty() ? "" : " ", hint);
 }
 
 std::string LayerSpec::get_str(const std::string& key, std::optional<std::string> dflt, Src src) {
@@ -175,6 +177,7 @@ std::vector<double> LayerSpec::get_float_list(const std::string& key, int n, std
 }
 
 Schedule LayerSpec::parse_schedule(const std::string& key, Src src, const std::string& v) const {
+  // cuda-convnet2 matches schedule and parameter names case-insensitively; so do we.
   Schedule s;
   size_t lb = v.find('[');
   if (lb == std::string::npos) {
@@ -183,41 +186,46 @@ Schedule LayerSpec::parse_schedule(const std::string& key, Src src, const std::s
   }
   const std::string expected =
       "a number or a schedule such as dexp[base=0.01;tgtFactor=250;numSteps=4] (types: const, linear, exp, dexp)";
-  if (v.back() != ']') bad(key, src, v, expected);
-  s.type = strip(v.substr(0, lb));
+  if (v.back() != ']' || v.find('[', lb + 1) != std::string::npos || v.find(']') != v.size() - 1)
+    bad(key, src, v, expected);
+  s.type = to_lower(strip(v.substr(0, lb)));
   if (s.type != "const" && s.type != "linear" && s.type != "exp" && s.type != "dexp") {
     std::string m = did_you_mean(s.type, {"const", "linear", "exp", "dexp"});
-    bad(key, src, v, expected + (m.empty() ? "" : "; did you mean '" + m + "'?"));
-  }
-  std::map<std::string, std::string> kv;
-  for (const auto& part : split(v.substr(lb + 1, v.size() - lb - 2), ';')) {
-    if (part.empty()) continue;
-    size_t eq = part.find('=');
-    if (eq == std::string::npos) bad(key, src, v, expected);
-    kv[strip(part.substr(0, eq))] = strip(part.substr(eq + 1));
+    bad(key, src, v, expected, m.empty() ? "" : "Did you mean '" + m + "'?");
   }
   std::vector<std::string> need = {"base"};
   if (s.type != "const") need.push_back("tgtFactor");
   if (s.type == "dexp") need.push_back("numSteps");
-  for (const auto& [k, val] : kv) {
-    bool ok = false;
-    for (const auto& nk : need) ok = ok || nk == k;
-    if (!ok) {
+  const std::string form = s.type == "const"    ? "const[base=B]"
+                           : s.type == "dexp" ? "dexp[base=B;tgtFactor=F;numSteps=N]"
+                                              : s.type + "[base=B;tgtFactor=F]";
+  std::map<std::string, std::string> kv;  // canonical name -> value
+  for (const auto& part : split(v.substr(lb + 1, v.size() - lb - 2), ';')) {
+    if (part.empty()) continue;
+    size_t eq = part.find('=');
+    if (eq == std::string::npos) bad(key, src, v, form, cat("'", part, "' is not name=value."));
+    std::string k = strip(part.substr(0, eq));
+    std::string canon;
+    for (const auto& nk : need)
+      if (to_lower(nk) == to_lower(k)) canon = nk;
+    if (canon.empty()) {
       std::string m = did_you_mean(k, need);
-      bad(key, src, v, cat("only ", need.size() == 1 ? "base" : (need.size() == 2 ? "base and tgtFactor" : "base, tgtFactor and numSteps"),
-                           " inside ", s.type, "[...]", m.empty() ? "" : "; did you mean '" + m + "' for '" + k + "'?"));
+      bad(key, src, v, form, cat("'", k, "' is not a parameter of ", s.type, "[...]",
+                                 m.empty() ? "." : cat("; did you mean '", m, "'?")));
     }
+    if (kv.count(canon)) bad(key, src, v, form, cat("'", canon, "' is given twice."));
+    kv[canon] = strip(part.substr(eq + 1));
   }
   for (const auto& nk : need)
-    if (!kv.count(nk)) bad(key, src, v, cat(s.type, "[...] with ", nk, "=..."));
+    if (!kv.count(nk)) bad(key, src, v, form, cat("'", nk, "' is missing."));
   s.base = parse_float(key, src, kv["base"]);
   if (kv.count("tgtFactor")) {
     s.tgt_factor = parse_float(key, src, kv["tgtFactor"]);
-    if (s.tgt_factor <= 0) bad(key, src, v, "tgtFactor > 0");
+    if (s.tgt_factor <= 0) bad(key, src, v, form, "tgtFactor must be positive.");
   }
   if (kv.count("numSteps")) {
     s.num_steps = parse_int(key, src, kv["numSteps"]);
-    if (s.num_steps < 1) bad(key, src, v, "numSteps >= 1");
+    if (s.num_steps < 1) bad(key, src, v, form, "numSteps must be at least 1.");
   }
   return s;
 }
@@ -238,13 +246,22 @@ std::vector<Schedule> LayerSpec::get_schedule_list(const std::string& key, int n
 
 NeuronSpec LayerSpec::get_neuron(const std::string& key, std::optional<std::string> dflt) {
   std::string v = get_str(key, dflt, Src::Def);
+  const std::string form = "a neuron such as relu or tanh[1.7,0.66]";
   NeuronSpec ns;
   size_t lb = v.find('[');
   ns.type = strip(lb == std::string::npos ? v : v.substr(0, lb));
+  if (ns.type.empty()) bad(key, Src::Def, v, form);
   if (lb != std::string::npos) {
-    if (v.back() != ']') bad(key, Src::Def, v, "a neuron such as relu or tanh[1.7,0.66]");
-    for (const auto& a : split(v.substr(lb + 1, v.size() - lb - 2), ','))
-      ns.args.push_back(parse_float(key, Src::Def, a));
+    if (v.back() != ']' || v.find('[', lb + 1) != std::string::npos || v.find(']') != v.size() - 1)
+      bad(key, Src::Def, v, form);
+    for (const auto& a : split(v.substr(lb + 1, v.size() - lb - 2), ',')) {
+      errno = 0;
+      char* end = nullptr;
+      double x = std::strtod(a.c_str(), &end);
+      if (a.empty() || *end != 0 || errno || !std::isfinite(x))
+        bad(key, Src::Def, v, form, a.empty() ? std::string("A parameter is empty.") : cat("'", a, "' is not a number."));
+      ns.args.push_back(x);
+    }
   }
   return ns;
 }

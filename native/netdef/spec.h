@@ -68,7 +68,8 @@ class LayerSpec {
  private:
   const Entry* entry(const std::string& key, Src src) const;
   std::string where(const std::string& key, Src src) const;
-  [[noreturn]] void bad(const std::string& key, Src src, const std::string& found, const std::string& expected) const;
+  [[noreturn]] void bad(const std::string& key, Src src, const std::string& found, const std::string& expected,
+                        const std::string& hint = "") const;
   double parse_float(const std::string& key, Src src, const std::string& v) const;
   int parse_int(const std::string& key, Src src, const std::string& v) const;
   Schedule parse_schedule(const std::string& key, Src src, const std::string& v) const;

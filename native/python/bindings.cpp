@@ -153,6 +153,47 @@ PYBIND11_MODULE(_core, m) {
 #endif
   });
 
+  // The layer-file reader on its own: [(section, line, [(key, value, line), ...]), ...]. Used by
+  // show-net to read a file's data layers before building it, and by the dialect tests.
+  m.def("parse_config", [](const std::string& text, const std::string& path) {
+    ConfigFile cf = parse_config_text(text, path);
+    py::list out;
+    for (const auto& s : cf.sections) {
+      py::list entries;
+      for (const auto& e : s.entries) entries.append(py::make_tuple(e.key, e.value, e.line));
+      out.append(py::make_tuple(s.name, s.line, entries));
+    }
+    return out;
+  });
+  // One typed key of one section, read as a layer would (for the dialect tests). kind: str, int,
+  // float, bool, str_list, int_list, float_list, schedule (its canonical text), neuron (its text).
+  m.def("netdef_get", [](const std::string& text, const std::string& path, const std::string& section,
+                         const std::string& key, const std::string& kind, int n, bool in_params) -> py::object {
+    ConfigFile cf = parse_config_text(text, path);
+    const Section* sec = cf.find(section);
+    if (!sec) input_error("no section [", section, "] in ", path, ".");
+    ConfigFile empty;
+    Section none{section, 0, {}};
+    LayerSpec spec(in_params ? &empty : &cf, in_params ? &none : sec, in_params ? &cf : nullptr,
+                   in_params ? sec : nullptr);
+    Src src = in_params ? Src::Params : Src::Def;
+    if (kind == "str") return py::str(spec.get_str(key, {}, src));
+    if (kind == "int") return py::int_(spec.get_int(key, {}, src));
+    if (kind == "float") return py::float_(spec.get_float(key, {}, src));
+    if (kind == "bool") return py::bool_(spec.get_bool(key, {}, src));
+    if (kind == "str_list") return py::cast(spec.get_str_list(key, n, {}, src));
+    if (kind == "int_list") return py::cast(spec.get_int_list(key, n, {}, src));
+    if (kind == "float_list") return py::cast(spec.get_float_list(key, n, {}, src));
+    if (kind == "schedule") {
+      py::list out;
+      for (const auto& sc : spec.get_schedule_list(key, n, {}, src)) out.append(sc.str());
+      return out;
+    }
+    if (kind == "neuron") return py::str(spec.get_neuron(key).str());
+    input_error("netdef_get: unknown kind '", kind, "'.");
+  }, py::arg("text"), py::arg("path"), py::arg("section"), py::arg("key"), py::arg("kind"), py::arg("n") = 1,
+     py::arg("in_params") = false);
+
   py::class_<Net>(m, "Net")
       .def(py::init([](const std::string& def_text, const std::string& def_path, const std::string& params_text,
                        const std::string& params_path, const std::map<int, std::tuple<int, int, int>>& dims) {

@@ -1,0 +1,115 @@
+"""Error messages of the layer-file reader and the net builder.
+
+Every message names the file and line, the section and key, the value found and the form
+expected; misspelt keys, types and layer names get a did-you-mean; graph errors name the layers.
+"""
+
+import re
+
+import pytest
+
+import ccn
+from ccn.errors import ConfigError
+
+D = "[data]\ntype=data\ndataIdx=0\n"  # lines 1-3
+FC = "[fc]\ntype=fc\ninputs=data\noutputs=3\n"  # lines 4-7
+P = "[fc]\nepsW=0.1\nepsB=0.1\nmomW=0.9\nmomB=0.9\nwc=0\n"
+
+
+def err(text, params=None, dims=None):
+    with pytest.raises(ConfigError) as e:
+        ccn.Net("net.cfg", None if params is None else "par.cfg", dims or {0: 4, 1: 1}, layers_text=text,
+                params_text=params, init=False)
+    msg = str(e.value)
+    assert "\n" not in msg.strip() or msg.count("\n") < 3  # one paragraph
+    return msg
+
+
+CASES = [
+    # reader
+    ("[a\ntype=data\n", None, r"^net\.cfg:1: section header '\[a' has no closing '\]'; expected \[layername\]"),
+    ("[]\n", None, r"^net\.cfg:1: empty section name"),
+    ("[a] x\n", None, r"^net\.cfg:1: unexpected text 'x' after section header \[a\]"),
+    ("type=data\n[a]\n", None, r"^net\.cfg:1: 'type=data' comes before any \[section\]"),
+    (D + "dataIdx\n", None, r"^net\.cfg:4: in section \[data\]: cannot read 'dataIdx'; expected key=value"),
+    (D + "=1\n", None, r"^net\.cfg:4: in section \[data\]: missing key before '='"),
+    (D + "DATAIDX=1\n", None, r"^net\.cfg:4: in section \[data\], key 'DATAIDX' is given twice \(first at line 3\)"),
+    (D + "[data]\n", None, r"^net\.cfg:4: section \[data\] appears twice \(first at line 1\)"),
+    ("[data]\ntype=data\x00\n", None, r"^net\.cfg: this is not a text file"),
+    ("# only a comment\n", None, r"^net\.cfg: no layer sections found"),
+    (D + "[DEFAULT]\nx=1\n", None, r"^net\.cfg:4: ConfigParser's \[DEFAULT\] section"),
+    # types and keys
+    (D + "[fc]\ntype=fcc\ninputs=data\n", None,
+     r"^net\.cfg:5: in section \[fc\], key 'type': unknown layer type 'fcc'\. Did you mean 'fc'\? Known types: .*fc"),
+    (D + "[fc]\ninputs=data\n", None, r"^net\.cfg:4: in section \[fc\]: missing required key 'type'"),
+    (D + "[fc]\ntype=fc\ninputs=data\n", None, r"^net\.cfg:4: in section \[fc\]: missing required key 'outputs'"),
+    (D + FC + "outptus=3\n", None,
+     r"^net\.cfg:8: in section \[fc\], key 'outptus': not a key of layer type 'fc'\. Did you mean 'outputs'\?"),
+    (D + FC + "intiW=0.1\n", None, r"key 'intiW': not a key of layer type 'fc'\. Did you mean 'initW'\?"),
+    (D + FC + "epsW=0.1\n", None, r"^net\.cfg:8: in section \[fc\], key 'epsW': .* belongs in the layer-params file"),
+    (D + FC, P + "initW=1\n", r"^par\.cfg:7: in section \[fc\], key 'initW': .* belongs in the layer-definition file"),
+    (D + FC, P + "mowW=1\n", r"^par\.cfg:7: in section \[fc\], key 'mowW': .*Did you mean 'momW'\?"),
+    (D + FC, P.replace("wc=0\n", ""), r"^par\.cfg:1: in section \[fc\]: missing required key 'wc' \(in the layer-params"),
+    (D + FC, "[fc2]\nepsW=1\n", r"^par\.cfg:1: section \[fc2\] names no layer of net\.cfg\. Did you mean 'fc'\?"),
+    (D + FC, "", r"^par\.cfg: layer 'fc' \(type=fc\) needs a \[fc\] section with key 'epsW'"),
+    # values: the value found and the form expected
+    (D + "[fc]\ntype=fc\ninputs=data\noutputs=3.5\n", None,
+     r"^net\.cfg:7: in section \[fc\], key 'outputs': expected an integer, found '3\.5'\.$"),
+    (D + FC + "initW=abc\n", None, r"^net\.cfg:8: in section \[fc\], key 'initW': expected a number, found 'abc'\.$"),
+    (D + FC + "initW=0.1,0.2\n", None,
+     r"key 'initW': expected 1 comma-separated value \(one per input\), found '0\.1,0\.2'"),
+    (D + FC + "neuron=relux\n", None, r"^net\.cfg:8: .*key 'neuron': unknown neuron 'relux'\. Did you mean 'relu'\?"),
+    (D + FC + "neuron=tanh[1.7,x]\n", None,
+     r"key 'neuron': expected a neuron such as relu or tanh\[1\.7,0\.66\], found 'tanh\[1\.7,x\]'\. 'x' is not a number"),
+    (D + FC + "neuron=tanh[1.7\n", None, r"key 'neuron': expected a neuron such as .*, found 'tanh\[1\.7'"),
+    (D + FC + "neuron=brelu\n", None, r"key 'neuron': neuron 'brelu' needs its parameter: write brelu\[a\]"),
+    (D + FC, P.replace("epsW=0.1", "epsW=dexp[base=0.1;tgtFactor=2]"),
+     r"^par\.cfg:2: in section \[fc\], key 'epsW': expected dexp\[base=B;tgtFactor=F;numSteps=N\], found "
+     r"'dexp\[base=0\.1;tgtFactor=2\]'\. 'numSteps' is missing"),
+    (D + FC, P.replace("epsW=0.1", "epsW=dexpp[base=0.1;tgtFactor=2;numSteps=2]"),
+     r"key 'epsW': expected a number or a schedule .*found 'dexpp\[.*\]'\. Did you mean 'dexp'\?"),
+    (D + FC, P.replace("epsW=0.1", "epsW=exp[base=0.1;tgtFctor=2]"),
+     r"key 'epsW': expected exp\[base=B;tgtFactor=F\], .*'tgtFctor' is not a parameter of exp\[\.\.\.\]; did you mean "
+     r"'tgtFactor'\?"),
+    (D + FC, P.replace("epsW=0.1", "epsW=exp[base=0.1;tgtFactor=0]"), r"tgtFactor must be positive"),
+    (D + FC, P.replace("epsW=0.1", "epsW=dexp[base=0.1;tgtFactor=2;numSteps=0]"), r"numSteps must be at least 1"),
+    (D + FC, P.replace("epsW=0.1", "epsW=exp[base=0.1;base=0.2;tgtFactor=2]"), r"'base' is given twice"),
+    (D + FC + "gpu=a\n", None, r"key 'gpu': expected a comma list of device indices such as 0 or 0,1; found 'a'"),
+    (D + "[fc]\ntype=fc\ninputs=data\noutputs=999999999\n", None,
+     r"^net\.cfg: layer 'fc': its parameter matrix fc\.weights\[0\] would be 4 x 999999999"),
+    # graph
+    (D + "[fc]\ntype=fc\ninputs=dta\noutputs=3\n", None,
+     r"^net\.cfg:6: in section \[fc\], key 'inputs': there is no layer 'dta'\. Did you mean 'data'\?"),
+    (D + "[fc]\ntype=fc\ninputs=fc\noutputs=3\n", None,
+     r"^net\.cfg:6: in section \[fc\], key 'inputs': a layer cannot be its own input"),
+    (D + "[fc]\ntype=fc\ninputs=data,,data\noutputs=3\n", None, r"key 'inputs': empty layer name in 'data,,data'"),
+    (D + "[a]\ntype=fc\ninputs=c\noutputs=3\n[b]\ntype=fc\ninputs=a\noutputs=3\n[c]\ntype=fc\ninputs=b,data\noutputs=3\n",
+     None, r"^net\.cfg: the layers form a cycle: a -> c -> b -> a\."),
+    (D + FC + "[fc2]\ntype=fc\ninputs=data\noutputs=3\nweightSource=fc3\n", None,
+     r"^net\.cfg:12: in section \[fc2\], key 'weightSource': there is no layer 'fc3'; did you mean 'fc'\?"),
+    (D + FC + "[fc2]\ntype=fc\ninputs=fc\noutputs=3\nweightSource=fc\n", None,
+     r"^net\.cfg:12: in section \[fc2\], key 'weightSource': weights 'fc\.weights\[0\]' are 4x3 but layer 'fc2' needs 3x3"),
+    (D + FC + "[fc2]\ntype=fc\ninputs=data\noutputs=3\nweightSource=fc[1]\n", None,
+     r"key 'weightSource': layer 'fc' has 1 weight matrix; the index in 'fc\[1\]' is out of range \(0 to 0\)"),
+    (D + FC + "[fc2]\ntype=fc\ninputs=data\noutputs=3\nweightSource=fc[x]\n", None, r"the index in 'fc\[x\]' is not an"),
+    (D + FC + "weightSource=fc\n", None, r"^net\.cfg:8: in section \[fc\], key 'weightSource': a layer cannot share "
+                                        r"weights with itself"),
+    (D + FC + "[sm]\ntype=softmax\ninputs=data\n[fc2]\ntype=fc\ninputs=data\noutputs=3\nweightSource=sm\n", None,
+     r"key 'weightSource': layer 'sm' \(type=softmax\) has no weights to share"),
+    (D + FC + "weightSource=fc2\n[fc2]\ntype=fc\ninputs=fc\noutputs=3\n", None,
+     r"^net\.cfg: the layers form a cycle once weightSource is counted: fc -> fc2 -> fc\."),
+    ("[data]\ntype=data\ndataIdx=2\n", None, r"^net\.cfg:3: in section \[data\], key 'dataIdx': the data provider has no "
+                                             r"matrix number 2; it offers 0 \(4x1x1\), 1 \(1x1x1\)"),
+]
+
+
+@pytest.mark.parametrize("text,params,pattern", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+def test_error_message(text, params, pattern):
+    msg = err(text, params)
+    assert re.search(pattern, msg), msg
+
+
+def test_errors_are_whole_sentences():
+    for text, params, _ in CASES:
+        msg = err(text, params)
+        assert msg.rstrip().endswith((".", "?")), msg
