@@ -21,6 +21,7 @@ from ..errors import CcnError
 # name -> "module:function"; a command is listed here only once it works.
 COMMANDS = {
     "info": "ccn.cli.info:info",
+    "train": "ccn.cli.train:train",
 }
 
 
