@@ -266,12 +266,22 @@ def trim(folder: str, max_bytes: int) -> list[str]:
     for p in found[:-1]:
         if total <= max_bytes:
             break
-        shutil.rmtree(p, ignore_errors=True)
+        _remove(folder, p)
         total -= sizes[p]
         removed.append(p)
-    if removed:
-        _fsync_dir(folder)
     return removed
+
+
+def _remove(folder: str, path: str) -> None:
+    """Delete a checkpoint so that a crash midway never leaves half of it under its name:
+    rename it to a temporary name first (atomic), then delete that."""
+    doomed = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}del-", dir=folder)
+    try:
+        os.rename(path, os.path.join(doomed, os.path.basename(path)))
+        _fsync_dir(folder)
+    except OSError:
+        pass
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 # ---- reading --------------------------------------------------------------------------------
