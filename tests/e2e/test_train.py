@@ -415,3 +415,32 @@ def test_divergence_exits_1_naming_the_layer(tmp_path):
     for p in ck.list_checkpoints(tmp_path / "save"):
         c = ck.load(p)
         assert all(np.isfinite(a).all() for a in c.arrays.values())
+
+
+def test_real_sigint_saves_and_resume_is_bitwise(tmp_path):
+    data = fakedata.make_dataset(tmp_path / "data", delay=0.03)
+    layers, _ = fakedata.write_net(tmp_path / "net")
+    base = opts(tmp_path, data, layers, epochs=4, test_freq=1, force_save=True)
+    train({**base, "save_path": str(tmp_path / "a")})
+    args = ["--layers", layers, "--data-path", data, "--data-provider", "fakedata:open_provider", "--train-range", "1-4",
+            "--test-range", "5", "--epochs", "4", "--mini", "16", "--test-freq", "1", "--save-path",
+            str(tmp_path / "b"), "--seed", "5", "--threads", "1", "--force-save"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE, os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.Popen([sys.executable, "-m", "ccn.cli.main", "train", *args], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    t_end = time.time() + 60
+    while time.time() < t_end and not ck.list_checkpoints(tmp_path / "b") and p.poll() is None:
+        time.sleep(0.01)
+    time.sleep(random.uniform(0.0, 0.2))
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, (out, err)
+    assert "Stopped by Ctrl-C" in out and "Traceback" not in err
+    c = ck.load(str(tmp_path / "b"))
+    assert c.position["batches_done"] < 16
+    train({}, load_file=str(tmp_path / "b"))
+    wa, _ = weights_of(tmp_path / "a")
+    wb, cb = weights_of(tmp_path / "b")
+    assert cb.path.endswith("4.4")
+    for k in wa:
+        assert np.array_equal(wa[k], wb[k]), k
