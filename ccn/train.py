@@ -55,6 +55,7 @@ class TrainConfig:
     max_filesize_mb: float = 5000.0
     force_save: bool = False
     provider_seed: int = 0
+    multiview: bool = False  # the test provider returns 10 views per case (see _test_multiview)
     options: dict = field(default_factory=dict)  # everything, as saved in checkpoints
     progress_bar: bool = False
 
@@ -319,6 +320,9 @@ class Trainer:
             data = self._get(self.test_dp, b, epoch, ("test", epoch, b))
             if i + 1 < len(batches):
                 self._prefetch(self.test_dp, batches[i + 1], epoch, ("test", epoch, batches[i + 1]))
+            if self.cfg.multiview:
+                self._test_multiview(data, b, sums)
+                continue
             n = data[0].shape[0]
             for lo in range(0, n, self.cfg.mini):
                 hi = min(n, lo + self.cfg.mini)
@@ -344,6 +348,54 @@ class Trainer:
         for line in weight_stats(self.net):
             show(line)
         return rec
+
+    VIEWS = 10
+
+    def _test_multiview(self, data, batch: int, sums: _CostSum) -> None:
+        """cuda-convnet's multiview test: rows i, i+n, ..., i+9n are the views of case i. Each
+        cost.logreg is computed on its probabilities averaged over the views (the negative log
+        probability of the label and the top-1 error, ties sharing the credit); other cost
+        layers report their mean over the views."""
+        rows = data[0].shape[0]
+        if rows % self.VIEWS:
+            raise InputError(f"multiview test: batch {batch} has {rows} rows, not a multiple of {self.VIEWS} views.")
+        n = rows // self.VIEWS
+        layers = {l.name: l for l in self.net.layers}
+        logreg = {l.name: l for l in layers.values() if l.type == "cost.logreg"}
+        for lo in range(0, n, self.cfg.mini):
+            hi = min(n, lo + self.cfg.mini)
+            probs = {name: 0.0 for name in logreg}
+            other = {}
+            for v in range(self.VIEWS):
+                self.net.forward([d[v * n + lo:v * n + hi] for d in data], train=False)
+                costs = self.net.costs()
+                if _nonfinite(costs):
+                    self._nonfinite_error(costs, f"testing on batch {batch}, view {v + 1}")
+                for name, l in logreg.items():
+                    probs[name] = probs[name] + self.net.output(l.inputs[1]).astype(np.float64)
+                for c in costs:
+                    if c["layer"] not in logreg:
+                        vals = np.asarray(c["values"], dtype=np.float64) / self.VIEWS
+                        other[c["layer"]] = other.get(c["layer"], 0.0) + vals
+            result = []
+            for c in self.net.costs():  # keep the net's order of cost layers
+                name = c["layer"]
+                if name in logreg:
+                    lab_idx = layers[logreg[name].inputs[0]].data_idx
+                    labels = data[lab_idx][lo:hi, 0].astype(np.int64)
+                    p = probs[name] / self.VIEWS
+                    pl = p[np.arange(hi - lo), labels]
+                    top = p.max(axis=1)
+                    ties = (p == top[:, None]).sum(axis=1)
+                    right = np.where(pl >= top, 1.0 / ties, 0.0)
+                    vals = [float(-np.log(pl).sum()), float((1.0 - right).sum())]
+                    if len(c["values"]) > 2:
+                        raise InputError(f"multiview test: cost layer '{name}' reports top-k error too (topk=); "
+                                         "multiview testing computes only the top-1 error. Remove topk to use it.")
+                    result.append({"layer": name, "values": vals})
+                else:
+                    result.append({"layer": name, "values": list(other[name])})
+            sums.add(result, hi - lo)
 
     def _nonfinite_error(self, costs, where: str):
         layer = self.net._net.first_nonfinite_layer()

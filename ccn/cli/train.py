@@ -191,8 +191,6 @@ def run_train(given: dict, load_file: str | None = None, out=None, stop_after: i
         if opts[key]:
             raise ConfigError(f"{flag} is not implemented yet in ccn train (needs the conv and local layers); "
                               "leave it out.")
-    if opts["multiview_test"]:
-        raise ConfigError("--multiview-test is not implemented yet in ccn train; test with --multiview-test 0.")
     if ckpt is not None and opts["save_path"] is None:
         opts["save_path"] = os.path.dirname(os.path.abspath(ckpt.path))
     missing = [f"--{k.replace('_', '-')}" for k in ("data_path", "train_range", "test_range", "save_path")
@@ -288,7 +286,8 @@ def run_train(given: dict, load_file: str | None = None, out=None, stop_after: i
     cfg = TrainConfig(epochs=int(opts["epochs"]), mini=int(opts["mini"]), test_freq=int(opts["test_freq"]),
                       test_one=bool(opts["test_one"]), save_path=opts["save_path"],
                       max_filesize_mb=opts["max_filesize"], force_save=bool(opts["force_save"]),
-                      provider_seed=int(opts["seed"]), options=saved_opts,
+                      provider_seed=int(opts["seed"]), multiview=bool(opts["multiview_test"]),
+                      options=saved_opts,
                       progress_bar=out is None and sys.stdout.isatty())
     trainer = Trainer(net, train_dp, test_dp, cfg, state=state, out=out)
     echo = (lambda s: print(s, file=out, flush=True)) if out is not None else (lambda s: click.echo(s))

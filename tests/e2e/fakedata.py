@@ -84,6 +84,11 @@ class FakeProvider:
         if self.train:
             perm = np.random.default_rng([self.options.seed, batch_num, epoch]).permutation(n)
             x, labels = x[perm], labels[perm]
+        if not self.train and self.options.multiview:  # 10 views of each case: rows i, i+n, ..., i+9n
+            vrng = np.random.default_rng([self.spec["seed"], batch_num, 99])
+            x = np.concatenate([x + 0.5 * vrng.standard_normal(x.shape) for _ in range(10)])
+            labels = np.tile(labels, 10)
+            n = 10 * n
         x = x.astype(np.float32)
         if self.spec.get("nan_batch") == batch_num:
             x[n // 2, 0] = np.nan

@@ -444,3 +444,29 @@ def test_real_sigint_saves_and_resume_is_bitwise(tmp_path):
     assert cb.path.endswith("4.4")
     for k in wa:
         assert np.array_equal(wa[k], wb[k]), k
+
+
+def test_multiview_test_averages_probabilities_over_views(setup):
+    tmp, data, layers, params = setup
+    res, out = train(opts(tmp, data, layers, train_range="1-2", epochs=1, test_freq=2, multiview_test=True))
+    _, c = weights_of(tmp / "save")
+    rec = c.meta["history"]["test"][-1]
+    assert rec["cases"] == 40
+    # independent reference: the saved weights, each view forwarded on its own, softmax averaged
+    import ccn
+
+    net = ccn.Net(layers, params, {0: 6, 1: 1}, init=False)
+    for p in net.params:
+        net.set(p.name, c.arrays[f"w/{p.name}"])
+    prov = fakedata.open_provider(data, [5], train=False, options=fakedata.ProviderOptions(seed=5, multiview=True))
+    x, y = prov.load(5, 1)
+    n = 40
+    probs = 0
+    for v in range(10):
+        net.forward([x[v * n:(v + 1) * n], y[v * n:(v + 1) * n]])
+        probs = probs + net.output("probs").astype(np.float64) / 10
+    lab = y[:n, 0].astype(int)
+    pl = probs[np.arange(n), lab]
+    np.testing.assert_allclose(rec["costs"]["logprob"][0], -np.log(pl).sum(), rtol=1e-5)
+    assert rec["costs"]["logprob"][1] == float((probs.argmax(1) != lab).sum())
+    assert re.search(r"^logprob:  \d\.\d{6}, \d\.\d{6}$", out, re.M)
