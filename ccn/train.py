@@ -269,6 +269,8 @@ class Trainer:
                                          100 * self.wait_s / max(elapsed, 1e-9))
                     if self._stop and st.mb < nmb:
                         st.partial = {**sums.to_json(), "seconds": time.perf_counter() - t0}
+                        if not cfg.save_path:
+                            return TrainResult(st, None, True)
                         path = self.save()
                         self._display.line(f"Saved checkpoint to {path}")
                         return TrainResult(st, path, True)

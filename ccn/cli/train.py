@@ -183,8 +183,11 @@ def run_train(given: dict, load_file: str | None = None, out=None, stop_after: i
             opts[k] = os.path.abspath(_with_prefix(given[k], opts["layer_path"]))
 
     # ---- options that cannot work (yet) fail before anything happens
-    if opts["gpu"] not in (None, "") and "device" not in given:
-        opts["device"] = "cuda"
+    if opts["gpu"] not in (None, ""):
+        if "device" not in given:
+            opts["device"] = "cuda"
+        elif opts["device"] == "cpu":
+            raise ConfigError(f"--gpu {opts['gpu']} selects GPUs but --device is cpu; leave out one of them.")
     if opts["device"] == "cuda":
         raise ConfigError("the CUDA backend cannot train yet; train on the CPU with --device cpu (and without --gpu).")
     for key, flag in (("conv_to_local", "--conv-to-local"), ("unshare_weights", "--unshare-weights")):
@@ -301,7 +304,13 @@ def run_train(given: dict, load_file: str | None = None, out=None, stop_after: i
         echo(f"  resuming from {ckpt.path}")
     echo(f"Saving checkpoints to {cfg.save_path}")
     echo("=========================")
-    result = trainer.run(stop_after=stop_after)
+    try:
+        result = trainer.run(stop_after=stop_after)
+    finally:
+        for dp in (train_dp, test_dp):
+            close = getattr(dp, "close", None)
+            if callable(close):
+                close()
     if result.interrupted:
         where = result.checkpoint or "(nothing saved)"
         echo(f"Stopped by Ctrl-C. Resume with: ccn train -f {cfg.save_path}  (checkpoint {where})")

@@ -470,3 +470,17 @@ def test_multiview_test_averages_probabilities_over_views(setup):
     np.testing.assert_allclose(rec["costs"]["logprob"][0], -np.log(pl).sum(), rtol=1e-5)
     assert rec["costs"]["logprob"][1] == float((probs.argmax(1) != lab).sum())
     assert re.search(r"^logprob:  \d\.\d{6}, \d\.\d{6}$", out, re.M)
+
+
+def test_layer_path_prefix_and_missing_params_file_on_resume(setup):
+    tmp, data, layers, params = setup
+    r = cli("--layer-path", os.path.dirname(layers), "--layer-def", os.path.basename(layers), "--layer-params",
+            os.path.basename(params), "--data-path", data, "--data-provider", "fakedata:open_provider",
+            "--train-range", "1-2", "--test-range", "5", "--epochs", "1", "--test-freq", "2", "--save-path",
+            str(tmp / "save"), "--mini", "16")
+    assert r.returncode == 0, r.stderr
+    os.unlink(params)
+    r = cli("-f", str(tmp / "save"), "--epochs", "2")
+    assert r.returncode == 0, r.stderr
+    assert "is gone; continuing with the copy saved in the checkpoint" in r.stderr
+    _expect(cli("-f", str(tmp / "save"), "--gpu", "0", "--device", "cpu"), 2, "selects GPUs but --device is cpu")
