@@ -22,6 +22,7 @@ from ..errors import CcnError
 COMMANDS = {
     "info": "ccn.cli.info:info",
     "show-net": "ccn.cli.show_net:show_net",
+    "train": "ccn.cli.train:train",
 }
 
 

@@ -1,0 +1,332 @@
+"""`ccn train`: train a net from its layer files on numbered data batches (cuda-convnet's convnet.py).
+
+Options keep cuda-convnet's names (``--layer-def``, ``--layer-params``, ``--mini``,
+``--test-one 0``, ...) next to the modern spellings. ``-f/--load-file`` resumes from a
+checkpoint (or a save folder: its newest checkpoint); the options saved there are used
+unless given again. See :mod:`ccn.train` for the loop and :mod:`ccn.checkpoint` for the
+checkpoint format.
+
+The data provider: ``--data-provider`` unset (or one of cuda-convnet's names ``cifar``,
+``image``, ``default``) uses ``ccn.data.provider.open_provider``, which detects the kind of
+data from the batch metadata; ``--data-provider MODULE:FUNCTION`` uses your own function
+with the same signature (``FUNCTION(data_path, batch_range, *, train, options)``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import secrets
+import sys
+from dataclasses import dataclass
+
+import click
+
+from ..errors import CcnRuntimeError, ConfigError, InputError
+
+DEFAULTS = {
+    "data_path": None, "data_provider": None, "train_range": None, "test_range": None,
+    "epochs": 50000, "mini": 128, "test_freq": 57, "test_one": True, "save_path": None,
+    "max_filesize": 5000.0, "conv_to_local": "", "unshare_weights": "", "inner_size": 0,
+    "color_noise": 0.0, "scalar_mean": -1.0, "multiview_test": False, "force_save": False,
+    "layers": None, "params": None, "layer_path": "", "seed": None, "threads": None,
+    "device": "cpu", "gpu": None,
+}
+PATH_OPTIONS = ("data_path", "save_path")
+KNOWN_PROVIDERS = ("default", "auto", "cifar", "image", "imagenet", "dummy-lr-n")
+
+
+class Bool01(click.ParamType):
+    """cuda-convnet's 0/1 booleans (true/false/yes/no accepted too)."""
+
+    name = "0/1"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, bool):
+            return value
+        s = str(value).strip().lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+        self.fail(f"expected 0 or 1, got '{value}'.", param, ctx)
+
+
+BOOL01 = Bool01()
+
+
+def parse_range(text: str, option: str) -> list[int]:
+    """``1-5`` -> [1, 2, 3, 4, 5]; ``6`` -> [6]; comma lists of those are joined."""
+    out: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                a, b = int(a), int(b)
+                if b < a:
+                    raise ValueError
+                out.extend(range(a, b + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise InputError(f"{option}: expected a batch range like 1-5 or 6, got '{text}'.") from None
+    if any(b < 0 for b in out):
+        raise InputError(f"{option}: batch numbers cannot be negative ('{text}').")
+    return out
+
+
+@dataclass
+class _FallbackProviderOptions:  # the contract's ProviderOptions, for plugin modules without one
+    inner_size: int = 0
+    color_noise: float = 0.0
+    scalar_mean: float | None = None
+    multiview: bool = False
+    seed: int = 0
+    threads: int = 0
+
+
+def _provider_module(name: str | None):
+    """The module whose open_provider (or the MODULE:FUNCTION given) opens the data."""
+    if name and ":" in name:
+        mod_name, func = name.split(":", 1)
+        try:
+            mod = importlib.import_module(mod_name)
+            fn = getattr(mod, func)
+        except (ImportError, AttributeError) as e:
+            raise InputError(f"--data-provider {name}: cannot load '{func}' from module '{mod_name}' ({e}).") from e
+        return mod, fn
+    if name and name.lower() not in KNOWN_PROVIDERS:
+        raise InputError(f"--data-provider: unknown provider '{name}'. Leave it out to detect the kind of data from "
+                         f"the batch metadata ({', '.join(KNOWN_PROVIDERS)} do the same), or give MODULE:FUNCTION "
+                         "for your own provider.")
+    try:
+        mod = importlib.import_module("ccn.data.provider")
+    except ImportError as e:
+        raise CcnRuntimeError(f"the data providers (ccn.data.provider) are not available in this build of ccn ({e}); "
+                              "give your own with --data-provider MODULE:FUNCTION.") from e
+    return mod, mod.open_provider
+
+
+def _given(ctx, name) -> bool:
+    src = ctx.get_parameter_source(name)
+    return src is not None and src.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+@click.command(context_settings={"show_default": False})
+@click.option("--data-path", type=str, help="Folder of the data batches (data_batch_N + batches.meta).")
+@click.option("--data-provider", type=str,
+              help="Data provider: detected from the batch metadata if left out; MODULE:FUNCTION for your own.")
+@click.option("--train-range", type=str, help="Training data batches, e.g. 1-5.")
+@click.option("--test-range", type=str, help="Test data batches, e.g. 6.")
+@click.option("--epochs", type=int, help="Number of epochs (passes over the train batches). [50000]")
+@click.option("--mini", "--minibatch", "mini", type=int, help="Minibatch size (cases per weight update). [128]")
+@click.option("--test-freq", type=int, help="Test and save a checkpoint every this many data batches. [57]")
+@click.option("--test-one", type=BOOL01, is_flag=False, flag_value="1",
+              help="1: test on one test batch in turn; 0: on all of them. [1]")
+@click.option("--save-path", type=str, help="Folder for the checkpoints (one sub-folder per checkpoint).")
+@click.option("--max-filesize", type=float,
+              help="Keep only as many checkpoints as fit in this many MiB (the newest always stays). [5000]")
+@click.option("-f", "--load-file", type=str,
+              help="Resume from this checkpoint, or from the newest one in this save folder.")
+@click.option("--conv-to-local", type=str, help="Convert these conv layers (comma list) to unshared local layers.")
+@click.option("--unshare-weights", type=str, help="Unshare the weight matrices of these layers (comma list).")
+@click.option("--inner-size", type=int, help="Random crops of this size when training, centre crop when testing. [0]")
+@click.option("--color-noise", type=float, help="Standard deviation of PCA colour noise (AlexNet §4.1). [0]")
+@click.option("--scalar-mean", type=float, help="Subtract this scalar instead of the mean image (-1 = off). [-1]")
+@click.option("--multiview-test", type=BOOL01, is_flag=False, flag_value="1",
+              help="Average the test predictions over 10 views (corners + centre, flipped). [0]")
+@click.option("--force-save", type=BOOL01, is_flag=False, flag_value="1",
+              help="Also save a checkpoint when training ends. [0]")
+@click.option("--layers", "--layer-def", "layers", type=str, help="The layer-definition file.")
+@click.option("--params", "--layer-params", "params", type=str,
+              help="The layer-params file (default: found next to the layer-definition file).")
+@click.option("--layer-path", type=str, help="Folder prefix for --layers and --params (cuda-convnet's option).")
+@click.option("--seed", type=int, help="Seed of the initial weights, the data order and the core's random numbers "
+              "(default: random, printed and saved).")
+@click.option("--threads", type=int, help="CPU threads of the core (OpenMP and BLAS). [all cores]")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Where to train. [cpu]")
+@click.option("--gpu", type=str, help="GPU indices to use, e.g. 0 or 0,1 (implies --device cuda).")
+@click.pass_context
+def train(ctx, **kw):
+    """Train a net described by cuda-convnet layer files on numbered data batches.
+
+    \b
+    Start:   ccn train --layers L.cfg --data-path D --train-range 1-5 --test-range 6 --save-path S
+    Resume:  ccn train -f S            (S/E.B is one checkpoint; a folder means its newest)
+
+    Options given when resuming override the saved ones; the layer-params file is re-read, so
+    edited learning rates take effect. Ctrl-C finishes the minibatch, saves and stops.
+    """
+    load_file = kw.pop("load_file")
+    given = {k: v for k, v in kw.items() if _given(ctx, k)}
+    run_train(given, load_file)
+
+
+def run_train(given: dict, load_file: str | None = None, out=None, stop_after: int | None = None):
+    """The command without Click: ``given`` maps option names (as in DEFAULTS) to values."""
+    from .. import checkpoint as ck
+    from .. import __version__
+    from ..netfiles import find_params_file
+
+    ckpt = None
+    opts = dict(DEFAULTS)
+    if load_file:
+        ckpt = ck.load(load_file)
+        opts.update({k: v for k, v in ckpt.options.items() if k in DEFAULTS})
+    for k, v in given.items():
+        if k in PATH_OPTIONS and v:
+            v = os.path.abspath(v)
+        opts[k] = v
+    for k in ("layers", "params"):
+        if k in given and given[k]:
+            opts[k] = os.path.abspath(_with_prefix(given[k], opts["layer_path"]))
+
+    # ---- options that cannot work (yet) fail before anything happens
+    if opts["gpu"] not in (None, ""):
+        if "device" not in given:
+            opts["device"] = "cuda"
+        elif opts["device"] == "cpu":
+            raise ConfigError(f"--gpu {opts['gpu']} selects GPUs but --device is cpu; leave out one of them.")
+    if opts["device"] == "cuda":
+        raise ConfigError("the CUDA backend cannot train yet; train on the CPU with --device cpu (and without --gpu).")
+    for key, flag in (("conv_to_local", "--conv-to-local"), ("unshare_weights", "--unshare-weights")):
+        if opts[key]:
+            raise ConfigError(f"{flag} is not implemented yet in ccn train (needs the conv and local layers); "
+                              "leave it out.")
+    if ckpt is not None and opts["save_path"] is None:
+        opts["save_path"] = os.path.dirname(os.path.abspath(ckpt.path))
+    missing = [f"--{k.replace('_', '-')}" for k in ("data_path", "train_range", "test_range", "save_path")
+               if not opts[k]]
+    if ckpt is None and not opts["layers"]:
+        missing.insert(0, "--layers")
+    if missing:
+        raise InputError(f"missing {', '.join(missing)} (needed unless resuming with -f CHECKPOINT). "
+                         "See ccn train --help.")
+    train_range = parse_range(opts["train_range"], "--train-range")
+    test_range = parse_range(opts["test_range"], "--test-range")
+    for k, lo in (("epochs", 1), ("mini", 1), ("test_freq", 1), ("inner_size", 0)):
+        if opts[k] is None or int(opts[k]) < lo:
+            raise InputError(f"--{k.replace('_', '-')} must be at least {lo}, got {opts[k]}.")
+    if opts["max_filesize"] is not None and opts["max_filesize"] <= 0:
+        raise InputError(f"--max-filesize must be positive (MiB), got {opts['max_filesize']}.")
+    if opts["threads"] is not None and opts["threads"] < 1:
+        raise InputError(f"--threads must be at least 1, got {opts['threads']}.")
+    if not os.path.isdir(opts["data_path"]):
+        raise InputError(f"{opts['data_path']}: the data path does not exist or is not a folder (--data-path).")
+    if opts["seed"] is None:
+        opts["seed"] = secrets.randbelow(2**31)
+
+    from .._native import core
+    from ..net import Net
+
+    if opts["threads"]:
+        core.set_threads(int(opts["threads"]))
+
+    # ---- data
+    mod, open_fn = _provider_module(opts["data_provider"])
+    avail_fn = getattr(mod, "available_batches", None)
+    if avail_fn is not None:
+        avail = list(avail_fn(opts["data_path"]))
+        for rng_name, rng in (("--train-range", train_range), ("--test-range", test_range)):
+            bad = [b for b in rng if b not in avail]
+            if bad:
+                raise InputError(f"{rng_name}: {opts['data_path']} has no data batch {bad[0]} (it has "
+                                 f"{_compact(avail)}).")
+    popt_cls = getattr(mod, "ProviderOptions", _FallbackProviderOptions)
+    scalar_mean = opts["scalar_mean"]
+    common = dict(inner_size=int(opts["inner_size"]), color_noise=float(opts["color_noise"]),
+                  scalar_mean=None if scalar_mean is None or scalar_mean == -1 else float(scalar_mean),
+                  seed=int(opts["seed"]), threads=int(opts["threads"] or 0))
+    train_dp = open_fn(opts["data_path"], train_range, train=True, options=popt_cls(multiview=False, **common))
+    test_dp = open_fn(opts["data_path"], test_range, train=False,
+                      options=popt_cls(multiview=bool(opts["multiview_test"]), **common))
+    dims = train_dp.data_dims()
+
+    # ---- net
+    if ckpt is None:
+        layers = opts["layers"]
+        params = os.path.abspath(find_params_file(layers, opts["params"]))
+        opts["layers"], opts["params"] = layers, params
+        net = Net(layers, params, data_dims=dims, seed=int(opts["seed"]))
+    else:
+        from ..netfiles import read_text
+
+        saved_layers = ckpt.net_meta.get("layers_path") or "layers.cfg"
+        if "layers" in given:
+            text = read_text(opts["layers"], "layer-definition file")
+            if text != ckpt.layers_text:
+                raise InputError(f"{ckpt.path}: the checkpoint belongs to another net: its layer definition differs "
+                                 f"from {opts['layers']}. Leave out --layers to continue with the saved one (the "
+                                 "architecture cannot change on resume).")
+        params = opts["params"]
+        params_text = None
+        if "params" not in given and (not params or not os.path.isfile(params)):
+            click.echo(f"warning: the layer-params file {params} is gone; continuing with the copy saved in the "
+                       "checkpoint.", err=True)
+            params_text = ckpt.params_text
+            params = params or "params.cfg"
+        elif "params" in given:
+            params = find_params_file(saved_layers, params)
+        net = Net(saved_layers, params, data_dims=dims, layers_text=ckpt.layers_text, params_text=params_text,
+                  init=False)
+        ck.restore_net(net, ckpt)
+        opts["seed"] = int(ckpt.position.get("seed", opts["seed"]))
+    if net.gpus_needed > 1:
+        raise ConfigError(f"{net.layers_path}: this net needs {net.gpus_needed} GPUs (its layers use gpu= up to "
+                          f"{net.gpus_needed - 1}); multi-GPU training is not available yet.")
+
+    # ---- state and checks before the first step
+    from ..train import Trainer, TrainConfig, TrainState
+
+    state = TrainState.from_checkpoint(ckpt) if ckpt is not None else TrainState()
+    if ckpt is not None and state.mb > 0 and int(ckpt.options.get("mini", opts["mini"])) != int(opts["mini"]):
+        raise InputError(f"{ckpt.path} was saved in the middle of a data batch with --mini "
+                         f"{ckpt.options.get('mini')}; resume it with the same --mini (or from a checkpoint saved "
+                         "between batches).")
+    ck.check_writable(opts["save_path"])
+    saved_opts = {k: v for k, v in opts.items()}
+    cfg = TrainConfig(epochs=int(opts["epochs"]), mini=int(opts["mini"]), test_freq=int(opts["test_freq"]),
+                      test_one=bool(opts["test_one"]), save_path=opts["save_path"],
+                      max_filesize_mb=opts["max_filesize"], force_save=bool(opts["force_save"]),
+                      provider_seed=int(opts["seed"]), multiview=bool(opts["multiview_test"]),
+                      options=saved_opts,
+                      progress_bar=out is None and sys.stdout.isatty())
+    trainer = Trainer(net, train_dp, test_dp, cfg, state=state, out=out)
+    echo = (lambda s: print(s, file=out, flush=True)) if out is not None else (lambda s: click.echo(s))
+    nparams = sum(p.shape[0] * p.shape[1] for p in net.params)
+    echo("=========================")
+    echo(f"ccn {__version__}: training {net.layers_path}")
+    echo(f"  params file {net.params_path}; {len(net.layers)} layers, {nparams} weights")
+    echo(f"  data {opts['data_path']}: train batches {_compact(train_range)}, test batches {_compact(test_range)}")
+    echo(f"  {cfg.epochs} epochs, minibatch {cfg.mini}, test every {cfg.test_freq} batches; seed {opts['seed']}")
+    if ckpt is not None:
+        echo(f"  resuming from {ckpt.path}")
+    echo(f"Saving checkpoints to {cfg.save_path}")
+    echo("=========================")
+    try:
+        result = trainer.run(stop_after=stop_after)
+    finally:
+        for dp in (train_dp, test_dp):
+            close = getattr(dp, "close", None)
+            if callable(close):
+                close()
+    if result.interrupted:
+        where = result.checkpoint or "(nothing saved)"
+        echo(f"Stopped by Ctrl-C. Resume with: ccn train -f {cfg.save_path}  (checkpoint {where})")
+        if out is None:
+            sys.exit(130)
+    return result
+
+
+def _with_prefix(path: str | None, prefix: str | None) -> str | None:
+    if path is None or not prefix or os.path.isabs(path):
+        return path
+    return os.path.join(prefix, path)
+
+
+def _compact(nums) -> str:
+    nums = list(nums)
+    if nums and nums == list(range(nums[0], nums[0] + len(nums))):
+        return f"{nums[0]}-{nums[-1]}" if len(nums) > 1 else str(nums[0])
+    return ",".join(str(n) for n in nums)

@@ -1,0 +1,454 @@
+"""The training loop of ``ccn train`` (cuda-convnet's ``convnet.py``), independent of the CLI.
+
+:class:`Trainer` takes a built :class:`ccn.Net`, a train and a test data provider (any
+object with the data-provider contract of ``ccn.data.provider``: ``batch_nums``,
+``data_dims()``, ``num_cases(b)``, ``load(b, epoch)``) and a :class:`TrainConfig`.
+
+What it does, as cuda-convnet did:
+
+* epochs over the train batches; each data batch is cut into minibatches of ``mini``
+  cases (a short last one still divides its gradient by the nominal ``mini``) and each
+  minibatch is one ``Net.train_step``. The schedules' progress is
+  ``(batches done - 1) / (epochs * batches per epoch)``, fixed within a data batch;
+* after each data batch one line ``E.B (P%)... COST:  v1, v2 (T sec)``, the costs summed
+  over the batch's cases and divided by their number;
+* every ``test_freq`` batches a test (one test batch in turn with ``test_one``, all of them
+  otherwise) printing the costs, their averages over the last tests, each weight matrix's
+  mean |W|, mean |inc| and their ratio, then a checkpoint (see :mod:`ccn.checkpoint`);
+* the next data batch is loaded in a background thread while the core computes (the core
+  releases the GIL);
+* SIGINT (Ctrl-C) finishes the current minibatch, saves a checkpoint of that exact
+  position and stops; a second Ctrl-C aborts at once;
+* a non-finite cost stops training with :class:`ccn.errors.CcnRuntimeError` naming the first
+  layer whose output went non-finite; nothing is saved, so the last checkpoint is the last
+  good state.
+
+Given the same build, thread count and checkpoint, resuming is bitwise exact: the state is
+the weights, increments, accumulated gradients and their pass counts, the core's RNG
+counter (``seed``, ``step``), and the provider position down to the minibatch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import checkpoint as ck
+from .errors import CcnRuntimeError, InputError
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50000
+    mini: int = 128
+    test_freq: int = 57
+    test_one: bool = True
+    save_path: str | None = None
+    max_filesize_mb: float = 5000.0
+    force_save: bool = False
+    provider_seed: int = 0
+    multiview: bool = False  # the test provider returns 10 views per case (see _test_multiview)
+    options: dict = field(default_factory=dict)  # everything, as saved in checkpoints
+    progress_bar: bool = False
+
+
+@dataclass
+class TrainState:
+    """Where training stands: the next minibatch to run, and the history so far."""
+
+    epoch: int = 1
+    index: int = 0          # index into the train batches of the next data batch
+    mb: int = 0             # minibatches of that batch already done
+    batches_done: int = 0
+    test_index: int = 0     # next test batch for test_one
+    last: tuple[int, int] | None = None  # (epoch, batch) of the last completed data batch
+    partial: dict | None = None          # sums of an interrupted batch: costs, cases, seconds
+    train_outputs: list = field(default_factory=list)
+    test_outputs: list = field(default_factory=list)
+
+    def to_json(self, train_batches, provider_seed) -> dict:
+        return {"epoch": self.epoch, "index": self.index, "mb": self.mb, "batches_done": self.batches_done,
+                "test_index": self.test_index, "last": list(self.last) if self.last else None,
+                "partial": self.partial, "train_range": list(train_batches), "seed": provider_seed}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: ck.Checkpoint) -> "TrainState":
+        p = ckpt.position
+        h = ckpt.meta.get("history", {})
+        return cls(epoch=int(p["epoch"]), index=int(p["index"]), mb=int(p["mb"]),
+                   batches_done=int(p["batches_done"]), test_index=int(p.get("test_index", 0)),
+                   last=tuple(p["last"]) if p.get("last") else None, partial=p.get("partial"),
+                   train_outputs=list(h.get("train", [])), test_outputs=list(h.get("test", [])))
+
+
+@dataclass
+class TrainResult:
+    state: TrainState
+    checkpoint: str | None
+    interrupted: bool
+
+
+# ---- cost bookkeeping ----------------------------------------------------------------------
+class _CostSum:
+    """Cost values summed over cases, per cost layer, in the net's order."""
+
+    def __init__(self, init: dict | None = None):
+        self.values: dict[str, list[float]] = {k: list(v) for k, v in (init or {}).get("costs", {}).items()}
+        self.cases = int((init or {}).get("cases", 0))
+
+    def add(self, costs: list[dict], cases: int) -> None:
+        for c in costs:
+            vals = [float(v) for v in c["values"]]
+            cur = self.values.get(c["layer"])
+            self.values[c["layer"]] = vals if cur is None else [a + b for a, b in zip(cur, vals)]
+        self.cases += cases
+
+    def to_json(self) -> dict:
+        return {"costs": self.values, "cases": self.cases}
+
+
+def format_costs(costs: dict[str, list[float]], cases: int) -> str:
+    """cuda-convnet's ``name:  v1, v2`` with each summed value divided by the number of cases."""
+    n = max(cases, 1)
+    return " ".join(f"{name}:  " + ", ".join("%.6f" % (v / n) for v in vals) for name, vals in costs.items())
+
+
+def _nonfinite(costs: list[dict]) -> bool:
+    return any(not math.isfinite(float(v)) for c in costs for v in c["values"])
+
+
+# ---- display ------------------------------------------------------------------------------
+class _Display:
+    """Lines to stdout; on a terminal also a live rich progress bar underneath them."""
+
+    def __init__(self, total_batches: float, done: float, epochs: int, enabled: bool, out=None):
+        self.out = out or sys.stdout
+        self.progress = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
+                TextColumn("{task.percentage:>5.1f}%"), TextColumn("{task.fields[ips]:>8.0f} img/s"),
+                TextColumn("data wait {task.fields[wait]:>4.1f}%"), TextColumn("ETA"), TimeRemainingColumn(),
+                console=Console(file=self.out), transient=True, redirect_stdout=False, redirect_stderr=False)
+            self.task = self.progress.add_task("train", total=total_batches, completed=done, epoch=1, epochs=epochs,
+                                               ips=0.0, wait=0.0)
+            self.progress.start()
+
+    def line(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(text, file=self.out, flush=True)
+
+    def update(self, completed: float, epoch: int, ips: float, wait: float) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=completed, epoch=epoch, ips=ips, wait=wait)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+# ---- the loop -----------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, net, train_dp, test_dp, cfg: TrainConfig, state: TrainState | None = None, out=None):
+        if cfg.mini < 1:
+            raise InputError(f"the minibatch size (--mini) must be at least 1, got {cfg.mini}.")
+        if cfg.epochs < 1:
+            raise InputError(f"the number of epochs (--epochs) must be at least 1, got {cfg.epochs}.")
+        if cfg.test_freq < 1:
+            raise InputError(f"the test frequency (--test-freq) must be at least 1 batch, got {cfg.test_freq}.")
+        self.net, self.train_dp, self.test_dp, self.cfg = net, train_dp, test_dp, cfg
+        self.train_batches = list(train_dp.batch_nums)
+        self.test_batches = list(test_dp.batch_nums) if test_dp is not None else []
+        if not self.train_batches:
+            raise InputError("the train range holds no data batches.")
+        self.state = state or TrainState()
+        if self.state.index >= len(self.train_batches):  # resumed with a shorter train range
+            self.state.epoch += 1
+            self.state.index, self.state.mb, self.state.partial = 0, 0, None
+        self.out = out
+        self._stop = False
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccn-data")
+        self._pending: dict = {}
+        self._last_saved: str | None = None
+        self.last_checkpoint: str | None = None
+        self.wait_s = 0.0
+        self.start_s = 0.0
+
+    # -- data
+    def _prefetch(self, dp, batch: int, epoch: int, key) -> None:
+        if key not in self._pending:
+            self._pending[key] = self._pool.submit(dp.load, batch, epoch)
+
+    def _get(self, dp, batch: int, epoch: int, key) -> list:
+        t0 = time.perf_counter()
+        fut = self._pending.pop(key, None)
+        data = fut.result() if fut is not None else dp.load(batch, epoch)
+        self.wait_s += time.perf_counter() - t0
+        if not isinstance(data, (list, tuple)) or not data:
+            raise InputError(f"the data provider returned {type(data).__name__} for batch {batch}; expected a list of "
+                             "matrices (images, labels, ...).")
+        out = []
+        for i, d in enumerate(data):
+            a = np.asarray(d)
+            if a.ndim == 1:
+                a = a.reshape(-1, 1)
+            out.append(np.ascontiguousarray(a.reshape(a.shape[0], -1), dtype=np.float32))
+        n = out[0].shape[0]
+        if any(a.shape[0] != n for a in out):
+            raise InputError(f"the data provider's matrices for batch {batch} disagree on the number of cases: "
+                             f"{[a.shape[0] for a in out]}.")
+        return out
+
+    def _next_pos(self, epoch: int, index: int) -> tuple[int, int]:
+        index += 1
+        if index >= len(self.train_batches):
+            return epoch + 1, 0
+        return epoch, index
+
+    # -- signals
+    def _on_sigint(self, signum, frame):
+        if self._stop:
+            raise KeyboardInterrupt
+        self._stop = True
+        self._display.line("interrupted: finishing this minibatch, then saving a checkpoint "
+                           "(press Ctrl-C again to abort without saving).")
+
+    # -- main
+    def run(self, stop_after: int | None = None) -> TrainResult:
+        """Train to the end of ``epochs`` (or ``stop_after`` more batches, or Ctrl-C)."""
+        cfg, st = self.cfg, self.state
+        nb = len(self.train_batches)
+        total = cfg.epochs * nb
+        self._display = _Display(total, min(st.batches_done, total), cfg.epochs, cfg.progress_bar, self.out)
+        old_handler = None
+        if threading.current_thread() is threading.main_thread():
+            old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        self.start_s = time.perf_counter()
+        self.wait_s = 0.0
+        cases_done = 0
+        batches_this_run = 0
+        try:
+            while st.epoch <= cfg.epochs and not self._stop:
+                if stop_after is not None and batches_this_run >= stop_after:
+                    break
+                epoch, index = st.epoch, st.index
+                bnum = self.train_batches[index]
+                data = self._get(self.train_dp, bnum, epoch, ("train", epoch, index))
+                ne, ni = self._next_pos(epoch, index)
+                if ne <= cfg.epochs:
+                    self._prefetch(self.train_dp, self.train_batches[ni], ne, ("train", ne, ni))
+                progress = min(1.0, max(0.0, st.batches_done / total))
+                n = data[0].shape[0]
+                nmb = max(1, -(-n // cfg.mini))
+                sums = _CostSum(st.partial if st.mb > 0 else None)
+                t0 = time.perf_counter() - (st.partial or {}).get("seconds", 0.0) if st.mb > 0 else time.perf_counter()
+                for k in range(st.mb, nmb):
+                    lo, hi = k * cfg.mini, min(n, (k + 1) * cfg.mini)
+                    costs = self.net.train_step([d[lo:hi] for d in data], progress, cfg.mini)
+                    if _nonfinite(costs):
+                        self._nonfinite_error(costs, f"training batch {epoch}.{bnum}, minibatch {k + 1}")
+                    sums.add(costs, hi - lo)
+                    st.mb = k + 1
+                    cases_done += hi - lo
+                    elapsed = time.perf_counter() - self.start_s
+                    self._display.update(st.batches_done + st.mb / nmb, epoch, cases_done / max(elapsed, 1e-9),
+                                         100 * self.wait_s / max(elapsed, 1e-9))
+                    if self._stop and st.mb < nmb:
+                        st.partial = {**sums.to_json(), "seconds": time.perf_counter() - t0}
+                        if not cfg.save_path:
+                            return TrainResult(st, None, True)
+                        path = self.save()
+                        self._display.line(f"Saved checkpoint to {path}")
+                        return TrainResult(st, path, True)
+                # the batch is done
+                st.mb, st.partial = 0, None
+                st.batches_done += 1
+                batches_this_run += 1
+                st.last = (epoch, bnum)
+                st.epoch, st.index = ne, ni
+                st.train_outputs.append({"epoch": epoch, "batch": bnum, "costs": sums.values, "cases": sums.cases})
+                self._display.line(f"{epoch}.{bnum} ({100 * progress:.2f}%)... {format_costs(sums.values, sums.cases)} "
+                                   f"({time.perf_counter() - t0:.3f} sec)")
+                if st.batches_done % cfg.test_freq == 0:
+                    if self.test_batches:
+                        self.test()
+                    if cfg.save_path:
+                        path = self.save()
+                        self._display.line("-------------------------------------------------------")
+                        self._display.line(f"Saved checkpoint to {path}")
+                        self._display.line("=======================================================")
+            interrupted = self._stop
+            if cfg.save_path and (cfg.force_save or interrupted):
+                name = self._name()
+                if name is not None and name != self._last_saved:
+                    path = self.save()
+                    self._display.line(f"Saved checkpoint to {path}")
+            return TrainResult(st, self.last_checkpoint, interrupted)
+        finally:
+            self._display.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+            for fut in self._pending.values():
+                fut.cancel()
+            self._pending.clear()
+            self._pool.shutdown(wait=True)
+
+    # -- testing
+    def test(self) -> dict:
+        """Test on one test batch in turn (test_one) or on all; print the costs and weight stats."""
+        st = self.state
+        if self.cfg.test_one:
+            batches = [self.test_batches[st.test_index % len(self.test_batches)]]
+            st.test_index = (st.test_index + 1) % len(self.test_batches)
+        else:
+            batches = list(self.test_batches)
+        epoch = st.last[0] if st.last else st.epoch
+        sums = _CostSum()
+        for i, b in enumerate(batches):
+            data = self._get(self.test_dp, b, epoch, ("test", epoch, b))
+            if i + 1 < len(batches):
+                self._prefetch(self.test_dp, batches[i + 1], epoch, ("test", epoch, batches[i + 1]))
+            if self.cfg.multiview:
+                self._test_multiview(data, b, sums)
+                continue
+            n = data[0].shape[0]
+            for lo in range(0, n, self.cfg.mini):
+                hi = min(n, lo + self.cfg.mini)
+                self.net.forward([d[lo:hi] for d in data], train=False)
+                costs = self.net.costs()
+                if _nonfinite(costs):
+                    self._nonfinite_error(costs, f"testing on batch {b}")
+                sums.add(costs, hi - lo)
+        rec = {"epoch": epoch, "batch": st.last[1] if st.last else 0, "test_batches": batches, "costs": sums.values,
+               "cases": sums.cases}
+        st.test_outputs.append(rec)
+        show = self._display.line
+        show("")
+        show("======================Test output======================")
+        show(format_costs(sums.values, sums.cases))
+        recent = st.test_outputs[-len(self.test_batches):]
+        avg = _CostSum()
+        for r in recent:
+            avg.add([{"layer": k, "values": v} for k, v in r["costs"].items()], r["cases"])
+        show("----------------------Averages-------------------------")
+        show(format_costs(avg.values, avg.cases))
+        show("-------------------------------------------------------")
+        for line in weight_stats(self.net):
+            show(line)
+        return rec
+
+    VIEWS = 10
+
+    def _test_multiview(self, data, batch: int, sums: _CostSum) -> None:
+        """cuda-convnet's multiview test: rows i, i+n, ..., i+9n are the views of case i. Each
+        cost.logreg is computed on its probabilities averaged over the views (the negative log
+        probability of the label and the top-1 error, ties sharing the credit); other cost
+        layers report their mean over the views."""
+        rows = data[0].shape[0]
+        if rows % self.VIEWS:
+            raise InputError(f"multiview test: batch {batch} has {rows} rows, not a multiple of {self.VIEWS} views.")
+        n = rows // self.VIEWS
+        layers = {l.name: l for l in self.net.layers}
+        logreg = {l.name: l for l in layers.values() if l.type == "cost.logreg"}
+        for lo in range(0, n, self.cfg.mini):
+            hi = min(n, lo + self.cfg.mini)
+            probs = {name: 0.0 for name in logreg}
+            other = {}
+            for v in range(self.VIEWS):
+                self.net.forward([d[v * n + lo:v * n + hi] for d in data], train=False)
+                costs = self.net.costs()
+                if _nonfinite(costs):
+                    self._nonfinite_error(costs, f"testing on batch {batch}, view {v + 1}")
+                for name, l in logreg.items():
+                    probs[name] = probs[name] + self.net.output(l.inputs[1]).astype(np.float64)
+                for c in costs:
+                    if c["layer"] not in logreg:
+                        vals = np.asarray(c["values"], dtype=np.float64) / self.VIEWS
+                        other[c["layer"]] = other.get(c["layer"], 0.0) + vals
+            result = []
+            for c in self.net.costs():  # keep the net's order of cost layers
+                name = c["layer"]
+                if name in logreg:
+                    lab_idx = layers[logreg[name].inputs[0]].data_idx
+                    labels = data[lab_idx][lo:hi, 0].astype(np.int64)
+                    p = probs[name] / self.VIEWS
+                    pl = p[np.arange(hi - lo), labels]
+                    top = p.max(axis=1)
+                    ties = (p == top[:, None]).sum(axis=1)
+                    right = np.where(pl >= top, 1.0 / ties, 0.0)
+                    vals = [float(-np.log(pl).sum()), float((1.0 - right).sum())]
+                    if len(c["values"]) > 2:
+                        raise InputError(f"multiview test: cost layer '{name}' reports top-k error too (topk=); "
+                                         "multiview testing computes only the top-1 error. Remove topk to use it.")
+                    result.append({"layer": name, "values": vals})
+                else:
+                    result.append({"layer": name, "values": list(other[name])})
+            sums.add(result, hi - lo)
+
+    def _nonfinite_error(self, costs, where: str):
+        layer = self.net._net.first_nonfinite_layer()
+        bad = ", ".join(f"{c['layer']} = {[float(v) for v in c['values']]}" for c in costs)
+        first = f"the first layer whose output is not finite is '{layer}'" if layer else \
+            "no layer output is non-finite, so the cost itself overflowed"
+        keep = (f" The last good checkpoint, {self.last_checkpoint}, is kept; resume from it with lower learning "
+                "rates (edit the layer-params file, then ccn train -f).") if self.last_checkpoint else \
+            " No checkpoint was written in this run."
+        raise CcnRuntimeError(f"the cost became NaN or infinite while {where} ({bad}); {first}.{keep}")
+
+    # -- checkpoints
+    def _name(self) -> str | None:
+        st = self.state
+        if st.mb > 0:
+            return ck.checkpoint_name(st.epoch, self.train_batches[st.index], st.mb)
+        if st.last is None:
+            return None
+        return ck.checkpoint_name(st.last[0], st.last[1])
+
+    def save(self) -> str:
+        name = self._name()
+        if name is None:
+            name = ck.checkpoint_name(0, 0)
+        arrays, plist = ck.net_arrays(self.net)
+        meta = {
+            "options": self.cfg.options,
+            "net": {"layers_path": self.net.layers_path, "params_path": self.net.params_path,
+                    "seed": int(self.net._net.seed), "step": int(self.net._net.step),
+                    "data_dims": {str(k): list(v) for k, v in self.net.data_dims.items()}, "params": plist},
+            "position": self.state.to_json(self.train_batches, self.cfg.provider_seed),
+            "history": {"train": self.state.train_outputs, "test": self.state.test_outputs},
+        }
+        c = ck.Checkpoint(meta=meta, arrays=arrays, layers_text=self.net.layers_text, params_text=self.net.params_text)
+        max_bytes = None if self.cfg.max_filesize_mb is None else int(self.cfg.max_filesize_mb * 1024 * 1024)
+        path = ck.write(self.cfg.save_path, name, c, max_bytes=max_bytes)
+        self._last_saved = name
+        self.last_checkpoint = path
+        return path
+
+
+def weight_stats(net) -> list[str]:
+    """cuda-convnet's per-layer lines: mean |W|, mean |inc| and their ratio; biases likewise."""
+    lines = []
+    for layer in net.layers:
+        for i, wname in enumerate(layer.weights):
+            w, inc = net.get(wname, "w"), net.get(wname, "inc")
+            mw, mi = float(np.mean(np.abs(w), dtype=np.float64)), float(np.mean(np.abs(inc), dtype=np.float64))
+            lines.append("Layer '%s' weights[%d]: %e [%e] [%e]" % (layer.name, i, mw, mi, mi / mw if mw > 0 else 0))
+        if layer.biases:
+            b, inc = net.get(layer.biases, "w"), net.get(layer.biases, "inc")
+            lines.append("Layer '%s' biases: %e [%e]" % (layer.name, float(np.mean(np.abs(b), dtype=np.float64)),
+                                                         float(np.mean(np.abs(inc), dtype=np.float64))))
+    return lines

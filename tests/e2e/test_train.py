@@ -1,0 +1,486 @@
+"""`ccn train` end to end on a tiny fake dataset: the loop, its output, checkpoints, exact resume,
+crash safety, and every bad-input path."""
+
+import io
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import fakedata
+from ccn import checkpoint as ck
+from ccn.cli.train import parse_range, run_train
+from ccn.errors import CcnRuntimeError, ConfigError, InputError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+LINE = re.compile(r"^(\d+)\.(\d+) \((\d+\.\d\d)%\)\.\.\. logprob:  (\d+\.\d{6}), (\d+\.\d{6}) \((\d+\.\d{3}) sec\)$")
+
+
+@pytest.fixture
+def setup(tmp_path):
+    data = fakedata.make_dataset(tmp_path / "data")
+    layers, params = fakedata.write_net(tmp_path / "net")
+    return tmp_path, data, layers, params
+
+
+def opts(tmp_path, data, layers, **kw):
+    o = {"data_path": data, "data_provider": "fakedata:open_provider", "train_range": "1-4", "test_range": "5",
+         "epochs": 3, "mini": 16, "test_freq": 2, "save_path": str(tmp_path / "save"), "layers": layers,
+         "seed": 5, "threads": 1}
+    o.update(kw)
+    return o
+
+
+def train(given, load_file=None, stop_after=None):
+    out = io.StringIO()
+    res = run_train(dict(given), load_file, out=out, stop_after=stop_after)
+    return res, out.getvalue()
+
+
+def weights_of(path):
+    c = ck.load(path)
+    return {k: v for k, v in c.arrays.items()}, c
+
+
+def cli(*args, cwd=None, timeout=120, **popen):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "ccn.cli.main", "train", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=timeout, **popen)
+
+
+# ---- the loop and its output --------------------------------------------------------------
+def test_output_format_learning_and_checkpoints(setup):
+    tmp, data, layers, _ = setup
+    res, out = train(opts(tmp, data, layers, force_save=True))
+    lines = [l for l in out.splitlines() if LINE.match(l)]
+    assert len(lines) == 12  # 3 epochs x 4 batches
+    m = [LINE.match(l).groups() for l in lines]
+    assert [(int(a), int(b)) for a, b, *_ in m] == [(e, b) for e in (1, 2, 3) for b in (1, 2, 3, 4)]
+    # progress = (batches done - 1) / (epochs * batches per epoch)
+    assert [float(x[2]) for x in m] == [round(100 * i / 12, 2) for i in range(12)]
+    # learnable data: the cost falls, the error ends low
+    first, last = float(m[0][3]), float(m[-1][3])
+    assert last < 0.5 * first and float(m[-1][4]) <= 0.2
+    # costs are the batch sums divided by the cases: error is a multiple of 1/40
+    assert all(abs(float(x[4]) * 40 - round(float(x[4]) * 40)) < 1e-4 for x in m)
+    assert out.count("======================Test output======================") == 6
+    assert "----------------------Averages-------------------------" in out
+    assert re.search(r"^Layer 'fc1' weights\[0\]: \d\.\d{6}e[+-]\d\d \[\d\.\d{6}e[+-]\d\d\] \[\d\.\d{6}e[+-]\d\d\]$",
+                     out, re.M)
+    assert re.search(r"^Layer 'fc2' biases: \d\.\d{6}e[+-]\d\d \[\d\.\d{6}e[+-]\d\d\]$", out, re.M)
+    names = [os.path.basename(p) for p in ck.list_checkpoints(tmp / "save")]
+    assert names == ["1.2", "1.4", "2.2", "2.4", "3.2", "3.4"]
+    w, c = weights_of(tmp / "save")
+    assert c.path.endswith("3.4")
+    assert c.position["batches_done"] == 12 and c.position["epoch"] == 4
+    assert len(c.meta["history"]["train"]) == 12 and len(c.meta["history"]["test"]) == 6
+    assert c.layers_text == open(layers).read()
+    assert c.meta["net"]["step"] == 12 * 3  # 40 cases in minibatches of 16: 3 steps per batch
+    assert set(w) == {f"{k}/{n}" for k in ("w", "inc", "grad") for n in
+                      ("fc1.weights[0]", "fc1.biases", "fc2.weights[0]", "fc2.biases")}
+    assert not any(n.startswith(".tmp") for n in os.listdir(tmp / "save"))
+
+
+def test_short_last_minibatch_divides_by_nominal_size(setup):
+    """One epoch of one batch of 40 cases with --mini 32: steps of 32 and 8 cases, both with eps/32."""
+    tmp, data, layers, params = setup
+    res, _ = train(opts(tmp, data, layers, train_range="1", epochs=1, mini=32, test_freq=1))
+    import ccn
+
+    prov = fakedata.open_provider(data, [1], train=True, options=fakedata.ProviderOptions(seed=5))
+    net = ccn.Net(layers, params, prov.data_dims(), seed=5)
+    x, y = prov.load(1, 1)
+    net.train_step([x[:32], y[:32]], 0.0, 32)
+    net.train_step([x[32:], y[32:]], 0.0, 32)
+    w, _ = weights_of(tmp / "save")
+    for p in net.params:
+        np.testing.assert_array_equal(w[f"w/{p.name}"], net.get(p.name))
+
+
+def test_test_one_cycles_and_test_all(setup):
+    tmp, data, layers, _ = setup
+    _, _ = train(opts(tmp, data, layers, train_range="1-2", test_range="3-5", epochs=2, test_freq=1, test_one=True))
+    _, c = weights_of(tmp / "save")
+    assert [t["test_batches"] for t in c.meta["history"]["test"]] == [[3], [4], [5], [3]]
+    _, _ = train(opts(tmp, data, layers, train_range="1-2", test_range="3-5", epochs=1, test_freq=1, test_one=False,
+                      save_path=str(tmp / "s2")))
+    _, c = weights_of(tmp / "s2")
+    assert [t["test_batches"] for t in c.meta["history"]["test"]] == [[3, 4, 5], [3, 4, 5]]
+    assert c.meta["history"]["test"][0]["cases"] == 120
+
+
+def test_ranges():
+    assert parse_range("1-5", "--train-range") == [1, 2, 3, 4, 5]
+    assert parse_range("6", "--test-range") == [6]
+    for bad in ("", "a", "5-3", "1-x"):
+        with pytest.raises(InputError, match="batch range"):
+            parse_range(bad, "--train-range")
+
+
+# ---- resume --------------------------------------------------------------------------------
+def test_bitwise_resume(setup):
+    """N batches in one run == N/2 + resume + N/2, bitwise (same build, same threads)."""
+    tmp, data, layers, _ = setup
+    base = opts(tmp, data, layers, epochs=3, test_freq=3, force_save=True)
+    _, out_a = train({**base, "save_path": str(tmp / "a")})
+    res, out_b1 = train({**base, "save_path": str(tmp / "b")}, stop_after=6)
+    assert os.path.basename(res.checkpoint) == "2.2"
+    _, out_b2 = train({}, load_file=str(tmp / "b"))
+    wa, ca = weights_of(tmp / "a")
+    wb, cb = weights_of(tmp / "b")
+    assert ca.path.endswith("3.4") and cb.path.endswith("3.4")
+    for k in wa:
+        assert np.array_equal(wa[k], wb[k]), k
+    assert ca.meta["net"]["step"] == cb.meta["net"]["step"]
+    strip = lambda s: [re.sub(r"\(\d+\.\d+ sec\)", "", l) for l in s.splitlines() if LINE.match(l)]
+    assert strip(out_b1) + strip(out_b2) == strip(out_a)
+    assert ca.meta["history"]["train"] == cb.meta["history"]["train"]
+
+
+def test_resume_mid_batch_after_interrupt_is_bitwise(setup):
+    """Ctrl-C stops after the current minibatch and saves E.B-mbK; resuming gives the same weights."""
+    tmp, data, layers, params = setup
+    base = opts(tmp, data, layers, epochs=2, test_freq=3, force_save=True)
+    train({**base, "save_path": str(tmp / "a")})
+
+    import ccn.train as T
+
+    calls = {"n": 0}
+    real_run = T.Trainer.run
+
+    def run_and_interrupt(self, stop_after=None):
+        real_step = self.net.train_step
+
+        def step(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == 7:  # batch 3, its first minibatch
+                self._on_sigint(signal.SIGINT, None)
+            return real_step(*a, **k)
+
+        self.net.train_step = step
+        return real_run(self, stop_after)
+
+    T.Trainer.run = run_and_interrupt
+    try:
+        res, out = train({**base, "save_path": str(tmp / "b")})
+    finally:
+        T.Trainer.run = real_run
+    assert res.interrupted and os.path.basename(res.checkpoint) == "1.3-mb1"
+    assert "interrupted" in out
+    names = [os.path.basename(p) for p in ck.list_checkpoints(tmp / "b")]
+    assert names == ["1.3-mb1"]
+    _, out2 = train({}, load_file=str(tmp / "b"))
+    wa, _ = weights_of(tmp / "a")
+    wb, cb = weights_of(tmp / "b")
+    assert cb.path.endswith("2.4")
+    for k in wa:
+        assert np.array_equal(wa[k], wb[k]), k
+    assert [os.path.basename(p) for p in ck.list_checkpoints(tmp / "b")] == ["1.3-mb1", "1.3", "2.2", "2.4"]
+    # the interrupted batch's line, printed after the resume, reports the whole batch
+    _, ca = weights_of(tmp / "a")
+    assert ca.meta["history"]["train"] == cb.meta["history"]["train"]
+
+
+def test_resume_rereads_params_and_overrides_options(setup):
+    tmp, data, layers, params = setup
+    train(opts(tmp, data, layers, epochs=1, test_freq=4))
+    w0, c0 = weights_of(tmp / "save")
+    # zero learning rates: resuming must then leave the weights unchanged (momentum off too)
+    text = open(params).read().replace("epsW=0.05", "epsW=0").replace("epsB=0.05", "epsB=0").replace(
+        "momW=0.9", "momW=0").replace("momB=0.9", "momB=0")
+    open(params, "w").write(text)
+    res, out = train({"epochs": 2}, load_file=str(tmp / "save"))
+    w1, c1 = weights_of(tmp / "save")
+    assert c1.path.endswith("2.4") and c1.options["epochs"] == 2 and c1.options["mini"] == 16
+    assert c1.params_text == text
+    for k in w0:
+        if k.startswith("w/"):
+            np.testing.assert_array_equal(w0[k], w1[k])
+
+
+def test_max_filesize_keeps_newest(setup):
+    tmp, data, layers, _ = setup
+    train(opts(tmp, data, layers, epochs=2, test_freq=1))
+    sizes = [ck._tree_size(p) for p in ck.list_checkpoints(tmp / "save")]
+    assert len(sizes) == 8
+    mb = 2.5 * sizes[-1] / 2**20
+    train(opts(tmp, data, layers, epochs=2, test_freq=1, max_filesize=mb, save_path=str(tmp / "s2")))
+    names = [os.path.basename(p) for p in ck.list_checkpoints(tmp / "s2")]
+    assert names == ["2.3", "2.4"]
+    train(opts(tmp, data, layers, epochs=1, test_freq=1, max_filesize=1e-6, save_path=str(tmp / "s3")))
+    assert [os.path.basename(p) for p in ck.list_checkpoints(tmp / "s3")] == ["1.4"]
+
+
+# ---- crash safety -------------------------------------------------------------------------
+def test_kill_9_at_random_moments_leaves_a_loadable_checkpoint(tmp_path):
+    data = fakedata.make_dataset(tmp_path / "data", dims=300, cases=64, batches=list(range(1, 9)))
+    layers = tmp_path / "layers.cfg"
+    layers.write_text(fakedata.LAYERS.format(classes=3).replace("outputs=8", "outputs=400"))
+    (tmp_path / "layers.params.cfg").write_text(fakedata.PARAMS.format(eps=0.01))
+    save = tmp_path / "save"
+    args = ["--layers", str(layers), "--params", str(tmp_path / "layers.params.cfg"), "--data-path", data,
+            "--data-provider", "fakedata:open_provider", "--train-range", "1-7", "--test-range", "8", "--epochs",
+            "1000", "--mini", "64", "--test-freq", "1", "--save-path", str(save), "--seed", "1", "--threads", "1",
+            "--max-filesize", "4"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE, os.environ.get("PYTHONPATH", "")])}
+    rng = random.Random()
+    kills = 0
+    for i in range(6):
+        cmd = [sys.executable, "-m", "ccn.cli.main", "train"] + (args if i == 0 else ["-f", str(save)])
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # wait until this process has saved a checkpoint, then kill it at a random moment
+        before = ck.list_checkpoints(save)[-1:]
+        t_end = time.time() + 60
+        while time.time() < t_end and ck.list_checkpoints(save)[-1:] == before and p.poll() is None:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.4))
+        assert p.poll() is None, p.stderr.read().decode()
+        p.kill()
+        p.wait()
+        p.stderr.close()
+        kills += 1
+        c = ck.load(str(save))  # the newest complete checkpoint loads and verifies
+        assert c.position["batches_done"] >= 1
+        for path in ck.list_checkpoints(save):
+            ck.load(path)
+    assert kills == 6
+
+
+def test_failed_save_keeps_previous_checkpoint(setup, monkeypatch):
+    tmp, data, layers, _ = setup
+    real = ck._write_file
+    count = {"n": 0}
+
+    def flaky(path, data):
+        if path.endswith("arrays.npz"):
+            count["n"] += 1
+            if count["n"] == 2:
+                raise OSError(28, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(ck, "_write_file", flaky)
+    with pytest.raises(InputError, match=r"No space left on device.*1\.2 is intact"):
+        train(opts(tmp, data, layers))
+    assert [os.path.basename(p) for p in ck.list_checkpoints(tmp / "save")] == ["1.2"]
+    assert not any(n.startswith(".tmp") for n in os.listdir(tmp / "save"))
+    ck.load(str(tmp / "save"))
+
+
+# ---- bad input -----------------------------------------------------------------------------
+def test_cli_runs_and_resumes(setup):
+    tmp, data, layers, _ = setup
+    r = cli("--layer-def", layers, "--data-path", data, "--data-provider", "fakedata:open_provider", "--train-range",
+            "1-4", "--test-range", "5", "--epochs", "1", "--mini", "16", "--test-freq", "2", "--save-path",
+            str(tmp / "save"), "--seed", "3", "--test-one", "0", "--force-save")
+    assert r.returncode == 0, r.stderr
+    assert sum(1 for l in r.stdout.splitlines() if LINE.match(l)) == 4
+    r = cli("-f", str(tmp / "save"), "--epochs", "2")
+    assert r.returncode == 0, r.stderr
+    assert [l.split()[0] for l in r.stdout.splitlines() if LINE.match(l)] == ["2.1", "2.2", "2.3", "2.4"]
+
+
+def _expect(r, code, *patterns):
+    assert r.returncode == code, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: "), r.stderr
+    for p in patterns:
+        assert re.search(p, r.stderr), (p, r.stderr)
+
+
+def test_cli_bad_inputs(setup):
+    tmp, data, layers, _ = setup
+    common = ["--layers", layers, "--data-provider", "fakedata:open_provider", "--mini", "16", "--epochs", "1",
+              "--save-path", str(tmp / "save")]
+    _expect(cli(*common, "--data-path", str(tmp / "nope"), "--train-range", "1-4", "--test-range", "5"), 2,
+            "nope: the data path does not exist")
+    _expect(cli(*common, "--data-path", data, "--test-range", "5"), 2, "missing --train-range")
+    _expect(cli(*common, "--data-path", data, "--train-range", "1-9", "--test-range", "5"), 2,
+            "--train-range: .* has no data batch 6")
+    _expect(cli(*common, "--data-path", data, "--train-range", "x", "--test-range", "5"), 2, "batch range")
+    _expect(cli(*common, "--data-path", data, "--train-range", "1", "--test-range", "5", "--device", "cuda"), 2,
+            "the CUDA backend cannot train yet")
+    _expect(cli(*common, "--data-path", data, "--train-range", "1", "--test-range", "5", "--gpu", "0"), 2,
+            "the CUDA backend cannot train yet")
+    _expect(cli(*common, "--data-path", data, "--train-range", "1", "--test-range", "5", "--conv-to-local", "c1"), 2,
+            "--conv-to-local is not implemented yet")
+    _expect(cli(*common, "--data-path", data, "--train-range", "1", "--test-range", "5", "--data-provider", "xyz"), 2,
+            "unknown provider 'xyz'")
+    blocker = tmp / "file"
+    blocker.write_text("x")
+    _expect(cli("--layers", layers, "--data-provider", "fakedata:open_provider", "--data-path", data, "--train-range",
+                "1", "--test-range", "5", "--save-path", str(blocker / "sub")), 2, "cannot write checkpoints there")
+    _expect(cli("-f", str(tmp / "nothing")), 2, "no such checkpoint")
+    os.makedirs(tmp / "empty")
+    _expect(cli("-f", str(tmp / "empty")), 2, "holds no complete checkpoint")
+
+
+def test_multi_gpu_net_is_refused(setup):
+    tmp, data, layers, _ = setup
+    text = open(layers).read().replace("outputs=8\n", "outputs=8\ngpu=1\n")
+    open(layers, "w").write(text)
+    with pytest.raises(ConfigError, match="needs 2 GPUs"):
+        train(opts(tmp, data, layers))
+
+
+@pytest.fixture
+def saved(setup):
+    tmp, data, layers, _ = setup
+    train(opts(tmp, data, layers, epochs=1, test_freq=2))
+    return tmp, data, layers, tmp / "save" / "1.4"
+
+
+def _rewrite_meta(path, fn, fix_digest=True):
+    mpath = os.path.join(path, "meta.json")
+    meta = json.load(open(mpath))
+    fn(meta)
+    if fix_digest:
+        meta["sha256"] = ck._meta_digest(meta)
+    json.dump(meta, open(mpath, "w"))
+
+
+@pytest.mark.parametrize("damage,pattern", [
+    ("flip_npz", "SHA-256 of arrays.npz does not match"),
+    ("truncate_npz", "arrays.npz has \\d+ bytes, expected"),
+    ("delete_npz", "arrays.npz is missing"),
+    ("truncate_meta", "meta.json is not valid JSON"),
+    ("edit_meta", "checksum of meta.json does not match"),
+    ("edit_layers", "SHA-256 of layers.cfg does not match"),
+    ("version", "written by ccn 0.0.0-other"),
+    ("format", "not a ccn checkpoint"),
+])
+def test_damaged_checkpoints_are_refused(saved, damage, pattern):
+    tmp, data, layers, path = saved
+    npz = path / "arrays.npz"
+    if damage == "flip_npz":
+        b = bytearray(npz.read_bytes())
+        b[len(b) // 2] ^= 0x40
+        npz.write_bytes(bytes(b))
+    elif damage == "truncate_npz":
+        npz.write_bytes(npz.read_bytes()[:-100])
+    elif damage == "delete_npz":
+        npz.unlink()
+    elif damage == "truncate_meta":
+        m = path / "meta.json"
+        m.write_bytes(m.read_bytes()[:200])
+    elif damage == "edit_meta":
+        _rewrite_meta(path, lambda m: m["net"].__setitem__("step", 1), fix_digest=False)
+    elif damage == "edit_layers":
+        (path / "layers.cfg").write_text((path / "layers.cfg").read_text().replace("outputs=8", "outputs=9"))
+    elif damage == "version":
+        _rewrite_meta(path, lambda m: m.__setitem__("ccn_version", "0.0.0-other"))
+    elif damage == "format":
+        _rewrite_meta(path, lambda m: m.__setitem__("format", "pickle"))
+    before = {p: sorted(os.listdir(p)) for p in ck.list_checkpoints(tmp / "save")}
+    r = cli("-f", str(path))
+    _expect(r, 2, pattern)
+    assert {p: sorted(os.listdir(p)) for p in ck.list_checkpoints(tmp / "save")} == before  # nothing written
+
+
+def test_checkpoint_of_another_net(saved):
+    tmp, data, layers, path = saved
+    other = tmp / "other.cfg"
+    other.write_text(open(layers).read().replace("outputs=8", "outputs=9"))
+    (tmp / "other-params.cfg").write_text(fakedata.PARAMS.format(eps=0.05))
+    _expect(cli("-f", str(path), "--layers", str(other)), 2, "belongs to another net")
+    # a checkpoint whose arrays do not fit the saved layer text (e.g. hand-edited)
+    _rewrite_meta(path, lambda m: m["net"]["params"][0].__setitem__("shape", [6, 9]))
+    _expect(cli("-f", str(path)), 2, "belongs to another net")
+
+
+def test_nan_in_data_names_layer_and_keeps_checkpoint(tmp_path):
+    data = fakedata.make_dataset(tmp_path / "data", nan_batch=3)
+    layers, _ = fakedata.write_net(tmp_path / "net")
+    with pytest.raises(CcnRuntimeError, match=r"NaN or infinite while training batch 1\.3.*first layer whose output "
+                                             r"is not finite is 'data'.*1\.2, is kept"):
+        train(opts(tmp_path, data, layers, test_freq=1))
+    assert [os.path.basename(p) for p in ck.list_checkpoints(tmp_path / "save")] == ["1.1", "1.2"]
+    ck.load(str(tmp_path / "save"))
+
+
+def test_divergence_exits_1_naming_the_layer(tmp_path):
+    data = fakedata.make_dataset(tmp_path / "data", sep=50)
+    layers, _ = fakedata.write_net(tmp_path / "net", eps=1e8)
+    r = cli("--layers", layers, "--data-path", data, "--data-provider", "fakedata:open_provider", "--train-range",
+            "1-4", "--test-range", "5", "--mini", "8", "--epochs", "20", "--test-freq", "1", "--save-path",
+            str(tmp_path / "save"))
+    _expect(r, 1, r"NaN or infinite", r"first layer whose output is not finite is '(fc1|fc2|probs|logprob)'")
+    for p in ck.list_checkpoints(tmp_path / "save"):
+        c = ck.load(p)
+        assert all(np.isfinite(a).all() for a in c.arrays.values())
+
+
+def test_real_sigint_saves_and_resume_is_bitwise(tmp_path):
+    data = fakedata.make_dataset(tmp_path / "data", delay=0.03)
+    layers, _ = fakedata.write_net(tmp_path / "net")
+    base = opts(tmp_path, data, layers, epochs=4, test_freq=1, force_save=True)
+    train({**base, "save_path": str(tmp_path / "a")})
+    args = ["--layers", layers, "--data-path", data, "--data-provider", "fakedata:open_provider", "--train-range", "1-4",
+            "--test-range", "5", "--epochs", "4", "--mini", "16", "--test-freq", "1", "--save-path",
+            str(tmp_path / "b"), "--seed", "5", "--threads", "1", "--force-save"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE, os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.Popen([sys.executable, "-m", "ccn.cli.main", "train", *args], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    t_end = time.time() + 60
+    while time.time() < t_end and not ck.list_checkpoints(tmp_path / "b") and p.poll() is None:
+        time.sleep(0.01)
+    time.sleep(random.uniform(0.0, 0.2))
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, (out, err)
+    assert "Stopped by Ctrl-C" in out and "Traceback" not in err
+    c = ck.load(str(tmp_path / "b"))
+    assert c.position["batches_done"] < 16
+    train({}, load_file=str(tmp_path / "b"))
+    wa, _ = weights_of(tmp_path / "a")
+    wb, cb = weights_of(tmp_path / "b")
+    assert cb.path.endswith("4.4")
+    for k in wa:
+        assert np.array_equal(wa[k], wb[k]), k
+
+
+def test_multiview_test_averages_probabilities_over_views(setup):
+    tmp, data, layers, params = setup
+    res, out = train(opts(tmp, data, layers, train_range="1-2", epochs=1, test_freq=2, multiview_test=True))
+    _, c = weights_of(tmp / "save")
+    rec = c.meta["history"]["test"][-1]
+    assert rec["cases"] == 40
+    # independent reference: the saved weights, each view forwarded on its own, softmax averaged
+    import ccn
+
+    net = ccn.Net(layers, params, {0: 6, 1: 1}, init=False)
+    for p in net.params:
+        net.set(p.name, c.arrays[f"w/{p.name}"])
+    prov = fakedata.open_provider(data, [5], train=False, options=fakedata.ProviderOptions(seed=5, multiview=True))
+    x, y = prov.load(5, 1)
+    n = 40
+    probs = 0
+    for v in range(10):
+        net.forward([x[v * n:(v + 1) * n], y[v * n:(v + 1) * n]])
+        probs = probs + net.output("probs").astype(np.float64) / 10
+    lab = y[:n, 0].astype(int)
+    pl = probs[np.arange(n), lab]
+    np.testing.assert_allclose(rec["costs"]["logprob"][0], -np.log(pl).sum(), rtol=1e-5)
+    assert rec["costs"]["logprob"][1] == float((probs.argmax(1) != lab).sum())
+    assert re.search(r"^logprob:  \d\.\d{6}, \d\.\d{6}$", out, re.M)
+
+
+def test_layer_path_prefix_and_missing_params_file_on_resume(setup):
+    tmp, data, layers, params = setup
+    r = cli("--layer-path", os.path.dirname(layers), "--layer-def", os.path.basename(layers), "--layer-params",
+            os.path.basename(params), "--data-path", data, "--data-provider", "fakedata:open_provider",
+            "--train-range", "1-2", "--test-range", "5", "--epochs", "1", "--test-freq", "2", "--save-path",
+            str(tmp / "save"), "--mini", "16")
+    assert r.returncode == 0, r.stderr
+    os.unlink(params)
+    r = cli("-f", str(tmp / "save"), "--epochs", "2")
+    assert r.returncode == 0, r.stderr
+    assert "is gone; continuing with the copy saved in the checkpoint" in r.stderr
+    _expect(cli("-f", str(tmp / "save"), "--gpu", "0", "--device", "cpu"), 2, "selects GPUs but --device is cpu")
