@@ -21,6 +21,7 @@ from ..errors import CcnError
 # name -> "module:function"; a command is listed here only once it works.
 COMMANDS = {
     "info": "ccn.cli.info:info",
+    "prepare-data": "ccn.cli.prepare_data:prepare_data",
 }
 
 
