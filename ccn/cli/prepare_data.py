@@ -91,3 +91,79 @@ def builtin_cmd(out, train_batches, test_batches, batch_size, image_size, seed, 
     finally:
         stop()
     _summary(meta, out, time.time() - t)
+
+
+@prepare_data.command("cifar")
+@click.argument("src", type=click.Path())
+@OUT
+@click.option("--batch-size", default=10000, show_default=True, type=int, help="Images per batch.")
+@click.option("--labels", type=click.Choice(["fine", "coarse"]), default="fine", show_default=True,
+              help="CIFAR-100: which labels.")
+@OVERWRITE
+def cifar_cmd(src, out, batch_size, labels, overwrite):
+    """CIFAR-10/100 from the python download (SRC: the .tar.gz or its extracted folder). No pickle code runs."""
+    from ..data import sources
+
+    t = time.time()
+    adv, stop = _progress("cifar", None)
+    try:
+        meta = sources.prepare_cifar(src, out, batch_size=batch_size, labels=labels, overwrite=overwrite, progress=adv)
+    finally:
+        stop()
+    _summary(meta, out, time.time() - t)
+
+
+@prepare_data.command("mnist")
+@click.argument("src", type=click.Path())
+@OUT
+@click.option("--batch-size", default=10000, show_default=True, type=int, help="Images per batch.")
+@click.option("--fashion", is_flag=True, help="Fashion-MNIST class names.")
+@OVERWRITE
+def mnist_cmd(src, out, batch_size, fashion, overwrite):
+    """MNIST / Fashion-MNIST from a folder of IDX files (gzipped or not)."""
+    from ..data import sources
+
+    t = time.time()
+    adv, stop = _progress("mnist", None)
+    try:
+        meta = sources.prepare_mnist(src, out, batch_size=batch_size, fashion=fashion, overwrite=overwrite,
+                                     progress=adv)
+    finally:
+        stop()
+    _summary(meta, out, time.time() - t)
+
+
+WORKERS = click.option("--workers", "-j", default=0, type=int, help="Worker processes (0 = all cores).")
+QUALITY = click.option("--quality", default=90, show_default=True, type=click.IntRange(1, 100),
+                       help="JPEG quality of the re-encoded images.")
+CROP = click.option("--crop/--no-crop", default=True, show_default=True,
+                    help="Centre-crop to size x size after scaling the shorter side to --size.")
+
+
+@prepare_data.command("folder")
+@click.argument("src", type=click.Path())
+@OUT
+@click.option("--size", default=64, show_default=True, type=int, help="Shorter side after scaling.")
+@CROP
+@click.option("--storage", type=click.Choice(["auto", "raw", "jpeg"]), default="auto", show_default=True,
+              help="raw pixels or JPEG (auto: raw up to 64 pixels).")
+@QUALITY
+@click.option("--batch-size", default=10000, show_default=True, type=int, help="Images per batch.")
+@click.option("--test-fraction", default=0.1, show_default=True, type=float,
+              help="Share of each class held out for testing (without train/ and val/ folders).")
+@SEED
+@WORKERS
+@OVERWRITE
+def folder_cmd(src, out, size, crop, storage, quality, batch_size, test_fraction, seed, workers, overwrite):
+    """Any folder of class subfolders of images (SRC/<class>/..., or SRC/train/<class> + SRC/val/<class>)."""
+    from ..data import sources
+
+    t = time.time()
+    adv, stop = _progress("images", None, unit="images")
+    try:
+        meta = sources.prepare_folder(src, out, size=size, crop=crop, storage=storage, quality=quality,
+                                      batch_size=batch_size, test_fraction=test_fraction, seed=seed, workers=workers,
+                                      overwrite=overwrite, progress=adv)
+    finally:
+        stop()
+    _summary(meta, out, time.time() - t)
