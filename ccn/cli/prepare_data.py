@@ -167,3 +167,34 @@ def folder_cmd(src, out, size, crop, storage, quality, batch_size, test_fraction
     finally:
         stop()
     _summary(meta, out, time.time() - t)
+
+
+@prepare_data.command("imagenet")
+@OUT
+@click.option("--train", "train", type=click.Path(), help="ILSVRC2012_img_train.tar or an unpacked train/ folder.")
+@click.option("--val", "val", type=click.Path(), help="ILSVRC2012_img_val.tar or a val/ folder (flat or per class).")
+@click.option("--devkit", type=click.Path(), help="ILSVRC2012_devkit_t12.tar.gz (or unpacked): class names, IDs, "
+                                                  "validation ground truth.")
+@click.option("--label-order", type=click.Choice(["ilsvrc-id", "wnid"]), default="ilsvrc-id", show_default=True,
+              help="Class indices: the devkit's ILSVRC2012_ID order, or sorted WNIDs (torchvision).")
+@click.option("--size", default=256, show_default=True, type=int, help="Shorter side after scaling.")
+@CROP
+@QUALITY
+@click.option("--batch-size", default=3072, show_default=True, type=int, help="Training images per batch.")
+@SEED
+@WORKERS
+@OVERWRITE
+def imagenet_cmd(out, train, val, devkit, label_order, size, crop, quality, batch_size, seed, workers, overwrite):
+    """ImageNet (ILSVRC2012) as cuda-convnet's make-data prepared it: shorter side 256, centre crop, JPEG,
+    3072 images per training batch, validation batches from the next multiple of 1000."""
+    from ..data import imagenet
+
+    t = time.time()
+    adv, stop = _progress("images", None, unit="images")
+    try:
+        meta = imagenet.prepare_imagenet(out, train=train, val=val, devkit=devkit, label_order=label_order, size=size,
+                                         crop=crop, quality=quality, batch_size=batch_size, seed=seed, workers=workers,
+                                         overwrite=overwrite, progress=adv)
+    finally:
+        stop()
+    _summary(meta, out, time.time() - t)
