@@ -99,7 +99,8 @@ def run(writer: DatasetWriter, plan, *, size: int, crop: bool, storage: str, qua
             for bi, a in jobs:
                 yield bi, a, _work(a)
             return
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as ex:
+        ex = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        try:
             window = workers * 3
             pending = []
             it = iter(jobs)
@@ -113,34 +114,42 @@ def run(writer: DatasetWriter, plan, *, size: int, crop: bool, storage: str, qua
                 if nxt is not None:
                     pending.append((nxt[0], nxt[1], ex.submit(_work, nxt[1])))
                 yield bi, a, fut.result()
+        except BaseException:
+            ex.shutdown(wait=False, cancel_futures=True)  # an interrupt must not wait for queued work
+            raise
+        ex.shutdown(wait=True)
 
     cur, acc, stats = None, [], None
     jobs_left = {}
     for bi, _ in jobs:
         jobs_left[bi] = jobs_left.get(bi, 0) + 1
-    for bi, a, (res, st) in results():
-        if cur != bi:
-            cur, acc, stats = bi, [], Stats(3, size, size)
-        acc.extend(zip(a[0], res))
-        if st is not None:
-            stats.merge(st)
-        done_imgs += len(a[0])
-        jobs_left[bi] -= 1
-        if jobs_left[bi] == 0:
-            num, train, items = todo[bi]
-            ok = [(it, payload) for it, (good, payload) in acc if good]
-            bad = [(it.name, payload) for it, (good, payload) in acc if not good]
-            labels = np.array([it.label for it, _ in ok], np.int32)
-            names = [it.name for it, _ in ok]
-            if storage == "jpeg":
-                writer.commit(num, labels, train=train, jpegs=[p for _, p in ok], names=names,
-                              stats=stats if train else None, read=len(acc), skipped=bad)
-            else:
-                px = np.stack([p for _, p in ok]) if ok else np.zeros((0, 3, size, size), np.uint8)
-                writer.commit(num, labels, train=train, pixels=px, names=names,
-                              stats=stats if train else None, read=len(acc), skipped=bad)
-        if progress:
-            progress(done_imgs, total_imgs)
+    gen = results()
+    try:
+        for bi, a, (res, st) in gen:
+            if cur != bi:
+                cur, acc, stats = bi, [], Stats(3, size, size)
+            acc.extend(zip(a[0], res))
+            if st is not None:
+                stats.merge(st)
+            done_imgs += len(a[0])
+            jobs_left[bi] -= 1
+            if jobs_left[bi] == 0:
+                num, train, items = todo[bi]
+                ok = [(it, payload) for it, (good, payload) in acc if good]
+                bad = [(it.name, payload) for it, (good, payload) in acc if not good]
+                labels = np.array([it.label for it, _ in ok], np.int32)
+                names = [it.name for it, _ in ok]
+                if storage == "jpeg":
+                    writer.commit(num, labels, train=train, jpegs=[p for _, p in ok], names=names,
+                                  stats=stats if train else None, read=len(acc), skipped=bad)
+                else:
+                    px = np.stack([p for _, p in ok]) if ok else np.zeros((0, 3, size, size), np.uint8)
+                    writer.commit(num, labels, train=train, pixels=px, names=names,
+                                  stats=stats if train else None, read=len(acc), skipped=bad)
+            if progress:
+                progress(done_imgs, total_imgs)
+    finally:
+        gen.close()
 
 
 def seeded_batches(items: list, batch_size: int, seed: int, first_num: int, train: bool, shuffle: bool = True):

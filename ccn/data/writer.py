@@ -152,8 +152,13 @@ class DatasetWriter:
                 self.counts = p["counts"]
                 self.skipped = p["skipped"]
                 self.stats.load_arrays(arrays)
-                # a batch file is trusted only when the progress lists it with a matching size
                 self.resumed = len(self.batches)
+                # a listed batch file that has gone since cannot be un-merged from the sums: start over
+                if any(not os.path.isfile(os.path.join(out, bf.batch_name(int(k)))) for k in self.batches):
+                    self.batches, self.skipped, self.resumed = {}, [], 0
+                    self.counts = {"read": 0, "written": 0, "skipped": 0}
+                    self.stats = Stats(channels, *self.size)
+                    self._clear()
             elif p is not None and p.get("plan_id") != plan_id and not overwrite:
                 raise InputError(f"{out} holds an interrupted preparation of another source or with other "
                                  "options; rerun that command to finish it, choose a new folder, or pass "

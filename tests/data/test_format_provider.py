@@ -240,3 +240,46 @@ def test_provider_is_thread_safe(small_builtin):
         futs = {(b, e): ex.submit(p.load, b, e) for _ in range(3) for b in (1, 2) for e in range(3)}
         for k, f in futs.items():
             assert (f.result()[0] == ref[k]).all()
+
+
+def test_cli_builtin_rerun_and_errors(tmp_path):
+    import subprocess
+    import sys
+
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "ccn.cli.main", "prepare-data", "builtin", *a],
+                              capture_output=True, text=True, timeout=120)
+
+    out = str(tmp_path / "b")
+    r = run("--out", out, "--train-batches", "2", "--batch-size", "30")
+    assert r.returncode == 0, r.stderr
+    assert "60 training images in batches 1-2, 30 test images in batch 3" in r.stdout
+    assert "read 90, written 90, skipped 0" in r.stdout
+    r = run("--out", out, "--train-batches", "2", "--batch-size", "30")
+    assert r.returncode == 0 and "nothing to do" in r.stdout
+    r = run("--out", out, "--train-batches", "3", "--batch-size", "30")
+    assert r.returncode == 2 and "already holds" in r.stderr and out in r.stderr and "Traceback" not in r.stderr
+    r = run("--out", out, "--train-batches", "3", "--batch-size", "30", "--overwrite")
+    assert r.returncode == 0 and bf.read_meta(out)["train_batches"] == [1, 2, 3]
+    (tmp_path / "f").write_text("")
+    r = run("--out", str(tmp_path / "f"))
+    assert r.returncode == 2 and str(tmp_path / "f") in r.stderr and "Traceback" not in r.stderr
+
+
+def test_resume_restarts_when_a_listed_batch_vanished(tmp_path, monkeypatch):
+    d = str(tmp_path / "out")
+    orig = DatasetWriter.commit
+
+    def die(self, num, *a, **k):
+        if num == 3:
+            raise KeyboardInterrupt
+        return orig(self, num, *a, **k)
+
+    monkeypatch.setattr(DatasetWriter, "commit", die)
+    with pytest.raises(KeyboardInterrupt):
+        builtin.prepare(d, train_batches=3, test_batches=1, batch_size=10)
+    monkeypatch.setattr(DatasetWriter, "commit", orig)
+    os.unlink(os.path.join(d, "data_batch_1"))
+    meta = builtin.prepare(d, train_batches=3, test_batches=1, batch_size=10)
+    ref = builtin.prepare(str(tmp_path / "ref"), train_batches=3, test_batches=1, batch_size=10)
+    assert meta["checksums"] == ref["checksums"] and meta["counts"] == ref["counts"]
