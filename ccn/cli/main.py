@@ -23,6 +23,7 @@ COMMANDS = {
     "info": "ccn.cli.info:info",
     "show-net": "ccn.cli.show_net:show_net",
     "train": "ccn.cli.train:train",
+    "prepare-data": "ccn.cli.prepare_data:prepare_data",
 }
 
 

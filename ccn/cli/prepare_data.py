@@ -1,0 +1,200 @@
+"""`ccn prepare-data SOURCE ... --out DIR`: write a dataset in ccn's batch format.
+
+Sources: ``builtin`` (procedural, no download), ``cifar`` (CIFAR-10/100 python batches),
+``mnist`` (IDX files, MNIST or Fashion-MNIST), ``folder`` (class subfolders of images) and
+``imagenet`` (ILSVRC2012 archives or an unpacked tree). Every source is resumable: rerun the
+same command after an interruption and it continues after the last complete batch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import click
+
+from ..errors import InputError
+
+
+def _progress(description: str, total: int | None, unit: str = "batches"):
+    """A rich progress bar (on a terminal) with ETA; returns (advance(n), close())."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    console = Console(stderr=True)
+    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn(unit), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                    console=console, disable=not console.is_terminal, transient=False)
+    prog.start()
+    task = prog.add_task(description, total=total)
+
+    def advance(done, total_=None):
+        prog.update(task, completed=done, total=total_ if total_ is not None else total)
+
+    return advance, prog.stop
+
+
+def _summary(meta: dict, out: str, seconds: float | None = None) -> None:
+    c = meta["counts"]
+    if meta.get("already_complete"):
+        click.echo(f"{out} already holds this dataset (same source and options); nothing to do.")
+        seconds = None
+    click.echo(f"{out}: {meta['num_train_cases']} training images in "
+               f"{_span(meta['train_batches'])}, {meta['num_test_cases']} test images in "
+               f"{_span(meta['test_batches'])}; {meta['num_classes']} classes, "
+               f"{meta['channels']} x {meta['image_size'][0]} x {meta['image_size'][1]}, {meta['storage']}.")
+    line = f"read {c['read']}, written {c['written']}, skipped {c['skipped']}"
+    if seconds:
+        line += f" in {seconds:.1f} s ({c['written'] / max(seconds, 1e-9):.0f} images/s)"
+    click.echo(line + ".")
+    for name, reason in meta.get("skipped", [])[:20]:
+        click.echo(f"  skipped {name}: {reason}")
+    if c["skipped"] > 20:
+        click.echo(f"  ... and {c['skipped'] - 20} more (see {os.path.join(out, 'batches.meta.json')})")
+
+
+def _span(nums) -> str:
+    if not nums:
+        return "none"
+    return f"batches {nums[0]}-{nums[-1]}" if len(nums) > 1 else f"batch {nums[0]}"
+
+
+OUT = click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
+SEED = click.option("--seed", default=0, show_default=True, type=int, help="Seed of the shuffle / generator.")
+OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace a different dataset already in --out.")
+
+
+@click.group("prepare-data")
+def prepare_data():
+    """Write a dataset as ccn batches (batches.meta.json + data_batch_N), resumably."""
+
+
+@prepare_data.command("builtin")
+@OUT
+@click.option("--train-batches", default=5, show_default=True, type=int, help="Number of training batches.")
+@click.option("--test-batches", default=1, show_default=True, type=int, help="Number of test batches.")
+@click.option("--batch-size", default=2000, show_default=True, type=int, help="Images per batch.")
+@click.option("--image-size", default=32, show_default=True, type=int, help="Image side in pixels.")
+@SEED
+@OVERWRITE
+def builtin_cmd(out, train_batches, test_batches, batch_size, image_size, seed, overwrite):
+    """The built-in dataset: 10 classes of coloured shapes and textures, generated (no download)."""
+    from ..data import builtin
+
+    t = time.time()
+    adv, stop = _progress("builtin", train_batches + test_batches)
+    try:
+        meta = builtin.prepare(out, train_batches=train_batches, test_batches=test_batches, batch_size=batch_size,
+                               image_size=image_size, seed=seed, overwrite=overwrite, progress=adv)
+    finally:
+        stop()
+    _summary(meta, out, time.time() - t)
+
+
+@prepare_data.command("cifar")
+@click.argument("src", type=click.Path())
+@OUT
+@click.option("--batch-size", default=10000, show_default=True, type=int, help="Images per batch.")
+@click.option("--labels", type=click.Choice(["fine", "coarse"]), default="fine", show_default=True,
+              help="CIFAR-100: which labels.")
+@OVERWRITE
+def cifar_cmd(src, out, batch_size, labels, overwrite):
+    """CIFAR-10/100 from the python download (SRC: the .tar.gz or its extracted folder). No pickle code runs."""
+    from ..data import sources
+
+    t = time.time()
+    adv, stop = _progress("cifar", None)
+    try:
+        meta = sources.prepare_cifar(src, out, batch_size=batch_size, labels=labels, overwrite=overwrite, progress=adv)
+    finally:
+        stop()
+    _summary(meta, out, time.time() - t)
+
+
+@prepare_data.command("mnist")
+@click.argument("src", type=click.Path())
+@OUT
+@click.option("--batch-size", default=10000, show_default=True, type=int, help="Images per batch.")
+@click.option("--fashion", is_flag=True, help="Fashion-MNIST class names.")
+@OVERWRITE
+def mnist_cmd(src, out, batch_size, fashion, overwrite):
+    """MNIST / Fashion-MNIST from a folder of IDX files (gzipped or not)."""
+    from ..data import sources
+
+    t = time.time()
+    adv, stop = _progress("mnist", None)
+    try:
+        meta = sources.prepare_mnist(src, out, batch_size=batch_size, fashion=fashion, overwrite=overwrite,
+                                     progress=adv)
+    finally:
+        stop()
+    _summary(meta, out, time.time() - t)
+
+
+WORKERS = click.option("--workers", "-j", default=0, type=int, help="Worker processes (0 = all cores).")
+QUALITY = click.option("--quality", default=90, show_default=True, type=click.IntRange(1, 100),
+                       help="JPEG quality of the re-encoded images.")
+CROP = click.option("--crop/--no-crop", default=True, show_default=True,
+                    help="Centre-crop to size x size after scaling the shorter side to --size.")
+
+
+@prepare_data.command("folder")
+@click.argument("src", type=click.Path())
+@OUT
+@click.option("--size", default=64, show_default=True, type=int, help="Shorter side after scaling.")
+@CROP
+@click.option("--storage", type=click.Choice(["auto", "raw", "jpeg"]), default="auto", show_default=True,
+              help="raw pixels or JPEG (auto: raw up to 64 pixels).")
+@QUALITY
+@click.option("--batch-size", default=10000, show_default=True, type=int, help="Images per batch.")
+@click.option("--test-fraction", default=0.1, show_default=True, type=float,
+              help="Share of each class held out for testing (without train/ and val/ folders).")
+@SEED
+@WORKERS
+@OVERWRITE
+def folder_cmd(src, out, size, crop, storage, quality, batch_size, test_fraction, seed, workers, overwrite):
+    """Any folder of class subfolders of images (SRC/<class>/..., or SRC/train/<class> + SRC/val/<class>)."""
+    from ..data import sources
+
+    t = time.time()
+    adv, stop = _progress("images", None, unit="images")
+    try:
+        meta = sources.prepare_folder(src, out, size=size, crop=crop, storage=storage, quality=quality,
+                                      batch_size=batch_size, test_fraction=test_fraction, seed=seed, workers=workers,
+                                      overwrite=overwrite, progress=adv)
+    finally:
+        stop()
+    _summary(meta, out, time.time() - t)
+
+
+@prepare_data.command("imagenet")
+@OUT
+@click.option("--train", "train", type=click.Path(), help="ILSVRC2012_img_train.tar or an unpacked train/ folder.")
+@click.option("--val", "val", type=click.Path(), help="ILSVRC2012_img_val.tar or a val/ folder (flat or per class).")
+@click.option("--devkit", type=click.Path(), help="ILSVRC2012_devkit_t12.tar.gz (or unpacked): class names, IDs, "
+                                                  "validation ground truth.")
+@click.option("--label-order", type=click.Choice(["ilsvrc-id", "wnid"]), default="ilsvrc-id", show_default=True,
+              help="Class indices: the devkit's ILSVRC2012_ID order, or sorted WNIDs (torchvision).")
+@click.option("--size", default=256, show_default=True, type=int, help="Shorter side after scaling.")
+@CROP
+@QUALITY
+@click.option("--batch-size", default=3072, show_default=True, type=int, help="Training images per batch.")
+@SEED
+@WORKERS
+@OVERWRITE
+def imagenet_cmd(out, train, val, devkit, label_order, size, crop, quality, batch_size, seed, workers, overwrite):
+    """ImageNet (ILSVRC2012) as cuda-convnet's make-data prepared it: shorter side 256, centre crop, JPEG,
+    3072 images per training batch, validation batches from the next multiple of 1000."""
+    from ..data import imagenet
+
+    t = time.time()
+    adv, stop = _progress("images", None, unit="images")
+    try:
+        meta = imagenet.prepare_imagenet(out, train=train, val=val, devkit=devkit, label_order=label_order, size=size,
+                                         crop=crop, quality=quality, batch_size=batch_size, seed=seed, workers=workers,
+                                         overwrite=overwrite, progress=adv)
+    finally:
+        stop()
+    _summary(meta, out, time.time() - t)

@@ -1,0 +1,326 @@
+"""The ccn batch format: a folder of numbered batch files plus ``batches.meta.json``.
+
+No pickle anywhere; every file is random-access and written atomically.
+
+Folder layout::
+
+    DIR/batches.meta.json   metadata (JSON, below)
+    DIR/data_mean.npy       the mean training image, float32 C x H x W (plain .npy)
+    DIR/data_batch_1        batch files, numbered from 1 (training first, then test)
+    DIR/data_batch_2 ...
+
+A batch file is one container: an 8-byte magic ``CCNBATCH``, a little-endian uint32 format
+version, a uint32 header length, a UTF-8 JSON header, zero padding to a 64-byte boundary,
+then its sections, each starting on a 64-byte boundary. The header says::
+
+    {"kind": "raw" | "jpeg", "count": N, "channels": C, "height": H, "width": W,
+     "sections": {"labels": [offset, nbytes], ...}}
+
+Sections (offsets are from the start of the file):
+
+* ``labels``: int32[N], class indices.
+* ``pixels`` (raw): uint8[N, C, H, W], channels slowest and x fastest within an image, so the
+  section can be memory-mapped and a case read without touching the others.
+* ``offsets`` + ``bytes`` (jpeg): uint64[N+1] offsets into the ``bytes`` section; image i is
+  ``bytes[offsets[i]:offsets[i+1]]``, a JPEG (baseline, RGB or grayscale). H and W in the
+  header are the nominal size (shorter side); stored images may be wider or taller when
+  they were not cropped to a square.
+* ``names`` (optional): the source name of every image, UTF-8, one per line.
+
+``batches.meta.json`` (``format_version`` 1) holds: ``label_names``, ``num_classes``,
+``channels``, ``image_size`` [H, W], ``storage`` (raw or jpeg), ``train_batches`` and
+``test_batches`` (batch numbers), ``batch_counts`` {num: cases}, ``num_train_cases``,
+``num_test_cases``, ``data_mean`` (the .npy file name), ``data_mean_shape``,
+``color_pca`` {eigenvalues, eigenvectors (columns), stdevs = sqrt(eigenvalues)} of the RGB
+pixel values of the training images (0..255 scale), ``options`` (those prepare-data ran
+with), ``seed``, ``counts`` {read, written, skipped}, ``skipped`` (path and reason, the first
+100), ``checksums`` {file: "sha256:..."}, ``source`` and ``created_by``.
+
+Writes go to a temporary name in the same folder, are fsync'ed and renamed into place, so a
+batch file either exists whole or not at all. While prepare-data runs it keeps its
+progress in ``.ccn-progress.json`` + ``.ccn-progress.npz`` (same atomic writes); a rerun with
+the same source and options continues after the last complete batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import threading
+
+import numpy as np
+
+from ..errors import InputError
+
+MAGIC = b"CCNBATCH"
+CONTAINER_VERSION = 1
+FORMAT_VERSION = 1
+META_NAME = "batches.meta.json"
+MEAN_NAME = "data_mean.npy"
+ALIGN = 64
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def batch_name(num: int) -> str:
+    return f"data_batch_{num}"
+
+
+def _pad(n: int) -> int:
+    return (-n) % ALIGN
+
+
+def fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, chunks) -> str:
+    """Write the byte chunks to ``path`` atomically; return the sha256 hex digest."""
+    d = os.path.dirname(os.path.abspath(path))
+    h = hashlib.sha256()
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    except OSError as e:
+        raise InputError(f"cannot write in {d}: {e.strerror or e}.") from None
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as f:
+            for c in chunks:
+                mv = memoryview(c).cast("B") if not isinstance(c, bytes) else c
+                h.update(mv)
+                f.write(mv)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise InputError(f"cannot write {path}: {e.strerror or e}.") from None
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(d)
+    return h.hexdigest()
+
+
+def atomic_write_json(path: str, obj) -> str:
+    return atomic_write(path, [json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n"])
+
+
+def atomic_save_npy(path: str, arr: np.ndarray) -> str:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return atomic_write(path, [buf.getvalue()])
+
+
+def encode_batch(kind: str, labels, *, channels: int, height: int, width: int, pixels=None, jpegs=None,
+                 names=None) -> list:
+    """Return the byte chunks of a batch container (see the module docstring)."""
+    labels = np.ascontiguousarray(np.asarray(labels, dtype="<i4").reshape(-1))
+    n = int(labels.shape[0])
+    sections = []  # (name, chunks, nbytes)
+    sections.append(("labels", [labels.tobytes()], labels.nbytes))
+    if kind == "raw":
+        px = np.ascontiguousarray(pixels, dtype=np.uint8)
+        if px.shape != (n, channels, height, width):
+            raise ValueError(f"pixels have shape {px.shape}, expected {(n, channels, height, width)}")
+        sections.append(("pixels", [px], px.nbytes))
+    elif kind == "jpeg":
+        if len(jpegs) != n:
+            raise ValueError("one JPEG per label expected")
+        offs = np.zeros(n + 1, dtype="<u8")
+        if n:
+            offs[1:] = np.cumsum([len(j) for j in jpegs])
+        sections.append(("offsets", [offs.tobytes()], offs.nbytes))
+        sections.append(("bytes", list(jpegs), int(offs[-1])))
+    else:
+        raise ValueError(kind)
+    if names is not None:
+        nb = "\n".join(str(x).replace("\n", " ") for x in names).encode()
+        sections.append(("names", [nb], len(nb)))
+
+    def header_for(base):
+        pos = base
+        table = {}
+        for name, _, nbytes in sections:
+            table[name] = [pos, nbytes]
+            pos += nbytes + _pad(nbytes)
+        return json.dumps({"kind": kind, "count": n, "channels": channels, "height": height, "width": width,
+                           "sections": table}, sort_keys=True).encode()
+
+    # the header length depends on the offsets it contains: iterate to a fixed point
+    base = ALIGN
+    while True:
+        hdr = header_for(base)
+        need = 16 + len(hdr)
+        need += _pad(need)
+        if need == base:
+            break
+        base = need
+    out = [MAGIC, struct.pack("<II", CONTAINER_VERSION, len(hdr)), hdr, b"\0" * _pad(16 + len(hdr))]
+    for _, chunks, nbytes in sections:
+        out.extend(chunks)
+        out.append(b"\0" * _pad(nbytes))
+    return out
+
+
+def write_batch(path: str, kind: str, labels, **kw) -> str:
+    """Write one batch file atomically; returns its sha256 hex digest."""
+    return atomic_write(path, encode_batch(kind, labels, **kw))
+
+
+class BatchFile:
+    """Random access to one batch file. Thread-safe (reads use pread / a read-only memmap)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise InputError(f"cannot open batch file {path}: {e.strerror or e}.") from None
+        self.size = os.fstat(self._fd).st_size
+        head = os.pread(self._fd, 16, 0)
+        if len(head) < 16 or head[:8] != MAGIC:
+            self.close()
+            raise InputError(f"{path} is not a ccn batch file (bad magic); was it written by "
+                             "`ccn prepare-data`?")
+        ver, hlen = struct.unpack("<II", head[8:])
+        if ver != CONTAINER_VERSION:
+            self.close()
+            raise InputError(f"{path} has batch container version {ver}; this ccn reads version "
+                             f"{CONTAINER_VERSION}.")
+        try:
+            h = json.loads(os.pread(self._fd, hlen, 16).decode())
+            self.kind = h["kind"]
+            self.count = int(h["count"])
+            self.channels, self.height, self.width = int(h["channels"]), int(h["height"]), int(h["width"])
+            self.sections = {k: (int(v[0]), int(v[1])) for k, v in h["sections"].items()}
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            self.close()
+            raise InputError(f"{path} has a corrupt header.") from None
+        for name, (off, nb) in self.sections.items():
+            if off + nb > self.size:
+                self.close()
+                raise InputError(f"{path} is truncated (section {name} ends at byte {off + nb}, the file "
+                                 f"has {self.size}).")
+        self.labels = self._array("labels", "<i4").copy()
+        if self.labels.shape[0] != self.count:
+            self.close()
+            raise InputError(f"{path} has a corrupt header (label count).")
+        self._pixels = None
+        self._offsets = None
+        self._lock = threading.Lock()
+        if self.kind == "raw":
+            off, nb = self.sections["pixels"]
+            if nb != self.count * self.channels * self.height * self.width:
+                self.close()
+                raise InputError(f"{path} has a corrupt header (pixel section size).")
+        elif self.kind == "jpeg":
+            self._offsets = self._array("offsets", "<u8").astype(np.int64)
+            if self._offsets.shape[0] != self.count + 1 or self._offsets[-1] != self.sections["bytes"][1]:
+                self.close()
+                raise InputError(f"{path} has a corrupt header (JPEG offsets).")
+        else:
+            self.close()
+            raise InputError(f"{path} has an unknown batch kind {self.kind!r}.")
+
+    def _array(self, name, dtype):
+        off, nb = self.sections[name]
+        return np.frombuffer(os.pread(self._fd, nb, off), dtype=dtype)
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """Raw batches: a read-only memmap N x C x H x W uint8."""
+        if self.kind != "raw":
+            raise InputError(f"{self.path} holds JPEGs, not raw pixels.")
+        with self._lock:
+            if self._pixels is None:
+                off, _ = self.sections["pixels"]
+                if self.count == 0:
+                    self._pixels = np.zeros((0, self.channels, self.height, self.width), np.uint8)
+                else:
+                    self._pixels = np.memmap(self.path, dtype=np.uint8, mode="r", offset=off,
+                                             shape=(self.count, self.channels, self.height, self.width))
+            return self._pixels
+
+    def jpeg(self, i: int) -> bytes:
+        off, _ = self.sections["bytes"]
+        a, b = int(self._offsets[i]), int(self._offsets[i + 1])
+        return os.pread(self._fd, b - a, off + a)
+
+    def names(self) -> list[str] | None:
+        if "names" not in self.sections:
+            return None
+        off, nb = self.sections["names"]
+        return os.pread(self._fd, nb, off).decode().split("\n") if nb else [""] * self.count
+
+    def close(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_meta(path: str) -> dict:
+    """Read ``batches.meta.json`` of a prepared folder (or the file itself)."""
+    p = os.path.join(path, META_NAME) if os.path.isdir(path) else path
+    if not os.path.exists(p):
+        if os.path.isdir(path) and os.path.exists(os.path.join(path, "batches.meta")):
+            raise InputError(f"{path} holds an original cuda-convnet (pickled) batches.meta; convert it with "
+                             f"`ccn prepare-data cifar {path} --out NEWDIR` (CIFAR) or prepare it again.")
+        if not os.path.exists(path):
+            raise InputError(f"data folder {path} does not exist.")
+        raise InputError(f"{path} is not a ccn data folder: it has no {META_NAME} (create one with "
+                         "`ccn prepare-data`).")
+    try:
+        with open(p, "rb") as f:
+            meta = json.loads(f.read().decode())
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read {p}: {e}.") from None
+    if not isinstance(meta, dict) or meta.get("format") != "ccn-batches":
+        raise InputError(f"{p} is not a ccn batches.meta.json.")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise InputError(f"{p} has format version {meta.get('format_version')}; this ccn reads up to "
+                         f"{FORMAT_VERSION}.")
+    return meta
+
+
+def load_mean(folder: str, meta: dict) -> np.ndarray:
+    p = os.path.join(folder, meta.get("data_mean", MEAN_NAME))
+    try:
+        m = np.load(p, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read the mean image {p}: {e}.") from None
+    return m.astype(np.float32)

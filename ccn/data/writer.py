@@ -1,0 +1,275 @@
+"""Writing a prepared dataset: batch files, running statistics, resumable progress, final metadata.
+
+:class:`DatasetWriter` is used by every source (builtin, CIFAR, MNIST, folders, ImageNet). The
+caller plans the batches up front (deterministically from the source and the seed) and
+passes a fingerprint of that plan; the writer then
+
+* refuses a folder that holds a different dataset (or a file where the folder should be),
+* skips the batches a previous interrupted run completed (``done(num)``),
+* writes each batch atomically, folding its statistics (the pixel sum for the mean image,
+  RGB moments for the colour PCA, counts) into a progress file written atomically after it,
+* writes ``data_mean.npy`` and ``batches.meta.json`` last and removes the progress files.
+
+See :mod:`ccn.data.batchfmt` for the files themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+
+import numpy as np
+
+from .. import __version__
+from ..errors import InputError
+from . import batchfmt as bf
+
+PROGRESS_JSON = ".ccn-progress.json"
+PROGRESS_NPZ = ".ccn-progress.npz"
+
+
+def fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Stats:
+    """Running sums for the mean image (over size x size centre crops) and the RGB covariance."""
+
+    def __init__(self, channels: int, h: int, w: int):
+        self.shape = (channels, h, w)
+        self.img_sum = np.zeros(self.shape, np.float64)
+        self.n_img = 0
+        self.px_sum = np.zeros(channels, np.float64)
+        self.px_outer = np.zeros((channels, channels), np.float64)
+        self.n_px = 0
+
+    def add_images(self, imgs: np.ndarray, pixel_stride: int = 1) -> None:
+        """imgs: N x C x H x W uint8 (already at the nominal size)."""
+        if len(imgs) == 0:
+            return
+        self.img_sum += imgs.sum(axis=0, dtype=np.float64)
+        self.n_img += len(imgs)
+        px = imgs[:, :, ::pixel_stride, ::pixel_stride].transpose(1, 0, 2, 3).reshape(self.shape[0], -1)
+        px = px.astype(np.float64)
+        self.px_sum += px.sum(axis=1)
+        self.px_outer += px @ px.T
+        self.n_px += px.shape[1]
+
+    def merge(self, other: "Stats") -> None:
+        self.img_sum += other.img_sum
+        self.n_img += other.n_img
+        self.px_sum += other.px_sum
+        self.px_outer += other.px_outer
+        self.n_px += other.n_px
+
+    def arrays(self) -> dict:
+        return {"img_sum": self.img_sum, "n_img": np.array(self.n_img), "px_sum": self.px_sum,
+                "px_outer": self.px_outer, "n_px": np.array(self.n_px)}
+
+    def load_arrays(self, d) -> None:
+        self.img_sum = d["img_sum"].astype(np.float64)
+        self.n_img = int(d["n_img"])
+        self.px_sum = d["px_sum"].astype(np.float64)
+        self.px_outer = d["px_outer"].astype(np.float64)
+        self.n_px = int(d["n_px"])
+
+    def mean_image(self) -> np.ndarray:
+        if self.n_img == 0:
+            return np.zeros(self.shape, np.float32)
+        return (self.img_sum / self.n_img).astype(np.float32)
+
+    def color_pca(self) -> dict:
+        c = self.shape[0]
+        if self.n_px < 2:
+            cov = np.zeros((c, c))
+        else:
+            mu = self.px_sum / self.n_px
+            cov = self.px_outer / self.n_px - np.outer(mu, mu)
+        vals, vecs = np.linalg.eigh((cov + cov.T) / 2)
+        order = np.argsort(vals)[::-1]
+        vals = np.maximum(vals[order], 0.0)
+        vecs = vecs[:, order]
+        for j in range(vecs.shape[1]):  # a deterministic sign: largest component positive
+            if vecs[np.argmax(np.abs(vecs[:, j])), j] < 0:
+                vecs[:, j] = -vecs[:, j]
+        return {"eigenvalues": vals.tolist(), "eigenvectors": vecs.tolist(), "stdevs": np.sqrt(vals).tolist()}
+
+
+def check_out_dir(out: str) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(f"output folder {out} exists and is not a folder.")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create output folder {out}: {e.strerror or e}.") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise InputError(f"output folder {out} is not writable.")
+
+
+class DatasetWriter:
+    def __init__(self, out: str, *, plan_id: str, storage: str, channels: int, size: tuple[int, int],
+                 overwrite: bool = False):
+        self.out = out
+        self.plan_id = plan_id
+        self.storage = storage
+        self.channels = channels
+        self.size = tuple(size)
+        check_out_dir(out)
+        self.stats = Stats(channels, *self.size)
+        self.batches: dict[str, dict] = {}  # str(num) -> {"count", "checksum", "train"}
+        self.counts = {"read": 0, "written": 0, "skipped": 0}
+        self.skipped: list[list[str]] = []
+        self.resumed = 0
+        self.already_complete = False
+        meta_path = os.path.join(out, bf.META_NAME)
+        prog = os.path.join(out, PROGRESS_JSON)
+        if os.path.exists(meta_path):
+            try:
+                meta = bf.read_meta(out)
+            except InputError:
+                meta = {}
+            if meta.get("plan_id") == plan_id and not overwrite:
+                self.already_complete = True
+                self.meta = dict(meta, already_complete=True)  # the flag is not stored
+                return
+            if not overwrite:
+                raise InputError(f"{out} already holds a prepared dataset made from another source or with "
+                                 "other options; choose a new folder or pass --overwrite.")
+            self._clear()
+        elif os.path.exists(prog):
+            try:
+                with open(prog) as f:
+                    p = json.load(f)
+                with np.load(os.path.join(out, PROGRESS_NPZ), allow_pickle=False) as d:
+                    arrays = dict(d)
+            except (OSError, ValueError, KeyError):
+                p = None
+            if p is not None and p.get("plan_id") == plan_id and not overwrite:
+                self.batches = p["batches"]
+                self.counts = p["counts"]
+                self.skipped = p["skipped"]
+                self.stats.load_arrays(arrays)
+                self.resumed = len(self.batches)
+                # a listed batch file that has gone since cannot be un-merged from the sums: start over
+                if any(not os.path.isfile(os.path.join(out, bf.batch_name(int(k)))) for k in self.batches):
+                    self.batches, self.skipped, self.resumed = {}, [], 0
+                    self.counts = {"read": 0, "written": 0, "skipped": 0}
+                    self.stats = Stats(channels, *self.size)
+                    self._clear()
+            elif p is not None and p.get("plan_id") != plan_id and not overwrite:
+                raise InputError(f"{out} holds an interrupted preparation of another source or with other "
+                                 "options; rerun that command to finish it, choose a new folder, or pass "
+                                 "--overwrite.")
+            else:
+                self._clear()
+        else:
+            stray = [n for n in os.listdir(out) if n.startswith("data_batch_")]
+            if stray and not overwrite:
+                raise InputError(f"{out} already holds batch files ({stray[0]}, ...) but no ccn metadata; choose "
+                                 "a new folder or pass --overwrite.")
+            self._clear()
+
+    def _clear(self):
+        for n in os.listdir(self.out):
+            if n.startswith("data_batch_") or n in (bf.META_NAME, bf.MEAN_NAME, PROGRESS_JSON, PROGRESS_NPZ) \
+                    or (n.startswith(".data_batch_") and n.endswith(".tmp")):
+                try:
+                    os.unlink(os.path.join(self.out, n))
+                except OSError as e:
+                    raise InputError(f"cannot remove {os.path.join(self.out, n)}: {e.strerror or e}.") from None
+
+    def done(self, num: int) -> bool:
+        return str(num) in self.batches
+
+    def skip(self, name: str, reason: str) -> None:
+        self.counts["skipped"] += 1
+        if len(self.skipped) < 100:
+            self.skipped.append([name, reason])
+
+    def commit(self, num: int, labels, *, train: bool, pixels=None, jpegs=None, names=None,
+               stats: Stats | None = None, read: int | None = None, skipped=()) -> None:
+        """Write batch ``num``; fold its statistics in when it is a training batch."""
+        labels = np.asarray(labels)
+        n = len(labels)
+        h, w = self.size
+        digest = bf.write_batch(os.path.join(self.out, bf.batch_name(num)), self.storage, labels,
+                                channels=self.channels, height=h, width=w, pixels=pixels, jpegs=jpegs,
+                                names=names)
+        if train:
+            if stats is None:
+                stats = Stats(self.channels, h, w)
+                stats.add_images(pixels, pixel_stride=max(1, h // 32))
+            self.stats.merge(stats)
+        for name, reason in skipped:
+            self.skip(name, reason)
+        self.counts["read"] += n + len(skipped) if read is None else read
+        self.counts["written"] += n
+        self.batches[str(num)] = {"count": int(n), "checksum": "sha256:" + digest, "train": bool(train)}
+        self._save_progress()
+
+    def _save_progress(self):
+        buf = io.BytesIO()
+        np.savez(buf, **self.stats.arrays())
+        bf.atomic_write(os.path.join(self.out, PROGRESS_NPZ), [buf.getvalue()])
+        bf.atomic_write_json(os.path.join(self.out, PROGRESS_JSON),
+                             {"plan_id": self.plan_id, "batches": self.batches, "counts": self.counts,
+                              "skipped": self.skipped})
+
+    def finish(self, *, label_names, source: str, options: dict, seed: int, extra: dict | None = None) -> dict:
+        train = sorted(int(k) for k, v in self.batches.items() if v["train"])
+        test = sorted(int(k) for k, v in self.batches.items() if not v["train"])
+        if not train and not test:
+            raise InputError(f"nothing to write to {self.out}: the source has no images.")
+        mean = self.stats.mean_image()
+        mean_digest = bf.atomic_save_npy(os.path.join(self.out, bf.MEAN_NAME), mean)
+        checksums = {bf.batch_name(int(k)): v["checksum"] for k, v in self.batches.items()}
+        checksums[bf.MEAN_NAME] = "sha256:" + mean_digest
+        meta = {
+            "format": "ccn-batches",
+            "format_version": bf.FORMAT_VERSION,
+            "created_by": f"ccn {__version__}",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "source": source,
+            "label_names": list(label_names),
+            "num_classes": len(label_names),
+            "channels": self.channels,
+            "image_size": list(self.size),
+            "storage": self.storage,
+            "train_batches": train,
+            "test_batches": test,
+            "batch_counts": {str(k): self.batches[str(k)]["count"] for k in train + test},
+            "num_train_cases": sum(self.batches[str(k)]["count"] for k in train),
+            "num_test_cases": sum(self.batches[str(k)]["count"] for k in test),
+            "data_mean": bf.MEAN_NAME,
+            "data_mean_shape": list(mean.shape),
+            "color_pca": self.stats.color_pca(),
+            "options": options,
+            "seed": seed,
+            "counts": self.counts,
+            "skipped": self.skipped,
+            "checksums": checksums,
+            "plan_id": self.plan_id,
+        }
+        meta.update(extra or {})
+        bf.atomic_write_json(os.path.join(self.out, bf.META_NAME), meta)
+        for n in (PROGRESS_JSON, PROGRESS_NPZ):
+            try:
+                os.unlink(os.path.join(self.out, n))
+            except OSError:
+                pass
+        self.meta = meta
+        return meta
+
+
+def verify(folder: str) -> list[str]:
+    """Check every file's checksum against the metadata; return the names that differ."""
+    meta = bf.read_meta(folder)
+    bad = []
+    for name, want in meta.get("checksums", {}).items():
+        p = os.path.join(folder, name)
+        if not os.path.exists(p) or "sha256:" + bf.sha256_file(p) != want:
+            bad.append(name)
+    return bad
