@@ -172,6 +172,26 @@ void run_test_op(const std::string& op, std::map<std::string, Mat>& arrays, cons
   Args a{cx, dev, arrays, scalars};
   it->second(a);
   cx.sync();
+  // Timing (tools/bench_gpu.py): with scalar repeat=R > 0, run the op R more times between
+  // CUDA events and return the mean milliseconds per run in array "ms" (1 element).
+  const int repeat = (int)a.s("repeat", 0);
+  if (repeat > 0) {
+    cudaEvent_t e0, e1;
+    CCN_CUDA_CHECK(cudaEventCreate(&e0));
+    CCN_CUDA_CHECK(cudaEventCreate(&e1));
+    CCN_CUDA_CHECK(cudaEventRecord(e0, (cudaStream_t)cx.stream));
+    for (int r = 0; r < repeat; ++r) it->second(a);
+    CCN_CUDA_CHECK(cudaEventRecord(e1, (cudaStream_t)cx.stream));
+    CCN_CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    CCN_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    arrays["ms"] = Mat(1, 1);
+    arrays["ms"].at(0, 0) = ms / repeat;
+    dev.emplace("ms", DeviceArray(1));
+    CCN_CUDA_CHECK(cudaMemcpy(dev.at("ms").data(), arrays["ms"].data(), sizeof(float), cudaMemcpyHostToDevice));
+  }
   for (auto& kv : arrays)
     if (kv.second.size())
       CCN_CUDA_CHECK(cudaMemcpy(kv.second.data(), dev.at(kv.first).data(), (size_t)kv.second.size() * sizeof(float),
