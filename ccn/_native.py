@@ -20,6 +20,27 @@ def _preload_blas():
     ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
 
 
+def _cublas_dirs():
+    """Library folders of the pip package nvidia-cublas (nvidia/cu13/lib, nvidia/cublas/lib),
+    where the CUDA backend looks for libcublas at run time (native/cuda/cublas.h)."""
+    import glob
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("nvidia")
+    except (ImportError, ValueError):
+        return []
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    out = []
+    for root in spec.submodule_search_locations:
+        for lib in sorted(glob.glob(os.path.join(root, "*", "lib", "libcublas.so*")), reverse=True):
+            d = os.path.dirname(lib)
+            if d not in out:
+                out.append(d)
+    return out
+
+
 _preload_blas()
 try:
     from . import _core as core  # noqa: E402
@@ -28,5 +49,8 @@ except ImportError as e:  # pragma: no cover - depends on the installation
         f"the ccn native core could not be loaded ({e}). Reinstall ccn with "
         "`pip install .` (or `pip install -e .`) so that the C++ extension is built."
     ) from e
+if "cuda" in core.build_info()["backends"]:
+    for _d in _cublas_dirs():
+        core.cublas_add_search_dir(_d)
 
 __all__ = ["core"]

@@ -74,10 +74,12 @@ class Net:
 
     ``data_dims`` maps each ``dataIdx`` to its per-case shape, e.g. ``{0: (3, 32, 32), 1: 1}``.
     Without a params file the learning hyper-parameters are zero (inspection only).
+    ``device="cuda"`` runs the net on GPU ``gpu`` (see ``to()``); the default is the CPU.
     """
 
     def __init__(self, layers: str, params: str | None = None, data_dims=None, seed: int = 0,
-                 layers_text: str | None = None, params_text: str | None = None, init: bool = True):
+                 layers_text: str | None = None, params_text: str | None = None, init: bool = True,
+                 device: str = "cpu", gpu: int = 0):
         if layers_text is None:
             layers_text = read_text(layers, "layer-definition file")
         if params is not None and params_text is None:
@@ -92,6 +94,32 @@ class Net:
         self.seed = int(seed)
         if init:
             self.init_weights(seed)
+        self.to(device, gpu)
+
+    # ---- device ------------------------------------------------------------------------
+    def to(self, device: str, gpu: int = 0) -> "Net":
+        """Move the net (its parameters; activations follow) to "cpu" or "cuda" GPU ``gpu``.
+
+        Parameters travel both ways unchanged, so a net trained on one backend continues on
+        the other and checkpoints are the same. Raises CcnRuntimeError when the net has a
+        layer without a CUDA implementation, or no GPU / cuBLAS is usable.
+        """
+        if device == "cpu":
+            self._net.to_host()
+        elif device in ("cuda", "gpu"):
+            self._net.to_device(int(gpu))
+        else:
+            raise InputError(f"unknown device '{device}'; expected 'cpu' or 'cuda'.")
+        return self
+
+    @property
+    def device(self) -> str:
+        return f"cuda:{self._net.device}" if self._net.on_device else "cpu"
+
+    def prefetch(self, data) -> None:
+        """Start copying the next minibatch to the GPU; ``train_step(None, ...)`` or
+        ``forward(None)`` then uses it (the copy overlaps the current step)."""
+        self._net.prefetch(self._data(data))
 
     # ---- structure -------------------------------------------------------------------
     @property
@@ -157,6 +185,8 @@ class Net:
 
     # ---- running ---------------------------------------------------------------------
     def _data(self, data) -> list:
+        if data is None:  # the minibatch given to prefetch()
+            return []
         if isinstance(data, dict):
             n = max(data) + 1 if data else 0
             return [np.ascontiguousarray(data[i], dtype=np.float32) if i in data else None for i in range(n)]

@@ -23,6 +23,7 @@ def gather() -> dict:
         "compiler": b.get("compiler", ""),
         "cuda_status": core.cuda_status(),
         "gpus": list(core.cuda_devices()),
+        "cublas": core.cublas_status() if "cuda" in b["backends"] else "",
     }
 
 
@@ -42,6 +43,7 @@ def info(json_out):
     click.echo(f"OpenMP threads: {d['omp_threads']} (of {d['cpu_count']} CPUs)")
     if "cuda" in d["backends"]:
         click.echo(f"CUDA: {d['cuda_status']}")
+        click.echo(f"cuBLAS: {d['cublas']}")
     if d["gpus"]:
         for g in d["gpus"]:
             cc = ".".join(str(x) for x in g["compute_capability"])

@@ -1,5 +1,5 @@
 # ccn/native/cuda/cuda.cmake: the CUDA backend, included by the top-level CMakeLists.txt
-# when a CUDA compiler is found (or CCN_CUDA=ON).
+# when a CUDA compiler is found (or CCN_CUDA=ON). Design: native/cuda/README-design.md.
 if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
   # Hopper (H100/H200) by default; -DCMAKE_CUDA_ARCHITECTURES=native builds for the GPU at hand.
   set(CMAKE_CUDA_ARCHITECTURES 90)
@@ -9,36 +9,17 @@ set(CMAKE_CUDA_STANDARD 17)
 set(CMAKE_CUDA_STANDARD_REQUIRED ON)
 find_package(CUDAToolkit REQUIRED)
 
-# cuBLAS: from the toolkit, else from the pip package nvidia-cublas (nvidia/cu*/).
-set(CCN_CUBLAS_TARGET "")
-if(TARGET CUDA::cublas AND EXISTS "${CUDAToolkit_LIBRARY_DIR}/libcublas.so")
-  set(CCN_CUBLAS_TARGET CUDA::cublas)
-  message(STATUS "ccn: cuBLAS from the CUDA toolkit")
-else()
-  execute_process(
-    COMMAND "${Python_EXECUTABLE}" -c
-      "import glob, os, nvidia; d = [p for p in glob.glob(os.path.join(list(nvidia.__path__)[0], 'cu*')) if os.path.exists(os.path.join(p, 'include', 'cublas_v2.h'))]; print(sorted(d)[-1])"
-    OUTPUT_VARIABLE _cublas_root OUTPUT_STRIP_TRAILING_WHITESPACE RESULT_VARIABLE _cublas_rc ERROR_QUIET)
-  if(_cublas_rc EQUAL 0 AND _cublas_root)
-    file(GLOB _cublas_lib "${_cublas_root}/lib/libcublas.so*")
-    list(GET _cublas_lib 0 _cublas_lib)
-    add_library(ccn_cublas INTERFACE)
-    target_include_directories(ccn_cublas INTERFACE "${_cublas_root}/include")
-    target_link_libraries(ccn_cublas INTERFACE "${_cublas_lib}")
-    set(CCN_CUBLAS_TARGET ccn_cublas)
-    message(STATUS "ccn: cuBLAS from pip (${_cublas_root})")
-  else()
-    message(STATUS "ccn: cuBLAS not found (toolkit or pip nvidia-cublas); GPU GEMM layers are not built")
-  endif()
-endif()
-
+# cuBLAS is NOT linked: native/cuda/cublas.cu loads it at run time (dlopen), so every
+# machine with nvcc compiles the same sources, with or without cuBLAS installed.
 file(GLOB_RECURSE CCN_CUDA_SOURCES CONFIGURE_DEPENDS native/*.cu)
 add_library(ccn_cuda OBJECT ${CCN_CUDA_SOURCES})
 target_include_directories(ccn_cuda PUBLIC native)
-target_link_libraries(ccn_cuda PUBLIC CUDA::cudart)
-if(CCN_CUBLAS_TARGET)
-  target_link_libraries(ccn_cuda PUBLIC ${CCN_CUBLAS_TARGET})
-  target_compile_definitions(ccn_cuda PUBLIC CCN_HAVE_CUBLAS=1)
-endif()
-set_target_properties(ccn_cuda PROPERTIES CUDA_SEPARABLE_COMPILATION OFF)
-message(STATUS "ccn: CUDA backend ON (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, architectures ${CMAKE_CUDA_ARCHITECTURES})")
+# The static runtime: the extension then needs only the driver (libcuda) at run time.
+target_link_libraries(ccn_cuda PUBLIC CUDA::cudart_static ${CMAKE_DL_LIBS})
+target_compile_definitions(ccn_cuda PUBLIC CCN_WITH_CUDA=1)
+target_compile_options(ccn_cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra,-Wno-unused-parameter>)
+set_target_properties(ccn_cuda PROPERTIES CUDA_SEPARABLE_COMPILATION OFF CUDA_RUNTIME_LIBRARY Static)
+# The layer files (host compiler) hold their fprop_cuda/bprop_cuda under CCN_WITH_CUDA.
+target_compile_definitions(ccn_cpu PUBLIC CCN_WITH_CUDA=1)
+message(STATUS "ccn: CUDA backend ON (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, architectures ${CMAKE_CUDA_ARCHITECTURES}; "
+               "cuBLAS is loaded at run time)")

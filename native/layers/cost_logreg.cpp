@@ -9,6 +9,9 @@
 #include <cmath>
 
 #include "layers/layer.h"
+#ifdef CCN_WITH_CUDA
+#include "cuda/kernels.h"
+#endif
 
 namespace ccn {
 
@@ -62,6 +65,23 @@ class LogregCost : public Layer {
       din[1]->at(n, y) += (float)(-coeff_ / std::max(p.at(n, y), 1e-38f));
     }
   }
+#ifdef CCN_WITH_CUDA
+  // native/cuda/cost_logreg.cu; the forward pass synchronises to return the sums.
+  bool has_cuda() const override { return true; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat, CudaCtx& cx, const PassCtx&) override {
+    double s[3];
+    int64_t bad = cuda::logreg_fprop(cx, in[0].p, in[1].p, (int)in[1].rows, classes_, topk_, s);
+    if (bad >= 0)
+      input_error("cost layer '", name, "': the label of case ", bad, " is not a class index in 0..", classes_ - 1,
+                  ".");
+    values_ = {s[0], s[1]};
+    if (topk_ > 1) values_.push_back(s[2]);
+  }
+  void bprop_cuda(const std::vector<DevMat>& in, DevMat, DevMat, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    if (din[1]) cuda::logreg_bprop(cx, in[0].p, in[1].p, din[1].p, (int)in[1].rows, classes_, (float)coeff_);
+  }
+#endif
   bool is_cost() const override { return true; }
   std::vector<double> cost_values() const override { return values_; }
   std::vector<std::string> cost_names() const override {

@@ -5,6 +5,9 @@
 // Layout: in_i N x K_i, out N x O (rows = cases). Three GEMMs per input through the BLAS.
 #include "core/blas.h"
 #include "layers/layer.h"
+#ifdef CCN_WITH_CUDA
+#include "cuda/kernels.h"
+#endif
 
 namespace ccn {
 
@@ -47,6 +50,24 @@ class FcLayer : public Layer {
   }
 
   void reload_params(LayerSpec& spec) override { reload_weight_params(spec, *this); }
+
+#ifdef CCN_WITH_CUDA
+  // The same three GEMMs through cuBLAS (native/cuda/fc.cu); same layouts.
+  bool has_cuda() const override { return true; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat o, CudaCtx& cx, const PassCtx&) override {
+    const int N = (int)o.rows, O = (int)o.cols;
+    for (size_t i = 0; i < in.size(); ++i)
+      cuda::fc_fprop(cx, in[i].p, weights[i]->dev.w, o.p, N, (int)in[i].cols, O, i > 0);
+    cuda::add_row_vector(cx, o.p, biases->dev.w, N, O);
+  }
+  void bprop_cuda(const std::vector<DevMat>& in, DevMat, DevMat dout, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    const int N = (int)dout.rows, O = (int)dout.cols;
+    for (size_t i = 0; i < in.size(); ++i)
+      cuda::fc_bprop(cx, in[i].p, weights[i]->dev.w, dout.p, din[i].p, weights[i]->dev.grad, N, (int)in[i].cols, O);
+    cuda::add_col_sums(cx, dout.p, biases->dev.grad, N, O);
+  }
+#endif
 
   double flops_per_case() const override {
     double f = 0;

@@ -15,11 +15,12 @@ std::map<std::string, LayerFactory>& layer_registry() {
   return r;
 }
 
-uint64_t mix64(uint64_t x) {  // splitmix64 finaliser
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
+void Layer::fprop_cuda(const std::vector<DevMat>&, DevMat, CudaCtx&, const PassCtx&) {
+  runtime_error("layer '", name, "': layer type ", type, " has no CUDA implementation yet; run this net on the CPU.");
+}
+void Layer::bprop_cuda(const std::vector<DevMat>&, DevMat, DevMat, const std::vector<DevMat>&, CudaCtx&,
+                       const PassCtx&) {
+  runtime_error("layer '", name, "': layer type ", type, " has no CUDA implementation yet; run this net on the CPU.");
 }
 
 Param* SetupCtx::make_param(const std::string& pname, int64_t rows, int64_t cols, bool is_bias) {

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "core/devmat.h"
+#include "core/rng.h"
 #include "core/tensor.h"
 #include "netdef/spec.h"
 
@@ -44,6 +46,14 @@ struct Param {
   double init_std = 0, init_value = 0;
   std::string init_func;   // "module.func(args)" or ""
   int shared_by = 0;       // number of extra layers using this matrix through weightSource
+  // Device copies while the net runs on a GPU (owned by the net's device state; null on
+  // the CPU). While on the device they are authoritative and w/grad/inc above are stale
+  // until Net::pull_params().
+  struct Dev {
+    float* w = nullptr;
+    float* grad = nullptr;
+    float* inc = nullptr;
+  } dev;
 };
 
 // What a layer's kernels get besides the data.
@@ -56,6 +66,7 @@ struct PassCtx {
 
 class Net;
 class Layer;
+struct CudaCtx;  // native/cuda/context.h: device, stream, cuBLAS handle, workspaces
 
 // What setup() gets: input shapes, the data provider's dimensions, and the net to declare
 // parameters with.
@@ -101,6 +112,16 @@ class Layer {
   // Layers whose output does not depend on their inputs differentiably (none yet) can say so.
   virtual bool passes_gradient() const { return true; }
 
+  // ---- CUDA backend (optional; see native/cuda/README-design.md) ----
+  // Same contracts as fprop/bprop, on device memory, enqueued on cx's stream: out is
+  // already sized; bprop ADDS into din[i] (skip where din[i].p is null) and into the
+  // params' dev.grad. Layers that implement these return true from has_cuda(); the
+  // defaults throw "layer type X has no CUDA implementation yet".
+  virtual bool has_cuda() const { return false; }
+  virtual void fprop_cuda(const std::vector<DevMat>& in, DevMat out, CudaCtx& cx, const PassCtx& ctx);
+  virtual void bprop_cuda(const std::vector<DevMat>& in, DevMat out, DevMat dout, const std::vector<DevMat>& din,
+                          CudaCtx& cx, const PassCtx& ctx);
+
   std::string name, type;
   int id = 0;
   std::vector<Layer*> inputs;
@@ -131,11 +152,7 @@ void reload_weight_params(LayerSpec& spec, Layer& layer);
 // Input shape helpers used by image layers: interpret a flat input as channels x s x s.
 Shape image_shape(LayerSpec& spec, const Shape& in, int channels, const std::string& input_name);
 
-// Deterministic counter-based random numbers (no hidden state; same on every thread count).
-uint64_t mix64(uint64_t x);
-inline float uniform01(uint64_t seed, uint64_t stream, uint64_t idx) {
-  uint64_t h = mix64(seed ^ mix64(stream ^ mix64(idx)));
-  return (float)((h >> 40) * (1.0 / 16777216.0));
-}
+// Deterministic counter-based random numbers: mix64 and uniform01 live in core/rng.h
+// (host and device), so the CPU and CUDA backends draw identical values.
 
 }  // namespace ccn

@@ -11,6 +11,9 @@
 #include <map>
 
 #include "layers/layer.h"
+#ifdef CCN_WITH_CUDA
+#include "cuda/kernels.h"
+#endif
 
 namespace ccn {
 
@@ -131,6 +134,20 @@ class NeuronLayer : public Layer {
     if (din[0]) neuron_bprop(fn_, *in[0], o, dout, *din[0], true);
   }
   double flops_per_case() const override { return (double)out.size(); }
+
+#ifdef CCN_WITH_CUDA
+  bool has_cuda() const override { return cuda::neuron_code(fn_.type) >= 0; }  // native/cuda/neuron.cu
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat o, CudaCtx& cx, const PassCtx&) override {
+    cuda::neuron_fprop(cx, cuda::neuron_code(fn_.type), (float)arg(fn_, 0, 1.0),
+                       (float)arg(fn_, 1, fn_.type == "linear" ? 0.0 : 1.0), in[0].p, o.p, o.size());
+  }
+  void bprop_cuda(const std::vector<DevMat>& in, DevMat o, DevMat dout, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    if (din[0])
+      cuda::neuron_bprop(cx, cuda::neuron_code(fn_.type), (float)arg(fn_, 0, 1.0), (float)arg(fn_, 1, 1.0), in[0].p,
+                         o.p, dout.p, din[0].p, o.size(), true);
+  }
+#endif
 
  private:
   NeuronSpec fn_;

@@ -5,6 +5,9 @@
 #include <cmath>
 
 #include "layers/layer.h"
+#ifdef CCN_WITH_CUDA
+#include "cuda/kernels.h"
+#endif
 
 namespace ccn {
 
@@ -46,6 +49,17 @@ class SoftmaxLayer : public Layer {
     }
   }
   double flops_per_case() const override { return 3.0 * out.size(); }
+
+#ifdef CCN_WITH_CUDA
+  bool has_cuda() const override { return true; }  // native/cuda/softmax.cu
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat o, CudaCtx& cx, const PassCtx&) override {
+    cuda::softmax_fprop(cx, in[0].p, o.p, (int)o.rows, (int)o.cols);
+  }
+  void bprop_cuda(const std::vector<DevMat>&, DevMat o, DevMat dout, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    if (din[0]) cuda::softmax_bprop(cx, o.p, dout.p, din[0].p, (int)o.rows, (int)o.cols);
+  }
+#endif
 };
 CCN_REGISTER_LAYER("softmax", SoftmaxLayer);
 

@@ -244,6 +244,7 @@ void Net::compute_needs_grad() {
 }
 
 void Net::fprop(const std::vector<const Mat*>& data, bool train) {
+  if (cuda_) return fprop_cuda(data, train);
   if (data.empty() || !data[0]) input_error("fprop needs at least the data for dataIdx 0.");
   int n = (int)data[0]->rows();
   for (size_t i = 0; i < data.size(); ++i)
@@ -282,6 +283,7 @@ void Net::fprop(const std::vector<const Mat*>& data, bool train) {
 }
 
 void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
+  if (cuda_) return bprop_cuda(seeds);
   int n = cases_;
   for (size_t i = 0; i < layers_.size(); ++i) {
     if (!needs_grad_[i]) continue;
@@ -330,6 +332,7 @@ void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
 }
 
 void Net::zero_param_grads() {
+  if (cuda_) return zero_param_grads_cuda();
   for (auto& p : params_) {
     p->grad.zero();
     p->passes = 0;
@@ -338,6 +341,7 @@ void Net::zero_param_grads() {
 
 void Net::update(double progress, int minibatch) {
   if (minibatch <= 0) input_error("update: the minibatch size must be positive, got ", minibatch, ".");
+  if (cuda_) return update_cuda(progress, minibatch);
   for (auto& pp : params_) {
     Param& p = *pp;
     if (++p.passes < p.update_period) continue;
@@ -380,7 +384,7 @@ std::vector<CostReport> Net::costs() const {
 
 std::string Net::first_nonfinite_layer() const {
   for (size_t i = 0; i < layers_.size(); ++i) {
-    const Mat& a = acts_[i];
+    const Mat& a = cuda_ ? output_cuda((int)i, false) : acts_[i];
     const float* p = a.data();
     for (int64_t k = 0; k < a.size(); ++k)
       if (!std::isfinite(p[k])) return layers_[i]->name;
@@ -394,12 +398,14 @@ std::string Net::first_nonfinite_layer() const {
 const Mat& Net::output(const std::string& layer) const {
   int i = index_of(layer);
   if (i < 0) input_error("no layer named '", layer, "'.");
+  if (cuda_) return output_cuda(i, false);
   return acts_[i];
 }
 
 const Mat& Net::output_grad(const std::string& layer) const {
   int i = index_of(layer);
   if (i < 0) input_error("no layer named '", layer, "'.");
+  if (cuda_) return output_cuda(i, true);
   return grads_[i];
 }
 

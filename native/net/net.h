@@ -69,7 +69,32 @@ class Net {
 
   Param* make_param(const std::string& layer, const std::string& name, int64_t rows, int64_t cols, bool is_bias);
 
+  // ---- device mode (native/net/net_cuda.cu; design: native/cuda/README-design.md) ----
+  // to_device(gpu) checks that every layer has a CUDA implementation, allocates the
+  // parameters on that GPU and uploads them; from then on fprop/bprop/update/output run
+  // there. to_host() downloads the parameters and frees all device memory. Without CUDA
+  // compiled in, to_device throws a runtime error saying so.
+  void to_device(int gpu);
+  void to_host();
+  bool on_device() const { return cuda_ != nullptr; }
+  int device() const;          // the GPU index, or -1 on the CPU
+  // device -> host Mats (w, grad, inc), e.g. before a checkpoint; all, or only `only`
+  void pull_params(const Param* only = nullptr);
+  void push_params(const Param* only = nullptr);  // host Mats -> device, e.g. after set()
+  // Start copying the next minibatch to the GPU while the current one computes; a later
+  // fprop with an empty data list uses it. (On the CPU: a runtime error.)
+  void prefetch(const std::vector<const Mat*>& data);
+  size_t device_bytes() const; // device memory held by this net
+
  private:
+  struct NetCuda;              // defined in net_cuda.cu
+  std::shared_ptr<NetCuda> cuda_;
+  void fprop_cuda(const std::vector<const Mat*>& data, bool train);
+  void bprop_cuda(const std::map<std::string, const Mat*>& seeds);
+  void update_cuda(double progress, int minibatch);
+  void zero_param_grads_cuda();
+  const Mat& output_cuda(int layer, bool grad) const;
+
   void build(const std::map<int, Shape>& data_dims);
   void compute_needs_grad();
   int index_of(const std::string& name) const;

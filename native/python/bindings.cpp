@@ -9,7 +9,9 @@
 #include "core/error.h"
 #include "net/net.h"
 #ifdef CCN_WITH_CUDA
+#include "cuda/cublas.h"
 #include "cuda/cuda_info.h"
+#include "cuda/testing_ops.h"
 #endif
 
 namespace py = pybind11;
@@ -145,6 +147,41 @@ PYBIND11_MODULE(_core, m) {
 #endif
     return out;
   });
+  m.def("cublas_status", [] {
+#ifdef CCN_WITH_CUDA
+    return cuda::cublas_describe();
+#else
+    return std::string("not compiled in");
+#endif
+  });
+  m.def("cublas_add_search_dir", [](const std::string& dir) {
+#ifdef CCN_WITH_CUDA
+    cuda::cublas_add_search_dir(dir);
+#endif
+  });
+  // Tests only: run one CUDA kernel launcher on NumPy arrays (native/cuda/testing_ops.cu).
+  m.def("cuda_test_op", [](const std::string& op, const py::dict& arrays, const std::map<std::string, double>& scalars,
+                           int gpu) {
+    py::dict out;
+#ifdef CCN_WITH_CUDA
+    std::map<std::string, Mat> mats;
+    std::map<std::string, std::vector<py::ssize_t>> shapes;
+    for (auto kv : arrays) {
+      std::string k = py::cast<std::string>(kv.first);
+      mats[k] = to_mat(kv.second, "array '" + k + "'");
+      FArray a = FArray::ensure(kv.second);
+      shapes[k] = std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim());
+    }
+    {
+      py::gil_scoped_release nogil;
+      cuda::run_test_op(op, mats, scalars, gpu);
+    }
+    for (auto& kv : mats) out[py::str(kv.first)] = to_array(kv.second).reshape(shapes[kv.first]);
+#else
+    runtime_error("this ccn was built without the CUDA backend.");
+#endif
+    return out;
+  }, py::arg("op"), py::arg("arrays"), py::arg("scalars"), py::arg("gpu") = 0);
   m.def("cuda_status", [] {
 #ifdef CCN_WITH_CUDA
     return cuda_status();
@@ -253,7 +290,12 @@ PYBIND11_MODULE(_core, m) {
         if (!p) input_error("no parameter named '", name, "'.");
         return p->eps.value(progress);
       })
-      .def("get", [](Net& net, const std::string& name, const std::string& which) { return to_array(param_mat(net, name, which)); },
+      .def("get",
+           [](Net& net, const std::string& name, const std::string& which) {
+             Mat& m = param_mat(net, name, which);
+             if (net.on_device()) net.pull_params(net.find_param(name));
+             return to_array(m);
+           },
            py::arg("name"), py::arg("which") = "w")
       .def("set",
            [](Net& net, const std::string& name, const py::handle& arr, const std::string& which) {
@@ -263,6 +305,7 @@ PYBIND11_MODULE(_core, m) {
                input_error("parameter '", name, "' is ", dst.rows(), "x", dst.cols(), " but the array given has ",
                            src.size(), " values.");
              std::memcpy(dst.data(), src.data(), (size_t)src.size() * sizeof(float));
+             if (net.on_device()) net.push_params(net.find_param(name));
            },
            py::arg("name"), py::arg("array"), py::arg("which") = "w")
       .def("set_passes", [](Net& net, const std::string& name, int passes) {
@@ -312,6 +355,28 @@ PYBIND11_MODULE(_core, m) {
            },
            py::arg("data"), py::arg("progress"), py::arg("minibatch"))
       .def("zero_param_grads", &Net::zero_param_grads)
+      .def("to_device",
+           [](Net& net, int gpu) {
+             py::gil_scoped_release nogil;
+             net.to_device(gpu);
+           },
+           py::arg("gpu") = 0)
+      .def("to_host", [](Net& net) {
+        py::gil_scoped_release nogil;
+        net.to_host();
+      })
+      .def_property_readonly("on_device", &Net::on_device)
+      .def_property_readonly("device", &Net::device)
+      .def_property_readonly("device_bytes", &Net::device_bytes)
+      .def("pull_params", [](Net& net) { net.pull_params(); })
+      .def("prefetch",
+           [](Net& net, const py::list& data) {
+             std::vector<Mat> mats = to_mats(data);
+             auto p = ptrs(mats, data);
+             py::gil_scoped_release nogil;
+             net.prefetch(p);
+           },
+           py::arg("data"))
       .def("costs", [](const Net& net) { return costs_list(net); })
       .def("output", [](const Net& net, const std::string& name) { return to_array(net.output(name)); })
       .def("output_grad", [](const Net& net, const std::string& name) { return to_array(net.output_grad(name)); })

@@ -1,0 +1,210 @@
+// ccn/native/cuda/conv.cu: type=conv (shared weights) by unfolding (im2col) + cuBLAS.
+//
+// Sizes (ConvGeom in kernels.h): N cases, image C x S x S, F filters in `groups` groups of
+// Fg = F/groups, each filter sees Cf channels, filter fs x fs, modules M x M, MM = M*M,
+// K = Cf*fs*fs rows of the weight matrix.
+// Layouts:
+//   in / din:   N x (C*S*S)        [n][c][y][x]
+//   out / dout: N x (F*MM)         [n][f][my][mx]
+//   W / dW:     K x F row-major    row k = c*fs*fs + fy*fs + fx, column f
+//   col (the unfolded input of a chunk of Nc cases), in scratch:
+//               [g][k][n][m]       col[g][k][n][m] = in[n0+n][chan(g,c)][my*st-pad+fy][mx*st-pad+fx]
+//               (0 outside the image), so for each group, K x (Nc*MM) is one row-major matrix.
+//   doutT (bprop, weight gradient): [f][n][m], dout of the chunk with filters outermost.
+// Products per group g (W_g = columns g*Fg.. of W, leading dimension F):
+//   fprop:   out[n, g]  (Fg x MM)   = W_g^T col[g][:, n, :]      batched over the chunk's cases
+//   bprop:   dcol[g][:, n, :]       = W_g dout[n, g]             batched, then folded back (col2im)
+//            dW_g (K x Fg)         += col[g] (K x Nc*MM) doutT[g]^T   one product per group
+// Cases are processed in chunks so the unfolded matrices stay under kScratchFloats.
+#include "cuda/check.h"
+#include "cuda/context.h"
+#include "cuda/cublas.h"
+#include "cuda/kernels.h"
+
+namespace ccn::cuda {
+
+namespace {
+constexpr int64_t kScratchFloats = 64ll << 20;  // 256 MB of unfolded matrices at most
+
+__device__ __forceinline__ int chan_of(const ConvGeom& g, int grp, int c) {
+  return g.vchan ? g.vchan[grp * g.Cf + c] : grp * g.Cf + c;
+}
+
+// One thread per col element, e = ((grp*K + k)*Nc + n)*MM + m.
+__global__ void im2col_kernel(ConvGeom g, const float* in, int n0, int Nc, float* col) {
+  const int fs2 = g.fs * g.fs, K = g.Cf * fs2, MM = g.M * g.M;
+  const int64_t total = (int64_t)g.groups * K * Nc * MM;
+  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+    int m = (int)(e % MM);
+    int64_t r = e / MM;
+    int n = (int)(r % Nc);
+    r /= Nc;
+    int k = (int)(r % K);
+    int grp = (int)(r / K);
+    int c = k / fs2, fy = (k % fs2) / g.fs, fx = k % g.fs;
+    int iy = (m / g.M) * g.stride - g.padding + fy;
+    int ix = (m % g.M) * g.stride - g.padding + fx;
+    float v = 0.f;
+    if (iy >= 0 && iy < g.S && ix >= 0 && ix < g.S)
+      v = in[((int64_t)(n0 + n) * g.C + chan_of(g, grp, c)) * g.S * g.S + iy * g.S + ix];
+    col[e] = v;
+  }
+}
+
+__device__ __forceinline__ int ceil_div_signed(int a, int b) {  // b > 0
+  return a >= 0 ? (a + b - 1) / b : -((-a) / b);
+}
+
+// Fold dcol back into din. One thread per (grp, c, n, iy, ix): it gathers every module
+// (my, mx) whose window covers (iy, ix): my*st - pad + fy = iy with 0 <= fy < fs.
+// Plain groups give each image channel one writer; a channel table may repeat channels,
+// then writers add atomically.
+__global__ void col2im_kernel(ConvGeom g, const float* dcol, int n0, int Nc, float* din) {
+  const int fs2 = g.fs * g.fs, K = g.Cf * fs2, MM = g.M * g.M, SS = g.S * g.S;
+  const int64_t total = (int64_t)g.groups * g.Cf * Nc * SS;
+  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+    int p = (int)(e % SS);
+    int64_t r = e / SS;
+    int n = (int)(r % Nc);
+    r /= Nc;
+    int c = (int)(r % g.Cf);
+    int grp = (int)(r / g.Cf);
+    int iy = p / g.S, ix = p % g.S;
+    int my0 = max(0, ceil_div_signed(iy + g.padding - g.fs + 1, g.stride));
+    int my1 = min(g.M - 1, (iy + g.padding) / g.stride);
+    int mx0 = max(0, ceil_div_signed(ix + g.padding - g.fs + 1, g.stride));
+    int mx1 = min(g.M - 1, (ix + g.padding) / g.stride);
+    float s = 0.f;
+    for (int my = my0; my <= my1; ++my) {
+      int fy = iy + g.padding - my * g.stride;
+      for (int mx = mx0; mx <= mx1; ++mx) {
+        int fx = ix + g.padding - mx * g.stride;
+        int k = c * fs2 + fy * g.fs + fx;
+        s += dcol[(((int64_t)grp * K + k) * Nc + n) * MM + my * g.M + mx];
+      }
+    }
+    float* dst = din + ((int64_t)(n0 + n) * g.C + chan_of(g, grp, c)) * SS + p;
+    if (g.vchan)
+      atomicAdd(dst, s);
+    else
+      *dst += s;
+  }
+}
+
+// doutT[f][n][m] = dout[n0+n][f][m]; one thread per element.
+__global__ void transpose_dout_kernel(const float* dout, int n0, int Nc, int F, int MM, float* doutT) {
+  const int64_t total = (int64_t)F * Nc * MM;
+  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+    int m = (int)(e % MM);
+    int64_t r = e / MM;
+    int n = (int)(r % Nc);
+    int f = (int)(r / Nc);
+    doutT[e] = dout[((int64_t)(n0 + n) * F + f) * MM + m];
+  }
+}
+
+void check_geom(const ConvGeom& g) {
+  CCN_CHECK(g.groups > 0 && g.F % g.groups == 0 && g.Cf > 0 && g.fs > 0 && g.stride > 0 && g.M > 0);
+  CCN_CHECK(g.vchan || g.Cf * g.groups == g.C, "plain groups need C = groups * Cf");
+}
+
+int chunk_cases(const ConvGeom& g, int64_t per_case) {
+  int64_t c = kScratchFloats / std::max<int64_t>(1, per_case);
+  return (int)std::max<int64_t>(1, std::min<int64_t>(g.N, c));
+}
+}  // namespace
+
+void conv_fprop(CudaCtx& cx, const ConvGeom& g, const float* in, const float* W, float* out, bool accumulate) {
+  check_geom(g);
+  const int K = g.Cf * g.fs * g.fs, MM = g.M * g.M, Fg = g.F / g.groups;
+  const int Nc = chunk_cases(g, (int64_t)g.groups * K * MM);
+  float* col = cx.scratch((size_t)g.groups * K * Nc * MM);
+  cudaStream_t st = (cudaStream_t)cx.stream;
+  for (int n0 = 0; n0 < g.N; n0 += Nc) {
+    const int nc = std::min(Nc, g.N - n0);
+    const int64_t cols = (int64_t)g.groups * K * nc * MM;
+    im2col_kernel<<<grid_for(cols), 256, 0, st>>>(g, in, n0, nc, col);
+    CCN_CUDA_LAUNCHED();
+    for (int grp = 0; grp < g.groups; ++grp)
+      sgemm_batched(cx, true, false, Fg, MM, K, 1.f, W + grp * Fg, g.F, 0, col + (int64_t)grp * K * nc * MM, nc * MM,
+                    MM, accumulate ? 1.f : 0.f, out + (int64_t)n0 * g.F * MM + (int64_t)grp * Fg * MM, MM,
+                    (long long)g.F * MM, nc);
+  }
+}
+
+void conv_bprop(CudaCtx& cx, const ConvGeom& g, const float* in, const float* W, const float* dout, float* din,
+                float* dW) {
+  check_geom(g);
+  const int K = g.Cf * g.fs * g.fs, MM = g.M * g.M, Fg = g.F / g.groups;
+  const int64_t per_case = (int64_t)g.groups * K * MM * (din ? 2 : 1) + (int64_t)g.F * MM;
+  const int Nc = chunk_cases(g, per_case);
+  const int64_t col_n = (int64_t)g.groups * K * Nc * MM;
+  float* col = cx.scratch((size_t)(col_n * (din ? 2 : 1) + (int64_t)g.F * Nc * MM));
+  float* dcol = col + col_n;
+  float* doutT = col + col_n * (din ? 2 : 1);
+  cudaStream_t st = (cudaStream_t)cx.stream;
+  for (int n0 = 0; n0 < g.N; n0 += Nc) {
+    const int nc = std::min(Nc, g.N - n0);
+    if (din) {
+      for (int grp = 0; grp < g.groups; ++grp)
+        sgemm_batched(cx, false, false, K, MM, Fg, 1.f, W + grp * Fg, g.F, 0,
+                      dout + (int64_t)n0 * g.F * MM + (int64_t)grp * Fg * MM, MM, (long long)g.F * MM, 0.f,
+                      dcol + (int64_t)grp * K * nc * MM, nc * MM, MM, nc);
+      const int64_t px = (int64_t)g.groups * g.Cf * nc * g.S * g.S;
+      col2im_kernel<<<grid_for(px), 256, 0, st>>>(g, dcol, n0, nc, din);
+      CCN_CUDA_LAUNCHED();
+    }
+    if (dW) {
+      const int64_t cols = (int64_t)g.groups * K * nc * MM;
+      im2col_kernel<<<grid_for(cols), 256, 0, st>>>(g, in, n0, nc, col);
+      CCN_CUDA_LAUNCHED();
+      const int64_t t = (int64_t)g.F * nc * MM;
+      transpose_dout_kernel<<<grid_for(t), 256, 0, st>>>(dout, n0, nc, g.F, MM, doutT);
+      CCN_CUDA_LAUNCHED();
+      for (int grp = 0; grp < g.groups; ++grp)
+        sgemm(cx, false, true, K, Fg, nc * MM, 1.f, col + (int64_t)grp * K * nc * MM, nc * MM,
+              doutT + (int64_t)grp * Fg * nc * MM, nc * MM, 1.f, dW + grp * Fg, g.F);
+    }
+  }
+}
+
+// out: N x (F*MM); shared b: F, unshared b: F*MM. One thread per output element.
+__global__ void conv_add_bias_kernel(float* out, const float* b, int N, int F, int MM, bool shared) {
+  const int64_t total = (int64_t)N * F * MM;
+  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+    int64_t fm = e % ((int64_t)F * MM);
+    out[e] += shared ? b[fm / MM] : b[fm];
+  }
+}
+void conv_add_bias(CudaCtx& cx, float* out, const float* b, int N, int F, int MM, bool shared) {
+  const int64_t total = (int64_t)N * F * MM;
+  if (total <= 0) return;
+  conv_add_bias_kernel<<<grid_for(total), 256, 0, (cudaStream_t)cx.stream>>>(out, b, N, F, MM, shared);
+  CCN_CUDA_LAUNCHED();
+}
+
+// Shared biases: db[f] += sum over n, m of dout[n][f][m]. One block per filter, double sums.
+__global__ void conv_shared_bias_grad_kernel(const float* dout, float* db, int N, int F, int MM) {
+  __shared__ double sh[256];
+  const int f = blockIdx.x;
+  double s = 0;
+  for (int64_t e = threadIdx.x; e < (int64_t)N * MM; e += blockDim.x) {
+    int64_t n = e / MM, m = e % MM;
+    s += dout[(n * F + f) * MM + m];
+  }
+  sh[threadIdx.x] = s;
+  __syncthreads();
+  for (int h = blockDim.x / 2; h > 0; h >>= 1) {
+    if (threadIdx.x < h) sh[threadIdx.x] += sh[threadIdx.x + h];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) db[f] += (float)sh[0];
+}
+void conv_bias_grad(CudaCtx& cx, const float* dout, float* db, int N, int F, int MM, bool shared) {
+  if (N <= 0 || F <= 0) return;
+  if (!shared) return add_col_sums(cx, dout, db, N, (int64_t)F * MM);  // db[f*MM + m] += sum_n
+  conv_shared_bias_grad_kernel<<<F, 256, 0, (cudaStream_t)cx.stream>>>(dout, db, N, F, MM);
+  CCN_CUDA_LAUNCHED();
+}
+
+}  // namespace ccn::cuda

@@ -1,0 +1,76 @@
+// ccn/native/cuda/cost_logreg.cu: type=cost.logreg, as native/layers/cost_logreg.cpp.
+// Layout: labels N x 1 (class index as float), probs and dprobs N x K (rows = cases).
+// Forward: one thread per case writes (-log p[label], top-1 wrong, top-k wrong) into
+// per-case slots; the host adds the N triples in double, in case order (deterministic, and
+// the same sums the CPU forms). A bad label writes NaN into its slot and is reported.
+#include <cmath>
+#include <vector>
+
+#include "cuda/check.h"
+#include "cuda/context.h"
+#include "cuda/kernels.h"
+
+namespace ccn::cuda {
+
+// Share of credit for a label that `greater` classes beat and `equal` classes tie with.
+__device__ double credit(int greater, int equal, int k) {
+  if (greater >= k) return 0.0;
+  int slots = k - greater;
+  return slots >= equal ? 1.0 : (double)slots / equal;
+}
+
+__global__ void logreg_fprop_kernel(const float* labels, const float* probs, int N, int K, int topk, double* out) {
+  int n = blockIdx.x * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  float v = labels[n];
+  int y = (int)v;
+  if (v != (float)y || y < 0 || y >= K) {
+    out[3 * n] = out[3 * n + 1] = out[3 * n + 2] = nan("");
+    return;
+  }
+  const float* pr = probs + (int64_t)n * K;
+  float py = pr[y];
+  int greater = 0, equal = 0;
+  for (int j = 0; j < K; ++j) {
+    greater += pr[j] > py;
+    equal += pr[j] == py;
+  }
+  out[3 * n] = -(double)logf(fmaxf(py, 1e-38f));
+  out[3 * n + 1] = 1.0 - credit(greater, equal, 1);
+  out[3 * n + 2] = 1.0 - credit(greater, equal, topk);
+}
+
+int64_t logreg_fprop(CudaCtx& cx, const float* labels, const float* probs, int N, int K, int topk, double sums[3]) {
+  sums[0] = sums[1] = sums[2] = 0;
+  if (N <= 0) return -1;
+  double* d = (double*)cx.scratch((size_t)6 * N);
+  logreg_fprop_kernel<<<(N + 127) / 128, 128, 0, (cudaStream_t)cx.stream>>>(labels, probs, N, K, topk, d);
+  CCN_CUDA_LAUNCHED();
+  double* h = (double*)cx.host_scratch(sizeof(double) * 3 * N);
+  CCN_CUDA_CHECK(cudaMemcpyAsync(h, d, sizeof(double) * 3 * N, cudaMemcpyDeviceToHost, (cudaStream_t)cx.stream));
+  cx.sync();
+  for (int n = 0; n < N; ++n) {
+    if (std::isnan(h[3 * n])) return n;
+    for (int i = 0; i < 3; ++i) sums[i] += h[3 * n + i];
+  }
+  return -1;
+}
+
+// One thread per case: dprobs[n, label] += -coeff / max(p, 1e-38). Labels were checked by
+// the forward pass; out-of-range ones are skipped here.
+__global__ void logreg_bprop_kernel(const float* labels, const float* probs, float* d, int N, int K, float coeff) {
+  int n = blockIdx.x * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  int y = (int)labels[n];
+  if (y < 0 || y >= K) return;
+  int64_t k = (int64_t)n * K + y;
+  d[k] += -coeff / fmaxf(probs[k], 1e-38f);
+}
+
+void logreg_bprop(CudaCtx& cx, const float* labels, const float* probs, float* dprobs, int N, int K, float coeff) {
+  if (N <= 0) return;
+  logreg_bprop_kernel<<<(N + 127) / 128, 128, 0, (cudaStream_t)cx.stream>>>(labels, probs, dprobs, N, K, coeff);
+  CCN_CUDA_LAUNCHED();
+}
+
+}  // namespace ccn::cuda

@@ -1,0 +1,152 @@
+// ccn/native/cuda/kernels.h: the CUDA kernel launchers, one group per layer type.
+//
+// Plain C++ (no CUDA headers): layer files compiled by the host compiler call these from
+// their fprop_cuda/bprop_cuda overrides (inside #ifdef CCN_WITH_CUDA). Every launcher
+// takes the net's CudaCtx, raw device pointers and sizes, enqueues its kernels on
+// cx.stream and returns without waiting (except where it says "synchronises").
+// Conventions, the same as the CPU layers:
+//   - activations: rows = cases (N), cols = C*H*W, x fastest, then y, then channel;
+//   - "bprop" launchers ADD into the input gradient (din) and into weight gradients;
+//   - images are square: S x S input, O x O output.
+// Each launcher's .cu file (native/cuda/<layer>.cu) documents its kernels' layouts.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ccn {
+struct CudaCtx;
+namespace cuda {
+
+// ---- element-wise helpers (elementwise.cu) ------------------------------------------
+void fill(CudaCtx& cx, float* x, int64_t n, float v);
+void scale_copy(CudaCtx& cx, const float* x, float* y, int64_t n, float a);   // y = a*x
+void axpy(CudaCtx& cx, const float* x, float* y, int64_t n, float a);         // y += a*x
+// Bias over rows: y[r, c] += b[c] (y is rows x cols).
+void add_row_vector(CudaCtx& cx, float* y, const float* b, int64_t rows, int64_t cols);
+// Column sums added: db[c] += sum_r g[r, c] (sums in double per column).
+void add_col_sums(CudaCtx& cx, const float* g, float* db, int64_t rows, int64_t cols);
+// Sum of all elements of x into host memory, in double. Synchronises.
+double sum_to_host(CudaCtx& cx, const float* x, int64_t n, bool squares);
+
+// ---- neurons (neuron.cu) --------------------------------------------------------------
+// Neuron codes; a, b are the neuron's parameters (tanh[a,b], brelu[a], linear[a,b], log[a],
+// drelu[a]), with the CPU backend's defaults (tanh/linear bare: a=1, b=1 / b=0).
+enum NeuronCode : int {
+  N_IDENT, N_LOGISTIC, N_TANH, N_RELU, N_BRELU, N_SOFTRELU, N_ABS, N_SQUARE, N_SQRT, N_LINEAR, N_LOG, N_DRELU
+};
+// -1 for names the CUDA backend does not know.
+int neuron_code(const std::string& type);
+// y = f(x), n elements.
+void neuron_fprop(CudaCtx& cx, int code, float a, float b, const float* x, float* y, int64_t n);
+// din (+)= f'(x) * dout, with y = f(x) given; add=false overwrites.
+void neuron_bprop(CudaCtx& cx, int code, float a, float b, const float* x, const float* y, const float* dout,
+                  float* din, int64_t n, bool add);
+
+// ---- softmax (softmax.cu): x, y: N x K ----------------------------------------------
+void softmax_fprop(CudaCtx& cx, const float* x, float* y, int N, int K);
+void softmax_bprop(CudaCtx& cx, const float* y, const float* dout, float* din, int N, int K);
+
+// ---- cost.logreg (cost_logreg.cu): labels N x 1 (class indices as floats), probs N x K --
+// Fills sums[0..2] = (sum -log p[label], top-1 wrong, top-k wrong), ties share credit like
+// the CPU layer. Synchronises. Returns the index of the first case whose label is not a
+// class index in 0..K-1, or -1.
+int64_t logreg_fprop(CudaCtx& cx, const float* labels, const float* probs, int N, int K, int topk, double sums[3]);
+// dprobs[n, label] += -coeff / max(p[n, label], 1e-38).
+void logreg_bprop(CudaCtx& cx, const float* labels, const float* probs, float* dprobs, int N, int K, float coeff);
+
+// ---- cost.sum2 (cost_sum2.cu): x N x D --------------------------------------------------
+double sum2_fprop(CudaCtx& cx, const float* x, int64_t n);  // sum x^2 in double; synchronises
+void sum2_bprop(CudaCtx& cx, const float* x, float* din, int64_t n, float coeff);  // din += 2*coeff*x
+
+// ---- fc (fc.cu): in_i N x K_i, W_i K_i x O, b 1 x O, out N x O ---------------------------
+// out (= or +=) in * W; the layer adds the bias with add_row_vector.
+void fc_fprop(CudaCtx& cx, const float* in, const float* W, float* out, int N, int K, int O, bool accumulate);
+// din += dout * W^T (din may be null); dW += in^T * dout.
+void fc_bprop(CudaCtx& cx, const float* in, const float* W, const float* dout, float* din, float* dW, int N, int K,
+              int O);
+
+// ---- conv (conv.cu): shared-weight convolution, one input at a time ------------------
+// Image: N x (C*S*S); output N x (F*M*M); M = modulesX. Weights (Cf*fs*fs) x F, row
+// c*fs*fs + fy*fs + fx, one column per filter; filter f belongs to group f / (F/groups) and
+// sees that group's Cf channels: image channel g*Cf + c, or vchan[g*Cf + c] when a
+// channel table is given (randSparse; device int array of groups*Cf entries, else null).
+// Pixels outside the image are 0; module (my, mx) reads image row my*stride - padding + fy.
+struct ConvGeom {
+  int N = 0, C = 0, S = 0;         // cases, image channels, image size
+  int F = 0, groups = 1, Cf = 0;   // filters (all groups), groups, channels per filter
+  int fs = 0, stride = 1, padding = 0, M = 0;
+  const int* vchan = nullptr;      // device, groups*Cf entries, or null
+};
+// out (= or +=) conv(in, W). Uses cx.scratch for the unfolded input, in chunks of cases.
+void conv_fprop(CudaCtx& cx, const ConvGeom& g, const float* in, const float* W, float* out, bool accumulate);
+// din += conv^T(dout, W) (skipped when din is null); dW += correlation of in and dout.
+void conv_bprop(CudaCtx& cx, const ConvGeom& g, const float* in, const float* W, const float* dout, float* din,
+                float* dW);
+// Biases: shared (F x 1): out[n, f, m] += b[f]; unshared (F*M*M x 1): += b[f*M*M + m].
+void conv_add_bias(CudaCtx& cx, float* out, const float* b, int N, int F, int MM, bool shared);
+void conv_bias_grad(CudaCtx& cx, const float* dout, float* db, int N, int F, int MM, bool shared);
+
+// ---- pool (pool.cu): in N x (C*S*S), out N x (C*O*O) -----------------------------------
+// Output o covers [start + o*stride, start + o*stride + sizeX) clipped to the image, in x
+// and y. max: the window's maximum (0 for a window with no pixel inside the image);
+// avg: sum / (pixels inside the image). Backward: max ties all get the gradient.
+struct PoolGeom {
+  int N = 0, C = 0, S = 0, O = 0, sizeX = 0, start = 0, stride = 1;
+  bool max = true;
+};
+void pool_fprop(CudaCtx& cx, const PoolGeom& g, const float* in, float* out);
+void pool_bprop(CudaCtx& cx, const PoolGeom& g, const float* in, const float* out, const float* dout, float* din);
+
+// ---- response normalisation (rnorm.cu, cmrnorm.cu, cnorm.cu): x, y N x (C*S*S) ---------
+// y = x * d^-pow, d = minDiv + a * sum over the window. `a` is the user's scale already
+// divided as the layer requires (rnorm and cnorm: scale/size^2, cmrnorm: scale/size).
+// Window of p: [p - size/2, p - size/2 + size) clipped (rnorm: 2-D in x,y; cmrnorm: over
+// channels, or the aligned block [c - c%size, +size) when blocked). `denoms` (N*C*S*S
+// floats, e.g. cx.buffer(layer id, 0, ...)) is written by fprop and read by bprop.
+struct NormGeom {
+  int N = 0, C = 0, S = 0, size = 0;
+  float a = 0, pow = 0, minDiv = 1;
+  bool blocked = false;  // cmrnorm only
+};
+void rnorm_fprop(CudaCtx& cx, const NormGeom& g, const float* x, float* y, float* denoms);
+void rnorm_bprop(CudaCtx& cx, const NormGeom& g, const float* x, const float* y, const float* denoms,
+                 const float* dout, float* din);
+void cmrnorm_fprop(CudaCtx& cx, const NormGeom& g, const float* x, float* y, float* denoms);
+void cmrnorm_bprop(CudaCtx& cx, const NormGeom& g, const float* x, const float* y, const float* denoms,
+                   const float* dout, float* din);
+// cnorm: u = x - (clipped window mean of x), d = minDiv + a * sum over the window of u^2,
+// y = x * d^-pow. `state` holds 2*N*C*S*S floats (d, then u), written by fprop.
+void cnorm_fprop(CudaCtx& cx, const NormGeom& g, const float* x, float* y, float* state);
+void cnorm_bprop(CudaCtx& cx, const NormGeom& g, const float* x, const float* y, const float* state,
+                 const float* dout, float* din);
+
+// ---- eltsum / eltmax (eltwise.cu): every input and out N x D ------------------------------
+// eltsum: out = sum_i c_i in_i is scale_copy + axpy; din_i += c_i dout is axpy.
+void eltmax_fprop(CudaCtx& cx, const std::vector<const float*>& ins, float* out, int64_t n);
+// din += dout where in == out (ties all receive the gradient).
+void eltmax_bprop(CudaCtx& cx, const float* in, const float* out, const float* dout, float* din, int64_t n);
+
+// ---- concat (concat.cu): in_i N x D_i, out N x sum D_i -----------------------------------
+// out[n, offset + j] = in[n, j]; bprop: din[n, j] += dout[n, offset + j].
+void concat_fprop(CudaCtx& cx, const float* in, float* out, int N, int Din, int Dout, int offset);
+void concat_bprop(CudaCtx& cx, const float* dout, float* din, int N, int Din, int Dout, int offset);
+
+// ---- dropout / dropout2 (dropout.cu): x, y N x D flat, element k = n*D + j --------------
+// Mask m_k = [uniform01(seed, stream, k) < keep] (core/rng.h, identical to the CPU);
+// y = x * (m_k ? on : 0). bprop recomputes the same mask: din += dout * (m_k ? on : 0).
+// (The CPU layer's stream: mix64(step ^ 0xD1B54A32D192ED03) ^ layer_id.)
+void dropout_fprop(CudaCtx& cx, const float* x, float* y, int64_t n, uint64_t seed, uint64_t stream, float keep,
+                   float on);
+void dropout_bprop(CudaCtx& cx, const float* dout, float* din, int64_t n, uint64_t seed, uint64_t stream, float keep,
+                   float on);
+// Testing / disabled passes are scale_copy (y = s*x) and axpy (din += s*dout).
+
+// ---- SGD update (sgd.cu) ---------------------------------------------------------------
+// inc = mom*inc - scale*grad - decay*w; w += inc; grad = 0 (n elements).
+void sgd_update(CudaCtx& cx, float* w, float* inc, float* grad, int64_t n, float mom, float scale, float decay);
+// Rescale each column of w (rows x cols) whose L2 norm exceeds wball to norm wball.
+void wball_clip(CudaCtx& cx, float* w, int64_t rows, int64_t cols, float wball);
+
+}  // namespace cuda
+}  // namespace ccn

@@ -1,0 +1,93 @@
+// ccn/native/cuda/pool.cu: type=pool, max or average over square windows.
+// Layouts: in/din N x (C*S*S) [n][c][y][x]; out/dout N x (C*O*O) [n][c][oy][ox].
+// Output (oy, ox) covers rows [start + oy*stride, start + oy*stride + sizeX) and the same
+// columns, clipped to the image. max: the maximum (0 if no pixel is inside); avg: the sum
+// over the pixels inside divided by their number. Backward gathers, per input pixel, every
+// output whose window holds it: max adds dout where in == out (ties all get it), avg adds
+// dout / count. No atomics: one writer per input pixel.
+#include <cfloat>
+
+#include "cuda/check.h"
+#include "cuda/context.h"
+#include "cuda/kernels.h"
+
+namespace ccn::cuda {
+
+namespace {
+__device__ __forceinline__ int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+__device__ __forceinline__ int ceil_div(int a, int b) { return -floor_div(-a, b); }
+
+// One thread per output element.
+__global__ void pool_fprop_kernel(PoolGeom g, const float* in, float* out) {
+  const int OO = g.O * g.O;
+  const int64_t total = (int64_t)g.N * g.C * OO;
+  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+    const int o = (int)(e % OO);
+    const float* img = in + (e / OO) * g.S * g.S;  // (n, c) plane
+    const int y0 = g.start + (o / g.O) * g.stride, x0 = g.start + (o % g.O) * g.stride;
+    const int ya = max(y0, 0), yb = min(y0 + g.sizeX, g.S), xa = max(x0, 0), xb = min(x0 + g.sizeX, g.S);
+    float r;
+    if (ya >= yb || xa >= xb) {
+      r = 0.f;
+    } else if (g.max) {
+      r = -FLT_MAX;
+      for (int y = ya; y < yb; ++y)
+        for (int x = xa; x < xb; ++x) r = fmaxf(r, img[y * g.S + x]);
+    } else {
+      float s = 0.f;
+      for (int y = ya; y < yb; ++y)
+        for (int x = xa; x < xb; ++x) s += img[y * g.S + x];
+      r = s / (float)((yb - ya) * (xb - xa));
+    }
+    out[e] = r;
+  }
+}
+
+// One thread per input element.
+__global__ void pool_bprop_kernel(PoolGeom g, const float* in, const float* out, const float* dout, float* din) {
+  const int SS = g.S * g.S, OO = g.O * g.O;
+  const int64_t total = (int64_t)g.N * g.C * SS;
+  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+    const int p = (int)(e % SS);
+    const int64_t plane = e / SS;
+    const int iy = p / g.S, ix = p % g.S;
+    // outputs o with start + o*stride <= i < start + o*stride + sizeX
+    const int oy0 = max(0, ceil_div(iy - g.start - g.sizeX + 1, g.stride));
+    const int oy1 = min(g.O - 1, floor_div(iy - g.start, g.stride));
+    const int ox0 = max(0, ceil_div(ix - g.start - g.sizeX + 1, g.stride));
+    const int ox1 = min(g.O - 1, floor_div(ix - g.start, g.stride));
+    const float v = in[e];
+    float s = 0.f;
+    for (int oy = oy0; oy <= oy1; ++oy)
+      for (int ox = ox0; ox <= ox1; ++ox) {
+        const int64_t o = plane * OO + oy * g.O + ox;
+        if (g.max) {
+          if (v == out[o]) s += dout[o];
+        } else {
+          const int y0 = g.start + oy * g.stride, x0 = g.start + ox * g.stride;
+          const int cnt = (min(y0 + g.sizeX, g.S) - max(y0, 0)) * (min(x0 + g.sizeX, g.S) - max(x0, 0));
+          s += dout[o] / (float)cnt;
+        }
+      }
+    din[e] += s;
+  }
+}
+}  // namespace
+
+void pool_fprop(CudaCtx& cx, const PoolGeom& g, const float* in, float* out) {
+  CCN_CHECK(g.sizeX > 0 && g.stride > 0 && g.O > 0 && g.S > 0);
+  const int64_t total = (int64_t)g.N * g.C * g.O * g.O;
+  if (total <= 0) return;
+  pool_fprop_kernel<<<grid_for(total), 256, 0, (cudaStream_t)cx.stream>>>(g, in, out);
+  CCN_CUDA_LAUNCHED();
+}
+
+void pool_bprop(CudaCtx& cx, const PoolGeom& g, const float* in, const float* out, const float* dout, float* din) {
+  CCN_CHECK(g.sizeX > 0 && g.stride > 0 && g.O > 0 && g.S > 0);
+  const int64_t total = (int64_t)g.N * g.C * g.S * g.S;
+  if (total <= 0 || !din) return;
+  pool_bprop_kernel<<<grid_for(total), 256, 0, (cudaStream_t)cx.stream>>>(g, in, out, dout, din);
+  CCN_CUDA_LAUNCHED();
+}
+
+}  // namespace ccn::cuda

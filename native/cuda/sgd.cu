@@ -1,0 +1,46 @@
+// ccn/native/cuda/sgd.cu: the parameter update, as Net::update on the CPU.
+// Layout: w, inc, grad: one parameter matrix, rows x cols row-major (n = rows*cols).
+//   inc = mom*inc - scale*grad - decay*w;  w += inc;  grad = 0
+//   wball: columns whose L2 norm exceeds wball are rescaled to norm wball.
+#include "cuda/check.h"
+#include "cuda/context.h"
+#include "cuda/kernels.h"
+
+namespace ccn::cuda {
+
+namespace {
+__global__ void sgd_kernel(float* w, float* inc, float* g, int64_t n, float mom, float scale, float decay) {
+  for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x) {
+    float i = mom * inc[k] - scale * g[k] - decay * w[k];
+    inc[k] = i;
+    w[k] += i;
+    g[k] = 0.f;
+  }
+}
+// One thread per column: norm in double over the rows, then rescale that column.
+__global__ void wball_kernel(float* w, int64_t rows, int64_t cols, float wball) {
+  for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < cols; c += (int64_t)gridDim.x * blockDim.x) {
+    double s = 0;
+    for (int64_t r = 0; r < rows; ++r) s += (double)w[r * cols + c] * w[r * cols + c];
+    double nrm = sqrt(s);
+    if (nrm > wball) {
+      float f = (float)(wball / nrm);
+      for (int64_t r = 0; r < rows; ++r) w[r * cols + c] *= f;
+    }
+  }
+}
+}  // namespace
+
+void sgd_update(CudaCtx& cx, float* w, float* inc, float* grad, int64_t n, float mom, float scale, float decay) {
+  if (n <= 0) return;
+  sgd_kernel<<<grid_for(n), 256, 0, (cudaStream_t)cx.stream>>>(w, inc, grad, n, mom, scale, decay);
+  CCN_CUDA_LAUNCHED();
+}
+
+void wball_clip(CudaCtx& cx, float* w, int64_t rows, int64_t cols, float wball) {
+  if (cols <= 0) return;
+  wball_kernel<<<grid_for(cols, 128), 128, 0, (cudaStream_t)cx.stream>>>(w, rows, cols, wball);
+  CCN_CUDA_LAUNCHED();
+}
+
+}  // namespace ccn::cuda
