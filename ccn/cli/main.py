@@ -24,6 +24,7 @@ COMMANDS = {
     "show-net": "ccn.cli.show_net:show_net",
     "train": "ccn.cli.train:train",
     "prepare-data": "ccn.cli.prepare_data:prepare_data",
+    "test": "ccn.cli.test:test",
 }
 
 
