@@ -2,7 +2,7 @@
 
 * :func:`layer_filters` + :func:`filter_grid`: a layer's filters as one image (``ccn
   show-filters``). Like shownet, 16 filters to a row (fewer when each filter shows its
-  channels side by side), a 1-pixel black border around every tile, at most 256 filters per
+  channels side by side, or when there are fewer filters), a 1-pixel black border around every tile, at most 256 filters per
   picture; 3-channel filters in colour unless ``no_rgb``, other channel counts side by side in
   grayscale. Each filter is stretched to the full range on its own (shownet stretched all
   filters together; a per-filter stretch shows the shape of weak filters too). The grid is
@@ -148,7 +148,7 @@ def normalise_each(filters: np.ndarray) -> np.ndarray:
 def grid_geometry(nf: int, channels: int, size: int, rgb: bool) -> tuple[int, int, int, int]:
     """(filters per row, rows, height, width) of the unscaled grid of ``nf`` filters."""
     tiles = 1 if rgb else channels
-    per_row = max(1, math.ceil(FILTERS_PER_ROW / tiles))
+    per_row = max(1, min(nf, math.ceil(FILTERS_PER_ROW / tiles)))
     nrows = math.ceil(nf / per_row)
     return per_row, nrows, nrows * (size + 1) + 1, per_row * (size * tiles + 1) + 1
 
@@ -250,9 +250,11 @@ def plot_preds(images: np.ndarray, labels, top_idx, top_p, names: list[str], tit
     n = len(images)
     cols = max(1, min(cols, n))
     rows = math.ceil(n / cols)
-    fig = plt.figure(figsize=(3 * cols, 4.2 * rows + 0.4))
-    fig.suptitle(title, fontsize=13)
-    gs = gridspec.GridSpec(rows * 2, cols, height_ratios=[2, 1.1] * rows, hspace=0.35, wspace=0.35)
+    height = 3.6 * rows + 0.9
+    fig = plt.figure(figsize=(3 * cols, height))
+    fig.suptitle(title, fontsize=13, y=1 - 0.2 / height)
+    gs = gridspec.GridSpec(rows * 2, cols, height_ratios=[2, 1.1] * rows, hspace=0.25, wspace=0.3,
+                           top=1 - 0.75 / height, bottom=0.3 / height, left=0.03, right=0.97)
     k = top_idx.shape[1]
     for i in range(n):
         r, c = divmod(i, cols)

@@ -25,6 +25,9 @@ COMMANDS = {
     "train": "ccn.cli.train:train",
     "prepare-data": "ccn.cli.prepare_data:prepare_data",
     "test": "ccn.cli.test:test",
+    "show-filters": "ccn.cli.show_filters:show_filters",
+    "show-cost": "ccn.cli.show_cost:show_cost",
+    "show-preds": "ccn.cli.show_preds:show_preds",
 }
 
 
