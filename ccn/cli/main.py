@@ -24,6 +24,10 @@ COMMANDS = {
     "show-net": "ccn.cli.show_net:show_net",
     "train": "ccn.cli.train:train",
     "prepare-data": "ccn.cli.prepare_data:prepare_data",
+    "test": "ccn.cli.test:test",
+    "show-filters": "ccn.cli.show_filters:show_filters",
+    "show-cost": "ccn.cli.show_cost:show_cost",
+    "show-preds": "ccn.cli.show_preds:show_preds",
 }
 
 

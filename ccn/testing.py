@@ -1,0 +1,249 @@
+"""Testing a checkpoint: ``ccn test`` (cuda-convnet's ``convnet.py --test-only``) and the data
+that ``ccn show-preds`` draws.
+
+* :func:`load_model` rebuilds the net of a checkpoint from the layer texts saved in it and puts
+  its weights back (no data provider needed: the data sizes are saved too).
+* :func:`open_test_provider` opens the test data as ``ccn train`` did, with the checkpoint's
+  options (data path, provider, crop size, mean) unless overridden.
+* :func:`run_test` pushes batches through the net minibatch by minibatch, exactly as the
+  trainer's test does (same minibatches, same cost sums), and yields per minibatch the cost
+  values, the labels, the probabilities fed to a ``cost.logreg`` layer and any layer outputs
+  asked for, so that callers can write predictions and features on the way.
+
+With ``multiview`` the provider returns 10 views per case (row ``i + v*n`` is view v of case
+i); each ``cost.logreg`` is then computed from the probabilities averaged over the views,
+other cost layers report their mean over the views (as :mod:`ccn.train` does).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import checkpoint as ck
+from .errors import CcnRuntimeError, InputError
+
+VIEWS = 10
+
+
+# ---- the model -------------------------------------------------------------------------------
+def load_model(path: str):
+    """(checkpoint, net) for a checkpoint folder or a save folder (its newest checkpoint)."""
+    from .net import Net
+
+    ckpt = ck.load(path, check_version=False)  # reading weights across versions is fine
+    nm = ckpt.net_meta
+    dims = {int(k): tuple(int(x) for x in v) for k, v in nm.get("data_dims", {}).items()}
+    net = Net(nm.get("layers_path") or "layers.cfg", nm.get("params_path") or "params.cfg", data_dims=dims,
+              layers_text=ckpt.layers_text, params_text=ckpt.params_text, init=False)
+    ck.restore_net(net, ckpt)
+    return ckpt, net
+
+
+def checkpoint_label(ckpt) -> str:
+    """A short name for file names: the checkpoint folder's name (``3.2``)."""
+    return os.path.basename(os.path.normpath(ckpt.path)) or "checkpoint"
+
+
+def layer_list(names) -> str:
+    names = list(names)
+    return ", ".join(names) if names else "none"
+
+
+def find_logreg(net, name: str | None, option: str = "--logreg-name"):
+    """The ``cost.logreg`` layer called ``name``, or the net's first one when ``name`` is None
+    (None when the net has none)."""
+    layers = net.layers
+    logregs = [l for l in layers if l.type == "cost.logreg"]
+    if name is None:
+        return logregs[0] if logregs else None
+    for l in layers:
+        if l.name == name:
+            if l.type != "cost.logreg":
+                raise InputError(f"{option} {name}: layer '{name}' has type {l.type}, not cost.logreg; the "
+                                 f"cost.logreg layers of this net: {layer_list(x.name for x in logregs)}.")
+            return l
+    raise InputError(f"{option} {name}: the net has no layer '{name}'; its cost.logreg layers: "
+                     f"{layer_list(x.name for x in logregs)}.")
+
+
+def cost_names(net) -> dict[str, list[str]]:
+    """Each cost layer's value names, e.g. ``{"logprob": ["logprob", "error", "top-5 error"]}``."""
+    return {c["layer"]: list(c["names"]) for c in net.costs()}
+
+
+def topk_of(net, logreg_name: str) -> int:
+    """The ``topk`` of a cost.logreg layer (1 unless its third value is a top-k error)."""
+    names = cost_names(net).get(logreg_name, [])
+    if len(names) > 2 and names[2].startswith("top-"):
+        return int(names[2].split()[0][4:])
+    return 1
+
+
+# ---- data -------------------------------------------------------------------------------------
+def open_test_provider(opts: dict, batches: list[int], multiview: bool):
+    """The test data provider for ``batches``, opened the way ``ccn train`` opened it."""
+    from .cli.train import _FallbackProviderOptions, _provider_module
+
+    data_path = opts.get("data_path")
+    if not data_path:
+        raise InputError("the checkpoint does not say where its data is; give --data-path.")
+    if not os.path.isdir(data_path):
+        raise InputError(f"{data_path}: the data path does not exist or is not a folder (give --data-path).")
+    mod, open_fn = _provider_module(opts.get("data_provider"))
+    avail_fn = getattr(mod, "available_batches", None)
+    if avail_fn is not None:
+        avail = list(avail_fn(data_path))
+        bad = [b for b in batches if b not in avail]
+        if bad:
+            raise InputError(f"--test-range: {data_path} has no data batch {bad[0]} (it has "
+                             f"{', '.join(str(b) for b in avail)}).")
+    popt_cls = getattr(mod, "ProviderOptions", _FallbackProviderOptions)
+    sm = opts.get("scalar_mean")
+    popts = popt_cls(inner_size=int(opts.get("inner_size") or 0), color_noise=0.0,
+                     scalar_mean=None if sm is None or sm == -1 else float(sm), multiview=bool(multiview),
+                     seed=int(opts.get("seed") or 0), threads=int(opts.get("threads") or 0))
+    return open_fn(data_path, list(batches), train=False, options=popts)
+
+
+def as_matrices(data, batch: int) -> list[np.ndarray]:
+    """A provider's batch as float32 ``cases x values`` matrices (as the trainer reads it)."""
+    if not isinstance(data, (list, tuple)) or not data:
+        raise InputError(f"the data provider returned {type(data).__name__} for batch {batch}; expected a list of "
+                         "matrices (images, labels, ...).")
+    out = []
+    for d in data:
+        a = np.asarray(d)
+        if a.ndim == 1:
+            a = a.reshape(-1, 1)
+        out.append(np.ascontiguousarray(a.reshape(a.shape[0], -1), dtype=np.float32))
+    if any(a.shape[0] != out[0].shape[0] for a in out):
+        raise InputError(f"the data provider's matrices for batch {batch} disagree on the number of cases: "
+                         f"{[a.shape[0] for a in out]}.")
+    return out
+
+
+def label_names(dp, classes: int) -> list[str]:
+    names = getattr(dp, "label_names", None)
+    if names is None:
+        names = (getattr(dp, "meta", None) or {}).get("label_names")
+    names = [str(n) for n in names] if names else []
+    if len(names) < classes:
+        names += [str(i) for i in range(len(names), classes)]
+    return names
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+@dataclass
+class Minibatch:
+    batch: int
+    lo: int                    # first case of the batch in this minibatch
+    cases: int
+    costs: list[dict]          # the net's cost records (values summed over these cases)
+    labels: np.ndarray | None  # int64 class labels of the logreg layer (None without one)
+    probs: np.ndarray | None   # cases x classes probabilities seen by the logreg layer
+    outputs: dict = field(default_factory=dict)  # layer name -> cases x values
+
+
+def logreg_values(probs: np.ndarray, labels: np.ndarray, topk: int = 1) -> list[float]:
+    """cost.logreg's values summed over cases: -log p[label], top-1 error, (top-k error): a label
+    tied with t classes for the last slots gets a share of the credit (the core's rule)."""
+    p = np.asarray(probs, np.float64)
+    idx = np.arange(p.shape[0])
+    pl = p[idx, labels]
+    greater = (p > pl[:, None]).sum(axis=1)
+    equal = (p == pl[:, None]).sum(axis=1)
+
+    def wrong(k):
+        slots = k - greater
+        credit = np.where(greater >= k, 0.0, np.where(slots >= equal, 1.0, slots / np.maximum(equal, 1)))
+        return float((1.0 - credit).sum())
+
+    vals = [float(-np.log(np.maximum(pl, 1e-38)).sum()), wrong(1)]
+    if topk > 1:
+        vals.append(wrong(topk))
+    return vals
+
+
+def _check_finite(net, costs, where):
+    if any(not math.isfinite(float(v)) for c in costs for v in c["values"]):
+        layer = net._net.first_nonfinite_layer()
+        bad = ", ".join(f"{c['layer']} = {[float(v) for v in c['values']]}" for c in costs)
+        first = f"the first layer whose output is not finite is '{layer}'" if layer else \
+            "no layer output is non-finite, so the cost itself overflowed"
+        raise CcnRuntimeError(f"the cost is NaN or infinite while {where} ({bad}); {first}.")
+
+
+def run_test(net, dp, batches, *, mini: int, epoch: int = 1, multiview: bool = False, logreg=None,
+             outputs=(), on_load=None):
+    """Yield a :class:`Minibatch` for every minibatch of every batch in ``batches``.
+
+    ``logreg``: a cost.logreg LayerInfo whose labels and probabilities to return (or None).
+    ``outputs``: names of layers whose outputs to return (not with ``multiview``).
+    ``on_load(batch, data)`` is called with each batch's matrices as loaded.
+    """
+    layers = {l.name: l for l in net.layers}
+    lab_idx = layers[logreg.inputs[0]].data_idx if logreg is not None else None
+    prob_layer = logreg.inputs[1] if logreg is not None else None
+    logregs = {l.name: l for l in layers.values() if l.type == "cost.logreg"}
+    topks = {name: topk_of(net, name) for name in logregs} if multiview else {}
+    if multiview and outputs:
+        raise InputError("layer outputs (--write-features) are read from one view per case; leave out "
+                         "--multiview-test to write them.")
+    for b in batches:
+        data = as_matrices(dp.load(b, epoch), b)
+        if on_load is not None:
+            on_load(b, data)
+        rows = data[0].shape[0]
+        if not multiview:
+            for lo in range(0, rows, mini):
+                hi = min(rows, lo + mini)
+                net.forward([d[lo:hi] for d in data], train=False)
+                costs = net.costs()
+                _check_finite(net, costs, f"testing on batch {b}")
+                labels = data[lab_idx][lo:hi, 0].astype(np.int64) if logreg is not None else None
+                probs = net.output(prob_layer).copy() if logreg is not None else None
+                yield Minibatch(b, lo, hi - lo, costs, labels, probs, {name: net.output(name).copy() for name in outputs})
+            continue
+        if rows % VIEWS:
+            raise InputError(f"multiview test: batch {b} has {rows} rows, not a multiple of {VIEWS} views.")
+        n = rows // VIEWS
+        for lo in range(0, n, mini):
+            hi = min(n, lo + mini)
+            probs = {name: 0.0 for name in logregs}
+            other: dict = {}
+            order = None
+            for v in range(VIEWS):
+                net.forward([d[v * n + lo:v * n + hi] for d in data], train=False)
+                costs = net.costs()
+                _check_finite(net, costs, f"testing on batch {b}, view {v + 1}")
+                order = costs
+                for name, l in logregs.items():
+                    probs[name] = probs[name] + net.output(l.inputs[1]).astype(np.float64)
+                for c in costs:
+                    if c["layer"] not in logregs:
+                        vals = np.asarray(c["values"], np.float64) / VIEWS
+                        other[c["layer"]] = other.get(c["layer"], 0.0) + vals
+            result = []
+            for c in order:
+                name = c["layer"]
+                if name in logregs:
+                    labs = data[layers[logregs[name].inputs[0]].data_idx][lo:hi, 0].astype(np.int64)
+                    vals = logreg_values(probs[name] / VIEWS, labs, topks[name])
+                    result.append({**c, "values": vals})
+                else:
+                    result.append({**c, "values": [float(x) for x in other[name]]})
+            labels = data[lab_idx][lo:hi, 0].astype(np.int64) if logreg is not None else None
+            p = (probs[logreg.name] / VIEWS).astype(np.float32) if logreg is not None else None
+            yield Minibatch(b, lo, hi - lo, result, labels, p, {})
+
+
+def top_classes(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k most probable classes per row (most probable first; ties: lower class first) and
+    their probabilities."""
+    k = min(k, probs.shape[1])
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(probs, order, axis=1)
