@@ -21,6 +21,7 @@ from ..errors import CcnError
 # name -> "module:function"; a command is listed here only once it works.
 COMMANDS = {
     "info": "ccn.cli.info:info",
+    "check-grads": "ccn.cli.check_grads:check_grads",
     "show-net": "ccn.cli.show_net:show_net",
     "train": "ccn.cli.train:train",
     "prepare-data": "ccn.cli.prepare_data:prepare_data",

@@ -1,9 +1,5 @@
 """Every original example file (../shared/reference) and every file in layer-defs/ loads with its
 params file, with the shapes the recipes promise.
-
-Until every layer type is built into the checkout, a file that uses a missing type is an expected
-failure (xfail naming the type) and nothing else may go wrong; set CCN_REQUIRE_ALL_LAYERS=1 to make
-those failures count.
 """
 
 import os
@@ -12,9 +8,7 @@ import re
 import pytest
 
 import ccn
-from ccn._native import core
 from ccn.cli.show_net import infer_data_dims
-from ccn.errors import ConfigError
 from ccn.netfiles import find_params_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -49,6 +43,7 @@ LAYER_DEFS = {
     "cifar10-conv-local-11pct.ini": (24, {}, 1),
     "mnist-small.ini": (28, {}, 1),
     "gradcheck.ini": (8, {2: (10, 1, 1)}, 1),
+    "quickstart.ini": (32, {}, 1),
 }
 
 
@@ -56,14 +51,7 @@ def load(path, image_size, extra):
     text = open(path, encoding="utf-8").read()
     params = find_params_file(path)
     dims = infer_data_dims(path, text, image_size, extra)
-    try:
-        return ccn.Net(path, params, dims, init=False)
-    except ConfigError as e:
-        m = re.search(r"unknown layer type '([^']+)'", str(e))
-        if m and m.group(1) in ALL_TYPES and m.group(1) not in core.layer_types() \
-                and not os.environ.get("CCN_REQUIRE_ALL_LAYERS"):
-            pytest.xfail(f"layer type '{m.group(1)}' is not built into this checkout yet")
-        raise
+    return ccn.Net(path, params, dims, init=False)
 
 
 def test_every_reference_file_is_listed():

@@ -1,0 +1,59 @@
+"""`ccn check-grads`: numerical gradient checks of a whole net (cuda-convnet's --check-grads=1).
+
+Builds the net from its layer files, feeds it a random minibatch (class indices for the label
+inputs of cost layers, normal values elsewhere), and compares every weight matrix's analytic
+gradient (and, with --inputs, every data input's) with central finite differences. Each line
+says PASS or FAIL by the original's rule: relative error below 2%. Exit code 1 if any fails.
+"""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import CcnRuntimeError
+
+
+@click.command("check-grads")
+@click.option("--layers", "layers_path", required=True, type=click.Path(dir_okay=False),
+              help="Layer-definition file (layers-*.cfg or *.ini).")
+@click.option("--params", "params_path", type=click.Path(dir_okay=False), default=None,
+              help="Layer-params file; default: found next to --layers by the params-file rule.")
+@click.option("--image-size", type=click.IntRange(1, 4096), default=None,
+              help="Image data layers are CxNxN, C from the channels= of the layers that read them.")
+@click.option("--data-dims", multiple=True, metavar="IDX=CxHxW|IDX=N",
+              help="Per-case size of dataIdx IDX (repeatable); overrides --image-size. Labels default to 1.")
+@click.option("--mini", type=click.IntRange(1, 4096), default=8, show_default=True, help="Cases in the random minibatch.")
+@click.option("--samples", type=click.IntRange(1, 10**7), default=60, show_default=True,
+              help="Entries checked per matrix (all of them when smaller).")
+@click.option("--inputs/--no-inputs", default=True, show_default=True, help="Also check the gradients w.r.t. the data.")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.02, show_default=True,
+              help="Largest relative error that passes.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weights and the random data.")
+def check_grads(layers_path, params_path, image_size, data_dims, mini, samples, inputs, threshold, seed):
+    """Check a net's gradients against finite differences (2% rule).
+
+    \b
+    Example:
+      ccn check-grads --layers layer-defs/gradcheck.ini
+    """
+    from .. import gradcheck
+    from ..net import Net
+    from ..netfiles import find_params_file, read_text
+    from .show_net import infer_data_dims, parse_data_dims
+
+    text = read_text(layers_path, "layer-definition file")
+    params_path = find_params_file(layers_path, params_path)
+    dims = infer_data_dims(layers_path, text, image_size, parse_data_dims(data_dims))
+    net = Net(layers_path, params_path, dims, seed=seed, layers_text=text)
+    results = gradcheck.check_grads(net, cases=mini, samples=samples, seed=seed, threshold=threshold,
+                                    inputs=inputs)
+    width = max(len(r.name) for r in results) if results else 10
+    click.echo(f"Gradient check of {layers_path}: {mini} random cases, threshold {threshold:.0%}")
+    for r in results:
+        click.echo(f"  {r.name:<{width}}  {r.kind:<7}  {r.checked:>6}/{r.size:<8}  rel. error {r.rel_error:.2e}  "
+                   f"{'PASS' if r.passed else 'FAIL'}")
+    failed = [r for r in results if not r.passed]
+    if failed:
+        raise CcnRuntimeError(f"{len(failed)} of {len(results)} gradient checks failed: "
+                              + ", ".join(f"{r.name} ({r.rel_error:.1%})" for r in failed) + ".")
+    click.echo(f"All {len(results)} gradient checks passed.")

@@ -1,0 +1,49 @@
+"""`ccn check-grads`: the gradient-check net passes; failures and bad input give the right exit codes."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GC = os.path.join(ROOT, "layer-defs", "gradcheck.ini")
+
+
+def ccn(*args):
+    return subprocess.run([sys.executable, "-m", "ccn.cli.main", "check-grads", *args], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_gradcheck_net_passes():
+    r = ccn("--layers", GC, "--image-size", "8", "--data-dims", "2=10", "--samples", "30")
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = [l for l in r.stdout.splitlines() if l.strip().endswith(("PASS", "FAIL"))]
+    # every weight layer of the net (conv, shared conv biases, local, fc with 6 inputs, sfc) and the data
+    assert len(lines) == 15 and all(l.endswith("PASS") for l in lines)
+    assert "All 15 gradient checks passed." in r.stdout
+
+
+def test_failure_exits_1(tmp_path):
+    net = tmp_path / "net.cfg"
+    net.write_text("[data]\ntype=data\ndataIdx=0\n[labels]\ntype=data\ndataIdx=1\n"
+                   "[fc]\ntype=fc\ninputs=data\noutputs=3\ninitW=0.5\n[probs]\ntype=softmax\ninputs=fc\n"
+                   "[cost]\ntype=cost.logreg\ninputs=labels,probs\n")
+    (tmp_path / "net-params.cfg").write_text("[fc]\nepsW=0.1\nepsB=0.1\nmomW=0\nmomB=0\nwc=0\n")
+    ok = ccn("--layers", str(net), "--data-dims", "0=5")
+    assert ok.returncode == 0, ok.stderr
+    # a threshold no float32 finite difference can meet turns every line into FAIL
+    bad = ccn("--layers", str(net), "--data-dims", "0=5", "--threshold", "1e-12")
+    assert bad.returncode == 1
+    assert "FAIL" in bad.stdout and bad.stderr.startswith("error: ") and "gradient checks failed" in bad.stderr
+
+
+def test_bad_input_exits_2(tmp_path):
+    r = ccn("--layers", str(tmp_path / "missing.cfg"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    net = tmp_path / "nocost.cfg"
+    net.write_text("[data]\ntype=data\ndataIdx=0\n[fc]\ntype=fc\ninputs=data\noutputs=3\n")
+    (tmp_path / "nocost-params.cfg").write_text("[fc]\nepsW=0.1\nepsB=0.1\nmomW=0\nmomB=0\nwc=0\n")
+    r = ccn("--layers", str(net), "--data-dims", "0=4")
+    assert r.returncode == 2 and "no cost layer" in r.stderr
