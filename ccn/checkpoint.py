@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InputError
+from .fsutil import fsync_dir
 
 FORMAT = "ccn-checkpoint"
 FORMAT_VERSION = 1
@@ -158,19 +159,6 @@ def _meta_digest(meta: dict) -> str:
     return _sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8"))
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_file(path: str, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
@@ -236,14 +224,14 @@ def write(folder: str, name: str, ckpt: Checkpoint, max_bytes: int | None = None
             _write_file(os.path.join(tmp, k), v)
         # meta.json last: a folder with a meta.json has every other file written.
         _write_file(os.path.join(tmp, META), (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode("utf-8"))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         old = None
         if os.path.exists(final):  # e.g. resumed from an older checkpoint of this folder
             old = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}old-{name}-", dir=folder)
             os.rename(final, os.path.join(old, name))
         os.rename(tmp, final)
         tmp = None
-        _fsync_dir(folder)
+        fsync_dir(folder)
         if old:
             shutil.rmtree(old, ignore_errors=True)
     except OSError as e:
@@ -278,7 +266,7 @@ def _remove(folder: str, path: str) -> None:
     doomed = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}del-", dir=folder)
     try:
         os.rename(path, os.path.join(doomed, os.path.basename(path)))
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except OSError:
         pass
     shutil.rmtree(doomed, ignore_errors=True)

@@ -44,7 +44,7 @@ def check_output(path: str, what: str = "picture") -> str:
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    from .data.batchfmt import atomic_write
+    from .fsutil import atomic_write
 
     atomic_write(path, [data])
 

@@ -9,7 +9,6 @@ the traceback instead. Every option can also be set as ``CCN_<COMMAND>_<OPTION>`
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 import traceback
 

@@ -9,12 +9,10 @@ same command after an interruption and it continues after the last complete batc
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import click
 
-from ..errors import InputError
 
 
 def _progress(description: str, total: int | None, unit: str = "batches"):

@@ -17,7 +17,7 @@ import re
 
 import click
 
-from ..errors import ConfigError, InputError
+from ..errors import InputError
 
 _DIMS = re.compile(r"^\s*(\d+)\s*=\s*(\d+)(?:\s*[xX]\s*(\d+)\s*[xX]\s*(\d+))?\s*$")
 _MAX_VALUES = 2**31 - 1

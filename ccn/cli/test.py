@@ -126,7 +126,7 @@ def run_test_command(load_file, *, test_range=None, data_path=None, data_provide
         b = cur["batch"]
         arr = np.concatenate(cur["rows"]) if cur["rows"] else np.zeros((0, int(np.prod(layer_shape))), np.float32)
         fname = f"features_batch_{b}.npy"
-        from ..data.batchfmt import atomic_save_npy
+        from ..fsutil import atomic_save_npy
 
         atomic_save_npy(os.path.join(feature_path, fname), arr.astype(np.float32))
         labs = np.concatenate(cur["labels"]).tolist() if cur["labels"] else []
@@ -193,7 +193,7 @@ def run_test_command(load_file, *, test_range=None, data_path=None, data_provide
                  "label_names": T.label_names(dp, classes or int(getattr(dp, "num_classes", 0) or 0)),
                  "cases": sum(f["shape"][0] for f in feats), "batches": feats,
                  "layout": "each file: float32 cases x (C*H*W), channels slowest, x fastest"}
-        from ..data.batchfmt import atomic_write_json
+        from ..fsutil import atomic_write_json
 
         atomic_write_json(os.path.join(feature_path, "features.json"), index)
         echo(f"Wrote the outputs of layer '{feature_layer}' ({len(feats)} batch files, "

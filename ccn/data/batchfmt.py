@@ -48,12 +48,12 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import threading
 
 import numpy as np
 
 from ..errors import InputError
+from ..fsutil import atomic_write
 
 MAGIC = b"CCNBATCH"
 CONTAINER_VERSION = 1
@@ -61,8 +61,6 @@ FORMAT_VERSION = 1
 META_NAME = "batches.meta.json"
 MEAN_NAME = "data_mean.npy"
 ALIGN = 64
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 def batch_name(num: int) -> str:
@@ -71,65 +69,6 @@ def batch_name(num: int) -> str:
 
 def _pad(n: int) -> int:
     return (-n) % ALIGN
-
-
-def fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str, chunks) -> str:
-    """Write the byte chunks to ``path`` atomically; return the sha256 hex digest."""
-    d = os.path.dirname(os.path.abspath(path))
-    h = hashlib.sha256()
-    try:
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    except OSError as e:
-        raise InputError(f"cannot write in {d}: {e.strerror or e}.") from None
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as f:
-            for c in chunks:
-                mv = memoryview(c).cast("B") if not isinstance(c, bytes) else c
-                h.update(mv)
-                f.write(mv)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise InputError(f"cannot write {path}: {e.strerror or e}.") from None
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(d)
-    return h.hexdigest()
-
-
-def atomic_write_json(path: str, obj) -> str:
-    return atomic_write(path, [json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n"])
-
-
-def atomic_save_npy(path: str, arr: np.ndarray) -> str:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    return atomic_write(path, [buf.getvalue()])
 
 
 def encode_batch(kind: str, labels, *, channels: int, height: int, width: int, pixels=None, jpegs=None,

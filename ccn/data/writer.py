@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, fsutil
 from ..errors import InputError
 from . import batchfmt as bf
 
@@ -213,8 +213,8 @@ class DatasetWriter:
     def _save_progress(self):
         buf = io.BytesIO()
         np.savez(buf, **self.stats.arrays())
-        bf.atomic_write(os.path.join(self.out, PROGRESS_NPZ), [buf.getvalue()])
-        bf.atomic_write_json(os.path.join(self.out, PROGRESS_JSON),
+        fsutil.atomic_write(os.path.join(self.out, PROGRESS_NPZ), [buf.getvalue()])
+        fsutil.atomic_write_json(os.path.join(self.out, PROGRESS_JSON),
                              {"plan_id": self.plan_id, "batches": self.batches, "counts": self.counts,
                               "skipped": self.skipped})
 
@@ -224,7 +224,7 @@ class DatasetWriter:
         if not train and not test:
             raise InputError(f"nothing to write to {self.out}: the source has no images.")
         mean = self.stats.mean_image()
-        mean_digest = bf.atomic_save_npy(os.path.join(self.out, bf.MEAN_NAME), mean)
+        mean_digest = fsutil.atomic_save_npy(os.path.join(self.out, bf.MEAN_NAME), mean)
         checksums = {bf.batch_name(int(k)): v["checksum"] for k, v in self.batches.items()}
         checksums[bf.MEAN_NAME] = "sha256:" + mean_digest
         meta = {
@@ -254,7 +254,7 @@ class DatasetWriter:
             "plan_id": self.plan_id,
         }
         meta.update(extra or {})
-        bf.atomic_write_json(os.path.join(self.out, bf.META_NAME), meta)
+        fsutil.atomic_write_json(os.path.join(self.out, bf.META_NAME), meta)
         for n in (PROGRESS_JSON, PROGRESS_NPZ):
             try:
                 os.unlink(os.path.join(self.out, n))
