@@ -5,14 +5,15 @@ that ``ccn show-preds`` draws.
   its weights back (no data provider needed: the data sizes are saved too).
 * :func:`open_test_provider` opens the test data as ``ccn train`` did, with the checkpoint's
   options (data path, provider, crop size, mean) unless overridden.
-* :func:`run_test` pushes batches through the net minibatch by minibatch, exactly as the
-  trainer's test does (same minibatches, same cost sums), and yields per minibatch the cost
-  values, the labels, the probabilities fed to a ``cost.logreg`` layer and any layer outputs
-  asked for, so that callers can write predictions and features on the way.
+* :func:`run_test` pushes batches through the net minibatch by minibatch and yields per
+  minibatch the cost values, the labels, the probabilities fed to a ``cost.logreg`` layer and
+  any layer outputs asked for, so that callers can write predictions and features on the way.
+  It is also the trainer's periodic test (:meth:`ccn.train.Trainer.test`), so ``ccn test``
+  reports exactly what training reported.
 
 With ``multiview`` the provider returns 10 views per case (row ``i + v*n`` is view v of case
 i); each ``cost.logreg`` is then computed from the probabilities averaged over the views,
-other cost layers report their mean over the views (as :mod:`ccn.train` does).
+other cost layers report their mean over the views.
 """
 
 from __future__ import annotations

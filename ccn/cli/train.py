@@ -3,8 +3,8 @@
 Options keep cuda-convnet's names (``--layer-def``, ``--layer-params``, ``--mini``,
 ``--test-one 0``, ...) next to the modern spellings. ``-f/--load-file`` resumes from a
 checkpoint (or a save folder: its newest checkpoint); the options saved there are used
-unless given again. See :mod:`ccn.train` for the loop and :mod:`ccn.checkpoint` for the
-checkpoint format.
+unless given again. See :mod:`ccn.train` for the loop, :mod:`ccn.checkpoint` for the
+checkpoint format and :mod:`ccn.netedit` for ``--conv-to-local`` / ``--unshare-weights``.
 
 The data provider: ``--data-provider`` unset (or one of cuda-convnet's names ``cifar``,
 ``image``, ``default``) uses ``ccn.data.provider.open_provider``, which detects the kind of
