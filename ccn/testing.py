@@ -5,14 +5,15 @@ that ``ccn show-preds`` draws.
   its weights back (no data provider needed: the data sizes are saved too).
 * :func:`open_test_provider` opens the test data as ``ccn train`` did, with the checkpoint's
   options (data path, provider, crop size, mean) unless overridden.
-* :func:`run_test` pushes batches through the net minibatch by minibatch, exactly as the
-  trainer's test does (same minibatches, same cost sums), and yields per minibatch the cost
-  values, the labels, the probabilities fed to a ``cost.logreg`` layer and any layer outputs
-  asked for, so that callers can write predictions and features on the way.
+* :func:`run_test` pushes batches through the net minibatch by minibatch and yields per
+  minibatch the cost values, the labels, the probabilities fed to a ``cost.logreg`` layer and
+  any layer outputs asked for, so that callers can write predictions and features on the way.
+  It is also the trainer's periodic test (:meth:`ccn.train.Trainer.test`), so ``ccn test``
+  reports exactly what training reported.
 
 With ``multiview`` the provider returns 10 views per case (row ``i + v*n`` is view v of case
 i); each ``cost.logreg`` is then computed from the probabilities averaged over the views,
-other cost layers report their mean over the views (as :mod:`ccn.train` does).
+other cost layers report their mean over the views.
 """
 
 from __future__ import annotations
@@ -168,8 +169,12 @@ def logreg_values(probs: np.ndarray, labels: np.ndarray, topk: int = 1) -> list[
     return vals
 
 
+def _nonfinite(costs) -> bool:
+    return any(not math.isfinite(float(v)) for c in costs for v in c["values"])
+
+
 def _check_finite(net, costs, where):
-    if any(not math.isfinite(float(v)) for c in costs for v in c["values"]):
+    if _nonfinite(costs):
         layer = net._net.first_nonfinite_layer()
         bad = ", ".join(f"{c['layer']} = {[float(v) for v in c['values']]}" for c in costs)
         first = f"the first layer whose output is not finite is '{layer}'" if layer else \
@@ -178,13 +183,21 @@ def _check_finite(net, costs, where):
 
 
 def run_test(net, dp, batches, *, mini: int, epoch: int = 1, multiview: bool = False, logreg=None,
-             outputs=(), on_load=None):
+             outputs=(), on_load=None, load=None, on_nonfinite=None):
     """Yield a :class:`Minibatch` for every minibatch of every batch in ``batches``.
+
+    This is the one test loop of ccn: ``ccn test``, ``ccn show-preds`` and the trainer's
+    periodic test (:meth:`ccn.train.Trainer.test`) all run through it.
 
     ``logreg``: a cost.logreg LayerInfo whose labels and probabilities to return (or None).
     ``outputs``: names of layers whose outputs to return (not with ``multiview``).
     ``on_load(batch, data)`` is called with each batch's matrices as loaded.
+    ``load(batch)`` replaces ``dp.load(batch, epoch)`` (the trainer's prefetching loader).
+    ``on_nonfinite(costs, where)`` is called (and must raise) when a cost is NaN or infinite;
+    by default a :class:`CcnRuntimeError` names the first non-finite layer.
     """
+    check = _check_finite if on_nonfinite is None else \
+        (lambda net_, costs, where: on_nonfinite(costs, where) if _nonfinite(costs) else None)
     layers = {l.name: l for l in net.layers}
     lab_idx = layers[logreg.inputs[0]].data_idx if logreg is not None else None
     prob_layer = logreg.inputs[1] if logreg is not None else None
@@ -194,7 +207,7 @@ def run_test(net, dp, batches, *, mini: int, epoch: int = 1, multiview: bool = F
         raise InputError("layer outputs (--write-features) are read from one view per case; leave out "
                          "--multiview-test to write them.")
     for b in batches:
-        data = as_matrices(dp.load(b, epoch), b)
+        data = as_matrices(dp.load(b, epoch) if load is None else load(b), b)
         if on_load is not None:
             on_load(b, data)
         rows = data[0].shape[0]
@@ -203,7 +216,7 @@ def run_test(net, dp, batches, *, mini: int, epoch: int = 1, multiview: bool = F
                 hi = min(rows, lo + mini)
                 net.forward([d[lo:hi] for d in data], train=False)
                 costs = net.costs()
-                _check_finite(net, costs, f"testing on batch {b}")
+                check(net, costs, f"testing on batch {b}")
                 labels = data[lab_idx][lo:hi, 0].astype(np.int64) if logreg is not None else None
                 probs = net.output(prob_layer).copy() if logreg is not None else None
                 yield Minibatch(b, lo, hi - lo, costs, labels, probs, {name: net.output(name).copy() for name in outputs})
@@ -219,7 +232,7 @@ def run_test(net, dp, batches, *, mini: int, epoch: int = 1, multiview: bool = F
             for v in range(VIEWS):
                 net.forward([d[v * n + lo:v * n + hi] for d in data], train=False)
                 costs = net.costs()
-                _check_finite(net, costs, f"testing on batch {b}, view {v + 1}")
+                check(net, costs, f"testing on batch {b}, view {v + 1}")
                 order = costs
                 for name, l in logregs.items():
                     probs[name] = probs[name] + net.output(l.inputs[1]).astype(np.float64)

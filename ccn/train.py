@@ -43,6 +43,7 @@ import numpy as np
 
 from . import checkpoint as ck
 from .errors import CcnRuntimeError, InputError
+from .testing import run_test
 
 
 @dataclass
@@ -55,7 +56,7 @@ class TrainConfig:
     max_filesize_mb: float = 5000.0
     force_save: bool = False
     provider_seed: int = 0
-    multiview: bool = False  # the test provider returns 10 views per case (see _test_multiview)
+    multiview: bool = False  # the test provider returns 10 views per case (see ccn.testing.run_test)
     options: dict = field(default_factory=dict)  # everything, as saved in checkpoints
     progress_bar: bool = False
 
@@ -115,10 +116,41 @@ class _CostSum:
         return {"costs": self.values, "cases": self.cases}
 
 
-def format_costs(costs: dict[str, list[float]], cases: int) -> str:
-    """cuda-convnet's ``name:  v1, v2`` with each summed value divided by the number of cases."""
-    n = max(cases, 1)
-    return " ".join(f"{name}:  " + ", ".join("%.6f" % (v / n) for v in vals) for name, vals in costs.items())
+def shown_values(ltype: str | None, values, cases: int) -> list[float]:
+    """What cuda-convnet prints for one cost layer's summed values (its ``outputFilter``): each
+    value divided by the number of cases, except for ``cost.dce``, whose per-class counts
+    (declared positives, positives, true positives) become precision = true positives /
+    declared positives and recall = true positives / positives (``inf`` when nothing was
+    declared positive or no case is positive, as in the original)."""
+    n = max(int(cases), 1)
+    vals = [float(v) for v in values]
+    if ltype != "cost.dce":
+        return [v / n for v in vals]
+    out = [v / n for v in vals[:2]]
+    for k in range(2, len(vals) - 2, 3):
+        declared, positive, truepos = vals[k:k + 3]
+        out.append(truepos / declared if declared > 0 else math.inf)
+        out.append(truepos / positive if positive > 0 else math.inf)
+    return out
+
+
+def shown_names(ltype: str | None, names) -> list[str]:
+    """The names of :func:`shown_values` (``precision[k]``, ``recall[k]`` for cost.dce)."""
+    names = list(names)
+    if ltype != "cost.dce":
+        return names
+    out = names[:2]
+    for j in range((len(names) - 2) // 3):
+        out += [f"precision[{j}]", f"recall[{j}]"]
+    return out
+
+
+def format_costs(costs: dict[str, list[float]], cases: int, types: dict[str, str] | None = None) -> str:
+    """cuda-convnet's ``name:  v1, v2`` with each summed value divided by the number of cases
+    (``types`` maps layer names to their types, for the cost.dce precision and recall)."""
+    types = types or {}
+    return " ".join(f"{name}:  " + ", ".join("%.6f" % v for v in shown_values(types.get(name), vals, cases))
+                    for name, vals in costs.items())
 
 
 def _nonfinite(costs: list[dict]) -> bool:
@@ -180,6 +212,7 @@ class Trainer:
             self.state.epoch += 1
             self.state.index, self.state.mb, self.state.partial = 0, 0, None
         self.out = out
+        self._cost_types = {l.name: l.type for l in net.layers if l.is_cost}
         self._stop = False
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccn-data")
         self._pending: dict = {}
@@ -281,7 +314,8 @@ class Trainer:
                 st.last = (epoch, bnum)
                 st.epoch, st.index = ne, ni
                 st.train_outputs.append({"epoch": epoch, "batch": bnum, "costs": sums.values, "cases": sums.cases})
-                self._display.line(f"{epoch}.{bnum} ({100 * progress:.2f}%)... {format_costs(sums.values, sums.cases)} "
+                costs_text = format_costs(sums.values, sums.cases, self._cost_types)
+                self._display.line(f"{epoch}.{bnum} ({100 * progress:.2f}%)... {costs_text} "
                                    f"({time.perf_counter() - t0:.3f} sec)")
                 if st.batches_done % cfg.test_freq == 0:
                     if self.test_batches:
@@ -318,86 +352,36 @@ class Trainer:
             batches = list(self.test_batches)
         epoch = st.last[0] if st.last else st.epoch
         sums = _CostSum()
-        for i, b in enumerate(batches):
+
+        nxt = iter(batches[1:])
+
+        def load(b):  # through the prefetching loader, fetching the next test batch meanwhile
             data = self._get(self.test_dp, b, epoch, ("test", epoch, b))
-            if i + 1 < len(batches):
-                self._prefetch(self.test_dp, batches[i + 1], epoch, ("test", epoch, batches[i + 1]))
-            if self.cfg.multiview:
-                self._test_multiview(data, b, sums)
-                continue
-            n = data[0].shape[0]
-            for lo in range(0, n, self.cfg.mini):
-                hi = min(n, lo + self.cfg.mini)
-                self.net.forward([d[lo:hi] for d in data], train=False)
-                costs = self.net.costs()
-                if _nonfinite(costs):
-                    self._nonfinite_error(costs, f"testing on batch {b}")
-                sums.add(costs, hi - lo)
+            following = next(nxt, None)
+            if following is not None:
+                self._prefetch(self.test_dp, following, epoch, ("test", epoch, following))
+            return data
+
+        for mb in run_test(self.net, self.test_dp, batches, mini=self.cfg.mini, epoch=epoch,
+                           multiview=self.cfg.multiview, load=load, on_nonfinite=self._nonfinite_error):
+            sums.add(mb.costs, mb.cases)
         rec = {"epoch": epoch, "batch": st.last[1] if st.last else 0, "test_batches": batches, "costs": sums.values,
                "cases": sums.cases}
         st.test_outputs.append(rec)
         show = self._display.line
         show("")
         show("======================Test output======================")
-        show(format_costs(sums.values, sums.cases))
+        show(format_costs(sums.values, sums.cases, self._cost_types))
         recent = st.test_outputs[-len(self.test_batches):]
         avg = _CostSum()
         for r in recent:
             avg.add([{"layer": k, "values": v} for k, v in r["costs"].items()], r["cases"])
         show("----------------------Averages-------------------------")
-        show(format_costs(avg.values, avg.cases))
+        show(format_costs(avg.values, avg.cases, self._cost_types))
         show("-------------------------------------------------------")
         for line in weight_stats(self.net):
             show(line)
         return rec
-
-    VIEWS = 10
-
-    def _test_multiview(self, data, batch: int, sums: _CostSum) -> None:
-        """cuda-convnet's multiview test: rows i, i+n, ..., i+9n are the views of case i. Each
-        cost.logreg is computed on its probabilities averaged over the views (the negative log
-        probability of the label and the top-1 error, ties sharing the credit); other cost
-        layers report their mean over the views."""
-        rows = data[0].shape[0]
-        if rows % self.VIEWS:
-            raise InputError(f"multiview test: batch {batch} has {rows} rows, not a multiple of {self.VIEWS} views.")
-        n = rows // self.VIEWS
-        layers = {l.name: l for l in self.net.layers}
-        logreg = {l.name: l for l in layers.values() if l.type == "cost.logreg"}
-        for lo in range(0, n, self.cfg.mini):
-            hi = min(n, lo + self.cfg.mini)
-            probs = {name: 0.0 for name in logreg}
-            other = {}
-            for v in range(self.VIEWS):
-                self.net.forward([d[v * n + lo:v * n + hi] for d in data], train=False)
-                costs = self.net.costs()
-                if _nonfinite(costs):
-                    self._nonfinite_error(costs, f"testing on batch {batch}, view {v + 1}")
-                for name, l in logreg.items():
-                    probs[name] = probs[name] + self.net.output(l.inputs[1]).astype(np.float64)
-                for c in costs:
-                    if c["layer"] not in logreg:
-                        vals = np.asarray(c["values"], dtype=np.float64) / self.VIEWS
-                        other[c["layer"]] = other.get(c["layer"], 0.0) + vals
-            result = []
-            for c in self.net.costs():  # keep the net's order of cost layers
-                name = c["layer"]
-                if name in logreg:
-                    lab_idx = layers[logreg[name].inputs[0]].data_idx
-                    labels = data[lab_idx][lo:hi, 0].astype(np.int64)
-                    p = probs[name] / self.VIEWS
-                    pl = p[np.arange(hi - lo), labels]
-                    top = p.max(axis=1)
-                    ties = (p == top[:, None]).sum(axis=1)
-                    right = np.where(pl >= top, 1.0 / ties, 0.0)
-                    vals = [float(-np.log(pl).sum()), float((1.0 - right).sum())]
-                    if len(c["values"]) > 2:
-                        raise InputError(f"multiview test: cost layer '{name}' reports top-k error too (topk=); "
-                                         "multiview testing computes only the top-1 error. Remove topk to use it.")
-                    result.append({"layer": name, "values": vals})
-                else:
-                    result.append({"layer": name, "values": list(other[name])})
-            sums.add(result, hi - lo)
 
     def _nonfinite_error(self, costs, where: str):
         layer = self.net._net.first_nonfinite_layer()

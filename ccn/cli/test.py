@@ -62,7 +62,7 @@ def run_test_command(load_file, *, test_range=None, data_path=None, data_provide
     """The command without Click; returns the summed costs, names and number of cases."""
     from .. import testing as T
     from .train import parse_range, _compact
-    from ..train import _CostSum, format_costs
+    from ..train import _CostSum, format_costs, shown_names, shown_values
     from .. import viz
 
     echo = (lambda s: print(s, file=out, flush=True)) if out is not None else click.echo
@@ -176,14 +176,14 @@ def run_test_command(load_file, *, test_range=None, data_path=None, data_provide
             close()
 
     echo("======================Test output======================")
-    echo(format_costs(sums.values, sums.cases))
+    types = {l.name: l.type for l in net.layers if l.is_cost}
+    echo(format_costs(sums.values, sums.cases, types))
     echo("-------------------------------------------------------")
     for layer, vals in sums.values.items():
-        vn = names.get(layer, [])
+        vn = shown_names(types.get(layer), names.get(layer, []))
         parts = []
-        for i, v in enumerate(vals):
+        for i, mean in enumerate(shown_values(types.get(layer), vals, sums.cases)):
             nm = vn[i] if i < len(vn) else f"value {i}"
-            mean = v / max(1, sums.cases)
             parts.append(f"{nm} {mean:.6f}" + (f" ({100 * mean:.2f}%)" if "error" in nm else ""))
         echo(f"{layer}: " + ", ".join(parts) + f"  over {sums.cases} cases")
     if feature_layer:

@@ -3,8 +3,8 @@
 Options keep cuda-convnet's names (``--layer-def``, ``--layer-params``, ``--mini``,
 ``--test-one 0``, ...) next to the modern spellings. ``-f/--load-file`` resumes from a
 checkpoint (or a save folder: its newest checkpoint); the options saved there are used
-unless given again. See :mod:`ccn.train` for the loop and :mod:`ccn.checkpoint` for the
-checkpoint format.
+unless given again. See :mod:`ccn.train` for the loop, :mod:`ccn.checkpoint` for the
+checkpoint format and :mod:`ccn.netedit` for ``--conv-to-local`` / ``--unshare-weights``.
 
 The data provider: ``--data-provider`` unset (or one of cuda-convnet's names ``cifar``,
 ``image``, ``default``) uses ``ccn.data.provider.open_provider``, which detects the kind of
@@ -129,8 +129,11 @@ def _given(ctx, name) -> bool:
               help="Keep only as many checkpoints as fit in this many MiB (the newest always stays). [5000]")
 @click.option("-f", "--load-file", type=str,
               help="Resume from this checkpoint, or from the newest one in this save folder.")
-@click.option("--conv-to-local", type=str, help="Convert these conv layers (comma list) to unshared local layers.")
-@click.option("--unshare-weights", type=str, help="Unshare the weight matrices of these layers (comma list).")
+@click.option("--conv-to-local", type=str,
+              help="Convert these conv layers (comma list) to unshared local layers, same outputs (see ccn.netedit).")
+@click.option("--unshare-weights", type=str,
+              help="Give these layers (comma list of L or L[i]) their own copy of the weights they take through "
+              "weightSource.")
 @click.option("--inner-size", type=int, help="Random crops of this size when training, centre crop when testing. [0]")
 @click.option("--color-noise", type=float, help="Standard deviation of PCA colour noise (AlexNet §4.1). [0]")
 @click.option("--scalar-mean", type=float, help="Subtract this scalar instead of the mean image (-1 = off). [-1]")
@@ -190,10 +193,6 @@ def run_train(given: dict, load_file: str | None = None, out=None, stop_after: i
             raise ConfigError(f"--gpu {opts['gpu']} selects GPUs but --device is cpu; leave out one of them.")
     if opts["device"] == "cuda":
         raise ConfigError("the CUDA backend cannot train yet; train on the CPU with --device cpu (and without --gpu).")
-    for key, flag in (("conv_to_local", "--conv-to-local"), ("unshare_weights", "--unshare-weights")):
-        if opts[key]:
-            raise ConfigError(f"{flag} is not implemented yet in ccn train (needs the conv and local layers); "
-                              "leave it out.")
     if ckpt is not None and opts["save_path"] is None:
         opts["save_path"] = os.path.dirname(os.path.abspath(ckpt.path))
     missing = [f"--{k.replace('_', '-')}" for k in ("data_path", "train_range", "test_range", "save_path")
@@ -272,6 +271,14 @@ def run_train(given: dict, load_file: str | None = None, out=None, stop_after: i
                   init=False)
         ck.restore_net(net, ckpt)
         opts["seed"] = int(ckpt.position.get("seed", opts["seed"]))
+    # ---- --conv-to-local / --unshare-weights rewrite the net once (ccn.netedit); as in the
+    # original they are not kept in the saved options: the checkpoints hold the rewritten net.
+    if opts["conv_to_local"] or opts["unshare_weights"]:
+        from ..netedit import rewrite
+
+        say = (lambda s: print(s, file=out, flush=True)) if out is not None else click.echo
+        net = rewrite(net, opts["conv_to_local"], opts["unshare_weights"], echo=say)
+    opts["conv_to_local"], opts["unshare_weights"] = "", ""
     if net.gpus_needed > 1:
         raise ConfigError(f"{net.layers_path}: this net needs {net.gpus_needed} GPUs (its layers use gpu= up to "
                           f"{net.gpus_needed - 1}); multi-GPU training is not available yet.")

@@ -40,6 +40,9 @@ struct Param {
   Mat w, grad, inc;        // same shape; grad accumulates over cases (and updatePeriod passes)
   Schedule eps;            // learning rate over training progress
   double mom = 0, wc = 0, wball = 0;
+  // wball caps the L2 norm of each column of every block of wball_rows consecutive rows (0: the
+  // whole column). Local layers set it to the rows of one module, as cuda-convnet2 did.
+  int64_t wball_rows = 0;
   int update_period = 1;
   int passes = 0;          // gradient passes accumulated since the last update
   // initialisation, done by the Python side: N(0, init_std^2) or init_value, or a user function

@@ -1,7 +1,8 @@
 // ccn/native/layers/local.cpp: type=local, locally connected (unshared) filters.
 //
 // Keys and shape rule: see conv_common.h (the same as conv, without sharedBiases: the
-// biases are always unshared, as in cuda-convnet's LocalUnsharedLayer).
+// biases are always unshared, as in cuda-convnet's LocalUnsharedLayer). wball (layer-params)
+// caps the norm of each filter within each module: rows m*Kg .. m*Kg + Kg - 1 of a column.
 //
 //   out[n, f, m] = b[f*P + m] + sum_i sum_{c, fy, fx} W_i[m*Kg + c*fs^2 + fy*fs + fx, f]
 //                                               * in_i[n, vchan_i[g*Cf + c], my*st - pad + fy, mx*st - pad + fx]
@@ -34,6 +35,10 @@ class LocalLayer : public Layer {
     for (const auto& ig : cs_.in) shapes.push_back({P * ig.kg(), cs_.filters});
     setup_weight_params(spec, ctx, *this, shapes, cs_.filters * P, 1);
     check_weight_source_types(spec, ctx, *this);
+    // wball caps each filter's norm per module (cuda-convnet2's normalizeLocalWeights).
+    for (size_t i = 0; i < weights.size(); ++i)
+      if (weights[i]->layer == name) weights[i]->wball_rows = cs_.in[i].kg();
+    allow_conv_params(spec);
     out = Shape{cs_.filters, cs_.modules_x, cs_.modules_x};
   }
 
@@ -114,7 +119,10 @@ class LocalLayer : public Layer {
     }
   }
 
-  void reload_params(LayerSpec& spec) override { reload_weight_params(spec, *this); }
+  void reload_params(LayerSpec& spec) override {
+    reload_weight_params(spec, *this);
+    allow_conv_params(spec);
+  }
 
   double flops_per_case() const override {
     double f = 0;
@@ -123,6 +131,13 @@ class LocalLayer : public Layer {
   }
 
  private:
+  // conv's layer-params keys wcNormMax/wcNormMin, which cuda-convnet2's local layer never read:
+  // accepted (and ignored) so that a layer turned local by --conv-to-local keeps its params file.
+  static void allow_conv_params(LayerSpec& spec) {
+    spec.allow("wcNormMax", Src::Params);
+    spec.allow("wcNormMin", Src::Params);
+  }
+
   int chunk(int n) const {
     int64_t per_case = 0;
     for (const auto& ig : cs_.in) per_case = std::max<int64_t>(per_case, ig.g.rows());

@@ -198,6 +198,8 @@ void Net::build(const std::map<int, Shape>& data_dims) {
       }
     }
     layer->setup(spec, ctx);
+    // cuda-convnet2 reads neuron= on cost layers and drops it (CostParser): a no-op here too.
+    if (layer->is_cost()) spec.allow("neuron");
     if (!layer->is_data() && !layer->is_cost() && layer->type != "neuron") {
       layer->neuron = spec.get_neuron("neuron", std::string("ident"));
       validate_neuron(spec, "neuron", layer->neuron);
@@ -359,16 +361,22 @@ void Net::update(double progress, int minibatch) {
       g[k] = 0.f;
     }
     p.passes = 0;
-    if (p.wball > 0 && !p.is_bias) {
+    if (p.wball > 0 && !p.is_bias && p.eps.base > 0) {
+      // Cap the norm of each column within each block of `blk` rows (cuda-convnet2: fc columns
+      // whole, local layers per module); only weights that learn, as in the original.
       const int64_t rows = p.w.rows(), cols = p.w.cols();
-      std::vector<double> norm2(cols, 0.0);
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t c = 0; c < cols; ++c) norm2[c] += (double)w[r * cols + c] * w[r * cols + c];
-      for (int64_t c = 0; c < cols; ++c) {
-        double nrm = std::sqrt(norm2[c]);
-        if (nrm > p.wball) {
-          float f = (float)(p.wball / nrm);
-          for (int64_t r = 0; r < rows; ++r) w[r * cols + c] *= f;
+      const int64_t blk = p.wball_rows > 0 && rows % p.wball_rows == 0 ? p.wball_rows : rows;
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+      for (int64_t b0 = 0; b0 < rows; b0 += blk) {
+        std::vector<double> norm2(cols, 0.0);
+        for (int64_t r = b0; r < b0 + blk; ++r)
+          for (int64_t c = 0; c < cols; ++c) norm2[c] += (double)w[r * cols + c] * w[r * cols + c];
+        for (int64_t c = 0; c < cols; ++c) {
+          double nrm = std::sqrt(norm2[c]);
+          if (nrm > p.wball) {
+            float f = (float)(p.wball / nrm);
+            for (int64_t r = b0; r < b0 + blk; ++r) w[r * cols + c] *= f;
+          }
         }
       }
     }

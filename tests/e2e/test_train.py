@@ -310,7 +310,7 @@ def test_cli_bad_inputs(setup):
     _expect(cli(*common, "--data-path", data, "--train-range", "1", "--test-range", "5", "--gpu", "0"), 2,
             "the CUDA backend cannot train yet")
     _expect(cli(*common, "--data-path", data, "--train-range", "1", "--test-range", "5", "--conv-to-local", "c1"), 2,
-            "--conv-to-local is not implemented yet")
+            r"--conv-to-local c1: the net has no layer 'c1'; its conv layers: none\.")
     _expect(cli(*common, "--data-path", data, "--train-range", "1", "--test-range", "5", "--data-provider", "xyz"), 2,
             "unknown provider 'xyz'")
     blocker = tmp / "file"

@@ -1,0 +1,197 @@
+"""wball on local layers (per module, cuda-convnet2's normalizeLocalWeights) and on fc layers (per
+column), against an independent NumPy float64 update; neuron= on cost layers (read and dropped, as
+cuda-convnet2's CostParser did)."""
+
+import numpy as np
+import pytest
+
+import ccn
+
+LOCAL = """
+[data]
+type=data
+dataIdx=0
+
+[labels]
+type=data
+dataIdx=1
+
+[loc]
+type=local
+inputs=data
+channels={channels}
+filters={filters}
+groups={groups}
+filterSize={fs}
+padding={pad}
+stride={stride}
+initW=0.3
+
+[fc]
+type=fc
+inputs=loc
+outputs=3
+initW=0.3
+
+[probs]
+type=softmax
+inputs=fc
+
+[logprob]
+type=cost.logreg
+inputs=labels,probs
+"""
+
+PARAMS = """
+[loc]
+epsW={eps}
+epsB=0.1
+momW=0.7
+momB=0.7
+wc=0.01
+wball={wball}
+wcNormMax=0
+
+[fc]
+epsW={eps}
+epsB=0.1
+momW=0.7
+momB=0.7
+wc=0.01
+wball={wball}
+
+[logprob]
+coeff=1
+"""
+
+
+def reference_update(w0, inc0, grad, eps, mom, wc, n, wball, block_rows):
+    """inc = mom*inc - eps/n*grad - wc*eps*w; w += inc; then within each block of block_rows rows,
+    every column whose L2 norm exceeds wball is scaled down to norm wball (float64)."""
+    w0, inc0, grad = (np.asarray(a, np.float64) for a in (w0, inc0, grad))
+    inc = mom * inc0 - eps / n * grad - wc * eps * w0
+    w = w0 + inc
+    if wball > 0 and eps > 0:
+        blocks = w.reshape(-1, block_rows, w.shape[1])
+        norms = np.sqrt((blocks ** 2).sum(axis=1, keepdims=True))
+        blocks *= np.where(norms > wball, wball / np.maximum(norms, 1e-300), 1.0)
+        w = blocks.reshape(w.shape)
+    return w, inc
+
+
+def step(text, params, data, n, seed=0):
+    net = ccn.Net("l.cfg", "p.cfg", data_dims={0: data[0].shape[1:], 1: 1}, layers_text=text, params_text=params,
+                  seed=seed)
+    rng = np.random.default_rng(seed)
+    for p in net.params:
+        net.set(p.name, rng.standard_normal(p.shape).astype(np.float32) * 0.05, "inc")
+    before = {p.name: (net.get(p.name), net.get(p.name, "inc")) for p in net.params}
+    flat = [data[0].reshape(n, -1).astype(np.float32), data[1]]
+    net.forward(flat, train=True)
+    net.backward()
+    grads = {p.name: net.get(p.name, "grad") for p in net.params}
+    net.update(0.0, n)
+    return net, before, grads
+
+
+@pytest.mark.parametrize("trial", range(4))
+def test_wball_caps_local_filters_per_module(trial):
+    rng = np.random.default_rng()
+    groups = int(rng.integers(1, 3))
+    fs, pad = int(rng.integers(1, 4)), int(rng.integers(0, 2))
+    stride = int(rng.integers(1, fs + 1))
+    c = groups * int(rng.integers(1, 3))
+    size = int(rng.integers(fs + 1, 6))  # at least 2 modules a row
+    filters = int(rng.integers(2, 4))  # at least 2 filters, so the ball splits them
+    n = int(rng.choice([1, 3, 7]))
+    text = LOCAL.format(channels=c, filters=filters, groups=groups, fs=fs, pad=pad, stride=stride)
+    x = rng.standard_normal((n, c, size, size))
+    y = rng.integers(0, 3, (n, 1)).astype(np.float32)
+    kg = (c // groups) * fs * fs
+    F = filters * groups
+    seed = int(rng.integers(1 << 30))
+    eps = 0.5
+    # a ball that the largest module norms after the step exceed and the smallest do not
+    free, _, _ = step(text, PARAMS.format(eps=eps, wball=0), (x, y), n, seed)
+    wball = float(np.median(np.sqrt((free.get("loc.weights[0]").astype(np.float64).reshape(-1, kg, F) ** 2).sum(1))))
+    net, before, grads = step(text, PARAMS.format(eps=eps, wball=wball), (x, y), n, seed)
+    w0, inc0 = before["loc.weights[0]"]
+    exp_w, exp_inc = reference_update(w0, inc0, grads["loc.weights[0]"], eps, 0.7, 0.01, n, wball, kg)
+    got = net.get("loc.weights[0]")
+    np.testing.assert_allclose(got, exp_w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.get("loc.weights[0]", "inc"), exp_inc, rtol=1e-5, atol=1e-6)
+    norms = np.sqrt((got.astype(np.float64).reshape(-1, kg, F) ** 2).sum(1))
+    assert norms.max() <= wball * (1 + 1e-5)
+    # some filters were capped and some not, and capping whole columns would give other weights
+    unc = np.asarray(w0, np.float64) + exp_inc
+    unc_norms = np.sqrt((unc.reshape(-1, kg, F) ** 2).sum(1))
+    assert (unc_norms > wball).any() and (unc_norms < wball).any()
+    col_w, _ = reference_update(w0, inc0, grads["loc.weights[0]"], eps, 0.7, 0.01, n, wball, got.shape[0])
+    assert not np.allclose(got, col_w, rtol=1e-4, atol=1e-5)
+    # the fc layer's columns are capped whole
+    f0, finc0 = before["fc.weights[0]"]
+    exp_fc, _ = reference_update(f0, finc0, grads["fc.weights[0]"], eps, 0.7, 0.01, n, wball, f0.shape[0])
+    np.testing.assert_allclose(net.get("fc.weights[0]"), exp_fc, rtol=1e-5, atol=1e-6)
+
+
+def test_wball_leaves_frozen_weights_alone():
+    # cuda-convnet2 constrains only weights whose learning rate is positive
+    rng = np.random.default_rng()
+    text = LOCAL.format(channels=2, filters=2, groups=1, fs=2, pad=0, stride=1)
+    x, y = rng.standard_normal((4, 2, 3, 3)), rng.integers(0, 3, (4, 1)).astype(np.float32)
+    net, before, grads = step(text, PARAMS.format(eps=0.0, wball=1e-3), (x, y), 4)
+    for name in ("loc.weights[0]", "fc.weights[0]"):
+        w0, inc0 = before[name]
+        np.testing.assert_allclose(net.get(name), w0.astype(np.float64) + 0.7 * inc0 - 0.0, rtol=1e-6, atol=1e-7)
+        assert np.abs(net.get(name)).max() > 1e-2  # far outside the ball: not capped
+
+
+# ---- neuron= on cost layers ------------------------------------------------------------------
+COST_NET = """
+[data]
+type=data
+dataIdx=0
+
+[labels]
+type=data
+dataIdx=1
+
+[fc]
+type=fc
+inputs=data
+outputs=3
+initW=0.3
+
+[probs]
+type=softmax
+inputs=fc
+
+[logprob]
+type=cost.logreg
+inputs=labels,probs
+{neuron}
+"""
+
+
+@pytest.mark.parametrize("neuron", ["neuron=logistic", "neuron=tanh[1.7,0.66]", "neuron=whatever[1]"])
+def test_neuron_on_a_cost_layer_is_a_no_op(neuron):
+    rng = np.random.default_rng()
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    y = rng.integers(0, 3, (5, 1)).astype(np.float32)
+    costs = []
+    for extra in ("", neuron):
+        net = ccn.Net("l.cfg", "p.cfg", data_dims={0: 4, 1: 1}, layers_text=COST_NET.format(neuron=extra),
+                      params_text="[fc]\nepsW=0.1\nepsB=0.1\nmomW=0\nmomB=0\nwc=0\n[logprob]\ncoeff=1\n", seed=2)
+        assert [l.neuron for l in net.layers if l.name == "logprob"] in (["ident"], [""])
+        costs.append(net.train_step([x, y], 0.0, 5))
+        costs.append(net.get("fc.weights[0]"))
+    assert costs[0] == costs[2]
+    np.testing.assert_array_equal(costs[1], costs[3])
+
+
+def test_neuron_elsewhere_is_still_checked():
+    from ccn.errors import ConfigError
+
+    text = COST_NET.format(neuron="").replace("initW=0.3", "initW=0.3\nneuron=whatever[1]")
+    with pytest.raises(ConfigError, match="neuron"):
+        ccn.Net("l.cfg", None, data_dims={0: 4, 1: 1}, layers_text=text)
