@@ -58,6 +58,9 @@ from .errors import CcnRuntimeError, ConfigError
 
 _MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
 TAG_ARRIVE = 7701
+TAG_BEAT = 7702
+BEAT_S = 0.5     # heartbeat interval of the watchdog threads
+STALE_S = 2.0    # no heartbeat for this long: the rank is frozen or gone
 DEFAULT_TIMEOUT = 600.0
 
 
@@ -129,6 +132,11 @@ class World:
         self._rbuf = {r: np.zeros(1, np.int64) for r in self._peers}
         self._rreq = {r: self.comm.Irecv(self._rbuf[r], source=r, tag=TAG_ARRIVE) for r in self._peers}
         self._sends: list = []
+        # heartbeats from the watchdog threads, same directions: a rank frozen inside a collective
+        self._hbuf = {r: np.zeros(1, np.int64) for r in self._peers}
+        self._hreq = {r: self.comm.Irecv(self._hbuf[r], source=r, tag=TAG_BEAT) for r in self._peers}
+        self._last_beat = {r: time.monotonic() for r in self._peers}
+        self._beat_sends: list = []
         self._stopped = False
         self._thread = threading.Thread(target=self._watch, name="ccn-dp-watchdog", daemon=True)
         self._thread.start()
@@ -153,32 +161,63 @@ class World:
         self._poll_arrivals()
 
     # -- the watchdog
+    def _beat(self) -> None:
+        if self._stopped:
+            return
+        self._beat_sends = [b for b in self._beat_sends if not b[0].Test()]
+        for r in self._peers:
+            buf = np.array([1], np.int64)
+            self._beat_sends.append((self.comm.Isend(buf, dest=r, tag=TAG_BEAT), buf))
+        now = time.monotonic()
+        for r in self._peers:
+            while self._hreq[r].Test():
+                self._last_beat[r] = now
+                self._hreq[r] = self.comm.Irecv(self._hbuf[r], source=r, tag=TAG_BEAT)
+
+    def _culprits(self, seq: int, what: str) -> list[str]:
+        """The peers to blame: frozen ones (no heartbeat), else those that never reached ``seq``."""
+        now = time.monotonic()
+        frozen = [r for r in self._peers if now - self._last_beat[r] > STALE_S]
+        if frozen:
+            return [f"{self.describe(r)} stopped responding (no heartbeat for {now - self._last_beat[r]:.0f} s) "
+                    f"during {what}" for r in frozen]
+        self._poll_arrivals()
+        return [f"{self.describe(r)} did not reach {what}" for r in self._peers if self._arrived[r] < seq]
+
     def _watch(self) -> None:
-        while True:
-            time.sleep(0.2)
+        next_beat = 0.0
+        while not self._stopped:
+            time.sleep(0.1)
+            if time.monotonic() >= next_beat:
+                self._beat()
+                next_beat = time.monotonic() + BEAT_S
             with self._lock:
                 deadline, what, seq = self._deadline, self._what, self.seq + 1
             if deadline is None or time.monotonic() < deadline:
                 continue
-            with self._lock:  # the collective may have finished meanwhile
-                if self._deadline is None:
-                    continue
-            self._poll_arrivals()
-            missing = [r for r in self._peers if self._arrived[r] < seq]
             t = f"{self.timeout:g}"
             hint = ("It died or hangs; the job is stopped. If steps (or rank 0's checkpoint writing) can take that "
                     "long, raise the limit with CCN_DP_TIMEOUT=SECONDS.")
-            if self.rank == 0:
-                names = ", ".join(self.describe(r) for r in missing) or "no rank (all arrived; the MPI transport hangs)"
-                msg = f"data-parallel training stopped: {names} did not reach {what} (step {seq}) within {t} s. {hint}"
-                self._die(msg)
-            elif missing:  # rank 0 itself never arrived
-                self._die(f"data-parallel training stopped: {self.describe(0)} did not reach {what} (step {seq}) "
-                          f"within {t} s (seen from {self.describe(self.rank)}). {hint}")
-            else:  # rank 0 is waiting too and names the missing rank; give it time to do so
+            culprits: list[str] = []
+            t_end = time.monotonic() + 2 * STALE_S  # a rank frozen just now shows up a moment later
+            while not culprits and time.monotonic() < t_end:
+                with self._lock:  # the collective may have finished meanwhile
+                    if self._deadline is None:
+                        break
+                culprits = self._culprits(seq, what)
+                if not culprits:
+                    time.sleep(BEAT_S)
+                    self._beat()
+            with self._lock:
+                if self._deadline is None:
+                    continue
+            if self.rank == 0 or culprits:  # on other ranks the only peer is rank 0
+                names = "; ".join(culprits) or f"every rank reached {what} but it did not finish"
+                self._die(f"data-parallel training stopped at step {seq} after {t} s: {names}. {hint}")
+            else:  # rank 0 is alive and waiting too: it names the culprit; give it time to do so
                 time.sleep(min(10.0, self.timeout))
                 self._die(f"data-parallel training stopped: {self.describe(self.rank)} waited more than {t} s for "
-                          f"{what} (step {seq}); rank 0 names the rank(s) that did not arrive. {hint}")
+                          f"{what} (step {seq}); rank 0 names the rank(s) at fault. {hint}")
 
     def _die(self, msg: str, code: int = 1) -> None:
         try:
@@ -226,19 +265,22 @@ class World:
         """Cancel the pending notes so MPI can finalise (all ranks have finished together)."""
         if self._stopped:
             return
+        self._collective("the end of training", self.comm.Barrier)
         self._stopped = True
-        with self._lock:
-            self._deadline = None
-        self.comm.Barrier()
         for s, _ in self._sends:
             s.Wait()
         self._poll_arrivals()
-        for r in self._peers:
-            self._rreq[r].Cancel()
-            try:
-                self._rreq[r].Wait()
-            except Exception:
-                pass
+        self._thread.join(timeout=5)
+        for s, _ in self._beat_sends:
+            s.Wait()
+        self.comm.Barrier()  # every rank's heartbeats are sent before the receives are cancelled
+        for reqs in (self._rreq, self._hreq):
+            for r in self._peers:
+                reqs[r].Cancel()
+                try:
+                    reqs[r].Wait()
+                except Exception:
+                    pass
 
 
 def split_rows(n: int, size: int, rank: int) -> tuple[int, int]:
