@@ -290,9 +290,12 @@ def _run_train(given: dict, load_file, out, stop_after, world):
                   init=False)
         ck.restore_net(net, ckpt)
         opts["seed"] = int(ckpt.position.get("seed", opts["seed"]))
-    if net.gpus_needed > 1:
-        raise ConfigError(f"{net.layers_path}: this net needs {net.gpus_needed} GPUs (its layers use gpu= up to "
-                          f"{net.gpus_needed - 1}); multi-GPU training is not available yet.")
+    layout_line = None
+    if net.gpus_needed > 1:  # cuda-convnet2's gpu= layouts: logical devices, all in this process on the CPU
+        from ..layout import layout_of
+
+        layout_line = (f"  gpu= layout: {layout_of(net).describe()}; simulated on the CPU: every logical device "
+                       "runs in this process, which computes exactly the single-device result")
 
     # ---- state and checks before the first step
     from ..train import Trainer, TrainConfig, TrainState
@@ -325,6 +328,8 @@ def _run_train(given: dict, load_file, out, stop_after, world):
     echo(f"  params file {net.params_path}; {len(net.layers)} layers, {nparams} weights")
     echo(f"  data {opts['data_path']}: train batches {_compact(train_range)}, test batches {_compact(test_range)}")
     echo(f"  {cfg.epochs} epochs, minibatch {cfg.mini}, test every {cfg.test_freq} batches; seed {opts['seed']}")
+    if layout_line:
+        echo(layout_line)
     if world is not None:
         hosts = len({h for h, _ in world.where})
         echo(f"  data parallel over {world.size} MPI ranks on {hosts} machine{'s' if hosts > 1 else ''}: each "
