@@ -104,7 +104,7 @@ def init_world() -> "World | None":
         from mpi4py import MPI
     except ImportError as e:
         raise ConfigError(f"this process was started by an MPI launcher with {size} ranks, but mpi4py is not "
-                          f"installed ({e}); install it with: pip install mpi4py mpich (or pip install 'ccn[mpi]').") \
+                          f"installed ({e}); install it with: pip install mpi4py mpich (or, in a ccn checkout, pip install '.[mpi]').") \
             from e
     return World(MPI, _timeout())
 
