@@ -223,6 +223,7 @@ class World:
         try:
             sys.stderr.write(f"error: {msg}\n")
             sys.stderr.flush()
+            time.sleep(1.0)  # let the launcher forward the message before the abort tears the job down
         finally:
             os.environ["CCN_DP_ABORTED"] = "1"
             self.comm.Abort(code)
