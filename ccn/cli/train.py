@@ -167,13 +167,27 @@ def train(ctx, **kw):
 
 
 def run_train(given: dict, load_file: str | None = None, out=None, stop_after: int | None = None):
-    """The command without Click: ``given`` maps option names (as in DEFAULTS) to values."""
+    """The command without Click: ``given`` maps option names (as in DEFAULTS) to values.
+
+    Started by an MPI launcher (``mpiexec -n N ccn train ...``) it trains data-parallel over
+    the N ranks (see :mod:`ccn.parallel`)."""
+    from ..parallel import init_world, run_guarded
+
+    return run_guarded(init_world(), lambda world: _run_train(given, load_file, out, stop_after, world))
+
+
+def _run_train(given: dict, load_file, out, stop_after, world):
     from .. import checkpoint as ck
     from .. import __version__
     from ..netfiles import find_params_file
 
     ckpt = None
     opts = dict(DEFAULTS)
+    cli_mode = out is None
+    if world is not None and world.rank != 0:  # rank 0 prints; the others report only errors
+        from ..parallel import _Quiet
+
+        out = _Quiet()
     if load_file:
         ckpt = ck.load(load_file)
         opts.update({k: v for k, v in ckpt.options.items() if k in DEFAULTS})
@@ -215,12 +229,16 @@ def run_train(given: dict, load_file: str | None = None, out=None, stop_after: i
         raise InputError(f"{opts['data_path']}: the data path does not exist or is not a folder (--data-path).")
     if opts["seed"] is None:
         opts["seed"] = secrets.randbelow(2**31)
+    if world is not None:  # the same weights and data order on every rank
+        opts["seed"] = world.comm.bcast(opts["seed"], root=0)
 
     from .._native import core
     from ..net import Net
 
     if opts["threads"]:
         core.set_threads(int(opts["threads"]))
+    elif world is not None and world.local_size > 1:  # ranks sharing a machine share its cores
+        core.set_threads(max(1, (os.cpu_count() or 1) // world.local_size))
 
     # ---- data
     mod, open_fn = _provider_module(opts["data_provider"])
@@ -279,9 +297,12 @@ def run_train(given: dict, load_file: str | None = None, out=None, stop_after: i
         say = (lambda s: print(s, file=out, flush=True)) if out is not None else click.echo
         net = rewrite(net, opts["conv_to_local"], opts["unshare_weights"], echo=say)
     opts["conv_to_local"], opts["unshare_weights"] = "", ""
-    if net.gpus_needed > 1:
-        raise ConfigError(f"{net.layers_path}: this net needs {net.gpus_needed} GPUs (its layers use gpu= up to "
-                          f"{net.gpus_needed - 1}); multi-GPU training is not available yet.")
+    layout_line = None
+    if net.gpus_needed > 1:  # cuda-convnet2's gpu= layouts: logical devices, all in this process on the CPU
+        from ..layout import layout_of
+
+        layout_line = (f"  gpu= layout: {layout_of(net).describe()}; simulated on the CPU: every logical device "
+                       "runs in this process, which computes exactly the single-device result")
 
     # ---- state and checks before the first step
     from ..train import Trainer, TrainConfig, TrainState
@@ -291,7 +312,8 @@ def run_train(given: dict, load_file: str | None = None, out=None, stop_after: i
         raise InputError(f"{ckpt.path} was saved in the middle of a data batch with --mini "
                          f"{ckpt.options.get('mini')}; resume it with the same --mini (or from a checkpoint saved "
                          "between batches).")
-    ck.check_writable(opts["save_path"])
+    if world is None or world.rank == 0:
+        ck.check_writable(opts["save_path"])
     saved_opts = {k: v for k, v in opts.items()}
     cfg = TrainConfig(epochs=int(opts["epochs"]), mini=int(opts["mini"]), test_freq=int(opts["test_freq"]),
                       test_one=bool(opts["test_one"]), save_path=opts["save_path"],
@@ -299,7 +321,13 @@ def run_train(given: dict, load_file: str | None = None, out=None, stop_after: i
                       provider_seed=int(opts["seed"]), multiview=bool(opts["multiview_test"]),
                       options=saved_opts,
                       progress_bar=out is None and sys.stdout.isatty())
-    trainer = Trainer(net, train_dp, test_dp, cfg, state=state, out=out)
+    if world is None:
+        trainer = Trainer(net, train_dp, test_dp, cfg, state=state, out=out)
+    else:
+        from ..parallel import data_parallel_trainer
+
+        saved_opts["world_size"] = world.size
+        trainer = data_parallel_trainer(world, net, train_dp, test_dp, cfg, state, out)
     echo = (lambda s: print(s, file=out, flush=True)) if out is not None else (lambda s: click.echo(s))
     nparams = sum(p.shape[0] * p.shape[1] for p in net.params)
     echo("=========================")
@@ -307,8 +335,20 @@ def run_train(given: dict, load_file: str | None = None, out=None, stop_after: i
     echo(f"  params file {net.params_path}; {len(net.layers)} layers, {nparams} weights")
     echo(f"  data {opts['data_path']}: train batches {_compact(train_range)}, test batches {_compact(test_range)}")
     echo(f"  {cfg.epochs} epochs, minibatch {cfg.mini}, test every {cfg.test_freq} batches; seed {opts['seed']}")
+    if layout_line:
+        echo(layout_line)
+    if world is not None:
+        hosts = len({h for h, _ in world.where})
+        echo(f"  data parallel over {world.size} MPI ranks on {hosts} machine{'s' if hosts > 1 else ''}: each "
+             f"minibatch of {cfg.mini} is split into {world.size} parts of about {cfg.mini // world.size}; "
+             "gradients summed by one all-reduce per step")
     if ckpt is not None:
         echo(f"  resuming from {ckpt.path}")
+        saved_ws = int(ckpt.options.get("world_size", 1))
+        if saved_ws != (world.size if world is not None else 1):
+            echo(f"  the checkpoint was written by {saved_ws} rank{'s' if saved_ws > 1 else ''}, this run has "
+                 f"{world.size if world is not None else 1}: training continues the same run (the global minibatch "
+                 "and the state are the same), equal up to float rounding rather than bitwise")
     echo(f"Saving checkpoints to {cfg.save_path}")
     echo("=========================")
     try:
@@ -321,7 +361,7 @@ def run_train(given: dict, load_file: str | None = None, out=None, stop_after: i
     if result.interrupted:
         where = result.checkpoint or "(nothing saved)"
         echo(f"Stopped by Ctrl-C. Resume with: ccn train -f {cfg.save_path}  (checkpoint {where})")
-        if out is None:
+        if cli_mode:
             sys.exit(130)
     return result
 

@@ -13,7 +13,8 @@
 // (m/keep or m) after a training pass, 1 or keep after a testing pass.
 // The mask is m = [uniform01(seed, stream, n*D + j) < keep] with stream derived from the
 // net's step (training passes done) and this layer's position, so a run is reproducible and
-// does not depend on the number of threads.
+// does not depend on the number of threads. n is the case's row in the global minibatch
+// (ctx.case_offset + local row), so data-parallel ranks draw the single-process mask.
 // Layout: in, out, mask: N x D, rows = cases, element-wise.
 #include "layers/layer.h"
 
@@ -48,9 +49,10 @@ class DropoutLayer : public Layer {
       const float keep = (float)keep_;
       const uint64_t seed = ctx.seed;
       const uint64_t stream = mix64(ctx.step ^ 0xD1B54A32D192ED03ULL) ^ (uint64_t)ctx.layer_id;
+      const uint64_t first = (uint64_t)(ctx.case_offset * o.cols());  // global index of element 0
 #pragma omp parallel for schedule(static) if (sz > 16384)
       for (int64_t k = 0; k < sz; ++k) {
-        m[k] = uniform01(seed, stream, (uint64_t)k) < keep ? on : 0.f;
+        m[k] = uniform01(seed, stream, first + (uint64_t)k) < keep ? on : 0.f;
         y[k] = x[k] * m[k];
       }
     } else {

@@ -65,6 +65,10 @@ struct PassCtx {
   uint64_t seed = 0;       // the net's seed
   uint64_t step = 0;       // forward passes done in training, for counter-based random numbers
   int layer_id = 0;
+  // Data parallel (ccn/parallel.py): the row of this minibatch's first case within the
+  // global minibatch that all ranks together process; per-case random numbers are indexed
+  // by the global case, so N ranks draw what one process at the whole minibatch draws.
+  int64_t case_offset = 0;
 };
 
 class Net;

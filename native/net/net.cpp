@@ -258,6 +258,7 @@ void Net::fprop(const std::vector<const Mat*>& data, bool train) {
   ctx.train = train;
   ctx.seed = seed;
   ctx.step = step;
+  ctx.case_offset = case_offset;
   for (size_t i = 0; i < layers_.size(); ++i) {
     Layer* l = layers_[i].get();
     ctx.layer_id = (int)i;
@@ -306,6 +307,7 @@ void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
   ctx.train = true;
   ctx.seed = seed;
   ctx.step = step;
+  ctx.case_offset = case_offset;
   Mat empty;
   for (int i = (int)layers_.size() - 1; i >= 0; --i) {
     Layer* l = layers_[i].get();

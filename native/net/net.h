@@ -66,6 +66,8 @@ class Net {
   // forward passes; both are part of a checkpoint.
   uint64_t seed = 0;
   uint64_t step = 0;
+  // Data parallel: global row of this net's first case (see PassCtx::case_offset); 0 alone.
+  int64_t case_offset = 0;
 
   Param* make_param(const std::string& layer, const std::string& name, int64_t rows, int64_t cols, bool is_bias);
 

@@ -237,6 +237,7 @@ void Net::fprop_cuda(const std::vector<const Mat*>& data, bool train) {
   ctx.train = train;
   ctx.seed = seed;
   ctx.step = step;
+  ctx.case_offset = case_offset;
   for (size_t i = 0; i < layers_.size(); ++i) {
     Layer* l = layers_[i].get();
     if (l->is_data()) continue;
@@ -290,6 +291,7 @@ void Net::bprop_cuda(const std::map<std::string, const Mat*>& seeds) {
   ctx.train = true;
   ctx.seed = seed;
   ctx.step = step;
+  ctx.case_offset = case_offset;
   auto act_of = [&](Layer* in) {
     return in->is_data() ? DevMat{nc.ddata[s][in->data_idx()].data(), n, in->out.size()}
                          : view(nc.act[in->id], n, in->out.size());

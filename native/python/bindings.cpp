@@ -386,5 +386,46 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("gpus_needed", &Net::gpus_needed)
       .def_property_readonly("num_cases", &Net::num_cases)
       .def_readwrite("seed", &Net::seed)
-      .def_readwrite("step", &Net::step);
+      .def_readwrite("step", &Net::step)
+      .def_readwrite("case_offset", &Net::case_offset)
+      // Data parallel (ccn/parallel.py): every parameter's grad, in params() order, as one
+      // contiguous float32 vector (weights shared through weightSource appear once).
+      .def_property_readonly("grad_size",
+                             [](const Net& net) {
+                               int64_t n = 0;
+                               for (const auto& p : net.params()) n += p->grad.size();
+                               return n;
+                             })
+      .def("read_grads",
+           [](Net& net, py::array_t<float, py::array::c_style> out) {
+             int64_t n = 0;
+             for (const auto& p : net.params()) n += p->grad.size();
+             if (out.ndim() != 1 || out.shape(0) != n)
+               input_error("read_grads: expected a 1-d float32 array of ", n, " values.");
+             if (net.on_device()) net.pull_params();
+             float* dst = out.mutable_data();
+             py::gil_scoped_release nogil;
+             for (const auto& p : net.params()) {
+               if (p->grad.size()) std::memcpy(dst, p->grad.data(), (size_t)p->grad.size() * sizeof(float));
+               dst += p->grad.size();
+             }
+           },
+           py::arg("out"))
+      .def("write_grads",
+           [](Net& net, py::array_t<float, py::array::c_style> in) {
+             int64_t n = 0;
+             for (const auto& p : net.params()) n += p->grad.size();
+             if (in.ndim() != 1 || in.shape(0) != n)
+               input_error("write_grads: expected a 1-d float32 array of ", n, " values.");
+             const float* src = in.data();
+             {
+               py::gil_scoped_release nogil;
+               for (const auto& p : net.params()) {
+                 if (p->grad.size()) std::memcpy(p->grad.data(), src, (size_t)p->grad.size() * sizeof(float));
+                 src += p->grad.size();
+               }
+             }
+             if (net.on_device()) net.push_params();
+           },
+           py::arg("array"));
 }

@@ -322,12 +322,20 @@ def test_cli_bad_inputs(setup):
     _expect(cli("-f", str(tmp / "empty")), 2, "holds no complete checkpoint")
 
 
-def test_multi_gpu_net_is_refused(setup):
+def test_multi_gpu_net_trains_on_logical_devices_like_one_device(setup):
+    """gpu= layouts run on the CPU as logical devices in one process: the single-device result."""
     tmp, data, layers, _ = setup
-    text = open(layers).read().replace("outputs=8\n", "outputs=8\ngpu=1\n")
+    train(opts(tmp, data, layers, epochs=1, save_path=str(tmp / "one")))
+    text = open(layers).read().replace("outputs=8\n", "outputs=8\ngpu=0,1\n").replace("outputs=3\n",
+                                                                                         "outputs=3\ngpu=1\n")
     open(layers, "w").write(text)
-    with pytest.raises(ConfigError, match="needs 2 GPUs"):
-        train(opts(tmp, data, layers))
+    _, out = train(opts(tmp, data, layers, epochs=1, save_path=str(tmp / "multi")))
+    assert "gpu= layout: hybrid (data parallel + model parallel) over 2 logical devices" in out
+    assert "simulated on the CPU" in out
+    wa, _ = weights_of(tmp / "one")
+    wb, _ = weights_of(tmp / "multi")
+    for k in wa:
+        assert np.array_equal(wa[k], wb[k]), k
 
 
 @pytest.fixture
