@@ -170,7 +170,10 @@ def show_net(layers_path, params_path, image_size, data_dims):
     if note:
         console.print(f"params: {note}")
     if net.gpus_needed > 1:
-        console.print(f"this net needs {net.gpus_needed} GPUs (gpu= in {layers_path}); multi-GPU training is not "
-                      "yet supported — show-net works.")
+        from ..layout import layout_of
+
+        console.print(f"this net needs {net.gpus_needed} GPUs (gpu= in {layers_path}): "
+                      f"{layout_of(net).describe()}. On the CPU, ccn train simulates the layout in one process; "
+                      "training it across GPUs is not supported yet.")
     else:
         console.print("GPUs: 1")

@@ -100,7 +100,7 @@ def test_multi_gpu_line(net_files):
     (net_files / "net.ini").write_text(NET.replace("neuron=relu", "neuron=relu\ngpu=0,1,2"))
     r = invoke("--layers", str(net_files / "net.ini"), "--data-dims", "0=7")
     assert r.exit_code == 0, r.output
-    assert "this net needs 3 GPUs (gpu= in" in r.output and "multi-GPU training is not yet supported" in r.output
+    assert "this net needs 3 GPUs (gpu= in" in r.output and "training it across GPUs is not supported yet" in r.output
 
 
 def test_without_params_file(tmp_path):
