@@ -42,6 +42,8 @@ def atomic_write(path: str, chunks) -> str:
         os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             for c in chunks:
+                if not isinstance(c, bytes) and memoryview(c).nbytes == 0:
+                    continue  # an empty array (memoryview cannot cast a zero-size view)
                 mv = memoryview(c).cast("B") if not isinstance(c, bytes) else c
                 h.update(mv)
                 f.write(mv)

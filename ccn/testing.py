@@ -85,8 +85,27 @@ def topk_of(net, logreg_name: str) -> int:
 
 
 # ---- data -------------------------------------------------------------------------------------
-def open_test_provider(opts: dict, batches: list[int], multiview: bool):
-    """The test data provider for ``batches``, opened the way ``ccn train`` opened it."""
+def check_data_dims(expected: dict, dp, data_path: str, what: str, options: str = "--data-path") -> None:
+    """Refuse a provider whose per-case data sizes differ from those ``what`` (a net or a
+    checkpoint) was built for: name the data path and both sizes, not a layer deep inside."""
+    from .net import _dims
+
+    want = _dims(expected)
+    try:
+        got = _dims(dp.data_dims())
+    except (AttributeError, TypeError, ValueError):
+        return  # a provider without usable data_dims() is reported when its data arrive
+    fmt = lambda d: "x".join(str(x) for x in d)  # noqa: E731
+    for idx, shape in sorted(want.items()):
+        have = got.get(idx)
+        if have is not None and have != shape and int(np.prod(have)) != int(np.prod(shape)):
+            raise InputError(f"{data_path}: its data for dataIdx {idx} are {fmt(have)} values per case, but {what} "
+                             f"was trained on {fmt(shape)}; give the {options} it was trained with.")
+
+
+def open_test_provider(opts: dict, batches: list[int], multiview: bool, net=None):
+    """The test data provider for ``batches``, opened the way ``ccn train`` opened it (and,
+    given ``net``, checked to deliver the data sizes the net was built for)."""
     from .cli.train import _FallbackProviderOptions, _provider_module
 
     data_path = opts.get("data_path")
@@ -107,7 +126,16 @@ def open_test_provider(opts: dict, batches: list[int], multiview: bool):
     popts = popt_cls(inner_size=int(opts.get("inner_size") or 0), color_noise=0.0,
                      scalar_mean=None if sm is None or sm == -1 else float(sm), multiview=bool(multiview),
                      seed=int(opts.get("seed") or 0), threads=int(opts.get("threads") or 0))
-    return open_fn(data_path, list(batches), train=False, options=popts)
+    dp = open_fn(data_path, list(batches), train=False, options=popts)
+    if net is not None:
+        try:
+            check_data_dims(net.data_dims, dp, data_path, "the checkpoint's net")
+        except InputError:
+            close = getattr(dp, "close", None)
+            if callable(close):
+                close()
+            raise
+    return dp
 
 
 def as_matrices(data, batch: int) -> list[np.ndarray]:

@@ -36,6 +36,11 @@ def check_output(path: str, what: str = "picture") -> str:
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise InputError(f"{path}: is a folder; give a file name for the {what} (-o FILE).")
+    parent = folder
+    while parent and not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise InputError(f"{path}: cannot write the {what} there: {parent} is a file, not a folder.")
     if not os.path.isdir(folder):
         raise InputError(f"{path}: cannot write the {what} there: the folder {folder} does not exist.")
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -98,6 +103,9 @@ def layer_filters(net, layer_name: str, input_idx: int = 0, channels: int | None
         raise InputError(f"--input-idx {input_idx}: layer '{layer_name}' has {len(layer.weights)} weight "
                          f"matri{'x' if len(layer.weights) == 1 else 'ces'} (one per input: "
                          f"{', '.join(layer.inputs)}); give 0..{len(layer.weights) - 1}.")
+    if module and layer.type != "local":
+        raise InputError(f"--module {module}: layer '{layer_name}' has type {layer.type}; --module picks a module "
+                         "of a local layer (unshared filters), leave it out for other layers.")
     w = np.asarray(net.get(layer.weights[input_idx]), np.float32)
     rows, nf = w.shape
     src = layers.get(layer.inputs[input_idx]) if input_idx < len(layer.inputs) else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from ..errors import CcnRuntimeError
+from .options import SEED, Finite
 
 
 @click.command("check-grads")
@@ -26,9 +27,9 @@ from ..errors import CcnRuntimeError
 @click.option("--samples", type=click.IntRange(1, 10**7), default=60, show_default=True,
               help="Entries checked per matrix (all of them when smaller).")
 @click.option("--inputs/--no-inputs", default=True, show_default=True, help="Also check the gradients w.r.t. the data.")
-@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.02, show_default=True,
+@click.option("--threshold", type=Finite(0, min_open=True, max=1), default=0.02, show_default=True,
               help="Largest relative error that passes.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weights and the random data.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the weights and the random data.")
 def check_grads(layers_path, params_path, image_size, data_dims, mini, samples, inputs, threshold, seed):
     """Check a net's gradients against finite differences (2% rule).
 

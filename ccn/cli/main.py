@@ -55,6 +55,13 @@ class CcnGroup(click.Group):
         except KeyboardInterrupt:
             _print_error("interrupted.")
             ctx.exit(130)
+        except MemoryError as e:  # a run-time failure, not a bug: sizes too large for this machine
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            detail = f" ({e})" if str(e) else ""
+            _print_error(f"out of memory{detail}. Nothing was saved by this step; try smaller sizes (--batch-size, "
+                         "--mini, --image-size) or a machine with more memory.")
+            ctx.exit(1)
         except Exception as e:  # a bug in ccn
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()

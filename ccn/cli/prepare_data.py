@@ -13,6 +13,7 @@ import time
 
 import click
 
+from . import options as opt
 
 
 def _progress(description: str, total: int | None, unit: str = "batches"):
@@ -60,7 +61,7 @@ def _span(nums) -> str:
 
 
 OUT = click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
-SEED = click.option("--seed", default=0, show_default=True, type=int, help="Seed of the shuffle / generator.")
+SEED = click.option("--seed", default=0, show_default=True, type=opt.SEED, help="Seed of the shuffle / generator.")
 OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace a different dataset already in --out.")
 
 
@@ -131,7 +132,8 @@ def mnist_cmd(src, out, batch_size, fashion, overwrite):
     _summary(meta, out, time.time() - t)
 
 
-WORKERS = click.option("--workers", "-j", default=0, type=int, help="Worker processes (0 = all cores).")
+WORKERS = click.option("--workers", "-j", default=0, type=click.IntRange(0, 512),
+                       help="Worker processes (0 = all cores).")
 QUALITY = click.option("--quality", default=90, show_default=True, type=click.IntRange(1, 100),
                        help="JPEG quality of the re-encoded images.")
 CROP = click.option("--crop/--no-crop", default=True, show_default=True,

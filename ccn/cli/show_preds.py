@@ -11,6 +11,8 @@ from __future__ import annotations
 import click
 import numpy as np
 
+from .options import SEED
+
 
 @click.command("show-preds")
 @click.option("-f", "--load-file", "load_file", required=True, type=str,
@@ -19,7 +21,7 @@ import numpy as np
               help="Show only images whose top-1 prediction is wrong.")
 @click.option("-o", "--output", type=str, help="PNG file to write. [preds-CHECKPOINT.png, errors-CHECKPOINT.png]")
 @click.option("--num", type=click.IntRange(1, 64), default=8, show_default=True, help="How many images.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random choice of images.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random choice of images.")
 @click.option("--logreg-name", type=str, help="The cost.logreg layer whose predictions to show. [the first one]")
 @click.option("--test-range", type=str, help="Test batches to take images from. [the checkpoint's]")
 @click.option("--data-path", type=str, help="Folder of the data batches. [the checkpoint's]")
@@ -77,7 +79,7 @@ def write_preds(load_file, *, only_errors=False, output=None, num=8, seed=0, log
     if not opts.get("test_range"):
         raise InputError("the checkpoint names no test range; give --test-range.")
     batches = parse_range(opts["test_range"], "--test-range")
-    dp = T.open_test_provider(opts, batches, multiview=False)
+    dp = T.open_test_provider(opts, batches, multiview=False, net=net)
     mini = int(opts.get("mini") or 128)
     loaded: dict = {}
     found: list = []  # (batch, case, label, probs)

@@ -23,6 +23,7 @@ import click
 import numpy as np
 
 from ..errors import InputError
+from .options import THREADS, check_threads
 from .train import BOOL01
 
 
@@ -40,7 +41,7 @@ from .train import BOOL01
 @click.option("--write-features", "feature_layer", type=str, help="Write this layer's outputs (with --feature-path).")
 @click.option("--feature-path", type=str, help="Folder for the features of --write-features.")
 @click.option("--test-out", type=str, help="Write per-case predictions (top 5) to this .npz or .csv file.")
-@click.option("--threads", type=click.IntRange(1), help="CPU threads of the core. [all cores]")
+@click.option("--threads", type=THREADS, help="CPU threads of the core. [all cores]")
 def test(load_file, test_range, data_path, data_provider, multiview_test, logreg_name, mini, feature_layer,
          feature_path, test_out, threads):
     """Test a checkpoint on the whole test set: the cost layers' values (negative log
@@ -106,8 +107,8 @@ def run_test_command(load_file, *, test_range=None, data_path=None, data_provide
     if opts.get("threads"):
         from .._native import core
 
-        core.set_threads(int(opts["threads"]))
-    dp = T.open_test_provider(opts, batches, mv)
+        core.set_threads(check_threads(opts["threads"]))
+    dp = T.open_test_provider(opts, batches, mv, net=net)
     names = T.cost_names(net)
     total = sum(int(dp.num_cases(b)) for b in batches)
     echo(f"ccn test: {ckpt.path}")

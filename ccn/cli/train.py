@@ -15,6 +15,7 @@ with the same signature (``FUNCTION(data_path, batch_range, *, train, options)``
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import secrets
 import sys
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import click
 
 from ..errors import CcnRuntimeError, ConfigError, InputError
+from .options import check_seed, check_threads
 
 DEFAULTS = {
     "data_path": None, "data_provider": None, "train_range": None, "test_range": None,
@@ -34,6 +36,7 @@ DEFAULTS = {
 }
 PATH_OPTIONS = ("data_path", "save_path")
 KNOWN_PROVIDERS = ("default", "auto", "cifar", "image", "imagenet", "dummy-lr-n")
+MAX_BATCHES = 1_000_000  # batches in one --train-range / --test-range
 
 
 class Bool01(click.ParamType):
@@ -66,6 +69,9 @@ def parse_range(text: str, option: str) -> list[int]:
                 a, b = int(a), int(b)
                 if b < a:
                     raise ValueError
+                if b - a + 1 > MAX_BATCHES:
+                    raise InputError(f"{option}: '{part}' names {b - a + 1} batches; a range holds at most "
+                                     f"{MAX_BATCHES}.")
                 out.extend(range(a, b + 1))
             else:
                 out.append(int(part))
@@ -73,6 +79,8 @@ def parse_range(text: str, option: str) -> list[int]:
             raise InputError(f"{option}: expected a batch range like 1-5 or 6, got '{text}'.") from None
     if any(b < 0 for b in out):
         raise InputError(f"{option}: batch numbers cannot be negative ('{text}').")
+    if len(out) > MAX_BATCHES:
+        raise InputError(f"{option}: '{text}' names {len(out)} batches; a range holds at most {MAX_BATCHES}.")
     return out
 
 
@@ -95,7 +103,14 @@ def _provider_module(name: str | None):
             fn = getattr(mod, func)
         except (ImportError, AttributeError) as e:
             raise InputError(f"--data-provider {name}: cannot load '{func}' from module '{mod_name}' ({e}).") from e
-        return mod, fn
+        except Exception as e:  # the module itself fails on import: the user's code, not ccn's
+            raise InputError(f"--data-provider {name}: importing module '{mod_name}' failed: "
+                             f"{type(e).__name__}: {e}. Rerun with --debug for the traceback.") from e
+        if not callable(fn):
+            raise InputError(f"--data-provider {name}: '{func}' in module '{mod_name}' is a {type(fn).__name__}, "
+                             "not a function; give MODULE:FUNCTION with FUNCTION(data_path, batch_range, *, train, "
+                             "options).")
+        return mod, _plugin_call(name, fn)
     if name and name.lower() not in KNOWN_PROVIDERS:
         raise InputError(f"--data-provider: unknown provider '{name}'. Leave it out to detect the kind of data from "
                          f"the batch metadata ({', '.join(KNOWN_PROVIDERS)} do the same), or give MODULE:FUNCTION "
@@ -106,6 +121,25 @@ def _provider_module(name: str | None):
         raise CcnRuntimeError(f"the data providers (ccn.data.provider) are not available in this build of ccn ({e}); "
                               "give your own with --data-provider MODULE:FUNCTION.") from e
     return mod, mod.open_provider
+
+
+def _plugin_call(name: str, fn):
+    """``fn`` (the user's provider function) with its failures reported as the provider's, not ccn's."""
+    import functools
+
+    from ..errors import CcnError
+
+    @functools.wraps(fn)
+    def call(*args, **kw):
+        try:
+            return fn(*args, **kw)
+        except CcnError:
+            raise
+        except Exception as e:
+            raise CcnRuntimeError(f"--data-provider {name}: the provider function failed: {type(e).__name__}: {e}. "
+                                  "Rerun with --debug for the traceback.") from e
+
+    return call
 
 
 def _given(ctx, name) -> bool:
@@ -221,10 +255,17 @@ def _run_train(given: dict, load_file, out, stop_after, world):
     for k, lo in (("epochs", 1), ("mini", 1), ("test_freq", 1), ("inner_size", 0)):
         if opts[k] is None or int(opts[k]) < lo:
             raise InputError(f"--{k.replace('_', '-')} must be at least {lo}, got {opts[k]}.")
+    for k, lo in (("max_filesize", 0.0), ("color_noise", 0.0), ("scalar_mean", None)):
+        v = opts[k]
+        if v is not None and (not math.isfinite(float(v)) or (lo is not None and float(v) < lo)):
+            raise InputError(f"--{k.replace('_', '-')} must be a finite number" + ("" if lo is None else " >= 0")
+                             + f", got {v}.")
     if opts["max_filesize"] is not None and opts["max_filesize"] <= 0:
         raise InputError(f"--max-filesize must be positive (MiB), got {opts['max_filesize']}.")
-    if opts["threads"] is not None and opts["threads"] < 1:
-        raise InputError(f"--threads must be at least 1, got {opts['threads']}.")
+    if opts["threads"] is not None:
+        check_threads(opts["threads"])
+    if opts["seed"] is not None:
+        check_seed(opts["seed"])
     if not os.path.isdir(opts["data_path"]):
         raise InputError(f"{opts['data_path']}: the data path does not exist or is not a folder (--data-path).")
     if opts["seed"] is None:
@@ -236,7 +277,7 @@ def _run_train(given: dict, load_file, out, stop_after, world):
     from ..net import Net
 
     if opts["threads"]:
-        core.set_threads(int(opts["threads"]))
+        core.set_threads(check_threads(opts["threads"]))
     elif world is not None and world.local_size > 1:  # ranks sharing a machine share its cores
         core.set_threads(max(1, (os.cpu_count() or 1) // world.local_size))
 
@@ -259,6 +300,12 @@ def _run_train(given: dict, load_file, out, stop_after, world):
     test_dp = open_fn(opts["data_path"], test_range, train=False,
                       options=popt_cls(multiview=bool(opts["multiview_test"]), **common))
     dims = train_dp.data_dims()
+    if ckpt is not None:
+        from ..testing import check_data_dims
+
+        saved_dims = ckpt.net_meta.get("data_dims") or {}
+        check_data_dims({int(k): v for k, v in saved_dims.items()}, train_dp, opts["data_path"],
+                        f"the checkpoint {ckpt.path}", "--data-path (and --inner-size)")
 
     # ---- net
     if ckpt is None:

@@ -47,6 +47,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import struct
 import threading
 
@@ -136,8 +137,17 @@ class BatchFile:
             self._fd = os.open(path, os.O_RDONLY)
         except OSError as e:
             raise InputError(f"cannot open batch file {path}: {e.strerror or e}.") from None
-        self.size = os.fstat(self._fd).st_size
-        head = os.pread(self._fd, 16, 0)
+        st = os.fstat(self._fd)
+        if not stat.S_ISREG(st.st_mode):
+            self.close()
+            raise InputError(f"batch file {path} is a folder (or another non-file); expected a file written by "
+                             "`ccn prepare-data`.")
+        self.size = st.st_size
+        try:
+            head = os.pread(self._fd, 16, 0)
+        except OSError as e:
+            self.close()
+            raise InputError(f"cannot read batch file {path}: {e.strerror or e}.") from None
         if len(head) < 16 or head[:8] != MAGIC:
             self.close()
             raise InputError(f"{path} is not a ccn batch file (bad magic); was it written by "

@@ -21,6 +21,7 @@ from .writer import DatasetWriter, fingerprint
 
 LABEL_NAMES = ["disc", "square", "triangle", "ring", "cross", "diamond", "hstripes", "vstripes", "dstripes",
                "checker"]
+MAX_BATCH_VALUES = 2**31 - 1
 DEFAULTS = {"train_batches": 5, "test_batches": 1, "batch_size": 2000, "image_size": 32, "seed": 0}
 
 
@@ -107,10 +108,18 @@ def prepare(out: str, *, train_batches: int = 5, test_batches: int = 1, batch_si
     """Write the built-in dataset to ``out`` (resumable); return its metadata."""
     from ..errors import InputError
 
-    if train_batches < 1 or test_batches < 0 or batch_size < 1:
-        raise InputError("the built-in dataset needs at least one training batch and a batch size of at least 1.")
+    if train_batches < 1:
+        raise InputError(f"--train-batches must be at least 1 (got {train_batches}).")
+    if test_batches < 0:
+        raise InputError(f"--test-batches must be 0 or more (got {test_batches}).")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1 (got {batch_size}).")
     if not 8 <= image_size <= 512:
         raise InputError(f"--image-size must be between 8 and 512 (got {image_size}).")
+    if batch_size * 3 * image_size * image_size > MAX_BATCH_VALUES:
+        raise InputError(f"--batch-size {batch_size} with --image-size {image_size} makes batches of "
+                         f"{batch_size * 3 * image_size * image_size} values; a batch holds at most "
+                         f"{MAX_BATCH_VALUES} (the largest matrix ccn handles): give a smaller --batch-size.")
     options = {"train_batches": train_batches, "test_batches": test_batches, "batch_size": batch_size,
                "image_size": image_size, "seed": seed}
     w = DatasetWriter(out, plan_id=fingerprint({"source": "builtin", "v": 1, **options}), storage="raw",

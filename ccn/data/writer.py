@@ -223,6 +223,12 @@ class DatasetWriter:
         test = sorted(int(k) for k, v in self.batches.items() if not v["train"])
         if not train and not test:
             raise InputError(f"nothing to write to {self.out}: the source has no images.")
+        if not any(int(v["count"]) for v in self.batches.values()):
+            first = f" (the first: {self.skipped[0][0]}: {self.skipped[0][1]})" if self.skipped else ""
+            self._clear()
+            why = (f"all {self.counts['skipped']} images read from {source} were skipped{first}"
+                   if self.counts.get("skipped") else f"{source} has no images")
+            raise InputError(f"nothing to write to {self.out}: {why}.")
         mean = self.stats.mean_image()
         mean_digest = fsutil.atomic_save_npy(os.path.join(self.out, bf.MEAN_NAME), mean)
         checksums = {bf.batch_name(int(k)): v["checksum"] for k, v in self.batches.items()}
