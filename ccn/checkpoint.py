@@ -322,7 +322,8 @@ def load(path: str, check_version: bool = True) -> Checkpoint:
         with np.load(io.BytesIO(blobs[ARRAYS]), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except Exception as e:  # a zip that passed the checksum but still fails: written wrongly
-        raise _corrupt(path, f"{ARRAYS} cannot be read: {e}") from e
+        why = "it is not a plain NumPy .npz archive" if "pickle" in str(e) else str(e).rstrip(".")
+        raise _corrupt(path, f"{ARRAYS} cannot be read: {why}") from e
     return Checkpoint(meta=meta, arrays=arrays, layers_text=blobs[LAYERS].decode("utf-8"),
                       params_text=blobs[PARAMS].decode("utf-8"), path=path)
 

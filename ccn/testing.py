@@ -38,7 +38,9 @@ def load_model(path: str):
     ckpt = ck.load(path, check_version=False)  # reading weights across versions is fine
     nm = ckpt.net_meta
     dims = {int(k): tuple(int(x) for x in v) for k, v in nm.get("data_dims", {}).items()}
-    net = Net(nm.get("layers_path") or "layers.cfg", nm.get("params_path") or "params.cfg", data_dims=dims,
+    # the texts come from the checkpoint, so errors in them name its copies (CKPT/layers.cfg), not the
+    # files they were once read from (which may have changed since)
+    net = Net(os.path.join(ckpt.path, ck.LAYERS), os.path.join(ckpt.path, ck.PARAMS), data_dims=dims,
               layers_text=ckpt.layers_text, params_text=ckpt.params_text, init=False)
     ck.restore_net(net, ckpt)
     return ckpt, net

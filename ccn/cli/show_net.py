@@ -53,6 +53,17 @@ def infer_data_dims(layers_path: str, text: str, image_size: int | None, given: 
         for inp in keys.get("inputs", "").split(","):
             consumers.setdefault(inp.strip(), []).append(name)
     dims = dict(given)
+    known = set()
+    for keys in secs.values():
+        if keys.get("type") == "data":
+            try:
+                known.add(int(keys.get("dataidx", "")))
+            except ValueError:
+                pass
+    extra = sorted(set(given) - known)
+    if extra:
+        raise InputError(f"--data-dims {extra[0]}=...: {layers_path} has no data layer with dataIdx={extra[0]} (its data "
+                         f"layers have dataIdx {', '.join(map(str, sorted(known))) or 'none'}).")
     for name, keys in secs.items():
         if keys.get("type") != "data":
             continue

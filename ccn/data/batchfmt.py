@@ -263,7 +263,16 @@ def read_meta(path: str) -> dict:
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise InputError(f"{p} has format version {meta.get('format_version')}; this ccn reads up to "
                          f"{FORMAT_VERSION}.")
+    for key, kind in _META_KEYS:
+        v = meta.get(key)
+        if not isinstance(v, kind) or (kind is list and key == "image_size" and len(v) != 2):
+            raise InputError(f"{p} is damaged: its key '{key}' is " + ("missing" if v is None else f"{v!r}")
+                             + "; prepare the data again with `ccn prepare-data`.")
     return meta
+
+
+_META_KEYS = (("label_names", list), ("num_classes", int), ("channels", int), ("image_size", list),
+              ("train_batches", list), ("test_batches", list))
 
 
 def load_mean(folder: str, meta: dict) -> np.ndarray:
@@ -271,5 +280,7 @@ def load_mean(folder: str, meta: dict) -> np.ndarray:
     try:
         m = np.load(p, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise InputError(f"cannot read the mean image {p}: {e}.") from None
+        why = e.strerror if isinstance(e, OSError) and e.strerror else "not a plain NumPy .npy array"
+        raise InputError(f"cannot read the mean image {p} ({why}); prepare the data again with "
+                         "`ccn prepare-data`.") from None
     return m.astype(np.float32)
