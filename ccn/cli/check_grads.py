@@ -11,18 +11,12 @@ from __future__ import annotations
 import click
 
 from ..errors import CcnRuntimeError
-from .options import SEED, Finite
+from .options import SEED, Finite, net_file_options
 
 
 @click.command("check-grads")
-@click.option("--layers", "layers_path", required=True, type=click.Path(dir_okay=False),
-              help="Layer-definition file (layers-*.cfg or *.ini).")
-@click.option("--params", "params_path", type=click.Path(dir_okay=False), default=None,
-              help="Layer-params file; default: found next to --layers by the params-file rule.")
-@click.option("--image-size", type=click.IntRange(1, 4096), default=None,
-              help="Image data layers are CxNxN, C from the channels= of the layers that read them.")
-@click.option("--data-dims", multiple=True, metavar="IDX=CxHxW|IDX=N",
-              help="Per-case size of dataIdx IDX (repeatable); overrides --image-size. Labels default to 1.")
+@net_file_options("Layer-params file; default: found next to --layers by the params-file rule.",
+                  max_image_size=4096)
 @click.option("--mini", type=click.IntRange(1, 4096), default=8, show_default=True, help="Cases in the random minibatch.")
 @click.option("--samples", type=click.IntRange(1, 10**7), default=60, show_default=True,
               help="Entries checked per matrix (all of them when smaller).")
@@ -35,7 +29,7 @@ def check_grads(layers_path, params_path, image_size, data_dims, mini, samples, 
 
     \b
     Example:
-      ccn check-grads --layers layer-defs/gradcheck.ini
+      ccn check-grads --layers layer-defs/gradcheck.ini --image-size 8 --data-dims 2=10
     """
     from .. import gradcheck
     from ..net import Net

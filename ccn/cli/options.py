@@ -82,3 +82,25 @@ class Finite(click.ParamType):
         if self.min is None:
             return True
         return v > self.min if self.min_open else v >= self.min
+
+
+def net_file_options(params_help: str, max_image_size: int):
+    """The options that name a net's files and its data sizes without a dataset:
+    --layers, --params, --image-size and --data-dims (see ccn.cli.show_net for the rules)."""
+
+    def decorate(f):
+        for opt in reversed([
+            click.option("--layers", "layers_path", required=True, type=click.Path(dir_okay=False),
+                         help="Layer-definition file (layers-*.cfg or *.ini)."),
+            click.option("--params", "params_path", type=click.Path(dir_okay=False), default=None,
+                         help=params_help),
+            click.option("--image-size", type=click.IntRange(1, max_image_size), default=None,
+                         help="Image data layers are CxNxN, C from the channels= of the layers that read them."),
+            click.option("--data-dims", multiple=True, metavar="IDX=CxHxW|IDX=N",
+                         help="Per-case size of dataIdx IDX (repeatable); overrides --image-size. "
+                              "Labels default to 1."),
+        ]):
+            f = opt(f)
+        return f
+
+    return decorate

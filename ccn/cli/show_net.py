@@ -18,6 +18,7 @@ import re
 import click
 
 from ..errors import InputError
+from .options import net_file_options
 
 _DIMS = re.compile(r"^\s*(\d+)\s*=\s*(\d+)(?:\s*[xX]\s*(\d+)\s*[xX]\s*(\d+))?\s*$")
 _MAX_VALUES = 2**31 - 1
@@ -107,14 +108,8 @@ def _fmt_count(n: int) -> str:
 
 
 @click.command("show-net")
-@click.option("--layers", "layers_path", required=True, type=click.Path(dir_okay=False),
-              help="Layer-definition file (layers-*.cfg or *.ini).")
-@click.option("--params", "params_path", type=click.Path(dir_okay=False), default=None,
-              help="Layer-params file; default: found next to --layers by the params-file rule (optional here).")
-@click.option("--image-size", type=click.IntRange(1, 65536), default=None,
-              help="Image data layers are CxNxN, C from the channels= of the layers that read them.")
-@click.option("--data-dims", multiple=True, metavar="IDX=CxHxW|IDX=N",
-              help="Per-case size of dataIdx IDX (repeatable); overrides --image-size. Labels default to 1.")
+@net_file_options("Layer-params file; default: found next to --layers by the params-file rule (optional here).",
+                  max_image_size=65536)
 def show_net(layers_path, params_path, image_size, data_dims):
     """Show a net's layers: type, inputs, output shape, parameters and forward MFLOPs per case.
 
