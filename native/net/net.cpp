@@ -2,6 +2,7 @@
 #include "net/net.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <functional>
 #include <set>
@@ -213,8 +214,18 @@ void Net::build(const std::map<int, Shape>& data_dims) {
   pre_.resize(n);
   grads_.resize(n);
   pre_grads_.resize(n);
+  reset_layer_times();
   compute_needs_grad();
 }
+
+void Net::reset_layer_times() {
+  fprop_s_.assign(layers_.size(), 0.0);
+  bprop_s_.assign(layers_.size(), 0.0);
+}
+
+namespace {
+double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+}  // namespace
 
 void Net::reload_params(const std::string& params_text, const std::string& params_path) {
   ConfigFile pf = parse_config_text(params_text, params_path);
@@ -258,6 +269,7 @@ void Net::fprop(const std::vector<const Mat*>& data, bool train) {
   for (size_t i = 0; i < layers_.size(); ++i) {
     Layer* l = layers_[i].get();
     ctx.layer_id = (int)i;
+    const double t0 = now_s();
     if (l->is_data()) {
       int idx = l->data_idx();
       if (idx >= (int)data.size() || !data[idx])
@@ -267,6 +279,7 @@ void Net::fprop(const std::vector<const Mat*>& data, bool train) {
         input_error("data layer '", l->name, "' expects ", l->out.size(), " values per case (", l->out.str(),
                     ") for dataIdx=", idx, " but the minibatch has ", data[idx]->cols(), ".");
       acts_[i].copy_from(*data[idx]);
+      fprop_s_[i] += now_s() - t0;
       continue;
     }
     std::vector<const Mat*> ins;
@@ -278,6 +291,7 @@ void Net::fprop(const std::vector<const Mat*>& data, bool train) {
       acts_[i].resize(n, l->out.size());
       neuron_fprop(l->neuron, pre_[i], acts_[i]);
     }
+    fprop_s_[i] += now_s() - t0;
   }
 }
 
@@ -317,6 +331,7 @@ void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
     }
     if (!any_in && l->weights.empty() && !l->biases) continue;
     ctx.layer_id = i;
+    const double t0 = now_s();
     if (l->is_cost()) {
       l->bprop(ins, acts_[i], empty, din, ctx);
     } else if (l->has_neuron) {
@@ -326,6 +341,7 @@ void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
     } else {
       l->bprop(ins, acts_[i], grads_[i], din, ctx);
     }
+    bprop_s_[i] += now_s() - t0;
   }
 }
 

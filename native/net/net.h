@@ -61,6 +61,11 @@ class Net {
   const ConfigFile& def_file() const { return def_file_; }
   const ConfigFile& params_file() const { return par_file_; }
   void set_data_grads(bool on) { data_grads_ = on; compute_needs_grad(); }
+  // Wall-clock seconds spent in each layer's forward (neuron included) and backward pass,
+  // summed since construction or the last reset_layer_times() (for tools/layer_times.py).
+  const std::vector<double>& fprop_seconds() const { return fprop_s_; }
+  const std::vector<double>& bprop_seconds() const { return bprop_s_; }
+  void reset_layer_times();
 
   // Random numbers are counter-based: (seed, step, layer, element). step counts training
   // forward passes; both are part of a checkpoint.
@@ -80,6 +85,7 @@ class Net {
   std::vector<std::unique_ptr<Param>> params_;
   std::vector<Mat> acts_, pre_, grads_, pre_grads_;
   std::vector<bool> needs_grad_;
+  std::vector<double> fprop_s_, bprop_s_;
   bool data_grads_ = false;
   int cases_ = 0;
   int gpus_needed_ = 1;

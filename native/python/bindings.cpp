@@ -116,6 +116,7 @@ PYBIND11_MODULE(_core, m) {
     d["blas_config"] = blas_config();
     d["blas_threads"] = blas_threads();
     d["omp_threads"] = omp_get_max_threads();
+    d["gemm_threads"] = gemm_threads();
 #ifdef __VERSION__
     d["compiler"] = __VERSION__;
 #endif
@@ -123,8 +124,7 @@ PYBIND11_MODULE(_core, m) {
   });
   m.def("set_threads", [](int n) {
     if (n < 1) input_error("the thread count must be at least 1, got ", n, ".");
-    omp_set_num_threads(n);
-    set_blas_threads(n);
+    omp_set_num_threads(n);  // the BLAS stays single-threaded; sgemm splits over these (core/blas.h)
   });
   m.def("layer_types", [] {
     std::vector<std::string> t;
@@ -318,6 +318,14 @@ PYBIND11_MODULE(_core, m) {
       .def("first_nonfinite_layer", &Net::first_nonfinite_layer)
       .def("reload_params", &Net::reload_params, py::arg("params_text"), py::arg("params_path"))
       .def("set_data_grads", &Net::set_data_grads)
+      .def("layer_times",
+           [](const Net& net) {  // [(layer, forward s, backward s)] summed since the last reset
+             py::list out;
+             for (size_t i = 0; i < net.layers().size(); ++i)
+               out.append(py::make_tuple(net.layers()[i]->name, net.fprop_seconds()[i], net.bprop_seconds()[i]));
+             return out;
+           })
+      .def("reset_layer_times", &Net::reset_layer_times)
       .def_property_readonly("gpus_needed", &Net::gpus_needed)
       .def_property_readonly("num_cases", &Net::num_cases)
       .def_readwrite("seed", &Net::seed)
