@@ -163,6 +163,8 @@ class ConvLayer : public Layer {
     spec.allow("wcNormMin", Src::Params);
   }
 
+  bool bprop_reads_output() const override { return false; }
+
   double flops_per_case() const override {
     double f = 0;
     for (const auto& ig : cs_.in) f += (double)cs_.modules() * cs_.filters * ig.kg();

@@ -48,6 +48,8 @@ class FcLayer : public Layer {
 
   void reload_params(LayerSpec& spec) override { reload_weight_params(spec, *this); }
 
+  bool bprop_reads_output() const override { return false; }
+
   double flops_per_case() const override {
     double f = 0;
     for (auto* w : weights) f += (double)w->w.rows() * w->w.cols();

@@ -52,10 +52,10 @@ std::vector<Mat> to_mats(const py::list& data) {
   return mats;
 }
 
-std::vector<const Mat*> ptrs(const std::vector<Mat>& mats, const py::list& data) {
-  std::vector<const Mat*> p;
-  for (size_t i = 0; i < mats.size(); ++i) p.push_back(data[i].is_none() ? nullptr : &mats[i]);
-  return p;
+std::vector<bool> given(const py::list& data) {  // false where the list holds None
+  std::vector<bool> g;
+  for (size_t i = 0; i < data.size(); ++i) g.push_back(!data[i].is_none());
+  return g;
 }
 
 Mat& param_mat(Net& net, const std::string& name, const std::string& which) {
@@ -273,9 +273,9 @@ PYBIND11_MODULE(_core, m) {
       .def("fprop",
            [](Net& net, const py::list& data, bool train) {
              std::vector<Mat> mats = to_mats(data);
-             auto p = ptrs(mats, data);
+             std::vector<bool> present = given(data);
              py::gil_scoped_release nogil;
-             net.fprop(p, train);
+             net.fprop(std::move(mats), present, train);
            },
            py::arg("data"), py::arg("train") = false)
       .def("bprop",
@@ -300,10 +300,10 @@ PYBIND11_MODULE(_core, m) {
       .def("train_step",
            [](Net& net, const py::list& data, double progress, int minibatch) {
              std::vector<Mat> mats = to_mats(data);
-             auto p = ptrs(mats, data);
+             std::vector<bool> present = given(data);
              {
                py::gil_scoped_release nogil;
-               net.fprop(p, true);
+               net.fprop(std::move(mats), present, true);
                net.bprop();
                net.update(progress, minibatch);
                net.step++;
