@@ -18,9 +18,11 @@
 //   backward: dW_g (Kg x Fg)          += col[g] (Kg x P) * dout_n[g]^T (P x Fg)
 //             dcol[g] (Kg x P)         = W_g (Kg x Fg) * dout_n[g] (Fg x P), folded (added) into din_n
 // out_n and dout_n are case n's rows of out/dout, already F x P matrices (NCHW per case).
-// Each thread adds its cases' weight gradients into its own buffer, cases split statically,
-// and the buffers are summed in thread order, so the result is reproducible for a given
-// thread count; the forward and din loops hand out cases dynamically. (One GEMM over a whole
+// Weight gradients are summed per slot of cases (at least kMinSlots slots, or one per thread
+// when there are more threads), each slot in its own buffer, then the slots in order: the
+// result does not depend on which thread did what (nor, up to kMinSlots threads, on how many
+// there are), and all loops hand out their work dynamically, so a thread slowed down by
+// another process on its core does less of it. (One GEMM over a whole
 // 64 MB chunk of cases ran at a quarter of this speed: its operands streamed from memory.)
 #include <omp.h>
 
@@ -113,24 +115,25 @@ class ConvLayer : public Layer {
       const int64_t K = ig.g.rows(), Kg = ig.kg();
       const int G = ig.groups, Fg = F / G;
       const float* W = weights[i]->w.data();
-      // Weight gradients: thread t adds its (static) share of cases into dw_[t] (K x F).
-      int used = 1;  // threads the runtime actually gave the region
+      // Weight gradients: the cases are cut into S contiguous slots; slot s sums its cases, in
+      // order, into dw_[s] (K x F); slots are handed out dynamically and summed in slot order.
+      const int S = std::min(N, std::max(kMinSlots, T));
+      if ((int)dw_.size() < S) dw_.resize(S);
 #pragma omp parallel num_threads(T)
       {
-        const int t = omp_get_thread_num();
-#pragma omp single nowait
-        used = omp_get_num_threads();
-        Mat& col = col_[t];
+        Mat& col = col_[omp_get_thread_num()];
         col.resize(K, P);
-        dw_[t].resize(K, F);
-        dw_[t].zero();
-#pragma omp for schedule(static)
-        for (int n = 0; n < N; ++n) {
-          unfold_image_major(ig.g, in[i]->row(n), in[i]->cols(), 1, col.data());
-          const float* dout_n = dout.row(n);  // F x P
-          for (int g = 0; g < G; ++g)
-            sgemm(false, true, (int)Kg, Fg, (int)P, 1.f, col.row(g * Kg), (int)P, dout_n + (int64_t)g * Fg * P,
-                  (int)P, 1.f, dw_[t].data() + (int64_t)g * Fg, F);
+#pragma omp for schedule(dynamic, 1)
+        for (int sl = 0; sl < S; ++sl) {
+          dw_[sl].resize(K, F);
+          dw_[sl].zero();
+          for (int n = (int)((int64_t)N * sl / S); n < (int)((int64_t)N * (sl + 1) / S); ++n) {
+            unfold_image_major(ig.g, in[i]->row(n), in[i]->cols(), 1, col.data());
+            const float* dout_n = dout.row(n);  // F x P
+            for (int g = 0; g < G; ++g)
+              sgemm(false, true, (int)Kg, Fg, (int)P, 1.f, col.row(g * Kg), (int)P, dout_n + (int64_t)g * Fg * P,
+                    (int)P, 1.f, dw_[sl].data() + (int64_t)g * Fg, F);
+          }
         }
       }
       float* dW = weights[i]->grad.data();
@@ -138,7 +141,7 @@ class ConvLayer : public Layer {
 #pragma omp parallel for schedule(static)
       for (int64_t j = 0; j < KF; ++j) {
         float s = dW[j];
-        for (int t = 0; t < used; ++t) s += dw_[t].data()[j];
+        for (int sl = 0; sl < S; ++sl) s += dw_[sl].data()[j];
         dW[j] = s;
       }
       if (!din[i]) continue;
@@ -172,19 +175,18 @@ class ConvLayer : public Layer {
   }
 
  private:
-  // One column buffer and one weight-gradient buffer per OpenMP thread.
+  static constexpr int kMinSlots = 8;
+
+  // One column buffer per OpenMP thread.
   void grow_buffers() {
     const size_t T = (size_t)omp_get_max_threads();
-    if (col_.size() < T) {
-      col_.resize(T);
-      dw_.resize(T);
-    }
+    if (col_.size() < T) col_.resize(T);
   }
 
   ConvSetup cs_;
   bool shared_biases_ = true;
   std::vector<Mat> col_;  // per thread: one case unfolded image-major, K x P
-  std::vector<Mat> dw_;   // per thread: weight-gradient partial sums, K x F
+  std::vector<Mat> dw_;   // per slot of cases: weight-gradient partial sums, K x F
 };
 CCN_REGISTER_LAYER("conv", ConvLayer);
 
