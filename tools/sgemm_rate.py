@@ -19,13 +19,9 @@ import time
 import numpy as np
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=2048)
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--threads", default=f"1,{os.cpu_count()}")
-    args = ap.parse_args()
-
+def sgemm_rate(threads: int, n: int = 2048, reps: int = 5) -> float:
+    """Best GFLOP/s of `reps` n x n x n SGEMMs with the BLAS's own `threads` threads. Leaves
+    the BLAS single-threaded afterwards, as ccn runs it (also when ccn is loaded)."""
     import scipy_openblas32 as sob
 
     lib = ctypes.CDLL(os.path.join(sob.get_lib_dir(), sob.get_library(fullname=True)))
@@ -33,20 +29,28 @@ def main():
     p = ctypes.c_void_p
     gemm.argtypes = [ctypes.c_int] * 6 + [ctypes.c_float, p, ctypes.c_int, p, ctypes.c_int, ctypes.c_float, p,
                                           ctypes.c_int]
-    n = args.n
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
     c = np.zeros((n, n), np.float32)
     ROW_MAJOR, NO_TRANS = 101, 111
+    lib.scipy_openblas_set_num_threads(threads)
+    best = 0.0
+    for _ in range(reps + 1):  # the first run warms up
+        t0 = time.perf_counter()
+        gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, n, n, n, 1.0, a.ctypes.data, n, b.ctypes.data, n, 0.0, c.ctypes.data, n)
+        best = max(best, 2.0 * n**3 / (time.perf_counter() - t0) / 1e9)
+    lib.scipy_openblas_set_num_threads(1)
+    return best
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=2048)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", default=f"1,{os.cpu_count()}")
+    args = ap.parse_args()
     for t in (int(x) for x in args.threads.split(",")):
-        lib.scipy_openblas_set_num_threads(t)
-        best = 0.0
-        for _ in range(args.reps + 1):  # the first run warms up
-            t0 = time.perf_counter()
-            gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, n, n, n, 1.0, a.ctypes.data, n, b.ctypes.data, n, 0.0,
-                 c.ctypes.data, n)
-            best = max(best, 2.0 * n**3 / (time.perf_counter() - t0) / 1e9)
-        print(f"sgemm {n}x{n}x{n}, {t} thread(s): {best:.1f} GFLOP/s")
+        print(f"sgemm {args.n}x{args.n}x{args.n}, {t} thread(s): {sgemm_rate(t, args.n, args.reps):.1f} GFLOP/s")
 
 
 if __name__ == "__main__":
