@@ -12,8 +12,8 @@
 // Layout: in_i N x (C_i*S_i*S_i), out N x (F*P), P = modulesX^2, NCHW per case.
 //
 // Kernels: parallel over cases, one case per task; each thread unfolds its case image-major
-// (col[k][m], K x P, kernels/unfold.h) into its own buffer, small enough to stay in its core's
-// cache, and makes single-threaded GEMMs (sgemm inside a parallel region), per group:
+// (col[k][m], K x P, kernels/unfold.h) into its own buffer and makes single-threaded GEMMs
+// (sgemm inside a parallel region), per group:
 //   forward:  out_n[g-block] (Fg x P)  = bias + W_g^T (Fg x Kg) * col[g-block] (Kg x P)
 //   backward: dW_g (Kg x Fg)          += col[g] (Kg x P) * dout_n[g]^T (P x Fg)
 //             dcol[g] (Kg x P)         = W_g (Kg x Fg) * dout_n[g] (Fg x P), folded (added) into din_n
@@ -62,7 +62,7 @@ class ConvLayer : public Layer {
     grow_buffers();
 #pragma omp parallel
     {
-      Mat& col = col_[omp_get_thread_num()];
+      Mat& col = col_[omp_get_thread_num()];  // sized by grow_buffers: no allocation in here
 #pragma omp for schedule(dynamic, 1)
       for (int n = 0; n < N; ++n) {
         float* out_n = o.row(n);  // F x P
@@ -119,13 +119,13 @@ class ConvLayer : public Layer {
       // order, into dw_[s] (K x F); slots are handed out dynamically and summed in slot order.
       const int S = std::min(N, std::max(kMinSlots, T));
       if ((int)dw_.size() < S) dw_.resize(S);
+      for (int sl = 0; sl < S; ++sl) dw_[sl].resize(K, F);  // allocations stay outside parallel regions
 #pragma omp parallel num_threads(T)
       {
         Mat& col = col_[omp_get_thread_num()];
         col.resize(K, P);
 #pragma omp for schedule(dynamic, 1)
         for (int sl = 0; sl < S; ++sl) {
-          dw_[sl].resize(K, F);
           dw_[sl].zero();
           for (int n = (int)((int64_t)N * sl / S); n < (int)((int64_t)N * (sl + 1) / S); ++n) {
             unfold_image_major(ig.g, in[i]->row(n), in[i]->cols(), 1, col.data());
@@ -177,10 +177,14 @@ class ConvLayer : public Layer {
  private:
   static constexpr int kMinSlots = 8;
 
-  // One column buffer per OpenMP thread.
+  // One column buffer per OpenMP thread, with room for the largest input's K x P, allocated
+  // here, outside the parallel regions (an exception must not escape one).
   void grow_buffers() {
     const size_t T = (size_t)omp_get_max_threads();
     if (col_.size() < T) col_.resize(T);
+    int64_t K = 0;
+    for (const auto& ig : cs_.in) K = std::max<int64_t>(K, ig.g.rows());
+    for (auto& c : col_) c.resize(K, cs_.modules());
   }
 
   ConvSetup cs_;
