@@ -53,8 +53,9 @@ void gemm_call(bool trans_a, bool trans_b, int M, int N, int K, float alpha, con
 
 // Split C (M x N) along its longer side (rows of A or columns of B) into up to 4 blocks per
 // thread, handed out dynamically (a thread that shares its core with another process then
-// does less), each a multiple of 16 rows/columns so the BLAS kernel's panels stay whole. Row block [r0, r1):
-// A's rows r0.. (op(A) row r is A + r*lda, or column r of A when transposed) and C's rows.
+// does less), each a multiple of 16 rows/columns so the BLAS kernel's panels stay whole.
+// Row block [r0, r1): A's rows r0.. (op(A) row r is A + r*lda, or column r of A when
+// transposed) and C's rows.
 // Column block [c0, c1): B's columns c0.. (B + c0, or row c0 of B when transposed) and C's.
 void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
            const float* B, int ldb, float beta, float* C, int ldc) {
