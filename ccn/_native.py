@@ -41,6 +41,12 @@ def _cublas_dirs():
     return out
 
 
+# OpenMP threads that wait at the end of a parallel region sleep instead of spinning. ccn's
+# parallel regions are coarse, so the wake-up costs little; spinning threads took the cores
+# from the threads still working whenever the machine had other load (a 2-core training step
+# ran 3x slower, tools/perf-notes.md). Read by libgomp when the extension loads it, below; a
+# value set by the user wins. `ccn info` reports it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _preload_blas()
 try:
     from . import _core as core  # noqa: E402

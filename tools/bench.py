@@ -2,12 +2,15 @@
 """Training-step benchmark: ccn (CPU) against PyTorch CPU, same net, same machine, same run.
 
     python tools/bench.py [--nets cifar10-18pct,alexnet] [--mini 128] [--steps 5] [--threads N]
+                          [--repeat R]
 
 For each net, one subprocess times ccn's training step (forward, backward, update) and one
 times the same net in PyTorch (built from the same layer-definition file, see torch_net()),
 each after warm-up steps; each reports its median step time and its peak resident memory.
 The table gives both times, the ratio ours/PyTorch (below 1.0 = ccn is faster) and both
-peaks. Absolute times on shared machines are noise: read the ratios.
+peaks. Absolute times on shared machines are noise: read the ratios. With --repeat R the two
+workers run alternately R times per net and each side's best median counts (the run least
+disturbed by other processes); the times of every run are printed too.
 
 Mapping to PyTorch (equal work, not bit-equal): conv -> Conv2d (with the extra bottom/right
 zero padding that cuda-convnet's ceiling adds), pool -> max/avg pool with ceil_mode,
@@ -240,6 +243,7 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
+    ap.add_argument("--repeat", type=int, default=1, help="alternate the two workers this many times")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--worker", choices=["ccn", "torch"], help=argparse.SUPPRESS)
@@ -255,11 +259,20 @@ def main():
     except ImportError:
         have_torch = False
         print("PyTorch is not installed (pip install torch==2.13.0): timing ccn alone.")
+    def best(runs):  # the run with the lowest median step time (errors only if all failed)
+        ok = [r for r in runs if r and "times" in r]
+        return min(ok, key=lambda r: statistics.median(r["times"])) if ok else runs[-1]
+
     rows = []
     for net in args.nets.split(","):
-        ours = run_worker("ccn", net, args)
-        peer = run_worker("torch", net, args) if have_torch else None
-        rows.append((net, ours, peer))
+        ours_runs, peer_runs = [], []
+        for _ in range(max(1, args.repeat)):
+            ours_runs.append(run_worker("ccn", net, args))
+            peer_runs.append(run_worker("torch", net, args) if have_torch else None)
+        if args.repeat > 1:
+            med = lambda r: f"{statistics.median(r['times']):.3f}" if r and "times" in r else "-"  # noqa: E731
+            print(f"{net}: ccn runs {[med(r) for r in ours_runs]}, torch runs {[med(r) for r in peer_runs]}")
+        rows.append((net, best(ours_runs), best(peer_runs) if have_torch else None))
     print(f"\nTraining step, minibatch {args.mini}, median of {args.steps} after {args.warmup} warm-up "
           f"(threads: {args.threads or os.cpu_count()})")
     print(f"{'net':16} {'ccn s':>9} {'torch s':>9} {'ratio':>7} {'ccn MiB':>9} {'torch MiB':>10}")

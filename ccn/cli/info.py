@@ -19,6 +19,8 @@ def gather() -> dict:
         "blas_config": b["blas_config"].strip(),
         "blas_threads": b["blas_threads"],
         "omp_threads": b["omp_threads"],
+        "gemm_threads": b.get("gemm_threads", b["blas_threads"]),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "cpu_count": os.cpu_count(),
         "compiler": b.get("compiler", ""),
         "cuda_status": core.cuda_status(),
@@ -39,8 +41,10 @@ def info(json_out):
         return
     click.echo(f"ccn {d['version']}")
     click.echo(f"backends compiled in: {', '.join(d['backends'])}")
-    click.echo(f"BLAS: {d['blas']} ({d['blas_config']}), {d['blas_threads']} threads")
-    click.echo(f"OpenMP threads: {d['omp_threads']} (of {d['cpu_count']} CPUs)")
+    click.echo(f"BLAS: {d['blas']} ({d['blas_config']}), {d['blas_threads']} thread(s) per call; "
+               f"large GEMMs split over {d['gemm_threads']} OpenMP threads")
+    click.echo(f"OpenMP threads: {d['omp_threads']} (of {d['cpu_count']} CPUs), "
+               f"wait policy {d['omp_wait_policy'].lower() or 'default'}")
     if "cuda" in d["backends"]:
         click.echo(f"CUDA: {d['cuda_status']}")
         click.echo(f"cuBLAS: {d['cublas']}")

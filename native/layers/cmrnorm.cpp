@@ -10,7 +10,8 @@
 // The transposed window is [c - (N - 1 - N/2), c + N/2] clipped (the same block when blocked).
 //
 // Layout: in, out, denominators N x (C*S*S), rows = cases, NCHW per case (x fastest); the inner
-// loops run along the S*S contiguous pixels of a map. Parallel over (case, channel).
+// loops run along the S*S contiguous pixels of a map. Forward parallel over (case, channel),
+// backward over cases. Only D is kept between the passes; D^(-pow) is recomputed.
 #include <vector>
 
 #include "layers/norm.h"
@@ -24,58 +25,63 @@ class CrossMapResponseNormLayer : public NormLayerBase {
   void fprop(const std::vector<const Mat*>& in, Mat& o, const PassCtx&) override {
     const int64_t N = o.rows(), P = (int64_t)S_ * S_;
     denoms_.resize(N, o.cols());
-    dpow_.resize(N, o.cols());
     const float a = (float)alpha_, k = (float)min_div_;
-#pragma omp parallel for collapse(2) schedule(static) if (N * C_ * P > 16384)
-    for (int64_t n = 0; n < N; ++n)
-      for (int c = 0; c < C_; ++c) {
-        const float* xn = in[0]->row(n);
-        float* den = denoms_.row(n) + c * P;
-        float* dp = dpow_.row(n) + c * P;
-        float* y = o.row(n) + c * P;
-        int c0, c1;
-        window(c, c0, c1);
-        std::fill(den, den + P, 0.f);
-        for (int cc = c0; cc < c1; ++cc) {
-          const float* xc = xn + cc * P;
-          for (int64_t p = 0; p < P; ++p) den[p] += xc[p] * xc[p];
+#pragma omp parallel if (N * C_ * P > 16384)
+    {
+      std::vector<float> dp(P);  // D^(-pow) of one map
+#pragma omp for collapse(2) schedule(static)
+      for (int64_t n = 0; n < N; ++n)
+        for (int c = 0; c < C_; ++c) {
+          const float* xn = in[0]->row(n);
+          float* den = denoms_.row(n) + c * P;
+          float* y = o.row(n) + c * P;
+          int c0, c1;
+          window(c, c0, c1);
+          std::fill(den, den + P, 0.f);
+          for (int cc = c0; cc < c1; ++cc) {
+            const float* xc = xn + cc * P;
+            for (int64_t p = 0; p < P; ++p) den[p] += xc[p] * xc[p];
+          }
+          const float* x = xn + c * P;
+          for (int64_t p = 0; p < P; ++p) den[p] = k + a * den[p];
+          inv_pow(den, dp.data(), P, pow_);
+          for (int64_t p = 0; p < P; ++p) y[p] = x[p] * dp[p];
         }
-        const float* x = xn + c * P;
-        for (int64_t p = 0; p < P; ++p) den[p] = k + a * den[p];
-        inv_pow(den, dp, P, pow_);
-        for (int64_t p = 0; p < P; ++p) y[p] = x[p] * dp[p];
-      }
+    }
   }
 
+  // Parallel over cases; per case, t = g * y / D for all C maps (C x S*S scratch per thread),
+  // then each map's gradient from its transposed channel window of t.
   void bprop(const std::vector<const Mat*>& in, const Mat& o, const Mat& dout, const std::vector<Mat*>& din,
              const PassCtx&) override {
     if (!din[0]) return;
-    const int64_t N = dout.rows(), P = (int64_t)S_ * S_;
+    const int64_t N = dout.rows(), P = (int64_t)S_ * S_, CP = (int64_t)C_ * P;
     CCN_CHECK(denoms_.rows() == N && denoms_.cols() == dout.cols());
     const float f = (float)(-2.0 * alpha_ * pow_);
-    t_.resize(N, dout.cols());
-    const int64_t total = N * dout.cols();
-    const float* g = dout.data();
-    const float* y = o.data();
-    const float* den = denoms_.data();
-    float* t = t_.data();
-#pragma omp parallel for schedule(static) if (total > 65536)
-    for (int64_t i = 0; i < total; ++i) t[i] = g[i] * y[i] / den[i];
-#pragma omp parallel for collapse(2) schedule(static) if (N * C_ * P > 16384)
-    for (int64_t n = 0; n < N; ++n)
-      for (int c = 0; c < C_; ++c) {
-        const float* x = in[0]->row(n) + c * P;
-        const float* gc = dout.row(n) + c * P;
-        const float* dpc = dpow_.row(n) + c * P;
-        float* d = din[0]->row(n) + c * P;
-        int c0, c1;
-        window_t(c, c0, c1);
-        for (int64_t p = 0; p < P; ++p) d[p] += gc[p] * dpc[p];
-        for (int cc = c0; cc < c1; ++cc) {
-          const float* tc = t_.row(n) + cc * P;
-          for (int64_t p = 0; p < P; ++p) d[p] += f * x[p] * tc[p];
+#pragma omp parallel if (N * CP > 16384)
+    {
+      std::vector<float> t(CP), dp(P);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t n = 0; n < N; ++n) {
+        const float* g = dout.row(n);
+        const float* y = o.row(n);
+        const float* den = denoms_.row(n);
+        for (int64_t i = 0; i < CP; ++i) t[i] = g[i] * y[i] / den[i];
+        for (int c = 0; c < C_; ++c) {
+          const float* x = in[0]->row(n) + c * P;
+          const float* gc = g + c * P;
+          float* d = din[0]->row(n) + c * P;
+          inv_pow(den + c * P, dp.data(), P, pow_);  // recomputed rather than stored
+          int c0, c1;
+          window_t(c, c0, c1);
+          for (int64_t p = 0; p < P; ++p) d[p] += gc[p] * dp[p];
+          for (int cc = c0; cc < c1; ++cc) {
+            const float* tc = t.data() + cc * P;
+            for (int64_t p = 0; p < P; ++p) d[p] += f * x[p] * tc[p];
+          }
         }
       }
+    }
   }
 
   double flops_per_case() const override { return (double)C_ * S_ * S_ * (N_ + 4.0); }
@@ -96,7 +102,7 @@ class CrossMapResponseNormLayer : public NormLayerBase {
     c1 = std::min(C_, c + lo_t() + N_);
   }
 
-  Mat denoms_, dpow_, t_;  // D and D^(-pow) from the last fprop; g*y/D scratch for bprop
+  Mat denoms_;  // D from the last fprop, for bprop
 };
 CCN_REGISTER_LAYER("cmrnorm", CrossMapResponseNormLayer);
 

@@ -11,12 +11,21 @@
 // filter, as in cuda-convnet. Biases: F x 1 (shared) or (F * modules) x 1 indexed f*modules + m.
 // Layout: in_i N x (C_i*S_i*S_i), out N x (F*P), P = modulesX^2, NCHW per case.
 //
-// Kernels: a chunk of cases (column buffer <= ~64 MB) is unfolded image-major
-// (col[b][k][m], see kernels/unfold.h) in parallel, then per case and group one GEMM
-//   out_b[g-block] (Fg x P) += W_g^T (Fg x Kg) * col_b[g-block] (Kg x P)
-// through the (threaded) BLAS. Backward per case and group:
-//   dW_g (Kg x Fg)   += col_b[g] (Kg x P) * dout_b[g]^T (P x Fg)
-//   dcol_b[g] (Kg x P) = W_g (Kg x Fg) * dout_b[g] (Fg x P),  then fold (adding) into din.
+// Kernels: parallel over cases, one case per task; each thread unfolds its case image-major
+// (col[k][m], K x P, kernels/unfold.h) into its own buffer and makes single-threaded GEMMs
+// (sgemm inside a parallel region), per group:
+//   forward:  out_n[g-block] (Fg x P)  = bias + W_g^T (Fg x Kg) * col[g-block] (Kg x P)
+//   backward: dW_g (Kg x Fg)          += col[g] (Kg x P) * dout_n[g]^T (P x Fg)
+//             dcol[g] (Kg x P)         = W_g (Kg x Fg) * dout_n[g] (Fg x P), folded (added) into din_n
+// out_n and dout_n are case n's rows of out/dout, already F x P matrices (NCHW per case).
+// Weight gradients are summed per slot of cases (at least kMinSlots slots, or one per thread
+// when there are more threads), each slot in its own buffer, then the slots in order: the
+// result does not depend on which thread did what (nor, up to kMinSlots threads, on how many
+// there are), and all loops hand out their work dynamically, so a thread slowed down by
+// another process on its core does less of it. (One GEMM over a whole
+// 64 MB chunk of cases ran at a quarter of this speed: its operands streamed from memory.)
+#include <omp.h>
+
 #include <algorithm>
 #include <vector>
 
@@ -50,28 +59,26 @@ class ConvLayer : public Layer {
     const int64_t P = cs_.modules();
     const float* bias = biases->w.data();
     const bool sb = shared_biases_;
-    // out[n][f*P + m] = bias
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int n = 0; n < N; ++n)
-      for (int f = 0; f < F; ++f) {
-        float* d = o.row(n) + (int64_t)f * P;
-        for (int64_t m = 0; m < P; ++m) d[m] = sb ? bias[f] : bias[(int64_t)f * P + m];
-      }
-    const int B = chunk(N);
-    for (int n0 = 0; n0 < N; n0 += B) {
-      const int nb = std::min(B, N - n0);
-      for (size_t i = 0; i < in.size(); ++i) {
-        const ConvInputGeom& ig = cs_.in[i];
-        const int64_t K = ig.g.rows(), Kg = ig.kg();
-        const int G = ig.groups, Fg = F / G;
-        col_.resize((int64_t)nb * K, P);
-        unfold_image_major(ig.g, in[i]->row(n0), in[i]->cols(), nb, col_.data());
-        const float* W = weights[i]->w.data();
-        for (int b = 0; b < nb; ++b)
+    grow_buffers();
+#pragma omp parallel
+    {
+      Mat& col = col_[omp_get_thread_num()];  // sized by grow_buffers: no allocation in here
+#pragma omp for schedule(dynamic, 1)
+      for (int n = 0; n < N; ++n) {
+        float* out_n = o.row(n);  // F x P
+        for (int f = 0; f < F; ++f)
+          for (int64_t m = 0; m < P; ++m) out_n[f * P + m] = sb ? bias[f] : bias[f * P + m];
+        for (size_t i = 0; i < in.size(); ++i) {
+          const ConvInputGeom& ig = cs_.in[i];
+          const int64_t Kg = ig.kg();
+          const int G = ig.groups, Fg = F / G;
+          col.resize(ig.g.rows(), P);  // col[k][m]
+          unfold_image_major(ig.g, in[i]->row(n), in[i]->cols(), 1, col.data());
+          const float* W = weights[i]->w.data();
           for (int g = 0; g < G; ++g)
-            sgemm(true, false, Fg, (int)P, (int)Kg, 1.f, W + (int64_t)g * Fg, F,
-                  col_.data() + ((int64_t)b * K + g * Kg) * P, (int)P, 1.f, o.row(n0 + b) + (int64_t)g * Fg * P,
-                  (int)P);
+            sgemm(true, false, Fg, (int)P, (int)Kg, 1.f, W + (int64_t)g * Fg, F, col.row(g * Kg), (int)P, 1.f,
+                  out_n + (int64_t)g * Fg * P, (int)P);
+        }
       }
     }
   }
@@ -101,28 +108,54 @@ class ConvLayer : public Layer {
         db[j] += (float)s;
       }
     }
-    const int B = chunk(N);
-    for (int n0 = 0; n0 < N; n0 += B) {
-      const int nb = std::min(B, N - n0);
-      for (size_t i = 0; i < in.size(); ++i) {
-        const ConvInputGeom& ig = cs_.in[i];
-        const int64_t K = ig.g.rows(), Kg = ig.kg();
-        const int G = ig.groups, Fg = F / G;
-        const float* W = weights[i]->w.data();
-        float* dW = weights[i]->grad.data();
-        col_.resize((int64_t)nb * K, P);
-        unfold_image_major(ig.g, in[i]->row(n0), in[i]->cols(), nb, col_.data());
-        for (int b = 0; b < nb; ++b)
+    grow_buffers();
+    const int T = omp_get_max_threads();
+    for (size_t i = 0; i < in.size(); ++i) {
+      const ConvInputGeom& ig = cs_.in[i];
+      const int64_t K = ig.g.rows(), Kg = ig.kg();
+      const int G = ig.groups, Fg = F / G;
+      const float* W = weights[i]->w.data();
+      // Weight gradients: the cases are cut into S contiguous slots; slot s sums its cases, in
+      // order, into dw_[s] (K x F); slots are handed out dynamically and summed in slot order.
+      const int S = std::min(N, std::max(kMinSlots, T));
+      if ((int)dw_.size() < S) dw_.resize(S);
+      for (int sl = 0; sl < S; ++sl) dw_[sl].resize(K, F);  // allocations stay outside parallel regions
+#pragma omp parallel num_threads(T)
+      {
+        Mat& col = col_[omp_get_thread_num()];
+        col.resize(K, P);
+#pragma omp for schedule(dynamic, 1)
+        for (int sl = 0; sl < S; ++sl) {
+          dw_[sl].zero();
+          for (int n = (int)((int64_t)N * sl / S); n < (int)((int64_t)N * (sl + 1) / S); ++n) {
+            unfold_image_major(ig.g, in[i]->row(n), in[i]->cols(), 1, col.data());
+            const float* dout_n = dout.row(n);  // F x P
+            for (int g = 0; g < G; ++g)
+              sgemm(false, true, (int)Kg, Fg, (int)P, 1.f, col.row(g * Kg), (int)P, dout_n + (int64_t)g * Fg * P,
+                    (int)P, 1.f, dw_[sl].data() + (int64_t)g * Fg, F);
+          }
+        }
+      }
+      float* dW = weights[i]->grad.data();
+      const int64_t KF = K * F;
+#pragma omp parallel for schedule(static)
+      for (int64_t j = 0; j < KF; ++j) {
+        float s = dW[j];
+        for (int sl = 0; sl < S; ++sl) s += dw_[sl].data()[j];
+        dW[j] = s;
+      }
+      if (!din[i]) continue;
+#pragma omp parallel num_threads(T)
+      {
+        Mat& col = col_[omp_get_thread_num()];
+#pragma omp for schedule(dynamic, 1)
+        for (int n = 0; n < N; ++n) {
+          const float* dout_n = dout.row(n);
           for (int g = 0; g < G; ++g)
-            sgemm(false, true, (int)Kg, Fg, (int)P, 1.f, col_.data() + ((int64_t)b * K + g * Kg) * P, (int)P,
-                  dout.row(n0 + b) + (int64_t)g * Fg * P, (int)P, 1.f, dW + (int64_t)g * Fg, F);
-        if (!din[i]) continue;
-        for (int b = 0; b < nb; ++b)
-          for (int g = 0; g < G; ++g)
-            sgemm(false, false, (int)Kg, (int)P, Fg, 1.f, W + (int64_t)g * Fg, F,
-                  dout.row(n0 + b) + (int64_t)g * Fg * P, (int)P, 0.f, col_.data() + ((int64_t)b * K + g * Kg) * P,
-                  (int)P);
-        fold_image_major(ig.g, col_.data(), nb, din[i]->row(n0), din[i]->cols());
+            sgemm(false, false, (int)Kg, (int)P, Fg, 1.f, W + (int64_t)g * Fg, F, dout_n + (int64_t)g * Fg * P,
+                  (int)P, 0.f, col.row(g * Kg), (int)P);
+          fold_image_major(ig.g, col.data(), 1, din[i]->row(n), din[i]->cols());
+        }
       }
     }
   }
@@ -133,6 +166,8 @@ class ConvLayer : public Layer {
     spec.allow("wcNormMin", Src::Params);
   }
 
+  bool bprop_reads_output() const override { return false; }
+
   double flops_per_case() const override {
     double f = 0;
     for (const auto& ig : cs_.in) f += (double)cs_.modules() * cs_.filters * ig.kg();
@@ -140,15 +175,22 @@ class ConvLayer : public Layer {
   }
 
  private:
-  int chunk(int n) const {
-    int64_t per_case = 0;
-    for (const auto& ig : cs_.in) per_case = std::max<int64_t>(per_case, ig.g.rows() * cs_.modules() * 4);
-    return conv_chunk(n, per_case);
+  static constexpr int kMinSlots = 8;
+
+  // One column buffer per OpenMP thread, with room for the largest input's K x P, allocated
+  // here, outside the parallel regions (an exception must not escape one).
+  void grow_buffers() {
+    const size_t T = (size_t)omp_get_max_threads();
+    if (col_.size() < T) col_.resize(T);
+    int64_t K = 0;
+    for (const auto& ig : cs_.in) K = std::max<int64_t>(K, ig.g.rows());
+    for (auto& c : col_) c.resize(K, cs_.modules());
   }
 
   ConvSetup cs_;
   bool shared_biases_ = true;
-  Mat col_;  // unfolded chunk, image-major: (cases * K) x P
+  std::vector<Mat> col_;  // per thread: one case unfolded image-major, K x P
+  std::vector<Mat> dw_;   // per slot of cases: weight-gradient partial sums, K x F
 };
 CCN_REGISTER_LAYER("conv", ConvLayer);
 

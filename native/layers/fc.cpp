@@ -68,6 +68,7 @@ class FcLayer : public Layer {
     cuda::add_col_sums(cx, dout.p, biases->dev.grad, N, O);
   }
 #endif
+  bool bprop_reads_output() const override { return false; }
 
   double flops_per_case() const override {
     double f = 0;

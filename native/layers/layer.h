@@ -118,6 +118,9 @@ class Layer {
   virtual int data_idx() const { return -1; }
   // Layers whose output does not depend on their inputs differentiably (none yet) can say so.
   virtual bool passes_gradient() const { return true; }
+  // Whether bprop reads its `out` argument. Layers that ignore it (conv, fc) let the net apply
+  // a neuron such as relu in place, without keeping the pre-activation output (net.cpp).
+  virtual bool bprop_reads_output() const { return true; }
 
   // ---- CUDA backend (optional; see native/cuda/README-design.md) ----
   // Same contracts as fprop/bprop, on device memory, enqueued on cx's stream: out is

@@ -89,6 +89,15 @@ void neuron_fprop(const NeuronSpec& n, const Mat& in_m, Mat& out_m) {
 #undef CCN_EW
 }
 
+bool neuron_grad_from_output(const NeuronSpec& n) {
+  // relu: in > 0 exactly when out > 0; brelu: 0 < in < a exactly when 0 < out < a (bprop
+  // below tests `v`, which then is the output). The others use out or constants only.
+  static const char* ok[] = {"ident", "relu", "brelu", "logistic", "tanh", "linear", "sqrt"};
+  for (const char* t : ok)
+    if (n.type == t) return true;
+  return false;
+}
+
 void neuron_bprop(const NeuronSpec& n, const Mat& in_m, const Mat& out_m, const Mat& dout_m, Mat& din_m, bool add) {
   din_m.resize(in_m.rows(), in_m.cols());
   if (!add) din_m.zero();  // (0 * uninitialised memory could be NaN)

@@ -155,10 +155,10 @@ class PoolLayer : public Layer {
               for (int yy = y0; yy < y1; ++yy)
                 for (int xx = x0; xx < x1; ++xx) d[yy * S + xx] += v;
             } else {
+              // Branch-free: which pixel holds the maximum is data-dependent, unpredictable.
               const float m = y[oy * O + ox];
               for (int yy = y0; yy < y1; ++yy)
-                for (int xx = x0; xx < x1; ++xx)
-                  if (x[yy * S + xx] == m) d[yy * S + xx] += go;
+                for (int xx = x0; xx < x1; ++xx) d[yy * S + xx] += x[yy * S + xx] == m ? go : 0.f;
             }
           }
         }

@@ -21,17 +21,16 @@ class ResponseNormLayer : public NormLayerBase {
   void fprop(const std::vector<const Mat*>& in, Mat& o, const PassCtx&) override {
     const int64_t N = o.rows(), P = (int64_t)S_ * S_;
     denoms_.resize(N, o.cols());
-    dpow_.resize(N, o.cols());
     const float a = (float)alpha_, k = (float)min_div_;
 #pragma omp parallel
     {
-      std::vector<float> sq(P), tmp(P);
+      std::vector<float> sq(P), tmp(P), dpv(P);
 #pragma omp for collapse(2) schedule(static)
       for (int64_t n = 0; n < N; ++n)
         for (int c = 0; c < C_; ++c) {
           const float* x = in[0]->row(n) + c * P;
           float* den = denoms_.row(n) + c * P;
-          float* dp = dpow_.row(n) + c * P;
+          float* dp = dpv.data();
           float* y = o.row(n) + c * P;
           for (int64_t p = 0; p < P; ++p) sq[p] = x[p] * x[p];
           box_sum_2d(sq.data(), den, tmp.data(), S_, lo(), N_);
@@ -50,7 +49,7 @@ class ResponseNormLayer : public NormLayerBase {
     const float f = (float)(-2.0 * alpha_ * pow_);
 #pragma omp parallel
     {
-      std::vector<float> t(P), s(P), tmp(P);
+      std::vector<float> t(P), s(P), tmp(P), dpv(P);
 #pragma omp for collapse(2) schedule(static)
       for (int64_t n = 0; n < N; ++n)
         for (int c = 0; c < C_; ++c) {
@@ -58,7 +57,8 @@ class ResponseNormLayer : public NormLayerBase {
           const float* y = o.row(n) + c * P;
           const float* g = dout.row(n) + c * P;
           const float* den = denoms_.row(n) + c * P;
-          const float* dp = dpow_.row(n) + c * P;
+          float* dp = dpv.data();
+          inv_pow(den, dp, P, pow_);  // recomputed: cheaper than keeping N x C x S x S more floats
           float* d = din[0]->row(n) + c * P;
           for (int64_t p = 0; p < P; ++p) t[p] = g[p] * y[p] / den[p];
           box_sum_2d(t.data(), s.data(), tmp.data(), S_, lo_t(), N_);
@@ -70,7 +70,7 @@ class ResponseNormLayer : public NormLayerBase {
   double flops_per_case() const override { return (double)C_ * S_ * S_ * (2.0 * N_ + 4); }
 
  private:
-  Mat denoms_, dpow_;  // D and D^(-pow) from the last fprop, for bprop
+  Mat denoms_;  // D from the last fprop, for bprop
 };
 CCN_REGISTER_LAYER("rnorm", ResponseNormLayer);
 

@@ -2,6 +2,7 @@
 #include "net/net.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <functional>
 #include <set>
@@ -214,9 +215,23 @@ void Net::build(const std::map<int, Shape>& data_dims) {
   acts_.resize(n);
   pre_.resize(n);
   grads_.resize(n);
-  pre_grads_.resize(n);
+  in_place_.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    const Layer* l = layers_[i].get();
+    in_place_[i] = l->has_neuron && !l->bprop_reads_output() && neuron_grad_from_output(l->neuron);
+  }
+  reset_layer_times();
   compute_needs_grad();
 }
+
+void Net::reset_layer_times() {
+  fprop_s_.assign(layers_.size(), 0.0);
+  bprop_s_.assign(layers_.size(), 0.0);
+}
+
+namespace {
+double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+}  // namespace
 
 void Net::reload_params(const std::string& params_text, const std::string& params_path) {
   ConfigFile pf = parse_config_text(params_text, params_path);
@@ -245,7 +260,15 @@ void Net::compute_needs_grad() {
   }
 }
 
-void Net::fprop(const std::vector<const Mat*>& data, bool train) {
+void Net::fprop(const std::vector<const Mat*>& data, bool train) { fprop_impl(data, nullptr, train); }
+
+void Net::fprop(std::vector<Mat>&& data, const std::vector<bool>& present, bool train) {
+  std::vector<const Mat*> p;
+  for (size_t i = 0; i < data.size(); ++i) p.push_back(i < present.size() && present[i] ? &data[i] : nullptr);
+  fprop_impl(p, &data, train);
+}
+
+void Net::fprop_impl(const std::vector<const Mat*>& data, std::vector<Mat>* movable, bool train) {
   if (cuda_) return fprop_cuda(data, train);
   if (data.empty() || !data[0]) input_error("fprop needs at least the data for dataIdx 0.");
   int n = (int)data[0]->rows();
@@ -262,6 +285,7 @@ void Net::fprop(const std::vector<const Mat*>& data, bool train) {
   for (size_t i = 0; i < layers_.size(); ++i) {
     Layer* l = layers_[i].get();
     ctx.layer_id = (int)i;
+    const double t0 = now_s();
     if (l->is_data()) {
       int idx = l->data_idx();
       if (idx >= (int)data.size() || !data[idx])
@@ -270,18 +294,26 @@ void Net::fprop(const std::vector<const Mat*>& data, bool train) {
       if (data[idx]->cols() != l->out.size())
         input_error("data layer '", l->name, "' expects ", l->out.size(), " values per case (", l->out.str(),
                     ") for dataIdx=", idx, " but the minibatch has ", data[idx]->cols(), ".");
-      acts_[i].copy_from(*data[idx]);
+      int readers = 0;
+      for (const auto& other : layers_) readers += other->is_data() && other->data_idx() == idx;
+      if (movable && readers == 1) std::swap(acts_[i], (*movable)[idx]);
+      else acts_[i].copy_from(*data[idx]);
+      fprop_s_[i] += now_s() - t0;
       continue;
     }
     std::vector<const Mat*> ins;
     for (Layer* in : l->inputs) ins.push_back(&acts_[in->id]);
-    Mat& dst = l->has_neuron ? pre_[i] : acts_[i];
+    const bool keep_pre = l->has_neuron && !in_place_[i];
+    Mat& dst = keep_pre ? pre_[i] : acts_[i];
     dst.resize(n, l->out.size());
     l->fprop(ins, dst, ctx);
-    if (l->has_neuron) {
+    if (keep_pre) {
       acts_[i].resize(n, l->out.size());
       neuron_fprop(l->neuron, pre_[i], acts_[i]);
+    } else if (l->has_neuron) {
+      neuron_fprop(l->neuron, acts_[i], acts_[i]);
     }
+    fprop_s_[i] += now_s() - t0;
   }
 }
 
@@ -323,15 +355,20 @@ void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
     }
     if (!any_in && l->weights.empty() && !l->biases) continue;
     ctx.layer_id = i;
+    const double t0 = now_s();
     if (l->is_cost()) {
       l->bprop(ins, acts_[i], empty, din, ctx);
     } else if (l->has_neuron) {
-      pre_grads_[i].resize(n, l->out.size());
-      neuron_bprop(l->neuron, pre_[i], acts_[i], grads_[i], pre_grads_[i], false);
-      l->bprop(ins, pre_[i], pre_grads_[i], din, ctx);
+      // In place, acts_ stands in for the pre-activation (see in_place_); the layer ignores
+      // its `out` argument then.
+      const Mat& pre = in_place_[i] ? acts_[i] : pre_[i];
+      pre_grad_.resize(n, l->out.size());
+      neuron_bprop(l->neuron, pre, acts_[i], grads_[i], pre_grad_, false);
+      l->bprop(ins, pre, pre_grad_, din, ctx);
     } else {
       l->bprop(ins, acts_[i], grads_[i], din, ctx);
     }
+    bprop_s_[i] += now_s() - t0;
   }
 }
 

@@ -36,6 +36,9 @@ class Net {
   // Forward pass. data[i] is dataIdx i: rows = cases, cols = that data's size. Layers whose
   // dataIdx is not given must not be needed... every data layer must be given.
   void fprop(const std::vector<const Mat*>& data, bool train);
+  // The same, but a data matrix read by one data layer only is moved into that layer's output
+  // instead of copied (present[i] = false: dataIdx i not given). Leaves `data` in any state.
+  void fprop(std::vector<Mat>&& data, const std::vector<bool>& present, bool train);
   // Backward pass from the cost layers (seeds empty) or from the given output gradients
   // (layer name -> dCost/dOutput, as if cost = sum(seed * output)); adds to param grads.
   void bprop(const std::map<std::string, const Mat*>& seeds = {});
@@ -61,6 +64,11 @@ class Net {
   const ConfigFile& def_file() const { return def_file_; }
   const ConfigFile& params_file() const { return par_file_; }
   void set_data_grads(bool on) { data_grads_ = on; compute_needs_grad(); }
+  // Wall-clock seconds spent in each layer's forward (neuron included) and backward pass,
+  // summed since construction or the last reset_layer_times() (for tools/layer_times.py).
+  const std::vector<double>& fprop_seconds() const { return fprop_s_; }
+  const std::vector<double>& bprop_seconds() const { return bprop_s_; }
+  void reset_layer_times();
 
   // Random numbers are counter-based: (seed, step, layer, element). step counts training
   // forward passes; both are part of a checkpoint.
@@ -105,8 +113,15 @@ class Net {
   bool have_params_ = false;
   std::vector<std::unique_ptr<Layer>> layers_;   // forward order
   std::vector<std::unique_ptr<Param>> params_;
-  std::vector<Mat> acts_, pre_, grads_, pre_grads_;
+  void fprop_impl(const std::vector<const Mat*>& data, std::vector<Mat>* movable, bool train);
+  // Layers with a neuron keep the pre-activation output in pre_[i], unless the neuron is
+  // applied in place (in_place_[i]: the layer's bprop ignores its output and f' follows from
+  // f). pre_grad_ is scratch for dCost/d(pre-activation), one layer at a time.
+  std::vector<Mat> acts_, pre_, grads_;
+  std::vector<bool> in_place_;
+  Mat pre_grad_;
   std::vector<bool> needs_grad_;
+  std::vector<double> fprop_s_, bprop_s_;
   bool data_grads_ = false;
   int cases_ = 0;
   int gpus_needed_ = 1;

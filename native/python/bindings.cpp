@@ -54,9 +54,16 @@ std::vector<Mat> to_mats(const py::list& data) {
   return mats;
 }
 
-std::vector<const Mat*> ptrs(const std::vector<Mat>& mats, const py::list& data) {
+std::vector<bool> given(const py::list& data) {  // false where the list holds None
+  std::vector<bool> g;
+  for (size_t i = 0; i < data.size(); ++i) g.push_back(!data[i].is_none());
+  return g;
+}
+
+std::vector<const Mat*> ptrs(const std::vector<Mat>& mats, const py::list& data) {  // null where None
   std::vector<const Mat*> p;
-  for (size_t i = 0; i < mats.size(); ++i) p.push_back(data[i].is_none() ? nullptr : &mats[i]);
+  std::vector<bool> g = given(data);
+  for (size_t i = 0; i < mats.size(); ++i) p.push_back(g[i] ? &mats[i] : nullptr);
   return p;
 }
 
@@ -118,6 +125,7 @@ PYBIND11_MODULE(_core, m) {
     d["blas_config"] = blas_config();
     d["blas_threads"] = blas_threads();
     d["omp_threads"] = omp_get_max_threads();
+    d["gemm_threads"] = gemm_threads();
 #ifdef __VERSION__
     d["compiler"] = __VERSION__;
 #endif
@@ -125,8 +133,7 @@ PYBIND11_MODULE(_core, m) {
   });
   m.def("set_threads", [](int n) {
     if (n < 1) input_error("the thread count must be at least 1, got ", n, ".");
-    omp_set_num_threads(n);
-    set_blas_threads(n);
+    omp_set_num_threads(n);  // the BLAS stays single-threaded; sgemm splits over these (core/blas.h)
   });
   m.def("layer_types", [] {
     std::vector<std::string> t;
@@ -316,9 +323,9 @@ PYBIND11_MODULE(_core, m) {
       .def("fprop",
            [](Net& net, const py::list& data, bool train) {
              std::vector<Mat> mats = to_mats(data);
-             auto p = ptrs(mats, data);
+             std::vector<bool> present = given(data);
              py::gil_scoped_release nogil;
-             net.fprop(p, train);
+             net.fprop(std::move(mats), present, train);
            },
            py::arg("data"), py::arg("train") = false)
       .def("bprop",
@@ -343,10 +350,10 @@ PYBIND11_MODULE(_core, m) {
       .def("train_step",
            [](Net& net, const py::list& data, double progress, int minibatch) {
              std::vector<Mat> mats = to_mats(data);
-             auto p = ptrs(mats, data);
+             std::vector<bool> present = given(data);
              {
                py::gil_scoped_release nogil;
-               net.fprop(p, true);
+               net.fprop(std::move(mats), present, true);
                net.bprop();
                net.update(progress, minibatch);
                net.step++;
@@ -383,6 +390,14 @@ PYBIND11_MODULE(_core, m) {
       .def("first_nonfinite_layer", &Net::first_nonfinite_layer)
       .def("reload_params", &Net::reload_params, py::arg("params_text"), py::arg("params_path"))
       .def("set_data_grads", &Net::set_data_grads)
+      .def("layer_times",
+           [](const Net& net) {  // [(layer, forward s, backward s)] summed since the last reset
+             py::list out;
+             for (size_t i = 0; i < net.layers().size(); ++i)
+               out.append(py::make_tuple(net.layers()[i]->name, net.fprop_seconds()[i], net.bprop_seconds()[i]));
+             return out;
+           })
+      .def("reset_layer_times", &Net::reset_layer_times)
       .def_property_readonly("gpus_needed", &Net::gpus_needed)
       .def_property_readonly("num_cases", &Net::num_cases)
       .def_readwrite("seed", &Net::seed)
