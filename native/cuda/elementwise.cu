@@ -95,6 +95,10 @@ __global__ void final_sum_kernel(double* partial, int parts) {
   }
   if (threadIdx.x == 0) partial[0] = sh[0];
 }
+void copy_to_device(CudaCtx& cx, void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  CCN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, STREAM));
+}
 double sum_to_host(CudaCtx& cx, const float* x, int64_t n, bool squares) {
   if (n <= 0) return 0.0;
   double* partial = (double*)cx.scratch(2 * kSumBlocks);

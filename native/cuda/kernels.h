@@ -10,6 +10,7 @@
 //   - images are square: S x S input, O x O output.
 // Each launcher's .cu file (native/cuda/<layer>.cu) documents its kernels' layouts.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -26,6 +27,9 @@ void axpy(CudaCtx& cx, const float* x, float* y, int64_t n, float a);         //
 void add_row_vector(CudaCtx& cx, float* y, const float* b, int64_t rows, int64_t cols);
 // Column sums added: db[c] += sum_r g[r, c] (sums in double per column).
 void add_col_sums(CudaCtx& cx, const float* g, float* db, int64_t rows, int64_t cols);
+// Copies `bytes` from host memory to device memory on cx.stream (small tables, e.g. conv's
+// randSparse channel table; from pageable memory this may wait for the stream).
+void copy_to_device(CudaCtx& cx, void* dst, const void* src, size_t bytes);
 // Sum of all elements of x into host memory, in double. Synchronises.
 double sum_to_host(CudaCtx& cx, const float* x, int64_t n, bool squares);
 
@@ -133,13 +137,15 @@ void concat_fprop(CudaCtx& cx, const float* in, float* out, int N, int Din, int 
 void concat_bprop(CudaCtx& cx, const float* dout, float* din, int N, int Din, int Dout, int offset);
 
 // ---- dropout / dropout2 (dropout.cu): x, y N x D flat, element k = n*D + j --------------
-// Mask m_k = [uniform01(seed, stream, k) < keep] (core/rng.h, identical to the CPU);
+// Mask m_k = [uniform01(seed, stream, first + k) < keep] (core/rng.h, identical to the CPU);
 // y = x * (m_k ? on : 0). bprop recomputes the same mask: din += dout * (m_k ? on : 0).
-// (The CPU layer's stream: mix64(step ^ 0xD1B54A32D192ED03) ^ layer_id.)
-void dropout_fprop(CudaCtx& cx, const float* x, float* y, int64_t n, uint64_t seed, uint64_t stream, float keep,
-                   float on);
-void dropout_bprop(CudaCtx& cx, const float* dout, float* din, int64_t n, uint64_t seed, uint64_t stream, float keep,
-                   float on);
+// (The CPU layer's stream: mix64(step ^ 0xD1B54A32D192ED03) ^ layer_id; first: the global
+// index of element 0, PassCtx::case_offset * D, so data-parallel ranks draw the
+// single-process mask.)
+void dropout_fprop(CudaCtx& cx, const float* x, float* y, int64_t n, uint64_t seed, uint64_t stream, uint64_t first,
+                   float keep, float on);
+void dropout_bprop(CudaCtx& cx, const float* dout, float* din, int64_t n, uint64_t seed, uint64_t stream,
+                   uint64_t first, float keep, float on);
 // Testing / disabled passes are scale_copy (y = s*x) and axpy (din += s*dout).
 
 // ---- SGD update (sgd.cu) ---------------------------------------------------------------

@@ -139,8 +139,8 @@ const std::map<std::string, Op>& ops() {
       {"eltmax_bprop", [](Args& a) { eltmax_bprop(a.cx, a.a("x"), a.a("y"), a.a("dout"), a.a("din"), a.n("y")); }},
       {"concat_fprop", [](Args& a) { concat_fprop(a.cx, a.a("x"), a.a("y"), (int)a.host.at("x").rows(), (int)a.host.at("x").cols(), (int)a.host.at("y").cols(), a.i("offset")); }},
       {"concat_bprop", [](Args& a) { concat_bprop(a.cx, a.a("dout"), a.a("din"), (int)a.host.at("din").rows(), (int)a.host.at("din").cols(), (int)a.host.at("dout").cols(), a.i("offset")); }},
-      {"dropout_fprop", [](Args& a) { dropout_fprop(a.cx, a.a("x"), a.a("y"), a.n("x"), (uint64_t)a.s("seed"), dropout_stream(a), (float)a.s("keep"), (float)a.s("on")); }},
-      {"dropout_bprop", [](Args& a) { dropout_bprop(a.cx, a.a("dout"), a.a("din"), a.n("dout"), (uint64_t)a.s("seed"), dropout_stream(a), (float)a.s("keep"), (float)a.s("on")); }},
+      {"dropout_fprop", [](Args& a) { dropout_fprop(a.cx, a.a("x"), a.a("y"), a.n("x"), (uint64_t)a.s("seed"), dropout_stream(a), (uint64_t)a.s("first", 0), (float)a.s("keep"), (float)a.s("on")); }},
+      {"dropout_bprop", [](Args& a) { dropout_bprop(a.cx, a.a("dout"), a.a("din"), a.n("dout"), (uint64_t)a.s("seed"), dropout_stream(a), (uint64_t)a.s("first", 0), (float)a.s("keep"), (float)a.s("on")); }},
       {"sgd", [](Args& a) {
          sgd_update(a.cx, a.a("w"), a.a("inc"), a.a("grad"), a.n("w"), (float)a.s("mom"), (float)a.s("scale"), (float)a.s("decay"));
          if (a.s("wball", 0) > 0) wball_clip(a.cx, a.a("w"), a.host.at("w").rows(), a.host.at("w").cols(), (float)a.s("wball"));

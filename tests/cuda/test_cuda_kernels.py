@@ -255,10 +255,11 @@ def test_eltsum_eltmax_concat():
     close(op("concat_bprop", {"dout": g, "din": d0}, offset=3)["din"], d0 + g[:, 3:])
 
 
-@pytest.mark.parametrize("on", [2.0, 1.0])
-def test_dropout_mask_matches_cpu_rng(on):
+@pytest.mark.parametrize("on,first", [(2.0, 0), (1.0, 0), (2.0, 45)])
+def test_dropout_mask_matches_cpu_rng(on, first):
     """The mask comes from core/rng.h's uniform01, the CPU layer's function: compare with a
-    pure-Python splitmix64 of the same formula."""
+    pure-Python splitmix64 of the same formula. `first` is the global index of element 0
+    (case_offset * D in data-parallel runs)."""
     M64 = (1 << 64) - 1
 
     def mix64(x):
@@ -270,9 +271,9 @@ def test_dropout_mask_matches_cpu_rng(on):
     seed, step, layer, keep = 12345, 7, 3, 0.5
     stream = mix64(step ^ 0xD1B54A32D192ED03) ^ layer
     x = np.random.default_rng().uniform(1, 2, (5, 9))
-    u = np.array([(mix64(seed ^ mix64(stream ^ mix64(k))) >> 40) / 16777216.0 for k in range(x.size)])
+    u = np.array([(mix64(seed ^ mix64(stream ^ mix64(k))) >> 40) / 16777216.0 for k in range(first, first + x.size)])
     m = (u < keep).reshape(x.shape) * on
-    sc = dict(seed=seed, step=step, layer_id=layer, keep=keep, on=on)
+    sc = dict(seed=seed, step=step, layer_id=layer, keep=keep, on=on, first=first)
     close(op("dropout_fprop", {"x": x, "y": np.zeros_like(x)}, **sc)["y"], x * m, rtol=1e-6)
     g, d0 = np.random.default_rng().standard_normal((2, *x.shape))
     close(op("dropout_bprop", {"dout": g, "din": d0}, **sc)["din"], d0 + g * m, rtol=1e-6)
