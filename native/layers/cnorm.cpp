@@ -100,6 +100,22 @@ class ContrastNormLayer : public NormLayerBase {
   }
 
   Mat denoms_, diffs_, dpow_;  // D, x - mean and D^(-pow) from the last fprop, for bprop
+
+#ifdef CCN_WITH_CUDA
+  // native/cuda/cnorm.cu; its state (D, then x - mean: 2 * N*C*S*S floats) stays in this
+  // layer's device buffer (slot 0).
+ public:
+  bool has_cuda() const override { return true; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat o, CudaCtx& cx, const PassCtx&) override {
+    cuda::cnorm_fprop(cx, cuda_geom((int)o.rows), in[0].p, o.p, cx.buffer(id, 0, 2 * (size_t)o.size()));
+  }
+  void bprop_cuda(const std::vector<DevMat>& in, DevMat o, DevMat dout, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    if (din[0])
+      cuda::cnorm_bprop(cx, cuda_geom((int)dout.rows), in[0].p, o.p, cx.buffer(id, 0, 2 * (size_t)dout.size()),
+                        dout.p, din[0].p);
+  }
+#endif
 };
 CCN_REGISTER_LAYER("cnorm", ContrastNormLayer);
 

@@ -13,6 +13,9 @@
 #include <cstring>
 
 #include "layers/layer.h"
+#ifdef CCN_WITH_CUDA
+#include "cuda/kernels.h"
+#endif
 
 namespace ccn {
 
@@ -65,6 +68,24 @@ class ConcatLayer : public Layer {
 
  private:
   std::vector<int64_t> offsets_;
+
+#ifdef CCN_WITH_CUDA
+  // native/cuda/concat.cu, one input at a time (type=pass too); same layouts.
+ public:
+  bool has_cuda() const override { return true; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat o, CudaCtx& cx, const PassCtx&) override {
+    for (size_t i = 0; i < in.size(); ++i)
+      cuda::concat_fprop(cx, in[i].p, o.p, (int)o.rows, (int)(offsets_[i + 1] - offsets_[i]), (int)o.cols,
+                         (int)offsets_[i]);
+  }
+  void bprop_cuda(const std::vector<DevMat>&, DevMat, DevMat dout, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    for (size_t i = 0; i < din.size(); ++i)
+      if (din[i])
+        cuda::concat_bprop(cx, dout.p, din[i].p, (int)dout.rows, (int)(offsets_[i + 1] - offsets_[i]), (int)dout.cols,
+                           (int)offsets_[i]);
+  }
+#endif
 };
 CCN_REGISTER_LAYER("concat", ConcatLayer);
 

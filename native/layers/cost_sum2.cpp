@@ -5,6 +5,9 @@
 // to its negated-gradient buffer). No 1/2 factor, no division by the number of cases.
 // Layout: x is N x D, rows = cases.
 #include "layers/cost_common.h"
+#ifdef CCN_WITH_CUDA
+#include "cuda/kernels.h"
+#endif
 
 namespace ccn {
 
@@ -46,6 +49,19 @@ class Sum2Cost : public Layer {
  private:
   double coeff_ = 1;
   std::vector<double> values_;
+
+#ifdef CCN_WITH_CUDA
+  // native/cuda/cost_sum2.cu; the forward pass synchronises to return the sum.
+ public:
+  bool has_cuda() const override { return true; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat, CudaCtx& cx, const PassCtx&) override {
+    values_ = {cuda::sum2_fprop(cx, in[0].p, in[0].size())};
+  }
+  void bprop_cuda(const std::vector<DevMat>& in, DevMat, DevMat, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    if (din[0]) cuda::sum2_bprop(cx, in[0].p, din[0].p, in[0].size(), (float)coeff_);
+  }
+#endif
 };
 CCN_REGISTER_LAYER("cost.sum2", Sum2Cost);
 

@@ -17,6 +17,9 @@
 // (ctx.case_offset + local row), so data-parallel ranks draw the single-process mask.
 // Layout: in, out, mask: N x D, rows = cases, element-wise.
 #include "layers/layer.h"
+#ifdef CCN_WITH_CUDA
+#include "cuda/kernels.h"
+#endif
 
 namespace ccn {
 
@@ -91,6 +94,43 @@ class DropoutLayer : public Layer {
   bool enable_ = true;
   bool masked_ = false;  // whether the last forward pass drew a mask
   Mat mask_;
+
+#ifdef CCN_WITH_CUDA
+  // native/cuda/dropout.cu: the same mask as the CPU (same seed, stream and global element
+  // index, case_offset * D + k); the backward pass recomputes it from what the forward
+  // pass used, kept here (the device keeps no mask).
+ public:
+  bool has_cuda() const override { return true; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat o, CudaCtx& cx, const PassCtx& ctx) override {
+    masked_ = enable_ && ctx.train;
+    if (masked_) {
+      dev_stream_ = mix64(ctx.step ^ 0xD1B54A32D192ED03ULL) ^ (uint64_t)ctx.layer_id;
+      dev_seed_ = ctx.seed;
+      dev_first_ = (uint64_t)(ctx.case_offset * o.cols);
+      dev_rows_ = o.rows, dev_cols_ = o.cols;
+      cuda::dropout_fprop(cx, in[0].p, o.p, o.size(), dev_seed_, dev_stream_, dev_first_, (float)keep_, on_value());
+    } else {
+      cuda::scale_copy(cx, in[0].p, o.p, o.size(), test_factor());
+    }
+  }
+  void bprop_cuda(const std::vector<DevMat>&, DevMat, DevMat dout, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    if (!din[0]) return;
+    if (masked_) {
+      if (dev_rows_ != dout.rows || dev_cols_ != dout.cols)
+        runtime_error("dropout layer '", name, "': backward pass without a matching forward pass.");
+      cuda::dropout_bprop(cx, dout.p, din[0].p, dout.size(), dev_seed_, dev_stream_, dev_first_, (float)keep_,
+                          on_value());
+    } else {
+      cuda::axpy(cx, dout.p, din[0].p, dout.size(), test_factor());
+    }
+  }
+
+ private:
+  float on_value() const { return scaled() ? (float)(1.0 / keep_) : 1.f; }  // as the CPU fprop
+  uint64_t dev_seed_ = 0, dev_stream_ = 0, dev_first_ = 0;
+  int64_t dev_rows_ = -1, dev_cols_ = -1;
+#endif
 };
 CCN_REGISTER_LAYER("dropout", DropoutLayer);
 

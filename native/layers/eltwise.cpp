@@ -13,6 +13,9 @@
 // Layout: every Mat is N x D, rows = cases, cols = C*H*W; the kernels are element-wise over
 // the N*D values, so they work on the flat buffers.
 #include "layers/layer.h"
+#ifdef CCN_WITH_CUDA
+#include "cuda/kernels.h"
+#endif
 
 namespace ccn {
 
@@ -82,6 +85,23 @@ class EltSumLayer : public Layer {
   }
   int n_ = 0;
   std::vector<double> coeffs_;
+
+#ifdef CCN_WITH_CUDA
+  // native/cuda/elementwise.cu: out = c_0 in_0, then out += c_i in_i; din_i += c_i dout.
+ public:
+  bool has_cuda() const override { return true; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat o, CudaCtx& cx, const PassCtx&) override {
+    for (int i = 0; i < n_; ++i) {
+      if (i == 0) cuda::scale_copy(cx, in[0].p, o.p, o.size(), (float)coeffs_[0]);
+      else cuda::axpy(cx, in[i].p, o.p, o.size(), (float)coeffs_[i]);
+    }
+  }
+  void bprop_cuda(const std::vector<DevMat>&, DevMat, DevMat dout, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    for (int i = 0; i < n_; ++i)
+      if (din[i]) cuda::axpy(cx, dout.p, din[i].p, dout.size(), (float)coeffs_[i]);
+  }
+#endif
 };
 CCN_REGISTER_LAYER("eltsum", EltSumLayer);
 
@@ -121,6 +141,21 @@ class EltMaxLayer : public Layer {
     }
   }
   double flops_per_case() const override { return (double)(inputs.size() - 1) * out.size(); }
+
+#ifdef CCN_WITH_CUDA
+  // native/cuda/eltwise.cu; o is this layer's own output (pre-neuron), as the net passes it.
+  bool has_cuda() const override { return true; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat o, CudaCtx& cx, const PassCtx&) override {
+    std::vector<const float*> ins;
+    for (const auto& x : in) ins.push_back(x.p);
+    cuda::eltmax_fprop(cx, ins, o.p, o.size());
+  }
+  void bprop_cuda(const std::vector<DevMat>& in, DevMat o, DevMat dout, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    for (size_t i = 0; i < in.size(); ++i)
+      if (din[i]) cuda::eltmax_bprop(cx, in[i].p, o.p, dout.p, din[i].p, dout.size());
+  }
+#endif
 };
 CCN_REGISTER_LAYER("eltmax", EltMaxLayer);
 

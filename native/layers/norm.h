@@ -22,6 +22,10 @@
 #include <cmath>
 
 #include "layers/layer.h"
+#ifdef CCN_WITH_CUDA
+#include "cuda/context.h"
+#include "cuda/kernels.h"
+#endif
 
 namespace ccn {
 
@@ -92,6 +96,17 @@ class NormLayerBase : public Layer {
   int C_ = 0, S_ = 0, N_ = 1;
   bool blocked_ = false;
   double alpha_ = 0, pow_ = 0, min_div_ = 1;
+
+#ifdef CCN_WITH_CUDA
+  // The launchers' geometry (native/cuda/{rnorm,cmrnorm,cnorm}.cu): a = alpha_, the scale
+  // already divided by size^2 (rnorm, cnorm) or size (cmrnorm) in read_params.
+  cuda::NormGeom cuda_geom(int N) const {
+    cuda::NormGeom g;
+    g.N = N, g.C = C_, g.S = S_, g.size = N_;
+    g.a = (float)alpha_, g.pow = (float)pow_, g.minDiv = (float)min_div_, g.blocked = blocked_;
+    return g;
+  }
+#endif
 };
 
 // dst[y*S + x] = sum of src over rows [y+lo, y+lo+N) and columns [x+lo, x+lo+N) clipped to the

@@ -25,6 +25,9 @@
 #include <vector>
 
 #include "layers/layer.h"
+#ifdef CCN_WITH_CUDA
+#include "cuda/kernels.h"
+#endif
 
 namespace ccn {
 
@@ -170,6 +173,28 @@ class PoolLayer : public Layer {
  private:
   PoolOp op_ = PoolOp::Max;
   int channels_ = 0, S_ = 0, size_ = 0, stride_ = 1, start_ = 0, O_ = 0;
+
+#ifdef CCN_WITH_CUDA
+  // native/cuda/pool.cu (max and avg; maxabs has no CUDA kernel yet). Same layouts.
+ public:
+  bool has_cuda() const override { return op_ != PoolOp::MaxAbs; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat o, CudaCtx& cx, const PassCtx&) override {
+    cuda::pool_fprop(cx, cuda_geom((int)o.rows), in[0].p, o.p);
+  }
+  // o is this layer's own output (pre-neuron), as the net passes it.
+  void bprop_cuda(const std::vector<DevMat>& in, DevMat o, DevMat dout, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    if (din[0]) cuda::pool_bprop(cx, cuda_geom((int)dout.rows), in[0].p, o.p, dout.p, din[0].p);
+  }
+
+ private:
+  cuda::PoolGeom cuda_geom(int N) const {
+    cuda::PoolGeom g;
+    g.N = N, g.C = channels_, g.S = S_, g.O = O_, g.sizeX = size_, g.start = start_, g.stride = stride_;
+    g.max = op_ == PoolOp::Max;
+    return g;
+  }
+#endif
 };
 CCN_REGISTER_LAYER("pool", PoolLayer);
 
