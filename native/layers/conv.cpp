@@ -12,7 +12,7 @@
 // Layout: in_i N x (C_i*S_i*S_i), out N x (F*P), P = modulesX^2, NCHW per case.
 //
 // Kernels: parallel over cases, one case per task; each thread unfolds its case image-major
-// (col[k][m], K x P, kernels/unfold.h) into its own buffer and makes single-threaded GEMMs
+// (col[k][m], K x P, kernels/unfold.h; via a padded copy of each plane) into its own buffer and makes single-threaded GEMMs
 // (sgemm inside a parallel region), per group:
 //   forward:  out_n[g-block] (Fg x P)  = bias + W_g^T (Fg x Kg) * col[g-block] (Kg x P)
 //   backward: dW_g (Kg x Fg)          += col[g] (Kg x P) * dout_n[g]^T (P x Fg)
@@ -63,6 +63,7 @@ class ConvLayer : public Layer {
 #pragma omp parallel
     {
       Mat& col = col_[omp_get_thread_num()];  // sized by grow_buffers: no allocation in here
+      float* q = pad_[omp_get_thread_num()].data();
 #pragma omp for schedule(dynamic, 1)
       for (int n = 0; n < N; ++n) {
         float* out_n = o.row(n);  // F x P
@@ -73,7 +74,7 @@ class ConvLayer : public Layer {
           const int64_t Kg = ig.kg();
           const int G = ig.groups, Fg = F / G;
           col.resize(ig.g.rows(), P);  // col[k][m]
-          unfold_image_major(ig.g, in[i]->row(n), in[i]->cols(), 1, col.data());
+          unfold_image_major(ig.g, in[i]->row(n), col.data(), q);
           const float* W = weights[i]->w.data();
           for (int g = 0; g < G; ++g)
             sgemm(true, false, Fg, (int)P, (int)Kg, 1.f, W + (int64_t)g * Fg, F, col.row(g * Kg), (int)P, 1.f,
@@ -124,11 +125,12 @@ class ConvLayer : public Layer {
       {
         Mat& col = col_[omp_get_thread_num()];
         col.resize(K, P);
+        float* q = pad_[omp_get_thread_num()].data();
 #pragma omp for schedule(dynamic, 1)
         for (int sl = 0; sl < S; ++sl) {
           dw_[sl].zero();
           for (int n = (int)((int64_t)N * sl / S); n < (int)((int64_t)N * (sl + 1) / S); ++n) {
-            unfold_image_major(ig.g, in[i]->row(n), in[i]->cols(), 1, col.data());
+            unfold_image_major(ig.g, in[i]->row(n), col.data(), q);
             const float* dout_n = dout.row(n);  // F x P
             for (int g = 0; g < G; ++g)
               sgemm(false, true, (int)Kg, Fg, (int)P, 1.f, col.row(g * Kg), (int)P, dout_n + (int64_t)g * Fg * P,
@@ -148,13 +150,14 @@ class ConvLayer : public Layer {
 #pragma omp parallel num_threads(T)
       {
         Mat& col = col_[omp_get_thread_num()];
+        float* q = pad_[omp_get_thread_num()].data();
 #pragma omp for schedule(dynamic, 1)
         for (int n = 0; n < N; ++n) {
           const float* dout_n = dout.row(n);
           for (int g = 0; g < G; ++g)
             sgemm(false, false, (int)Kg, (int)P, Fg, 1.f, W + (int64_t)g * Fg, F, dout_n + (int64_t)g * Fg * P,
                   (int)P, 0.f, col.row(g * Kg), (int)P);
-          fold_image_major(ig.g, col.data(), 1, din[i]->row(n), din[i]->cols());
+          fold_image_major(ig.g, col.data(), din[i]->row(n), q);
         }
       }
     }
@@ -185,12 +188,17 @@ class ConvLayer : public Layer {
     int64_t K = 0;
     for (const auto& ig : cs_.in) K = std::max<int64_t>(K, ig.g.rows());
     for (auto& c : col_) c.resize(K, cs_.modules());
+    int64_t Q2 = 0;
+    for (const auto& ig : cs_.in) Q2 = std::max(Q2, padded_plane_size(ig.g));
+    if (pad_.size() < T) pad_.resize(T);
+    for (auto& p : pad_) p.resize(Q2);
   }
 
   ConvSetup cs_;
   bool shared_biases_ = true;
   std::vector<Mat> col_;  // per thread: one case unfolded image-major, K x P
   std::vector<Mat> dw_;   // per slot of cases: weight-gradient partial sums, K x F
+  std::vector<std::vector<float>> pad_;  // per thread: one padded image plane (unfold/fold scratch)
 };
 CCN_REGISTER_LAYER("conv", ConvLayer);
 
