@@ -18,6 +18,7 @@
 //   backward: dW_g (Kg x Fg)          += col[g] (Kg x P) * dout_n[g]^T (P x Fg)
 //             dcol[g] (Kg x P)         = W_g (Kg x Fg) * dout_n[g] (Fg x P), folded (added) into din_n
 // out_n and dout_n are case n's rows of out/dout, already F x P matrices (NCHW per case).
+// Backward is one pass over the cases (unfold, dW GEMM, dcol GEMM, fold per case).
 // Weight gradients are summed per slot of cases (at least kMinSlots slots, or one per thread
 // when there are more threads), each slot in its own buffer, then the slots in order: the
 // result does not depend on which thread did what (nor, up to kMinSlots threads, on how many
@@ -125,11 +126,14 @@ class ConvLayer : public Layer {
       const int64_t K = ig.g.rows(), Kg = ig.kg();
       const int G = ig.groups, Fg = F / G;
       const float* W = weights[i]->w.data();
-      // Weight gradients: the cases are cut into S contiguous slots; slot s sums its cases, in
-      // order, into dw_[s] (K x F); slots are handed out dynamically and summed in slot order.
+      // One pass over the cases. Weight gradients: the cases are cut into S contiguous slots;
+      // slot s sums its cases, in order, into dw_[s] (K x F); slots are handed out dynamically
+      // and summed in slot order. Input gradient (when needed), case by case right after its
+      // weight-gradient GEMM, reusing the column buffer and dout_n while in cache.
       const int S = std::min(N, std::max(kMinSlots, T));
       if ((int)dw_.size() < S) dw_.resize(S);
       for (int sl = 0; sl < S; ++sl) dw_[sl].resize(K, F);  // allocations stay outside parallel regions
+      Mat* dx = din[i];
 #pragma omp parallel num_threads(T)
       {
         Mat& col = col_[omp_get_thread_num()];
@@ -144,6 +148,11 @@ class ConvLayer : public Layer {
             for (int g = 0; g < G; ++g)
               sgemm(false, true, (int)Kg, Fg, (int)P, 1.f, col.row(g * Kg), (int)P, dout_n + (int64_t)g * Fg * P,
                     (int)P, 1.f, dw_[sl].data() + (int64_t)g * Fg, F);
+            if (!dx) continue;
+            for (int g = 0; g < G; ++g)  // dcol[g] = W_g dout_n[g], overwriting col
+              sgemm(false, false, (int)Kg, (int)P, Fg, 1.f, W + (int64_t)g * Fg, F, dout_n + (int64_t)g * Fg * P,
+                    (int)P, 0.f, col.row(g * Kg), (int)P);
+            fold_image_major(ig.g, col.data(), dx->row(n), q);
           }
         }
       }
@@ -154,20 +163,6 @@ class ConvLayer : public Layer {
         float s = dW[j];
         for (int sl = 0; sl < S; ++sl) s += dw_[sl].data()[j];
         dW[j] = s;
-      }
-      if (!din[i]) continue;
-#pragma omp parallel num_threads(T)
-      {
-        Mat& col = col_[omp_get_thread_num()];
-        float* q = pad_[omp_get_thread_num()].data();
-#pragma omp for schedule(dynamic, 1)
-        for (int n = 0; n < N; ++n) {
-          const float* dout_n = dout.row(n);
-          for (int g = 0; g < G; ++g)
-            sgemm(false, false, (int)Kg, (int)P, Fg, 1.f, W + (int64_t)g * Fg, F, dout_n + (int64_t)g * Fg * P,
-                  (int)P, 0.f, col.row(g * Kg), (int)P);
-          fold_image_major(ig.g, col.data(), din[i]->row(n), q);
-        }
       }
     }
   }
