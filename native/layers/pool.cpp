@@ -151,7 +151,7 @@ class PoolLayer : public Layer {
     const int64_t inPlane = (int64_t)S * S, outPlane = (int64_t)O * O;
 #pragma omp parallel if (N * C * outPlane > 16384)
     {
-      std::vector<float> me(S), ge(S);  // max_undo_row's scratch
+      std::vector<float> me((size_t)size_ * S, 0.f), ge((size_t)size_ * S, 0.f);  // max_undo_row's scratch
 #pragma omp for collapse(2) schedule(static)
       for (int64_t n = 0; n < N; ++n)
         for (int c = 0; c < C; ++c) {
@@ -183,7 +183,7 @@ class PoolLayer : public Layer {
   // maximum), go[ox] its gradient; input rows [y0, y1) of the S x S planes x (input) and d
   // (its gradient, x fastest). Every window pixel equal to m[ox] gets go[ox] added.
   // For each window column offset dx, DESCENDING, the row's windows are spread onto pixels:
-  // me[p] = m[ox], ge[p] = go[ox] at p = start + ox*stride + dx (ge = 0 elsewhere), then each
+  // me[p] = m[ox], ge[p] = go[ox] at p = start + ox*stride + dx (0 elsewhere), then each
   // input row yy of the window gets d[yy][p] += x[yy][p] == me[p] ? ge[p] : 0 over the pixel
   // span [p_lo, p_hi] of those windows: contiguous, branch-free, vectorised (the direct
   // window-by-window scatter runs 3-element inner loops at ~5x the forward's time).
@@ -191,9 +191,11 @@ class PoolLayer : public Layer {
   // descending it receives ox1's term before ox2's, and rows oy arrive in order: every pixel
   // sums its terms in row-major window order, as the scatter does. The extra +0 terms (pixels
   // of the span not at offset dx) change nothing but the sign of a zero gradient.
-  // me, ge: scratch of S floats each.
-  void max_undo_row(const float* x, const float* m, const float* go, float* d, int y0, int y1, float* me,
-                    float* ge) const {
+  // me_all, ge_all: scratch of sizeX rows of S floats, one row per dx, zero-filled by the
+  // caller once: row dx only ever receives values at its window pixels (the same for every
+  // output row), so its other pixels stay 0 (0 == x ? 0 : 0 adds +0).
+  void max_undo_row(const float* x, const float* m, const float* go, float* d, int y0, int y1, float* me_all,
+                    float* ge_all) const {
     const int S = S_, O = O_, st = stride_;
     for (int dx = size_ - 1; dx >= 0; --dx) {
       // Outputs ox whose column off + ox*st lies in [0, S): [lo, hi).
@@ -202,7 +204,8 @@ class PoolLayer : public Layer {
       const int hi = std::min(O, off >= S ? 0 : (S - 1 - off) / st + 1);
       if (lo >= hi) continue;
       const int p_lo = off + lo * st, p_hi = off + (hi - 1) * st + 1;  // pixel span [p_lo, p_hi)
-      for (int p = p_lo; p < p_hi; ++p) ge[p] = 0.f, me[p] = 0.f;
+      float* me = me_all + (int64_t)dx * S;  // its pixels off + ox*st are set here, the rest stay 0
+      float* ge = ge_all + (int64_t)dx * S;
       for (int ox = lo; ox < hi; ++ox) me[off + ox * st] = m[ox], ge[off + ox * st] = go[ox];
       for (int yy = y0; yy < y1; ++yy)
         add_where_equal(d + (int64_t)yy * S + p_lo, x + (int64_t)yy * S + p_lo, me + p_lo, ge + p_lo, p_hi - p_lo);
