@@ -68,62 +68,86 @@ inline void strided_add(float* d, const float* s, int n, int st) {
 
 }  // namespace
 
-// col[(b*K + k)*P + m] = img_b[vchan[v], my*st - pad + fy, mx*st - pad + fx] (0 outside).
-void unfold_image_major(const UnfoldGeom& g, const float* imgs, int64_t ld, int B, float* col) {
-  const int fs = g.fsize, M = g.modules_x, S = g.size, st = g.stride;
-  const int V = (int)g.vchan.size();
-  const int64_t P = g.modules(), K = g.rows();
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int b = 0; b < B; ++b)
-    for (int v = 0; v < V; ++v) {
-      const float* src = imgs + b * ld + (int64_t)g.vchan[v] * S * S;
-      float* dst = col + ((int64_t)b * K + (int64_t)v * fs * fs) * P;
-      for (int fy = 0; fy < fs; ++fy) {
-        const Range ry = valid_range(fy, g);
-        for (int fx = 0; fx < fs; ++fx) {
-          const Range rx = valid_range(fx, g);
-          float* d = dst + (int64_t)(fy * fs + fx) * P;
-          for (int my = 0; my < M; ++my) {
-            float* dr = d + (int64_t)my * M;
-            if (my < ry.lo || my >= ry.hi) {
-              std::memset(dr, 0, sizeof(float) * M);
-              continue;
-            }
-            const int64_t base = (int64_t)(my * st - g.pad + fy) * S - g.pad + fx;  // + mx * st
-            for (int mx = 0; mx < rx.lo; ++mx) dr[mx] = 0.f;
-            strided_copy(dr + rx.lo, src + base + (int64_t)rx.lo * st, rx.hi - rx.lo, st);
-            for (int mx = rx.hi; mx < M; ++mx) dr[mx] = 0.f;
-          }
-        }
-      }
-    }
+int64_t padded_plane_size(const UnfoldGeom& g) {
+  const int64_t Q = (int64_t)(g.modules_x - 1) * g.stride + g.fsize;
+  return Q * Q;
 }
 
-// dimg_b[vchan[v], y, x] += col[(b*K + k)*P + m] over every (k, m) that reads (y, x).
-void fold_image_major(const UnfoldGeom& g, const float* col, int B, float* dimgs, int64_t ld) {
-  const int fs = g.fsize, M = g.modules_x, S = g.size, st = g.stride, C = g.channels;
-  const int64_t P = g.modules(), K = g.rows();
-  const auto rd = readers(g);
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int b = 0; b < B; ++b)
-    for (int c = 0; c < C; ++c) {
-      float* dimg = dimgs + b * ld + (int64_t)c * S * S;
-      for (int v : rd[c]) {
-        const float* src = col + ((int64_t)b * K + (int64_t)v * fs * fs) * P;
-        for (int fy = 0; fy < fs; ++fy) {
-          const Range ry = valid_range(fy, g);
-          for (int fx = 0; fx < fs; ++fx) {
-            const Range rx = valid_range(fx, g);
-            const float* s = src + (int64_t)(fy * fs + fx) * P;
-            for (int my = ry.lo; my < ry.hi; ++my) {
-              const float* sr = s + (int64_t)my * M;
-              const int64_t base = (int64_t)(my * st - g.pad + fy) * S - g.pad + fx;  // + mx * st
-              strided_add(dimg + base + (int64_t)rx.lo * st, sr + rx.lo, rx.hi - rx.lo, st);
-            }
-          }
-        }
-      }
+namespace {
+
+// The padded plane: Q x Q with Q = (modulesX - 1) * stride + fs, pixel (y', x') holding image
+// pixel (y' - pad, x' - pad), exactly the pixels the filter taps reach; pixels outside the
+// image are 0 (pad_plane) or scratch (fold). Module (my, mx)'s tap (fy, fx) reads
+// (my*st + fy, mx*st + fx): no range checks.
+int padded_side(const UnfoldGeom& g) { return (g.modules_x - 1) * g.stride + g.fsize; }
+
+// q (Q x Q) = plane (S x S) shifted by (pad, pad), 0 outside the image.
+void pad_plane(const UnfoldGeom& g, const float* plane, float* q) {
+  const int Q = padded_side(g), S = g.size, pad = g.pad;
+  const int x_lo = std::min(pad, Q), x_hi = std::min(Q, S + pad);  // x' in [x_lo, x_hi) inside
+  for (int yq = 0; yq < Q; ++yq) {
+    float* qr = q + (int64_t)yq * Q;
+    const int y = yq - pad;
+    if (y < 0 || y >= S) {
+      std::fill(qr, qr + Q, 0.f);
+      continue;
     }
+    const float* r = plane + (int64_t)y * S;
+    for (int xq = 0; xq < x_lo; ++xq) qr[xq] = 0.f;
+    for (int xq = x_lo; xq < x_hi; ++xq) qr[xq] = r[xq - pad];
+    for (int xq = std::max(x_lo, x_hi); xq < Q; ++xq) qr[xq] = 0.f;
+  }
+}
+
+}  // namespace
+
+// col[k*P + m] = img[vchan[v], my*st - pad + fy, mx*st - pad + fx] (0 outside), one case:
+// each virtual channel is padded into q, then every (fy, fx) row is M copies of M pixels.
+void unfold_image_major(const UnfoldGeom& g, const float* img, float* col, float* q) {
+  const int fs = g.fsize, M = g.modules_x, S = g.size, st = g.stride, Q = padded_side(g);
+  const int V = (int)g.vchan.size();
+  const int64_t P = g.modules();
+  for (int v = 0; v < V; ++v) {
+    pad_plane(g, img + (int64_t)g.vchan[v] * S * S, q);
+    float* dst = col + (int64_t)v * fs * fs * P;
+    for (int fy = 0; fy < fs; ++fy)
+      for (int fx = 0; fx < fs; ++fx) {
+        float* d = dst + (int64_t)(fy * fs + fx) * P;
+        for (int my = 0; my < M; ++my) strided_copy(d + (int64_t)my * M, q + (int64_t)(my * st + fy) * Q + fx, M, st);
+      }
+  }
+}
+
+// dimg[vchan[v], y, x] += col[k*P + m] over every (k, m) that reads (y, x), one case. Per image
+// channel: its gradient plane is copied into the padded q, the entries are added in the same
+// order as without padding (v, fy, fx, my, mx; those outside the image land in q's border),
+// and the image part is copied back: every pixel gets the same sums in the same order.
+void fold_image_major(const UnfoldGeom& g, const float* col, float* dimg, float* q) {
+  const int fs = g.fsize, M = g.modules_x, S = g.size, st = g.stride, C = g.channels, Q = padded_side(g);
+  const int64_t P = g.modules();
+  const int lo = std::min(g.pad, Q), hi = std::min(Q, S + g.pad);  // q's rows/cols [lo, hi) are the image's
+  for (int c = 0; c < C; ++c) {
+    bool read = false;
+    for (size_t v = 0; v < g.vchan.size() && !read; ++v) read = g.vchan[v] == c;
+    if (!read) continue;
+    float* plane = dimg + (int64_t)c * S * S;
+    pad_plane(g, plane, q);
+    for (size_t v = 0; v < g.vchan.size(); ++v) {
+      if (g.vchan[v] != c) continue;
+      const float* src = col + (int64_t)v * fs * fs * P;
+      for (int fy = 0; fy < fs; ++fy)
+        for (int fx = 0; fx < fs; ++fx) {
+          const float* s = src + (int64_t)(fy * fs + fx) * P;
+          for (int my = 0; my < M; ++my)
+            strided_add(q + (int64_t)(my * st + fy) * Q + fx, s + (int64_t)my * M, M, st);
+        }
+    }
+    for (int yq = lo; yq < hi; ++yq) {
+      float* r = plane + (int64_t)(yq - g.pad) * S;
+      const float* qr = q + (int64_t)yq * Q;
+      for (int xq = lo; xq < hi; ++xq) r[xq - g.pad] = qr[xq];
+    }
+  }
 }
 
 // col[(m*B + b)*K + k] = img_b[vchan[v], my*st - pad + fy, mx*st - pad + fx] (0 outside).

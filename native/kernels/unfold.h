@@ -19,8 +19,8 @@
 // fold_* is the transpose of unfold_*: it ADDS each column entry into the pixel it came from
 // (entries that fall outside the image are dropped).
 //
-// All four are parallelised with OpenMP and call no BLAS, so callers run their GEMMs outside
-// any parallel region and a threaded BLAS is never oversubscribed.
+// The module-major pair is parallelised with OpenMP; the image-major pair handles one case
+// serially (conv calls it from its own per-case parallel loop). None calls BLAS.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -41,8 +41,11 @@ struct UnfoldGeom {
   int64_t image_size() const { return (int64_t)channels * size * size; }
 };
 
-void unfold_image_major(const UnfoldGeom& g, const float* imgs, int64_t ld, int B, float* col);
-void fold_image_major(const UnfoldGeom& g, const float* col, int B, float* dimgs, int64_t ld);
+// Image-major, one case (img: C x S x S; col: K x P), serial (callers run one case per
+// thread). q: scratch of padded_plane_size(g) floats, the caller's (no allocation here).
+int64_t padded_plane_size(const UnfoldGeom& g);
+void unfold_image_major(const UnfoldGeom& g, const float* img, float* col, float* q);
+void fold_image_major(const UnfoldGeom& g, const float* col, float* dimg, float* q);
 void unfold_module_major(const UnfoldGeom& g, const float* imgs, int64_t ld, int B, float* col);
 void fold_module_major(const UnfoldGeom& g, const float* col, int B, float* dimgs, int64_t ld);
 
