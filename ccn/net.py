@@ -217,3 +217,34 @@ class Net:
         text = params_text if params_text is not None else read_text(params, "layer-params file")
         self._net.reload_params(text, params)
         self.params_path, self.params_text = params, text
+
+
+def memory_estimate(net: Net, cases: int) -> int:
+    """Bytes the core needs for a training step on ``cases`` cases: every layer's output and its
+    gradient, a pre-activation copy where a neuron follows, the parameters with their gradients
+    and momentum increments. Scratch buffers (unfolded images) come on top, so this is a floor."""
+    acts = sum(l.outputs for l in net.layers)
+    pre = sum(l.outputs for l in net.layers if l.neuron)
+    params = sum(p.shape[0] * p.shape[1] for p in net.params)
+    return 4 * (cases * (2 * acts + pre) + 3 * params)
+
+
+def _available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(net: Net, cases: int, what: str) -> None:
+    """Refuse, with a message, a step that cannot fit in the memory available now: the kernel's
+    out-of-memory killer would otherwise end the process without a word."""
+    need, have = memory_estimate(net, cases), _available_bytes()
+    if have is not None and need > have:
+        raise InputError(f"{what}: a step of {net.layers_path} on {cases} cases needs at least "
+                         f"{need / 2**30:.1f} GiB of memory, but only {have / 2**30:.1f} GiB is available; use a "
+                         "smaller minibatch (--mini) or smaller images.")

@@ -226,6 +226,9 @@ def run_test(net, dp, batches, *, mini: int, epoch: int = 1, multiview: bool = F
     ``on_nonfinite(costs, where)`` is called (and must raise) when a cost is NaN or infinite;
     by default a :class:`CcnRuntimeError` names the first non-finite layer.
     """
+    from .net import check_memory
+
+    check_memory(net, mini * (10 if multiview else 1), "testing with --mini")
     check = _check_finite if on_nonfinite is None else \
         (lambda net_, costs, where: on_nonfinite(costs, where) if _nonfinite(costs) else None)
     layers = {l.name: l for l in net.layers}

@@ -32,14 +32,16 @@ def check_grads(layers_path, params_path, image_size, data_dims, mini, samples, 
       ccn check-grads --layers layer-defs/gradcheck.ini --image-size 8 --data-dims 2=10
     """
     from .. import gradcheck
-    from ..net import Net
+    from ..net import Net, check_memory
     from ..netfiles import find_params_file, read_text
     from .show_net import infer_data_dims, parse_data_dims
 
     text = read_text(layers_path, "layer-definition file")
     params_path = find_params_file(layers_path, params_path)
     dims = infer_data_dims(layers_path, text, image_size, parse_data_dims(data_dims))
-    net = Net(layers_path, params_path, dims, seed=seed, layers_text=text)
+    net = Net(layers_path, params_path, dims, seed=seed, layers_text=text, init=False)
+    check_memory(net, mini, "--mini")
+    net.init_weights(seed)
     results = gradcheck.check_grads(net, cases=mini, samples=samples, seed=seed, threshold=threshold,
                                     inputs=inputs)
     width = max(len(r.name) for r in results) if results else 10

@@ -352,7 +352,10 @@ def _run_train(given: dict, load_file, out, stop_after, world):
                        "runs in this process, which computes exactly the single-device result")
 
     # ---- state and checks before the first step
+    from ..net import check_memory
     from ..train import Trainer, TrainConfig, TrainState
+
+    check_memory(net, int(opts["mini"]), "--mini")
 
     state = TrainState.from_checkpoint(ckpt) if ckpt is not None else TrainState()
     if ckpt is not None and state.mb > 0 and int(ckpt.options.get("mini", opts["mini"])) != int(opts["mini"]):

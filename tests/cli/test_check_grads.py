@@ -47,3 +47,11 @@ def test_bad_input_exits_2(tmp_path):
     (tmp_path / "nocost-params.cfg").write_text("[fc]\nepsW=0.1\nepsB=0.1\nmomW=0\nmomB=0\nwc=0\n")
     r = ccn("--layers", str(net), "--data-dims", "0=4")
     assert r.returncode == 2 and "no cost layer" in r.stderr
+
+
+def test_step_too_big_for_memory_is_refused():
+    # 64 cases of 3 x 2048 x 2048 through quickstart need ~50 GiB of activations: refused before
+    # allocating them (the kernel's OOM killer would end the process without a word)
+    r = ccn("--layers", os.path.join(ROOT, "layer-defs", "quickstart.ini"), "--image-size", "2048", "--mini", "64")
+    assert r.returncode == 2, r.stderr
+    assert "needs at least" in r.stderr and "--mini" in r.stderr and "Traceback" not in r.stderr
