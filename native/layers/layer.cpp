@@ -23,6 +23,22 @@ void Layer::bprop_cuda(const std::vector<DevMat>&, DevMat, DevMat, const std::ve
   runtime_error("layer '", name, "': layer type ", type, " has no CUDA implementation yet; run this net on the CPU.");
 }
 
+bool Param::begin_update(double progress, int minibatch, Step& step) {
+  if (++passes < update_period) return false;
+  passes = 0;
+  const double e = eps.value(progress);
+  step.scale = (float)(e / ((double)minibatch * update_period));
+  step.decay = is_bias ? 0.f : (float)(wc * e);
+  // wball: each column of every block of wball_rows rows (fc: whole columns; local: per module),
+  // only for weights that learn, as in the original.
+  step.wball_block = 0;
+  if (wball > 0 && !is_bias && eps.base > 0) {
+    const int64_t rows = w.rows();
+    step.wball_block = wball_rows > 0 && rows % wball_rows == 0 ? wball_rows : rows;
+  }
+  return true;
+}
+
 Param* SetupCtx::make_param(const std::string& pname, int64_t rows, int64_t cols, bool is_bias) {
   return net->make_param(layer->name, layer->name + "." + pname, rows, cols, is_bias);
 }

@@ -49,6 +49,15 @@ struct Param {
   double init_std = 0, init_value = 0;
   std::string init_func;   // "module.func(args)" or ""
   int shared_by = 0;       // number of extra layers using this matrix through weightSource
+
+  // One SGD step's settings, the same for every backend: inc = mom*inc - scale*grad - decay*w.
+  struct Step {
+    float scale = 0, decay = 0;
+    int64_t wball_block = 0;  // rows per wball block; 0 = no wball cap this step
+  };
+  // Counts this pass; false until updatePeriod passes have accumulated (then passes restarts).
+  bool begin_update(double progress, int minibatch, Step& step);
+
   // Device copies while the net runs on a GPU (owned by the net's device state; null on
   // the CPU). While on the device they are authoritative and w/grad/inc above are stale
   // until Net::pull_params().

@@ -385,10 +385,9 @@ void Net::update(double progress, int minibatch) {
   if (cuda_) return update_cuda(progress, minibatch);
   for (auto& pp : params_) {
     Param& p = *pp;
-    if (++p.passes < p.update_period) continue;
-    const float scale = (float)(p.eps.value(progress) / ((double)minibatch * p.update_period));
-    const float mom = (float)p.mom;
-    const float decay = p.is_bias ? 0.f : (float)(p.wc * p.eps.value(progress));
+    Param::Step st;
+    if (!p.begin_update(progress, minibatch, st)) continue;
+    const float scale = st.scale, decay = st.decay, mom = (float)p.mom;
     float* w = p.w.data();
     float* inc = p.inc.data();
     float* g = p.grad.data();
@@ -399,12 +398,8 @@ void Net::update(double progress, int minibatch) {
       w[k] += inc[k];
       g[k] = 0.f;
     }
-    p.passes = 0;
-    if (p.wball > 0 && !p.is_bias && p.eps.base > 0) {
-      // Cap the norm of each column within each block of `blk` rows (cuda-convnet2: fc columns
-      // whole, local layers per module); only weights that learn, as in the original.
-      const int64_t rows = p.w.rows(), cols = p.w.cols();
-      const int64_t blk = p.wball_rows > 0 && rows % p.wball_rows == 0 ? p.wball_rows : rows;
+    if (st.wball_block > 0) {  // cap the norm of each column within each block of rows
+      const int64_t rows = p.w.rows(), cols = p.w.cols(), blk = st.wball_block;
 #pragma omp parallel for schedule(static) if (rows * cols > 65536)
       for (int64_t b0 = 0; b0 < rows; b0 += blk) {
         std::vector<double> norm2(cols, 0.0);

@@ -347,17 +347,12 @@ void Net::update_cuda(double progress, int minibatch) {
   nc.cx.make_current();
   for (auto& pp : params_) {
     Param& p = *pp;
-    if (++p.passes < p.update_period) continue;
-    const float scale = (float)(p.eps.value(progress) / ((double)minibatch * p.update_period));
-    const float decay = p.is_bias ? 0.f : (float)(p.wc * p.eps.value(progress));
-    cuda::sgd_update(nc.cx, p.dev.w, p.dev.inc, p.dev.grad, p.w.size(), (float)p.mom, scale, decay);
-    p.passes = 0;
-    if (p.wball > 0 && !p.is_bias && p.eps.base > 0) {  // per block of wball_rows rows (see layer.h)
-      const int64_t rows = p.w.rows(), cols = p.w.cols();
-      const int64_t blk = p.wball_rows > 0 && rows % p.wball_rows == 0 ? p.wball_rows : rows;
-      for (int64_t b0 = 0; b0 < rows; b0 += blk)
-        cuda::wball_clip(nc.cx, p.dev.w + b0 * cols, blk, cols, (float)p.wball);
-    }
+    Param::Step st;
+    if (!p.begin_update(progress, minibatch, st)) continue;
+    cuda::sgd_update(nc.cx, p.dev.w, p.dev.inc, p.dev.grad, p.w.size(), (float)p.mom, st.scale, st.decay);
+    if (st.wball_block > 0)  // per block of rows (see Param::begin_update)
+      for (int64_t b0 = 0; b0 < p.w.rows(); b0 += st.wball_block)
+        cuda::wball_clip(nc.cx, p.dev.w + b0 * p.w.cols(), st.wball_block, p.w.cols(), (float)p.wball);
   }
 }
 
