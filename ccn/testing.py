@@ -46,6 +46,20 @@ def load_model(path: str):
     return ckpt, net
 
 
+def test_options(ckpt, **overrides) -> tuple[dict, list[int]]:
+    """The checkpoint's options with the command line's overrides (those not None), and the
+    test batches they name (an InputError when there are none)."""
+    from .cli.train import parse_range
+
+    opts = dict(ckpt.options)
+    if overrides.get("data_path"):
+        overrides["data_path"] = os.path.abspath(overrides["data_path"])
+    opts.update({k: v for k, v in overrides.items() if v is not None})
+    if not opts.get("test_range"):
+        raise InputError("the checkpoint names no test range; give --test-range.")
+    return opts, parse_range(opts["test_range"], "--test-range")
+
+
 def checkpoint_label(ckpt) -> str:
     """A short name for file names: the checkpoint folder's name (``3.2``)."""
     return os.path.basename(os.path.normpath(ckpt.path)) or "checkpoint"

@@ -58,12 +58,9 @@ def plottable(dp, images: np.ndarray, dims) -> np.ndarray:
 def write_preds(load_file, *, only_errors=False, output=None, num=8, seed=0, logreg_name=None, test_range=None,
                 data_path=None, data_provider=None, echo=print) -> dict:
     """Write the picture; return its path and what it shows (batch, case, label, top classes)."""
-    import os
-
     from .. import testing as T
     from .. import viz
     from ..errors import InputError
-    from .train import parse_range
 
     if output is not None:
         viz.check_output(output)
@@ -71,14 +68,7 @@ def write_preds(load_file, *, only_errors=False, output=None, num=8, seed=0, log
     logreg = T.find_logreg(net, logreg_name)
     if logreg is None:
         raise InputError("the net has no cost.logreg layer, so it makes no class predictions to show.")
-    opts = dict(ckpt.options)
-    for k, v in (("data_path", data_path and os.path.abspath(data_path)), ("data_provider", data_provider),
-                 ("test_range", test_range)):
-        if v is not None:
-            opts[k] = v
-    if not opts.get("test_range"):
-        raise InputError("the checkpoint names no test range; give --test-range.")
-    batches = parse_range(opts["test_range"], "--test-range")
+    opts, batches = T.test_options(ckpt, data_path=data_path, data_provider=data_provider, test_range=test_range)
     dp = T.open_test_provider(opts, batches, multiview=False, net=net)
     mini = int(opts.get("mini") or 128)
     loaded: dict = {}

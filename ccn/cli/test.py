@@ -62,7 +62,7 @@ def run_test_command(load_file, *, test_range=None, data_path=None, data_provide
                      threads=None, out=None) -> dict:
     """The command without Click; returns the summed costs, names and number of cases."""
     from .. import testing as T
-    from .train import parse_range, _compact
+    from .train import _compact
     from ..train import _CostSum, format_costs, shown_names, shown_values
     from .. import viz
 
@@ -83,14 +83,8 @@ def run_test_command(load_file, *, test_range=None, data_path=None, data_provide
         if not os.access(feature_path, os.W_OK | os.X_OK):
             raise InputError(f"--feature-path {feature_path}: the folder is not writable.")
     ckpt, net = T.load_model(load_file)
-    opts = dict(ckpt.options)
-    for k, v in (("data_path", data_path and os.path.abspath(data_path)), ("data_provider", data_provider),
-                 ("test_range", test_range), ("mini", mini), ("multiview_test", multiview), ("threads", threads)):
-        if v is not None:
-            opts[k] = v
-    if not opts.get("test_range"):
-        raise InputError("the checkpoint names no test range; give --test-range.")
-    batches = parse_range(opts["test_range"], "--test-range")
+    opts, batches = T.test_options(ckpt, data_path=data_path, data_provider=data_provider, test_range=test_range,
+                                   mini=mini, multiview_test=multiview, threads=threads)
     mv = bool(opts.get("multiview_test"))
     mini = int(opts.get("mini") or 128)
     logreg = T.find_logreg(net, logreg_name)
