@@ -95,9 +95,13 @@ void conv_bias_grad(CudaCtx& cx, const float* dout, float* db, int N, int F, int
 // Output o covers [start + o*stride, start + o*stride + sizeX) clipped to the image, in x
 // and y. max: the window's maximum (0 for a window with no pixel inside the image);
 // avg: sum / (pixels inside the image). Backward: max ties all get the gradient.
+// maxabs (max = true and abs = true): the window's value of largest magnitude, the LAST
+// such pixel in row-major window order on ties (|later| >= |kept| replaces, as the CPU
+// layer); backward as max (every window pixel equal to the output gets the gradient).
 struct PoolGeom {
   int N = 0, C = 0, S = 0, O = 0, sizeX = 0, start = 0, stride = 1;
   bool max = true;
+  bool abs = false;  // with max: pool=maxabs
 };
 void pool_fprop(CudaCtx& cx, const PoolGeom& g, const float* in, float* out);
 void pool_bprop(CudaCtx& cx, const PoolGeom& g, const float* in, const float* out, const float* dout, float* din);
@@ -147,6 +151,63 @@ void dropout_fprop(CudaCtx& cx, const float* x, float* y, int64_t n, uint64_t se
 void dropout_bprop(CudaCtx& cx, const float* dout, float* din, int64_t n, uint64_t seed, uint64_t stream,
                    uint64_t first, float keep, float on);
 // Testing / disabled passes are scale_copy (y = s*x) and axpy (din += s*dout).
+
+// ---- local (local.cu): locally connected (unshared) filters, one input at a time --------
+// Geometry as conv (ConvGeom above: groups, channel table, padding, stride), P = M*M
+// modules, Kg = Cf*fs*fs. Weights W: (P*Kg) x F, row m*Kg + c*fs*fs + fy*fs + fx, column f
+// (module slowest); filter f belongs to group g = f / (F/groups).
+//   out[n, f, m] (= or +=) sum_{c, fy, fx} W[m*Kg + c*fs^2 + fy*fs + fx, f]
+//                              * in[n, chan(g, c), my*stride - padding + fy, mx*stride - padding + fx]
+// (pixels outside the image 0). The biases (F*P x 1, unshared) are conv_add_bias /
+// conv_bias_grad with shared = false. Plain kernels, one thread per output element.
+void local_fprop(CudaCtx& cx, const ConvGeom& g, const float* in, const float* W, float* out, bool accumulate);
+// din += d out / d in (skipped when din is null); dW += d out / d W summed over cases
+// (skipped when dW is null).
+void local_bprop(CudaCtx& cx, const ConvGeom& g, const float* in, const float* W, const float* dout, float* din,
+                 float* dW);
+
+// ---- cmpool (cmpool.cu): cross-map max pooling, in N x (C*SS), out N x (O*SS) ----------
+// out[n, o, p] = max over channels c in [start + o*stride, start + o*stride + size) clipped
+// to [0, C) of in[n, c, p] (SS = pixels per map). Backward: din[n, c, p] += dout[n, o, p]
+// for every output o whose window holds c and whose value equals in[n, c, p] (ties all).
+struct CmPoolGeom {
+  int N = 0, C = 0, SS = 0, O = 0, size = 1, start = 0, stride = 1;
+};
+void cmpool_fprop(CudaCtx& cx, const CmPoolGeom& g, const float* in, float* out);
+void cmpool_bprop(CudaCtx& cx, const CmPoolGeom& g, const float* in, const float* out, const float* dout, float* din);
+
+// ---- sum (sum.cu): sums of groups of `stride` adjacent channels -------------------------
+// in N x (C*HW), out N x ((C/stride)*HW): out[n, c*HW + p] = sum_{k<stride} in[n, (c*stride + k)*HW + p];
+// bprop din[n, (c*stride + k)*HW + p] += dout[n, c*HW + p].
+void chansum_fprop(CudaCtx& cx, const float* in, float* out, int64_t N, int64_t Cout, int64_t HW, int stride);
+void chansum_bprop(CudaCtx& cx, const float* dout, float* din, int64_t N, int64_t Cout, int64_t HW, int stride);
+
+// ---- sfc (sfc.cu): split fully-connected, in N x K, W K x O, out N x (O*parts) -----------
+// Part p: out[:, p*O .. p*O+O) (= or +=) in[:, p*Kp .. p*Kp+Kp) * W[p*Kp .. p*Kp+Kp, :],
+// Kp = K/parts. The layer adds the bias with add_row_vector (and add_col_sums backward).
+void sfc_fprop(CudaCtx& cx, const float* in, const float* W, float* out, int N, int K, int O, int parts,
+               bool accumulate);
+// Per part: din += dout_p W_p^T (din may be null); dW_p += in_p^T dout_p (dW may be null).
+void sfc_bprop(CudaCtx& cx, const float* in, const float* W, const float* dout, float* din, float* dW, int N, int K,
+               int O, int parts);
+
+// ---- cost.crossent (cost_crossent.cu): labels t and probs p, both N x K ----------------
+// sums[0] = -sum_n sum_k t * safelog(p) (safelog(x) = log x, or -50 for x <= 0, in double);
+// sums[1] = sum_n (1 - [a class tying for max p has t > 0] / #ties). Synchronises.
+void crossent_fprop(CudaCtx& cx, const float* labels, const float* probs, int N, int K, double sums[2]);
+// dprobs -= coeff * t / max(p, 1e-38) where t != 0 (n = N*K elements).
+void crossent_bprop(CudaCtx& cx, const float* labels, const float* probs, float* dprobs, int64_t n, float coeff);
+
+// ---- cost.bce / cost.dce (cost_bce.cu): labels t and outputs y, both N x K ---------------
+// sums[0] = -sum (posWeight * t * safelog(y) + (1 - t) * safelog(1 - y));
+// sums[1] = number of wrong decisions [(y > 0.5) != t] (the layer divides by K);
+// sums[2] = sum_n (1 - sum_k t * [y == max_k y] / #ties).
+// per_class (null, or 3*K doubles): [3k] = sum_n [y > 0.5], [3k+1] = sum_n t,
+// [3k+2] = sum_n t * [(y > 0.5) == t]. Synchronises.
+void bce_fprop(CudaCtx& cx, const float* labels, const float* y, int N, int K, double pos_weight, double sums[3],
+               double* per_class);
+// dy -= coeff * (posWeight * t / max(y, 1e-38) - (1 - t) / max(1 - y, 1e-38)), n = N*K elements.
+void bce_bprop(CudaCtx& cx, const float* labels, const float* y, float* dy, int64_t n, float coeff, float pos_weight);
 
 // ---- SGD update (sgd.cu) ---------------------------------------------------------------
 // inc = mom*inc - scale*grad - decay*w; w += inc; grad = 0 (n elements).

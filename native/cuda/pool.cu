@@ -1,9 +1,10 @@
-// ccn/native/cuda/pool.cu: type=pool, max or average over square windows.
+// ccn/native/cuda/pool.cu: type=pool, max, maxabs or average over square windows.
 // Layouts: in/din N x (C*S*S) [n][c][y][x]; out/dout N x (C*O*O) [n][c][oy][ox].
 // Output (oy, ox) covers rows [start + oy*stride, start + oy*stride + sizeX) and the same
-// columns, clipped to the image. max: the maximum (0 if no pixel is inside); avg: the sum
+// columns, clipped to the image. max: the maximum (0 if no pixel is inside); maxabs
+// (max && abs): the value of largest magnitude, the last such in row-major window order; avg: the sum
 // over the pixels inside divided by their number. Backward gathers, per input pixel, every
-// output whose window holds it: max adds dout where in == out (ties all get it), avg adds
+// output whose window holds it: max and maxabs add dout where in == out (ties all get it), avg adds
 // dout / count. No atomics: one writer per input pixel.
 #include <cfloat>
 
@@ -29,6 +30,13 @@ __global__ void pool_fprop_kernel(PoolGeom g, const float* in, float* out) {
     float r;
     if (ya >= yb || xa >= xb) {
       r = 0.f;
+    } else if (g.max && g.abs) {
+      // maxabs, as the CPU layer: start from the window's first pixel; a later pixel
+      // replaces the kept value unless |kept| > |pixel| (so the last of equal magnitudes wins).
+      r = img[ya * g.S + xa];
+      for (int y = ya; y < yb; ++y)
+        for (int x = xa; x < xb; ++x)
+          if (!(fabsf(r) > fabsf(img[y * g.S + x]))) r = img[y * g.S + x];
     } else if (g.max) {
       r = -FLT_MAX;
       for (int y = ya; y < yb; ++y)

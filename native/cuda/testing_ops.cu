@@ -57,7 +57,7 @@ ConvGeom conv_geom(const Args& a, int*& vchan_dev) {
 PoolGeom pool_geom(const Args& a) {
   PoolGeom g;
   g.N = a.i("N"), g.C = a.i("C"), g.S = a.i("S"), g.O = a.i("O"), g.sizeX = a.i("sizeX"), g.start = a.i("start");
-  g.stride = a.i("stride"), g.max = a.i("max") != 0;
+  g.stride = a.i("stride"), g.max = a.i("max") != 0, g.abs = a.s("abs", 0) != 0;
   return g;
 }
 NormGeom norm_geom(const Args& a) {

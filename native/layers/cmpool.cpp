@@ -18,6 +18,9 @@
 #include <algorithm>
 
 #include "layers/layer.h"
+#ifdef CCN_WITH_CUDA
+#include "cuda/kernels.h"
+#endif
 
 namespace ccn {
 
@@ -104,6 +107,26 @@ class CrossMapPoolLayer : public Layer {
 
  private:
   int C_ = 0, S_ = 0, size_ = 1, stride_ = 1, start_ = 0, O_ = 0;
+
+#ifdef CCN_WITH_CUDA
+  // native/cuda/cmpool.cu; same layouts. bprop gets the layer's own (pre-neuron) output.
+ public:
+  bool has_cuda() const override { return true; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat o, CudaCtx& cx, const PassCtx&) override {
+    cuda::cmpool_fprop(cx, cuda_geom((int)o.rows), in[0].p, o.p);
+  }
+  void bprop_cuda(const std::vector<DevMat>& in, DevMat o, DevMat dout, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    if (din[0]) cuda::cmpool_bprop(cx, cuda_geom((int)dout.rows), in[0].p, o.p, dout.p, din[0].p);
+  }
+
+ private:
+  cuda::CmPoolGeom cuda_geom(int N) const {
+    cuda::CmPoolGeom g;
+    g.N = N, g.C = C_, g.SS = S_ * S_, g.O = O_, g.size = size_, g.start = start_, g.stride = stride_;
+    return g;
+  }
+#endif
 };
 CCN_REGISTER_LAYER("cmpool", CrossMapPoolLayer);
 

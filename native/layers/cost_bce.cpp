@@ -21,6 +21,9 @@
 #include <algorithm>
 
 #include "layers/cost_common.h"
+#ifdef CCN_WITH_CUDA
+#include "cuda/kernels.h"
+#endif
 
 namespace ccn {
 
@@ -138,6 +141,29 @@ class BceCost : public Layer {
   int classes_ = 0;
   double coeff_ = 1, pos_weight_ = 1;
   std::vector<double> values_;
+
+#ifdef CCN_WITH_CUDA
+  // native/cuda/cost_bce.cu (both cost.bce and cost.dce); the forward pass synchronises to
+  // return the sums. Values in the CPU layer's order.
+ public:
+  bool has_cuda() const override { return true; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat, CudaCtx& cx, const PassCtx&) override {
+    const int N = (int)in[1].rows, K = (int)in[1].cols;
+    double s[3];
+    std::vector<double> per_class(detection() ? 3 * (size_t)K : 0);
+    cuda::bce_fprop(cx, in[0].p, in[1].p, N, K, pos_weight_, s, detection() ? per_class.data() : nullptr);
+    values_ = {s[0], s[1] / (double)K};
+    if (!detection()) {
+      values_.push_back(s[2]);
+      return;
+    }
+    values_.insert(values_.end(), per_class.begin(), per_class.end());  // per class: declared, positive, true pos.
+  }
+  void bprop_cuda(const std::vector<DevMat>& in, DevMat, DevMat, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    if (din[1]) cuda::bce_bprop(cx, in[0].p, in[1].p, din[1].p, in[1].size(), (float)coeff_, (float)pos_weight_);
+  }
+#endif
 };
 CCN_REGISTER_LAYER("cost.bce", BceCost);
 

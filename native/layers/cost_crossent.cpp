@@ -14,6 +14,9 @@
 #include <algorithm>
 
 #include "layers/cost_common.h"
+#ifdef CCN_WITH_CUDA
+#include "cuda/kernels.h"
+#endif
 
 namespace ccn {
 
@@ -78,6 +81,21 @@ class CrossEntCost : public Layer {
  private:
   double coeff_ = 1;
   std::vector<double> values_;
+
+#ifdef CCN_WITH_CUDA
+  // native/cuda/cost_crossent.cu; the forward pass synchronises to return the sums.
+ public:
+  bool has_cuda() const override { return true; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat, CudaCtx& cx, const PassCtx&) override {
+    double s[2];
+    cuda::crossent_fprop(cx, in[0].p, in[1].p, (int)in[1].rows, (int)in[1].cols, s);
+    values_ = {s[0], s[1]};
+  }
+  void bprop_cuda(const std::vector<DevMat>& in, DevMat, DevMat, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    if (din[1]) cuda::crossent_bprop(cx, in[0].p, in[1].p, din[1].p, in[1].size(), (float)coeff_);
+  }
+#endif
 };
 CCN_REGISTER_LAYER("cost.crossent", CrossEntCost);
 

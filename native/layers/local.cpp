@@ -23,6 +23,10 @@
 
 #include "core/blas.h"
 #include "layers/conv_common.h"
+#ifdef CCN_WITH_CUDA
+#include "cuda/context.h"
+#include "cuda/kernels.h"
+#endif
 
 namespace ccn {
 
@@ -147,6 +151,48 @@ class LocalLayer : public Layer {
   ConvSetup cs_;
   Mat col_;  // unfolded chunk, module-major: (P * cases) x K
   Mat tmp_;  // outputs or output gradients of the chunk, module-major: (P * cases) x F
+
+#ifdef CCN_WITH_CUDA
+  // native/cuda/local.cu, one input at a time; same layouts. cs_.filters is already
+  // filters * groups (all filters), the launchers' F. Biases are unshared (F*P x 1):
+  // conv.cu's conv_add_bias / conv_bias_grad with shared = false.
+ public:
+  bool has_cuda() const override { return true; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat o, CudaCtx& cx, const PassCtx&) override {
+    for (size_t i = 0; i < in.size(); ++i)
+      cuda::local_fprop(cx, cuda_geom(cx, i, (int)o.rows, true), in[i].p, weights[i]->dev.w, o.p, i > 0);
+    cuda::conv_add_bias(cx, o.p, biases->dev.w, (int)o.rows, cs_.filters, (int)cs_.modules(), false);
+  }
+  void bprop_cuda(const std::vector<DevMat>& in, DevMat, DevMat dout, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    for (size_t i = 0; i < in.size(); ++i)
+      cuda::local_bprop(cx, cuda_geom(cx, i, (int)dout.rows, false), in[i].p, weights[i]->dev.w, dout.p, din[i].p,
+                        weights[i]->dev.grad);
+    cuda::conv_bias_grad(cx, dout.p, biases->dev.grad, (int)dout.rows, cs_.filters, (int)cs_.modules(), false);
+  }
+
+ private:
+  // Input i's geometry, as ConvLayer::cuda_geom: plain groups pass no channel table; a
+  // randSparse table lives in the persistent buffer (this layer's id, slot i), uploaded by
+  // every forward pass and read by the backward pass that follows it.
+  cuda::ConvGeom cuda_geom(CudaCtx& cx, size_t i, int N, bool upload) const {
+    const ConvInputGeom& ig = cs_.in[i];
+    cuda::ConvGeom g;
+    g.N = N, g.C = ig.g.channels, g.S = ig.g.size;
+    g.F = cs_.filters, g.groups = ig.groups, g.Cf = ig.filter_channels;
+    g.fs = ig.g.fsize, g.stride = ig.g.stride, g.padding = ig.g.pad, g.M = cs_.modules_x;
+    const std::vector<int>& v = ig.g.vchan;
+    bool plain = (int)v.size() == ig.g.channels;
+    for (size_t k = 0; plain && k < v.size(); ++k) plain = v[k] == (int)k;
+    if (!plain) {
+      static_assert(sizeof(int) == sizeof(float), "the channel table shares a float buffer");
+      int* d = reinterpret_cast<int*>(cx.buffer(id, (int)i, v.size()));
+      if (upload) cuda::copy_to_device(cx, d, v.data(), v.size() * sizeof(int));
+      g.vchan = d;
+    }
+    return g;
+  }
+#endif
 };
 CCN_REGISTER_LAYER("local", LocalLayer);
 

@@ -219,9 +219,9 @@ class PoolLayer : public Layer {
   int channels_ = 0, S_ = 0, size_ = 0, stride_ = 1, start_ = 0, O_ = 0;
 
 #ifdef CCN_WITH_CUDA
-  // native/cuda/pool.cu (max and avg; maxabs has no CUDA kernel yet). Same layouts.
+  // native/cuda/pool.cu (max, maxabs and avg). Same layouts.
  public:
-  bool has_cuda() const override { return op_ != PoolOp::MaxAbs; }
+  bool has_cuda() const override { return true; }
   void fprop_cuda(const std::vector<DevMat>& in, DevMat o, CudaCtx& cx, const PassCtx&) override {
     cuda::pool_fprop(cx, cuda_geom((int)o.rows), in[0].p, o.p);
   }
@@ -235,7 +235,8 @@ class PoolLayer : public Layer {
   cuda::PoolGeom cuda_geom(int N) const {
     cuda::PoolGeom g;
     g.N = N, g.C = channels_, g.S = S_, g.O = O_, g.sizeX = size_, g.start = start_, g.stride = stride_;
-    g.max = op_ == PoolOp::Max;
+    g.max = op_ != PoolOp::Avg;  // maxabs is max with abs: the same backward (in == out)
+    g.abs = op_ == PoolOp::MaxAbs;
     return g;
   }
 #endif

@@ -12,6 +12,9 @@
 // Layout: in_i N x K_i, out N x (O*P), rows = cases. Three GEMMs per input and part (BLAS).
 #include "core/blas.h"
 #include "layers/layer.h"
+#ifdef CCN_WITH_CUDA
+#include "cuda/kernels.h"
+#endif
 
 namespace ccn {
 
@@ -80,6 +83,27 @@ class SplitFcLayer : public Layer {
 
  private:
   int parts_ = 1, O_ = 0;
+
+#ifdef CCN_WITH_CUDA
+  // The same GEMMs per part through cuBLAS (native/cuda/sfc.cu); same layouts. Bias:
+  // add_row_vector forward, add_col_sums backward (1 x O*parts).
+ public:
+  bool has_cuda() const override { return true; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat o, CudaCtx& cx, const PassCtx&) override {
+    const int N = (int)o.rows;
+    for (size_t i = 0; i < in.size(); ++i)
+      cuda::sfc_fprop(cx, in[i].p, weights[i]->dev.w, o.p, N, (int)in[i].cols, O_, parts_, i > 0);
+    cuda::add_row_vector(cx, o.p, biases->dev.w, N, o.cols);
+  }
+  void bprop_cuda(const std::vector<DevMat>& in, DevMat, DevMat dout, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    const int N = (int)dout.rows;
+    for (size_t i = 0; i < in.size(); ++i)
+      cuda::sfc_bprop(cx, in[i].p, weights[i]->dev.w, dout.p, din[i].p, weights[i]->dev.grad, N, (int)in[i].cols, O_,
+                      parts_);
+    cuda::add_col_sums(cx, dout.p, biases->dev.grad, N, dout.cols);
+  }
+#endif
 };
 CCN_REGISTER_LAYER("sfc", SplitFcLayer);
 

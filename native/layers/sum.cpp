@@ -9,6 +9,9 @@
 // channel count must be a multiple of stride; the output is (C/stride) x H x W.
 // Layout: in N x (C*H*W), out N x ((C/stride)*H*W), rows = cases, channel slowest.
 #include "layers/layer.h"
+#ifdef CCN_WITH_CUDA
+#include "cuda/kernels.h"
+#endif
 
 namespace ccn {
 
@@ -61,6 +64,19 @@ class SumLayer : public Layer {
  private:
   int stride_ = 1;
   int64_t hw_ = 1;
+
+#ifdef CCN_WITH_CUDA
+  // native/cuda/sum.cu; same layouts.
+ public:
+  bool has_cuda() const override { return true; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat o, CudaCtx& cx, const PassCtx&) override {
+    cuda::chansum_fprop(cx, in[0].p, o.p, o.rows, out.c, hw_, stride_);
+  }
+  void bprop_cuda(const std::vector<DevMat>&, DevMat, DevMat dout, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    if (din[0]) cuda::chansum_bprop(cx, dout.p, din[0].p, dout.rows, out.c, hw_, stride_);
+  }
+#endif
 };
 CCN_REGISTER_LAYER("sum", SumLayer);
 

@@ -1,0 +1,467 @@
+"""The layer types that gained CUDA code after the first device pass: local (groups,
+randSparse, several inputs, padding, strides, overhanging modules), cmpool, pool=maxabs,
+sum, sfc, cost.crossent, cost.bce, cost.dce. Each net runs on both backends from the same
+weights: every layer's output, every layer's gradient (data layers included), every
+parameter gradient and every cost value are compared, then a few training steps. A failure
+lists EVERY quantity that differs, with its relative error, largest absolute difference
+and where that difference is, so one GPU session can see all problems at once."""
+
+import numpy as np
+import pytest
+
+import ccn
+
+cuda = pytest.mark.cuda
+
+
+# ---- helpers ------------------------------------------------------------------------------
+def _diff(name, a, b, rtol, atol):
+    """None when a (GPU) matches b (CPU), else a one-line description of the difference."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return f"{name}: shape {a.shape} on the GPU, {b.shape} on the CPU"
+    if a.size == 0:
+        return None
+    if not np.all(np.isfinite(a)) and not np.array_equal(np.isfinite(a), np.isfinite(b)):
+        bad = np.argwhere(~np.isfinite(a))[0]
+        return f"{name}: non-finite GPU value at {tuple(bad)} (CPU {b[tuple(bad)]})"
+    d = np.abs(a - b)
+    err = np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)
+    if err < rtol or d.max() < atol:
+        return None
+    at = np.unravel_index(np.argmax(d), d.shape)
+    return (f"{name}: relative error {err:.3g}, max abs diff {d.max():.3g} at {tuple(int(i) for i in at)} "
+            f"(GPU {a[at]:.6g}, CPU {b[at]:.6g})")
+
+
+def _twins(layers, params, dims, seed=3):
+    ppath = "params.ini" if params is not None else None
+    cpu = ccn.Net("layers.ini", ppath, dims, seed=seed, layers_text=layers, params_text=params, device="cpu")
+    gpu = ccn.Net("layers.ini", ppath, dims, seed=seed, layers_text=layers, params_text=params, device="cuda")
+    for p in cpu.params:  # the same starting weights on both
+        gpu.set(p.name, cpu.get(p.name))
+    for net in (cpu, gpu):
+        net._net.set_data_grads(True)  # so the gradients reaching data layers are compared too
+    return cpu, gpu
+
+
+def _compare(cpu, gpu, rtol=1e-4, grad_rtol=1e-3, atol=1e-5, params=True):
+    """Every layer output and gradient, parameter gradient and cost value; returns the failures."""
+    bad = []
+    costs = set(cpu.cost_layers())
+    for info in cpu.layers:
+        name = info.name
+        if name in costs:
+            continue
+        bad.append(_diff(f"output of '{name}'", gpu.output(name), cpu.output(name), rtol, atol))
+        bad.append(_diff(f"gradient of '{name}'", gpu.output_grad(name), cpu.output_grad(name), grad_rtol, atol))
+    if params:
+        for p in cpu.params:
+            bad.append(_diff(f"gradient of parameter {p.name}", gpu.get(p.name, "grad"), cpu.get(p.name, "grad"),
+                             grad_rtol, atol))
+    cc, gc = cpu.costs(), gpu.costs()
+    for c1, c2 in zip(cc, gc):
+        bad.append(_diff(f"cost values {c1['names']} of '{c1['layer']}'", c2["values"], c1["values"], 1e-5, 1e-6))
+    return [b for b in bad if b]
+
+
+def _check_pass(cpu, gpu, data, seeds=None, train=True, **tol):
+    for net in (cpu, gpu):
+        net.forward(data, train=train)
+        net.backward(seeds)
+    bad = _compare(cpu, gpu, **tol)
+    assert not bad, "GPU and CPU differ:\n  " + "\n  ".join(bad)
+
+
+def _check_training(cpu, gpu, batches, rtol=1e-3):
+    bad = []
+    for step, data in enumerate(batches):
+        n = data[0].shape[0]
+        c1 = cpu.train_step(data, step / len(batches), n)
+        c2 = gpu.train_step(data, step / len(batches), n)
+        for a, b in zip(c1, c2):
+            bad.append(_diff(f"step {step} cost values", b["values"], a["values"], rtol, 1e-4))
+    for p in cpu.params:
+        bad.append(_diff(f"parameter {p.name} after {len(batches)} steps", gpu.get(p.name), cpu.get(p.name), rtol, 1e-6))
+    bad = [b for b in bad if b]
+    assert not bad, "GPU and CPU training differ:\n  " + "\n  ".join(bad)
+
+
+def _seeds(rng, net, names, n):
+    return {k: rng.standard_normal((n, net.layer(k).outputs)).astype(np.float32) for k in names}
+
+
+def _distinct(rng, n, d, signs=False):
+    """n x d values all distinct (and of distinct magnitudes): max-type layers are differentiable."""
+    x = (rng.permutation(n * d).reshape(n, d) + 1) / (n * d)
+    if signs:
+        x *= rng.choice([-1.0, 1.0], size=x.shape)
+    return x.astype(np.float32)
+
+
+# ---- local ------------------------------------------------------------------------------
+LOCAL_LAYERS = """
+[data0]
+type=data
+dataIdx=0
+[data1]
+type=data
+dataIdx=1
+[loc1]
+type=local
+inputs=data0,data1
+channels=4,3
+groups=2,1
+filters=3,6
+filterSize=3,4
+padding=1,0
+stride=2,1
+initW=0.2,0.1
+initB=0.1
+neuron=tanh
+[loc2]
+type=local
+inputs=data0
+channels=4
+groups=4
+randSparse=1
+filterChannels=2
+filters=2
+filterSize=4
+padding=1
+stride=2
+initW=0.2
+initB=0.05
+[loc3]
+type=local
+inputs=data1
+channels=3
+filters=5
+filterSize=3
+padding=2
+stride=3
+initW=0.3
+[c1]
+type=cost.sum2
+inputs=loc1
+[c2]
+type=cost.sum2
+inputs=loc2
+[c3]
+type=cost.sum2
+inputs=loc3
+"""
+LOCAL_PARAMS = """
+[loc1]
+epsW=0.02,0.01
+epsB=0.02
+momW=0.9,0.5
+momB=0.9
+wc=0.001,0
+wball=0.5,0
+[loc2]
+epsW=0.02
+epsB=0.02
+momW=0.9
+momB=0.9
+wc=0.001
+[loc3]
+epsW=0.01
+epsB=0.01
+momW=0.9
+momB=0.9
+wc=0
+[c1]
+coeff=0.01
+[c2]
+coeff=0.02
+[c3]
+coeff=0.01
+"""
+LOCAL_DIMS = {0: (4, 9, 9), 1: (3, 8, 8)}
+
+
+def _local_batch(rng, n):
+    return [rng.standard_normal((n, 4 * 81)).astype(np.float32), rng.standard_normal((n, 3 * 64)).astype(np.float32)]
+
+
+@cuda
+@pytest.mark.parametrize("n", [1, 5, 33])
+def test_local_forward_backward(n):
+    rng = np.random.default_rng()
+    cpu, gpu = _twins(LOCAL_LAYERS, LOCAL_PARAMS, LOCAL_DIMS)
+    _check_pass(cpu, gpu, _local_batch(rng, n), _seeds(rng, cpu, ["loc1", "loc2", "loc3"], n))
+
+
+@cuda
+def test_local_training_with_per_module_wball():
+    rng = np.random.default_rng()
+    cpu, gpu = _twins(LOCAL_LAYERS, LOCAL_PARAMS, LOCAL_DIMS)
+    _check_training(cpu, gpu, [_local_batch(rng, 9) for _ in range(4)])
+
+
+# ---- cmpool, pool=maxabs, sum -------------------------------------------------------------
+POOLS_LAYERS = """
+[data]
+type=data
+dataIdx=0
+[cm1]
+type=cmpool
+inputs=data
+channels=7
+pool=max
+size=3
+stride=2
+start=-1
+[cm2]
+type=cmpool
+inputs=data
+channels=7
+pool=max
+size=2
+stride=2
+[mabs]
+type=pool
+inputs=data
+channels=7
+pool=maxabs
+sizeX=3
+stride=2
+start=-1
+[mabs2]
+type=pool
+inputs=data
+channels=7
+pool=maxabs
+sizeX=2
+stride=2
+outputsX=3
+[sum1]
+type=sum
+inputs=data
+stride=7
+[c]
+type=cost.sum2
+inputs=cm1
+"""
+POOLS_DIMS = {0: (7, 5, 5)}
+POOLS_OUT = ["cm1", "cm2", "mabs", "mabs2", "sum1"]
+
+
+@cuda
+@pytest.mark.parametrize("n", [1, 4, 19])
+def test_cmpool_maxabs_sum_forward_backward(n):
+    rng = np.random.default_rng()
+    cpu, gpu = _twins(POOLS_LAYERS, None, POOLS_DIMS)
+    data = [_distinct(rng, n, 7 * 25, signs=True)]
+    _check_pass(cpu, gpu, data, _seeds(rng, cpu, POOLS_OUT, n))
+
+
+@cuda
+def test_cmpool_maxabs_ties_match_cpu():
+    """Small integers: many equal values (cmpool, pool max-type backward: every tie gets the
+    gradient) and equal magnitudes of both signs (maxabs keeps the last in window order).
+    Integer data make both backends exact, so any difference is a semantic one."""
+    rng = np.random.default_rng()
+    cpu, gpu = _twins(POOLS_LAYERS, None, POOLS_DIMS)
+    n = 6
+    data = [rng.integers(-2, 3, (n, 7 * 25)).astype(np.float32)]
+    seeds = {k: rng.integers(-3, 4, (n, cpu.layer(k).outputs)).astype(np.float32) for k in POOLS_OUT}
+    _check_pass(cpu, gpu, data, seeds, rtol=1e-6, grad_rtol=1e-6, atol=1e-6)
+
+
+SUM_LAYERS = """
+[data]
+type=data
+dataIdx=0
+[flat]
+type=data
+dataIdx=1
+[s1]
+type=sum
+inputs=data
+stride=3
+[s2]
+type=sum
+inputs=flat
+stride=4
+[s3]
+type=sum
+inputs=data
+"""
+
+
+@cuda
+@pytest.mark.parametrize("n", [1, 7])
+def test_sum_forward_backward(n):
+    rng = np.random.default_rng()
+    cpu, gpu = _twins(SUM_LAYERS, None, {0: (6, 3, 5), 1: 12})
+    data = [rng.standard_normal((n, 90)).astype(np.float32), rng.standard_normal((n, 12)).astype(np.float32)]
+    _check_pass(cpu, gpu, data, _seeds(rng, cpu, ["s1", "s2", "s3"], n))
+
+
+# ---- sfc ----------------------------------------------------------------------------------
+SFC_LAYERS = """
+[data0]
+type=data
+dataIdx=0
+[data1]
+type=data
+dataIdx=1
+[sfc1]
+type=sfc
+inputs=data0,data1
+parts=3
+outputs=5
+initW=0.1,0.2
+initB=0.05
+neuron=tanh
+[sfc2]
+type=sfc
+inputs=sfc1
+parts=5
+outputs=2
+initW=0.3
+[c]
+type=cost.sum2
+inputs=sfc2
+"""
+SFC_PARAMS = """
+[sfc1]
+epsW=0.02,0.01
+epsB=0.02
+momW=0.9,0.9
+momB=0.9
+wc=0.001,0
+[sfc2]
+epsW=0.02
+epsB=0.02
+momW=0.9
+momB=0.9
+wc=0
+[c]
+coeff=0.1
+"""
+
+
+def _sfc_batch(rng, n):
+    return [rng.standard_normal((n, 12)).astype(np.float32), rng.standard_normal((n, 9)).astype(np.float32)]
+
+
+@cuda
+@pytest.mark.parametrize("n", [1, 6, 31])
+def test_sfc_forward_backward_and_training(n):
+    rng = np.random.default_rng()
+    cpu, gpu = _twins(SFC_LAYERS, SFC_PARAMS, {0: 12, 1: 9})
+    _check_pass(cpu, gpu, _sfc_batch(rng, n), _seeds(rng, cpu, ["sfc2"], n))
+    _check_training(cpu, gpu, [_sfc_batch(rng, n) for _ in range(3)])
+
+
+# ---- cost.crossent, cost.bce, cost.dce ------------------------------------------------------
+COST_LAYERS = """
+[data]
+type=data
+dataIdx=0
+[dist]
+type=data
+dataIdx=1
+[bits]
+type=data
+dataIdx=2
+[raw]
+type=data
+dataIdx=3
+[fcp]
+type=fc
+inputs=data
+outputs=7
+initW=0.2
+[probs]
+type=softmax
+inputs=fcp
+[fcy]
+type=fc
+inputs=data
+outputs=7
+initW=0.2
+neuron=logistic
+[xent]
+type=cost.crossent
+inputs=dist,probs
+[xraw]
+type=cost.crossent
+inputs=dist,raw
+[bce]
+type=cost.bce
+inputs=bits,fcy
+[braw]
+type=cost.bce
+inputs=bits,raw
+[dce]
+type=cost.dce
+inputs=bits,fcy
+[draw]
+type=cost.dce
+inputs=bits,raw
+"""
+COST_PARAMS = """
+[fcp]
+epsW=0.05
+epsB=0.05
+momW=0.9
+momB=0.9
+wc=0
+[fcy]
+epsW=0.05
+epsB=0.05
+momW=0.9
+momB=0.9
+wc=0
+[xent]
+coeff=0.7
+[xraw]
+coeff=0.3
+[bce]
+coeff=0.5
+posWeight=2
+[braw]
+coeff=0.2
+posWeight=0.5
+[dce]
+coeff=0.4
+posWeight=1.5
+[draw]
+coeff=0.1
+"""
+
+
+def _cost_batch(rng, n):
+    dist = rng.uniform(0, 1, (n, 7))
+    dist[rng.uniform(size=dist.shape) < 0.4] = 0  # many zero targets
+    dist /= np.maximum(dist.sum(axis=1, keepdims=True), 1e-9)
+    bits = (rng.uniform(size=(n, 7)) < 0.4).astype(np.float64)
+    # raw outputs in (0, 1) with edge values: exact 0.5 (decision boundary), ties for the
+    # maximum; exact 0 (safelog's -50 branch) only where the target is 0, so the gradients stay finite
+    raw = rng.uniform(0.05, 0.95, (n, 7))
+    raw[:, 2] = 0.5
+    raw[:, 4] = raw[:, 5] = 0.97
+    raw[0, 6] = 0.0
+    dist[0, 6] = 0.0
+    bits[0, 6] = 0.0
+    return [rng.standard_normal((n, 11)).astype(np.float32), dist.astype(np.float32), bits.astype(np.float32),
+            raw.astype(np.float32)]
+
+
+@cuda
+@pytest.mark.parametrize("n", [1, 8, 45])
+def test_costs_forward_backward(n):
+    rng = np.random.default_rng()
+    cpu, gpu = _twins(COST_LAYERS, COST_PARAMS, {0: 11, 1: 7, 2: 7, 3: 7})
+    _check_pass(cpu, gpu, _cost_batch(rng, n))
+
+
+@cuda
+def test_costs_training():
+    rng = np.random.default_rng()
+    cpu, gpu = _twins(COST_LAYERS, COST_PARAMS, {0: 11, 1: 7, 2: 7, 3: 7})
+    _check_training(cpu, gpu, [_cost_batch(rng, 16) for _ in range(4)])
