@@ -209,6 +209,60 @@ void bce_fprop(CudaCtx& cx, const float* labels, const float* y, int N, int K, d
 // dy -= coeff * (posWeight * t / max(y, 1e-38) - (1 - t) / max(1 - y, 1e-38)), n = N*K elements.
 void bce_bprop(CudaCtx& cx, const float* labels, const float* y, float* dy, int64_t n, float coeff, float pos_weight);
 
+// ---- image operations (imgops.cu): href, crop, nailbed, blur, resize (and rscale), ----
+// rgb2yuv, rgb2lab. Images are `planes` = N*C contiguous planes, [plane][y][x]: S x S in,
+// T x T (or O x O) out, which is the NCHW row layout of every case.
+// href: dst[r, i] (= or +=) src[r, S-1-i] for each of the `rows` = N*C*S image rows.
+void href(CudaCtx& cx, const float* src, float* dst, int64_t rows, int S, bool add);
+// crop: out[pl, y, x] = in[pl, sy + y, sx + x] (T x T window of S x S); bprop adds dout there.
+void crop_fprop(CudaCtx& cx, const float* in, float* out, int64_t planes, int S, int T, int sy, int sx);
+void crop_bprop(CudaCtx& cx, const float* dout, float* din, int64_t planes, int S, int T, int sy, int sx);
+// nailbed: out[pl, oy, ox] = in[pl, start + oy*stride, start + ox*stride] (O x O); bprop adds back.
+void nailbed_fprop(CudaCtx& cx, const float* in, float* out, int64_t planes, int S, int O, int start, int stride);
+void nailbed_bprop(CudaCtx& cx, const float* dout, float* din, int64_t planes, int S, int O, int start, int stride);
+// blur: separable filter f[0..fs) (fs <= 9), zero padding, r = fs/2. Forward: along x then y,
+//   t[y, x] = sum_k f[k] in[y, x + k - r];  out[y, x] = sum_k f[k] t[y + k - r, x];
+// transpose = true applies the adjoint (the layer passes the reversed filter): along y, then x.
+// dst = (or += when add) the result. Uses cx.scratch for t (planes*S*S floats).
+struct BlurFilter {
+  int fs = 0;
+  float f[9] = {};
+};
+void blur_apply(CudaCtx& cx, const BlurFilter& f, const float* src, float* dst, int64_t planes, int S, bool transpose,
+                bool add);
+// resize (bilinear, layers/imgops.h ResizePlan): device copies of the plan's tables, T entries
+// each: lo, hi (ints), u (weight of lo along x), w (weight of hi along y). Forward:
+//   c0 = u[px]*(in[lo[py], lo[px]] - in[lo[py], hi[px]]) + in[lo[py], hi[px]], c1 likewise on
+//   row hi[py], out[py, px] = w[py]*(c1 - c0) + c0   (T x T from S x S)
+// bprop: din += the transposed resampling (each target pixel hands its gradient to its four
+// source neighbours; atomic adds, so the summation order varies from run to run).
+struct ResizeTables {
+  int S = 0, T = 0;
+  const int* lo = nullptr;
+  const int* hi = nullptr;
+  const float* u = nullptr;
+  const float* w = nullptr;
+};
+void resize_fprop(CudaCtx& cx, const ResizeTables& t, const float* in, float* out, int64_t planes);
+void resize_bprop(CudaCtx& cx, const ResizeTables& t, const float* dout, float* din, int64_t planes);
+// Colour transforms on N cases of 3 planes of P pixels (channel k of pixel p at k*P + p).
+// rgb2yuv (any 3x3 M): y[k] = sum_j M[k][j] x[j]; bprop din[k] += sum_j M[j][k] g[j].
+struct Color3 {
+  float m[3][3] = {};
+};
+void color3_fprop(CudaCtx& cx, const Color3& M, const float* x, float* y, int64_t N, int64_t P);
+void color3_bprop(CudaCtx& cx, const Color3& M, const float* dout, float* din, int64_t N, int64_t P);
+// rgb2lab: t = xyz * rgb; f(t) = t^expo if t > thr, else slope*t + icept;
+//   L = 116 f(t1) - 16 - off;  a = 500 (f(t0) - f(t1));  b = 200 (f(t1) - f(t2)).
+// bprop: the exact derivative (f'(t) = expo t^(expo-1) above thr, slope below), added to din.
+struct LabParams {
+  Color3 xyz;
+  float thr = 0, expo = 0, slope = 0, icept = 0, off = 0;
+};
+void rgb2lab_fprop(CudaCtx& cx, const LabParams& L, const float* x, float* y, int64_t N, int64_t P);
+void rgb2lab_bprop(CudaCtx& cx, const LabParams& L, const float* x, const float* dout, float* din, int64_t N,
+                   int64_t P);
+
 // ---- SGD update (sgd.cu) ---------------------------------------------------------------
 // inc = mom*inc - scale*grad - decay*w; w += inc; grad = 0 (n elements).
 void sgd_update(CudaCtx& cx, float* w, float* inc, float* grad, int64_t n, float mom, float scale, float decay);

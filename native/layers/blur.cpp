@@ -108,6 +108,28 @@ class BlurLayer : public Layer {
   }
 
   std::vector<float> filter_;
+
+#ifdef CCN_WITH_CUDA
+  // native/cuda/imgops.cu (blur_apply): the same two 1-D passes; bprop with the reversed
+  // filter and the passes swapped (the exact transpose), added into din. Same layout.
+ public:
+  bool has_cuda() const override { return true; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat o, CudaCtx& cx, const PassCtx&) override {
+    cuda::blur_apply(cx, filter(false), in[0].p, o.p, o.rows * out.c, out.h, false, false);
+  }
+  void bprop_cuda(const std::vector<DevMat>&, DevMat, DevMat dout, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    if (din[0]) cuda::blur_apply(cx, filter(true), dout.p, din[0].p, dout.rows * out.c, out.h, true, true);
+  }
+
+ private:
+  cuda::BlurFilter filter(bool reversed) const {
+    cuda::BlurFilter f;
+    f.fs = (int)filter_.size();
+    for (int k = 0; k < f.fs; ++k) f.f[k] = reversed ? filter_[f.fs - 1 - k] : filter_[k];
+    return f;
+  }
+#endif
 };
 CCN_REGISTER_LAYER("blur", BlurLayer);
 

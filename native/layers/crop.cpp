@@ -58,6 +58,19 @@ class CropLayer : public Layer {
 
  private:
   int S_ = 0, T_ = 0, sx_ = 0, sy_ = 0;
+
+#ifdef CCN_WITH_CUDA
+  // native/cuda/imgops.cu; same layout (N*C planes).
+ public:
+  bool has_cuda() const override { return true; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat o, CudaCtx& cx, const PassCtx&) override {
+    cuda::crop_fprop(cx, in[0].p, o.p, o.rows * out.c, S_, T_, sy_, sx_);
+  }
+  void bprop_cuda(const std::vector<DevMat>&, DevMat, DevMat dout, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    if (din[0]) cuda::crop_bprop(cx, dout.p, din[0].p, dout.rows * out.c, S_, T_, sy_, sx_);
+  }
+#endif
 };
 CCN_REGISTER_LAYER("crop", CropLayer);
 

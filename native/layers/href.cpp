@@ -44,6 +44,19 @@ class HrefLayer : public Layer {
       }
     }
   }
+
+#ifdef CCN_WITH_CUDA
+  // native/cuda/imgops.cu; same layout (N*C*S rows of S pixels).
+ public:
+  bool has_cuda() const override { return true; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat o, CudaCtx& cx, const PassCtx&) override {
+    cuda::href(cx, in[0].p, o.p, o.rows * out.c * out.h, out.w, false);
+  }
+  void bprop_cuda(const std::vector<DevMat>&, DevMat, DevMat dout, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    if (din[0]) cuda::href(cx, dout.p, din[0].p, dout.rows * out.c * out.h, out.w, true);
+  }
+#endif
 };
 CCN_REGISTER_LAYER("href", HrefLayer);
 

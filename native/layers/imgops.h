@@ -10,6 +10,10 @@
 #include <vector>
 
 #include "layers/layer.h"
+#ifdef CCN_WITH_CUDA
+#include "cuda/context.h"
+#include "cuda/kernels.h"
+#endif
 
 namespace ccn {
 namespace imgops {
@@ -114,6 +118,31 @@ inline void crop_bwd(const float* gout, int T, float* gin, int S, int sy, int sx
     for (int x = 0; x < T; ++x) dst[x] += src[x];
   }
 }
+
+#ifdef CCN_WITH_CUDA
+// A resize plan's tables on the device: lo, hi, u, w (T entries each) in the persistent
+// buffer (layer, slot), copied there when `upload` (every forward pass: a new device context
+// may reuse the same addresses, so "already uploaded" cannot be told safely; the tables are
+// tiny) and read by the backward pass that follows.
+inline cuda::ResizeTables resize_tables(CudaCtx& cx, int layer, int slot, const ResizePlan& P, bool upload) {
+  static_assert(sizeof(int) == sizeof(float), "the index tables share a float buffer");
+  const size_t T = (size_t)P.T;
+  float* b = cx.buffer(layer, slot, 4 * T);
+  if (upload) {
+    cuda::copy_to_device(cx, b, P.lo.data(), T * sizeof(int));
+    cuda::copy_to_device(cx, b + T, P.hi.data(), T * sizeof(int));
+    cuda::copy_to_device(cx, b + 2 * T, P.u.data(), T * sizeof(float));
+    cuda::copy_to_device(cx, b + 3 * T, P.w.data(), T * sizeof(float));
+  }
+  cuda::ResizeTables t;
+  t.S = P.S, t.T = P.T;
+  t.lo = reinterpret_cast<const int*>(b);
+  t.hi = reinterpret_cast<const int*>(b + T);
+  t.u = b + 2 * T;
+  t.w = b + 3 * T;
+  return t;
+}
+#endif
 
 }  // namespace imgops
 }  // namespace ccn

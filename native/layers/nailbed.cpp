@@ -61,6 +61,19 @@ class NailbedLayer : public Layer {
 
  private:
   int S_ = 0, stride_ = 1, ox_ = 0, start_ = 0;
+
+#ifdef CCN_WITH_CUDA
+  // native/cuda/imgops.cu; same layout (N*C planes).
+ public:
+  bool has_cuda() const override { return true; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat o, CudaCtx& cx, const PassCtx&) override {
+    cuda::nailbed_fprop(cx, in[0].p, o.p, o.rows * out.c, S_, ox_, start_, stride_);
+  }
+  void bprop_cuda(const std::vector<DevMat>&, DevMat, DevMat dout, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    if (din[0]) cuda::nailbed_bprop(cx, dout.p, din[0].p, dout.rows * out.c, S_, ox_, start_, stride_);
+  }
+#endif
 };
 CCN_REGISTER_LAYER("nailbed", NailbedLayer);
 

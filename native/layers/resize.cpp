@@ -58,6 +58,21 @@ class ResizeLayer : public Layer {
 
  private:
   imgops::ResizePlan plan_;
+
+#ifdef CCN_WITH_CUDA
+  // native/cuda/imgops.cu (resize_*) with this plan's tables (imgops::resize_tables, buffer
+  // slot 0 of this layer); same layout.
+ public:
+  bool has_cuda() const override { return true; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat o, CudaCtx& cx, const PassCtx&) override {
+    cuda::resize_fprop(cx, imgops::resize_tables(cx, id, 0, plan_, true), in[0].p, o.p, o.rows * out.c);
+  }
+  void bprop_cuda(const std::vector<DevMat>&, DevMat, DevMat dout, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    if (din[0])
+      cuda::resize_bprop(cx, imgops::resize_tables(cx, id, 0, plan_, false), dout.p, din[0].p, dout.rows * out.c);
+  }
+#endif
 };
 CCN_REGISTER_LAYER("resize", ResizeLayer);
 

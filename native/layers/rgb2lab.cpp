@@ -22,9 +22,9 @@ namespace ccn {
 
 namespace {
 const float kXyz[3][3] = {{0.49f, 0.31f, 0.2f}, {0.17697f, 0.8124f, 0.01063f}, {0.0f, 0.01f, 0.99f}};
-constexpr float kThr = 0.0088564517f;
-inline float labf(float t) { return t > kThr ? std::pow(t, 0.3333f) : 7.787037f * t + 0.13793103f; }
-inline float labf_d(float t) { return t > kThr ? 0.3333f * std::pow(t, 0.3333f - 1.0f) : 7.787037f; }
+constexpr float kThr = 0.0088564517f, kExpo = 0.3333f, kSlope = 7.787037f, kIcept = 0.13793103f;
+inline float labf(float t) { return t > kThr ? std::pow(t, kExpo) : kSlope * t + kIcept; }
+inline float labf_d(float t) { return t > kThr ? kExpo * std::pow(t, kExpo - 1.0f) : kSlope; }
 }  // namespace
 
 class RgbToLabLayer : public Layer {
@@ -80,6 +80,29 @@ class RgbToLabLayer : public Layer {
     for (int k = 0; k < 3; ++k) f[k] = labf(kXyz[k][0] * r + kXyz[k][1] * g + kXyz[k][2] * b);
   }
   bool center_ = false;
+
+#ifdef CCN_WITH_CUDA
+  // native/cuda/imgops.cu (rgb2lab_*) with this file's constants; same layout.
+ public:
+  bool has_cuda() const override { return true; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat o, CudaCtx& cx, const PassCtx&) override {
+    cuda::rgb2lab_fprop(cx, params(), in[0].p, o.p, o.rows, (int64_t)out.h * out.w);
+  }
+  void bprop_cuda(const std::vector<DevMat>& in, DevMat, DevMat dout, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    if (din[0]) cuda::rgb2lab_bprop(cx, params(), in[0].p, dout.p, din[0].p, dout.rows, (int64_t)out.h * out.w);
+  }
+
+ private:
+  cuda::LabParams params() const {
+    cuda::LabParams L;
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 3; ++j) L.xyz.m[i][j] = kXyz[i][j];
+    L.thr = kThr, L.expo = kExpo, L.slope = kSlope, L.icept = kIcept;
+    L.off = center_ ? 50.0f : 0.0f;
+    return L;
+  }
+#endif
 };
 CCN_REGISTER_LAYER("rgb2lab", RgbToLabLayer);
 

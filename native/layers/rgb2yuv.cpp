@@ -51,6 +51,27 @@ class RgbToYuvLayer : public Layer {
   }
 
   double flops_per_case() const override { return 3.0 * out.size(); }
+
+#ifdef CCN_WITH_CUDA
+  // native/cuda/imgops.cu (color3_*) with this file's matrix; same layout.
+ public:
+  bool has_cuda() const override { return true; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat o, CudaCtx& cx, const PassCtx&) override {
+    cuda::color3_fprop(cx, matrix(), in[0].p, o.p, o.rows, (int64_t)out.h * out.w);
+  }
+  void bprop_cuda(const std::vector<DevMat>&, DevMat, DevMat dout, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    if (din[0]) cuda::color3_bprop(cx, matrix(), dout.p, din[0].p, dout.rows, (int64_t)out.h * out.w);
+  }
+
+ private:
+  static cuda::Color3 matrix() {
+    cuda::Color3 m;
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 3; ++j) m.m[i][j] = kYuv[i][j];
+    return m;
+  }
+#endif
 };
 CCN_REGISTER_LAYER("rgb2yuv", RgbToYuvLayer);
 

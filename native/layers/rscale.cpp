@@ -143,6 +143,44 @@ class RscaleLayer : public Layer {
   imgops::ResizePlan test_plan_, plan_;
   bool last_train_ = false;
   int R_ = 0, sy_ = 0, sx_ = 0;
+
+#ifdef CCN_WITH_CUDA
+  // native/cuda/imgops.cu: the CPU's draws (sample(), on the host, from seed/step/layer id)
+  // and the same three cases: testing = resize with the test plan; R == S = crop; else resize
+  // S -> R into a persistent buffer (slot 1 of this layer), then crop. Plan tables in slot 0.
+  // bprop undoes the last forward pass's transform (zeroed R x R buffer, crop back, resize back).
+ public:
+  bool has_cuda() const override { return true; }
+  void fprop_cuda(const std::vector<DevMat>& in, DevMat o, CudaCtx& cx, const PassCtx& ctx) override {
+    last_train_ = ctx.train;
+    if (ctx.train) sample(ctx);
+    const int64_t planes = o.rows * out.c;
+    if (!last_train_) {
+      cuda::resize_fprop(cx, imgops::resize_tables(cx, id, 0, test_plan_, true), in[0].p, o.p, planes);
+    } else if (R_ == S_) {
+      cuda::crop_fprop(cx, in[0].p, o.p, planes, S_, T_, sy_, sx_);
+    } else {
+      float* tmp = cx.buffer(id, 1, (size_t)(planes * R_ * R_));
+      cuda::resize_fprop(cx, imgops::resize_tables(cx, id, 0, plan_, true), in[0].p, tmp, planes);
+      cuda::crop_fprop(cx, tmp, o.p, planes, R_, T_, sy_, sx_);
+    }
+  }
+  void bprop_cuda(const std::vector<DevMat>&, DevMat, DevMat dout, const std::vector<DevMat>& din, CudaCtx& cx,
+                  const PassCtx&) override {
+    if (!din[0]) return;
+    const int64_t planes = dout.rows * out.c;
+    if (!last_train_) {
+      cuda::resize_bprop(cx, imgops::resize_tables(cx, id, 0, test_plan_, false), dout.p, din[0].p, planes);
+    } else if (R_ == S_) {
+      cuda::crop_bprop(cx, dout.p, din[0].p, planes, S_, T_, sy_, sx_);
+    } else {
+      float* tmp = cx.buffer(id, 1, (size_t)(planes * R_ * R_));
+      cuda::fill(cx, tmp, planes * R_ * R_, 0.f);
+      cuda::crop_bprop(cx, dout.p, tmp, planes, R_, T_, sy_, sx_);
+      cuda::resize_bprop(cx, imgops::resize_tables(cx, id, 0, plan_, false), tmp, din[0].p, planes);
+    }
+  }
+#endif
 };
 CCN_REGISTER_LAYER("rscale", RscaleLayer);
 

@@ -1,6 +1,7 @@
 """The layer types that gained CUDA code after the first device pass: local (groups,
 randSparse, several inputs, padding, strides, overhanging modules), cmpool, pool=maxabs,
-sum, sfc, cost.crossent, cost.bce, cost.dce. Each net runs on both backends from the same
+sum, sfc, cost.crossent, cost.bce, cost.dce, and the image operations (blur, crop, resize,
+href, nailbed, rgb2yuv, rgb2lab, rscale). Each net runs on both backends from the same
 weights: every layer's output, every layer's gradient (data layers included), every
 parameter gradient and every cost value are compared, then a few training steps. A failure
 lists EVERY quantity that differs, with its relative error, largest absolute difference
@@ -465,3 +466,107 @@ def test_costs_training():
     rng = np.random.default_rng()
     cpu, gpu = _twins(COST_LAYERS, COST_PARAMS, {0: 11, 1: 7, 2: 7, 3: 7})
     _check_training(cpu, gpu, [_cost_batch(rng, 16) for _ in range(4)])
+
+
+# ---- image operations: blur, crop, resize, href, nailbed, rgb2yuv, rgb2lab, rscale ----------
+IMG_LAYERS = """
+[data]
+type=data
+dataIdx=0
+[blur]
+type=blur
+inputs=data
+channels=3
+filterSize=5
+stdev=1.3
+[blur9]
+type=blur
+inputs=data
+channels=3
+filterSize=9
+stdev=2
+[crop]
+type=crop
+inputs=data
+channels=3
+startX=1
+startY=2
+sizeX=6
+[shrink]
+type=resize
+inputs=data
+channels=3
+scale=1.3
+[grow]
+type=resize
+inputs=data
+channels=3
+scale=0.7
+[href]
+type=href
+inputs=data
+channels=3
+[nail]
+type=nailbed
+inputs=data
+channels=3
+stride=2
+[nail3]
+type=nailbed
+inputs=data
+channels=3
+stride=3
+[yuv]
+type=rgb2yuv
+inputs=data
+[lab]
+type=rgb2lab
+inputs=data
+center=1
+[rs]
+type=rscale
+inputs=data
+channels=3
+maxScale=1.5
+tgtSize=7
+[fc]
+type=fc
+inputs=rs
+outputs=3
+initW=0.1
+[c]
+type=cost.sum2
+inputs=fc
+"""
+IMG_PARAMS = """
+[fc]
+epsW=0.01
+epsB=0.01
+momW=0.9
+momB=0.9
+wc=0
+[c]
+coeff=0.1
+"""
+IMG_OUT = ["blur", "blur9", "crop", "shrink", "grow", "href", "nail", "nail3", "yuv", "lab", "rs"]
+
+
+def _rgb(rng, n):
+    return [rng.uniform(0, 1, (n, 3 * 81)).astype(np.float32)]  # rgb2lab expects RGB in [0, 1]
+
+
+@cuda
+@pytest.mark.parametrize("n,train", [(1, True), (6, True), (13, False)])
+def test_image_ops_forward_backward(n, train):
+    rng = np.random.default_rng()
+    cpu, gpu = _twins(IMG_LAYERS, IMG_PARAMS, {0: (3, 9, 9)})
+    for step in range(6):  # rscale draws its scale and crop from the step: several draws
+        cpu._net.step = gpu._net.step = step
+        _check_pass(cpu, gpu, _rgb(rng, n), _seeds(rng, cpu, IMG_OUT, n), train=train)
+
+
+@cuda
+def test_image_ops_training():
+    rng = np.random.default_rng()
+    cpu, gpu = _twins(IMG_LAYERS, IMG_PARAMS, {0: (3, 9, 9)})
+    _check_training(cpu, gpu, [_rgb(rng, 8) for _ in range(6)])
