@@ -40,7 +40,8 @@ def mpiexec() -> str:
 def env(**extra):
     e = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE, os.environ.get("PYTHONPATH", "")]),
          "OMP_NUM_THREADS": "1"}
-    for k in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "WORLD_SIZE", "RANK"):
+    for k in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
+              "MASTER_PORT", "CCN_RDZV_PORT", "CCN_RDZV_EXEC", "TORCHELASTIC_USE_AGENT_STORE"):
         e.pop(k, None)
     e.update(extra)
     return e
@@ -155,7 +156,7 @@ def test_resume_same_world_size_is_exact_and_other_sizes_continue(setup):
     assert_same_run(str(tmp / "straight"), str(tmp / "mixed"))
 
 
-def _pid_of_rank(tag, rank, deadline):
+def _pid_of_rank(tag, rank, deadline, var="PMI_RANK", also=()):
     while time.time() < deadline:
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
@@ -167,7 +168,8 @@ def _pid_of_rank(tag, rank, deadline):
                     cmd = f.read()
             except OSError:
                 continue
-            if f"CCN_TEST_TAG={tag}".encode() in envs and f"PMI_RANK={rank}".encode() in envs and b"ccn.cli.main" in cmd:
+            if f"CCN_TEST_TAG={tag}".encode() in envs and f"{var}={rank}".encode() in envs and b"ccn.cli.main" in cmd \
+                    and all(x.encode() in envs for x in also):
                 return int(pid)
         time.sleep(0.05)
     raise AssertionError(f"rank {rank} not found")
@@ -215,9 +217,159 @@ def test_a_hung_or_dead_rank_stops_the_job_naming_it(tmp_path, how):
     ck.load(str(tmp_path / "save"))  # the last checkpoint is complete
 
 
-def test_world_size_without_an_mpi_launcher_is_refused(setup):
+# ---- RANK / WORLD_SIZE launchers (torchrun, a shell loop): no MPI launcher -------------------
+def free_port(pair=False) -> int:
+    """A free TCP port on this machine (with pair=True, one whose successor is free too)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            p = a.getsockname()[1]
+            if not pair or p >= 65535:
+                if not pair:
+                    return p
+                continue
+            try:
+                with socket.socket() as b:
+                    b.bind(("127.0.0.1", p + 1))
+                return p
+            except OSError:
+                continue
+    raise AssertionError("no free port pair")
+
+
+def launch(a, world, port, ranks=None, timeout=120, **extra):
+    """Start ranks ``ranks`` (default all) of a WORLD_SIZE=``world`` run the way torchrun or a
+    shell loop does: plain processes with RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT.
+    Returns [(returncode, stdout, stderr, seconds)] in rank order."""
+    ranks = range(world) if ranks is None else ranks
+    procs = []
+    t0 = time.time()
+    for r in ranks:
+        e = env(RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                **extra)
+        procs.append(subprocess.Popen([sys.executable, "-m", "ccn.cli.main", "train", *a], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=e))
+    out = []
+    try:
+        for p in procs:
+            o, e = p.communicate(timeout=max(1.0, t0 + timeout - time.time()))
+            out.append((p.returncode, o, e, time.time() - t0))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    return out
+
+
+@pytest.mark.slow
+def test_a_rank_world_launcher_follows_mpiexec_and_the_single_process(setup):
+    """RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT processes (no MPI launcher) build the same MPI
+    world: exactly the mpiexec run's weights, the single process's up to rounding."""
+    mpiexec()
     tmp, data, nets = setup
-    r = run(args(tmp, data, nets["plain"], "x"), WORLD_SIZE="2", RANK="0")
-    assert r.returncode == 2, r.stderr
-    assert "Traceback" not in r.stderr
-    assert "WORLD_SIZE=2 is set, but this process was not started by an MPI launcher" in r.stderr
+    one = run(args(tmp, data, nets["dropout"], "one", mini=15))
+    assert one.returncode == 0, one.stderr
+    viampi = run(args(tmp, data, nets["dropout"], "mpi", mini=15), ranks=2)
+    assert viampi.returncode == 0, viampi.stderr
+    res = launch(args(tmp, data, nets["dropout"], "rdzv", mini=15), 2, free_port())
+    (rc0, out0, err0, _), (rc1, out1, err1, _) = res
+    assert rc0 == 0 and rc1 == 0, (err0, err1)
+    assert err0 == err1 == "" and out1 == ""
+    assert "data parallel over 2 MPI ranks" in out0
+    np.testing.assert_allclose(costs(out0), costs(one.stdout), atol=2e-6)
+    assert costs(out0) == costs(viampi.stdout)
+    assert_same_run(str(tmp / "mpi"), str(tmp / "rdzv"), exact=True)
+    _, c = assert_same_run(str(tmp / "one"), str(tmp / "rdzv"))
+    assert c.options["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_a_missing_rank_is_named_within_the_timeout(setup):
+    tmp, data, nets = setup
+    a = args(tmp, data, nets["plain"], "x")
+    port = free_port()
+    # rank 1 of 3 never starts: rank 0 and rank 2 stop after CCN_DP_TIMEOUT, naming it
+    res = launch(a, 3, port, ranks=[0, 2], timeout=60, CCN_DP_TIMEOUT="3")
+    for rc, out, err, took in res:
+        assert rc == 1, err
+        assert "Traceback" not in err
+        assert took < 3 + 12, took
+        assert f"rank 1 of WORLD_SIZE=3 did not reach the rendezvous at 127.0.0.1:{port} (MASTER_PORT={port}) " \
+               "within 3 s" in err, err
+    # no rank 0: the others say nobody listens
+    (rc, out, err, took), = launch(a, 2, free_port(), ranks=[1], timeout=60, CCN_DP_TIMEOUT="2")
+    assert rc == 1 and took < 2 + 12, (took, err)
+    assert "rank 1 found no rank 0 listening at 127.0.0.1:" in err and "within 2 s" in err, err
+
+
+@pytest.mark.slow
+def test_a_killed_rank_of_a_launcher_world_is_named_at_once(tmp_path):
+    data = fakedata.make_dataset(tmp_path / "data", delay=0.02, batches=list(range(1, 6)))
+    layers, _ = fakedata.write_net(tmp_path / "net")
+    tag = uuid.uuid4().hex
+    a = args(tmp_path, data, layers, "save", mini=4, epochs=10000, test_freq=1)
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "ccn.cli.main", "train", *a], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env=env(RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                                      CCN_TEST_TAG=tag, CCN_DP_TIMEOUT="600")) for r in range(2)]
+    victim = None
+    try:
+        victim = _pid_of_rank(tag, 1, time.time() + 30, var="RANK", also=["PMI_RANK=0"])  # the Python under mpiexec -n 1
+        t_end = time.time() + 30
+        while time.time() < t_end and not ck.list_checkpoints(tmp_path / "save"):
+            time.sleep(0.05)
+        assert ck.list_checkpoints(tmp_path / "save"), "training did not start"
+        os.kill(victim, signal.SIGKILL)
+        t0 = time.time()
+        out, err = procs[0].communicate(timeout=30)
+        took = time.time() - t0
+        procs[1].communicate(timeout=30)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert procs[0].returncode != 0
+    assert took < 10, took  # the liveness link, not the 600 s deadline
+    assert re.search(rf"error: data-parallel training stopped at step \d+: rank 1 \(pid {victim} on \S+\) exited",
+                     err), err
+    ck.load(str(tmp_path / "save"))
+
+
+def test_launcher_variables_are_checked(setup):
+    tmp, data, nets = setup
+    a = args(tmp, data, nets["plain"], "x")
+    for extra, msg in (({"WORLD_SIZE": "2", "RANK": "0"}, "but MASTER_ADDR is not"),
+                       ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "h"}, "but MASTER_PORT is not"),
+                       ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 is set but RANK is not"),
+                       ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK must be a whole number 0..1, got '2'"),
+                       ({"WORLD_SIZE": "two", "RANK": "0"}, "WORLD_SIZE must be a whole number >= 1, got 'two'"),
+                       ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "h", "MASTER_PORT": "0"},
+                        "MASTER_PORT must be a whole number 1..65535")):
+        r = run(a, timeout=60, **extra)
+        assert r.returncode == 2, (extra, r.stderr)
+        assert "Traceback" not in r.stderr
+        assert msg in r.stderr, (extra, r.stderr)
+
+
+@pytest.mark.slow
+def test_torchrun_starts_a_data_parallel_run(setup):
+    """torchrun (when torch is installed) sets RANK/WORLD_SIZE/...; its agent owns MASTER_PORT,
+    so the ranks meet at MASTER_PORT + 1."""
+    pytest.importorskip("torch.distributed.run")
+    mpiexec()
+    tmp, data, nets = setup
+    one = run(args(tmp, data, nets["plain"], "one", mini=16))
+    assert one.returncode == 0, one.stderr
+    port = free_port(pair=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "ccn.cli.main", "train",
+           *args(tmp, data, nets["plain"], "torch", mini=16)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "data parallel over 2 MPI ranks" in r.stdout
+    assert_same_run(str(tmp / "one"), str(tmp / "torch"))
