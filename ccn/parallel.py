@@ -623,6 +623,21 @@ def split_rows(n: int, size: int, rank: int) -> tuple[int, int]:
     return rank * n // size, (rank + 1) * n // size
 
 
+def minibatch_shares(n: int, mini: int, size: int, rank: int):
+    """Rank ``rank``'s rows of an ``n``-case data batch cut into minibatches of ``mini``:
+    ``(rows, parts)`` with ``rows`` the increasing batch rows it needs (its :func:`split_rows`
+    of every minibatch, in order) and ``parts[k] = (a, b, lo, hi)``: minibatch k's share is
+    ``rows[a:b]``, rows ``lo:hi`` of that minibatch."""
+    rows, parts, a = [], [], 0
+    for start in range(0, max(n, 1), mini):
+        m = min(n, start + mini) - start
+        lo, hi = split_rows(m, size, rank)
+        rows.extend(range(start + lo, start + hi))
+        parts.append((a, a + hi - lo, lo, hi))
+        a += hi - lo
+    return np.asarray(rows, np.int64), parts
+
+
 class DataParallelNet:
     """A :class:`ccn.Net` whose ``train_step`` is one synchronous data-parallel step over ``world``.
 
@@ -649,18 +664,25 @@ class DataParallelNet:
         self._inner._net.case_offset = 0
         self._inner.forward(data, train)
 
-    def train_step(self, data, progress: float, minibatch: int) -> list[dict]:
+    def train_step(self, data, progress: float, minibatch: int, part=None) -> list[dict]:
+        """One step on the global minibatch ``data`` (this rank takes its rows), or, with
+        ``part = (n, lo, hi)``, on ``data`` = rows ``lo:hi`` of an ``n``-case minibatch (the
+        Trainer loaded only those)."""
         core = self._inner._net
         w = self.world
-        n = int(np.asarray(data[0]).shape[0])
-        lo, hi = split_rows(n, w.size, w.rank)
+        if part is None:
+            n = int(np.asarray(data[0]).shape[0])
+            lo, hi = split_rows(n, w.size, w.rank)
+            data = [None if d is None else d[lo:hi] for d in data]
+        else:
+            n, lo, hi = part
         buf, g = self._buf, self._gsize
         if self._periodic:
             core.read_grads(self._pre)  # the global sum of earlier passes, the same on every rank
         costs = None
         if hi > lo:
             core.case_offset = lo
-            core.fprop(self._inner._data([None if d is None else d[lo:hi] for d in data]), True)
+            core.fprop(self._inner._data(data), True)
             core.bprop({})
             costs = core.costs()
             core.read_grads(buf[:g])
@@ -714,6 +736,7 @@ def data_parallel_trainer(world: World, net, train_dp, test_dp, cfg, state, out)
 
     dpnet = DataParallelNet(net, world)
     trainer = DataParallelTrainer(dpnet, train_dp, test_dp, cfg, state=state, out=out)
+    trainer.share = (world.rank, world.size)  # each rank loads only its rows of each minibatch
     dpnet.trainer = trainer
     return trainer
 

@@ -113,6 +113,77 @@ def test_split_rows_partitions_every_minibatch():
             assert max(b - a for a, b in parts) - min(b - a for a, b in parts) <= 1
 
 
+def test_minibatch_shares_cut_every_minibatch_like_split_rows():
+    from ccn.parallel import minibatch_shares
+
+    for n, mini, size in ((40, 15, 2), (40, 7, 3), (5, 16, 4), (1, 1, 2), (33, 8, 8), (0, 4, 2)):
+        got = []
+        for r in range(size):
+            rows, parts = minibatch_shares(n, mini, size, r)
+            assert len(parts) == max(1, -(-n // mini))
+            for k, (a, b, lo, hi) in enumerate(parts):
+                m = min(n, (k + 1) * mini) - k * mini
+                assert (lo, hi) == split_rows(m, size, r)
+                assert list(rows[a:b]) == list(range(k * mini + lo, k * mini + hi))
+            got += list(rows)
+        assert sorted(got) == list(range(n))
+
+
+class _Recorder:
+    """A stand-in for the data-parallel net: records what each step was given."""
+
+    layers = []
+
+    def __init__(self):
+        self.steps = []
+
+    def train_step(self, data, progress, minibatch, part=None):
+        self.steps.append(([d.copy() for d in data], part))
+        return []
+
+
+@pytest.mark.parametrize("with_rows", [True, False])
+def test_a_rank_loads_only_its_rows_of_each_minibatch(tmp_path, with_rows):
+    """Trainer.share = (rank, ranks): the provider is asked for this rank's rows only (through
+    load_rows when it has it, else cut from load), and each step gets exactly the rows of the
+    global minibatch split_rows gives the rank, with (n, lo, hi)."""
+    from ccn.parallel import minibatch_shares
+    from ccn.train import Trainer, TrainConfig
+
+    data = fakedata.make_dataset(tmp_path / "data", cases=40, batches=[1, 2])
+    dp = fakedata.open_provider(data, [1, 2], train=True, options=fakedata.ProviderOptions(seed=5))
+    asked = []
+    if with_rows:
+        orig = dp.load_rows
+
+        def load_rows(b, e, rows):
+            asked.append((b, e, list(rows)))
+            return orig(b, e, rows)
+
+        dp.load_rows = load_rows
+    else:
+        dp.load_rows = None  # a provider without load_rows (getattr finds None)
+    for rank, size, mini in ((1, 3, 7), (0, 2, 15), (1, 2, 16)):
+        net = _Recorder()
+        t = Trainer(net, dp, None, TrainConfig(epochs=1, mini=mini, test_freq=100))
+        t.share = (rank, size)
+        t.run()
+        steps = iter(net.steps)
+        for b in (1, 2):
+            full = dp.load(b, 1)
+            rows, _ = minibatch_shares(40, mini, size, rank)
+            if with_rows:
+                assert (b, 1, list(rows)) in asked
+            for k in range(-(-40 // mini)):
+                got, part = next(steps)
+                m = min(40, (k + 1) * mini) - k * mini
+                lo, hi = split_rows(m, size, rank)
+                assert part == (m, lo, hi)
+                for g, f in zip(got, full):
+                    np.testing.assert_array_equal(g, f[k * mini + lo:k * mini + hi])
+        assert next(steps, None) is None
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("net,mini,ranks", [("plain", 16, 2), ("dropout", 15, 2), ("dropout", 7, 3)])
 def test_ranks_follow_the_single_process_trajectory(setup, net, mini, ranks):
