@@ -223,18 +223,12 @@ class Trainer:
         # data parallel: (rank, ranks) -- this process loads and steps only its rows of every
         # training minibatch (ccn.parallel.minibatch_shares); None: all of them
         self.share: tuple[int, int] | None = None
-        self.load_s = 0.0  # seconds spent loading training batches (in the background thread)
 
     # -- data
     def _load(self, dp, batch: int, epoch: int, key) -> list:
-        t0 = time.perf_counter()
         if self.share is not None and key[0] == "train":
-            data = self._load_share(dp, batch, epoch)
-        else:
-            data = dp.load(batch, epoch)
-        if key[0] == "train":
-            self.load_s += time.perf_counter() - t0
-        return data
+            return self._load_share(dp, batch, epoch)
+        return dp.load(batch, epoch)
 
     def _load_share(self, dp, batch: int, epoch: int) -> list:
         """This rank's rows of every minibatch of a training batch, in order: read, decoded and
