@@ -1,13 +1,18 @@
 """Data-parallel training across processes and machines: MPI through mpi4py.
 
-``mpiexec -n N ccn train ...`` (or any MPI launcher: ``mpirun``, ``srun`` with PMI) runs N
-ranks of synchronous data-parallel SGD. What each step does, on every rank:
+``mpiexec -n N ccn train ...`` (or any MPI launcher: ``mpirun``, ``srun`` with PMI), or N
+processes started with ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` (torchrun, a
+shell loop, a job script; see "Launchers" below), runs N ranks of synchronous data-parallel
+SGD. What each step does, on every rank:
 
-* the Trainer hands every rank the same global minibatch of M = ``--mini`` cases (every
-  rank loads the whole data batch; the providers are deterministic in (seed, batch, epoch),
-  so all ranks hold identical data). Rank r takes the contiguous rows
-  ``[r*n//N, (r+1)*n//N)`` of the n cases of the minibatch (n = M except for a batch's short
-  last minibatch; a rank may get no rows then, and contributes zeros);
+* the Trainer walks the same global minibatches of M = ``--mini`` cases on every rank (the
+  providers are deterministic in (seed, batch, epoch)). Rank r takes the contiguous rows
+  ``[r*n//N, (r+1)*n//N)`` of the n cases of each minibatch (n = M except for a batch's short
+  last minibatch; a rank may get no rows then, and contributes zeros), and it reads, decodes
+  and augments only those rows (:func:`minibatch_shares`; ``Provider.load_rows``, which draws
+  every random number of the batch and keeps the rows' own, so the data equal the whole
+  batch's rows; a provider without ``load_rows`` is loaded whole and cut). So N ranks do 1/N
+  of the data work each and hold 1/N of each batch in memory;
 * forward and backward on those rows; the per-case random numbers (dropout masks) are
   indexed by the case's row in the *global* minibatch (``Net.case_offset`` = the rank's
   first row), so the ranks draw exactly the masks one process at minibatch M draws;
@@ -36,12 +41,36 @@ non-blocking messages; when a deadline passes, rank 0 names the ranks that never
 that step, prints it, and aborts the job (``MPI_Abort``); the other ranks give rank 0 a few
 seconds to do so, then abort themselves. A rank that raises an error prints it (with its
 rank) and aborts the job at once. A rank killed outright is also caught by the launcher
-(MPICH's ``mpiexec`` ends the job and names the pid).
+(MPICH's ``mpiexec`` ends the job and names the pid), or, in a world built by the
+rendezvous, by its liveness link closing (below): the job stops at once naming it.
 
 Launchers: the MPI world is detected from the variables MPI launchers set (``PMI_SIZE``
 for MPICH/Intel MPI/Slurm, ``OMPI_COMM_WORLD_SIZE`` for Open MPI, ...), so a single
-process never initialises MPI. ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` without an MPI launcher
-(torchrun-style rendezvous) is refused with a message: ccn's transport is MPI.
+process never initialises MPI. Without them, ``WORLD_SIZE`` > 1 with ``RANK``,
+``MASTER_ADDR`` and ``MASTER_PORT`` (what torchrun and friends set) builds the same world,
+still all MPI (:func:`init_world`):
+
+1. the process re-executes itself as ``mpiexec -n 1 <the same command>`` (MPICH's mpiexec
+   from PyPI, next to the Python or on PATH; ``CCN_MPIEXEC`` overrides). MPICH cannot connect
+   singleton processes (MPI_Init with no launcher at all: they all claim the same process id,
+   mpich issue 7805), but it connects separate one-process jobs; the pid stays the same, so
+   the launcher's signals still reach the rank;
+2. rank 0 opens an MPI port (``MPI_Open_port``) and listens on TCP at ``MASTER_PORT`` (under
+   torchrun, whose agent already listens there, ``MASTER_PORT`` + 1; ``CCN_RDZV_PORT``
+   overrides); every other rank connects to ``MASTER_ADDR`` there (retrying until rank 0 is
+   up) and says its rank, world size, host and pid. Once all have come, rank 0 gives the port
+   name to rank 1, 2, ... in turn: the newcomer ``MPI_Comm_connect``s, the ranks already in
+   ``MPI_Comm_accept``, and ``MPI_Intercomm_merge`` puts the newcomer last, so MPI ranks equal
+   ``RANK``. Only those hellos and the port name travel over TCP; gradients go through MPI;
+3. a rank that does not come within ``CCN_DP_TIMEOUT`` seconds is named (``rank 1 of
+   WORLD_SIZE=3 did not reach the rendezvous at ...``) by rank 0 and by every rank waiting,
+   all of which exit with code 1; a rank with no rank 0 to find says so. The TCP connections
+   stay open as liveness links: when one closes (its process died), the other side stops the
+   job at once, naming the rank, pid and host.
+
+``LOCAL_RANK`` selects nothing on the CPU; it is kept as ``World.gpu_index`` (the entry of a
+``--gpu`` list this rank will use once CUDA training exists; without ``LOCAL_RANK`` the rank
+among the ranks on its machine).
 """
 
 from __future__ import annotations
