@@ -132,13 +132,14 @@ def _import_mpi(what: str):
     return MPI
 
 
-def init_world() -> "World | None":
+def init_world(may_reexec: bool = True) -> "World | None":
     """The data-parallel world, or None for a single process.
 
     * started by an MPI launcher with more than one rank: ``MPI_COMM_WORLD``;
     * ``WORLD_SIZE`` > 1 and ``RANK`` set (torchrun, a shell loop) without an MPI launcher:
       the process re-executes itself under ``mpiexec -n 1`` (see :func:`launcher_vars`), then
-      the ranks meet at ``MASTER_ADDR``:``MASTER_PORT`` (:func:`rendezvous`);
+      the ranks meet at ``MASTER_ADDR``:``MASTER_PORT`` (:func:`rendezvous`); only for the
+      ``ccn`` command itself (``may_reexec``), never for a caller in the same process;
     * otherwise None."""
     size = launcher_world_size()
     if size > 1:
@@ -149,6 +150,10 @@ def init_world() -> "World | None":
         return None
     timeout = _timeout()
     if not _under_mpi_launcher():
+        if not may_reexec:
+            raise ConfigError(f"WORLD_SIZE={lv.world_size} is set: data-parallel training from RANK/WORLD_SIZE runs "
+                              "only as the ccn command (ccn train ...), which restarts itself under mpiexec -n 1. Unset "
+                              "WORLD_SIZE to train in this process.")
         _reexec_under_mpiexec(lv)  # does not return
     MPI = _import_mpi(f"WORLD_SIZE={lv.world_size} asks for data-parallel training")
     comm, links = rendezvous(MPI, lv, timeout)
@@ -226,9 +231,21 @@ def _reexec_under_mpiexec(lv: LauncherVars) -> None:
         raise ConfigError(f"ccn restarted itself under {os.environ['CCN_RDZV_EXEC']} -n 1 for the RANK/WORLD_SIZE "
                           "rendezvous, but the restarted process sees no MPI launcher (no PMI_SIZE); that mpiexec is "
                           "not MPICH's. Point CCN_MPIEXEC at MPICH's mpiexec (pip install mpich).")
-    _import_mpi(f"WORLD_SIZE={lv.world_size} asks for data-parallel training")  # a clear message before the exec
-    from mpi4py import MPI
+    head = sys.orig_argv[1:5]
+    if not any(a == "ccn" or a.startswith("ccn.") or os.path.basename(a) in ("ccn", "ccn.exe") for a in head):
+        raise ConfigError(f"WORLD_SIZE={lv.world_size} is set, but this process ({' '.join(sys.orig_argv[:4])} ...) "
+                          "is not the ccn command, so it cannot restart itself under mpiexec -n 1 for the "
+                          "RANK/WORLD_SIZE rendezvous. Start ccn train directly, or unset WORLD_SIZE.")
+    try:  # which MPI, without initialising it here (the restarted process does)
+        import mpi4py
 
+        if "mpi4py.MPI" not in sys.modules:
+            mpi4py.rc.initialize = False
+        from mpi4py import MPI
+    except ImportError as e:
+        raise ConfigError(f"WORLD_SIZE={lv.world_size} asks for data-parallel training, but mpi4py is not installed "
+                          f"({e}); install it with: pip install mpi4py mpich (or, in a ccn checkout, pip install "
+                          "'.[mpi]').") from e
     lib = MPI.Get_library_version()
     if "MPICH" not in lib:
         raise ConfigError(f"WORLD_SIZE={lv.world_size} without an MPI launcher needs MPICH (pip install mpich); this "

@@ -197,17 +197,21 @@ def train(ctx, **kw):
     """
     load_file = kw.pop("load_file")
     given = {k: v for k, v in kw.items() if _given(ctx, k)}
-    run_train(given, load_file)
+    run_train(given, load_file, command=True)
 
 
-def run_train(given: dict, load_file: str | None = None, out=None, stop_after: int | None = None):
+def run_train(given: dict, load_file: str | None = None, out=None, stop_after: int | None = None,
+              command: bool = False):
     """The command without Click: ``given`` maps option names (as in DEFAULTS) to values.
 
-    Started by an MPI launcher (``mpiexec -n N ccn train ...``) it trains data-parallel over
-    the N ranks (see :mod:`ccn.parallel`)."""
+    Started by an MPI launcher (``mpiexec -n N ccn train ...``), or with RANK/WORLD_SIZE/
+    MASTER_ADDR/MASTER_PORT (torchrun, a shell loop), it trains data-parallel over the N ranks
+    (see :mod:`ccn.parallel`; the latter restarts the process under ``mpiexec -n 1``, so only
+    the ``ccn train`` command itself, ``command=True``, may do it)."""
     from ..parallel import init_world, run_guarded
 
-    return run_guarded(init_world(), lambda world: _run_train(given, load_file, out, stop_after, world))
+    return run_guarded(init_world(may_reexec=command),
+                       lambda world: _run_train(given, load_file, out, stop_after, world))
 
 
 def _run_train(given: dict, load_file, out, stop_after, world):

@@ -427,6 +427,25 @@ def test_launcher_variables_are_checked(setup):
         assert msg in r.stderr, (extra, r.stderr)
 
 
+def test_rank_variables_never_restart_a_caller_in_this_process(setup, monkeypatch):
+    """run_train from Python (not the ccn command) with WORLD_SIZE set: a clear refusal, never
+    an exec that would replace the caller."""
+    from ccn.cli.train import run_train
+    from ccn.errors import ConfigError
+
+    tmp, data, nets = setup
+    for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in dict(WORLD_SIZE="2", RANK="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="1").items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError, match="runs only as the ccn command"):
+        run_train({"layers": nets["plain"], "data_path": data, "data_provider": "fakedata:open_provider",
+                   "train_range": "1", "test_range": "5", "save_path": str(tmp / "x")})
+    with pytest.raises(ConfigError, match="is not the ccn command, so it cannot restart itself"):
+        run_train({"layers": nets["plain"], "data_path": data, "data_provider": "fakedata:open_provider",
+                   "train_range": "1", "test_range": "5", "save_path": str(tmp / "x")}, command=True)
+
+
 @pytest.mark.slow
 def test_torchrun_starts_a_data_parallel_run(setup):
     """torchrun (when torch is installed) sets RANK/WORLD_SIZE/...; its agent owns MASTER_PORT,
