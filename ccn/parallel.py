@@ -152,8 +152,8 @@ def init_world(may_reexec: bool = True) -> "World | None":
     if not _under_mpi_launcher():
         if not may_reexec:
             raise ConfigError(f"WORLD_SIZE={lv.world_size} is set: data-parallel training from RANK/WORLD_SIZE runs "
-                              "only as the ccn command (ccn train ...), which restarts itself under mpiexec -n 1. Unset "
-                              "WORLD_SIZE to train in this process.")
+                              "only as the ccn command (ccn train ...), which restarts itself under mpiexec -n 1. "
+                              "Unset WORLD_SIZE to train in this process.")
         _reexec_under_mpiexec(lv)  # does not return
     MPI = _import_mpi(f"WORLD_SIZE={lv.world_size} asks for data-parallel training")
     comm, links = rendezvous(MPI, lv, timeout)
@@ -424,28 +424,37 @@ def _grow(MPI, lv: LauncherVars, port_name: str, links: dict, deadline: float, t
     t = threading.Thread(target=watch, name="ccn-rdzv-watch", daemon=True)
     t.start()
     try:
-        if lv.rank == 0:
-            comm = MPI.COMM_SELF.Dup()
-        else:
-            inter = MPI.COMM_SELF.Connect(port_name, root=0)
-            comm = inter.Merge(high=True)
-            inter.Free()
-        for k in range(lv.rank + 1, lv.world_size):
-            if lv.rank == 0:
-                _send_line(links[k], {"port": port_name})
-            inter = comm.Accept(port_name if lv.rank == 0 else None, root=0)
-            new = inter.Merge(high=False)
-            inter.Free()
-            comm.Free()
-            comm = new
-        if comm.Get_rank() != lv.rank or comm.Get_size() != lv.world_size:  # cannot happen; say so if it does
-            raise _rdzv_error(f"the joined group has rank {comm.Get_rank()} of {comm.Get_size()}, expected "
-                              f"{lv.rank} of {lv.world_size}.")
-        if lv.rank == 0:
-            MPI.Close_port(port_name)
+        return _join(MPI, lv, port_name, links)
+    except MPI.Exception as e:
+        why = e.Get_error_string().splitlines()[0]
+        raise _rdzv_error(f"rank {lv.rank}: MPI could not connect the ranks ({why}).") from None
     finally:
         done.set()
         t.join(timeout=1)
+
+
+def _join(MPI, lv: LauncherVars, port_name: str, links: dict):
+    """Rank 0 hands the port name to rank 1, 2, ... in turn; the newcomer connects, the ranks
+    already in accept, and the merge puts the newcomer last (MPI rank = RANK)."""
+    if lv.rank == 0:
+        comm = MPI.COMM_SELF.Dup()
+    else:
+        inter = MPI.COMM_SELF.Connect(port_name, root=0)
+        comm = inter.Merge(high=True)
+        inter.Free()
+    for k in range(lv.rank + 1, lv.world_size):
+        if lv.rank == 0:
+            _send_line(links[k], {"port": port_name})
+        inter = comm.Accept(port_name if lv.rank == 0 else None, root=0)
+        new = inter.Merge(high=False)
+        inter.Free()
+        comm.Free()
+        comm = new
+    if comm.Get_rank() != lv.rank or comm.Get_size() != lv.world_size:  # cannot happen; say so if it does
+        raise _rdzv_error(f"the joined group has rank {comm.Get_rank()} of {comm.Get_size()}, expected "
+                          f"{lv.rank} of {lv.world_size}.")
+    if lv.rank == 0:
+        MPI.Close_port(port_name)
     return comm
 
 

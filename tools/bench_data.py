@@ -88,7 +88,8 @@ def main():
                 t0 = time.perf_counter()
                 x = (p.load_rows if ranks > 1 else lambda b, ep, r: p.load(b, ep))(1, e + 1, rows)[0]
                 dt = min(dt, time.perf_counter() - t0)
-            print(f"  {ranks:2d} rank(s): {dt:6.3f} s, {x.nbytes / 2**20:6.1f} MiB of images ({len(rows)} of {n} cases)")
+            print(f"  {ranks:2d} rank(s): {dt:6.3f} s, {x.nbytes / 2**20:6.1f} MiB of images "
+                  f"({len(rows)} of {n} cases)")
         p.close()
         # --- prepare-data ---
         if a.no_prepare:

@@ -394,8 +394,10 @@ def _run_train(given: dict, load_file, out, stop_after, world):
     if world is not None:
         hosts = len({h for h, _ in world.where})
         echo(f"  data parallel over {world.size} MPI ranks on {hosts} machine{'s' if hosts > 1 else ''}: each "
-             f"minibatch of {cfg.mini} is split into {world.size} parts of about {cfg.mini // world.size}; "
-             "gradients summed by one all-reduce per step")
+             f"minibatch of {cfg.mini} is split into {world.size} parts of about {cfg.mini // world.size}, each "
+             "rank loading only its part; gradients summed by one all-reduce per step"
+             + (f" (ranks joined through RANK/WORLD_SIZE at {world.launcher.addr}:{world.launcher.port})"
+                if world.launcher is not None else ""))
     if ckpt is not None:
         echo(f"  resuming from {ckpt.path}")
         saved_ws = int(ckpt.options.get("world_size", 1))

@@ -389,7 +389,8 @@ def test_a_killed_rank_of_a_launcher_world_is_named_at_once(tmp_path):
                                       CCN_TEST_TAG=tag, CCN_DP_TIMEOUT="600")) for r in range(2)]
     victim = None
     try:
-        victim = _pid_of_rank(tag, 1, time.time() + 30, var="RANK", also=["PMI_RANK=0"])  # the Python under mpiexec -n 1
+        # the Python under mpiexec -n 1 (the launched pid is mpiexec now)
+        victim = _pid_of_rank(tag, 1, time.time() + 30, var="RANK", also=["PMI_RANK=0"])
         t_end = time.time() + 30
         while time.time() < t_end and not ck.list_checkpoints(tmp_path / "save"):
             time.sleep(0.05)
