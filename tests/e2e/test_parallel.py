@@ -359,6 +359,7 @@ def test_a_rank_world_launcher_follows_mpiexec_and_the_single_process(setup):
 
 @pytest.mark.slow
 def test_a_missing_rank_is_named_within_the_timeout(setup):
+    mpiexec()  # each rank restarts itself under it
     tmp, data, nets = setup
     a = args(tmp, data, nets["plain"], "x")
     port = free_port()
@@ -378,6 +379,7 @@ def test_a_missing_rank_is_named_within_the_timeout(setup):
 
 @pytest.mark.slow
 def test_a_killed_rank_of_a_launcher_world_is_named_at_once(tmp_path):
+    mpiexec()
     data = fakedata.make_dataset(tmp_path / "data", delay=0.02, batches=list(range(1, 6)))
     layers, _ = fakedata.write_net(tmp_path / "net")
     tag = uuid.uuid4().hex
