@@ -357,6 +357,89 @@ def test_a_rank_world_launcher_follows_mpiexec_and_the_single_process(setup):
     assert c.options["world_size"] == 2
 
 
+CONV = """
+[data]
+type=data
+dataIdx=0
+
+[labels]
+type=data
+dataIdx=1
+
+[conv1]
+type=conv
+inputs=data
+channels=3
+filters=4
+filterSize=3
+padding=1
+stride=1
+sharedBiases=1
+initW=0.001
+neuron=relu
+
+[fc10]
+type=fc
+inputs=conv1
+outputs=10
+initW=0.001
+
+[probs]
+type=softmax
+inputs=fc10
+
+[logprob]
+type=cost.logreg
+inputs=labels,probs
+"""
+CONV_PARAMS = """
+[conv1]
+epsW=0.0001
+epsB=0.0002
+momW=0.9
+momB=0.9
+wc=0.0005
+
+[fc10]
+epsW=0.0001
+epsB=0.0002
+momW=0.9
+momB=0.9
+wc=0.0005
+
+[logprob]
+coeff=1
+"""
+
+
+@pytest.mark.slow
+def test_ranks_of_the_real_provider_load_their_rows_and_follow_one_process(tmp_path):
+    """The prepared-data provider (random crops, flips, colour noise) in a launcher world of 3:
+    each rank reads and augments only its rows (Provider.load_rows), and the run equals one
+    process at the same --mini up to rounding."""
+    mpiexec()
+    from ccn.data import builtin
+
+    data = str(tmp_path / "data")
+    builtin.prepare(data, train_batches=2, test_batches=1, batch_size=50, image_size=8, seed=3)
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "layers-conv.cfg").write_text(CONV)
+    (tmp_path / "net" / "layer-params-conv.cfg").write_text(CONV_PARAMS)
+
+    def a(save):
+        return ["--layers", str(tmp_path / "net" / "layers-conv.cfg"), "--data-path", data, "--train-range", "1-2",
+                "--test-range", "3", "--epochs", "2", "--mini", "16", "--test-freq", "2", "--seed", "5",
+                "--inner-size", "6", "--color-noise", "0.1", "--force-save", "1", "--save-path", str(tmp_path / save)]
+
+    one = run(a("one"))
+    assert one.returncode == 0, one.stderr
+    res = launch(a("many"), 3, free_port())
+    assert all(rc == 0 for rc, *_ in res), [e for *_, e, _ in res]
+    assert "each rank loading only its part" in res[0][1]
+    np.testing.assert_allclose(costs(res[0][1]), costs(one.stdout), rtol=1e-5, atol=2e-6)
+    assert_same_run(str(tmp_path / "one"), str(tmp_path / "many"))
+
+
 @pytest.mark.slow
 def test_a_missing_rank_is_named_within_the_timeout(setup):
     mpiexec()  # each rank restarts itself under it
