@@ -349,19 +349,23 @@ def rendezvous(MPI, lv: LauncherVars, timeout: float):
                 conn.close()  # not one of ours (a port scanner, a stale client)
                 continue
             r, ws = hello.get("rank"), hello.get("world_size")
+            bad = None
             if ws != lv.world_size:
-                links[-1 - len(links)] = conn
-                fail(f"rank {r} (pid {hello.get('pid')} on {hello.get('host')}) has WORLD_SIZE={ws}, rank 0 has "
-                     f"{lv.world_size}; every rank needs the same WORLD_SIZE.")
-            if not isinstance(r, int) or not 1 <= r < lv.world_size or r in links:
-                first = who.get(r, {})
-                links[-1 - len(links)] = conn
-                fail(f"two processes claim RANK={r} (pid {first.get('pid')} on {first.get('host')} and pid "
-                     f"{hello.get('pid')} on {hello.get('host')}); each rank needs its own RANK in 0..WORLD_SIZE-1."
-                     if r in links else f"a process claims RANK={r}, outside 0..{lv.world_size - 1}.")
+                bad = (f"rank {r} (pid {hello.get('pid')} on {hello.get('host')}) has WORLD_SIZE={ws}, rank 0 has "
+                       f"{lv.world_size}; every rank needs the same WORLD_SIZE.")
+            elif r in links:
+                first = who[r]
+                bad = (f"two processes claim RANK={r} (pid {first.get('pid')} on {first.get('host')} and pid "
+                       f"{hello.get('pid')} on {hello.get('host')}); each rank needs its own RANK in "
+                       f"0..{lv.world_size - 1}.")
+            elif not isinstance(r, int) or not 1 <= r < lv.world_size:
+                bad = f"a process (pid {hello.get('pid')} on {hello.get('host')}) claims RANK={r}; rank 0 has RANK=0."
+            if bad is not None:
+                links[-1 - len(links)] = conn  # told too
+                fail(bad)
             links[r], who[r] = conn, hello
         srv.close()
-        return _grow(MPI, lv, port_name, links, deadline, timeout), links
+        return _grow(MPI, lv, port_name, links, timeout), links
     # ---- ranks 1..N-1: find rank 0 (it may start later), say who we are, wait for our turn
     link = None
     while link is None:
@@ -387,15 +391,16 @@ def rendezvous(MPI, lv: LauncherVars, timeout: float):
         raise _rdzv_error(f"rank 0 at {where} closed the rendezvous connection (it stopped: see its message).")
     if "error" in msg:
         raise _rdzv_error(msg["error"])
-    return _grow(MPI, lv, msg["port"], {0: link}, deadline, timeout), {0: link}
+    return _grow(MPI, lv, msg["port"], {0: link}, timeout), {0: link}
 
 
-def _grow(MPI, lv: LauncherVars, port_name: str, links: dict, deadline: float, timeout: float):
+def _grow(MPI, lv: LauncherVars, port_name: str, links: dict, timeout: float):
     """The connect/accept rounds of :func:`rendezvous` (rank 0 sends each newcomer its turn);
-    a watchdog ends this process if a round does not finish by ``deadline`` or a link closes."""
+    a watchdog ends this process if they do not finish within ``timeout`` or a link closes."""
     import select
 
     done = threading.Event()
+    deadline = time.monotonic() + timeout
 
     def watch():
         socks = {s: r for r, s in links.items()}

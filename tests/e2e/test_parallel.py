@@ -318,7 +318,8 @@ def launch(a, world, port, ranks=None, timeout=120, **extra):
     procs = []
     t0 = time.time()
     for r in ranks:
-        e = env(RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        r, ws = r if isinstance(r, tuple) else (r, world)  # (rank, its own WORLD_SIZE)
+        e = env(RANK=str(r), WORLD_SIZE=str(ws), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                 **extra)
         procs.append(subprocess.Popen([sys.executable, "-m", "ccn.cli.main", "train", *a], stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, env=e))
@@ -458,6 +459,23 @@ def test_a_missing_rank_is_named_within_the_timeout(setup):
     (rc, out, err, took), = launch(a, 2, free_port(), ranks=[1], timeout=60, CCN_DP_TIMEOUT="2")
     assert rc == 1 and took < 2 + 12, (took, err)
     assert "rank 1 found no rank 0 listening at 127.0.0.1:" in err and "within 2 s" in err, err
+
+
+@pytest.mark.slow
+def test_ranks_that_disagree_are_refused_by_every_rank(setup):
+    mpiexec()
+    tmp, data, nets = setup
+    a = args(tmp, data, nets["plain"], "x")
+    res = launch(a, 3, free_port(), ranks=[0, 1, 1], timeout=60, CCN_DP_TIMEOUT="20")
+    assert [rc for rc, *_ in res] == [1, 1, 1], res
+    for _, _, err, took in res:
+        assert re.search(r"two processes claim RANK=1 \(pid \d+ on \S+ and pid \d+ on \S+\); each rank needs its own "
+                         r"RANK in 0\.\.2", err), err
+        assert took < 15
+    res = launch(a, 2, free_port(), ranks=[0, (1, 3)], timeout=60, CCN_DP_TIMEOUT="20")
+    assert [rc for rc, *_ in res] == [1, 1], res
+    for _, _, err, _ in res:
+        assert re.search(r"rank 1 \(pid \d+ on \S+\) has WORLD_SIZE=3, rank 0 has 2; every rank needs the same", err)
 
 
 @pytest.mark.slow
