@@ -531,6 +531,30 @@ def test_launcher_variables_are_checked(setup):
         assert msg in r.stderr, (extra, r.stderr)
 
 
+def test_launcher_vars_ports_and_local_rank(monkeypatch):
+    from ccn.errors import ConfigError
+    from ccn.parallel import launcher_vars
+
+    for k in ("CCN_RDZV_PORT", "TORCHELASTIC_USE_AGENT_STORE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert launcher_vars() is None  # one process: no rendezvous
+    for k, v in dict(WORLD_SIZE="4", RANK="3", MASTER_ADDR="node7", MASTER_PORT="29500").items():
+        monkeypatch.setenv(k, v)
+    lv = launcher_vars()
+    assert (lv.rank, lv.world_size, lv.local_rank, lv.addr, lv.port) == (3, 4, None, "node7", 29500)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # kept for GPU placement (World.gpu_index)
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")  # torchrun's agent holds MASTER_PORT
+    lv = launcher_vars()
+    assert lv.local_rank == 1 and lv.port == 29501 and "torchrun" in lv.port_from
+    monkeypatch.setenv("CCN_RDZV_PORT", "31000")
+    assert launcher_vars().port == 31000
+    monkeypatch.delenv("CCN_RDZV_PORT")
+    monkeypatch.setenv("MASTER_PORT", "65535")
+    with pytest.raises(ConfigError, match="set CCN_RDZV_PORT"):
+        launcher_vars()
+
+
 def test_rank_variables_never_restart_a_caller_in_this_process(setup, monkeypatch):
     """run_train from Python (not the ccn command) with WORLD_SIZE set: a clear refusal, never
     an exec that would replace the caller."""
