@@ -1,13 +1,18 @@
 """Data-parallel training across processes and machines: MPI through mpi4py.
 
-``mpiexec -n N ccn train ...`` (or any MPI launcher: ``mpirun``, ``srun`` with PMI) runs N
-ranks of synchronous data-parallel SGD. What each step does, on every rank:
+``mpiexec -n N ccn train ...`` (or any MPI launcher: ``mpirun``, ``srun`` with PMI), or N
+processes started with ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` (torchrun, a
+shell loop, a job script; see "Launchers" below), runs N ranks of synchronous data-parallel
+SGD. What each step does, on every rank:
 
-* the Trainer hands every rank the same global minibatch of M = ``--mini`` cases (every
-  rank loads the whole data batch; the providers are deterministic in (seed, batch, epoch),
-  so all ranks hold identical data). Rank r takes the contiguous rows
-  ``[r*n//N, (r+1)*n//N)`` of the n cases of the minibatch (n = M except for a batch's short
-  last minibatch; a rank may get no rows then, and contributes zeros);
+* the Trainer walks the same global minibatches of M = ``--mini`` cases on every rank (the
+  providers are deterministic in (seed, batch, epoch)). Rank r takes the contiguous rows
+  ``[r*n//N, (r+1)*n//N)`` of the n cases of each minibatch (n = M except for a batch's short
+  last minibatch; a rank may get no rows then, and contributes zeros), and it reads, decodes
+  and augments only those rows (:func:`minibatch_shares`; ``Provider.load_rows``, which draws
+  every random number of the batch and keeps the rows' own, so the data equal the whole
+  batch's rows; a provider without ``load_rows`` is loaded whole and cut). So N ranks do 1/N
+  of the data work each and hold 1/N of each batch in memory;
 * forward and backward on those rows; the per-case random numbers (dropout masks) are
   indexed by the case's row in the *global* minibatch (``Net.case_offset`` = the rank's
   first row), so the ranks draw exactly the masks one process at minibatch M draws;
@@ -36,12 +41,36 @@ non-blocking messages; when a deadline passes, rank 0 names the ranks that never
 that step, prints it, and aborts the job (``MPI_Abort``); the other ranks give rank 0 a few
 seconds to do so, then abort themselves. A rank that raises an error prints it (with its
 rank) and aborts the job at once. A rank killed outright is also caught by the launcher
-(MPICH's ``mpiexec`` ends the job and names the pid).
+(MPICH's ``mpiexec`` ends the job and names the pid), or, in a world built by the
+rendezvous, by its liveness link closing (below): the job stops at once naming it.
 
 Launchers: the MPI world is detected from the variables MPI launchers set (``PMI_SIZE``
 for MPICH/Intel MPI/Slurm, ``OMPI_COMM_WORLD_SIZE`` for Open MPI, ...), so a single
-process never initialises MPI. ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` without an MPI launcher
-(torchrun-style rendezvous) is refused with a message: ccn's transport is MPI.
+process never initialises MPI. Without them, ``WORLD_SIZE`` > 1 with ``RANK``,
+``MASTER_ADDR`` and ``MASTER_PORT`` (what torchrun and friends set) builds the same world,
+still all MPI (:func:`init_world`):
+
+1. the process re-executes itself as ``mpiexec -n 1 <the same command>`` (MPICH's mpiexec
+   from PyPI, next to the Python or on PATH; ``CCN_MPIEXEC`` overrides). MPICH cannot connect
+   singleton processes (MPI_Init with no launcher at all: they all claim the same process id,
+   mpich issue 7805), but it connects separate one-process jobs; the pid stays the same, so
+   the launcher's signals still reach the rank;
+2. rank 0 opens an MPI port (``MPI_Open_port``) and listens on TCP at ``MASTER_PORT`` (under
+   torchrun, whose agent already listens there, ``MASTER_PORT`` + 1; ``CCN_RDZV_PORT``
+   overrides); every other rank connects to ``MASTER_ADDR`` there (retrying until rank 0 is
+   up) and says its rank, world size, host and pid. Once all have come, rank 0 gives the port
+   name to rank 1, 2, ... in turn: the newcomer ``MPI_Comm_connect``s, the ranks already in
+   ``MPI_Comm_accept``, and ``MPI_Intercomm_merge`` puts the newcomer last, so MPI ranks equal
+   ``RANK``. Only those hellos and the port name travel over TCP; gradients go through MPI;
+3. a rank that does not come within ``CCN_DP_TIMEOUT`` seconds is named (``rank 1 of
+   WORLD_SIZE=3 did not reach the rendezvous at ...``) by rank 0 and by every rank waiting,
+   all of which exit with code 1; a rank with no rank 0 to find says so. The TCP connections
+   stay open as liveness links: when one closes (its process died), the other side stops the
+   job at once, naming the rank, pid and host.
+
+``LOCAL_RANK`` selects nothing on the CPU; it is kept as ``World.gpu_index`` (the entry of a
+``--gpu`` list this rank will use once CUDA training exists; without ``LOCAL_RANK`` the rank
+among the ranks on its machine).
 """
 
 from __future__ import annotations
@@ -86,42 +115,382 @@ def _timeout() -> float:
         raise ConfigError(f"CCN_DP_TIMEOUT must be a positive number of seconds, got '{v}'.") from None
 
 
-def init_world() -> "World | None":
-    """The MPI world when started by an MPI launcher with more than one rank, else None."""
-    size = launcher_world_size()
-    if size <= 1:
-        ws = os.environ.get("WORLD_SIZE")
-        if ws and ws.strip().isdigit() and int(ws) > 1:
-            raise ConfigError(f"WORLD_SIZE={ws} is set, but this process was not started by an MPI launcher. ccn's "
-                              "data-parallel training runs over MPI: start it with mpiexec -n N ccn train ... (or "
-                              "srun with PMI); rendezvous through RANK/WORLD_SIZE/MASTER_ADDR alone (torchrun) is not "
-                              "supported. Unset WORLD_SIZE to train in one process.")
-        return None
+def _under_mpi_launcher() -> bool:
+    """Whether an MPI launcher (of any size, one rank included) started this process."""
+    return any(os.environ.get(v, "").strip().isdigit() for v in _MPI_SIZE_VARS)
+
+
+def _import_mpi(what: str):
     try:
         import mpi4py
 
         mpi4py.rc.thread_level = "multiple"
         from mpi4py import MPI
     except ImportError as e:
-        raise ConfigError(f"this process was started by an MPI launcher with {size} ranks, but mpi4py is not "
-                          f"installed ({e}); install it with: pip install mpi4py mpich (or, in a ccn checkout, pip install '.[mpi]').") \
-            from e
-    return World(MPI, _timeout())
+        raise ConfigError(f"{what}, but mpi4py is not installed ({e}); install it with: pip install mpi4py mpich "
+                          "(or, in a ccn checkout, pip install '.[mpi]').") from e
+    return MPI
+
+
+def init_world(may_reexec: bool = True) -> "World | None":
+    """The data-parallel world, or None for a single process.
+
+    * started by an MPI launcher with more than one rank: ``MPI_COMM_WORLD``;
+    * ``WORLD_SIZE`` > 1 and ``RANK`` set (torchrun, a shell loop) without an MPI launcher:
+      the process re-executes itself under ``mpiexec -n 1`` (see :func:`launcher_vars`), then
+      the ranks meet at ``MASTER_ADDR``:``MASTER_PORT`` (:func:`rendezvous`); only for the
+      ``ccn`` command itself (``may_reexec``), never for a caller in the same process;
+    * otherwise None."""
+    size = launcher_world_size()
+    if size > 1:
+        MPI = _import_mpi(f"this process was started by an MPI launcher with {size} ranks")
+        return World(MPI, _timeout())
+    lv = launcher_vars()
+    if lv is None:
+        return None
+    timeout = _timeout()
+    if not _under_mpi_launcher():
+        if not may_reexec:
+            raise ConfigError(f"WORLD_SIZE={lv.world_size} is set: data-parallel training from RANK/WORLD_SIZE runs "
+                              "only as the ccn command (ccn train ...), which restarts itself under mpiexec -n 1. "
+                              "Unset WORLD_SIZE to train in this process.")
+        _reexec_under_mpiexec(lv)  # does not return
+    MPI = _import_mpi(f"WORLD_SIZE={lv.world_size} asks for data-parallel training")
+    comm, links = rendezvous(MPI, lv, timeout)
+    return World(MPI, timeout, comm=comm, links=links, launcher=lv)
+
+
+# ---- RANK / WORLD_SIZE launchers (torchrun, a shell loop, a job script) -------------------------
+class LauncherVars:
+    """What a torchrun-style launcher said: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+    ``MASTER_ADDR``, ``MASTER_PORT``; ``port`` is where rank 0 listens for the rendezvous."""
+
+    def __init__(self, rank: int, world_size: int, local_rank: "int | None", addr: str, port: int, port_from: str):
+        self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
+        self.addr, self.port, self.port_from = addr, port, port_from
+
+
+def _env_int(name: str, lo: int, hi: "int | None" = None) -> "int | None":
+    v = os.environ.get(name)
+    if v is None or v.strip() == "":
+        return None
+    v = v.strip()
+    if not v.lstrip("-").isdigit() or int(v) < lo or (hi is not None and int(v) > hi):
+        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise ConfigError(f"{name} must be a whole number {rng}, got '{v}'.")
+    return int(v)
+
+
+def launcher_vars() -> "LauncherVars | None":
+    """``RANK``/``WORLD_SIZE``/... when ``WORLD_SIZE`` > 1, else None. The rendezvous port is
+    ``MASTER_PORT``, except under torchrun, whose agent already listens there
+    (``TORCHELASTIC_USE_AGENT_STORE``): then ``MASTER_PORT`` + 1. ``CCN_RDZV_PORT`` overrides both."""
+    ws = _env_int("WORLD_SIZE", 1)
+    if ws is None or ws <= 1:
+        return None
+    rank = _env_int("RANK", 0, ws - 1)
+    if rank is None:
+        raise ConfigError(f"WORLD_SIZE={ws} is set but RANK is not; a launcher sets both (RANK = 0..{ws - 1}). "
+                          "Unset WORLD_SIZE to train in one process.")
+    local = _env_int("LOCAL_RANK", 0)
+    addr = os.environ.get("MASTER_ADDR", "").strip()
+    mport = _env_int("MASTER_PORT", 1, 65535)
+    if not addr or mport is None:
+        raise ConfigError(f"WORLD_SIZE={ws} and RANK={rank} are set, but "
+                          f"{'MASTER_ADDR' if not addr else 'MASTER_PORT'} is not: every rank needs MASTER_ADDR (the "
+                          "host of rank 0) and MASTER_PORT (a free TCP port there) to find the others.")
+    port, port_from = mport, f"MASTER_PORT={mport}"
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").strip().lower() in ("1", "true"):
+        port, port_from = mport + 1, f"MASTER_PORT+1={mport + 1} (torchrun's agent listens on MASTER_PORT)"
+    rp = _env_int("CCN_RDZV_PORT", 1, 65535)
+    if rp is not None:
+        port, port_from = rp, f"CCN_RDZV_PORT={rp}"
+    if port > 65535:
+        raise ConfigError(f"MASTER_PORT={mport}: the rendezvous port {port_from} is not a TCP port; set "
+                          "CCN_RDZV_PORT to a free port on rank 0's host.")
+    return LauncherVars(rank, ws, local, addr, port, port_from)
+
+
+def find_mpiexec() -> "str | None":
+    """``CCN_MPIEXEC``, else the ``mpiexec`` next to this Python (pip's mpich puts it there), else on PATH."""
+    import shutil
+
+    exe = os.environ.get("CCN_MPIEXEC")
+    if exe:
+        return exe
+    return shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+
+
+def _reexec_under_mpiexec(lv: LauncherVars) -> None:
+    """Become ``mpiexec -n 1 <this command>`` (same pid, so the launcher's signals still reach us).
+
+    MPICH cannot connect singleton processes (MPI_Init without a launcher: they all claim the
+    same process id; mpich issue 7805), so each rank runs as a one-process MPI job of its own and
+    the ranks join with MPI_Comm_connect/accept."""
+    if os.environ.get("CCN_RDZV_EXEC"):
+        raise ConfigError(f"ccn restarted itself under {os.environ['CCN_RDZV_EXEC']} -n 1 for the RANK/WORLD_SIZE "
+                          "rendezvous, but the restarted process sees no MPI launcher (no PMI_SIZE); that mpiexec is "
+                          "not MPICH's. Point CCN_MPIEXEC at MPICH's mpiexec (pip install mpich).")
+    head = sys.orig_argv[1:5]
+    if not any(a == "ccn" or a.startswith("ccn.") or os.path.basename(a) in ("ccn", "ccn.exe") for a in head):
+        raise ConfigError(f"WORLD_SIZE={lv.world_size} is set, but this process ({' '.join(sys.orig_argv[:4])} ...) "
+                          "is not the ccn command, so it cannot restart itself under mpiexec -n 1 for the "
+                          "RANK/WORLD_SIZE rendezvous. Start ccn train directly, or unset WORLD_SIZE.")
+    try:  # which MPI, without initialising it here (the restarted process does)
+        import mpi4py
+
+        if "mpi4py.MPI" not in sys.modules:
+            mpi4py.rc.initialize = False
+        from mpi4py import MPI
+    except ImportError as e:
+        raise ConfigError(f"WORLD_SIZE={lv.world_size} asks for data-parallel training, but mpi4py is not installed "
+                          f"({e}); install it with: pip install mpi4py mpich (or, in a ccn checkout, pip install "
+                          "'.[mpi]').") from e
+    lib = MPI.Get_library_version()
+    if "MPICH" not in lib:
+        raise ConfigError(f"WORLD_SIZE={lv.world_size} without an MPI launcher needs MPICH (pip install mpich); this "
+                          f"mpi4py uses {lib.splitlines()[0].strip()}. Start the ranks with mpiexec -n N ccn train ... "
+                          "instead.")
+    exe = find_mpiexec()
+    if exe is None:
+        raise ConfigError(f"WORLD_SIZE={lv.world_size} is set without an MPI launcher: ccn runs each rank under "
+                          "MPICH's mpiexec -n 1, but no mpiexec is next to this Python or on PATH (pip install "
+                          "mpich, or set CCN_MPIEXEC).")
+    argv = [exe, "-launcher", "fork", "-n", "1", sys.executable, *sys.orig_argv[1:]]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    env = {**os.environ, "CCN_RDZV_EXEC": exe}
+    try:
+        os.execve(exe, argv, env)
+    except OSError as e:
+        raise ConfigError(f"cannot run {exe} for the RANK/WORLD_SIZE rendezvous: {e.strerror}.") from None
+
+
+def _send_line(sock, obj) -> None:
+    import json
+
+    sock.sendall((json.dumps(obj) + "\n").encode())
+
+
+def _recv_line(sock, deadline: float) -> "dict | None":
+    """One JSON line, or None at EOF; socket.timeout past ``deadline``."""
+    import json
+
+    buf = b""
+    while not buf.endswith(b"\n"):
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(4096)
+        if not chunk:
+            return None
+        buf += chunk
+    return json.loads(buf.decode())
+
+
+def _rdzv_error(msg: str) -> CcnRuntimeError:
+    return CcnRuntimeError(f"data-parallel rendezvous failed: {msg}")
+
+
+def rendezvous(MPI, lv: LauncherVars, timeout: float):
+    """Build the world of ``lv.world_size`` one-process MPI jobs; returns (comm, links).
+
+    Rank 0 opens an MPI port (``MPI_Open_port``) and listens on TCP at ``lv.port``; every
+    other rank connects there and says who it is. Once all have come (within ``timeout``
+    seconds; otherwise every rank fails naming the missing ones), rank 0 hands the port name
+    to rank 1, 2, ... in turn; each connects (``MPI_Comm_connect``) while the ranks already in
+    the group accept (``MPI_Comm_accept``), and the intercommunicator is merged with the
+    newcomer last, so MPI ranks equal ``RANK``. Only the port name and these hellos travel over
+    TCP; the TCP connections stay open as liveness links (a rank whose link closes has died)."""
+    import socket as so
+
+    deadline = time.monotonic() + timeout
+    me = {"v": 1, "rank": lv.rank, "world_size": lv.world_size, "host": so.gethostname(), "pid": os.getpid()}
+    where = f"{lv.addr}:{lv.port} ({lv.port_from})"
+    if lv.rank == 0:
+        port_name = MPI.Open_port()
+        srv = so.socket(so.AF_INET, so.SOCK_STREAM)
+        srv.setsockopt(so.SOL_SOCKET, so.SO_REUSEADDR, 1)
+        try:
+            srv.bind(("", lv.port))
+        except OSError as e:
+            srv.close()
+            raise _rdzv_error(f"rank 0 cannot listen on port {lv.port} ({lv.port_from}): {e.strerror}. Choose a free "
+                              "port (MASTER_PORT, or CCN_RDZV_PORT on every rank).") from None
+        srv.listen(max(16, lv.world_size))
+        links: dict[int, "so.socket"] = {}
+        who: dict[int, dict] = {}
+
+        def fail(msg):
+            for s in links.values():
+                try:
+                    _send_line(s, {"error": msg})
+                    s.close()
+                except OSError:
+                    pass
+            srv.close()
+            raise _rdzv_error(msg)
+
+        while len(links) < lv.world_size - 1:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                missing = [r for r in range(1, lv.world_size) if r not in links]
+                fail(f"rank{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} of WORLD_SIZE="
+                     f"{lv.world_size} did not reach the rendezvous at {where} within {timeout:g} s. Start every rank "
+                     "(RANK=0..WORLD_SIZE-1) with the same MASTER_ADDR/MASTER_PORT, or raise CCN_DP_TIMEOUT.")
+            srv.settimeout(min(left, 1.0))
+            try:
+                conn, peer = srv.accept()
+            except so.timeout:
+                continue
+            try:
+                hello = _recv_line(conn, min(deadline, time.monotonic() + 10))
+            except (OSError, ValueError):
+                hello = None
+            if not isinstance(hello, dict) or hello.get("v") != 1:
+                conn.close()  # not one of ours (a port scanner, a stale client)
+                continue
+            r, ws = hello.get("rank"), hello.get("world_size")
+            bad = None
+            if ws != lv.world_size:
+                bad = (f"rank {r} (pid {hello.get('pid')} on {hello.get('host')}) has WORLD_SIZE={ws}, rank 0 has "
+                       f"{lv.world_size}; every rank needs the same WORLD_SIZE.")
+            elif r in links:
+                first = who[r]
+                bad = (f"two processes claim RANK={r} (pid {first.get('pid')} on {first.get('host')} and pid "
+                       f"{hello.get('pid')} on {hello.get('host')}); each rank needs its own RANK in "
+                       f"0..{lv.world_size - 1}.")
+            elif not isinstance(r, int) or not 1 <= r < lv.world_size:
+                bad = f"a process (pid {hello.get('pid')} on {hello.get('host')}) claims RANK={r}; rank 0 has RANK=0."
+            if bad is not None:
+                links[-1 - len(links)] = conn  # told too
+                fail(bad)
+            links[r], who[r] = conn, hello
+        srv.close()
+        return _grow(MPI, lv, port_name, links, timeout), links
+    # ---- ranks 1..N-1: find rank 0 (it may start later), say who we are, wait for our turn
+    link = None
+    while link is None:
+        try:
+            link = so.create_connection((lv.addr, lv.port), timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise _rdzv_error(f"rank {lv.rank} found no rank 0 listening at {where} within {timeout:g} s (last "
+                                  f"error: {e.strerror or e}). Start RANK=0 with the same MASTER_ADDR/MASTER_PORT, or "
+                                  "raise CCN_DP_TIMEOUT.") from None
+            time.sleep(0.1)
+    link.setsockopt(so.IPPROTO_TCP, so.TCP_NODELAY, 1)
+    _send_line(link, me)
+    try:  # rank 0 answers once every rank has come, or tells why not; give it a moment past our deadline
+        msg = _recv_line(link, deadline + 5.0)
+    except (OSError, ValueError):
+        msg = None
+        if time.monotonic() < deadline + 5.0:
+            raise _rdzv_error(f"rank 0 at {where} broke the rendezvous connection.") from None
+    if msg is None and time.monotonic() >= deadline:
+        raise _rdzv_error(f"rank {lv.rank} waited {timeout:g} s at {where} for the other ranks; rank 0 did not answer.")
+    if msg is None:
+        raise _rdzv_error(f"rank 0 at {where} closed the rendezvous connection (it stopped: see its message).")
+    if "error" in msg:
+        raise _rdzv_error(msg["error"])
+    return _grow(MPI, lv, msg["port"], {0: link}, timeout), {0: link}
+
+
+def _grow(MPI, lv: LauncherVars, port_name: str, links: dict, timeout: float):
+    """The connect/accept rounds of :func:`rendezvous` (rank 0 sends each newcomer its turn);
+    a watchdog ends this process if they do not finish within ``timeout`` or a link closes."""
+    import select
+
+    done = threading.Event()
+    deadline = time.monotonic() + timeout
+
+    def watch():
+        socks = {s: r for r, s in links.items()}
+        while not done.wait(0.1):
+            gone = []
+            try:
+                readable, _, _ = select.select(list(socks), [], [], 0)
+            except (OSError, ValueError):
+                readable = []
+            for s in readable:
+                try:
+                    if s.recv(1, so_peek_flag) == b"":
+                        gone.append(socks[s])
+                except OSError:
+                    gone.append(socks[s])
+            if gone and not done.is_set():
+                g = min(gone)
+                _rdzv_exit(f"rank {g} exited during the rendezvous (its connection to rank {lv.rank} closed).")
+            if time.monotonic() > deadline and not done.is_set():
+                _rdzv_exit(f"the ranks did not finish joining within {timeout:g} s (CCN_DP_TIMEOUT); "
+                           f"rank {lv.rank} stops.")
+
+    import socket as so
+
+    so_peek_flag = so.MSG_PEEK
+    t = threading.Thread(target=watch, name="ccn-rdzv-watch", daemon=True)
+    t.start()
+    try:
+        return _join(MPI, lv, port_name, links)
+    except MPI.Exception as e:
+        why = e.Get_error_string().splitlines()[0]
+        raise _rdzv_error(f"rank {lv.rank}: MPI could not connect the ranks ({why}).") from None
+    finally:
+        done.set()
+        t.join(timeout=1)
+
+
+def _join(MPI, lv: LauncherVars, port_name: str, links: dict):
+    """Rank 0 hands the port name to rank 1, 2, ... in turn; the newcomer connects, the ranks
+    already in accept, and the merge puts the newcomer last (MPI rank = RANK)."""
+    if lv.rank == 0:
+        comm = MPI.COMM_SELF.Dup()
+    else:
+        inter = MPI.COMM_SELF.Connect(port_name, root=0)
+        comm = inter.Merge(high=True)
+        inter.Free()
+    for k in range(lv.rank + 1, lv.world_size):
+        if lv.rank == 0:
+            _send_line(links[k], {"port": port_name})
+        inter = comm.Accept(port_name if lv.rank == 0 else None, root=0)
+        new = inter.Merge(high=False)
+        inter.Free()
+        comm.Free()
+        comm = new
+    if comm.Get_rank() != lv.rank or comm.Get_size() != lv.world_size:  # cannot happen; say so if it does
+        raise _rdzv_error(f"the joined group has rank {comm.Get_rank()} of {comm.Get_size()}, expected "
+                          f"{lv.rank} of {lv.world_size}.")
+    if lv.rank == 0:
+        MPI.Close_port(port_name)
+    return comm
+
+
+def _rdzv_exit(msg: str) -> None:
+    sys.stderr.write(f"error: data-parallel rendezvous failed: {msg}\n")
+    sys.stderr.flush()
+    os._exit(1)
 
 
 class World:
     """The ranks of one data-parallel run and the collectives between them, with deadlines."""
 
-    def __init__(self, MPI, timeout: float):
+    def __init__(self, MPI, timeout: float, comm=None, links: "dict | None" = None,
+                 launcher: "LauncherVars | None" = None):
         self.MPI = MPI
-        self.comm = MPI.COMM_WORLD
+        self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.timeout = timeout
+        self.launcher = launcher  # RANK/WORLD_SIZE rendezvous, or None under an MPI launcher
         local = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
         local.Free()
+        # the entry of a --gpu list this rank will use: LOCAL_RANK when a launcher gave one, else
+        # the rank among the ranks on this machine (nothing selects a device on the CPU)
+        self.gpu_index = launcher.local_rank if launcher is not None and launcher.local_rank is not None \
+            else self.local_rank
         self.where = self.comm.allgather((socket.gethostname(), os.getpid()))
+        # rendezvous TCP links (rank 0 <-> every rank): one that closes means that process is gone
+        self._links = {s: r for r, s in (links or {}).items()}
+        self._closing = False
         self.seq = 0  # collectives done
         self._lock = threading.Lock()
         self._deadline: float | None = None
@@ -184,10 +553,32 @@ class World:
         self._poll_arrivals()
         return [f"{self.describe(r)} did not reach {what}" for r in self._peers if self._arrived[r] < seq]
 
+    def _check_links(self) -> None:
+        """A rendezvous link that closed: that rank's process is gone (killed, crashed) and the
+        job cannot go on; say which and stop at once rather than at the next deadline."""
+        if not self._links or self._closing:
+            return
+        import select
+
+        try:
+            readable, _, _ = select.select(list(self._links), [], [], 0)
+        except (OSError, ValueError):
+            return
+        for s in readable:
+            try:
+                alive = s.recv(1, socket.MSG_PEEK) != b""
+            except OSError:
+                alive = False
+            if not alive and not self._closing:
+                r = self._links.pop(s)
+                self._die(f"data-parallel training stopped at step {self.seq + 1}: {self.describe(r)} exited (its "
+                          f"rendezvous connection to rank {self.rank} closed). The job is stopped.")
+
     def _watch(self) -> None:
         next_beat = 0.0
         while not self._stopped:
             time.sleep(0.1)
+            self._check_links()
             if time.monotonic() >= next_beat:
                 self._beat()
                 next_beat = time.monotonic() + BEAT_S
@@ -220,6 +611,8 @@ class World:
                           f"{what} (step {seq}); rank 0 names the rank(s) at fault. {hint}")
 
     def _die(self, msg: str, code: int = 1) -> None:
+        # MPI_Abort may wait on a peer that is gone: make sure this process ends regardless
+        threading.Timer(10.0, os._exit, (code,)).start()
         try:
             sys.stderr.write(f"error: {msg}\n")
             sys.stderr.flush()
@@ -266,6 +659,7 @@ class World:
         """Cancel the pending notes so MPI can finalise (all ranks have finished together)."""
         if self._stopped:
             return
+        self._closing = True  # from here on a peer may finish and close its link first
         self._collective("the end of training", self.comm.Barrier)
         self._stopped = True
         for s, _ in self._sends:
@@ -287,6 +681,21 @@ class World:
 def split_rows(n: int, size: int, rank: int) -> tuple[int, int]:
     """Rank ``rank``'s contiguous rows of an ``n``-case minibatch: ``[rank*n//size, (rank+1)*n//size)``."""
     return rank * n // size, (rank + 1) * n // size
+
+
+def minibatch_shares(n: int, mini: int, size: int, rank: int):
+    """Rank ``rank``'s rows of an ``n``-case data batch cut into minibatches of ``mini``:
+    ``(rows, parts)`` with ``rows`` the increasing batch rows it needs (its :func:`split_rows`
+    of every minibatch, in order) and ``parts[k] = (a, b, lo, hi)``: minibatch k's share is
+    ``rows[a:b]``, rows ``lo:hi`` of that minibatch."""
+    rows, parts, a = [], [], 0
+    for start in range(0, max(n, 1), mini):
+        m = min(n, start + mini) - start
+        lo, hi = split_rows(m, size, rank)
+        rows.extend(range(start + lo, start + hi))
+        parts.append((a, a + hi - lo, lo, hi))
+        a += hi - lo
+    return np.asarray(rows, np.int64), parts
 
 
 class DataParallelNet:
@@ -315,18 +724,25 @@ class DataParallelNet:
         self._inner._net.case_offset = 0
         self._inner.forward(data, train)
 
-    def train_step(self, data, progress: float, minibatch: int) -> list[dict]:
+    def train_step(self, data, progress: float, minibatch: int, part=None) -> list[dict]:
+        """One step on the global minibatch ``data`` (this rank takes its rows), or, with
+        ``part = (n, lo, hi)``, on ``data`` = rows ``lo:hi`` of an ``n``-case minibatch (the
+        Trainer loaded only those)."""
         core = self._inner._net
         w = self.world
-        n = int(np.asarray(data[0]).shape[0])
-        lo, hi = split_rows(n, w.size, w.rank)
+        if part is None:
+            n = int(np.asarray(data[0]).shape[0])
+            lo, hi = split_rows(n, w.size, w.rank)
+            data = [None if d is None else d[lo:hi] for d in data]
+        else:
+            n, lo, hi = part
         buf, g = self._buf, self._gsize
         if self._periodic:
             core.read_grads(self._pre)  # the global sum of earlier passes, the same on every rank
         costs = None
         if hi > lo:
             core.case_offset = lo
-            core.fprop(self._inner._data([None if d is None else d[lo:hi] for d in data]), True)
+            core.fprop(self._inner._data(data), True)
             core.bprop({})
             costs = core.costs()
             core.read_grads(buf[:g])
@@ -380,6 +796,7 @@ def data_parallel_trainer(world: World, net, train_dp, test_dp, cfg, state, out)
 
     dpnet = DataParallelNet(net, world)
     trainer = DataParallelTrainer(dpnet, train_dp, test_dp, cfg, state=state, out=out)
+    trainer.share = (world.rank, world.size)  # each rank loads only its rows of each minibatch
     dpnet.trainer = trainer
     return trainer
 

@@ -220,16 +220,44 @@ class Trainer:
         self.last_checkpoint: str | None = None
         self.wait_s = 0.0
         self.start_s = 0.0
+        # data parallel: (rank, ranks) -- this process loads and steps only its rows of every
+        # training minibatch (ccn.parallel.minibatch_shares); None: all of them
+        self.share: tuple[int, int] | None = None
 
     # -- data
+    def _load(self, dp, batch: int, epoch: int, key) -> list:
+        if self.share is not None and key[0] == "train":
+            return self._load_share(dp, batch, epoch)
+        return dp.load(batch, epoch)
+
+    def _load_share(self, dp, batch: int, epoch: int) -> list:
+        """This rank's rows of every minibatch of a training batch, in order: read, decoded and
+        augmented alone when the provider has ``load_rows``, else cut from the whole batch."""
+        from .parallel import minibatch_shares
+
+        rank, size = self.share
+        n = int(dp.num_cases(batch))
+        rows, _ = minibatch_shares(n, self.cfg.mini, size, rank)
+        fn = getattr(dp, "load_rows", None)
+        if fn is not None:
+            return fn(batch, epoch, rows)
+        full = dp.load(batch, epoch)
+        if not isinstance(full, (list, tuple)) or not full:
+            return full  # _get reports it
+        got = np.asarray(full[0]).shape[0] if np.ndim(full[0]) else -1
+        if got != n:
+            raise InputError(f"the data provider's num_cases({batch}) is {n} but load({batch}) gave {got} cases; "
+                             "data-parallel ranks need both to agree.")
+        return [np.asarray(d)[rows] for d in full]
+
     def _prefetch(self, dp, batch: int, epoch: int, key) -> None:
         if key not in self._pending:
-            self._pending[key] = self._pool.submit(dp.load, batch, epoch)
+            self._pending[key] = self._pool.submit(self._load, dp, batch, epoch, key)
 
     def _get(self, dp, batch: int, epoch: int, key) -> list:
         t0 = time.perf_counter()
         fut = self._pending.pop(key, None)
-        data = fut.result() if fut is not None else dp.load(batch, epoch)
+        data = fut.result() if fut is not None else self._load(dp, batch, epoch, key)
         self.wait_s += time.perf_counter() - t0
         if not isinstance(data, (list, tuple)) or not data:
             raise InputError(f"the data provider returned {type(data).__name__} for batch {batch}; expected a list of "
@@ -285,13 +313,27 @@ class Trainer:
                 if ne <= cfg.epochs:
                     self._prefetch(self.train_dp, self.train_batches[ni], ne, ("train", ne, ni))
                 progress = min(1.0, max(0.0, st.batches_done / total))
-                n = data[0].shape[0]
+                if self.share is None:
+                    n = data[0].shape[0]
+                else:  # data holds this rank's rows of each minibatch, one after the other
+                    from .parallel import minibatch_shares
+
+                    n = int(self.train_dp.num_cases(bnum))
+                    rows, parts = minibatch_shares(n, cfg.mini, self.share[1], self.share[0])
+                    if data[0].shape[0] != len(rows):
+                        raise InputError(f"the data provider's load_rows gave {data[0].shape[0]} cases for batch "
+                                         f"{bnum}; {len(rows)} were asked for.")
                 nmb = max(1, -(-n // cfg.mini))
                 sums = _CostSum(st.partial if st.mb > 0 else None)
                 t0 = time.perf_counter() - (st.partial or {}).get("seconds", 0.0) if st.mb > 0 else time.perf_counter()
                 for k in range(st.mb, nmb):
                     lo, hi = k * cfg.mini, min(n, (k + 1) * cfg.mini)
-                    costs = self.net.train_step([d[lo:hi] for d in data], progress, cfg.mini)
+                    if self.share is None:
+                        costs = self.net.train_step([d[lo:hi] for d in data], progress, cfg.mini)
+                    else:
+                        a, b, r_lo, r_hi = parts[k]
+                        costs = self.net.train_step([d[a:b] for d in data], progress, cfg.mini,
+                                                    part=(hi - lo, r_lo, r_hi))
                     if _nonfinite(costs):
                         self._nonfinite_error(costs, f"training batch {epoch}.{bnum}, minibatch {k + 1}")
                     sums.add(costs, hi - lo)

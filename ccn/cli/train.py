@@ -197,17 +197,21 @@ def train(ctx, **kw):
     """
     load_file = kw.pop("load_file")
     given = {k: v for k, v in kw.items() if _given(ctx, k)}
-    run_train(given, load_file)
+    run_train(given, load_file, command=True)
 
 
-def run_train(given: dict, load_file: str | None = None, out=None, stop_after: int | None = None):
+def run_train(given: dict, load_file: str | None = None, out=None, stop_after: int | None = None,
+              command: bool = False):
     """The command without Click: ``given`` maps option names (as in DEFAULTS) to values.
 
-    Started by an MPI launcher (``mpiexec -n N ccn train ...``) it trains data-parallel over
-    the N ranks (see :mod:`ccn.parallel`)."""
+    Started by an MPI launcher (``mpiexec -n N ccn train ...``), or with RANK/WORLD_SIZE/
+    MASTER_ADDR/MASTER_PORT (torchrun, a shell loop), it trains data-parallel over the N ranks
+    (see :mod:`ccn.parallel`; the latter restarts the process under ``mpiexec -n 1``, so only
+    the ``ccn train`` command itself, ``command=True``, may do it)."""
     from ..parallel import init_world, run_guarded
 
-    return run_guarded(init_world(), lambda world: _run_train(given, load_file, out, stop_after, world))
+    return run_guarded(init_world(may_reexec=command),
+                       lambda world: _run_train(given, load_file, out, stop_after, world))
 
 
 def _run_train(given: dict, load_file, out, stop_after, world):
@@ -390,8 +394,10 @@ def _run_train(given: dict, load_file, out, stop_after, world):
     if world is not None:
         hosts = len({h for h, _ in world.where})
         echo(f"  data parallel over {world.size} MPI ranks on {hosts} machine{'s' if hosts > 1 else ''}: each "
-             f"minibatch of {cfg.mini} is split into {world.size} parts of about {cfg.mini // world.size}; "
-             "gradients summed by one all-reduce per step")
+             f"minibatch of {cfg.mini} is split into {world.size} parts of about {cfg.mini // world.size}, each "
+             "rank loading only its part; gradients summed by one all-reduce per step"
+             + (f" (ranks joined through RANK/WORLD_SIZE at {world.launcher.addr}:{world.launcher.port})"
+                if world.launcher is not None else ""))
     if ckpt is not None:
         echo(f"  resuming from {ckpt.path}")
         saved_ws = int(ckpt.options.get("world_size", 1))

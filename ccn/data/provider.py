@@ -125,23 +125,45 @@ class Provider:
         return self._file(batch_num).count
 
     def load(self, batch_num: int, epoch: int) -> list[np.ndarray]:
+        return self._load(batch_num, epoch, None)
+
+    def load_rows(self, batch_num: int, epoch: int, rows) -> list[np.ndarray]:
+        """``load(batch_num, epoch)`` restricted to the cases ``rows`` (increasing indices),
+        reading, decoding and augmenting only those: the same values as ``load(...)[k][rows]``
+        (every random draw of the batch is still made, then indexed). For data-parallel ranks,
+        which each need only their rows of every minibatch. Not with multiview."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        n = self._file(batch_num).count
+        if self.views != 1:
+            raise ValueError("load_rows is for training batches (one view per case).")
+        if rows.size and (rows.min() < 0 or rows.max() >= n or np.any(np.diff(rows) <= 0)):
+            raise ValueError(f"load_rows: rows must increase within 0..{n - 1}.")
+        return self._load(batch_num, epoch, rows)
+
+    def _load(self, batch_num: int, epoch: int, rows) -> list[np.ndarray]:
         f = self._file(batch_num)
         n, c, inner = f.count, self.channels, self.inner
         rng = np.random.default_rng([int(self.options.seed) & 0xFFFFFFFFFFFF, int(batch_num), int(epoch) & 0xFFFFFFFF])
-        if self.train:
+        if self.train:  # drawn for the whole batch, so a case's draws do not depend on which rows are read
             u = rng.random((n, 2))
             flips = rng.random(n) < 0.5
-        out = np.empty((n * self.views, c * inner * inner), np.float32)
+        idx = np.arange(n) if rows is None else rows  # output row j is case idx[j]
+        m = len(idx)
+        if rows is not None and self.train:
+            u, flips = u[idx], flips[idx]
+        out = np.empty((m * self.views, c * inner * inner), np.float32)
         if f.kind == "raw":
             px = f.pixels
             h, w = px.shape[2], px.shape[3]
             if self.train:
                 ys = np.minimum((u[:, 0] * (h - inner + 1)).astype(np.int64), h - inner)
                 xs = np.minimum((u[:, 1] * (w - inner + 1)).astype(np.int64), w - inner)
-                out[:] = aug.crop_many(np.asarray(px), ys, xs, inner, flips).reshape(n, -1)
+                src = np.asarray(px) if rows is None else np.asarray(px[idx])
+                out[:] = aug.crop_many(src, ys, xs, inner, flips).reshape(m, out.shape[1])
             elif self.views == 1:
                 y, x = aug.centre_offset(h, w, inner)
-                out[:] = px[:, :, y:y + inner, x:x + inner].reshape(n, -1)
+                src = px if rows is None else px[idx]
+                out[:] = src[:, :, y:y + inner, x:x + inner].reshape(m, out.shape[1])
             else:
                 for v, (y, x) in enumerate(aug.view_offsets(h, w, inner)):
                     crop = px[:, :, y:y + inner, x:x + inner]
@@ -149,7 +171,8 @@ class Provider:
                     out[(v + 5) * n:(v + 6) * n] = crop[..., ::-1].reshape(n, -1)
         else:
             def work(lo, hi):
-                for i in range(lo, hi):
+                for j in range(lo, hi):
+                    i = int(idx[j])
                     try:
                         img = decode_jpeg_array(f.jpeg(i)).transpose(2, 0, 1)
                     except BadImage as e:
@@ -162,19 +185,19 @@ class Provider:
                         raise InputError(f"image {i} of {f.path} is {h} x {w}, smaller than the "
                                          f"{inner} x {inner} crop.")
                     if self.train:
-                        y, x = aug.random_offsets(u[i], h, w, inner)
-                        out[i] = aug.crop(img, y, x, inner, bool(flips[i])).reshape(-1)
+                        y, x = aug.random_offsets(u[j], h, w, inner)
+                        out[j] = aug.crop(img, y, x, inner, bool(flips[j])).reshape(-1)
                     elif self.views == 1:
                         y, x = aug.centre_offset(h, w, inner)
-                        out[i] = aug.crop(img, y, x, inner).reshape(-1)
+                        out[j] = aug.crop(img, y, x, inner).reshape(-1)
                     else:
                         for v, (y, x) in enumerate(aug.view_offsets(h, w, inner)):
                             cr = aug.crop(img, y, x, inner)
                             out[i + v * n] = cr.reshape(-1)
                             out[i + (v + 5) * n] = cr[..., ::-1].reshape(-1)
 
-            step = max(1, -(-n // (self._threads * 4)))
-            chunks = [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+            step = max(1, -(-m // (self._threads * 4)))
+            chunks = [(lo, min(m, lo + step)) for lo in range(0, m, step)]
             if self._threads <= 1 or len(chunks) <= 1:
                 for lo, hi in chunks:
                     work(lo, hi)
@@ -185,8 +208,13 @@ class Provider:
         out -= self.mean
         if self.train and self.options.color_noise > 0 and c == 3:
             noise = aug.color_noise(rng, n, self.options.color_noise, self._stdevs, self._eigvecs)
-            out.reshape(n, 3, inner * inner)[:] += noise.astype(np.float32)[:, :, None]
-        labels = np.tile(f.labels.astype(np.float32).reshape(n, 1), (self.views, 1))
+            if rows is not None:
+                noise = noise[idx]
+            out.reshape(m, 3, inner * inner)[:] += noise.astype(np.float32)[:, :, None]
+        labels = np.asarray(f.labels).astype(np.float32).reshape(n, 1)
+        if rows is not None:
+            labels = labels[idx]
+        labels = np.tile(labels, (self.views, 1))
         return [out, labels]
 
     # -- helpers ----------------------------------------------------------------------------

@@ -283,3 +283,43 @@ def test_resume_restarts_when_a_listed_batch_vanished(tmp_path, monkeypatch):
     meta = builtin.prepare(d, train_batches=3, test_batches=1, batch_size=10)
     ref = builtin.prepare(str(tmp_path / "ref"), train_batches=3, test_batches=1, batch_size=10)
     assert meta["checksums"] == ref["checksums"] and meta["counts"] == ref["counts"]
+
+
+def _jpeg_dataset(d, n=13, size=(20, 24), seed=1):
+    from PIL import Image
+
+    from ccn.data.images import encode_jpeg
+    from ccn.data.writer import Stats
+
+    rng = np.random.default_rng(seed)
+    w = DatasetWriter(d, plan_id="rows", storage="jpeg", channels=3, size=size)
+    jpegs = [encode_jpeg(Image.fromarray(rng.integers(0, 256, (size[0], size[1], 3), dtype=np.uint8)), 90)
+             for _ in range(n)]
+    w.commit(1, rng.integers(0, 4, n), train=True, jpegs=jpegs, stats=Stats(3, *size))
+    w.finish(label_names=[str(i) for i in range(4)], source="test", options={}, seed=0)
+    return d
+
+
+@pytest.mark.parametrize("storage", ["raw", "jpeg"])
+def test_load_rows_gives_exactly_those_rows_of_load(small_builtin, tmp_path, storage):
+    """A data-parallel rank reads, decodes and augments only its rows: load_rows(b, e, rows) ==
+    load(b, e)[k][rows] bitwise, with random crops, flips and colour noise (training) and the
+    centre crop (testing), for any increasing subset of rows (empty, one, all)."""
+    path, b = (small_builtin, 1) if storage == "raw" else (_jpeg_dataset(str(tmp_path / "j")), 1)
+    rng = np.random.default_rng()
+    for train, opts in ((True, ProviderOptions(inner_size=16, color_noise=0.1, seed=int(rng.integers(1 << 30)),
+                                               threads=2)),
+                        (False, ProviderOptions(inner_size=17))):
+        p = open_provider(path, [b], train=train, options=opts)
+        n = p.num_cases(b)
+        epoch = int(rng.integers(0, 5))
+        full = p.load(b, epoch)
+        for rows in ([], [0], [n - 1], list(range(n)), sorted(rng.choice(n, int(rng.integers(1, n)), replace=False))):
+            part = p.load_rows(b, epoch, rows)
+            assert len(part) == len(full)
+            for a, f in zip(part, full):
+                assert a.dtype == f.dtype and a.shape == (len(rows), f.shape[1])
+                np.testing.assert_array_equal(a, f[np.asarray(rows, np.int64)])
+        with pytest.raises(ValueError, match="rows must increase"):
+            p.load_rows(b, epoch, [2, 1])
+        p.close()

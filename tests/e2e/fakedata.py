@@ -95,6 +95,12 @@ class FakeProvider:
         return [x, labels.reshape(n, 1).astype(np.float32)]
 
 
+    def load_rows(self, batch_num, epoch, rows):
+        """Only ``rows`` of ``load`` (what data-parallel ranks ask for)."""
+        rows = np.asarray(rows, np.int64)
+        return [d[rows] for d in self.load(batch_num, epoch)]
+
+
 def open_provider(data_path, batch_range, *, train, options):
     if not os.path.isdir(data_path):
         raise InputError(f"{data_path}: the data path does not exist.")

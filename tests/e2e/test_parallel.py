@@ -40,7 +40,8 @@ def mpiexec() -> str:
 def env(**extra):
     e = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE, os.environ.get("PYTHONPATH", "")]),
          "OMP_NUM_THREADS": "1"}
-    for k in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "WORLD_SIZE", "RANK"):
+    for k in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
+              "MASTER_PORT", "CCN_RDZV_PORT", "CCN_RDZV_EXEC", "TORCHELASTIC_USE_AGENT_STORE"):
         e.pop(k, None)
     e.update(extra)
     return e
@@ -112,6 +113,77 @@ def test_split_rows_partitions_every_minibatch():
             assert max(b - a for a, b in parts) - min(b - a for a, b in parts) <= 1
 
 
+def test_minibatch_shares_cut_every_minibatch_like_split_rows():
+    from ccn.parallel import minibatch_shares
+
+    for n, mini, size in ((40, 15, 2), (40, 7, 3), (5, 16, 4), (1, 1, 2), (33, 8, 8), (0, 4, 2)):
+        got = []
+        for r in range(size):
+            rows, parts = minibatch_shares(n, mini, size, r)
+            assert len(parts) == max(1, -(-n // mini))
+            for k, (a, b, lo, hi) in enumerate(parts):
+                m = min(n, (k + 1) * mini) - k * mini
+                assert (lo, hi) == split_rows(m, size, r)
+                assert list(rows[a:b]) == list(range(k * mini + lo, k * mini + hi))
+            got += list(rows)
+        assert sorted(got) == list(range(n))
+
+
+class _Recorder:
+    """A stand-in for the data-parallel net: records what each step was given."""
+
+    layers = []
+
+    def __init__(self):
+        self.steps = []
+
+    def train_step(self, data, progress, minibatch, part=None):
+        self.steps.append(([d.copy() for d in data], part))
+        return []
+
+
+@pytest.mark.parametrize("with_rows", [True, False])
+def test_a_rank_loads_only_its_rows_of_each_minibatch(tmp_path, with_rows):
+    """Trainer.share = (rank, ranks): the provider is asked for this rank's rows only (through
+    load_rows when it has it, else cut from load), and each step gets exactly the rows of the
+    global minibatch split_rows gives the rank, with (n, lo, hi)."""
+    from ccn.parallel import minibatch_shares
+    from ccn.train import Trainer, TrainConfig
+
+    data = fakedata.make_dataset(tmp_path / "data", cases=40, batches=[1, 2])
+    dp = fakedata.open_provider(data, [1, 2], train=True, options=fakedata.ProviderOptions(seed=5))
+    asked = []
+    if with_rows:
+        orig = dp.load_rows
+
+        def load_rows(b, e, rows):
+            asked.append((b, e, list(rows)))
+            return orig(b, e, rows)
+
+        dp.load_rows = load_rows
+    else:
+        dp.load_rows = None  # a provider without load_rows (getattr finds None)
+    for rank, size, mini in ((1, 3, 7), (0, 2, 15), (1, 2, 16)):
+        net = _Recorder()
+        t = Trainer(net, dp, None, TrainConfig(epochs=1, mini=mini, test_freq=100))
+        t.share = (rank, size)
+        t.run()
+        steps = iter(net.steps)
+        for b in (1, 2):
+            full = dp.load(b, 1)
+            rows, _ = minibatch_shares(40, mini, size, rank)
+            if with_rows:
+                assert (b, 1, list(rows)) in asked
+            for k in range(-(-40 // mini)):
+                got, part = next(steps)
+                m = min(40, (k + 1) * mini) - k * mini
+                lo, hi = split_rows(m, size, rank)
+                assert part == (m, lo, hi)
+                for g, f in zip(got, full):
+                    np.testing.assert_array_equal(g, f[k * mini + lo:k * mini + hi])
+        assert next(steps, None) is None
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("net,mini,ranks", [("plain", 16, 2), ("dropout", 15, 2), ("dropout", 7, 3)])
 def test_ranks_follow_the_single_process_trajectory(setup, net, mini, ranks):
@@ -155,7 +227,7 @@ def test_resume_same_world_size_is_exact_and_other_sizes_continue(setup):
     assert_same_run(str(tmp / "straight"), str(tmp / "mixed"))
 
 
-def _pid_of_rank(tag, rank, deadline):
+def _pid_of_rank(tag, rank, deadline, var="PMI_RANK", also=()):
     while time.time() < deadline:
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
@@ -167,7 +239,8 @@ def _pid_of_rank(tag, rank, deadline):
                     cmd = f.read()
             except OSError:
                 continue
-            if f"CCN_TEST_TAG={tag}".encode() in envs and f"PMI_RANK={rank}".encode() in envs and b"ccn.cli.main" in cmd:
+            if f"CCN_TEST_TAG={tag}".encode() in envs and f"{var}={rank}".encode() in envs and b"ccn.cli.main" in cmd \
+                    and all(x.encode() in envs for x in also):
                 return int(pid)
         time.sleep(0.05)
     raise AssertionError(f"rank {rank} not found")
@@ -215,9 +288,306 @@ def test_a_hung_or_dead_rank_stops_the_job_naming_it(tmp_path, how):
     ck.load(str(tmp_path / "save"))  # the last checkpoint is complete
 
 
-def test_world_size_without_an_mpi_launcher_is_refused(setup):
+# ---- RANK / WORLD_SIZE launchers (torchrun, a shell loop): no MPI launcher -------------------
+def free_port(pair=False) -> int:
+    """A free TCP port on this machine (with pair=True, one whose successor is free too)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            p = a.getsockname()[1]
+            if not pair or p >= 65535:
+                if not pair:
+                    return p
+                continue
+            try:
+                with socket.socket() as b:
+                    b.bind(("127.0.0.1", p + 1))
+                return p
+            except OSError:
+                continue
+    raise AssertionError("no free port pair")
+
+
+def launch(a, world, port, ranks=None, timeout=120, **extra):
+    """Start ranks ``ranks`` (default all) of a WORLD_SIZE=``world`` run the way torchrun or a
+    shell loop does: plain processes with RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT.
+    Returns [(returncode, stdout, stderr, seconds)] in rank order."""
+    ranks = range(world) if ranks is None else ranks
+    procs = []
+    t0 = time.time()
+    for r in ranks:
+        r, ws = r if isinstance(r, tuple) else (r, world)  # (rank, its own WORLD_SIZE)
+        e = env(RANK=str(r), WORLD_SIZE=str(ws), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                **extra)
+        procs.append(subprocess.Popen([sys.executable, "-m", "ccn.cli.main", "train", *a], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=e))
+    out = []
+    try:
+        for p in procs:
+            o, e = p.communicate(timeout=max(1.0, t0 + timeout - time.time()))
+            out.append((p.returncode, o, e, time.time() - t0))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    return out
+
+
+@pytest.mark.slow
+def test_a_rank_world_launcher_follows_mpiexec_and_the_single_process(setup):
+    """RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT processes (no MPI launcher) build the same MPI
+    world: exactly the mpiexec run's weights, the single process's up to rounding."""
+    mpiexec()
     tmp, data, nets = setup
-    r = run(args(tmp, data, nets["plain"], "x"), WORLD_SIZE="2", RANK="0")
-    assert r.returncode == 2, r.stderr
-    assert "Traceback" not in r.stderr
-    assert "WORLD_SIZE=2 is set, but this process was not started by an MPI launcher" in r.stderr
+    one = run(args(tmp, data, nets["dropout"], "one", mini=15))
+    assert one.returncode == 0, one.stderr
+    viampi = run(args(tmp, data, nets["dropout"], "mpi", mini=15), ranks=2)
+    assert viampi.returncode == 0, viampi.stderr
+    res = launch(args(tmp, data, nets["dropout"], "rdzv", mini=15), 2, free_port())
+    (rc0, out0, err0, _), (rc1, out1, err1, _) = res
+    assert rc0 == 0 and rc1 == 0, (err0, err1)
+    assert err0 == err1 == "" and out1 == ""
+    assert "data parallel over 2 MPI ranks" in out0
+    np.testing.assert_allclose(costs(out0), costs(one.stdout), atol=2e-6)
+    assert costs(out0) == costs(viampi.stdout)
+    assert_same_run(str(tmp / "mpi"), str(tmp / "rdzv"), exact=True)
+    _, c = assert_same_run(str(tmp / "one"), str(tmp / "rdzv"))
+    assert c.options["world_size"] == 2
+
+
+CONV = """
+[data]
+type=data
+dataIdx=0
+
+[labels]
+type=data
+dataIdx=1
+
+[conv1]
+type=conv
+inputs=data
+channels=3
+filters=4
+filterSize=3
+padding=1
+stride=1
+sharedBiases=1
+initW=0.001
+neuron=relu
+
+[fc10]
+type=fc
+inputs=conv1
+outputs=10
+initW=0.001
+
+[probs]
+type=softmax
+inputs=fc10
+
+[logprob]
+type=cost.logreg
+inputs=labels,probs
+"""
+CONV_PARAMS = """
+[conv1]
+epsW=0.0001
+epsB=0.0002
+momW=0.9
+momB=0.9
+wc=0.0005
+
+[fc10]
+epsW=0.0001
+epsB=0.0002
+momW=0.9
+momB=0.9
+wc=0.0005
+
+[logprob]
+coeff=1
+"""
+
+
+@pytest.mark.slow
+def test_ranks_of_the_real_provider_load_their_rows_and_follow_one_process(tmp_path):
+    """The prepared-data provider (random crops, flips, colour noise) in a launcher world of 3:
+    each rank reads and augments only its rows (Provider.load_rows), and the run equals one
+    process at the same --mini up to rounding."""
+    mpiexec()
+    from ccn.data import builtin
+
+    data = str(tmp_path / "data")
+    builtin.prepare(data, train_batches=2, test_batches=1, batch_size=50, image_size=8, seed=3)
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "layers-conv.cfg").write_text(CONV)
+    (tmp_path / "net" / "layer-params-conv.cfg").write_text(CONV_PARAMS)
+
+    def a(save):
+        return ["--layers", str(tmp_path / "net" / "layers-conv.cfg"), "--data-path", data, "--train-range", "1-2",
+                "--test-range", "3", "--epochs", "2", "--mini", "16", "--test-freq", "2", "--seed", "5",
+                "--inner-size", "6", "--color-noise", "0.1", "--force-save", "1", "--save-path", str(tmp_path / save)]
+
+    one = run(a("one"))
+    assert one.returncode == 0, one.stderr
+    res = launch(a("many"), 3, free_port())
+    assert all(rc == 0 for rc, *_ in res), [e for *_, e, _ in res]
+    assert "each rank loading only its part" in res[0][1]
+    np.testing.assert_allclose(costs(res[0][1]), costs(one.stdout), rtol=1e-5, atol=2e-6)
+    assert_same_run(str(tmp_path / "one"), str(tmp_path / "many"))
+
+
+@pytest.mark.slow
+def test_a_missing_rank_is_named_within_the_timeout(setup):
+    mpiexec()  # each rank restarts itself under it
+    tmp, data, nets = setup
+    a = args(tmp, data, nets["plain"], "x")
+    port = free_port()
+    # rank 1 of 3 never starts: rank 0 and rank 2 stop after CCN_DP_TIMEOUT, naming it
+    res = launch(a, 3, port, ranks=[0, 2], timeout=60, CCN_DP_TIMEOUT="3")
+    for rc, out, err, took in res:
+        assert rc == 1, err
+        assert "Traceback" not in err
+        assert took < 3 + 12, took
+        assert f"rank 1 of WORLD_SIZE=3 did not reach the rendezvous at 127.0.0.1:{port} (MASTER_PORT={port}) " \
+               "within 3 s" in err, err
+    # no rank 0: the others say nobody listens
+    (rc, out, err, took), = launch(a, 2, free_port(), ranks=[1], timeout=60, CCN_DP_TIMEOUT="2")
+    assert rc == 1 and took < 2 + 12, (took, err)
+    assert "rank 1 found no rank 0 listening at 127.0.0.1:" in err and "within 2 s" in err, err
+
+
+@pytest.mark.slow
+def test_ranks_that_disagree_are_refused_by_every_rank(setup):
+    mpiexec()
+    tmp, data, nets = setup
+    a = args(tmp, data, nets["plain"], "x")
+    res = launch(a, 3, free_port(), ranks=[0, 1, 1], timeout=60, CCN_DP_TIMEOUT="20")
+    assert [rc for rc, *_ in res] == [1, 1, 1], res
+    for _, _, err, took in res:
+        assert re.search(r"two processes claim RANK=1 \(pid \d+ on \S+ and pid \d+ on \S+\); each rank needs its own "
+                         r"RANK in 0\.\.2", err), err
+        assert took < 15
+    res = launch(a, 2, free_port(), ranks=[0, (1, 3)], timeout=60, CCN_DP_TIMEOUT="20")
+    assert [rc for rc, *_ in res] == [1, 1], res
+    for _, _, err, _ in res:
+        assert re.search(r"rank 1 \(pid \d+ on \S+\) has WORLD_SIZE=3, rank 0 has 2; every rank needs the same", err)
+
+
+@pytest.mark.slow
+def test_a_killed_rank_of_a_launcher_world_is_named_at_once(tmp_path):
+    mpiexec()
+    data = fakedata.make_dataset(tmp_path / "data", delay=0.02, batches=list(range(1, 6)))
+    layers, _ = fakedata.write_net(tmp_path / "net")
+    tag = uuid.uuid4().hex
+    a = args(tmp_path, data, layers, "save", mini=4, epochs=10000, test_freq=1)
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "ccn.cli.main", "train", *a], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env=env(RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                                      CCN_TEST_TAG=tag, CCN_DP_TIMEOUT="600")) for r in range(2)]
+    victim = None
+    try:
+        # the Python under mpiexec -n 1 (the launched pid is mpiexec now)
+        victim = _pid_of_rank(tag, 1, time.time() + 30, var="RANK", also=["PMI_RANK=0"])
+        t_end = time.time() + 30
+        while time.time() < t_end and not ck.list_checkpoints(tmp_path / "save"):
+            time.sleep(0.05)
+        assert ck.list_checkpoints(tmp_path / "save"), "training did not start"
+        os.kill(victim, signal.SIGKILL)
+        t0 = time.time()
+        out, err = procs[0].communicate(timeout=30)
+        took = time.time() - t0
+        procs[1].communicate(timeout=30)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert procs[0].returncode != 0
+    assert took < 10, took  # the liveness link, not the 600 s deadline
+    assert re.search(rf"error: data-parallel training stopped at step \d+: rank 1 \(pid {victim} on \S+\) exited",
+                     err), err
+    ck.load(str(tmp_path / "save"))
+
+
+def test_launcher_variables_are_checked(setup):
+    tmp, data, nets = setup
+    a = args(tmp, data, nets["plain"], "x")
+    for extra, msg in (({"WORLD_SIZE": "2", "RANK": "0"}, "but MASTER_ADDR is not"),
+                       ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "h"}, "but MASTER_PORT is not"),
+                       ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 is set but RANK is not"),
+                       ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK must be a whole number 0..1, got '2'"),
+                       ({"WORLD_SIZE": "two", "RANK": "0"}, "WORLD_SIZE must be a whole number >= 1, got 'two'"),
+                       ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "h", "MASTER_PORT": "0"},
+                        "MASTER_PORT must be a whole number 1..65535")):
+        r = run(a, timeout=60, **extra)
+        assert r.returncode == 2, (extra, r.stderr)
+        assert "Traceback" not in r.stderr
+        assert msg in r.stderr, (extra, r.stderr)
+
+
+def test_launcher_vars_ports_and_local_rank(monkeypatch):
+    from ccn.errors import ConfigError
+    from ccn.parallel import launcher_vars
+
+    for k in ("CCN_RDZV_PORT", "TORCHELASTIC_USE_AGENT_STORE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert launcher_vars() is None  # one process: no rendezvous
+    for k, v in dict(WORLD_SIZE="4", RANK="3", MASTER_ADDR="node7", MASTER_PORT="29500").items():
+        monkeypatch.setenv(k, v)
+    lv = launcher_vars()
+    assert (lv.rank, lv.world_size, lv.local_rank, lv.addr, lv.port) == (3, 4, None, "node7", 29500)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # kept for GPU placement (World.gpu_index)
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")  # torchrun's agent holds MASTER_PORT
+    lv = launcher_vars()
+    assert lv.local_rank == 1 and lv.port == 29501 and "torchrun" in lv.port_from
+    monkeypatch.setenv("CCN_RDZV_PORT", "31000")
+    assert launcher_vars().port == 31000
+    monkeypatch.delenv("CCN_RDZV_PORT")
+    monkeypatch.setenv("MASTER_PORT", "65535")
+    with pytest.raises(ConfigError, match="set CCN_RDZV_PORT"):
+        launcher_vars()
+
+
+def test_rank_variables_never_restart_a_caller_in_this_process(setup, monkeypatch):
+    """run_train from Python (not the ccn command) with WORLD_SIZE set: a clear refusal, never
+    an exec that would replace the caller."""
+    from ccn.cli.train import run_train
+    from ccn.errors import ConfigError
+
+    tmp, data, nets = setup
+    for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in dict(WORLD_SIZE="2", RANK="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="1").items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError, match="runs only as the ccn command"):
+        run_train({"layers": nets["plain"], "data_path": data, "data_provider": "fakedata:open_provider",
+                   "train_range": "1", "test_range": "5", "save_path": str(tmp / "x")})
+    with pytest.raises(ConfigError, match="is not the ccn command, so it cannot restart itself"):
+        run_train({"layers": nets["plain"], "data_path": data, "data_provider": "fakedata:open_provider",
+                   "train_range": "1", "test_range": "5", "save_path": str(tmp / "x")}, command=True)
+
+
+@pytest.mark.slow
+def test_torchrun_starts_a_data_parallel_run(setup):
+    """torchrun (when torch is installed) sets RANK/WORLD_SIZE/...; its agent owns MASTER_PORT,
+    so the ranks meet at MASTER_PORT + 1."""
+    pytest.importorskip("torch.distributed.run")
+    mpiexec()
+    tmp, data, nets = setup
+    one = run(args(tmp, data, nets["plain"], "one", mini=16))
+    assert one.returncode == 0, one.stderr
+    port = free_port(pair=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "ccn.cli.main", "train",
+           *args(tmp, data, nets["plain"], "torch", mini=16)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "data parallel over 2 MPI ranks" in r.stdout
+    assert_same_run(str(tmp / "one"), str(tmp / "torch"))
