@@ -44,7 +44,7 @@ inline Shape rgb_shape(LayerSpec& spec, const SetupCtx& ctx, const char* what) {
 struct ResizePlan {
   int S = 0, T = 0;
   std::vector<int> lo, hi;        // neighbour indices per target index
-  std::vector<float> u;           // weight of `lo` along x: floor(s + 1) - s
+  std::vector<float> u;           // weight of `lo` along x: 1 - (s - floor(s))
   std::vector<float> w;           // weight of `hi` along y: s - floor(s)
   ResizePlan() = default;
   ResizePlan(int S_, int T_, float scale) : S(S_), T(T_), lo(T_), hi(T_), u(T_), w(T_) {
@@ -56,8 +56,12 @@ struct ResizePlan {
       int l = (int)std::floor(s);
       lo[p] = l;
       hi[p] = std::min(l + 1, S - 1);
-      u[p] = std::floor(s + 1.0f) - s;
+      // The original kernel takes floor(s + 1) - s here; in float, s + 1 rounds up to the next
+      // integer when s lies within half an ulp below one (e.g. s = 4 - 2^-22 on an exact centre
+      // sample), and the weight of `lo` jumps from ~0 to ~1. 1 - frac is the same weight
+      // without that jump.
       w[p] = s - std::floor(s);
+      u[p] = 1.0f - w[p];
     }
   }
 };

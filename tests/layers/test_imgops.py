@@ -412,3 +412,14 @@ def test_bad_config(body, dims, key, fragment):
 def test_image_layers_take_one_input(ltype):
     expect_config_error(TWO_INPUTS + f"type={ltype}\n", {0: (3, 4, 4), 1: (3, 4, 4)}, "x", "inputs",
                         f"a {ltype} layer takes exactly one input, found 2")
+
+
+def test_rscale_sample_just_below_an_integer():
+    # Upsampling 8 -> R = 10 puts target pixel 5 exactly on the source centre: s = 4 in exact
+    # arithmetic, 4 - 2^-22 in float. The original kernel's weight floor(s + 1) - s jumps to ~1
+    # there (s + 1 rounds up to 5); ours stays continuous and equals the float64 reference.
+    c, S, T, ms, seed = 2, 8, 7, 1.7679320906355993, 270520118
+    assert rscale_draw(S, T, ms, seed, 1, 0)[0] == 10
+    x = np.random.default_rng(0).standard_normal((3, c, S, S))
+    text = one_layer("rs", f"type=rscale\nchannels={c}\nmaxScale={ms!r}\ntgtSize={T}\n")
+    check_layer(text, {"data": (0, x)}, lambda a: rscale_train_ref(a["data"], T, ms, seed), "rs", train=True, seed=seed)
