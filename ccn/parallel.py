@@ -27,8 +27,10 @@ SGD. What each step does, on every rank:
   not bitwise equal). With ``updatePeriod`` > 1 the gradient accumulated by earlier passes is
   already global and identical on all ranks; only the new pass's contribution is summed.
 
-Testing runs on every rank over the whole test batch (identical results, no communication;
-this keeps the ranks in step). Rank 0 prints and writes the checkpoints; the others are
+Testing is split like training: each rank tests its contiguous share of every test batch's
+cases (reading only those when the provider has ``load_rows``; in a multiview test the same
+cases of every view), and one all-reduce adds the cost sums, so the printed test costs equal
+the single process's up to float rounding. Rank 0 prints and writes the checkpoints; the others are
 quiet except for errors, which name their rank. A checkpoint records the world size; resuming
 with another world size is allowed and continues the same run (the state holds nothing per
 rank), and says so.
@@ -698,6 +700,21 @@ def minibatch_shares(n: int, mini: int, size: int, rank: int):
     return np.asarray(rows, np.int64), parts
 
 
+def test_share(data, size: int, rank: int, multiview: bool = False) -> list:
+    """Rank ``rank``'s cases of a loaded test batch: its :func:`split_rows` of the cases, and in a
+    multiview batch (``VIEWS`` blocks of n rows, one per view) the same cases of every view's block,
+    so the views of a case stay on one rank."""
+    if not isinstance(data, (list, tuple)) or not data or np.ndim(data[0]) == 0:
+        return data  # run_test reports what is wrong with it
+    from .testing import VIEWS
+
+    rows = int(np.asarray(data[0]).shape[0])
+    views = VIEWS if multiview and rows % VIEWS == 0 else 1
+    n = rows // views
+    lo, hi = split_rows(n, size, rank)
+    return [np.concatenate([np.asarray(d)[v * n + lo:v * n + hi] for v in range(views)]) for d in data]
+
+
 class DataParallelNet:
     """A :class:`ccn.Net` whose ``train_step`` is one synchronous data-parallel step over ``world``.
 
@@ -785,6 +802,37 @@ def data_parallel_trainer(world: World, net, train_dp, test_dp, cfg, state, out)
             self.net.stop_requested = True  # sent with the next all-reduce; every rank stops after it
             self._display.line("interrupted: all ranks finish this minibatch, then rank 0 saves a checkpoint "
                                "(press Ctrl-C again to abort without saving).")
+
+        def _load(self, dp, batch, epoch, key):
+            if key[0] != "test":
+                return super()._load(dp, batch, epoch, key)
+            # this rank's cases of the test batch: read, decoded and cropped alone when it can be
+            fn = getattr(dp, "load_rows", None)
+            if fn is not None and not self.cfg.multiview:
+                lo, hi = split_rows(int(dp.num_cases(batch)), world.size, world.rank)
+                return fn(batch, epoch, np.arange(lo, hi))
+            return test_share(dp.load(batch, epoch), world.size, world.rank, self.cfg.multiview)
+
+        def _test_sums(self, batches, epoch):
+            # every rank tests its share of each test batch's cases; one all-reduce adds the sums
+            from .train import _CostSum
+
+            mine = super()._test_sums(batches, epoch)
+            layout = dpnet._cost_layout
+            buf = np.zeros(sum(m for _, m in layout) + 1, np.float64)
+            k = 0
+            for layer, m in layout:
+                vals = mine.values.get(layer, [])[:m]
+                buf[k:k + len(vals)] = vals
+                k += m
+            buf[k] = mine.cases
+            world.allreduce_sum(buf, "the test all-reduce")
+            total, k = _CostSum(), 0
+            for layer, m in layout:
+                total.values[layer] = [float(v) for v in buf[k:k + m]]
+                k += m
+            total.cases = int(round(buf[k]))
+            return total
 
         def save(self) -> str:
             if world.rank == 0:

@@ -393,20 +393,7 @@ class Trainer:
         else:
             batches = list(self.test_batches)
         epoch = st.last[0] if st.last else st.epoch
-        sums = _CostSum()
-
-        nxt = iter(batches[1:])
-
-        def load(b):  # through the prefetching loader, fetching the next test batch meanwhile
-            data = self._get(self.test_dp, b, epoch, ("test", epoch, b))
-            following = next(nxt, None)
-            if following is not None:
-                self._prefetch(self.test_dp, following, epoch, ("test", epoch, following))
-            return data
-
-        for mb in run_test(self.net, self.test_dp, batches, mini=self.cfg.mini, epoch=epoch,
-                           multiview=self.cfg.multiview, load=load, on_nonfinite=self._nonfinite_error):
-            sums.add(mb.costs, mb.cases)
+        sums = self._test_sums(batches, epoch)
         rec = {"epoch": epoch, "batch": st.last[1] if st.last else 0, "test_batches": batches, "costs": sums.values,
                "cases": sums.cases}
         st.test_outputs.append(rec)
@@ -424,6 +411,23 @@ class Trainer:
         for line in weight_stats(self.net):
             show(line)
         return rec
+
+    def _test_sums(self, batches: list, epoch: int) -> "_CostSum":
+        """The test costs summed over the cases of ``batches`` (as loaded by ``_load``)."""
+        sums = _CostSum()
+        nxt = iter(batches[1:])
+
+        def load(b):  # through the prefetching loader, fetching the next test batch meanwhile
+            data = self._get(self.test_dp, b, epoch, ("test", epoch, b))
+            following = next(nxt, None)
+            if following is not None:
+                self._prefetch(self.test_dp, following, epoch, ("test", epoch, following))
+            return data
+
+        for mb in run_test(self.net, self.test_dp, batches, mini=self.cfg.mini, epoch=epoch,
+                           multiview=self.cfg.multiview, load=load, on_nonfinite=self._nonfinite_error):
+            sums.add(mb.costs, mb.cases)
+        return sums
 
     def _nonfinite_error(self, costs, where: str):
         layer = self.net._net.first_nonfinite_layer()

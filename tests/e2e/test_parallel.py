@@ -101,6 +101,15 @@ def assert_same_run(a, b, exact=False):
             assert np.array_equal(ca.arrays[k], cb.arrays[k]), k
         else:
             np.testing.assert_allclose(cb.arrays[k], ca.arrays[k], rtol=1e-4, atol=2e-6, err_msg=k)
+    # the test results (each rank tested its share of the cases; the sums were added up)
+    ta, tb = ca.meta["history"]["test"], cb.meta["history"]["test"]
+    assert len(ta) == len(tb) > 0
+    for x, y in zip(ta, tb):
+        assert (x["epoch"], x["batch"], x["test_batches"], x["cases"]) == \
+            (y["epoch"], y["batch"], y["test_batches"], y["cases"])
+        assert x["costs"].keys() == y["costs"].keys()
+        for k in x["costs"]:
+            np.testing.assert_allclose(y["costs"][k], x["costs"][k], rtol=1e-5, atol=1e-5, err_msg=k)
     return ca, cb
 
 
@@ -182,6 +191,67 @@ def test_a_rank_loads_only_its_rows_of_each_minibatch(tmp_path, with_rows):
                 for g, f in zip(got, full):
                     np.testing.assert_array_equal(g, f[k * mini + lo:k * mini + hi])
         assert next(steps, None) is None
+
+
+class _FakeWorld:
+    """One rank of a world whose all-reduce adds nothing (the test adds the ranks' sums itself)."""
+
+    def __init__(self, rank, size):
+        self.rank, self.size, self.reduced = rank, size, []
+
+    def sync_params(self, net):
+        pass
+
+    def allreduce_sum(self, buf, what):
+        self.reduced.append((what, buf.copy()))
+
+
+@pytest.mark.parametrize("multiview,with_rows,size,mini", [(False, True, 2, 16), (False, False, 3, 7),
+                                                           (True, False, 3, 16), (False, True, 7, 5)])
+def test_each_rank_tests_its_share_of_the_cases_and_the_sums_add_up(tmp_path, multiview, with_rows, size, mini):
+    """The data-parallel test pass: rank r forwards only its split_rows of each test batch's cases
+    (all ten views of them in a multiview test; through load_rows when the provider has it), and
+    the per-rank sums, added up, are the single process's test costs; so are the cases."""
+    import ccn
+    from ccn.parallel import data_parallel_trainer
+    from ccn.train import Trainer, TrainConfig
+
+    data = fakedata.make_dataset(tmp_path / "data", cases=40, batches=[1, 2, 3])
+    layers, params = fakedata.write_net(tmp_path / "net")
+    opts = fakedata.ProviderOptions(seed=5, multiview=multiview)
+    train_dp = fakedata.open_provider(data, [1], train=True, options=opts)
+    test_dp = fakedata.open_provider(data, [2, 3], train=False, options=opts)
+    asked = []
+    if with_rows:
+        orig = test_dp.load_rows
+        test_dp.load_rows = lambda b, e, rows: asked.append((b, list(rows))) or orig(b, e, rows)
+    else:
+        test_dp.load_rows = None
+    cfg = TrainConfig(epochs=1, mini=mini, test_freq=100, multiview=multiview)
+    net = ccn.Net(layers, params, train_dp.data_dims(), seed=5)
+    one = Trainer(net, train_dp, test_dp, cfg)._test_sums([2, 3], 1)
+    total, cases = None, 0
+    for rank in range(size):
+        world = _FakeWorld(rank, size)
+        t = data_parallel_trainer(world, net, train_dp, test_dp, cfg, None, None)
+        forwarded = []
+        inner_forward = net.forward
+        t.net._inner = type("Spy", (), {"__getattr__": lambda s, n: getattr(net, n),
+                                        "forward": lambda s, d, train=False: (forwarded.append(d[0].shape[0]),
+                                                                              inner_forward(d, train))[1]})()
+        rec = t._test_sums([2, 3], 1)
+        (what, buf), = world.reduced
+        assert what == "the test all-reduce"
+        lo, hi = split_rows(40, size, rank)
+        assert rec.cases == int(buf[-1]) == 2 * (hi - lo)  # two test batches
+        assert sum(forwarded) == 2 * (hi - lo) * (10 if multiview else 1)
+        if with_rows:
+            assert asked[-2:] == [(2, list(range(lo, hi))), (3, list(range(lo, hi)))]
+        total = buf if total is None else total + buf
+        cases += rec.cases
+    assert cases == one.cases == 80
+    expect = np.concatenate([one.values[k] for k in one.values])
+    np.testing.assert_allclose(total[:-1], expect, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
