@@ -8,10 +8,10 @@ Step times are medians of --steps steps after warm-up, with the GPU synchronised
 each step on both sides: ccn's train_step returns as soon as the costs are known (end of the
 forward pass) while the backward pass and the update still run on the GPU, so the timer
 stops only after net.synchronize(); PyTorch's after torch.cuda.synchronize(). ccn's step
-includes copying the minibatch to the GPU (PyTorch's input already lives there). If this ccn lacks a CUDA layer type the AlexNet-like net
-needs (conv, pool, cmrnorm, dropout are hooked up on their own branches), that row says
-which, and an fc-only net of the same classifier size is timed on both sides instead.
-Prints a short table last.
+includes copying the minibatch to the GPU (PyTorch's input already lives there). If the
+AlexNet-like net cannot run on the GPU (a layer without CUDA code, no cuBLAS), that row says
+why; an fc-only net of the same classifier size is timed on both sides as well. Prints a
+short table last.
 """
 
 from __future__ import annotations

@@ -108,15 +108,21 @@ DEV=cuda
 if [[ "${R[build]}" != FAILED* ]]; then
   S=/tmp/ccn-smoke
   rm -rf $S
+  timed() {  # timed FILE CMD...: runs CMD, writes its wall seconds to FILE (no GNU time needed)
+    local f=$1 t0 rc; shift; t0=$(date +%s.%N); "$@"; rc=$?
+    python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$t0" "$(date +%s.%N)" > "$f"
+    return $rc
+  }
   smoke() {
     $CCN prepare-data builtin --out $S/data --train-batches 2 --test-batches 1 --batch-size 1000 &&
-    /usr/bin/time -f "%e" -o $S/t-gpu $CCN train --device $DEV --layers layer-defs/quickstart.ini --data-path $S/data \
+    timed $S/t-gpu $CCN train --device $DEV --layers layer-defs/quickstart.ini --data-path $S/data \
       --train-range 1-2 --test-range 3 --epochs 3 --test-freq 2 --seed 1 --save-path $S/gpu &&
     $CCN test -f $S/gpu --device $DEV && $CCN test -f $S/gpu &&
-    /usr/bin/time -f "%e" -o $S/t-cpu $CCN train --layers layer-defs/quickstart.ini --data-path $S/data \
+    timed $S/t-cpu $CCN train --layers layer-defs/quickstart.ini --data-path $S/data \
       --train-range 1-2 --test-range 3 --epochs 3 --test-freq 2 --seed 1 --save-path $S/cpu
   }
-  if timeout "$(limit 90 110)" bash -c "$(declare -f smoke); S=$S CCN='$CCN' DEV=$DEV smoke" > "$OUT/smoke.log" 2>&1; then
+  if timeout "$(limit 90 110)" bash -c "$(declare -f timed smoke); S=$S CCN='$CCN' DEV=$DEV smoke" \
+      > "$OUT/smoke.log" 2>&1; then
     last() { grep -E '^[0-9]+\.[0-9]+ \(' "$OUT/smoke.log" | sed -n "$1p" | sed -E 's/.*logprob: +([0-9.]+), ([0-9.]+).*/\1 \2/'; }
     tests=$(grep -E '^logprob: logprob' "$OUT/smoke.log" | sed -E 's/.*logprob ([0-9.]+), error ([0-9.]+).*/\1 \2/' | paste -sd/)
     R[smoke]="ok: train 3 epochs $DEV $(cat $S/t-gpu 2>/dev/null) s, cpu $(cat $S/t-cpu 2>/dev/null) s; last batch logprob/error $DEV [$(last 6)] cpu [$(last 12)]; ccn test of the $DEV checkpoint on $DEV/cpu [$tests]"
