@@ -95,7 +95,7 @@ stage "tests/cuda"
 if [[ "${R[build]}" != FAILED* ]]; then
   EXTRA=()
   ((DRY)) && EXTRA=(tests/e2e/test_train_device.py)
-  timeout "$(limit 150 150)" python3 -m pytest -q -p no:cacheprovider -rfEs tests/cuda "${EXTRA[@]}" \
+  timeout "$(limit 150 150)" python3 -m pytest -q -p no:cacheprovider -rfEs tests/cuda ${EXTRA[@]+"${EXTRA[@]}"} \
     > "$OUT/tests-cuda.log" 2>&1
   grep -E "^(FAILED|ERROR)" "$OUT/tests-cuda.log" | head -20
   R[tests_cuda]=$(summary "$OUT/tests-cuda.log")
@@ -144,8 +144,10 @@ fi
 
 stage "other tests"
 if [[ "${R[build]}" != FAILED* ]] && ((!DRY)) && (( BUDGET - $(elapsed) > 40 )); then
-  timeout "$(limit 200 10)" python3 -m pytest -q -p no:cacheprovider -n 8 tests --ignore=tests/cuda \
-    > "$OUT/tests-rest.log" 2>&1
+  XDIST=()
+  python3 -c "import xdist" 2>/dev/null && XDIST=(-n 8)
+  timeout "$(limit 200 10)" python3 -m pytest -q -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"} tests \
+    --ignore=tests/cuda > "$OUT/tests-rest.log" 2>&1
   R[tests_rest]=$(summary "$OUT/tests-rest.log")
 else
   R[tests_rest]="not run ($( ((DRY)) && echo dry run || echo no time left))"
