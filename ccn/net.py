@@ -116,6 +116,12 @@ class Net:
     def device(self) -> str:
         return f"cuda:{self._net.device}" if self._net.on_device else "cpu"
 
+    def synchronize(self) -> None:
+        """Wait until the GPU has finished this net's queued work (a no-op on the CPU).
+        ``train_step`` returns once the costs are known; its backward pass and update may
+        still be running then (timing code calls this)."""
+        self._net.synchronize()
+
     def prefetch(self, data) -> None:
         """Start copying the next minibatch to the GPU; ``train_step(None, ...)`` or
         ``forward(None)`` then uses it (the copy overlaps the current step)."""

@@ -17,6 +17,10 @@ What it does, as cuda-convnet did:
   mean |W|, mean |inc| and their ratio, then a checkpoint (see :mod:`ccn.checkpoint`);
 * the next data batch is loaded in a background thread while the core computes (the core
   releases the GIL);
+* on a GPU (``net.device`` is not ``"cpu"``) each minibatch goes to the net through
+  ``net.prefetch`` and ``train_step(None, ...)``: minibatch k+1 is handed to ``prefetch`` as
+  soon as step k is enqueued, so its copy (host -> pinned -> device, on the net's copy
+  stream) overlaps step k's backward pass and update on the GPU;
 * SIGINT (Ctrl-C) finishes the current minibatch, saves a checkpoint of that exact
   position and stops; a second Ctrl-C aborts at once;
 * a non-finite cost stops training with :class:`ccn.errors.CcnRuntimeError` naming the first
@@ -223,6 +227,8 @@ class Trainer:
         # data parallel: (rank, ranks) -- this process loads and steps only its rows of every
         # training minibatch (ccn.parallel.minibatch_shares); None: all of them
         self.share: tuple[int, int] | None = None
+        # on a GPU: overlap the copy of minibatch k+1 with step k (prefetch + train_step(None))
+        self.overlap_copy = str(getattr(net, "device", "cpu")) != "cpu"
 
     # -- data
     def _load(self, dp, batch: int, epoch: int, key) -> list:
@@ -326,9 +332,16 @@ class Trainer:
                 nmb = max(1, -(-n // cfg.mini))
                 sums = _CostSum(st.partial if st.mb > 0 else None)
                 t0 = time.perf_counter() - (st.partial or {}).get("seconds", 0.0) if st.mb > 0 else time.perf_counter()
-                for k in range(st.mb, nmb):
+                first_mb = st.mb  # (st.mb advances inside the loop)
+                for k in range(first_mb, nmb):
                     lo, hi = k * cfg.mini, min(n, (k + 1) * cfg.mini)
-                    if self.share is None:
+                    if self.share is None and self.overlap_copy:
+                        if k == first_mb:  # the first minibatch of this run of the batch: nothing to overlap
+                            self.net.prefetch([d[lo:hi] for d in data])
+                        costs = self.net.train_step(None, progress, cfg.mini)  # the prefetched one
+                        if k + 1 < nmb:  # copied while the GPU runs this step's backward pass and update
+                            self.net.prefetch([d[(k + 1) * cfg.mini:min(n, (k + 2) * cfg.mini)] for d in data])
+                    elif self.share is None:
                         costs = self.net.train_step([d[lo:hi] for d in data], progress, cfg.mini)
                     else:
                         a, b, r_lo, r_hi = parts[k]

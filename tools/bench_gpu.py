@@ -4,12 +4,14 @@ the same step in PyTorch on the same GPU, plus the conv kernels alone against cu
 
     python tools/bench_gpu.py [--mini 128] [--steps 10] [--json out.json]
 
-Step times are medians of --steps steps after warm-up, with the GPU synchronised around
-each step (ccn's train_step returns host-side costs, so it synchronises itself; PyTorch
-calls torch.cuda.synchronize()). If this ccn lacks a CUDA layer type the AlexNet-like net
-needs (conv, pool, cmrnorm, dropout are hooked up on their own branches), that row says
-which, and an fc-only net of the same classifier size is timed on both sides instead.
-Prints a short table last.
+Step times are medians of --steps steps after warm-up, with the GPU synchronised after
+each step on both sides: ccn's train_step returns as soon as the costs are known (end of the
+forward pass) while the backward pass and the update still run on the GPU, so the timer
+stops only after net.synchronize(); PyTorch's after torch.cuda.synchronize(). ccn's step
+includes copying the minibatch to the GPU (PyTorch's input already lives there). If the
+AlexNet-like net cannot run on the GPU (a layer without CUDA code, no cuBLAS), that row says
+why; an fc-only net of the same classifier size is timed on both sides as well. Prints a
+short table last.
 """
 
 from __future__ import annotations
@@ -217,7 +219,8 @@ def time_ccn(layers, shape, mini, warmup, steps):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((mini, int(np.prod(shape)))).astype(np.float32)
     y = rng.integers(0, 1000, (mini, 1)).astype(np.float32)
-    ms = median_ms(lambda: net.train_step([x, y], 0.0, mini), warmup, steps)
+    # synchronize: wait for the backward pass and the update too, not only the forward pass
+    ms = median_ms(lambda: net.train_step([x, y], 0.0, mini), warmup, steps, net.synchronize)
     return ms, net._net.device_bytes / 2**20
 
 

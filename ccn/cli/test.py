@@ -42,8 +42,10 @@ from .train import BOOL01
 @click.option("--feature-path", type=str, help="Folder for the features of --write-features.")
 @click.option("--test-out", type=str, help="Write per-case predictions (top 5) to this .npz or .csv file.")
 @click.option("--threads", type=THREADS, help="CPU threads of the core. [all cores]")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Where to run the net: cpu or cuda. [cpu]")
+@click.option("--gpu", type=str, help="The GPU index, e.g. 0 (implies --device cuda). [0]")
 def test(load_file, test_range, data_path, data_provider, multiview_test, logreg_name, mini, feature_layer,
-         feature_path, test_out, threads):
+         feature_path, test_out, threads, device, gpu):
     """Test a checkpoint on the whole test set: the cost layers' values (negative log
     probability, top-1 and top-k error).
 
@@ -54,12 +56,12 @@ def test(load_file, test_range, data_path, data_provider, multiview_test, logreg
     """
     run_test_command(load_file, test_range=test_range, data_path=data_path, data_provider=data_provider,
                      multiview=multiview_test, logreg_name=logreg_name, mini=mini, feature_layer=feature_layer,
-                     feature_path=feature_path, test_out=test_out, threads=threads)
+                     feature_path=feature_path, test_out=test_out, threads=threads, device=device, gpu=gpu)
 
 
 def run_test_command(load_file, *, test_range=None, data_path=None, data_provider=None, multiview=None,
                      logreg_name=None, mini=None, feature_layer=None, feature_path=None, test_out=None,
-                     threads=None, out=None) -> dict:
+                     threads=None, out=None, device=None, gpu=None) -> dict:
     """The command without Click; returns the summed costs, names and number of cases."""
     from .. import testing as T
     from .train import _compact
@@ -82,7 +84,15 @@ def run_test_command(load_file, *, test_range=None, data_path=None, data_provide
             raise InputError(f"--feature-path {feature_path}: cannot create the folder ({e.strerror or e}).") from None
         if not os.access(feature_path, os.W_OK | os.X_OK):
             raise InputError(f"--feature-path {feature_path}: the folder is not writable.")
+    from .. import device as dev
+
+    # --device cuda where it cannot work fails before the checkpoint is read; like --threads,
+    # where to run is not taken from the checkpoint (any checkpoint runs on either backend)
+    placement = dev.select("cuda" if gpu not in (None, "") and device is None else device, gpu, command="ccn test")
     ckpt, net = T.load_model(load_file)
+    if placement.device == "cuda":
+        dev.select(placement.device, placement.gpu, command="ccn test", gpus_needed=net.gpus_needed)
+        dev.place(net, placement)
     opts, batches = T.test_options(ckpt, data_path=data_path, data_provider=data_provider, test_range=test_range,
                                    mini=mini, multiview_test=multiview, threads=threads)
     mv = bool(opts.get("multiview_test"))
@@ -105,7 +115,7 @@ def run_test_command(load_file, *, test_range=None, data_path=None, data_provide
     dp = T.open_test_provider(opts, batches, mv, net=net)
     names = T.cost_names(net)
     total = sum(int(dp.num_cases(b)) for b in batches)
-    echo(f"ccn test: {ckpt.path}")
+    echo(f"ccn test: {ckpt.path}" + ("" if placement.device == "cpu" else f" on {dev.describe(placement)}"))
     echo(f"  data {opts['data_path']}: test batches {_compact(batches)}, {total} cases"
          f"{', 10 views each' if mv else ''}; minibatch {mini}")
 

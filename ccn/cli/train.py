@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import click
 
-from ..errors import CcnRuntimeError, ConfigError, InputError
+from ..errors import CcnRuntimeError, InputError
 from .options import check_seed, check_threads
 
 DEFAULTS = {
@@ -182,8 +182,9 @@ def _given(ctx, name) -> bool:
 @click.option("--seed", type=int, help="Seed of the initial weights, the data order and the core's random numbers "
               "(default: random, printed and saved).")
 @click.option("--threads", type=int, help="CPU threads of the core (OpenMP and BLAS). [all cores]")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Where to train. [cpu]")
-@click.option("--gpu", type=str, help="GPU indices to use, e.g. 0 or 0,1 (implies --device cuda).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]),
+              help="Where to train: cpu, or cuda (one GPU; not taken from a checkpoint). [cpu]")
+@click.option("--gpu", type=str, help="The GPU index to train on, e.g. 0 (implies --device cuda). [0]")
 @click.pass_context
 def train(ctx, **kw):
     """Train a net described by cuda-convnet layer files on numbered data batches.
@@ -226,9 +227,14 @@ def _run_train(given: dict, load_file, out, stop_after, world):
         from ..parallel import _Quiet
 
         out = _Quiet()
+    saved_device = None
     if load_file:
         ckpt = ck.load(load_file)
         opts.update({k: v for k, v in ckpt.options.items() if k in DEFAULTS})
+        # Where to run is a property of this run, not of the model: a checkpoint written on a
+        # GPU resumes on the CPU unless --device cuda is given again (and vice versa).
+        saved_device = ckpt.options.get("device")
+        opts["device"], opts["gpu"] = DEFAULTS["device"], DEFAULTS["gpu"]
     for k, v in given.items():
         if k in PATH_OPTIONS and v:
             v = os.path.abspath(v)
@@ -238,13 +244,12 @@ def _run_train(given: dict, load_file, out, stop_after, world):
             opts[k] = os.path.abspath(_with_prefix(given[k], opts["layer_path"]))
 
     # ---- options that cannot work (yet) fail before anything happens
-    if opts["gpu"] not in (None, ""):
-        if "device" not in given:
-            opts["device"] = "cuda"
-        elif opts["device"] == "cpu":
-            raise ConfigError(f"--gpu {opts['gpu']} selects GPUs but --device is cpu; leave out one of them.")
-    if opts["device"] == "cuda":
-        raise ConfigError("the CUDA backend cannot train yet; train on the CPU with --device cpu (and without --gpu).")
+    from .. import device as dev
+
+    if opts["gpu"] not in (None, "") and "device" not in given:
+        opts["device"] = "cuda"
+    placement = dev.select(opts["device"], opts["gpu"], command="ccn train", data_parallel=world is not None)
+    opts["device"], opts["gpu"] = placement.device, (None if placement.gpu is None else str(placement.gpu))
     if ckpt is not None and opts["save_path"] is None:
         opts["save_path"] = os.path.dirname(os.path.abspath(ckpt.path))
     missing = [f"--{k.replace('_', '-')}" for k in ("data_path", "train_range", "test_range", "save_path")
@@ -349,7 +354,10 @@ def _run_train(given: dict, load_file, out, stop_after, world):
         net = rewrite(net, opts["conv_to_local"], opts["unshare_weights"], echo=say)
     opts["conv_to_local"], opts["unshare_weights"] = "", ""
     layout_line = None
-    if net.gpus_needed > 1:  # cuda-convnet2's gpu= layouts: logical devices, all in this process on the CPU
+    if placement.device == "cuda":
+        dev.select(placement.device, placement.gpu, command="ccn train", gpus_needed=net.gpus_needed)
+        dev.place(net, placement)  # the parameters move; the core pulls them back for checkpoints
+    elif net.gpus_needed > 1:  # cuda-convnet2's gpu= layouts: logical devices, all in this process on the CPU
         from ..layout import layout_of
 
         layout_line = (f"  gpu= layout: {layout_of(net).describe()}; simulated on the CPU: every logical device "
@@ -359,7 +367,8 @@ def _run_train(given: dict, load_file, out, stop_after, world):
     from ..net import check_memory
     from ..train import Trainer, TrainConfig, TrainState
 
-    check_memory(net, int(opts["mini"]), "--mini")
+    if placement.device == "cpu":  # (on a GPU an allocation that does not fit fails with a message)
+        check_memory(net, int(opts["mini"]), "--mini")
 
     state = TrainState.from_checkpoint(ckpt) if ckpt is not None else TrainState()
     if ckpt is not None and state.mb > 0 and int(ckpt.options.get("mini", opts["mini"])) != int(opts["mini"]):
@@ -389,6 +398,9 @@ def _run_train(given: dict, load_file, out, stop_after, world):
     echo(f"  params file {net.params_path}; {len(net.layers)} layers, {nparams} weights")
     echo(f"  data {opts['data_path']}: train batches {_compact(train_range)}, test batches {_compact(test_range)}")
     echo(f"  {cfg.epochs} epochs, minibatch {cfg.mini}, test every {cfg.test_freq} batches; seed {opts['seed']}")
+    echo(f"  device {dev.describe(placement)}" + (
+        "; the next minibatch is copied to the GPU while the current one computes" if placement.device == "cuda"
+        else ""))
     if layout_line:
         echo(layout_line)
     if world is not None:
@@ -400,6 +412,9 @@ def _run_train(given: dict, load_file, out, stop_after, world):
                 if world.launcher is not None else ""))
     if ckpt is not None:
         echo(f"  resuming from {ckpt.path}")
+        if saved_device and saved_device != placement.device:
+            echo(f"  the checkpoint was trained with --device {saved_device}; this run is on {placement.label} "
+                 f"(give --device {saved_device} to continue there)")
         saved_ws = int(ckpt.options.get("world_size", 1))
         if saved_ws != (world.size if world is not None else 1):
             echo(f"  the checkpoint was written by {saved_ws} rank{'s' if saved_ws > 1 else ''}, this run has "

@@ -88,9 +88,17 @@ class Net {
   void to_host();
   bool on_device() const { return cuda_ != nullptr; }
   int device() const;          // the GPU index, or -1 on the CPU
-  // device -> host Mats (w, grad, inc), e.g. before a checkpoint; all, or only `only`
-  void pull_params(const Param* only = nullptr);
-  void push_params(const Param* only = nullptr);  // host Mats -> device, e.g. after set()
+  // Which of a parameter's three matrices pull_params/push_params copy (a bit mask).
+  enum ParamPart : int { kW = 1, kGrad = 2, kInc = 4, kAllParts = 7 };
+  // device -> host Mats, e.g. before a checkpoint: every parameter, or only `only`; only the
+  // matrices in `parts`. Waits for the compute stream first (the values are final).
+  void pull_params(const Param* only = nullptr, int parts = kAllParts);
+  // host Mats -> device, e.g. after set(): only `parts`, so the device's other matrices of
+  // the parameter (which may be newer than the host's) are left alone.
+  void push_params(const Param* only = nullptr, int parts = kAllParts);
+  // Waits until the GPU has finished everything enqueued for this net (timing, tests); a
+  // no-op on the CPU.
+  void synchronize();
   // Start copying the next minibatch to the GPU while the current one computes; a later
   // fprop with an empty data list uses it. (On the CPU: a runtime error.)
   void prefetch(const std::vector<const Mat*>& data);
@@ -117,6 +125,7 @@ class Net {
   // Layers with a neuron keep the pre-activation output in pre_[i], unless the neuron is
   // applied in place (in_place_[i]: the layer's bprop ignores its output and f' follows from
   // f). pre_grad_ is scratch for dCost/d(pre-activation), one layer at a time.
+  // The device mode (net_cuda.cu) follows the same rules with in_place_ and one pre_grad.
   std::vector<Mat> acts_, pre_, grads_;
   std::vector<bool> in_place_;
   Mat pre_grad_;

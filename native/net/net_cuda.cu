@@ -1,11 +1,18 @@
 // ccn/native/net/net_cuda.cu: a Net's device mode (design: native/cuda/README-design.md).
 //
 // NetCuda owns everything the net keeps on the GPU: the CudaCtx (device, streams, cuBLAS,
-// workspaces), one activation / gradient buffer per layer (and pre-neuron copies for
-// layers with neuron=), the parameters (w, grad, inc; Param::dev points into them), and
-// two slots of pinned host + device buffers per data matrix for the minibatch copy.
-// Buffers are sized for the largest minibatch seen and reused every step. Activations
-// keep the CPU layout: rows = cases, cols = C*H*W.
+// workspaces), one activation / gradient buffer per layer, the parameters (w, grad, inc;
+// Param::dev points into them), and two slots of pinned host + device buffers per data
+// matrix for the minibatch copy. Buffers are sized for the largest minibatch seen and
+// reused every step. Activations keep the CPU layout: rows = cases, cols = C*H*W
+// (row-major, one case per row).
+//
+// Neurons follow the CPU net (net.cpp): a layer with neuron= keeps its pre-activation in
+// pre[i] only when the neuron cannot run in place (Net::in_place_: the layer's bprop does not
+// read its output and f' follows from f(x)); otherwise the neuron overwrites act[i] and the
+// backward pass hands act[i] in as the "pre-activation" the layer ignores. dCost/d(pre-
+// activation) goes into one shared buffer, pre_grad, used by one layer at a time (all on
+// the one compute stream).
 //
 // Minibatch copy: slot s is filled on the copy stream (host Mat -> pinned -> device) and
 // the compute stream waits on the copy's event before the step that uses it. prefetch()
@@ -42,7 +49,8 @@ struct Net::NetCuda {
     }
   }
   CudaCtx cx;  // declared first: destroyed last, after every buffer below
-  std::vector<DeviceArray> act, pre, grad, pre_grad;  // per layer
+  std::vector<DeviceArray> act, pre, grad;  // per layer (pre: only where the neuron is not in place)
+  DeviceArray pre_grad;                     // shared: dCost/d(pre-activation) of one layer at a time
   std::vector<DeviceArray> pw, pg, pi;                // per param: w, grad, inc
   std::vector<PinnedArray> pin[2];                    // per dataIdx, per slot
   std::vector<DeviceArray> ddata[2];
@@ -86,7 +94,6 @@ void Net::to_device(int gpu) {
   nc->act.resize(n);
   nc->pre.resize(n);
   nc->grad.resize(n);
-  nc->pre_grad.resize(n);
   nc->host_act.resize(n);
   nc->host_grad.resize(n);
   cuda_ = nc;
@@ -122,37 +129,57 @@ size_t Net::device_bytes() const {
   auto add = [&](const std::vector<DeviceArray>& v) {
     for (const auto& a : v) b += a.size() * sizeof(float);
   };
-  add(cuda_->act), add(cuda_->pre), add(cuda_->grad), add(cuda_->pre_grad);
+  add(cuda_->act), add(cuda_->pre), add(cuda_->grad);
+  b += cuda_->pre_grad.size() * sizeof(float);
   add(cuda_->pw), add(cuda_->pg), add(cuda_->pi), add(cuda_->ddata[0]), add(cuda_->ddata[1]);
   return b;
 }
 
-void Net::pull_params(const Param* only) {
-  if (!cuda_) return;
-  cuda_->cx.make_current();
-  cuda_->cx.sync();
-  for (auto& pp : params_) {
-    if (only && pp.get() != only) continue;
-    Param& p = *pp;
-    const size_t bytes = (size_t)p.w.size() * sizeof(float);
-    CCN_CUDA_CHECK(cudaMemcpy(p.w.data(), p.dev.w, bytes, cudaMemcpyDeviceToHost));
-    CCN_CUDA_CHECK(cudaMemcpy(p.grad.data(), p.dev.grad, bytes, cudaMemcpyDeviceToHost));
-    CCN_CUDA_CHECK(cudaMemcpy(p.inc.data(), p.dev.inc, bytes, cudaMemcpyDeviceToHost));
+// Parameter copies go through the compute stream (cudaMemcpyAsync on cx.stream), so they
+// are ordered after every kernel enqueued before them and before every kernel enqueued
+// after them, whatever the per-thread default-stream settings; the host then waits for the
+// stream, because the host Mats are pageable and must be complete (pull) or may be changed
+// (push) once this returns. Only the matrices in `parts` travel.
+namespace {
+void copy_param(CudaCtx& cx, Param& p, int parts, bool to_host) {
+  const size_t bytes = (size_t)p.w.size() * sizeof(float);
+  if (!bytes) return;
+  struct {
+    int bit;
+    Mat* host;
+    float* dev;
+  } parts3[3] = {{Net::kW, &p.w, p.dev.w}, {Net::kGrad, &p.grad, p.dev.grad}, {Net::kInc, &p.inc, p.dev.inc}};
+  for (auto& q : parts3) {
+    if (!(parts & q.bit)) continue;
+    if (to_host)
+      CCN_CUDA_CHECK(cudaMemcpyAsync(q.host->data(), q.dev, bytes, cudaMemcpyDeviceToHost, (cudaStream_t)cx.stream));
+    else
+      CCN_CUDA_CHECK(cudaMemcpyAsync(q.dev, q.host->data(), bytes, cudaMemcpyHostToDevice, (cudaStream_t)cx.stream));
   }
 }
+}  // namespace
 
-void Net::push_params(const Param* only) {
+void Net::pull_params(const Param* only, int parts) {
+  if (!cuda_) return;
+  cuda_->cx.make_current();
+  for (auto& pp : params_)
+    if (!only || pp.get() == only) copy_param(cuda_->cx, *pp, parts, true);
+  cuda_->cx.sync();
+}
+
+void Net::push_params(const Param* only, int parts) {
+  if (!cuda_) return;
+  cuda_->cx.make_current();
+  for (auto& pp : params_)
+    if (!only || pp.get() == only) copy_param(cuda_->cx, *pp, parts, false);
+  cuda_->cx.sync();
+}
+
+void Net::synchronize() {
   if (!cuda_) return;
   cuda_->cx.make_current();
   cuda_->cx.sync();
-  for (auto& pp : params_) {
-    if (only && pp.get() != only) continue;
-    Param& p = *pp;
-    const size_t bytes = (size_t)p.w.size() * sizeof(float);
-    CCN_CUDA_CHECK(cudaMemcpy(p.dev.w, p.w.data(), bytes, cudaMemcpyHostToDevice));
-    CCN_CUDA_CHECK(cudaMemcpy(p.dev.grad, p.grad.data(), bytes, cudaMemcpyHostToDevice));
-    CCN_CUDA_CHECK(cudaMemcpy(p.dev.inc, p.inc.data(), bytes, cudaMemcpyHostToDevice));
-  }
+  CCN_CUDA_CHECK(cudaStreamSynchronize(cuda_->copy_stream()));
 }
 
 void Net::prefetch(const std::vector<const Mat*>& data) {
@@ -180,11 +207,14 @@ void Net::prefetch(const std::vector<const Mat*>& data) {
   CCN_CUDA_CHECK(cudaEventSynchronize(nc.copied[s]));
   // The device buffers of slot s must no longer be read by an earlier pass.
   CCN_CUDA_CHECK(cudaStreamWaitEvent(nc.copy_stream(), nc.freed[s], 0));
+  // Grow only: the vectors hold the other slot's buffers too, which the step now running may
+  // still read (device) or a copy may still read (pinned); shrinking would free them.
   for (int d = 0; d < 2; ++d) {
-    nc.pin[d].resize(data.size());
-    nc.ddata[d].resize(data.size());
-    nc.dcols[d].resize(data.size(), 0);
+    if (nc.pin[d].size() < data.size()) nc.pin[d].resize(data.size());
+    if (nc.ddata[d].size() < data.size()) nc.ddata[d].resize(data.size());
+    if (nc.dcols[d].size() < data.size()) nc.dcols[d].resize(data.size(), -1);
   }
+  for (size_t i = data.size(); i < nc.dcols[s].size(); ++i) nc.dcols[s][i] = -1;  // not in this minibatch
   for (size_t i = 0; i < data.size(); ++i) {
     if (!data[i]) {
       nc.dcols[s][i] = -1;
@@ -227,10 +257,11 @@ void Net::fprop_cuda(const std::vector<const Mat*>& data, bool train) {
     Layer* l = layers_[i].get();
     if (l->is_data()) continue;
     const size_t sz = (size_t)n * l->out.size();
-    if (sz > nc.act[i].size() || (l->has_neuron && sz > nc.pre[i].size())) {
+    const bool keep_pre = l->has_neuron && !in_place_[i];
+    if (sz > nc.act[i].size() || (keep_pre && sz > nc.pre[i].size())) {
       CCN_CUDA_CHECK(cudaStreamSynchronize(nc.stream()));
       nc.act[i].resize(sz);
-      if (l->has_neuron) nc.pre[i].resize(sz);
+      if (keep_pre) nc.pre[i].resize(sz);
     }
   }
   PassCtx ctx;
@@ -249,9 +280,10 @@ void Net::fprop_cuda(const std::vector<const Mat*>& data, bool train) {
       else
         ins.push_back(view(nc.act[in->id], n, in->out.size()));
     }
-    DevMat dst = view(l->has_neuron ? nc.pre[i] : nc.act[i], n, l->out.size());
+    const bool keep_pre = l->has_neuron && !in_place_[i];
+    DevMat dst = view(keep_pre ? nc.pre[i] : nc.act[i], n, l->out.size());
     l->fprop_cuda(ins, dst, nc.cx, ctx);
-    if (l->has_neuron) {
+    if (l->has_neuron) {  // in place when dst is act[i] (elementwise, so safe)
       const NeuronSpec& f = l->neuron;
       cuda::neuron_fprop(nc.cx, cuda::neuron_code(f.type), neuron_arg(f, 0, 1.0),
                          neuron_arg(f, 1, f.type == "linear" ? 0.0 : 1.0), dst.p, nc.act[i].data(), dst.size());
@@ -316,15 +348,17 @@ void Net::bprop_cuda(const std::map<std::string, const Mat*>& seeds) {
       l->bprop_cuda(ins, DevMat{}, DevMat{}, din, nc.cx, ctx);
     } else if (l->has_neuron) {
       const size_t sz = (size_t)n * osz;
-      if (sz > nc.pre_grad[i].size()) {
+      if (sz > nc.pre_grad.size()) {  // the shared buffer: earlier layers' kernels may still read it
         CCN_CUDA_CHECK(cudaStreamSynchronize(nc.stream()));
-        nc.pre_grad[i].resize(sz);
+        nc.pre_grad.resize(sz);
       }
+      // In place, act[i] stands in for the pre-activation (f' from f(x); the layer ignores
+      // its `out` argument then), as on the CPU.
+      const DeviceArray& pre = in_place_[i] ? nc.act[i] : nc.pre[i];
       const NeuronSpec& f = l->neuron;
       cuda::neuron_bprop(nc.cx, cuda::neuron_code(f.type), neuron_arg(f, 0, 1.0), neuron_arg(f, 1, 1.0),
-                         nc.pre[i].data(), nc.act[i].data(), nc.grad[i].data(), nc.pre_grad[i].data(), (int64_t)sz,
-                         false);
-      l->bprop_cuda(ins, view(nc.pre[i], n, osz), view(nc.pre_grad[i], n, osz), din, nc.cx, ctx);
+                         pre.data(), nc.act[i].data(), nc.grad[i].data(), nc.pre_grad.data(), (int64_t)sz, false);
+      l->bprop_cuda(ins, view(pre, n, osz), view(nc.pre_grad, n, osz), din, nc.cx, ctx);
     } else {
       l->bprop_cuda(ins, view(nc.act[i], n, osz), view(nc.grad[i], n, osz), din, nc.cx, ctx);
     }
@@ -369,13 +403,17 @@ const Mat& Net::output_cuda(int i, bool grad) const {
     src = nc.grad[i].size() >= (size_t)n * cols ? nc.grad[i].data() : nullptr;
   } else if (l->is_data()) {
     const auto& dd = nc.ddata[nc.cur];
-    src = l->data_idx() < (int)dd.size() ? dd[l->data_idx()].data() : nullptr;
+    const int idx = l->data_idx();
+    src = idx < (int)dd.size() && nc.dcols[nc.cur][idx] >= 0 ? dd[idx].data() : nullptr;
   } else {
     src = nc.act[i].size() >= (size_t)n * cols ? nc.act[i].data() : nullptr;
   }
   h.resize(src ? n : 0, cols);
-  if (src && h.size())
-    CCN_CUDA_CHECK(cudaMemcpy(h.data(), src, (size_t)h.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  if (src && h.size()) {
+    CCN_CUDA_CHECK(cudaMemcpyAsync(h.data(), src, (size_t)h.size() * sizeof(float), cudaMemcpyDeviceToHost,
+                                   nc.stream()));
+    nc.cx.sync();
+  }
   return h;
 }
 

@@ -14,8 +14,9 @@ static const char* kNoCuda =
 void Net::to_device(int) { runtime_error(kNoCuda); }
 void Net::to_host() {}
 int Net::device() const { return -1; }
-void Net::pull_params(const Param*) {}
-void Net::push_params(const Param*) {}
+void Net::pull_params(const Param*, int) {}
+void Net::push_params(const Param*, int) {}
+void Net::synchronize() {}
 void Net::prefetch(const std::vector<const Mat*>&) { runtime_error(kNoCuda); }
 size_t Net::device_bytes() const { return 0; }
 void Net::fprop_cuda(const std::vector<const Mat*>&, bool) { runtime_error(kNoCuda); }

@@ -76,6 +76,10 @@ Mat& param_mat(Net& net, const std::string& name, const std::string& which) {
   input_error("unknown parameter field '", which, "' (expected w, grad or inc).");
 }
 
+int param_part(const std::string& which) {  // Net::ParamPart of a field name checked by param_mat
+  return which == "w" ? Net::kW : which == "grad" ? Net::kGrad : Net::kInc;
+}
+
 py::list costs_list(const Net& net) {
   py::list out;
   for (const auto& c : net.costs()) {
@@ -300,7 +304,8 @@ PYBIND11_MODULE(_core, m) {
       .def("get",
            [](Net& net, const std::string& name, const std::string& which) {
              Mat& m = param_mat(net, name, which);
-             if (net.on_device()) net.pull_params(net.find_param(name));
+             // On a GPU the device copy is the current one: bring this matrix (only) back first.
+             if (net.on_device()) net.pull_params(net.find_param(name), param_part(which));
              return to_array(m);
            },
            py::arg("name"), py::arg("which") = "w")
@@ -311,8 +316,18 @@ PYBIND11_MODULE(_core, m) {
              if (src.size() != dst.size())
                input_error("parameter '", name, "' is ", dst.rows(), "x", dst.cols(), " but the array given has ",
                            src.size(), " values.");
-             std::memcpy(dst.data(), src.data(), (size_t)src.size() * sizeof(float));
-             if (net.on_device()) net.push_params(net.find_param(name));
+             Param* p = net.find_param(name);
+             if (net.on_device()) {
+               // The device holds the current w, grad and inc; the host Mats may be stale. Pull
+               // this parameter's other two matrices first so the host mirror is whole, write
+               // the one matrix, then push that one only: the device's other two stay as they
+               // were (pushing all three used to overwrite them with stale host values).
+               net.pull_params(p, Net::kAllParts & ~param_part(which));
+               std::memcpy(dst.data(), src.data(), (size_t)src.size() * sizeof(float));
+               net.push_params(p, param_part(which));
+             } else {
+               std::memcpy(dst.data(), src.data(), (size_t)src.size() * sizeof(float));
+             }
            },
            py::arg("name"), py::arg("array"), py::arg("which") = "w")
       .def("set_passes", [](Net& net, const std::string& name, int passes) {
@@ -375,7 +390,10 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("on_device", &Net::on_device)
       .def_property_readonly("device", &Net::device)
       .def_property_readonly("device_bytes", &Net::device_bytes)
-      .def("pull_params", [](Net& net) { net.pull_params(); })
+      .def("pull_params", [](Net& net) {
+        py::gil_scoped_release nogil;
+        net.pull_params();
+      })
       .def("prefetch",
            [](Net& net, const py::list& data) {
              std::vector<Mat> mats = to_mats(data);
@@ -417,7 +435,7 @@ PYBIND11_MODULE(_core, m) {
              for (const auto& p : net.params()) n += p->grad.size();
              if (out.ndim() != 1 || out.shape(0) != n)
                input_error("read_grads: expected a 1-d float32 array of ", n, " values.");
-             if (net.on_device()) net.pull_params();
+             if (net.on_device()) net.pull_params(nullptr, Net::kGrad);  // the gradients only
              float* dst = out.mutable_data();
              py::gil_scoped_release nogil;
              for (const auto& p : net.params()) {
@@ -440,7 +458,13 @@ PYBIND11_MODULE(_core, m) {
                  src += p->grad.size();
                }
              }
-             if (net.on_device()) net.push_params();
+             if (net.on_device()) net.push_params(nullptr, Net::kGrad);  // the gradients only
            },
-           py::arg("array"));
+           py::arg("array"))
+      // Waits for the GPU to finish this net's queued work (a no-op on the CPU): a train_step
+      // returns once its costs are known, while the backward pass and update may still run.
+      .def("synchronize", [](Net& net) {
+        py::gil_scoped_release nogil;
+        net.synchronize();
+      });
 }

@@ -1,0 +1,88 @@
+"""Compare training runs of one net on two backends, with a tolerance measured on the CPU.
+
+Two float32 runs of the same net on the CPU and the GPU differ by rounding (other summation
+orders in GEMMs and reductions), and how far such differences grow over N steps depends on
+the net. So the tolerance of every quantity is measured, not guessed:
+
+    tolerance = max(floor, 10 x sensitivity)
+
+where sensitivity is how far that quantity moves on the CPU when the input images of every
+minibatch are nudged by one ulp (``np.nextafter``), i.e. the effect of a rounding-sized
+change at the input after the same N steps. Quantities: each parameter's weights and momentum
+increments (relative error ||a - b|| / ||b||) and the first value of each cost layer over all
+steps (the summed log-probability; the error counts are integers that a near tie may flip).
+
+    runs = train_runs(make, batches, steps=20, mini=32)   # make(device) -> ccn.Net
+    failures = compare(runs["cpu"], runs["cuda"], sensitivity(runs["cpu"], runs["nudged"]))
+    assert not failures, "\\n".join(failures)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FLOORS = {"w": 1e-4, "inc": 1e-3, "cost": 1e-4}  # relative; float32 after ~20 steps
+
+
+def nudge(data):
+    """The minibatch with its first matrix (the images) moved one ulp up; labels unchanged."""
+    x = np.asarray(data[0], np.float32)
+    return [np.nextafter(x, np.float32(np.inf)).astype(np.float32)] + list(data[1:])
+
+
+def train(net, batches, steps: int, mini: int, nudged: bool = False) -> dict:
+    """``steps`` training steps over ``batches`` (cycled); returns the quantities compared."""
+    costs = []
+    for k in range(steps):
+        data = batches[k % len(batches)]
+        if nudged:
+            data = nudge(data)
+        c = net.train_step(data, k / max(steps, 1), mini)
+        costs.append([float(layer["values"][0]) for layer in c])
+    out = {"cost": np.array(costs, np.float64)}
+    for p in net.params:
+        out[f"w/{p.name}"] = np.asarray(net.get(p.name, "w"), np.float64)
+        out[f"inc/{p.name}"] = np.asarray(net.get(p.name, "inc"), np.float64)
+    return out
+
+
+def train_runs(make, batches, steps: int = 20, mini: int = 32, devices=("cpu", "cuda")) -> dict:
+    """{"cpu": ..., "nudged": ... (CPU, inputs one ulp up), "cuda": ...}: same seed, same data."""
+    runs = {d: train(make(d), batches, steps, mini) for d in devices}
+    runs["nudged"] = train(make("cpu"), batches, steps, mini, nudged=True)
+    return runs
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    if not np.all(np.isfinite(a)):
+        return float("inf")
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def sensitivity(ref: dict, nudged: dict) -> dict:
+    return {k: rel(nudged[k], ref[k]) for k in ref}
+
+
+def tolerance(key: str, sens: dict, floors=None) -> float:
+    floors = floors or FLOORS
+    return max(floors[key.split("/")[0]], 10 * sens.get(key, 0.0))
+
+
+def compare(ref: dict, other: dict, sens: dict, floors=None) -> list[str]:
+    """One line per quantity out of tolerance (empty: all agree)."""
+    bad = []
+    for k in ref:
+        e, tol = rel(other[k], ref[k]), tolerance(k, sens, floors)
+        if not e <= tol:
+            bad.append(f"{k}: relative error {e:.3g} > tolerance {tol:.3g} (1-ulp sensitivity {sens.get(k, 0):.3g})")
+    return bad
+
+
+def report(ref: dict, other: dict, sens: dict, floors=None) -> str:
+    """Every quantity's error, tolerance and sensitivity, worst first (for logs)."""
+    rows = sorted(((rel(other[k], ref[k]), tolerance(k, sens, floors), sens.get(k, 0.0), k) for k in ref),
+                  reverse=True)
+    return "\n".join(f"{k:40} err {e:9.3g}  tol {t:9.3g}  sens {s:9.3g}" for e, t, s, k in rows)
