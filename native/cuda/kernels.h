@@ -82,6 +82,12 @@ struct ConvGeom {
   int fs = 0, stride = 1, padding = 0, M = 0;
   const int* vchan = nullptr;      // device, groups*Cf entries, or null
 };
+// How many cases conv_fprop (bprop = false) or conv_bprop (bprop = true, din given or not)
+// unfold at once: the largest count whose scratch (fprop: groups*K*MM floats per case;
+// bprop: twice that with din, plus F*MM for the transposed dout) stays within the budget,
+// at least 1 and at most N. The budget is CCN_UNFOLD_BYTES when set, as the CPU layers read it
+// (kernels/unfold.h unfold_budget_bytes), else 256 MB. Host code, no GPU needed.
+int conv_chunk_cases(const ConvGeom& g, bool bprop, bool with_din);
 // out (= or +=) conv(in, W). Uses cx.scratch for the unfolded input, in chunks of cases.
 void conv_fprop(CudaCtx& cx, const ConvGeom& g, const float* in, const float* W, float* out, bool accumulate);
 // din += conv^T(dout, W) (skipped when din is null); dW += correlation of in and dout.
