@@ -29,7 +29,7 @@ __global__ void bce_case_kernel(const float* labels, const float* y, int N, int 
     const double tv = tr[k], yv = yr[k];
     s += pw * tv * safelog_b(yv) + (1.0 - tv) * safelog_b(1.0 - yv);
     bits += (yr[k] > 0.5f ? 1.f : 0.f) != tr[k];
-    mx = fmaxf(mx, yr[k]);
+    mx = mx < yr[k] ? yr[k] : mx;  // std::max's rule, as the CPU layer
   }
   int ties = 0;
   double hit = 0;

@@ -2,12 +2,17 @@
 
   - conv.cu's chunking over cases honours CCN_UNFOLD_BYTES like the CPU layers (host rule,
     checked without a GPU; and on a GPU, forced small chunks give the same results);
+  - pool max starts from the window's own pixels in the CPU layer's order (all -inf windows
+    give -inf, NaN as on the CPU), avg sums in the CPU's order, and backward adds in the
+    CPU's order: max/maxabs forward bit for bit equal to the CPU layer;
+  - cmpool, eltmax, cost.crossent/bce maxima follow std::max like the CPU (fmaxf dropped NaNs);
   - the test-op harness uploads on the op's stream (a large array arrives intact).
 Tests marked `cuda` skip without a GPU; the others need only a build with the CUDA backend."""
 
 import numpy as np
 import pytest
 
+import ccn
 from ccn._native import core
 from cudaops import close, conv_ref, op, same_bits
 
@@ -74,6 +79,87 @@ def test_conv_in_small_chunks_matches_reference(monkeypatch, budget_cases):
     whole = op("conv_bprop", {"x": x, "W": W, "dout": dout, "din": np.zeros_like(x), "dW": np.zeros_like(W)}, **geo)
     close(full["din"], whole["din"], rtol=1e-5, what=f"conv_bprop din in chunks of {budget_cases} vs one chunk")
     close(full["dW"], whole["dW"], rtol=1e-5, what=f"conv_bprop dW in chunks of {budget_cases} vs one chunk")
+
+
+# ---- the CPU layer as the reference -------------------------------------------------------
+def cpu_layer(text, x, dims, layer, dout=None):
+    """Forward (and backward with output gradient dout) of one layer on the CPU backend."""
+    net = ccn.Net("<review>", None, {0: dims}, seed=0, layers_text=text)
+    net._net.set_data_grads(True)
+    net.forward([np.ascontiguousarray(x, np.float32)], train=True)
+    y = net.output(layer)
+    if dout is None:
+        return y, None
+    net.backward({layer: np.ascontiguousarray(dout, np.float32)})
+    return y, net.output_grad("data")
+
+
+def special_planes(rng, N, C, S):
+    """Random values with whole -inf regions, NaNs, +inf, and many ties."""
+    x = rng.integers(-3, 4, (N, C, S, S)).astype(np.float32)
+    x[0, 0] = -np.inf  # a whole plane of -inf: every window's max is -inf
+    if C > 1:
+        x[0, 1, :2, :] = np.nan  # NaN rows at the top of the windows
+    x[-1, -1, S // 2, S // 2] = np.inf
+    x[-1, 0, 1, 1] = np.nan
+    return x.reshape(N, -1)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("pool", ["max", "maxabs", "avg"])
+@pytest.mark.parametrize("S,size,stride,start", [(7, 3, 2, 0), (6, 3, 2, -1), (9, 4, 3, 1), (5, 2, 1, 0)])
+def test_pool_matches_cpu_layer_bit_for_bit(pool, S, size, stride, start):
+    rng = np.random.default_rng()
+    N, C = 3, 3
+    O = int(np.ceil((S - start - size) / stride)) + 1
+    text = (f"[data]\ntype=data\ndataIdx=0\n\n[pool]\ntype=pool\npool={pool}\ninputs=data\nchannels={C}\n"
+            f"sizeX={size}\nstride={stride}\nstart={start}\n")
+    x = special_planes(rng, N, C, S) if pool != "avg" else rng.standard_normal((N, C * S * S)).astype(np.float32)
+    dout = rng.standard_normal((N, C * O * O)).astype(np.float32)
+    y_cpu, din_cpu = cpu_layer(text, x, (C, S, S), "pool", dout)
+    geo = dict(N=N, C=C, S=S, O=O, sizeX=size, start=start, stride=stride, max=int(pool != "avg"),
+               abs=int(pool == "maxabs"))
+    y = op("pool_fprop", {"x": x, "y": np.full(y_cpu.shape, 7.0)}, **geo)["y"]
+    din = op("pool_bprop", {"x": x, "y": y, "dout": dout, "din": np.zeros_like(x)}, **geo)["din"]
+    if pool == "avg":  # the same operations in the same order; allow for a compiler's liberties
+        close(y, y_cpu, rtol=1e-6, what=f"pool={pool} forward, GPU vs CPU layer")
+        close(din, din_cpu, rtol=1e-6, what=f"pool={pool} backward, GPU vs CPU layer")
+    else:
+        same_bits(y, y_cpu, f"pool={pool} forward, GPU vs CPU layer")
+        same_bits(din, din_cpu, f"pool={pool} backward, GPU vs CPU layer")
+    if pool == "max":
+        assert np.all(np.isneginf(y.reshape(N, C, O, O)[0, 0])), "all -inf windows must give -inf"
+
+
+@pytest.mark.cuda
+def test_cmpool_nan_and_ties_match_cpu_layer():
+    rng = np.random.default_rng()
+    N, C, S, size, stride = 2, 7, 4, 3, 2
+    O = int(np.ceil((C - size) / stride)) + 1
+    text = (f"[data]\ntype=data\ndataIdx=0\n\n[cm]\ntype=cmpool\npool=max\ninputs=data\nchannels={C}\n"
+            f"size={size}\nstride={stride}\n")
+    x = special_planes(rng, N, C, S)
+    dout = rng.standard_normal((N, O * S * S)).astype(np.float32)
+    y_cpu, din_cpu = cpu_layer(text, x, (C, S, S), "cm", dout)
+    geo = dict(N=N, C=C, SS=S * S, O=O, size=size, start=0, stride=stride)
+    y = op("cmpool_fprop", {"x": x, "y": np.zeros_like(y_cpu)}, **geo)["y"]
+    same_bits(y, y_cpu, "cmpool forward, GPU vs CPU layer")
+    din = op("cmpool_bprop", {"x": x, "y": y, "dout": dout, "din": np.zeros_like(x)}, **geo)["din"]
+    same_bits(din, din_cpu, "cmpool backward, GPU vs CPU layer")
+
+
+@pytest.mark.cuda
+def test_eltmax_nan_matches_cpu_layer():
+    rng = np.random.default_rng()
+    xs = [rng.integers(-2, 3, (4, 10)).astype(np.float32) for _ in range(3)]
+    xs[0][0, :3] = np.nan  # first input NaN: the CPU's std::max keeps it
+    xs[1][1, :3] = np.nan  # later input NaN: the CPU's std::max ignores it
+    text = ("[d0]\ntype=data\ndataIdx=0\n[d1]\ntype=data\ndataIdx=1\n[d2]\ntype=data\ndataIdx=2\n"
+            "[m]\ntype=eltmax\ninputs=d0,d1,d2\n")
+    net = ccn.Net("<review>", None, {0: 10, 1: 10, 2: 10}, seed=0, layers_text=text)
+    net.forward(xs, train=True)
+    y = op("eltmax_fprop", {f"x{i}": x for i, x in enumerate(xs)} | {"y": np.zeros((4, 10))}, inputs=3)["y"]
+    same_bits(y, net.output("m"), "eltmax forward, GPU vs CPU layer")
 
 
 @pytest.mark.cuda
