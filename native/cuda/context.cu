@@ -3,7 +3,20 @@
 #include "cuda/context.h"
 #include "cuda/cublas.h"
 
+#include <cstdlib>
+#include <cstring>
+
 namespace ccn {
+
+namespace cuda {
+bool sync_launches() {
+  static const bool on = [] {
+    const char* e = std::getenv("CCN_CUDA_SYNC_LAUNCHES");
+    return e && *e && std::strcmp(e, "0") != 0;
+  }();
+  return on;
+}
+}  // namespace cuda
 
 void cuda_fail(cudaError_t e, const char* what, const char* file, int line) {
   cudaGetLastError();  // clear a non-sticky error so later calls can report their own

@@ -47,21 +47,24 @@ struct Args {
   }
 };
 
-ConvGeom conv_geom(const Args& a, int*& vchan_dev) {
+// The channel table, when given, goes into a device array owned by the op's array map
+// (freed with the others, also when the op throws).
+ConvGeom conv_geom(Args& a) {
   ConvGeom g;
   g.N = a.i("N"), g.C = a.i("C"), g.S = a.i("S"), g.F = a.i("F"), g.groups = a.i("groups"), g.Cf = a.i("Cf");
   g.fs = a.i("fs"), g.stride = a.i("stride"), g.padding = a.i("padding"), g.M = a.i("M");
-  vchan_dev = nullptr;
   if (a.host.count("vchan")) {
     const Mat& v = a.host.at("vchan");
     std::vector<int> iv(v.size());
     for (int64_t k = 0; k < v.size(); ++k) iv[k] = (int)v.data()[k];
-    CCN_CUDA_CHECK(cudaMalloc(&vchan_dev, iv.size() * sizeof(int)));
+    static_assert(sizeof(int) == sizeof(float), "the table lives in a float array");
+    auto& d = a.dev["(vchan as int)"];
+    d.resize(iv.size());
     // On the op's stream, and waited for: `iv` is a local that dies when this returns.
-    CCN_CUDA_CHECK(cudaMemcpyAsync(vchan_dev, iv.data(), iv.size() * sizeof(int), cudaMemcpyHostToDevice,
+    CCN_CUDA_CHECK(cudaMemcpyAsync(d.data(), iv.data(), iv.size() * sizeof(int), cudaMemcpyHostToDevice,
                                    (cudaStream_t)a.cx.stream));
     a.cx.sync();
-    g.vchan = vchan_dev;
+    g.vchan = reinterpret_cast<const int*>(d.data());
   }
   return g;
 }
@@ -114,14 +117,12 @@ const std::map<std::string, Op>& ops() {
       {"add_row_vector", [](Args& a) { add_row_vector(a.cx, a.a("y"), a.a("b"), a.host.at("y").rows(), a.host.at("y").cols()); }},
       {"add_col_sums", [](Args& a) { add_col_sums(a.cx, a.a("g"), a.a("db"), a.host.at("g").rows(), a.host.at("g").cols()); }},
       {"conv_fprop", [](Args& a) {
-         int* v; ConvGeom g = conv_geom(a, v);
+         ConvGeom g = conv_geom(a);
          conv_fprop(a.cx, g, a.a("x"), a.a("W"), a.a("y"), a.i("accumulate") != 0);
-         a.cx.sync(); if (v) CCN_CUDA_CHECK(cudaFree(v));
        }},
       {"conv_bprop", [](Args& a) {
-         int* v; ConvGeom g = conv_geom(a, v);
+         ConvGeom g = conv_geom(a);
          conv_bprop(a.cx, g, a.a("x"), a.a("W"), a.a("dout"), a.opt("din"), a.opt("dW"));
-         a.cx.sync(); if (v) CCN_CUDA_CHECK(cudaFree(v));
        }},
       {"conv_add_bias", [](Args& a) { conv_add_bias(a.cx, a.a("y"), a.a("b"), a.i("N"), a.i("F"), a.i("MM"), a.i("shared") != 0); }},
       {"conv_bias_grad", [](Args& a) { conv_bias_grad(a.cx, a.a("dout"), a.a("db"), a.i("N"), a.i("F"), a.i("MM"), a.i("shared") != 0); }},
