@@ -21,7 +21,9 @@ arguments are checked, not just the maths.
 Transcribed: conv.cu (conv_chunk_cases, im2col, col2im, transpose_dout, the GEMMs of
 conv_fprop / conv_bprop), pool.cu (max, maxabs, avg; forward and backward, in float32 as the
 kernels compute), cmrnorm.cu (plain and blocked; forward, ratio, backward), local.cu
-(forward, input gradient, weight gradient). References: the CPU layers through ccn.Net.
+(forward, input gradient, weight gradient), rnorm.cu and cnorm.cu (2-D windows and their
+transposes; cnorm's exact gradient through the window mean). References: the CPU layers
+through ccn.Net.
 
 Usage: python tools/cuda_transcribe.py [--trials N] [--seed S] [--threads T --cap B]
 Prints one line per check and exits 1 if any fails. tests/cuda/test_cuda_transcribe.py runs
@@ -80,7 +82,9 @@ class Buf:
 
     def __init__(self, name, data):
         self.name = name
-        self.data = np.array(data).reshape(-1)
+        self.data = np.asarray(data).reshape(-1)  # a view where possible: Bufs may share memory (scratch)
+        if not self.data.flags.writeable:
+            self.data = self.data.copy()
         self.written = None
 
     def _check(self, idx, what):
@@ -541,6 +545,114 @@ def cmrnorm_bprop(g, x, y, denoms, dout, din):
     cmrnorm_bprop_kernel(g, x, denoms, dout, t, din)
 
 
+# ---- rnorm.cu and cnorm.cu (2-D windows; float32 apart from powf) -------------------------------------
+def _box(g, buf, base, py, px, fn, square=False, weight=None):
+    """sum over the rows [y0, y1) and columns [x0, x1) that fn(py/px) gives, rows outer, of
+    buf[base + yy*S + xx] (squared, or divided by weight(yy, xx)), in float32 as the kernel."""
+    f32 = np.float32
+    y0, y1 = fn(py, g.size, g.S)
+    x0, x1 = fn(px, g.size, g.S)
+    s = np.zeros(py.shape, f32)
+    for jy in range(g.size):
+        yy = y0 + jy
+        for jx in range(g.size):
+            xx = x0 + jx
+            live = (yy < y1) & (xx < x1)
+            v = buf.load(base + yy * g.S + xx, live)
+            if square:
+                v = (v * v).astype(f32)
+            if weight is not None:
+                v = (v / np.where(live, weight(yy, xx), 1).astype(f32)).astype(f32)
+            s = np.where(live, (s + v).astype(f32), s)
+    return s
+
+
+def _count(g, yy, xx):  # (a1 - a0) * (b1 - b0) of cnorm_din_kernel: the window of (yy, xx)
+    a0, a1 = window_of(yy, g.size, g.S)
+    b0, b1 = window_of(xx, g.size, g.S)
+    return (a1 - a0) * (b1 - b0)
+
+
+def rnorm_fprop(g, x, y, d):
+    SS = g.S * g.S
+    f32 = np.float32
+
+    def body(e):
+        p = cmod(e, SS)
+        s = _box(g, x, e - p, cdiv(p, g.S), cmod(p, g.S), window_of, square=True)
+        den = (f32(g.minDiv) + f32(g.a) * s).astype(f32)
+        d.store(e, den)
+        y.store(e, (x.load(e) * np.power(den, f32(-g.pow))).astype(f32))
+
+    launch("rnorm_fprop_kernel", g.N * g.C * SS, body, writes=[y, d])
+
+
+def rnorm_bprop(g, x, y, d, dout, din):
+    SS, n = g.S * g.S, g.N * g.C * g.S * g.S
+    f32 = np.float32
+    t = Buf("scratch(t)", np.full(n, np.nan, f32))
+    ratio_kernel(dout, y, d, t, n)
+
+    def body(e):
+        p = cmod(e, SS)
+        s = _box(g, t, e - p, cdiv(p, g.S), cmod(p, g.S), holders_of)
+        v = dout.load(e) * np.power(d.load(e), f32(-g.pow)) - f32(2) * f32(g.a) * f32(g.pow) * x.load(e) * s
+        din.store(e, (din.load(e) + v).astype(f32))
+
+    launch("rnorm_bprop_kernel", n, body, writes=[din])
+
+
+def cnorm_fprop(g, x, y, state):
+    SS, n = g.S * g.S, g.N * g.C * g.S * g.S
+    f32 = np.float32
+    d = Buf("state(d)", state.data[:n])
+    u = Buf("state(u)", state.data[n:2 * n])
+
+    def mean(e):
+        p = cmod(e, SS)
+        py, px = cdiv(p, g.S), cmod(p, g.S)
+        s = _box(g, x, e - p, py, px, window_of)
+        u.store(e, (x.load(e) - (s / _count(g, py, px).astype(f32)).astype(f32)).astype(f32))
+
+    launch("cnorm_mean_kernel", n, mean, writes=[u])
+
+    def fprop(e):
+        p = cmod(e, SS)
+        s = _box(g, u, e - p, cdiv(p, g.S), cmod(p, g.S), window_of, square=True)
+        den = (f32(g.minDiv) + f32(g.a) * s).astype(f32)
+        d.store(e, den)
+        y.store(e, (x.load(e) * np.power(den, f32(-g.pow))).astype(f32))
+
+    launch("cnorm_fprop_kernel", n, fprop, writes=[d, y])
+
+
+def cnorm_bprop(g, x, y, state, dout, din):
+    SS, n = g.S * g.S, g.N * g.C * g.S * g.S
+    f32 = np.float32
+    d = Buf("state(d)", state.data[:n])
+    u = Buf("state(u)", state.data[n:2 * n])
+    scratch = np.full(2 * n, np.nan, f32)
+    t, v = Buf("scratch(t)", scratch[:n]), Buf("scratch(v)", scratch[n:])
+    c = f32(-2) * f32(g.a) * f32(g.pow)
+    launch("cnorm_t_kernel", n,
+           lambda e: t.store(e, (c * dout.load(e) * y.load(e) / d.load(e)).astype(f32)), writes=[t])
+
+    def vk(e):
+        p = cmod(e, SS)
+        s = _box(g, t, e - p, cdiv(p, g.S), cmod(p, g.S), holders_of)
+        v.store(e, (u.load(e) * s).astype(f32))
+
+    launch("cnorm_v_kernel", n, vk, writes=[v])
+
+    def dk(e):
+        p = cmod(e, SS)
+        s = _box(g, v, e - p, cdiv(p, g.S), cmod(p, g.S), holders_of, weight=lambda yy, xx: _count(g, yy, xx))
+        r = dout.load(e) * np.power(d.load(e), f32(-g.pow)) + v.load(e) - s
+        din.store(e, (din.load(e) + r).astype(f32))
+
+    launch("cnorm_din_kernel", n, dk, writes=[din])
+
+
 # ---- local.cu ------------------------------------------------------------------------------------
 def local_fprop_kernel(g, inp, W, out, accumulate):
     P, fs2 = g.M * g.M, g.fs * g.fs
@@ -842,7 +954,34 @@ def int32_audit(N=256, budgets=(K_SCRATCH_BYTES, 1 << 50)):
     return rows
 
 
-CHECKS = {"conv": check_conv, "local": check_local, "pool": check_pool, "cmrnorm": check_cmrnorm}
+def check_rnorm_cnorm(rng):
+    kind = str(rng.choice(["rnorm", "cnorm"]))
+    S = int(rng.integers(1, 8))
+    size = int(rng.integers(1, S + 1))
+    N, C = int(rng.integers(1, 3)), int(rng.integers(1, 4))
+    scale, pw, md = float(rng.uniform(0.1, 2)), float(rng.uniform(0.5, 0.9)), float(rng.uniform(0.5, 2))
+    g = NormGeom(N, C, S, size, scale / size**2, pw, md)
+    x = rng.standard_normal((N, C * S * S)).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    text = (f"[data]\ntype=data\ndataIdx=0\n[L]\ntype={kind}\ninputs=data\nchannels={C}\nsize={size}\n"
+            f"scale={scale!r}\npow={pw!r}\nminDiv={md!r}\n")
+    out_c, din_c, _ = _cpu_run(_cpu_net(text, {0: (C, S, S)}), "L", x, dout)
+    y = Buf("y", np.full(x.size, np.nan, np.float32))
+    state = Buf("state", np.full(x.size * (2 if kind == "cnorm" else 1), np.nan, np.float32))
+    din = Buf("din", np.zeros(x.size, np.float32))
+    if kind == "rnorm":
+        rnorm_fprop(g, Buf("x", x), y, state)
+        rnorm_bprop(g, Buf("x", x), y, state, Buf("dout", dout), din)
+    else:
+        cnorm_fprop(g, Buf("x", x), y, state)
+        cnorm_bprop(g, Buf("x", x), y, state, Buf("dout", dout), din)
+    e1 = _expect_close(f"{kind} forward", y.data, out_c, 2e-6)
+    e2 = _expect_close(f"{kind} backward", din.data, din_c, 5e-5)
+    return f"{kind} N={N} C={C} S={S} size={size}: rel err {max(e1, e2):.1e}"
+
+
+CHECKS = {"conv": check_conv, "local": check_local, "pool": check_pool, "cmrnorm": check_cmrnorm,
+          "rnorm/cnorm": check_rnorm_cnorm}
 
 
 def run(trials=20, seed=0, threads=THREADS, cap=GRID_CAP, checks=tuple(CHECKS), verbose=True):
