@@ -21,7 +21,8 @@ arguments are checked, not just the maths.
 Transcribed: conv.cu (conv_chunk_cases, im2col, col2im, transpose_dout, the GEMMs of
 conv_fprop / conv_bprop), pool.cu (max, maxabs, avg; forward and backward, in float32 as the
 kernels compute), cmrnorm.cu (plain and blocked; forward, ratio, backward), local.cu
-(forward, input gradient, weight gradient), rnorm.cu and cnorm.cu (2-D windows and their
+(forward, input gradient, weight gradient; conv and local also with randSparse channel
+tables, against a direct float64 reference, which exercises the atomic paths), rnorm.cu and cnorm.cu (2-D windows and their
 transposes; cnorm's exact gradient through the window mean). References: the CPU layers
 through ccn.Net.
 
@@ -923,6 +924,82 @@ def check_cmrnorm(rng):
     return f"cmrnorm N={N} C={C} S={S} size={size} blocked={blocked}: rel err {max(e1, e2):.1e}"
 
 
+# ---- channel tables (randSparse): against a direct float64 reference ----------------------------------
+def _direct(x, W, g, vchan, local):
+    """out, and for output gradient dout the exact din and dW (as functions), of conv (W: K x F)
+    or local (W: (P*K) x F) with filter channel c of group grp reading image channel
+    vchan[grp*Cf + c]; float64, straight from the definition (kernels.h)."""
+    N, C, S, M, fs, st, pad = g.N, g.C, g.S, g.M, g.fs, g.stride, g.padding
+    K, Fg = g.Cf * fs * fs, g.F // g.groups
+    big = S + 2 * pad + fs + M * st
+    xp = np.zeros((N, C, big, big))
+    xp[:, :, pad:pad + S, pad:pad + S] = x.reshape(N, C, S, S)
+
+    def patch(grp, my, mx):  # N x K, row k = c*fs^2 + fy*fs + fx
+        ch = [int(vchan[grp * g.Cf + c]) for c in range(g.Cf)]
+        return xp[:, ch, my * st:my * st + fs, mx * st:mx * st + fs].reshape(N, K)
+
+    def wmat(m, grp):
+        r0 = m * K if local else 0
+        return W[r0:r0 + K, grp * Fg:(grp + 1) * Fg].astype(np.float64)
+
+    out = np.zeros((N, g.F, M * M))
+    for my in range(M):
+        for mx in range(M):
+            m = my * M + mx
+            for grp in range(g.groups):
+                out[:, grp * Fg:(grp + 1) * Fg, m] = patch(grp, my, mx) @ wmat(m, grp)
+
+    def grads(dout):
+        dout = dout.reshape(N, g.F, M * M).astype(np.float64)
+        dxp, dW = np.zeros_like(xp), np.zeros(W.shape)
+        for my in range(M):
+            for mx in range(M):
+                m = my * M + mx
+                for grp in range(g.groups):
+                    gd = dout[:, grp * Fg:(grp + 1) * Fg, m]  # N x Fg
+                    r0 = m * K if local else 0
+                    dW[r0:r0 + K, grp * Fg:(grp + 1) * Fg] += patch(grp, my, mx).T @ gd
+                    dp = (gd @ wmat(m, grp).T).reshape(N, g.Cf, fs, fs)
+                    for c in range(g.Cf):
+                        dxp[:, int(vchan[grp * g.Cf + c]), my * st:my * st + fs, mx * st:mx * st + fs] += dp[:, c]
+        return dxp[:, :, pad:pad + S, pad:pad + S].reshape(N, -1), dW
+
+    return out.reshape(N, -1), grads
+
+
+def check_channel_table(rng):
+    """conv and local with a channel table (randSparse: channels repeated across and within
+    groups), so col2im's and local's input-gradient atomics and chan_of are exercised."""
+    local = bool(rng.random() < 0.5)
+    d = _conv_geometry(rng)
+    C = int(rng.integers(1, 5))
+    vchan = rng.integers(0, C, d["groups"] * d["Cf"])
+    F = d["Fpg"] * d["groups"]
+    g = ConvGeom(d["N"], C, d["S"], F, d["groups"], d["Cf"], d["fs"], d["stride"], d["padding"], d["M"],
+                 Buf("vchan", vchan.astype(np.int64)))
+    K, MM = g.Cf * g.fs * g.fs, g.M * g.M
+    x = rng.standard_normal((g.N, C * g.S * g.S)).astype(np.float32)
+    W = rng.standard_normal(((MM if local else 1) * K, F)).astype(np.float32)
+    dout = rng.standard_normal((g.N, F * MM)).astype(np.float32)
+    ref, grads = _direct(x, W, g, vchan, local)
+    din_ref, dW_ref = grads(dout)
+    out = Buf("out", np.full(g.N * F * MM, np.nan, np.float32))
+    din, dW = Buf("din", np.zeros(x.size, np.float32)), Buf("dW", np.zeros(W.size, np.float32))
+    if local:
+        local_fprop(g, Buf("in", x), Buf("W", W), out, False)
+        local_bprop(g, Buf("in", x), Buf("W", W), Buf("dout", dout), din, dW)
+    else:
+        budget = 4 * (g.groups * K * MM * 2 + F * MM) * int(rng.integers(1, 3))
+        conv_fprop(g, Buf("in", x), Buf("W", W), out, False, budget)
+        conv_bprop(g, Buf("in", x), Buf("W", W), Buf("dout", dout), din, dW, budget)
+    kind = "local" if local else "conv"
+    e1 = _expect_close(f"{kind} forward with a channel table", out.data, ref, 1e-5)
+    e2 = _expect_close(f"{kind} input gradient with a channel table", din.data, din_ref, 1e-4)
+    e3 = _expect_close(f"{kind} weight gradient with a channel table", dW.data, dW_ref, 1e-4)
+    return f"{kind} with table {vchan.tolist()} C={C} {d}: rel err {max(e1, e2, e3):.1e}"
+
+
 # ---- int32 audit: conv's int-typed launch and GEMM arguments at full scale ----------------------------
 # AlexNet as layer-defs/alexnet.ini (224 x 224 input), and cuda-convnet's two-tower original.
 ALEXNET_CONVS = {
@@ -981,7 +1058,7 @@ def check_rnorm_cnorm(rng):
 
 
 CHECKS = {"conv": check_conv, "local": check_local, "pool": check_pool, "cmrnorm": check_cmrnorm,
-          "rnorm/cnorm": check_rnorm_cnorm}
+          "rnorm/cnorm": check_rnorm_cnorm, "channel-table": check_channel_table}
 
 
 def run(trials=20, seed=0, threads=THREADS, cap=GRID_CAP, checks=tuple(CHECKS), verbose=True):
