@@ -20,7 +20,8 @@ arguments are checked, not just the maths.
 
 Transcribed: conv.cu (conv_chunk_cases, im2col, col2im, transpose_dout, the GEMMs of
 conv_fprop / conv_bprop), pool.cu (max, maxabs, avg; forward and backward, in float32 as the
-kernels compute), cmrnorm.cu (plain and blocked; forward, ratio, backward), local.cu
+kernels compute), cmrnorm.cu (plain and blocked; forward, ratio, backward; bit for bit with the CPU layer for
+pow 0.75, 0.5, 1), local.cu
 (forward, input gradient, weight gradient; conv and local also with randSparse channel
 tables, against a direct float64 reference, which exercises the atomic paths), rnorm.cu and cnorm.cu (2-D windows and their
 transposes; cnorm's exact gradient through the window mean). References: the CPU layers
@@ -465,6 +466,29 @@ class NormGeom:
     pow: float
     minDiv: float
     blocked: bool = False
+    pow_case: int = 0
+    f2: float = 0.0
+
+
+def norm_geom(N, C, S, size, alpha, pw, min_div, blocked=False):
+    """kernels.h norm_geom: float fields from the layer's doubles, inv_pow's case, f2 in double."""
+    f32 = np.float32
+    pc = 1 if pw == 0.75 else 2 if pw == 0.5 else 3 if pw == 1.0 else 0
+    return NormGeom(N, C, S, size, f32(alpha), f32(pw), f32(min_div), blocked, pc, f32(-2.0 * alpha * pw))
+
+
+def inv_pow(d, g):
+    """norm_common.cuh inv_pow (layers/norm.h's rule), float32."""
+    f32 = np.float32
+    d = np.asarray(d, f32)
+    if g.pow_case == 1:
+        r = (f32(1) / np.sqrt(d)).astype(f32)
+        return (r * np.sqrt(r)).astype(f32)
+    if g.pow_case == 2:
+        return (f32(1) / np.sqrt(d)).astype(f32)
+    if g.pow_case == 3:
+        return (f32(1) / d).astype(f32)
+    return np.power(d, f32(-g.pow)).astype(f32)
 
 
 def window_of(p, N, L):  # norm_common.cuh
@@ -501,16 +525,17 @@ def cmrnorm_fprop_kernel(g, x, y, d):
             k = c0 + j
             live = k < c1
             v = x.load(xp + k * SS, live)
-            s = np.where(live, (s + v * v).astype(f32), s)
-        den = (f32(g.minDiv) + f32(g.a) * s).astype(f32)
+            s = np.where(live, (s + (v * v).astype(f32)).astype(f32), s)
+        den = (g.minDiv + (g.a * s).astype(f32)).astype(f32)
         d.store(e, den)
-        y.store(e, (x.load(e) * np.power(den, f32(-g.pow))).astype(f32))
+        y.store(e, (x.load(e) * inv_pow(den, g)).astype(f32))
 
     launch("cmrnorm_fprop_kernel", total, body, writes=[y, d])
 
 
 def ratio_kernel(gr, y, d, t, n):
-    launch("ratio_kernel", n, lambda e: t.store(e, (gr.load(e) * y.load(e) / d.load(e)).astype(np.float32)), writes=[t])
+    launch("ratio_kernel", n, lambda e: t.store(e, ((gr.load(e) * y.load(e)).astype(np.float32) / d.load(e))),
+           writes=[t])
 
 
 def cmrnorm_bprop_kernel(g, x, d, dout, t, din):
@@ -523,13 +548,13 @@ def cmrnorm_bprop_kernel(g, x, d, dout, t, din):
         c = cmod(cdiv(e, SS), g.C)
         tp = e - c * SS - p + p
         k0, k1 = chan_holders(g, c)
-        s = np.zeros(e.shape, f32)
+        acc = (din.load(e) + (dout.load(e) * inv_pow(d.load(e), g)).astype(f32)).astype(f32)
+        fx = (g.f2 * x.load(e)).astype(f32)
         for j in range(g.size):
             k = k0 + j
             live = k < k1
-            s = np.where(live, (s + t.load(tp + k * SS, live)).astype(f32), s)
-        v = dout.load(e) * np.power(d.load(e), f32(-g.pow)) - f32(2) * f32(g.a) * f32(g.pow) * x.load(e) * s
-        din.store(e, (din.load(e) + v).astype(f32))
+            acc = np.where(live, (acc + (fx * t.load(tp + k * SS, live)).astype(f32)).astype(f32), acc)
+        din.store(e, acc)
 
     launch("cmrnorm_bprop_kernel", total, body, writes=[din])
 
@@ -547,31 +572,31 @@ def cmrnorm_bprop(g, x, y, denoms, dout, din):
 
 
 # ---- rnorm.cu and cnorm.cu (2-D windows; float32 apart from powf) -------------------------------------
-def _box(g, buf, base, py, px, fn, square=False, weight=None):
-    """sum over the rows [y0, y1) and columns [x0, x1) that fn(py/px) gives, rows outer, of
-    buf[base + yy*S + xx] (squared, or divided by weight(yy, xx)), in float32 as the kernel."""
+def _box(g, buf, base, py, px, fn, square=False):
+    """norm_common.cuh box_sum over the rows [y0, y1) and columns [x0, x1) that fn(py/px)
+    gives: each row summed left to right from 0, the row sums added from 0; float32."""
     f32 = np.float32
     y0, y1 = fn(py, g.size, g.S)
     x0, x1 = fn(px, g.size, g.S)
     s = np.zeros(py.shape, f32)
     for jy in range(g.size):
         yy = y0 + jy
+        r = np.zeros(py.shape, f32)
         for jx in range(g.size):
             xx = x0 + jx
             live = (yy < y1) & (xx < x1)
             v = buf.load(base + yy * g.S + xx, live)
             if square:
                 v = (v * v).astype(f32)
-            if weight is not None:
-                v = (v / np.where(live, weight(yy, xx), 1).astype(f32)).astype(f32)
-            s = np.where(live, (s + v).astype(f32), s)
+            r = np.where(live, (r + v).astype(f32), r)
+        s = np.where(yy < y1, (s + r).astype(f32), s)
     return s
 
 
-def _count(g, yy, xx):  # (a1 - a0) * (b1 - b0) of cnorm_din_kernel: the window of (yy, xx)
-    a0, a1 = window_of(yy, g.size, g.S)
-    b0, b1 = window_of(xx, g.size, g.S)
-    return (a1 - a0) * (b1 - b0)
+def inv_count(g, py, px):  # cnorm.cu
+    a0, a1 = window_of(py, g.size, g.S)
+    b0, b1 = window_of(px, g.size, g.S)
+    return (np.float32(1) / ((a1 - a0) * (b1 - b0)).astype(np.float32)).astype(np.float32)
 
 
 def rnorm_fprop(g, x, y, d):
@@ -581,9 +606,9 @@ def rnorm_fprop(g, x, y, d):
     def body(e):
         p = cmod(e, SS)
         s = _box(g, x, e - p, cdiv(p, g.S), cmod(p, g.S), window_of, square=True)
-        den = (f32(g.minDiv) + f32(g.a) * s).astype(f32)
+        den = (g.minDiv + (g.a * s).astype(f32)).astype(f32)
         d.store(e, den)
-        y.store(e, (x.load(e) * np.power(den, f32(-g.pow))).astype(f32))
+        y.store(e, (x.load(e) * inv_pow(den, g)).astype(f32))
 
     launch("rnorm_fprop_kernel", g.N * g.C * SS, body, writes=[y, d])
 
@@ -597,8 +622,9 @@ def rnorm_bprop(g, x, y, d, dout, din):
     def body(e):
         p = cmod(e, SS)
         s = _box(g, t, e - p, cdiv(p, g.S), cmod(p, g.S), holders_of)
-        v = dout.load(e) * np.power(d.load(e), f32(-g.pow)) - f32(2) * f32(g.a) * f32(g.pow) * x.load(e) * s
-        din.store(e, (din.load(e) + v).astype(f32))
+        a = (dout.load(e) * inv_pow(d.load(e), g)).astype(f32)
+        b = ((g.f2 * x.load(e)).astype(f32) * s).astype(f32)
+        din.store(e, (din.load(e) + (a + b).astype(f32)).astype(f32))
 
     launch("rnorm_bprop_kernel", n, body, writes=[din])
 
@@ -613,16 +639,16 @@ def cnorm_fprop(g, x, y, state):
         p = cmod(e, SS)
         py, px = cdiv(p, g.S), cmod(p, g.S)
         s = _box(g, x, e - p, py, px, window_of)
-        u.store(e, (x.load(e) - (s / _count(g, py, px).astype(f32)).astype(f32)).astype(f32))
+        u.store(e, (x.load(e) - (s * inv_count(g, py, px)).astype(f32)).astype(f32))
 
     launch("cnorm_mean_kernel", n, mean, writes=[u])
 
     def fprop(e):
         p = cmod(e, SS)
         s = _box(g, u, e - p, cdiv(p, g.S), cmod(p, g.S), window_of, square=True)
-        den = (f32(g.minDiv) + f32(g.a) * s).astype(f32)
+        den = (g.minDiv + (g.a * s).astype(f32)).astype(f32)
         d.store(e, den)
-        y.store(e, (x.load(e) * np.power(den, f32(-g.pow))).astype(f32))
+        y.store(e, (x.load(e) * inv_pow(den, g)).astype(f32))
 
     launch("cnorm_fprop_kernel", n, fprop, writes=[d, y])
 
@@ -632,24 +658,28 @@ def cnorm_bprop(g, x, y, state, dout, din):
     f32 = np.float32
     d = Buf("state(d)", state.data[:n])
     u = Buf("state(u)", state.data[n:2 * n])
-    scratch = np.full(2 * n, np.nan, f32)
-    t, v = Buf("scratch(t)", scratch[:n]), Buf("scratch(v)", scratch[n:])
-    c = f32(-2) * f32(g.a) * f32(g.pow)
-    launch("cnorm_t_kernel", n,
-           lambda e: t.store(e, (c * dout.load(e) * y.load(e) / d.load(e)).astype(f32)), writes=[t])
+    scratch = np.full(3 * n, np.nan, f32)
+    t, v, w = Buf("scratch(t)", scratch[:n]), Buf("scratch(v)", scratch[n:2 * n]), Buf("scratch(w)", scratch[2 * n:])
+    launch("cnorm_t_kernel", n, lambda e: t.store(e, (dout.load(e) * y.load(e)).astype(f32) / d.load(e)), writes=[t])
 
     def vk(e):
         p = cmod(e, SS)
         s = _box(g, t, e - p, cdiv(p, g.S), cmod(p, g.S), holders_of)
-        v.store(e, (u.load(e) * s).astype(f32))
+        v.store(e, ((g.f2 * u.load(e)).astype(f32) * s).astype(f32))
 
     launch("cnorm_v_kernel", n, vk, writes=[v])
 
+    def wk(e):
+        p = cmod(e, SS)
+        w.store(e, (v.load(e) * inv_count(g, cdiv(p, g.S), cmod(p, g.S))).astype(f32))
+
+    launch("cnorm_w_kernel", n, wk, writes=[w])
+
     def dk(e):
         p = cmod(e, SS)
-        s = _box(g, v, e - p, cdiv(p, g.S), cmod(p, g.S), holders_of, weight=lambda yy, xx: _count(g, yy, xx))
-        r = dout.load(e) * np.power(d.load(e), f32(-g.pow)) + v.load(e) - s
-        din.store(e, (din.load(e) + r).astype(f32))
+        s = _box(g, w, e - p, cdiv(p, g.S), cmod(p, g.S), holders_of)
+        a = ((dout.load(e) * inv_pow(d.load(e), g)).astype(f32) + v.load(e)).astype(f32)
+        din.store(e, ((din.load(e) + a).astype(f32) - s).astype(f32))
 
     launch("cnorm_din_kernel", n, dk, writes=[din])
 
@@ -903,13 +933,29 @@ def check_pool(rng):
     return f"pool={op} N={N} C={C} S={S} sizeX={size} stride={stride} start={start} O={O}: bit for bit"
 
 
+def _norm_pow(rng):
+    """The exponents with inv_pow's exact paths (0.75 is the reference nets'), or any other."""
+    return float(rng.choice([0.75, 0.5, 1.0, float(rng.uniform(0.5, 0.9))]))
+
+
+def _expect_norm(kind, g, y, y_cpu, din, din_cpu):
+    """Bit for bit with the CPU layer where D^-pow takes an exact path; else within float error."""
+    if g.pow_case:
+        _expect_same(f"{kind} forward", y, y_cpu)
+        _expect_same(f"{kind} backward", din, din_cpu)
+        return "bit for bit"
+    e1 = _expect_close(f"{kind} forward", y, y_cpu, 2e-6)
+    e2 = _expect_close(f"{kind} backward", din, din_cpu, 5e-5)
+    return f"rel err {max(e1, e2):.1e} (powf)"
+
+
 def check_cmrnorm(rng):
     C = int(rng.integers(1, 9))
     size = int(rng.integers(1, C + 1))
     blocked = bool(rng.random() < 0.4)
     N, S = int(rng.integers(1, 4)), int(rng.integers(1, 6))
-    scale, pw, md = float(rng.uniform(0.1, 2)), float(rng.uniform(0.5, 0.9)), float(rng.uniform(0.5, 2))
-    g = NormGeom(N, C, S, size, scale / size, pw, md, blocked)
+    scale, pw, md = float(rng.uniform(0.1, 2)), _norm_pow(rng), float(rng.uniform(0.5, 2))
+    g = norm_geom(N, C, S, size, scale / size, pw, md, blocked)
     x = rng.standard_normal((N, C * S * S)).astype(np.float32)
     dout = rng.standard_normal(x.shape).astype(np.float32)
     text = (f"[data]\ntype=data\ndataIdx=0\n[L]\ntype=cmrnorm\ninputs=data\nchannels={C}\nsize={size}\n"
@@ -917,11 +963,10 @@ def check_cmrnorm(rng):
     out_c, din_c, _ = _cpu_run(_cpu_net(text, {0: (C, S, S)}), "L", x, dout)
     y, den = Buf("y", np.full(x.size, np.nan, np.float32)), Buf("denoms", np.full(x.size, np.nan, np.float32))
     cmrnorm_fprop(g, Buf("x", x), y, den)
-    e1 = _expect_close("cmrnorm forward", y.data, out_c, 2e-6)
     din = Buf("din", np.zeros(x.size, np.float32))
     cmrnorm_bprop(g, Buf("x", x), y, den, Buf("dout", dout), din)
-    e2 = _expect_close("cmrnorm backward", din.data, din_c, 2e-5)
-    return f"cmrnorm N={N} C={C} S={S} size={size} blocked={blocked}: rel err {max(e1, e2):.1e}"
+    how = _expect_norm("cmrnorm", g, y.data, out_c, din.data, din_c)
+    return f"cmrnorm N={N} C={C} S={S} size={size} blocked={blocked} pow={pw:.3g}: {how}"
 
 
 # ---- channel tables (randSparse): against a direct float64 reference ----------------------------------
@@ -1036,8 +1081,8 @@ def check_rnorm_cnorm(rng):
     S = int(rng.integers(1, 8))
     size = int(rng.integers(1, S + 1))
     N, C = int(rng.integers(1, 3)), int(rng.integers(1, 4))
-    scale, pw, md = float(rng.uniform(0.1, 2)), float(rng.uniform(0.5, 0.9)), float(rng.uniform(0.5, 2))
-    g = NormGeom(N, C, S, size, scale / size**2, pw, md)
+    scale, pw, md = float(rng.uniform(0.1, 2)), _norm_pow(rng), float(rng.uniform(0.5, 2))
+    g = norm_geom(N, C, S, size, scale / size**2, pw, md)
     x = rng.standard_normal((N, C * S * S)).astype(np.float32)
     dout = rng.standard_normal(x.shape).astype(np.float32)
     text = (f"[data]\ntype=data\ndataIdx=0\n[L]\ntype={kind}\ninputs=data\nchannels={C}\nsize={size}\n"
@@ -1052,9 +1097,8 @@ def check_rnorm_cnorm(rng):
     else:
         cnorm_fprop(g, Buf("x", x), y, state)
         cnorm_bprop(g, Buf("x", x), y, state, Buf("dout", dout), din)
-    e1 = _expect_close(f"{kind} forward", y.data, out_c, 2e-6)
-    e2 = _expect_close(f"{kind} backward", din.data, din_c, 5e-5)
-    return f"{kind} N={N} C={C} S={S} size={size}: rel err {max(e1, e2):.1e}"
+    how = _expect_norm(kind, g, y.data, out_c, din.data, din_c)
+    return f"{kind} N={N} C={C} S={S} size={size} pow={pw:.3g}: {how}"
 
 
 CHECKS = {"conv": check_conv, "local": check_local, "pool": check_pool, "cmrnorm": check_cmrnorm,

@@ -118,11 +118,25 @@ void pool_bprop(CudaCtx& cx, const PoolGeom& g, const float* in, const float* ou
 // Window of p: [p - size/2, p - size/2 + size) clipped (rnorm: 2-D in x,y; cmrnorm: over
 // channels, or the aligned block [c - c%size, +size) when blocked). `denoms` (N*C*S*S
 // floats, e.g. cx.buffer(layer id, 0, ...)) is written by fprop and read by bprop.
+// The kernels reproduce the CPU layers' float operations in the CPU's order (window sums
+// row by row then across, no fused multiply-adds, D^-pow by layers/norm.h inv_pow's rule), so
+// with the common exponents (0.75, 0.5, 1) they give the CPU's bits; build the geometry with
+// norm_geom(), which derives pow_case and f2 from the layer's double parameters as the CPU does.
 struct NormGeom {
   int N = 0, C = 0, S = 0, size = 0;
   float a = 0, pow = 0, minDiv = 1;
   bool blocked = false;  // cmrnorm only
+  int pow_case = 0;      // D^-pow as inv_pow: 1 = pow 0.75, 2 = 0.5, 3 = 1 (exact paths), 0 = powf
+  float f2 = 0;          // (float)(-2 * alpha * pow), computed in double as the CPU layers do
 };
+inline NormGeom norm_geom(int N, int C, int S, int size, double alpha, double pow, double min_div, bool blocked) {
+  NormGeom g;
+  g.N = N, g.C = C, g.S = S, g.size = size;
+  g.a = (float)alpha, g.pow = (float)pow, g.minDiv = (float)min_div, g.blocked = blocked;
+  g.pow_case = pow == 0.75 ? 1 : pow == 0.5 ? 2 : pow == 1.0 ? 3 : 0;
+  g.f2 = (float)(-2.0 * alpha * pow);
+  return g;
+}
 void rnorm_fprop(CudaCtx& cx, const NormGeom& g, const float* x, float* y, float* denoms);
 void rnorm_bprop(CudaCtx& cx, const NormGeom& g, const float* x, const float* y, const float* denoms,
                  const float* dout, float* din);

@@ -75,10 +75,8 @@ PoolGeom pool_geom(const Args& a) {
   return g;
 }
 NormGeom norm_geom(const Args& a) {
-  NormGeom g;
-  g.N = a.i("N"), g.C = a.i("C"), g.S = a.i("S"), g.size = a.i("size");
-  g.a = (float)a.s("a"), g.pow = (float)a.s("pow"), g.minDiv = (float)a.s("minDiv"), g.blocked = a.i("blocked") != 0;
-  return g;
+  return cuda::norm_geom(a.i("N"), a.i("C"), a.i("S"), a.i("size"), a.s("a"), a.s("pow"), a.s("minDiv"),
+                         a.i("blocked") != 0);
 }
 uint64_t dropout_stream(const Args& a) {  // as the CPU dropout layer derives it
   return mix64((uint64_t)a.s("step") ^ 0xD1B54A32D192ED03ULL) ^ (uint64_t)a.s("layer_id");
