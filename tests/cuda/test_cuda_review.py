@@ -6,7 +6,8 @@
     give -inf, NaN as on the CPU), avg sums in the CPU's order, and backward adds in the
     CPU's order: max/maxabs forward bit for bit equal to the CPU layer;
   - cmpool, eltmax, cost.crossent/bce maxima follow std::max like the CPU (fmaxf dropped NaNs);
-  - the test-op harness uploads on the op's stream (a large array arrives intact).
+  - the test-op harness uploads on the op's stream (a large array arrives intact);
+  - rnorm, cmrnorm and cnorm repeat the CPU's float operations (bit for bit for pow 0.75).
 Tests marked `cuda` skip without a GPU; the others need only a build with the CUDA backend."""
 
 import numpy as np
@@ -168,3 +169,53 @@ def test_large_upload_arrives_before_the_op_runs():
     x = np.arange(1 << 24, dtype=np.float32)
     y = op("neuron_fprop", {"x": x, "y": np.zeros_like(x)}, code=0, a=1, b=1)["y"]
     same_bits(y, x, "identity neuron on a 64 MB array")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["rnorm", "cmrnorm", "cnorm"])
+@pytest.mark.parametrize("pw", [0.75, 0.5, 1.0, 0.6])
+def test_norms_match_cpu_layer_bit_for_bit(kind, pw):
+    """The norm kernels repeat the CPU layers' float operations in order, without fused
+    multiply-adds: bit for bit with the CPU for the exponents inv_pow computes exactly
+    (0.75, 0.5, 1); within float error with powf (0.6). tools/cuda_transcribe.py checks the
+    same on the CPU with a transcription of these kernels."""
+    rng = np.random.default_rng()
+    N, C, S, size = 3, 5, 6, 3
+    scale, md = 1.7, 1.3
+    alpha = scale / size if kind == "cmrnorm" else scale / (size * size)
+    text = (f"[data]\ntype=data\ndataIdx=0\n\n[L]\ntype={kind}\ninputs=data\nchannels={C}\nsize={size}\n"
+            f"scale={scale!r}\npow={pw!r}\nminDiv={md!r}\n")
+    x = rng.standard_normal((N, C * S * S)).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    y_cpu, din_cpu = cpu_layer(text, x, (C, S, S), "L", dout)
+    geo = dict(N=N, C=C, S=S, size=size, a=alpha, pow=pw, minDiv=md, blocked=0)
+    r = op(f"{kind}_fprop", {"x": x, "y": np.full(x.shape, np.nan), "state": np.zeros(2 * x.size)}, **geo)
+    din = op(f"{kind}_bprop", {"x": x, "y": r["y"], "state": r["state"], "dout": dout, "din": np.zeros_like(x)},
+             **geo)["din"]
+    if pw in (0.75, 0.5, 1.0):
+        same_bits(r["y"], y_cpu, f"{kind} forward (pow {pw}), GPU vs CPU layer")
+        same_bits(din, din_cpu, f"{kind} backward (pow {pw}), GPU vs CPU layer")
+    else:
+        close(r["y"], y_cpu, rtol=1e-6, what=f"{kind} forward (pow {pw}), GPU vs CPU layer")
+        close(din, din_cpu, rtol=1e-5, what=f"{kind} backward (pow {pw}), GPU vs CPU layer")
+
+
+@pytest.mark.cuda
+def test_sgd_update_and_axpy_are_the_cpu_bits():
+    """sgd_update and axpy (eltsum, cost.sum2, dropout's test pass) round each product and
+    sum as the CPU does (no fused multiply-add): NumPy float32 gives the same bits."""
+    rng = np.random.default_rng()
+    f32 = np.float32
+    w, inc, g = (rng.standard_normal((3, 6, 7)) * 0.3).astype(f32)
+    mom, scale, decay = f32(0.9), f32(0.0123), f32(0.0005)
+    r = op("sgd", {"w": w, "inc": inc, "grad": g}, mom=float(mom), scale=float(scale), decay=float(decay))
+    inc2 = (mom * inc - scale * g) - decay * w  # float32 throughout, left to right as Net::update
+    same_bits(r["inc"], inc2, "sgd increment vs the CPU rule in float32")
+    same_bits(r["w"], w + inc2, "sgd weights vs the CPU rule in float32")
+    xs = [rng.standard_normal((4, 9)).astype(f32) for _ in range(3)]
+    arrays = {f"x{i}": x for i, x in enumerate(xs)} | {f"din{i}": np.zeros((4, 9), f32) for i in range(3)}
+    c = [f32(0.7), f32(-1.3), f32(2.1)]
+    y = op("eltsum", arrays | {"y": np.zeros((4, 9)), "dout": xs[0]}, inputs=3, c0=float(c[0]), c1=float(c[1]),
+           c2=float(c[2]))["y"]
+    want = (c[0] * xs[0] + c[1] * xs[1]) + c[2] * xs[2]
+    same_bits(y, want, "eltsum vs the CPU layer's float32 rule")
