@@ -37,7 +37,12 @@ CudaCtx::CudaCtx(int dev) : device(dev) {
   CCN_CUDA_CHECK(cudaSetDevice(dev));
   cudaStream_t s, c;
   CCN_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  CCN_CUDA_CHECK(cudaStreamCreateWithFlags(&c, cudaStreamNonBlocking));
+  // A throwing constructor runs no destructor: release the first stream if the second fails.
+  const cudaError_t ec = cudaStreamCreateWithFlags(&c, cudaStreamNonBlocking);
+  if (ec != cudaSuccess) {
+    cudaStreamDestroy(s);
+    cuda_fail(ec, "cudaStreamCreateWithFlags(&c, cudaStreamNonBlocking)", __FILE__, __LINE__);
+  }
   stream = s;
   copy_stream = c;
 }
