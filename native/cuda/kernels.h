@@ -56,8 +56,9 @@ void softmax_bprop(CudaCtx& cx, const float* y, const float* dout, float* din, i
 // the CPU layer. Synchronises. Returns the index of the first case whose label is not a
 // class index in 0..K-1, or -1.
 int64_t logreg_fprop(CudaCtx& cx, const float* labels, const float* probs, int N, int K, int topk, double sums[3]);
-// dprobs[n, label] += -coeff / max(p[n, label], 1e-38).
-void logreg_bprop(CudaCtx& cx, const float* labels, const float* probs, float* dprobs, int N, int K, float coeff);
+// dprobs[n, label] += (float)(-coeff / max(p[n, label], 1e-38)), the quotient in double with the
+// layer's double coeff, as the CPU layer computes it.
+void logreg_bprop(CudaCtx& cx, const float* labels, const float* probs, float* dprobs, int N, int K, double coeff);
 
 // ---- cost.sum2 (cost_sum2.cu): x N x D --------------------------------------------------
 double sum2_fprop(CudaCtx& cx, const float* x, int64_t n);  // sum x^2 in double; synchronises

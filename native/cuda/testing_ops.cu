@@ -97,7 +97,8 @@ const std::map<std::string, Op>& ops() {
          out.data()[3] = (float)bad;
          a.upload("sums");
        }},
-      {"logreg_bprop", [](Args& a) { logreg_bprop(a.cx, a.a("labels"), a.a("probs"), a.a("dprobs"), (int)a.host.at("probs").rows(), (int)a.host.at("probs").cols(), (float)a.s("coeff")); }},
+      {"logreg_bprop", [](Args& a) { logreg_bprop(a.cx, a.a("labels"), a.a("probs"), a.a("dprobs"), (int)a.host.at("probs").rows(), (int)a.host.at("probs").cols(), a.s("coeff")); }},
+      {"bce_bprop", [](Args& a) { bce_bprop(a.cx, a.a("labels"), a.a("y"), a.a("dy"), a.n("y"), (float)a.s("coeff"), (float)a.s("pos_weight")); }},
       {"sum2", [](Args& a) {
          double s = sum2_fprop(a.cx, a.a("x"), a.n("x"));
          sum2_bprop(a.cx, a.a("x"), a.a("din"), a.n("x"), (float)a.s("coeff"));

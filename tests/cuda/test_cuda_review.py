@@ -219,3 +219,26 @@ def test_sgd_update_and_axpy_are_the_cpu_bits():
            c2=float(c[2]))["y"]
     want = (c[0] * xs[0] + c[1] * xs[1]) + c[2] * xs[2]
     same_bits(y, want, "eltsum vs the CPU layer's float32 rule")
+
+
+@pytest.mark.cuda
+def test_cost_gradients_are_the_cpu_bits():
+    """cost.logreg's gradient divides the layer's double coeff in double (was: in float, with
+    coeff rounded to float first); cost.bce's d - c * (...) is not fused. Both as the CPU."""
+    rng = np.random.default_rng()
+    f32 = np.float32
+    N, K, coeff = 9, 7, 0.1  # 0.1 is not a float: the old float path differed in the last bit
+    p = rng.uniform(0.01, 1, (N, K)).astype(f32)
+    lab = rng.integers(0, K, (N, 1)).astype(f32)
+    d0 = rng.standard_normal((N, K)).astype(f32)
+    got = op("logreg_bprop", {"labels": lab, "probs": p, "dprobs": d0}, coeff=coeff)["dprobs"]
+    want = d0.copy()
+    rows, cols = np.arange(N), lab[:, 0].astype(int)
+    want[rows, cols] = want[rows, cols] + (-coeff / np.maximum(p[rows, cols], f32(1e-38)).astype(np.float64)).astype(f32)
+    same_bits(got, want, "logreg_bprop vs the CPU rule")
+    t = (rng.random((N, K)) < 0.4).astype(f32)
+    y = rng.uniform(0.001, 0.999, (N, K)).astype(f32)
+    c, pw = f32(0.3), f32(1.7)
+    got = op("bce_bprop", {"labels": t, "y": y, "dy": d0}, coeff=float(c), pos_weight=float(pw))
+    want = d0 - c * (pw * t / np.maximum(y, f32(1e-38)) - (f32(1) - t) / np.maximum(f32(1) - y, f32(1e-38)))
+    same_bits(got["dy"], want, "bce_bprop vs the CPU rule")
