@@ -5,9 +5,10 @@
 //   CCN_CUDA_LAUNCHED();                      // launch errors (bad config, no kernel image)
 //
 // The error names the file and line and the call that failed, and the CUDA error's name
-// and description, e.g. "CUDA error at native/cuda/pool.cu:88: pool_max_fprop launch:
+// and description, e.g. "CUDA error at native/cuda/pool.cu:88: cudaGetLastError() failed:
 // cudaErrorInvalidConfiguration (invalid configuration argument)." Errors that happen
-// inside a running kernel surface at the next checked call on that stream.
+// inside a running kernel surface at the next checked call on that stream (or at the
+// launch itself with CCN_CUDA_SYNC_LAUNCHES=1, below).
 // Only .cu files include this (it needs cuda_runtime.h).
 #pragma once
 #include <cuda_runtime.h>
@@ -27,9 +28,19 @@ namespace ccn {
     if (ccn_e_ != cudaSuccess) ::ccn::cuda_fail(ccn_e_, #call, __FILE__, __LINE__); \
   } while (0)
 
-#define CCN_CUDA_LAUNCHED() CCN_CUDA_CHECK(cudaGetLastError())
+// With the environment variable CCN_CUDA_SYNC_LAUNCHES=1 (read once), every launch is also
+// waited for, so an error inside a kernel (an illegal address, say) is reported at the
+// launch that caused it rather than at the next synchronising call. For debugging only:
+// it serialises host and device.
+#define CCN_CUDA_LAUNCHED()                                                      \
+  do {                                                                           \
+    CCN_CUDA_CHECK(cudaGetLastError());                                          \
+    if (::ccn::cuda::sync_launches()) CCN_CUDA_CHECK(cudaDeviceSynchronize());   \
+  } while (0)
 
 namespace ccn::cuda {
+
+bool sync_launches();  // CCN_CUDA_SYNC_LAUNCHES=1 (context.cu)
 
 // Grid size for a grid-stride loop over n elements with `threads` per block.
 inline unsigned grid_for(int64_t n, int threads = 256) {

@@ -24,7 +24,10 @@ __global__ void cmpool_fprop_kernel(CmPoolGeom g, const float* in, float* out) {
     const int c0 = max(0, g.start + o * g.stride), c1 = min(g.C, g.start + o * g.stride + g.size);
     const float* x = in + n * g.C * g.SS + p;  // x[c*SS] = in[n, c, p]
     float r = x[(int64_t)c0 * g.SS];            // setup guarantees c0 < c1
-    for (int c = c0 + 1; c < c1; ++c) r = fmaxf(r, x[(int64_t)c * g.SS]);
+    for (int c = c0 + 1; c < c1; ++c) {  // std::max's rule, as the CPU layer (fmaxf drops NaNs)
+      const float v = x[(int64_t)c * g.SS];
+      r = r < v ? v : r;
+    }
     out[e] = r;
   }
 }
@@ -40,12 +43,12 @@ __global__ void cmpool_bprop_kernel(CmPoolGeom g, const float* in, const float* 
     const int o0 = max(0, ceil_div_cm(c - g.start - g.size + 1, g.stride));
     const int o1 = min(g.O - 1, floor_div_cm(c - g.start, g.stride));
     const float v = in[e];
-    float s = 0.f;
+    float s = din[e];  // added one by one in increasing o, as the CPU layer adds them
     for (int o = o0; o <= o1; ++o) {
       const int64_t k = (n * g.O + o) * g.SS + p;
       if (v == out[k]) s += dout[k];
     }
-    din[e] += s;
+    din[e] = s;
   }
 }
 

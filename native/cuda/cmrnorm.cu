@@ -3,8 +3,9 @@
 //   d_(c,p) = minDiv + a * sum_{k in W(c)} x_(k,p)^2      (same pixel p, neighbouring maps)
 //   W(c) = [c - size/2, c - size/2 + size) clipped to [0, C); blocked: the aligned block
 //          [c - c%size, c - c%size + size) clipped
-//   y = x * d^-pow;  din_c += dout_c d_c^-pow - 2 a pow x_c * sum_{k: c in W(k)} dout_k y_k / d_k
-// `a` is the user's scale / size.
+//   y = x * d^-pow;  din_c += dout_c d_c^-pow + f2 x_c * sum_{k: c in W(k)} dout_k y_k / d_k, f2 = -2 a pow
+// `a` is the user's scale / size. The float operations are the CPU layer's
+// (native/layers/cmrnorm.cpp), in its order and without fused multiply-adds.
 #include "cuda/check.h"
 #include "cuda/context.h"
 #include "cuda/kernels.h"
@@ -39,20 +40,20 @@ __global__ void cmrnorm_fprop_kernel(NormGeom g, const float* x, float* y, float
     const float* xp = x + (e - (int64_t)c * SS - p) + p;  // channel 0 at this pixel
     int c0, c1;
     chan_window(g, c, c0, c1);
-    float s = 0.f;
+    float s = 0.f;  // the CPU: den = 0; den += xc * xc over the window's channels in order
     for (int k = c0; k < c1; ++k) {
-      float v = xp[(int64_t)k * SS];
-      s += v * v;
+      const float v = xp[(int64_t)k * SS];
+      s = rn_add(s, rn_mul(v, v));
     }
-    const float den = g.minDiv + g.a * s;
+    const float den = rn_add(g.minDiv, rn_mul(g.a, s));
     d[e] = den;
-    y[e] = x[e] * powf(den, -g.pow);
+    y[e] = rn_mul(x[e], inv_pow(den, g.pow_case, g.pow));
   }
 }
 
 __global__ void ratio_kernel(const float* g, const float* y, const float* d, float* t, int64_t n) {
   for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n; e += (int64_t)gridDim.x * blockDim.x)
-    t[e] = g[e] * y[e] / d[e];
+    t[e] = rn_mul(g[e], y[e]) / d[e];
 }
 
 __global__ void cmrnorm_bprop_kernel(NormGeom g, const float* x, const float* d, const float* dout, const float* t,
@@ -65,9 +66,11 @@ __global__ void cmrnorm_bprop_kernel(NormGeom g, const float* x, const float* d,
     const float* tp = t + (e - (int64_t)c * SS - p) + p;
     int k0, k1;
     chan_holders(g, c, k0, k1);
-    float s = 0.f;
-    for (int k = k0; k < k1; ++k) s += tp[(int64_t)k * SS];
-    din[e] += dout[e] * powf(d[e], -g.pow) - 2.f * g.a * g.pow * x[e] * s;
+    // the CPU: d += g * dp; then d += f * x * t_k for each holder k in order
+    float acc = rn_add(din[e], rn_mul(dout[e], inv_pow(d[e], g.pow_case, g.pow)));
+    const float fx = rn_mul(g.f2, x[e]);
+    for (int k = k0; k < k1; ++k) acc = rn_add(acc, rn_mul(fx, tp[(int64_t)k * SS]));
+    din[e] = acc;
   }
 }
 }  // namespace

@@ -3,7 +3,20 @@
 #include "cuda/context.h"
 #include "cuda/cublas.h"
 
+#include <cstdlib>
+#include <cstring>
+
 namespace ccn {
+
+namespace cuda {
+bool sync_launches() {
+  static const bool on = [] {
+    const char* e = std::getenv("CCN_CUDA_SYNC_LAUNCHES");
+    return e && *e && std::strcmp(e, "0") != 0;
+  }();
+  return on;
+}
+}  // namespace cuda
 
 void cuda_fail(cudaError_t e, const char* what, const char* file, int line) {
   cudaGetLastError();  // clear a non-sticky error so later calls can report their own
@@ -24,7 +37,12 @@ CudaCtx::CudaCtx(int dev) : device(dev) {
   CCN_CUDA_CHECK(cudaSetDevice(dev));
   cudaStream_t s, c;
   CCN_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  CCN_CUDA_CHECK(cudaStreamCreateWithFlags(&c, cudaStreamNonBlocking));
+  // A throwing constructor runs no destructor: release the first stream if the second fails.
+  const cudaError_t ec = cudaStreamCreateWithFlags(&c, cudaStreamNonBlocking);
+  if (ec != cudaSuccess) {
+    cudaStreamDestroy(s);
+    cuda_fail(ec, "cudaStreamCreateWithFlags(&c, cudaStreamNonBlocking)", __FILE__, __LINE__);
+  }
   stream = s;
   copy_stream = c;
 }

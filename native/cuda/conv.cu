@@ -15,16 +15,18 @@
 //   fprop:   out[n, g]  (Fg x MM)   = W_g^T col[g][:, n, :]      batched over the chunk's cases
 //   bprop:   dcol[g][:, n, :]       = W_g dout[n, g]             batched, then folded back (col2im)
 //            dW_g (K x Fg)         += col[g] (K x Nc*MM) doutT[g]^T   one product per group
-// Cases are processed in chunks so the unfolded matrices stay under kScratchFloats.
+// Cases are processed in chunks so the unfolded matrices stay within the budget
+// (conv_chunk_cases: 256 MB, or CCN_UNFOLD_BYTES when set, as on the CPU).
 #include "cuda/check.h"
 #include "cuda/context.h"
 #include "cuda/cublas.h"
 #include "cuda/kernels.h"
+#include "kernels/unfold.h"
 
 namespace ccn::cuda {
 
 namespace {
-constexpr int64_t kScratchFloats = 64ll << 20;  // 256 MB of unfolded matrices at most
+constexpr int64_t kScratchBytes = 256ll << 20;  // unfolded matrices per chunk, unless CCN_UNFOLD_BYTES
 
 __device__ __forceinline__ int chan_of(const ConvGeom& g, int grp, int c) {
   return g.vchan ? g.vchan[grp * g.Cf + c] : grp * g.Cf + c;
@@ -108,16 +110,20 @@ void check_geom(const ConvGeom& g) {
   CCN_CHECK(g.vchan || g.Cf * g.groups == g.C, "plain groups need C = groups * Cf");
 }
 
-int chunk_cases(const ConvGeom& g, int64_t per_case) {
-  int64_t c = kScratchFloats / std::max<int64_t>(1, per_case);
+}  // namespace
+
+int conv_chunk_cases(const ConvGeom& g, bool bprop, bool with_din) {
+  const int64_t K = (int64_t)g.Cf * g.fs * g.fs, MM = (int64_t)g.M * g.M;
+  const int64_t per_case = (int64_t)g.groups * K * MM * (bprop && with_din ? 2 : 1) + (bprop ? (int64_t)g.F * MM : 0);
+  const int64_t bytes = per_case * (int64_t)sizeof(float);
+  const int64_t c = bytes > 0 ? unfold_budget_bytes(kScratchBytes) / bytes : g.N;  // the CPU's conv_chunk rule
   return (int)std::max<int64_t>(1, std::min<int64_t>(g.N, c));
 }
-}  // namespace
 
 void conv_fprop(CudaCtx& cx, const ConvGeom& g, const float* in, const float* W, float* out, bool accumulate) {
   check_geom(g);
   const int K = g.Cf * g.fs * g.fs, MM = g.M * g.M, Fg = g.F / g.groups;
-  const int Nc = chunk_cases(g, (int64_t)g.groups * K * MM);
+  const int Nc = conv_chunk_cases(g, false, false);
   float* col = cx.scratch((size_t)g.groups * K * Nc * MM);
   cudaStream_t st = (cudaStream_t)cx.stream;
   for (int n0 = 0; n0 < g.N; n0 += Nc) {
@@ -136,8 +142,7 @@ void conv_bprop(CudaCtx& cx, const ConvGeom& g, const float* in, const float* W,
                 float* dW) {
   check_geom(g);
   const int K = g.Cf * g.fs * g.fs, MM = g.M * g.M, Fg = g.F / g.groups;
-  const int64_t per_case = (int64_t)g.groups * K * MM * (din ? 2 : 1) + (int64_t)g.F * MM;
-  const int Nc = chunk_cases(g, per_case);
+  const int Nc = conv_chunk_cases(g, true, din != nullptr);
   const int64_t col_n = (int64_t)g.groups * K * Nc * MM;
   float* col = cx.scratch((size_t)(col_n * (din ? 2 : 1) + (int64_t)g.F * Nc * MM));
   float* dcol = col + col_n;

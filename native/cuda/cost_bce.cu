@@ -29,7 +29,7 @@ __global__ void bce_case_kernel(const float* labels, const float* y, int N, int 
     const double tv = tr[k], yv = yr[k];
     s += pw * tv * safelog_b(yv) + (1.0 - tv) * safelog_b(1.0 - yv);
     bits += (yr[k] > 0.5f ? 1.f : 0.f) != tr[k];
-    mx = fmaxf(mx, yr[k]);
+    mx = mx < yr[k] ? yr[k] : mx;  // std::max's rule, as the CPU layer
   }
   int ties = 0;
   double hit = 0;
@@ -63,7 +63,8 @@ __global__ void dce_class_kernel(const float* labels, const float* y, int N, int
 // One thread per element k of the flat N*K arrays.
 __global__ void bce_bprop_kernel(const float* t, const float* y, float* d, int64_t n, float c, float pw) {
   for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x)
-    d[k] -= c * (pw * t[k] / fmaxf(y[k], 1e-38f) - (1.f - t[k]) / fmaxf(1.f - y[k], 1e-38f));
+    // d - c * (...) rounded as the CPU does (nvcc would fuse the multiply and the subtraction)
+    d[k] = __fsub_rn(d[k], __fmul_rn(c, pw * t[k] / fmaxf(y[k], 1e-38f) - (1.f - t[k]) / fmaxf(1.f - y[k], 1e-38f)));
 }
 }  // namespace
 

@@ -19,7 +19,7 @@ __global__ void crossent_fprop_kernel(const float* labels, const float* probs, i
   const float* tr = labels + (int64_t)n * K;
   const float* pr = probs + (int64_t)n * K;
   float mx = pr[0];
-  for (int k = 1; k < K; ++k) mx = fmaxf(mx, pr[k]);
+  for (int k = 1; k < K; ++k) mx = mx < pr[k] ? pr[k] : mx;  // std::max's rule, as the CPU layer
   int nmax = 0;
   bool hit = false;
   double s = 0;

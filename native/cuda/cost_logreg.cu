@@ -56,18 +56,18 @@ int64_t logreg_fprop(CudaCtx& cx, const float* labels, const float* probs, int N
   return -1;
 }
 
-// One thread per case: dprobs[n, label] += -coeff / max(p, 1e-38). Labels were checked by
-// the forward pass; out-of-range ones are skipped here.
-__global__ void logreg_bprop_kernel(const float* labels, const float* probs, float* d, int N, int K, float coeff) {
+// One thread per case: dprobs[n, label] += (float)(-coeff / max(p, 1e-38)) in double, as the
+// CPU layer. Labels were checked by the forward pass; out-of-range ones are skipped here.
+__global__ void logreg_bprop_kernel(const float* labels, const float* probs, float* d, int N, int K, double coeff) {
   int n = blockIdx.x * blockDim.x + threadIdx.x;
   if (n >= N) return;
   int y = (int)labels[n];
   if (y < 0 || y >= K) return;
   int64_t k = (int64_t)n * K + y;
-  d[k] += -coeff / fmaxf(probs[k], 1e-38f);
+  d[k] += (float)(-coeff / (double)fmaxf(probs[k], 1e-38f));
 }
 
-void logreg_bprop(CudaCtx& cx, const float* labels, const float* probs, float* dprobs, int N, int K, float coeff) {
+void logreg_bprop(CudaCtx& cx, const float* labels, const float* probs, float* dprobs, int N, int K, double coeff) {
   if (N <= 0) return;
   logreg_bprop_kernel<<<(N + 127) / 128, 128, 0, (cudaStream_t)cx.stream>>>(labels, probs, dprobs, N, K, coeff);
   CCN_CUDA_LAUNCHED();

@@ -28,9 +28,11 @@ void scale_copy(CudaCtx& cx, const float* x, float* y, int64_t n, float a) {
   CCN_CUDA_LAUNCHED();
 }
 
+// y + a*x rounded twice (no fused multiply-add), as the CPU layers compute it (eltsum,
+// dropout's test pass, cost.sum2): the same bits as the CPU.
 __global__ void axpy_kernel(const float* x, float* y, int64_t n, float a) {
   for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x)
-    y[k] += a * x[k];
+    y[k] = __fadd_rn(y[k], __fmul_rn(a, x[k]));
 }
 void axpy(CudaCtx& cx, const float* x, float* y, int64_t n, float a) {
   if (n <= 0) return;

@@ -10,7 +10,7 @@ namespace ccn::cuda {
 namespace {
 __global__ void max_into_kernel(const float* a, float* out, int64_t n, bool first) {
   for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x)
-    out[k] = first ? a[k] : fmaxf(out[k], a[k]);
+    out[k] = first ? a[k] : (out[k] < a[k] ? a[k] : out[k]);  // std::max(out, a) as the CPU (fmaxf drops NaNs)
 }
 __global__ void eltmax_bprop_kernel(const float* in, const float* out, const float* g, float* d, int64_t n) {
   for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x)

@@ -56,8 +56,9 @@ void softmax_bprop(CudaCtx& cx, const float* y, const float* dout, float* din, i
 // the CPU layer. Synchronises. Returns the index of the first case whose label is not a
 // class index in 0..K-1, or -1.
 int64_t logreg_fprop(CudaCtx& cx, const float* labels, const float* probs, int N, int K, int topk, double sums[3]);
-// dprobs[n, label] += -coeff / max(p[n, label], 1e-38).
-void logreg_bprop(CudaCtx& cx, const float* labels, const float* probs, float* dprobs, int N, int K, float coeff);
+// dprobs[n, label] += (float)(-coeff / max(p[n, label], 1e-38)), the quotient in double with the
+// layer's double coeff, as the CPU layer computes it.
+void logreg_bprop(CudaCtx& cx, const float* labels, const float* probs, float* dprobs, int N, int K, double coeff);
 
 // ---- cost.sum2 (cost_sum2.cu): x N x D --------------------------------------------------
 double sum2_fprop(CudaCtx& cx, const float* x, int64_t n);  // sum x^2 in double; synchronises
@@ -82,6 +83,12 @@ struct ConvGeom {
   int fs = 0, stride = 1, padding = 0, M = 0;
   const int* vchan = nullptr;      // device, groups*Cf entries, or null
 };
+// How many cases conv_fprop (bprop = false) or conv_bprop (bprop = true, din given or not)
+// unfold at once: the largest count whose scratch (fprop: groups*K*MM floats per case;
+// bprop: twice that with din, plus F*MM for the transposed dout) stays within the budget,
+// at least 1 and at most N. The budget is CCN_UNFOLD_BYTES when set, as the CPU layers read it
+// (kernels/unfold.h unfold_budget_bytes), else 256 MB. Host code, no GPU needed.
+int conv_chunk_cases(const ConvGeom& g, bool bprop, bool with_din);
 // out (= or +=) conv(in, W). Uses cx.scratch for the unfolded input, in chunks of cases.
 void conv_fprop(CudaCtx& cx, const ConvGeom& g, const float* in, const float* W, float* out, bool accumulate);
 // din += conv^T(dout, W) (skipped when din is null); dW += correlation of in and dout.
@@ -112,11 +119,25 @@ void pool_bprop(CudaCtx& cx, const PoolGeom& g, const float* in, const float* ou
 // Window of p: [p - size/2, p - size/2 + size) clipped (rnorm: 2-D in x,y; cmrnorm: over
 // channels, or the aligned block [c - c%size, +size) when blocked). `denoms` (N*C*S*S
 // floats, e.g. cx.buffer(layer id, 0, ...)) is written by fprop and read by bprop.
+// The kernels reproduce the CPU layers' float operations in the CPU's order (window sums
+// row by row then across, no fused multiply-adds, D^-pow by layers/norm.h inv_pow's rule), so
+// with the common exponents (0.75, 0.5, 1) they give the CPU's bits; build the geometry with
+// norm_geom(), which derives pow_case and f2 from the layer's double parameters as the CPU does.
 struct NormGeom {
   int N = 0, C = 0, S = 0, size = 0;
   float a = 0, pow = 0, minDiv = 1;
   bool blocked = false;  // cmrnorm only
+  int pow_case = 0;      // D^-pow as inv_pow: 1 = pow 0.75, 2 = 0.5, 3 = 1 (exact paths), 0 = powf
+  float f2 = 0;          // (float)(-2 * alpha * pow), computed in double as the CPU layers do
 };
+inline NormGeom norm_geom(int N, int C, int S, int size, double alpha, double pow, double min_div, bool blocked) {
+  NormGeom g;
+  g.N = N, g.C = C, g.S = S, g.size = size;
+  g.a = (float)alpha, g.pow = (float)pow, g.minDiv = (float)min_div, g.blocked = blocked;
+  g.pow_case = pow == 0.75 ? 1 : pow == 0.5 ? 2 : pow == 1.0 ? 3 : 0;
+  g.f2 = (float)(-2.0 * alpha * pow);
+  return g;
+}
 void rnorm_fprop(CudaCtx& cx, const NormGeom& g, const float* x, float* y, float* denoms);
 void rnorm_bprop(CudaCtx& cx, const NormGeom& g, const float* x, const float* y, const float* denoms,
                  const float* dout, float* din);

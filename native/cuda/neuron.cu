@@ -25,7 +25,7 @@ __device__ __forceinline__ float neuron_f(int code, float a, float b, float v) {
     case N_ABS: return fabsf(v);
     case N_SQUARE: return v * v;
     case N_SQRT: return sqrtf(v);
-    case N_LINEAR: return a * v + b;
+    case N_LINEAR: return __fadd_rn(__fmul_rn(a, v), b);  // no fused multiply-add: the CPU's bits
     case N_LOG: return logf(a + v);
     default: return v - a * tanhf(v / a);  // N_DRELU
   }

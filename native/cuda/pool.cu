@@ -1,13 +1,12 @@
 // ccn/native/cuda/pool.cu: type=pool, max, maxabs or average over square windows.
 // Layouts: in/din N x (C*S*S) [n][c][y][x]; out/dout N x (C*O*O) [n][c][oy][ox].
 // Output (oy, ox) covers rows [start + oy*stride, start + oy*stride + sizeX) and the same
-// columns, clipped to the image. max: the maximum (0 if no pixel is inside); maxabs
+// columns, clipped to the image. max: the maximum (0 if no pixel is inside), reduced in the
+// CPU layer's order (columns, then across) from the window's first pixel, not from -FLT_MAX; maxabs
 // (max && abs): the value of largest magnitude, the last such in row-major window order; avg: the sum
 // over the pixels inside divided by their number. Backward gathers, per input pixel, every
 // output whose window holds it: max and maxabs add dout where in == out (ties all get it), avg adds
 // dout / count. No atomics: one writer per input pixel.
-#include <cfloat>
-
 #include "cuda/check.h"
 #include "cuda/context.h"
 #include "cuda/kernels.h"
@@ -17,6 +16,21 @@ namespace ccn::cuda {
 namespace {
 __device__ __forceinline__ int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 __device__ __forceinline__ int ceil_div(int a, int b) { return -floor_div(-a, b); }
+
+// Column x of a window: rows [ya, yb) of the plane img (S wide), reduced top to bottom.
+__device__ __forceinline__ float col_max(const float* img, int S, int x, int ya, int yb) {
+  float v = img[ya * S + x];
+  for (int y = ya + 1; y < yb; ++y) {
+    const float w = img[y * S + x];
+    v = v < w ? w : v;
+  }
+  return v;
+}
+__device__ __forceinline__ float col_sum(const float* img, int S, int x, int ya, int yb) {
+  float v = img[ya * S + x];
+  for (int y = ya + 1; y < yb; ++y) v += img[y * S + x];
+  return v;
+}
 
 // One thread per output element.
 __global__ void pool_fprop_kernel(PoolGeom g, const float* in, float* out) {
@@ -38,14 +52,23 @@ __global__ void pool_fprop_kernel(PoolGeom g, const float* in, float* out) {
         for (int x = xa; x < xb; ++x)
           if (!(fabsf(r) > fabsf(img[y * g.S + x]))) r = img[y * g.S + x];
     } else if (g.max) {
-      r = -FLT_MAX;
-      for (int y = ya; y < yb; ++y)
-        for (int x = xa; x < xb; ++x) r = fmaxf(r, img[y * g.S + x]);
+      // As the CPU layer: each column's maximum over the window's rows (top first), then the
+      // maximum of those columns left to right, each step std::max's rule (a value replaces
+      // the kept one only when kept < value). Starting from the window's own pixels, an all
+      // -inf window gives -inf, and NaNs come out exactly as on the CPU (which keeps a NaN
+      // only from the window's top-left pixel).
+      r = col_max(img, g.S, xa, ya, yb);
+      for (int x = xa + 1; x < xb; ++x) {
+        const float c = col_max(img, g.S, x, ya, yb);
+        r = r < c ? c : r;
+      }
     } else {
-      float s = 0.f;
-      for (int y = ya; y < yb; ++y)
-        for (int x = xa; x < xb; ++x) s += img[y * g.S + x];
-      r = s / (float)((yb - ya) * (xb - xa));
+      // As the CPU layer: column sums over the window's rows (top first), added left to
+      // right, divided by the number of pixels inside: the same float operations in the
+      // same order, so the same result.
+      r = col_sum(img, g.S, xa, ya, yb);
+      for (int x = xa + 1; x < xb; ++x) r += col_sum(img, g.S, x, ya, yb);
+      r /= (float)((yb - ya) * (xb - xa));
     }
     out[e] = r;
   }
@@ -65,7 +88,9 @@ __global__ void pool_bprop_kernel(PoolGeom g, const float* in, const float* out,
     const int ox0 = max(0, ceil_div(ix - g.start - g.sizeX + 1, g.stride));
     const int ox1 = min(g.O - 1, floor_div(ix - g.start, g.stride));
     const float v = in[e];
-    float s = 0.f;
+    // Added one by one into din's value in row-major window order, as the CPU layer adds
+    // them (a separate partial sum added at the end would round differently).
+    float s = din[e];
     for (int oy = oy0; oy <= oy1; ++oy)
       for (int ox = ox0; ox <= ox1; ++ox) {
         const int64_t o = plane * OO + oy * g.O + ox;
@@ -77,7 +102,7 @@ __global__ void pool_bprop_kernel(PoolGeom g, const float* in, const float* out,
           s += dout[o] / (float)cnt;
         }
       }
-    din[e] += s;
+    din[e] = s;
   }
 }
 }  // namespace

@@ -2,8 +2,10 @@
 // Layouts: x, y, dout, din, denoms: N x (C*S*S) [n][c][y][x], element-wise positions.
 //   d_p = minDiv + a * sum_{r in W(p)} x_r^2,   W(p) = 2-D window (norm_common.cuh)
 //   y_p = x_p * d_p^-pow
-//   din_p += dout_p d_p^-pow - 2 a pow x_p * sum_{q: p in W(q)} dout_q y_q / d_q
-// `a` is the user's scale / size^2 (no renormalisation for clipped windows).
+//   din_p += dout_p d_p^-pow + f2 x_p * sum_{q: p in W(q)} dout_q y_q / d_q,  f2 = -2 a pow
+// `a` is the user's scale / size^2 (no renormalisation for clipped windows). The float
+// operations are the CPU layer's (native/layers/rnorm.cpp), in its order and without fused
+// multiply-adds: window sums row by row, d^-pow by inv_pow (norm_common.cuh).
 #include "cuda/check.h"
 #include "cuda/context.h"
 #include "cuda/kernels.h"
@@ -18,26 +20,19 @@ __global__ void rnorm_fprop_kernel(NormGeom g, const float* x, float* y, float* 
   const int64_t total = (int64_t)g.N * g.C * SS;
   for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
     const int p = (int)(e % SS), py = p / g.S, px = p % g.S;
-    const float* img = x + (e - p);
     int y0, y1, x0, x1;
     window_of(py, g.size, g.S, y0, y1);
     window_of(px, g.size, g.S, x0, x1);
-    float s = 0.f;
-    for (int yy = y0; yy < y1; ++yy)
-      for (int xx = x0; xx < x1; ++xx) {
-        float v = img[yy * g.S + xx];
-        s += v * v;
-      }
-    const float den = g.minDiv + g.a * s;
+    const float den = rn_add(g.minDiv, rn_mul(g.a, box_sum<true>(x + (e - p), g.S, y0, y1, x0, x1)));
     d[e] = den;
-    y[e] = x[e] * powf(den, -g.pow);
+    y[e] = rn_mul(x[e], inv_pow(den, g.pow_case, g.pow));
   }
 }
 
 // t_q = dout_q * y_q / d_q, one thread per element.
 __global__ void ratio_kernel(const float* g, const float* y, const float* d, float* t, int64_t n) {
   for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n; e += (int64_t)gridDim.x * blockDim.x)
-    t[e] = g[e] * y[e] / d[e];
+    t[e] = rn_mul(g[e], y[e]) / d[e];
 }
 
 // One thread per element p: gathers t over the positions whose window holds p.
@@ -47,14 +42,12 @@ __global__ void rnorm_bprop_kernel(NormGeom g, const float* x, const float* d, c
   const int64_t total = (int64_t)g.N * g.C * SS;
   for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
     const int p = (int)(e % SS), py = p / g.S, px = p % g.S;
-    const float* tp = t + (e - p);
     int y0, y1, x0, x1;
     holders_of(py, g.size, g.S, y0, y1);
     holders_of(px, g.size, g.S, x0, x1);
-    float s = 0.f;
-    for (int qy = y0; qy < y1; ++qy)
-      for (int qx = x0; qx < x1; ++qx) s += tp[qy * g.S + qx];
-    din[e] += dout[e] * powf(d[e], -g.pow) - 2.f * g.a * g.pow * x[e] * s;
+    const float s = box_sum<false>(t + (e - p), g.S, y0, y1, x0, x1);
+    // the CPU: d += g * dp + f * x * s
+    din[e] = rn_add(din[e], rn_add(rn_mul(dout[e], inv_pow(d[e], g.pow_case, g.pow)), rn_mul(rn_mul(g.f2, x[e]), s)));
   }
 }
 }  // namespace

@@ -11,9 +11,11 @@ namespace ccn::cuda {
 namespace {
 __global__ void sgd_kernel(float* w, float* inc, float* g, int64_t n, float mom, float scale, float decay) {
   for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x) {
-    float i = mom * inc[k] - scale * g[k] - decay * w[k];
+    // Net::update's float operations in its order, without fused multiply-adds (nvcc
+    // would contract them; the CPU build does not): the same bits as the CPU update.
+    const float i = __fsub_rn(__fsub_rn(__fmul_rn(mom, inc[k]), __fmul_rn(scale, g[k])), __fmul_rn(decay, w[k]));
     inc[k] = i;
-    w[k] += i;
+    w[k] = __fadd_rn(w[k], i);
     g[k] = 0.f;
   }
 }

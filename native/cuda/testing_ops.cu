@@ -37,20 +37,34 @@ struct Args {
     return it == sc.end() ? d : it->second;
   }
   int i(const std::string& k) const { return (int)s(k); }
+  // Host array k -> its device copy, on the op's stream (used by ops that compute a result
+  // on the host and hand it back through the device copy, which run_test_op downloads).
+  void upload(const std::string& k) const {
+    const Mat& h = host.at(k);
+    if (h.size())
+      CCN_CUDA_CHECK(cudaMemcpyAsync(a(k), h.data(), (size_t)h.size() * sizeof(float), cudaMemcpyHostToDevice,
+                                     (cudaStream_t)cx.stream));
+  }
 };
 
-ConvGeom conv_geom(const Args& a, int*& vchan_dev) {
+// The channel table, when given, goes into a device array owned by the op's array map
+// (freed with the others, also when the op throws).
+ConvGeom conv_geom(Args& a) {
   ConvGeom g;
   g.N = a.i("N"), g.C = a.i("C"), g.S = a.i("S"), g.F = a.i("F"), g.groups = a.i("groups"), g.Cf = a.i("Cf");
   g.fs = a.i("fs"), g.stride = a.i("stride"), g.padding = a.i("padding"), g.M = a.i("M");
-  vchan_dev = nullptr;
   if (a.host.count("vchan")) {
     const Mat& v = a.host.at("vchan");
     std::vector<int> iv(v.size());
     for (int64_t k = 0; k < v.size(); ++k) iv[k] = (int)v.data()[k];
-    CCN_CUDA_CHECK(cudaMalloc(&vchan_dev, iv.size() * sizeof(int)));
-    CCN_CUDA_CHECK(cudaMemcpy(vchan_dev, iv.data(), iv.size() * sizeof(int), cudaMemcpyHostToDevice));
-    g.vchan = vchan_dev;
+    static_assert(sizeof(int) == sizeof(float), "the table lives in a float array");
+    auto& d = a.dev["(vchan as int)"];
+    d.resize(iv.size());
+    // On the op's stream, and waited for: `iv` is a local that dies when this returns.
+    CCN_CUDA_CHECK(cudaMemcpyAsync(d.data(), iv.data(), iv.size() * sizeof(int), cudaMemcpyHostToDevice,
+                                   (cudaStream_t)a.cx.stream));
+    a.cx.sync();
+    g.vchan = reinterpret_cast<const int*>(d.data());
   }
   return g;
 }
@@ -61,10 +75,8 @@ PoolGeom pool_geom(const Args& a) {
   return g;
 }
 NormGeom norm_geom(const Args& a) {
-  NormGeom g;
-  g.N = a.i("N"), g.C = a.i("C"), g.S = a.i("S"), g.size = a.i("size");
-  g.a = (float)a.s("a"), g.pow = (float)a.s("pow"), g.minDiv = (float)a.s("minDiv"), g.blocked = a.i("blocked") != 0;
-  return g;
+  return cuda::norm_geom(a.i("N"), a.i("C"), a.i("S"), a.i("size"), a.s("a"), a.s("pow"), a.s("minDiv"),
+                         a.i("blocked") != 0);
 }
 uint64_t dropout_stream(const Args& a) {  // as the CPU dropout layer derives it
   return mix64((uint64_t)a.s("step") ^ 0xD1B54A32D192ED03ULL) ^ (uint64_t)a.s("layer_id");
@@ -83,14 +95,15 @@ const std::map<std::string, Op>& ops() {
          Mat& out = a.host.at("sums");  // written back directly (host side)
          for (int k = 0; k < 3; ++k) out.data()[k] = (float)s[k];
          out.data()[3] = (float)bad;
-         CCN_CUDA_CHECK(cudaMemcpy(a.a("sums"), out.data(), 4 * sizeof(float), cudaMemcpyHostToDevice));
+         a.upload("sums");
        }},
-      {"logreg_bprop", [](Args& a) { logreg_bprop(a.cx, a.a("labels"), a.a("probs"), a.a("dprobs"), (int)a.host.at("probs").rows(), (int)a.host.at("probs").cols(), (float)a.s("coeff")); }},
+      {"logreg_bprop", [](Args& a) { logreg_bprop(a.cx, a.a("labels"), a.a("probs"), a.a("dprobs"), (int)a.host.at("probs").rows(), (int)a.host.at("probs").cols(), a.s("coeff")); }},
+      {"bce_bprop", [](Args& a) { bce_bprop(a.cx, a.a("labels"), a.a("y"), a.a("dy"), a.n("y"), (float)a.s("coeff"), (float)a.s("pos_weight")); }},
       {"sum2", [](Args& a) {
          double s = sum2_fprop(a.cx, a.a("x"), a.n("x"));
          sum2_bprop(a.cx, a.a("x"), a.a("din"), a.n("x"), (float)a.s("coeff"));
-         float f = (float)s;
-         CCN_CUDA_CHECK(cudaMemcpy(a.a("sum"), &f, sizeof(float), cudaMemcpyHostToDevice));
+         a.host.at("sum").data()[0] = (float)s;
+         a.upload("sum");
        }},
       {"fc_fprop", [](Args& a) {
          const Mat& x = a.host.at("x");
@@ -103,14 +116,12 @@ const std::map<std::string, Op>& ops() {
       {"add_row_vector", [](Args& a) { add_row_vector(a.cx, a.a("y"), a.a("b"), a.host.at("y").rows(), a.host.at("y").cols()); }},
       {"add_col_sums", [](Args& a) { add_col_sums(a.cx, a.a("g"), a.a("db"), a.host.at("g").rows(), a.host.at("g").cols()); }},
       {"conv_fprop", [](Args& a) {
-         int* v; ConvGeom g = conv_geom(a, v);
+         ConvGeom g = conv_geom(a);
          conv_fprop(a.cx, g, a.a("x"), a.a("W"), a.a("y"), a.i("accumulate") != 0);
-         a.cx.sync(); if (v) cudaFree(v);
        }},
       {"conv_bprop", [](Args& a) {
-         int* v; ConvGeom g = conv_geom(a, v);
+         ConvGeom g = conv_geom(a);
          conv_bprop(a.cx, g, a.a("x"), a.a("W"), a.a("dout"), a.opt("din"), a.opt("dW"));
-         a.cx.sync(); if (v) cudaFree(v);
        }},
       {"conv_add_bias", [](Args& a) { conv_add_bias(a.cx, a.a("y"), a.a("b"), a.i("N"), a.i("F"), a.i("MM"), a.i("shared") != 0); }},
       {"conv_bias_grad", [](Args& a) { conv_bias_grad(a.cx, a.a("dout"), a.a("db"), a.i("N"), a.i("F"), a.i("MM"), a.i("shared") != 0); }},
@@ -148,54 +159,86 @@ const std::map<std::string, Op>& ops() {
   };
   return t;
 }
+
+// Ops that need no GPU: host-side rules of the launchers, so tests can check them on
+// machines without one (CI). Each reads scalars and writes its results into host arrays.
+using HostOp = std::function<void(std::map<std::string, Mat>&, const std::map<std::string, double>&)>;
+const std::map<std::string, HostOp>& host_ops() {
+  static const std::map<std::string, HostOp> t = {
+      // conv_fprop / conv_bprop's chunk of cases (conv_chunk_cases): scalars = the ConvGeom
+      // fields, bprop (0/1), din (0/1); array "chunk" (1 element) receives the result.
+      {"conv_chunk", [](std::map<std::string, Mat>& arr, const std::map<std::string, double>& sc) {
+         auto get = [&](const char* k) {
+           auto it = sc.find(k);
+           if (it == sc.end()) input_error("CUDA test op: missing scalar '", k, "'.");
+           return (int)it->second;
+         };
+         ConvGeom g;
+         g.N = get("N"), g.C = get("C"), g.S = get("S"), g.F = get("F"), g.groups = get("groups"), g.Cf = get("Cf");
+         g.fs = get("fs"), g.stride = get("stride"), g.padding = get("padding"), g.M = get("M");
+         arr["chunk"] = Mat(1, 1);
+         arr["chunk"].at(0, 0) = (float)conv_chunk_cases(g, get("bprop") != 0, get("din") != 0);
+       }},
+  };
+  return t;
+}
 }  // namespace
 
 std::vector<std::string> test_ops() {
   std::vector<std::string> out;
   for (const auto& kv : ops()) out.push_back(kv.first);
+  for (const auto& kv : host_ops()) out.push_back(kv.first);
   return out;
 }
 
 void run_test_op(const std::string& op, std::map<std::string, Mat>& arrays, const std::map<std::string, double>& scalars,
                  int gpu) {
+  auto h = host_ops().find(op);
+  if (h != host_ops().end()) return h->second(arrays, scalars);
   auto it = ops().find(op);
   if (it == ops().end()) input_error("unknown CUDA test op '", op, "'.");
   CudaCtx cx(gpu);
+  cudaStream_t st = (cudaStream_t)cx.stream;
+  // Every copy goes on the op's stream (a non-blocking stream does not wait for the legacy
+  // default stream, so a plain cudaMemcpy could still be landing while the op's kernels read
+  // the array), then one synchronisation before the op runs and one before the host reads.
   std::map<std::string, DeviceArray> dev;
   for (auto& kv : arrays) {
     DeviceArray d((size_t)kv.second.size());
     if (kv.second.size())
-      CCN_CUDA_CHECK(cudaMemcpy(d.data(), kv.second.data(), (size_t)kv.second.size() * sizeof(float),
-                                cudaMemcpyHostToDevice));
+      CCN_CUDA_CHECK(cudaMemcpyAsync(d.data(), kv.second.data(), (size_t)kv.second.size() * sizeof(float),
+                                     cudaMemcpyHostToDevice, st));
     dev.emplace(kv.first, std::move(d));
   }
+  cx.sync();
   Args a{cx, dev, arrays, scalars};
   it->second(a);
   cx.sync();
   // Timing (tools/bench_gpu.py): with scalar repeat=R > 0, run the op R more times between
   // CUDA events and return the mean milliseconds per run in array "ms" (1 element).
   const int repeat = (int)a.s("repeat", 0);
+  float ms = 0;
   if (repeat > 0) {
     cudaEvent_t e0, e1;
     CCN_CUDA_CHECK(cudaEventCreate(&e0));
     CCN_CUDA_CHECK(cudaEventCreate(&e1));
-    CCN_CUDA_CHECK(cudaEventRecord(e0, (cudaStream_t)cx.stream));
+    CCN_CUDA_CHECK(cudaEventRecord(e0, st));
     for (int r = 0; r < repeat; ++r) it->second(a);
-    CCN_CUDA_CHECK(cudaEventRecord(e1, (cudaStream_t)cx.stream));
+    CCN_CUDA_CHECK(cudaEventRecord(e1, st));
     CCN_CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms = 0;
     CCN_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    arrays["ms"] = Mat(1, 1);
-    arrays["ms"].at(0, 0) = ms / repeat;
-    dev.emplace("ms", DeviceArray(1));
-    CCN_CUDA_CHECK(cudaMemcpy(dev.at("ms").data(), arrays["ms"].data(), sizeof(float), cudaMemcpyHostToDevice));
+    CCN_CUDA_CHECK(cudaEventDestroy(e0));
+    CCN_CUDA_CHECK(cudaEventDestroy(e1));
   }
   for (auto& kv : arrays)
     if (kv.second.size())
-      CCN_CUDA_CHECK(cudaMemcpy(kv.second.data(), dev.at(kv.first).data(), (size_t)kv.second.size() * sizeof(float),
-                                cudaMemcpyDeviceToHost));
+      CCN_CUDA_CHECK(cudaMemcpyAsync(kv.second.data(), dev.at(kv.first).data(),
+                                     (size_t)kv.second.size() * sizeof(float), cudaMemcpyDeviceToHost, st));
+  cx.sync();
+  if (repeat > 0) {
+    arrays["ms"] = Mat(1, 1);
+    arrays["ms"].at(0, 0) = ms / repeat;
+  }
 }
 
 }  // namespace ccn::cuda

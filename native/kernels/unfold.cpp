@@ -2,9 +2,18 @@
 #include "kernels/unfold.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 namespace ccn {
+
+int64_t unfold_budget_bytes(int64_t default_bytes) {
+  if (const char* e = std::getenv("CCN_UNFOLD_BYTES")) {
+    long long v = std::atoll(e);
+    if (v > 0) return v;
+  }
+  return default_bytes;
+}
 
 namespace {
 

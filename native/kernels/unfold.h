@@ -27,6 +27,12 @@
 
 namespace ccn {
 
+// Bytes of unfolded columns a conv/local layer may hold at once: the environment variable
+// CCN_UNFOLD_BYTES when it is a positive integer (tests use it to exercise the chunked
+// paths on small tensors), else `default_bytes`. Read on every call. Shared by the CPU layers
+// (layers/conv_common.h conv_chunk) and the CUDA conv (cuda/kernels.h conv_chunk_cases).
+int64_t unfold_budget_bytes(int64_t default_bytes);
+
 struct UnfoldGeom {
   int channels = 0;        // C, image channels
   int size = 0;            // S, image rows = cols

@@ -172,11 +172,7 @@ void check_weight_source_types(LayerSpec& spec, SetupCtx& ctx, const Layer& laye
 }
 
 int conv_chunk(int n, int64_t bytes_per_case) {
-  int64_t budget = 64LL << 20;
-  if (const char* e = std::getenv("CCN_UNFOLD_BYTES")) {  // for tests of the chunked path
-    long long v = std::atoll(e);
-    if (v > 0) budget = v;
-  }
+  const int64_t budget = unfold_budget_bytes(64LL << 20);  // CCN_UNFOLD_BYTES overrides (kernels/unfold.h)
   int64_t b = bytes_per_case > 0 ? budget / bytes_per_case : n;
   return (int)std::max<int64_t>(1, std::min<int64_t>(n, b));
 }

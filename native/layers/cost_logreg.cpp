@@ -79,7 +79,7 @@ class LogregCost : public Layer {
   }
   void bprop_cuda(const std::vector<DevMat>& in, DevMat, DevMat, const std::vector<DevMat>& din, CudaCtx& cx,
                   const PassCtx&) override {
-    if (din[1]) cuda::logreg_bprop(cx, in[0].p, in[1].p, din[1].p, (int)in[1].rows, classes_, (float)coeff_);
+    if (din[1]) cuda::logreg_bprop(cx, in[0].p, in[1].p, din[1].p, (int)in[1].rows, classes_, coeff_);
   }
 #endif
   bool is_cost() const override { return true; }

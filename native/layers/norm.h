@@ -100,12 +100,7 @@ class NormLayerBase : public Layer {
 #ifdef CCN_WITH_CUDA
   // The launchers' geometry (native/cuda/{rnorm,cmrnorm,cnorm}.cu): a = alpha_, the scale
   // already divided by size^2 (rnorm, cnorm) or size (cmrnorm) in read_params.
-  cuda::NormGeom cuda_geom(int N) const {
-    cuda::NormGeom g;
-    g.N = N, g.C = C_, g.S = S_, g.size = N_;
-    g.a = (float)alpha_, g.pow = (float)pow_, g.minDiv = (float)min_div_, g.blocked = blocked_;
-    return g;
-  }
+  cuda::NormGeom cuda_geom(int N) const { return cuda::norm_geom(N, C_, S_, N_, alpha_, pow_, min_div_, blocked_); }
 #endif
 };
 

@@ -27,12 +27,62 @@ def numgrad(f, x, dout, eps=1e-6):
     return g
 
 
-def close(a, b, rtol=1e-4, atol=1e-5):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    assert np.all(np.isfinite(a)), "non-finite values"
-    err = np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)
-    assert err < rtol or np.max(np.abs(a - b)) < atol, f"relative error {err:.3g}, max abs {np.max(np.abs(a - b)):.3g}"
+def describe_diff(got, want, rtol=1e-4, atol=1e-5, what="values"):
+    """None when `got` matches `want`, else one message saying what differs, by how much and where.
+
+    The test: relative error ||got - want|| / ||want|| < rtol, or every |got - want| < atol.
+    Non-finite values must sit where the reference has the same ones (NaN where NaN, +inf
+    where +inf). The message names `what` (e.g. "GPU output of layer 'pool1'"), the relative
+    error, the largest absolute and relative differences with their indices and both values
+    there, and how many elements are off by more than atol + rtol * |want|."""
+    a, b = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if a.shape != b.shape:
+        if a.size == b.size:  # flat vs shaped views of the same values: compare anyway, say so
+            a = a.reshape(b.shape)
+        else:
+            return f"{what}: shape {a.shape} (got) vs {b.shape} (wanted)"
+    if a.size == 0:
+        return None
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    same_nonfinite = (np.isnan(a) & np.isnan(b)) | (~fa & ~fb & (a == b))
+    bad_nf = (~fa | ~fb) & ~same_nonfinite
+    if bad_nf.any():
+        i = tuple(int(k) for k in np.argwhere(bad_nf)[0])
+        return (f"{what}: {int(bad_nf.sum())} of {a.size} elements are non-finite on one side only; "
+                f"first at {i}: got {a[i]!r}, wanted {b[i]!r}")
+    m = fa & fb
+    if not m.any():
+        return None
+    a0, b0 = np.where(m, a, 0.0), np.where(m, b, 0.0)
+    d = np.abs(a0 - b0)
+    err = np.linalg.norm(a0 - b0) / max(np.linalg.norm(b0), 1e-12)
+    if err < rtol or d.max() < atol:
+        return None
+    at = np.unravel_index(np.argmax(d), d.shape)
+    rel = d / np.maximum(np.abs(b0), 1e-30)
+    rel_at = np.unravel_index(np.argmax(np.where(d > atol, rel, 0)), d.shape)
+    n_off = int(np.sum(d > atol + rtol * np.abs(b0)))
+    idx = lambda t: tuple(int(k) for k in t)  # noqa: E731
+    return (f"{what}: relative error {err:.3g} (rtol {rtol:g}); max abs diff {d.max():.3g} at {idx(at)} "
+            f"(got {a[at]:.7g}, wanted {b[at]:.7g}); max rel diff {rel[rel_at]:.3g} at {idx(rel_at)} "
+            f"(got {a[rel_at]:.7g}, wanted {b[rel_at]:.7g}); {n_off} of {a.size} elements off by more than "
+            f"atol {atol:g} + rtol*|wanted|")
+
+
+def close(a, b, rtol=1e-4, atol=1e-5, what="values"):
+    """Assert that `a` (the GPU's) matches `b` (the reference); see describe_diff."""
+    msg = describe_diff(a, b, rtol, atol, what)
+    assert msg is None, msg
+
+
+def same_bits(a, b, what="values"):
+    """Assert float32 equality element by element (NaN where NaN), naming the first difference."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32).reshape(np.shape(a))
+    eq = (a == b) | (np.isnan(a) & np.isnan(b))
+    if not eq.all():
+        i = tuple(int(k) for k in np.argwhere(~eq)[0])
+        raise AssertionError(f"{what}: {int((~eq).sum())} of {a.size} elements differ; first at {i}: "
+                             f"got {a[i]!r}, wanted {b[i]!r}")
 
 
 # ---- float64 references (layouts as the kernels: rows = cases, NCHW per case) ----

@@ -5,7 +5,7 @@ their outputs, so every gradient buffer starts from random values, not zeros."""
 import numpy as np
 import pytest
 
-from cudaops import close, cmrnorm_ref, cnorm_ref, conv_ref, numgrad, op, pool_ref, rnorm_ref
+from cudaops import close, same_bits, cmrnorm_ref, cnorm_ref, conv_ref, numgrad, op, pool_ref, rnorm_ref
 
 pytestmark = pytest.mark.cuda
 
@@ -233,7 +233,9 @@ def test_cmrnorm_blocked():
 
 def test_eltsum_eltmax_concat():
     rng = np.random.default_rng()
-    xs = [rng.standard_normal((3, 11)) for _ in range(3)]
+    # float32 from the start: the kernels see float32, and eltmax's ties (and which input
+    # equals the maximum) must be decided on the values they see, not on float64 originals.
+    xs = [rng.standard_normal((3, 11)).astype(np.float32) for _ in range(3)]
     xs[1][0, :4] = xs[0][0, :4]  # ties in eltmax
     dout = rng.standard_normal((3, 11))
     arrays = {f"x{i}": x for i, x in enumerate(xs)} | {f"din{i}": np.zeros((3, 11)) for i in range(3)}
@@ -241,11 +243,14 @@ def test_eltsum_eltmax_concat():
     close(r["y"], xs[0] - 0.5 * xs[1] + 2 * xs[2])
     close(r["din1"], -0.5 * dout)
     y = op("eltmax_fprop", {f"x{i}": x for i, x in enumerate(xs)} | {"y": np.zeros((3, 11))}, inputs=3)["y"]
-    close(y, np.maximum(np.maximum(xs[0], xs[1]), xs[2]))
-    for x in xs:
-        d0 = rng.standard_normal(x.shape)
+    want = np.maximum(np.maximum(xs[0], xs[1]), xs[2])  # float32: exact
+    assert want.dtype == np.float32 and y.dtype == np.float32
+    same_bits(y, want, "eltmax_fprop output")
+    assert np.sum(xs[0] == want) >= 4 and np.sum(xs[1] == want) >= 4  # the ties are really there
+    for i, x in enumerate(xs):
+        d0 = rng.standard_normal(x.shape).astype(np.float32)
         d = op("eltmax_bprop", {"x": x, "y": y, "dout": dout, "din": d0})["din"]
-        close(d, d0 + np.where(x == y.astype(np.float32), dout, 0))
+        close(d, d0 + np.where(x == want, dout, 0), what=f"eltmax_bprop din of input {i}")
     a, b = rng.standard_normal((4, 3)), rng.standard_normal((4, 5))
     y = np.full((4, 8), np.nan)
     y = op("concat_fprop", {"x": a, "y": y}, offset=0)["y"]

@@ -11,28 +11,15 @@ import numpy as np
 import pytest
 
 import ccn
+from cudaops import describe_diff
 
 cuda = pytest.mark.cuda
 
 
 # ---- helpers ------------------------------------------------------------------------------
 def _diff(name, a, b, rtol, atol):
-    """None when a (GPU) matches b (CPU), else a one-line description of the difference."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape:
-        return f"{name}: shape {a.shape} on the GPU, {b.shape} on the CPU"
-    if a.size == 0:
-        return None
-    if not np.all(np.isfinite(a)) and not np.array_equal(np.isfinite(a), np.isfinite(b)):
-        bad = np.argwhere(~np.isfinite(a))[0]
-        return f"{name}: non-finite GPU value at {tuple(bad)} (CPU {b[tuple(bad)]})"
-    d = np.abs(a - b)
-    err = np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)
-    if err < rtol or d.max() < atol:
-        return None
-    at = np.unravel_index(np.argmax(d), d.shape)
-    return (f"{name}: relative error {err:.3g}, max abs diff {d.max():.3g} at {tuple(int(i) for i in at)} "
-            f"(GPU {a[at]:.6g}, CPU {b[at]:.6g})")
+    """None when a (GPU) matches b (CPU), else a one-line description (cudaops.describe_diff)."""
+    return describe_diff(a, b, rtol, atol, name)
 
 
 def _twins(layers, params, dims, seed=3):

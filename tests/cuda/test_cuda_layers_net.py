@@ -171,11 +171,12 @@ def test_forward_backward_match_cpu(n, train):
         net.forward(data, train=train)
         net.backward()
     for layer in LAYER_NAMES:
-        close(gpu.output(layer), cpu.output(layer), rtol=1e-4)
-        close(gpu.output_grad(layer), cpu.output_grad(layer), rtol=1e-3)
-    close(gpu.costs()[0]["values"], cpu.costs()[0]["values"], rtol=1e-5)
+        close(gpu.output(layer), cpu.output(layer), rtol=1e-4, what=f"output of layer '{layer}' (n={n}, train={train}), GPU vs CPU")
+        close(gpu.output_grad(layer), cpu.output_grad(layer), rtol=1e-3,
+              what=f"gradient of layer '{layer}' (n={n}, train={train}), GPU vs CPU")
+    close(gpu.costs()[0]["values"], cpu.costs()[0]["values"], rtol=1e-5, what="cost values, GPU vs CPU")
     for p in cpu.params:
-        close(gpu.get(p.name, "grad"), cpu.get(p.name, "grad"), rtol=1e-3)
+        close(gpu.get(p.name, "grad"), cpu.get(p.name, "grad"), rtol=1e-3, what=f"gradient of parameter {p.name}, GPU vs CPU")
 
 
 @pytest.mark.cuda
@@ -190,13 +191,13 @@ def test_dropout_mask_follows_case_offset():
     part._net.case_offset = 4
     part.forward([data[0][4:]], train=True)
     for layer in ("drop", "drop2"):
-        close(part.output(layer), whole.output(layer)[4:], rtol=1e-5)
+        close(part.output(layer), whole.output(layer)[4:], rtol=1e-5, what=f"layer '{layer}' at case_offset 4 vs rows 4.. of the whole")
     cpu = make("cpu")
     for p in whole.params:
         cpu.set(p.name, whole.get(p.name))
     cpu._net.case_offset = 4
     cpu.forward([data[0][4:]], train=True)
-    close(part.output("drop"), cpu.output("drop"), rtol=1e-4)
+    close(part.output("drop"), cpu.output("drop"), rtol=1e-4, what="layer 'drop' at case_offset 4, GPU vs CPU")
 
 
 @pytest.mark.cuda
@@ -207,6 +208,6 @@ def test_ten_training_steps_agree():
         data = batch(rng, 16)
         c1 = cpu.train_step(data, step / 10, 16)
         c2 = gpu.train_step(data, step / 10, 16)
-        close(c2[0]["values"], c1[0]["values"], rtol=1e-3, atol=1e-4)
+        close(c2[0]["values"], c1[0]["values"], rtol=1e-3, atol=1e-4, what=f"cost values of step {step}, GPU vs CPU")
     for p in cpu.params:
-        close(gpu.get(p.name), cpu.get(p.name), rtol=1e-3)
+        close(gpu.get(p.name), cpu.get(p.name), rtol=1e-3, what=f"parameter {p.name} after 10 steps, GPU vs CPU")

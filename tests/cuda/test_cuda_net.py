@@ -98,11 +98,11 @@ def test_forward_backward_match_cpu(n):
         net.forward(data, train=True)
         net.backward()
     for layer in ("fc1", "act", "fc2", "probs"):
-        close(gpu.output(layer), cpu.output(layer), rtol=1e-5)
-        close(gpu.output_grad(layer), cpu.output_grad(layer), rtol=1e-4)
-    close(costs(gpu.costs()), costs(cpu.costs()), rtol=1e-5)
+        close(gpu.output(layer), cpu.output(layer), rtol=1e-5, what=f"output of layer '{layer}' (n={n}), GPU vs CPU")
+        close(gpu.output_grad(layer), cpu.output_grad(layer), rtol=1e-4, what=f"gradient of layer '{layer}' (n={n}), GPU vs CPU")
+    close(costs(gpu.costs()), costs(cpu.costs()), rtol=1e-5, what="cost values, GPU vs CPU")
     for p in cpu.params:
-        close(gpu.get(p.name, "grad"), cpu.get(p.name, "grad"), rtol=1e-4)
+        close(gpu.get(p.name, "grad"), cpu.get(p.name, "grad"), rtol=1e-4, what=f"gradient of parameter {p.name}, GPU vs CPU")
 
 
 @pytest.mark.cuda
@@ -113,10 +113,10 @@ def test_twenty_training_steps_agree():
         data = batch(rng, 32)
         c1 = cpu.train_step(data, step / 20, 32)
         c2 = gpu.train_step(data, step / 20, 32)
-        close(costs(c2), costs(c1), rtol=1e-4, atol=1e-3)
+        close(costs(c2), costs(c1), rtol=1e-4, atol=1e-3, what=f"cost values of step {step}, GPU vs CPU")
     for p in cpu.params:
-        close(gpu.get(p.name), cpu.get(p.name), rtol=1e-4)
-        close(gpu.get(p.name, "inc"), cpu.get(p.name, "inc"), rtol=1e-3, atol=1e-6)
+        close(gpu.get(p.name), cpu.get(p.name), rtol=1e-4, what=f"parameter {p.name} after 20 steps, GPU vs CPU")
+        close(gpu.get(p.name, "inc"), cpu.get(p.name, "inc"), rtol=1e-3, atol=1e-6, what=f"momentum of {p.name} after 20 steps")
 
 
 @pytest.mark.cuda
@@ -130,9 +130,9 @@ def test_prefetch_gives_the_same_step():
     b.train_step(None, 0.0, 16)
     b.prefetch(d2)
     c = b.train_step(None, 0.0, 16)
-    close(costs(c), costs(a.costs()), rtol=1e-6)
+    close(costs(c), costs(a.costs()), rtol=1e-6, what="cost values with prefetch vs without")
     for p in a.params:
-        close(b.get(p.name), a.get(p.name), rtol=1e-6)
+        close(b.get(p.name), a.get(p.name), rtol=1e-6, what=f"parameter {p.name} with prefetch vs without")
 
 
 @pytest.mark.cuda
