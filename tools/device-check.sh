@@ -95,7 +95,8 @@ stage "tests/cuda"
 if [[ "${R[build]}" != FAILED* ]]; then
   EXTRA=()
   ((DRY)) && EXTRA=(tests/e2e/test_train_device.py)
-  timeout "$(limit 150 150)" python3 -m pytest -q -p no:cacheprovider -rfEs tests/cuda ${EXTRA[@]+"${EXTRA[@]}"} \
+  # every launch waits, so a kernel fault is reported at its own launch (file and line)
+  CCN_CUDA_SYNC_LAUNCHES=1 timeout "$(limit 150 150)" python3 -m pytest -q -p no:cacheprovider -rfEs tests/cuda ${EXTRA[@]+"${EXTRA[@]}"} \
     > "$OUT/tests-cuda.log" 2>&1
   grep -E "^(FAILED|ERROR)" "$OUT/tests-cuda.log" | head -20
   R[tests_cuda]=$(summary "$OUT/tests-cuda.log")
