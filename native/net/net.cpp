@@ -345,11 +345,19 @@ void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
   // one input only, otherwise grads_[j] is zeroed just before it. The sum each gradient
   // element receives is the same, in the same order, as with zeroing first: 0 + t1 + t2 ...;
   // assigning layers write 0.f + t1 so that even the sign of a zero result is unchanged.
+  // CCN_GRAD_ZERO=eager (read once) zeroes every buffer first, as before: for tests.
+  static const bool eager = [] {
+    const char* e = std::getenv("CCN_GRAD_ZERO");
+    return e && std::string(e) == "eager";
+  }();
   const int n = cases_;
   const size_t L = layers_.size();
   std::vector<char> written(L, 0);
   for (size_t i = 0; i < L; ++i)
-    if (needs_grad_[i]) grads_[i].resize(n, layers_[i]->out.size());
+    if (needs_grad_[i]) {
+      grads_[i].resize(n, layers_[i]->out.size());
+      if (eager) grads_[i].zero(), written[i] = 1;
+    }
   for (const auto& kv : seeds) {
     int i = index_of(kv.first);
     if (i < 0) input_error("bprop: no layer named '", kv.first, "'.");
