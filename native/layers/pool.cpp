@@ -82,6 +82,18 @@ inline void add_where_equal3(float* __restrict d, const float* __restrict x, con
   }
 }
 
+// d[i] += g2[i], then g1[i], then g0[i] (rows at stride rs).
+inline void add3(float* __restrict d, const float* __restrict g, int64_t rs, int n) {
+  const float *g0 = g, *g1 = g + rs, *g2 = g + 2 * rs;
+  for (int i = 0; i < n; ++i) {
+    float di = d[i];
+    di += g2[i];
+    di += g1[i];
+    di += g0[i];
+    d[i] = di;
+  }
+}
+
 }  // namespace
 
 class PoolLayer : public Layer {
@@ -237,7 +249,7 @@ class PoolLayer : public Layer {
             const int y0 = std::max(0, start_ + oy * stride_), y1 = std::min(S, start_ + oy * stride_ + size_);
             if (op_ != PoolOp::Avg) {
               max_undo_row(x, y + oy * O, g + oy * O, d, y0, y1, me.data(), ge.data(), relu);
-            } else if (S >= 24) {
+            } else if (S >= 24 || size_ == 3) {
               avg_undo_row(g + oy * O, d, y0, y1, ge.data());
             } else {  // short rows: window by window (the spread's loop overheads cost more)
               for (int ox = 0; ox < O; ++ox) {
@@ -325,6 +337,25 @@ class PoolLayer : public Layer {
   // d[yy][p] += ge[p] along the span. Bitwise the window-by-window d += go / count.
   void avg_undo_row(const float* go, float* d, int y0, int y1, float* ge_all) const {
     const int S = S_, O = O_, st = stride_;
+    if (size_ == 3) {  // the three dx passes in one, as in max_undo_row
+      int u_lo = S, u_hi = 0;
+      for (int dx = 2; dx >= 0; --dx) {
+        const int off = start_ + dx;
+        const int lo = off >= 0 ? 0 : (-off + st - 1) / st;
+        const int hi = std::min(O, off >= S ? 0 : (S - 1 - off) / st + 1);
+        if (lo >= hi) continue;
+        u_lo = std::min(u_lo, off + lo * st);
+        u_hi = std::max(u_hi, off + (hi - 1) * st + 1);
+        float* ge = ge_all + (int64_t)dx * S;
+        for (int ox = lo; ox < hi; ++ox) {
+          const int x0 = std::max(0, start_ + ox * st), x1 = std::min(S, start_ + ox * st + size_);
+          ge[off + ox * st] = go[ox] / (float)((y1 - y0) * (x1 - x0));
+        }
+      }
+      if (u_lo >= u_hi) return;
+      for (int yy = y0; yy < y1; ++yy) add3(d + (int64_t)yy * S + u_lo, ge_all + u_lo, S, u_hi - u_lo);
+      return;
+    }
     for (int dx = size_ - 1; dx >= 0; --dx) {
       const int off = start_ + dx;
       const int lo = off >= 0 ? 0 : (-off + st - 1) / st;
