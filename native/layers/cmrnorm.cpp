@@ -11,7 +11,8 @@
 //
 // Layout: in, out, denominators N x (C*S*S), rows = cases, NCHW per case (x fastest); the inner
 // loops run along the S*S contiguous pixels of a map. Forward parallel over (case, channel),
-// backward over cases. D and D^(-pow) are kept between the passes; the loops are core/simd.h's.
+// backward over cases. Only D is kept between the passes (D^(-pow) is recomputed: perf-notes
+// entry 3, AlexNet's memory); the loops are core/simd.h's.
 #include <vector>
 
 #include "core/simd.h"
@@ -26,36 +27,38 @@ class CrossMapResponseNormLayer : public NormLayerBase {
   void fprop(const std::vector<const Mat*>& in, Mat& o, const PassCtx&) override {
     const int64_t N = o.rows(), P = (int64_t)S_ * S_;
     denoms_.resize(N, o.cols());
-    dpow_.resize(N, o.cols());
     const float a = (float)alpha_, k = (float)min_div_;
     const simd::Kernels& K = simd::k();
-#pragma omp parallel for collapse(2) schedule(static) if (N * C_ * P > 16384)
-    for (int64_t n = 0; n < N; ++n)
-      for (int c = 0; c < C_; ++c) {
-        const float* xn = in[0]->row(n);
-        float* den = denoms_.row(n) + c * P;
-        int c0, c1;
-        window(c, c0, c1);
-        std::fill(den, den + P, 0.f);
-        for (int cc = c0; cc < c1; ++cc) K.add_mul(den, xn + cc * P, xn + cc * P, P);
-        K.norm_fwd(den, dpow_.row(n) + c * P, o.row(n) + c * P, xn + c * P, P, k, a, pow_);
-      }
+#pragma omp parallel if (N * C_ * P > 16384)
+    {
+      std::vector<float> dp(P);  // D^(-pow) of one map
+#pragma omp for collapse(2) schedule(static)
+      for (int64_t n = 0; n < N; ++n)
+        for (int c = 0; c < C_; ++c) {
+          const float* xn = in[0]->row(n);
+          float* den = denoms_.row(n) + c * P;
+          int c0, c1;
+          window(c, c0, c1);
+          std::fill(den, den + P, 0.f);
+          for (int cc = c0; cc < c1; ++cc) K.add_mul(den, xn + cc * P, xn + cc * P, P);
+          K.norm_fwd(den, dp.data(), o.row(n) + c * P, xn + c * P, P, k, a, pow_);
+        }
+    }
   }
 
   // Parallel over cases; per case, t = g * y / D for all C maps (C x S*S scratch per thread),
-  // then each map's gradient from its transposed channel window of t. D^(-pow) is kept from
-  // fprop.
+  // then each map's gradient from its transposed channel window of t.
   void bprop(const std::vector<const Mat*>& in, const Mat& o, const Mat& dout, const std::vector<Mat*>& din,
              const PassCtx& ctx) override {
     if (!din[0]) return;
     const bool assign = ctx.assign(0);
     const int64_t N = dout.rows(), P = (int64_t)S_ * S_, CP = (int64_t)C_ * P;
-    CCN_CHECK(denoms_.rows() == N && denoms_.cols() == dout.cols() && dpow_.rows() == N);
+    CCN_CHECK(denoms_.rows() == N && denoms_.cols() == dout.cols());
     const float f = (float)(-2.0 * alpha_ * pow_);
     const simd::Kernels& K = simd::k();
 #pragma omp parallel if (N * CP > 16384)
     {
-      std::vector<float> t(CP);
+      std::vector<float> t(CP), dp(P);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t n = 0; n < N; ++n) {
         const float* g = dout.row(n);
@@ -66,7 +69,8 @@ class CrossMapResponseNormLayer : public NormLayerBase {
           if (assign) std::fill(d, d + P, 0.f);  // first writer: zero while in cache
           int c0, c1;
           window_t(c, c0, c1);
-          K.add_mul(d, g + c * P, dpow_.row(n) + c * P, P);
+          K.inv_pow(denoms_.row(n) + c * P, dp.data(), P, pow_);  // recomputed: AlexNet's cmrnorm maps are large
+          K.add_mul(d, g + c * P, dp.data(), P);
           for (int cc = c0; cc < c1; ++cc) K.add_fmul(d, f, x, t.data() + cc * P, P);
         }
       }
@@ -93,7 +97,6 @@ class CrossMapResponseNormLayer : public NormLayerBase {
   }
 
   Mat denoms_;  // D from the last fprop, for bprop
-  Mat dpow_;    // D^(-pow) from the last fprop
 
 #ifdef CCN_WITH_CUDA
   // native/cuda/cmrnorm.cu; the denominators stay in this layer's device buffer (slot 0).
