@@ -16,6 +16,14 @@
 
 namespace ccn::simd {
 
+// One pool layer's geometry (layers/pool.cpp): S x S input planes, O x O outputs, windows of
+// size x size from start + o*stride; [ia, ib) the outputs whose windows lie inside a row;
+// max (max or maxabs backward) or avg; relu fused into max.
+struct PoolGeom {
+  int S = 0, O = 0, size = 0, stride = 1, start = 0, ia = 0, ib = 0;
+  bool max = true, relu = false;
+};
+
 struct Kernels {
   const char* name;
   // out[i] = 0.f + sum_{k < taps} a[i + k*step], the terms added in k order (i < n).
@@ -49,6 +57,12 @@ struct Kernels {
   void (*relu_fwd)(const float* x, float* y, int64_t n);
   // d[i] (+)= g[i] * (v[i] > 0 ? 1 : 0)   (assign: d[i] = 0.f + that)
   void (*relu_bwd)(const float* v, const float* g, float* d, int64_t n, bool assign);
+  // One pool plane forward (max or avg; rb, hb: S floats of scratch) and backward (max/maxabs
+  // or avg; me, ge: size*S floats, zero-filled by the caller once per thread; assign: d is
+  // overwritten). Bitwise layers/pool.cpp's definitions.
+  void (*pool_fwd_plane)(const PoolGeom& g, const float* x, float* y, float* rb, float* hb);
+  void (*pool_bwd_plane)(const PoolGeom& g, const float* x, const float* y, const float* go, float* d, float* me,
+                         float* ge, bool assign);
 };
 
 // The kernels of the chosen path.
