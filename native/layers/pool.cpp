@@ -102,12 +102,37 @@ class PoolLayer : public Layer {
         for (int c = 0; c < C; ++c) {
           const float* x = in[0]->row(n) + c * inPlane;  // S x S plane, x fastest
           float* y = o.row(n) + c * outPlane;            // O x O plane
-          if (op_ != PoolOp::MaxAbs) {
+          if (op_ != PoolOp::MaxAbs && S >= 24) {
             K.pool_fwd_plane(geom, x, y, rb.data(), hb.data());
             continue;
           }
           for (int oy = 0; oy < O; ++oy) {
             const int y0 = std::max(0, start_ + oy * stride_), y1 = std::min(S, start_ + oy * stride_ + size_);
+            if (op_ != PoolOp::MaxAbs) {
+              // Rows under 24 px: the window-by-window loop inline here (the plane kernel was
+              // measured 0.2-0.5 ms slower on 18pct's 16 and 8 px avg pools).
+              std::copy(x + y0 * S, x + y0 * S + S, rb.begin());
+              for (int yy = y0 + 1; yy < y1; ++yy) {
+                const float* row = x + yy * S;
+                if (op_ == PoolOp::Max)
+                  for (int xx = 0; xx < S; ++xx) rb[xx] = std::max(rb[xx], row[xx]);
+                else
+                  for (int xx = 0; xx < S; ++xx) rb[xx] += row[xx];
+              }
+              for (int ox = 0; ox < O; ++ox) {
+                const int x0 = std::max(0, start_ + ox * stride_), x1 = std::min(S, start_ + ox * stride_ + size_);
+                float r = rb[x0];
+                if (op_ == PoolOp::Max) {
+                  for (int xx = x0 + 1; xx < x1; ++xx) r = std::max(r, rb[xx]);
+                  if (geom.relu) r = r > 0.f ? r : 0.f;  // the relu neuron's expression (neuron.cpp)
+                } else {
+                  for (int xx = x0 + 1; xx < x1; ++xx) r += rb[xx];
+                  r /= (float)((y1 - y0) * (x1 - x0));
+                }
+                y[oy * O + ox] = r;
+              }
+              continue;
+            }
             for (int ox = 0; ox < O; ++ox) {
               const int x0 = std::max(0, start_ + ox * stride_), x1 = std::min(S, start_ + ox * stride_ + size_);
               float r = x[y0 * S + x0];
