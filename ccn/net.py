@@ -30,6 +30,7 @@ class LayerInfo:
     neuron: str
     is_cost: bool
     data_idx: int
+    keeps_pre: bool = False  # the net keeps a pre-activation copy (a neuron neither in place nor fused)
 
     @property
     def outputs(self) -> int:
@@ -227,10 +228,11 @@ class Net:
 
 def memory_estimate(net: Net, cases: int) -> int:
     """Bytes the core needs for a training step on ``cases`` cases: every layer's output and its
-    gradient, a pre-activation copy where a neuron follows, the parameters with their gradients
-    and momentum increments. Scratch buffers (unfolded images) come on top, so this is a floor."""
+    gradient, a pre-activation copy where the net keeps one (a neuron neither applied in place nor
+    fused into its layer), the parameters with their gradients and momentum increments. Scratch
+    buffers (unfolded images) come on top, so this is a floor."""
     acts = sum(l.outputs for l in net.layers)
-    pre = sum(l.outputs for l in net.layers if l.neuron)
+    pre = sum(l.outputs for l in net.layers if l.keeps_pre)
     params = sum(p.shape[0] * p.shape[1] for p in net.params)
     return 4 * (cases * (2 * acts + pre) + 3 * params)
 

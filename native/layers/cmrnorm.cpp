@@ -11,9 +11,11 @@
 //
 // Layout: in, out, denominators N x (C*S*S), rows = cases, NCHW per case (x fastest); the inner
 // loops run along the S*S contiguous pixels of a map. Forward parallel over (case, channel),
-// backward over cases. Only D is kept between the passes; D^(-pow) is recomputed.
+// backward over cases. Only D is kept between the passes (D^(-pow) is recomputed: perf-notes
+// entry 3, AlexNet's memory); the loops are core/simd.h's.
 #include <vector>
 
+#include "core/simd.h"
 #include "layers/norm.h"
 
 namespace ccn {
@@ -26,6 +28,7 @@ class CrossMapResponseNormLayer : public NormLayerBase {
     const int64_t N = o.rows(), P = (int64_t)S_ * S_;
     denoms_.resize(N, o.cols());
     const float a = (float)alpha_, k = (float)min_div_;
+    const simd::Kernels& K = simd::k();
 #pragma omp parallel if (N * C_ * P > 16384)
     {
       std::vector<float> dp(P);  // D^(-pow) of one map
@@ -34,18 +37,11 @@ class CrossMapResponseNormLayer : public NormLayerBase {
         for (int c = 0; c < C_; ++c) {
           const float* xn = in[0]->row(n);
           float* den = denoms_.row(n) + c * P;
-          float* y = o.row(n) + c * P;
           int c0, c1;
           window(c, c0, c1);
           std::fill(den, den + P, 0.f);
-          for (int cc = c0; cc < c1; ++cc) {
-            const float* xc = xn + cc * P;
-            for (int64_t p = 0; p < P; ++p) den[p] += xc[p] * xc[p];
-          }
-          const float* x = xn + c * P;
-          for (int64_t p = 0; p < P; ++p) den[p] = k + a * den[p];
-          inv_pow(den, dp.data(), P, pow_);
-          for (int64_t p = 0; p < P; ++p) y[p] = x[p] * dp[p];
+          for (int cc = c0; cc < c1; ++cc) K.add_mul(den, xn + cc * P, xn + cc * P, P);
+          K.norm_fwd(den, dp.data(), o.row(n) + c * P, xn + c * P, P, k, a, pow_);
         }
     }
   }
@@ -53,36 +49,34 @@ class CrossMapResponseNormLayer : public NormLayerBase {
   // Parallel over cases; per case, t = g * y / D for all C maps (C x S*S scratch per thread),
   // then each map's gradient from its transposed channel window of t.
   void bprop(const std::vector<const Mat*>& in, const Mat& o, const Mat& dout, const std::vector<Mat*>& din,
-             const PassCtx&) override {
+             const PassCtx& ctx) override {
     if (!din[0]) return;
+    const bool assign = ctx.assign(0);
     const int64_t N = dout.rows(), P = (int64_t)S_ * S_, CP = (int64_t)C_ * P;
     CCN_CHECK(denoms_.rows() == N && denoms_.cols() == dout.cols());
     const float f = (float)(-2.0 * alpha_ * pow_);
+    const simd::Kernels& K = simd::k();
 #pragma omp parallel if (N * CP > 16384)
     {
       std::vector<float> t(CP), dp(P);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t n = 0; n < N; ++n) {
         const float* g = dout.row(n);
-        const float* y = o.row(n);
-        const float* den = denoms_.row(n);
-        for (int64_t i = 0; i < CP; ++i) t[i] = g[i] * y[i] / den[i];
+        K.norm_t(g, o.row(n), denoms_.row(n), t.data(), CP);
         for (int c = 0; c < C_; ++c) {
           const float* x = in[0]->row(n) + c * P;
-          const float* gc = g + c * P;
           float* d = din[0]->row(n) + c * P;
-          inv_pow(den + c * P, dp.data(), P, pow_);  // recomputed rather than stored
+          if (assign) std::fill(d, d + P, 0.f);  // first writer: zero while in cache
           int c0, c1;
           window_t(c, c0, c1);
-          for (int64_t p = 0; p < P; ++p) d[p] += gc[p] * dp[p];
-          for (int cc = c0; cc < c1; ++cc) {
-            const float* tc = t.data() + cc * P;
-            for (int64_t p = 0; p < P; ++p) d[p] += f * x[p] * tc[p];
-          }
+          K.inv_pow(denoms_.row(n) + c * P, dp.data(), P, pow_);  // recomputed: AlexNet's cmrnorm maps are large
+          K.add_mul(d, g + c * P, dp.data(), P);
+          for (int cc = c0; cc < c1; ++cc) K.add_fmul(d, f, x, t.data() + cc * P, P);
         }
       }
     }
   }
+  bool bprop_assigns_din() const override { return true; }
 
   double flops_per_case() const override { return (double)C_ * S_ * S_ * (N_ + 4.0); }
 

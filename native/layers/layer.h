@@ -78,6 +78,12 @@ struct PassCtx {
   // global minibatch that all ranks together process; per-case random numbers are indexed
   // by the global case, so N ranks draw what one process at the whole minibatch draws.
   int64_t case_offset = 0;
+  // Backward only (net.cpp, lazy gradient zeroing): din_assign[i] set means *din[i] holds
+  // stale values and this layer is its first writer in this pass, so bprop must OVERWRITE all
+  // of it (as if it had been zeroed and then added to). Only set for layers whose
+  // bprop_assigns_din() is true, and never for an input the layer takes twice.
+  std::vector<bool> din_assign;
+  bool assign(size_t i) const { return i < din_assign.size() && din_assign[i]; }
 };
 
 class Net;
@@ -130,6 +136,14 @@ class Layer {
   // Whether bprop reads its `out` argument. Layers that ignore it (conv, fc) let the net apply
   // a neuron such as relu in place, without keeping the pre-activation output (net.cpp).
   virtual bool bprop_reads_output() const { return true; }
+  // Whether bprop honours PassCtx::din_assign (writes every element of din[i] when asked to
+  // assign). The net then skips zeroing that gradient buffer before the backward pass.
+  virtual bool bprop_assigns_din() const { return false; }
+  // Whether this layer applies its own neuron (the `neuron` member, set before this is asked)
+  // inside fprop and takes it into account in bprop: fprop then writes f(out) directly, bprop
+  // gets that post-neuron output as `out` and dCost/d(post-neuron output) as `dout`, and the
+  // net keeps no pre-activation copy. CPU only (net_cuda.cu applies neurons itself).
+  virtual bool fuses_neuron() const { return false; }
 
   // ---- CUDA backend (optional; see native/cuda/README-design.md) ----
   // Same contracts as fprop/bprop, on device memory, enqueued on cx's stream: out is

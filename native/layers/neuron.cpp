@@ -7,9 +7,13 @@
 // ccn rejects it with a clear message. Element-wise, any layout.
 #include "layers/neuron.h"
 
+#include <omp.h>
+
+#include <algorithm>
 #include <cmath>
 #include <map>
 
+#include "core/simd.h"
 #include "layers/layer.h"
 #ifdef CCN_WITH_CUDA
 #include "cuda/kernels.h"
@@ -63,6 +67,23 @@ void validate_neuron(LayerSpec& spec, const std::string& key, const NeuronSpec& 
 
 static double arg(const NeuronSpec& n, size_t i, double dflt) { return i < n.args.size() ? n.args[i] : dflt; }
 
+// f(begin, count) over [0, sz) in one contiguous piece per OpenMP thread (one piece when small);
+// for the element-wise kernels of core/simd.h, whose results do not depend on the split.
+template <class F>
+static void split_range(int64_t sz, F f) {
+  if (sz <= 32768) {
+    if (sz > 0) f(0, sz);
+    return;
+  }
+#pragma omp parallel
+  {
+    const int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t per = ((sz + T - 1) / T + 15) / 16 * 16;
+    const int64_t a = std::min(sz, t * per), b = std::min(sz, a + per);
+    if (a < b) f(a, b - a);
+  }
+}
+
 void neuron_fprop(const NeuronSpec& n, const Mat& in_m, Mat& out_m) {
   out_m.resize(in_m.rows(), in_m.cols());
   const float* x = in_m.data();
@@ -76,7 +97,7 @@ void neuron_fprop(const NeuronSpec& n, const Mat& in_m, Mat& out_m) {
   if (t == "ident") { CCN_EW(v) }
   else if (t == "logistic") { CCN_EW(1.f / (1.f + std::exp(-v))) }
   else if (t == "tanh") { CCN_EW(a * std::tanh(b * v)) }
-  else if (t == "relu") { CCN_EW(v > 0.f ? v : 0.f) }
+  else if (t == "relu") { split_range(sz, [&](int64_t b, int64_t m) { simd::k().relu_fwd(x + b, y + b, m); }); }
   else if (t == "brelu") { CCN_EW(std::min(a, std::max(0.f, v))) }
   else if (t == "softrelu") { CCN_EW(v > 4.f ? v : std::log1p(std::exp(v))) }
   else if (t == "abs") { CCN_EW(std::fabs(v)) }
@@ -100,7 +121,6 @@ bool neuron_grad_from_output(const NeuronSpec& n) {
 
 void neuron_bprop(const NeuronSpec& n, const Mat& in_m, const Mat& out_m, const Mat& dout_m, Mat& din_m, bool add) {
   din_m.resize(in_m.rows(), in_m.cols());
-  if (!add) din_m.zero();  // (0 * uninitialised memory could be NaN)
   const float* x = in_m.data();
   const float* y = out_m.data();
   const float* g = dout_m.data();
@@ -108,14 +128,22 @@ void neuron_bprop(const NeuronSpec& n, const Mat& in_m, const Mat& out_m, const 
   const int64_t sz = in_m.size();
   const std::string& t = n.type;
   const float a = (float)arg(n, 0, 1.0), b = (float)arg(n, 1, 1.0);
-#define CCN_EW(EXPR)                                                        \
-  _Pragma("omp parallel for simd schedule(static) if (sz > 32768)")         \
-  for (int64_t k = 0; k < sz; ++k) { const float v = x[k], o = y[k]; (void)v; (void)o; \
-    d[k] += g[k] * (EXPR); }
+  // One pass either way. Overwriting stores 0.f + g*f', bitwise what zeroing and then adding
+  // gave (the + 0.f turns a -0 product into +0, as 0 + -0 did).
+#define CCN_EW(EXPR)                                                                            \
+  if (add) {                                                                                    \
+    _Pragma("omp parallel for simd schedule(static) if (sz > 32768)")                           \
+    for (int64_t k = 0; k < sz; ++k) { const float v = x[k], o = y[k]; (void)v; (void)o;        \
+      d[k] += g[k] * (EXPR); }                                                                  \
+  } else {                                                                                      \
+    _Pragma("omp parallel for simd schedule(static) if (sz > 32768)")                           \
+    for (int64_t k = 0; k < sz; ++k) { const float v = x[k], o = y[k]; (void)v; (void)o;        \
+      d[k] = 0.f + g[k] * (EXPR); }                                                             \
+  }
   if (t == "ident") { CCN_EW(1.f) }
   else if (t == "logistic") { CCN_EW(o * (1.f - o)) }
   else if (t == "tanh") { CCN_EW(a * b * (1.f - (o / a) * (o / a))) }
-  else if (t == "relu") { CCN_EW(v > 0.f ? 1.f : 0.f) }
+  else if (t == "relu") { split_range(sz, [&](int64_t b, int64_t m) { simd::k().relu_bwd(x + b, g + b, d + b, m, !add); }); }
   else if (t == "brelu") { CCN_EW((v > 0.f && v < a) ? 1.f : 0.f) }
   else if (t == "softrelu") { CCN_EW(v > 4.f ? 1.f : 1.f / (1.f + std::exp(-v))) }
   else if (t == "abs") { CCN_EW(v > 0.f ? 1.f : (v < 0.f ? -1.f : 0.f)) }
@@ -139,9 +167,10 @@ class NeuronLayer : public Layer {
   }
   void fprop(const std::vector<const Mat*>& in, Mat& o, const PassCtx&) override { neuron_fprop(fn_, *in[0], o); }
   void bprop(const std::vector<const Mat*>& in, const Mat& o, const Mat& dout, const std::vector<Mat*>& din,
-             const PassCtx&) override {
-    if (din[0]) neuron_bprop(fn_, *in[0], o, dout, *din[0], true);
+             const PassCtx& ctx) override {
+    if (din[0]) neuron_bprop(fn_, *in[0], o, dout, *din[0], !ctx.assign(0));
   }
+  bool bprop_assigns_din() const override { return true; }
   double flops_per_case() const override { return (double)out.size(); }
 
 #ifdef CCN_WITH_CUDA

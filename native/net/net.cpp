@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <ctime>
 #include <cmath>
 #include <functional>
 #include <set>
@@ -216,9 +218,11 @@ void Net::build(const std::map<int, Shape>& data_dims) {
   pre_.resize(n);
   grads_.resize(n);
   in_place_.resize(n);
+  fused_.resize(n);
   for (size_t i = 0; i < n; ++i) {
     const Layer* l = layers_[i].get();
-    in_place_[i] = l->has_neuron && !l->bprop_reads_output() && neuron_grad_from_output(l->neuron);
+    fused_[i] = l->has_neuron && l->fuses_neuron();
+    in_place_[i] = !fused_[i] && l->has_neuron && !l->bprop_reads_output() && neuron_grad_from_output(l->neuron);
   }
   reset_layer_times();
   compute_needs_grad();
@@ -230,7 +234,21 @@ void Net::reset_layer_times() {
 }
 
 namespace {
-double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+// Layer times are wall-clock seconds, or with CCN_LAYER_CLOCK=thread (read once) the calling
+// thread's CPU time: with one thread, A/B comparisons on a loaded machine then count only
+// this process's work.
+double now_s() {
+  static const bool thread_clock = [] {
+    const char* e = std::getenv("CCN_LAYER_CLOCK");
+    return e && std::string(e) == "thread";
+  }();
+  if (thread_clock) {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+  }
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 }  // namespace
 
 void Net::reload_params(const std::string& params_text, const std::string& params_path) {
@@ -303,11 +321,13 @@ void Net::fprop_impl(const std::vector<const Mat*>& data, std::vector<Mat>* mova
     }
     std::vector<const Mat*> ins;
     for (Layer* in : l->inputs) ins.push_back(&acts_[in->id]);
-    const bool keep_pre = l->has_neuron && !in_place_[i];
+    const bool keep_pre = l->has_neuron && !in_place_[i] && !fused_[i];
     Mat& dst = keep_pre ? pre_[i] : acts_[i];
     dst.resize(n, l->out.size());
     l->fprop(ins, dst, ctx);
-    if (keep_pre) {
+    if (fused_[i]) {
+      // the layer applied its neuron itself
+    } else if (keep_pre) {
       acts_[i].resize(n, l->out.size());
       neuron_fprop(l->neuron, pre_[i], acts_[i]);
     } else if (l->has_neuron) {
@@ -319,12 +339,25 @@ void Net::fprop_impl(const std::vector<const Mat*>& data, std::vector<Mat>* mova
 
 void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
   if (cuda_) return bprop_cuda(seeds);
-  int n = cases_;
-  for (size_t i = 0; i < layers_.size(); ++i) {
-    if (!needs_grad_[i]) continue;
-    grads_[i].resize(n, layers_[i]->out.size());
-    grads_[i].zero();
-  }
+  // Lazy zeroing: a gradient buffer is not zeroed up front. written[j] records whether some
+  // layer has already stored dCost/d(output j) in this pass; the first writer of grads_[j]
+  // assigns instead of adding when it supports that (Layer::bprop_assigns_din) and takes j as
+  // one input only, otherwise grads_[j] is zeroed just before it. The sum each gradient
+  // element receives is the same, in the same order, as with zeroing first: 0 + t1 + t2 ...;
+  // assigning layers write 0.f + t1 so that even the sign of a zero result is unchanged.
+  // CCN_GRAD_ZERO=eager (read once) zeroes every buffer first, as before: for tests.
+  static const bool eager = [] {
+    const char* e = std::getenv("CCN_GRAD_ZERO");
+    return e && std::string(e) == "eager";
+  }();
+  const int n = cases_;
+  const size_t L = layers_.size();
+  std::vector<char> written(L, 0);
+  for (size_t i = 0; i < L; ++i)
+    if (needs_grad_[i]) {
+      grads_[i].resize(n, layers_[i]->out.size());
+      if (eager) grads_[i].zero(), written[i] = 1;
+    }
   for (const auto& kv : seeds) {
     int i = index_of(kv.first);
     if (i < 0) input_error("bprop: no layer named '", kv.first, "'.");
@@ -334,6 +367,7 @@ void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
                   s.rows(), "x", s.cols(), ".");
     grads_[i].resize(n, layers_[i]->out.size());
     grads_[i].copy_from(s);
+    written[i] = 1;
   }
   PassCtx ctx;
   ctx.train = true;
@@ -341,7 +375,7 @@ void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
   ctx.step = step;
   ctx.case_offset = case_offset;
   Mat empty;
-  for (int i = (int)layers_.size() - 1; i >= 0; --i) {
+  for (int i = (int)L - 1; i >= 0; --i) {
     Layer* l = layers_[i].get();
     if (l->is_data()) continue;
     if (l->is_cost() && !seeds.empty()) continue;
@@ -356,9 +390,24 @@ void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
     if (!any_in && l->weights.empty() && !l->biases) continue;
     ctx.layer_id = i;
     const double t0 = now_s();
+    if (!l->is_cost() && !written[i]) {  // no consumer wrote dCost/d(this output): it is 0
+      grads_[i].zero();
+      written[i] = 1;
+    }
+    const bool can_assign = l->bprop_assigns_din();
+    ctx.din_assign.assign(din.size(), false);
+    for (size_t k = 0; k < din.size(); ++k) {
+      if (!din[k]) continue;
+      const int j = l->inputs[k]->id;
+      if (written[j]) continue;
+      const bool twice = std::count(l->inputs.begin(), l->inputs.end(), l->inputs[k]) > 1;
+      if (can_assign && !twice) ctx.din_assign[k] = true;
+      else grads_[j].zero();
+      written[j] = 1;
+    }
     if (l->is_cost()) {
       l->bprop(ins, acts_[i], empty, din, ctx);
-    } else if (l->has_neuron) {
+    } else if (l->has_neuron && !fused_[i]) {
       // In place, acts_ stands in for the pre-activation (see in_place_); the layer ignores
       // its `out` argument then.
       const Mat& pre = in_place_[i] ? acts_[i] : pre_[i];
@@ -370,6 +419,8 @@ void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
     }
     bprop_s_[i] += now_s() - t0;
   }
+  for (size_t i = 0; i < L; ++i)  // gradients nobody wrote (unused outputs, data layers) are 0
+    if (needs_grad_[i] && !written[i]) grads_[i].zero();
 }
 
 void Net::zero_param_grads() {

@@ -69,6 +69,9 @@ class Net {
   const std::vector<double>& fprop_seconds() const { return fprop_s_; }
   const std::vector<double>& bprop_seconds() const { return bprop_s_; }
   void reset_layer_times();
+  // Whether layer i keeps a pre-activation copy of its output (a neuron that is neither applied
+  // in place nor fused into the layer): for memory estimates.
+  bool keeps_pre(int i) const { return layers_[i]->has_neuron && !in_place_[i] && !fused_[i]; }
 
   // Random numbers are counter-based: (seed, step, layer, element). step counts training
   // forward passes; both are part of a checkpoint.
@@ -125,9 +128,11 @@ class Net {
   // Layers with a neuron keep the pre-activation output in pre_[i], unless the neuron is
   // applied in place (in_place_[i]: the layer's bprop ignores its output and f' follows from
   // f). pre_grad_ is scratch for dCost/d(pre-activation), one layer at a time.
-  // The device mode (net_cuda.cu) follows the same rules with in_place_ and one pre_grad.
+  // fused_[i]: the layer applies its neuron itself (Layer::fuses_neuron); no pre_[i] either.
+  // The device mode (net_cuda.cu) follows the same rules with in_place_ and one pre_grad
+  // (its kernels fuse nothing: a fused layer keeps its pre-activation there and runs its neuron).
   std::vector<Mat> acts_, pre_, grads_;
-  std::vector<bool> in_place_;
+  std::vector<bool> in_place_, fused_;
   Mat pre_grad_;
   std::vector<bool> needs_grad_;
   std::vector<double> fprop_s_, bprop_s_;

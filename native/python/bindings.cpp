@@ -7,6 +7,7 @@
 
 #include "core/blas.h"
 #include "core/error.h"
+#include "core/simd.h"
 #include "net/net.h"
 #ifdef CCN_WITH_CUDA
 #include "cuda/cublas.h"
@@ -135,6 +136,8 @@ PYBIND11_MODULE(_core, m) {
 #endif
     return d;
   });
+  // The instruction-set path of core/simd.h's kernels in use (CCN_SIMD overrides; read once).
+  m.def("simd_path", [] { return std::string(ccn::simd::k().name); });
   m.def("set_threads", [](int n) {
     if (n < 1) input_error("the thread count must be at least 1, got ", n, ".");
     omp_set_num_threads(n);  // the BLAS stays single-threaded; sgemm splits over these (core/blas.h)
@@ -269,6 +272,7 @@ PYBIND11_MODULE(_core, m) {
                d["neuron"] = l->has_neuron ? l->neuron.str() : std::string();
                d["is_cost"] = l->is_cost();
                d["data_idx"] = l->data_idx();
+               d["keeps_pre"] = net.keeps_pre(l->id);
                out.append(d);
              }
              return out;
