@@ -25,12 +25,34 @@
 // there are), and all loops hand out their work dynamically, so a thread slowed down by
 // another process on its core does less of it. (One GEMM over a whole
 // 64 MB chunk of cases ran at a quarter of this speed: its operands streamed from memory.)
+//
+// Direct kernels (kernels/directconv.h, AVX-512, stride 1 only): chosen at setup by
+// CCN_CONV_KERNEL = gemm | direct | auto (default auto), read once here, never per pass.
+// auto takes direct when the CPU has AVX-512F, every input has stride 1 and filters per group
+// <= kDirectMaxFg; direct forces it wherever it can run (stride 1), gemm never uses it.
+// Same parallel structure (one case per task, slots of cases for dW), per case and group:
+//   forward:  pin  = the case's virtual channels zero-padded to Q x Q, Q = modulesX - 1 + fs
+//             out_n[g-block] += direct_fwd(pin[g-block], wpack_g)   (after the bias fill)
+//   dW:       dT   = dout_n transposed to P x (G * Fgp) (filters last, each group padded to a
+//             multiple of 16 with zeros); dw_[slot] += direct_dw(pin[g-block], dT[g-block])
+//   dx:       dpad = dout_n zero-padded to S+fs-1 square planes (offset fs-1-pad),
+//             din_n[vchan[g-block]] += direct_fwd(dpad[g-block], tpack_g): the input gradient
+//             is the "full" convolution of dout with the flipped, transposed filters.
+// wpack_g (forward) and tpack_g (dx) are the lane-packed weights of directconv.h, rebuilt
+// from W once per pass before the parallel loop:
+//   wpack_g[(b*Kg + k)*16 + j]            = W[k, g*Fg + b*16 + j]                     (0 past Fg)
+//   tpack_g[(b*Fg*fs^2 + f*fs^2 + gy*fs + gx)*16 + j]
+//                                         = W[(b*16+j)*fs^2 + (fs-1-gy)*fs + fs-1-gx, g*Fg + f]  (0 past Cf)
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 #include <vector>
 
 #include "core/blas.h"
+#include "kernels/directconv.h"
 #include "layers/conv_common.h"
 #ifdef CCN_WITH_CUDA
 #include "cuda/context.h"
@@ -57,9 +79,29 @@ class ConvLayer : public Layer {
     setup_weight_params(spec, ctx, *this, shapes, shared_biases_ ? cs_.filters : cs_.filters * P, 1);
     check_weight_source_types(spec, ctx, *this);
     out = Shape{cs_.filters, cs_.modules_x, cs_.modules_x};
+    choose_kernel(spec);
   }
 
-  void fprop(const std::vector<const Mat*>& in, Mat& o, const PassCtx&) override {
+  void fprop(const std::vector<const Mat*>& in, Mat& o, const PassCtx& pc) override {
+    if (direct_) {
+      count_conv_kernel(kDirectFprop);
+      fprop_direct(in, o);
+    } else {
+      count_conv_kernel(kGemmFprop);
+      fprop_gemm(in, o, pc);
+    }
+  }
+
+  void bprop(const std::vector<const Mat*>& in, const Mat& o, const Mat& dout, const std::vector<Mat*>& din,
+             const PassCtx& pc) override {
+    bias_grad(dout);
+    count_conv_kernel(direct_ ? kDirectBprop : kGemmBprop);
+    if (direct_) bprop_direct(in, dout, din);
+    else bprop_gemm(in, o, dout, din, pc);
+  }
+
+ private:
+  void fprop_gemm(const std::vector<const Mat*>& in, Mat& o, const PassCtx&) {
     const int N = (int)o.rows(), F = cs_.filters;
     const int64_t P = cs_.modules();
     const float* bias = biases->w.data();
@@ -89,8 +131,7 @@ class ConvLayer : public Layer {
     }
   }
 
-  void bprop(const std::vector<const Mat*>& in, const Mat&, const Mat& dout, const std::vector<Mat*>& din,
-             const PassCtx&) override {
+  void bias_grad(const Mat& dout) {
     const int N = (int)dout.rows(), F = cs_.filters;
     const int64_t P = cs_.modules();
     // Bias gradients, summed over cases (and modules when shared) in double. Shared: kLanes
@@ -123,6 +164,12 @@ class ConvLayer : public Layer {
         db[j] += (float)s;
       }
     }
+  }
+
+  void bprop_gemm(const std::vector<const Mat*>& in, const Mat&, const Mat& dout, const std::vector<Mat*>& din,
+                  const PassCtx&) {
+    const int N = (int)dout.rows(), F = cs_.filters;
+    const int64_t P = cs_.modules();
     grow_buffers();
     const int T = omp_get_max_threads();
     for (size_t i = 0; i < in.size(); ++i) {
@@ -136,7 +183,7 @@ class ConvLayer : public Layer {
       // weight-gradient GEMM, reusing the column buffer and dout_n while in cache.
       const int S = std::min(N, std::max(kMinSlots, T));
       if ((int)dw_.size() < S) dw_.resize(S);
-      for (int sl = 0; sl < S; ++sl) dw_[sl].resize(K, F);  // allocations stay outside parallel regions
+      for (int sl = 0; sl < S; ++sl) dw_[sl].resize(Kg, F);  // allocations stay outside parallel regions
       Mat* dx = din[i];
 #pragma omp parallel num_threads(T)
       {
@@ -160,16 +207,225 @@ class ConvLayer : public Layer {
           }
         }
       }
-      float* dW = weights[i]->grad.data();
-      const int64_t KF = K * F;
+      add_slots(weights[i]->grad, S);
+    }
+  }
+
+  // dW += the slots' partial sums, in slot order (dW and every slot are Kg x F).
+  void add_slots(Mat& grad, int S) {
+    float* dW = grad.data();
+    const int64_t KF = grad.size();
 #pragma omp parallel for schedule(static)
-      for (int64_t j = 0; j < KF; ++j) {
-        float s = dW[j];
-        for (int sl = 0; sl < S; ++sl) s += dw_[sl].data()[j];
-        dW[j] = s;
+    for (int64_t j = 0; j < KF; ++j) {
+      float s = dW[j];
+      for (int sl = 0; sl < S; ++sl) s += dw_[sl].data()[j];
+      dW[j] = s;
+    }
+  }
+
+  // ---- direct kernels (see the top of the file) ----
+  void choose_kernel(LayerSpec& spec) {
+    std::string mode = "auto";
+    if (const char* e = std::getenv("CCN_CONV_KERNEL")) {
+      if (*e) mode = e;
+    }
+    if (mode != "auto" && mode != "gemm" && mode != "direct")
+      spec.fail_layer(cat("CCN_CONV_KERNEL must be gemm, direct or auto, found '", mode, "'."));
+    bool can = direct_conv_available();
+    bool want = true;
+    for (const auto& ig : cs_.in) {
+      can = can && ig.g.stride == 1;
+      want = want && cs_.filters / ig.groups <= kDirectMaxFg;
+    }
+    direct_ = can && (mode == "direct" || (mode == "auto" && want));
+    fmap_.resize(cs_.filters);
+    for (int f = 0; f < cs_.filters; ++f) fmap_[f] = f;
+  }
+
+  static int64_t padq(const ConvInputGeom& ig, int M) { return (int64_t)M - 1 + ig.g.fsize; }
+  static int64_t dq(const ConvInputGeom& ig) { return (int64_t)ig.g.size + ig.g.fsize - 1; }
+
+  // The case's virtual channels, zero-padded: pin[v][Y][X] = img[vchan[v]][Y-pad][X-pad].
+  static void pad_input(const ConvInputGeom& ig, int64_t Q, const float* img, float* pin) {
+    const int S = ig.g.size, pad = ig.g.pad;
+    const int64_t SS = (int64_t)S * S;
+    for (size_t v = 0; v < ig.g.vchan.size(); ++v) {
+      const float* src = img + ig.g.vchan[v] * SS;
+      float* dst = pin + (int64_t)v * Q * Q;
+      for (int64_t Y = 0; Y < Q; ++Y) {
+        float* row = dst + Y * Q;
+        const int64_t y = Y - pad;
+        if (y < 0 || y >= S) {
+          std::memset(row, 0, sizeof(float) * Q);
+          continue;
+        }
+        const int64_t x0 = std::min<int64_t>(pad, Q), x1 = std::min<int64_t>(pad + S, Q);
+        for (int64_t X = 0; X < x0; ++X) row[X] = 0;
+        std::memcpy(row + x0, src + y * S, sizeof(float) * (x1 - x0));
+        for (int64_t X = x1; X < Q; ++X) row[X] = 0;
       }
     }
   }
+
+  // Lane-packed weights of input i for the forward pass (wpack) and the input gradient (tpack).
+  void pack_weights(size_t i, bool fwd, bool dx) {
+    const ConvInputGeom& ig = cs_.in[i];
+    const int F = cs_.filters, G = ig.groups, Fg = F / G, Cf = ig.filter_channels, fs = ig.g.fsize;
+    const int64_t Kg = ig.kg(), f2 = (int64_t)fs * fs;
+    const float* W = weights[i]->w.data();
+    if (fwd) {
+      const int nb = (Fg + 15) / 16;
+      std::vector<float>& wp = wpack_[i];
+      wp.assign((size_t)G * nb * Kg * 16, 0.f);
+      for (int g = 0; g < G; ++g)
+        for (int b = 0; b < nb; ++b)
+          for (int64_t k = 0; k < Kg; ++k) {
+            float* d = wp.data() + (((int64_t)g * nb + b) * Kg + k) * 16;
+            const float* s = W + k * F + g * Fg + b * 16;
+            for (int j = 0; j < 16 && b * 16 + j < Fg; ++j) d[j] = s[j];
+          }
+    }
+    if (dx) {
+      const int nb = (Cf + 15) / 16;
+      const int64_t Kt = (int64_t)Fg * f2;
+      std::vector<float>& tp = tpack_[i];
+      tp.assign((size_t)G * nb * Kt * 16, 0.f);
+      for (int g = 0; g < G; ++g)
+        for (int b = 0; b < nb; ++b)
+          for (int f = 0; f < Fg; ++f)
+            for (int gy = 0; gy < fs; ++gy)
+              for (int gx = 0; gx < fs; ++gx) {
+                float* d = tp.data() + ((((int64_t)g * nb + b) * Kt) + f * f2 + gy * fs + gx) * 16;
+                for (int j = 0; j < 16 && b * 16 + j < Cf; ++j)
+                  d[j] = W[((int64_t)(b * 16 + j) * f2 + (fs - 1 - gy) * fs + (fs - 1 - gx)) * F + g * Fg + f];
+              }
+    }
+  }
+
+  // Per-thread scratch for the direct kernels, sized outside the parallel regions.
+  void grow_direct_buffers(bool dx) {
+    const size_t T = (size_t)omp_get_max_threads();
+    const int M = cs_.modules_x, F = cs_.filters;
+    const int64_t P = cs_.modules();
+    int64_t pin = 0, dt = 0, dp = 0;
+    for (const auto& ig : cs_.in) {
+      const int G = ig.groups, Fgp = (F / G + 15) / 16 * 16;
+      pin = std::max<int64_t>(pin, (int64_t)ig.g.vchan.size() * padq(ig, M) * padq(ig, M));
+      dt = std::max<int64_t>(dt, P * G * Fgp);
+      if (dx) dp = std::max<int64_t>(dp, (int64_t)F * dq(ig) * dq(ig));
+    }
+    if (pin_.size() < T) pin_.resize(T);
+    if (dt_.size() < T) dt_.resize(T);
+    if (dpad_.size() < T) dpad_.resize(T);
+    for (size_t t = 0; t < T; ++t) {
+      if ((int64_t)pin_[t].size() < pin) pin_[t].resize(pin);
+      if ((int64_t)dt_[t].size() < dt) dt_[t].resize(dt);
+      if ((int64_t)dpad_[t].size() < dp) dpad_[t].resize(dp);
+    }
+    wpack_.resize(cs_.in.size());
+    tpack_.resize(cs_.in.size());
+  }
+
+  void fprop_direct(const std::vector<const Mat*>& in, Mat& o) {
+    const int N = (int)o.rows(), F = cs_.filters, M = cs_.modules_x;
+    const int64_t P = cs_.modules();
+    const float* bias = biases->w.data();
+    const bool sb = shared_biases_;
+    grow_direct_buffers(false);
+    for (size_t i = 0; i < in.size(); ++i) pack_weights(i, true, false);
+#pragma omp parallel
+    {
+      float* pin = pin_[omp_get_thread_num()].data();
+#pragma omp for schedule(dynamic, 1)
+      for (int n = 0; n < N; ++n) {
+        float* out_n = o.row(n);  // F x P
+        for (int f = 0; f < F; ++f)
+          for (int64_t m = 0; m < P; ++m) out_n[f * P + m] = sb ? bias[f] : bias[f * P + m];
+        for (size_t i = 0; i < in.size(); ++i) {
+          const ConvInputGeom& ig = cs_.in[i];
+          const int G = ig.groups, Fg = F / G, Cf = ig.filter_channels, fs = ig.g.fsize;
+          const int64_t Q = padq(ig, M), Kg = ig.kg(), nb = (Fg + 15) / 16;
+          pad_input(ig, Q, in[i]->row(n), pin);
+          for (int g = 0; g < G; ++g)
+            direct_fwd(pin + (int64_t)g * Cf * Q * Q, Cf, (int)Q, fs, M, wpack_[i].data() + g * nb * Kg * 16, Fg,
+                       fmap_.data() + g * Fg, out_n, P);
+        }
+      }
+    }
+  }
+
+  void bprop_direct(const std::vector<const Mat*>& in, const Mat& dout, const std::vector<Mat*>& din) {
+    const int N = (int)dout.rows(), F = cs_.filters, M = cs_.modules_x;
+    const int64_t P = cs_.modules();
+    bool any_dx = false;
+    for (Mat* d : din) any_dx = any_dx || d;
+    grow_direct_buffers(any_dx);
+    const int T = omp_get_max_threads();
+    for (size_t i = 0; i < in.size(); ++i) {
+      const ConvInputGeom& ig = cs_.in[i];
+      const int G = ig.groups, Fg = F / G, Cf = ig.filter_channels, fs = ig.g.fsize, S_img = ig.g.size;
+      const int Fgp = (Fg + 15) / 16 * 16, ldT = G * Fgp;
+      const int64_t Kg = ig.kg(), Q = padq(ig, M), D = dq(ig), SS = (int64_t)S_img * S_img;
+      const int64_t nbc = (Cf + 15) / 16, Kt = (int64_t)Fg * fs * fs;
+      const int off = fs - 1 - ig.g.pad;  // dpad[f][Y][X] = dout[f][Y - off][X - off]
+      Mat* dx = din[i];
+      if (dx) pack_weights(i, false, true);
+      const int S = std::min(N, std::max(kMinSlots, T));
+      if ((int)dw_.size() < S) dw_.resize(S);
+      for (int sl = 0; sl < S; ++sl) dw_[sl].resize(Kg, F);
+#pragma omp parallel num_threads(T)
+      {
+        const int t = omp_get_thread_num();
+        float* pin = pin_[t].data();
+        float* dT = dt_[t].data();
+        float* dpad = dpad_[t].data();
+#pragma omp for schedule(dynamic, 1)
+        for (int sl = 0; sl < S; ++sl) {
+          dw_[sl].zero();
+          for (int n = (int)((int64_t)N * sl / S); n < (int)((int64_t)N * (sl + 1) / S); ++n) {
+            const float* dout_n = dout.row(n);  // F x P
+            pad_input(ig, Q, in[i]->row(n), pin);
+            for (int g = 0; g < G; ++g)
+              for (int f = 0; f < Fgp; ++f) {
+                float* d = dT + g * Fgp + f;
+                if (f >= Fg) {
+                  for (int64_t m = 0; m < P; ++m) d[m * ldT] = 0.f;
+                  continue;
+                }
+                const float* s = dout_n + (int64_t)(g * Fg + f) * P;
+                for (int64_t m = 0; m < P; ++m) d[m * ldT] = s[m];
+              }
+            for (int g = 0; g < G; ++g)
+              direct_dw(pin + (int64_t)g * Cf * Q * Q, Cf, (int)Q, fs, M, dT + g * Fgp, ldT, Fg,
+                        dw_[sl].data() + g * Fg, F);
+            if (!dx) continue;
+            for (int f = 0; f < F; ++f) {
+              const float* s = dout_n + (int64_t)f * P;
+              float* d = dpad + (int64_t)f * D * D;
+              for (int64_t Y = 0; Y < D; ++Y) {
+                float* row = d + Y * D;
+                const int64_t y = Y - off;
+                if (y < 0 || y >= M) {
+                  std::memset(row, 0, sizeof(float) * D);
+                  continue;
+                }
+                for (int64_t X = 0; X < D; ++X) {
+                  const int64_t x = X - off;
+                  row[X] = x >= 0 && x < M ? s[y * M + x] : 0.f;
+                }
+              }
+            }
+            for (int g = 0; g < G; ++g)
+              direct_fwd(dpad + (int64_t)g * Fg * D * D, Fg, (int)D, fs, S_img, tpack_[i].data() + g * nbc * Kt * 16,
+                         Cf, ig.g.vchan.data() + g * Cf, dx->row(n), SS);
+          }
+        }
+      }
+      add_slots(weights[i]->grad, S);
+    }
+  }
+
+ public:
 
   void reload_params(LayerSpec& spec) override {
     reload_weight_params(spec, *this);
@@ -187,6 +443,12 @@ class ConvLayer : public Layer {
 
  private:
   static constexpr int kMinSlots = 8;
+  static constexpr int kDirectMaxFg = 1024;  // auto: direct up to this many filters per group
+
+  bool direct_ = false;       // chosen once at setup (choose_kernel)
+  std::vector<int> fmap_;     // 0..F-1: output channel of lane j (forward)
+  std::vector<std::vector<float>> wpack_, tpack_;     // per input: lane-packed weights
+  std::vector<std::vector<float>> pin_, dt_, dpad_;  // per thread: padded input, dout^T, padded dout
 
   // One column buffer per OpenMP thread, with room for the largest input's K x P, allocated
   // here, outside the parallel regions (an exception must not escape one).

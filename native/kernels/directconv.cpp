@@ -1,0 +1,212 @@
+// ccn/native/kernels/directconv.cpp: direct stride-1 convolution for AVX-512 (layouts and
+// formulas in directconv.h).
+//
+// Every function that uses AVX-512 carries __attribute__((target("avx512f"))) instead of
+// compiling this file with -mavx512f: inline library code (std::, instantiated templates)
+// is then still emitted for the baseline ISA, so the linker cannot pick an AVX-512 copy of a
+// shared COMDAT function for code that runs on CPUs without AVX-512.
+//
+// direct_fwd: output channels in the lanes, FV zmm (16*FV channels) x R output pixels of one
+// row in FV*R accumulators; per tap (c, fy, fx) FV weight loads, R broadcasts of input
+// pixels (embedded in the FMA) and FV*R FMAs. The tile is stored to a small buffer and
+// added into the channel planes (a transpose; ~1/(K/16) of the FMAs' time).
+// direct_dw: filters in the lanes, accumulators for NY x NX taps x FV zmm of filters, summed
+// over every output pixel of the case: per pixel FV loads of the gradient row and NY*NX
+// broadcasts of input pixels for FV*NY*NX FMAs; added into dw (masked past nf) at the end.
+#include "kernels/directconv.h"
+
+#include <immintrin.h>
+
+#include <atomic>
+#include <utility>
+
+#define CCN_AVX512 __attribute__((target("avx512f")))
+
+namespace ccn {
+
+namespace {
+
+std::atomic<int64_t> g_counts[kConvCounters];
+
+template <int FV, int R>
+CCN_AVX512 void fwd_tile(const float* src, int cin, int q, int fs, const float* wp, int64_t K, float* buf) {
+  __m512 acc[FV][R];
+#pragma GCC unroll 16
+  for (int v = 0; v < FV; ++v)
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) acc[v][r] = _mm512_setzero_ps();
+  const int64_t plane = (int64_t)q * q;
+  const int64_t bstride = K * 16;  // next block of 16 output channels
+  const float* w = wp;
+  for (int c = 0; c < cin; ++c) {
+    const float* cp = src + c * plane;
+    for (int fy = 0; fy < fs; ++fy) {
+      const float* rp = cp + (int64_t)fy * q;
+      for (int fx = 0; fx < fs; ++fx, w += 16) {
+        __m512 wv[FV];
+#pragma GCC unroll 16
+        for (int v = 0; v < FV; ++v) wv[v] = _mm512_loadu_ps(w + v * bstride);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+          const __m512 b = _mm512_set1_ps(rp[fx + r]);
+#pragma GCC unroll 16
+          for (int v = 0; v < FV; ++v) acc[v][r] = _mm512_fmadd_ps(wv[v], b, acc[v][r]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < FV; ++v) _mm512_storeu_ps(buf + (r * FV + v) * 16, acc[v][r]);
+}
+
+typedef void (*FwdTileFn)(const float*, int, int, int, const float*, int64_t, float*);
+
+constexpr int kMaxR1 = 16;  // pixels per tile with one zmm of channels
+constexpr int kMaxR2 = 12;  // with two
+
+template <int FV, int... Rs>
+constexpr FwdTileFn fwd_pick(int R, std::integer_sequence<int, Rs...>) {
+  FwdTileFn t[] = {fwd_tile<FV, Rs + 1>...};
+  return t[R - 1];
+}
+
+FwdTileFn fwd_fn(int FV, int R) {
+  if (FV == 1) return fwd_pick<1>(R, std::make_integer_sequence<int, kMaxR1>{});
+  return fwd_pick<2>(R, std::make_integer_sequence<int, kMaxR2>{});
+}
+
+template <int FV, int NY, int NX>
+CCN_AVX512 void dw_block(const float* sp, int q, int mo, const float* dT, int ldT, int nvalid, float* dw,
+                         int64_t ldw, int fs) {
+  __m512 acc[NY][NX][FV];
+#pragma GCC unroll 16
+  for (int iy = 0; iy < NY; ++iy)
+#pragma GCC unroll 16
+    for (int ix = 0; ix < NX; ++ix)
+#pragma GCC unroll 16
+      for (int v = 0; v < FV; ++v) acc[iy][ix][v] = _mm512_setzero_ps();
+  for (int y = 0; y < mo; ++y) {
+    const float* d = dT + (int64_t)y * mo * ldT;
+    const float* p = sp + (int64_t)y * q;
+    for (int x = 0; x < mo; ++x, d += ldT, ++p) {
+      __m512 dv[FV];
+#pragma GCC unroll 16
+      for (int v = 0; v < FV; ++v) dv[v] = _mm512_loadu_ps(d + 16 * v);
+#pragma GCC unroll 16
+      for (int iy = 0; iy < NY; ++iy)
+#pragma GCC unroll 16
+        for (int ix = 0; ix < NX; ++ix) {
+          const __m512 b = _mm512_set1_ps(p[iy * q + ix]);
+#pragma GCC unroll 16
+          for (int v = 0; v < FV; ++v) acc[iy][ix][v] = _mm512_fmadd_ps(b, dv[v], acc[iy][ix][v]);
+        }
+    }
+  }
+#pragma GCC unroll 16
+  for (int v = 0; v < FV; ++v) {
+    const int n = nvalid - 16 * v;
+    const __mmask16 m = n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+#pragma GCC unroll 16
+    for (int iy = 0; iy < NY; ++iy)
+#pragma GCC unroll 16
+      for (int ix = 0; ix < NX; ++ix) {
+        float* o = dw + (int64_t)(iy * fs + ix) * ldw + 16 * v;
+        const __m512 old = _mm512_maskz_loadu_ps(m, o);
+        _mm512_mask_storeu_ps(o, m, _mm512_add_ps(old, acc[iy][ix][v]));
+      }
+  }
+}
+
+typedef void (*DwBlockFn)(const float*, int, int, const float*, int, int, float*, int64_t, int);
+constexpr int kMaxNX = 6, kMaxNY = 4;
+
+template <int FV, int NY, int... NXs>
+constexpr DwBlockFn dw_pick_x(int NX, std::integer_sequence<int, NXs...>) {
+  DwBlockFn t[] = {dw_block<FV, NY, NXs + 1>...};
+  return t[NX - 1];
+}
+
+template <int FV>
+DwBlockFn dw_pick(int NY, int NX) {
+  constexpr auto xs = std::make_integer_sequence<int, kMaxNX>{};
+  switch (NY) {
+    case 1: return dw_pick_x<FV, 1>(NX, xs);
+    case 2: return dw_pick_x<FV, 2>(NX, xs);
+    case 3: return dw_pick_x<FV, 3>(NX, xs);
+    default: return dw_pick_x<FV, 4>(NX, xs);
+  }
+}
+
+// n split into ceil(n / most) near-equal chunks: chunk i is [n*i/k, n*(i+1)/k).
+inline int chunks(int n, int most) { return (n + most - 1) / most; }
+
+}  // namespace
+
+bool direct_conv_available() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") != 0;
+  }();
+  return ok;
+}
+
+void direct_fwd(const float* src, int cin, int q, int fs, int mo, const float* wp, int nout, const int* map,
+                float* dst, int64_t dst_ld) {
+  const int64_t K = (int64_t)cin * fs * fs;
+  const int nb = (nout + 15) / 16;
+  alignas(64) float buf[(kMaxR1 > 2 * kMaxR2 ? kMaxR1 : 2 * kMaxR2) * 16];
+  for (int b = 0; b < nb;) {
+    const int FV = nb - b >= 2 ? 2 : 1;
+    const int maxr = FV == 2 ? kMaxR2 : kMaxR1;
+    const int nk = chunks(mo, maxr);
+    const int nl = nout - b * 16 < 16 * FV ? nout - b * 16 : 16 * FV;  // valid lanes of this tile
+    const float* w = wp + (int64_t)b * K * 16;
+    for (int y = 0; y < mo; ++y)
+      for (int k = 0; k < nk; ++k) {
+        const int x0 = mo * k / nk, R = mo * (k + 1) / nk - x0;
+        fwd_fn(FV, R)(src + (int64_t)y * q + x0, cin, q, fs, w, K, buf);
+        const int64_t o = (int64_t)y * mo + x0;
+        for (int j = 0; j < nl; ++j) {
+          float* d = dst + map[b * 16 + j] * dst_ld + o;
+          const float* s = buf + j;
+          for (int r = 0; r < R; ++r) d[r] += s[r * FV * 16];
+        }
+      }
+    b += FV;
+  }
+}
+
+void direct_dw(const float* src, int cin, int q, int fs, int mo, const float* dT, int ldT, int nf, float* dw,
+               int64_t ldw) {
+  const int nb = (nf + 15) / 16;
+  const int64_t plane = (int64_t)q * q;
+  for (int b = 0; b < nb;) {
+    const int FV = nb - b >= 2 ? 2 : 1;
+    const int nvalid = nf - b * 16;
+    const int nkx = chunks(fs, kMaxNX);
+    for (int kx = 0; kx < nkx; ++kx) {
+      const int fx0 = fs * kx / nkx, NX = fs * (kx + 1) / nkx - fx0;
+      int most_y = 24 / (FV * NX);
+      most_y = most_y < 1 ? 1 : most_y > kMaxNY ? kMaxNY : most_y;
+      const int nky = chunks(fs, most_y);
+      for (int ky = 0; ky < nky; ++ky) {
+        const int fy0 = fs * ky / nky, NY = fs * (ky + 1) / nky - fy0;
+        const DwBlockFn fn = FV == 2 ? dw_pick<2>(NY, NX) : dw_pick<1>(NY, NX);
+        for (int c = 0; c < cin; ++c)
+          fn(src + c * plane + (int64_t)fy0 * q + fx0, q, mo, dT + b * 16, ldT, nvalid,
+             dw + ((int64_t)c * fs * fs + (int64_t)fy0 * fs + fx0) * ldw + b * 16, ldw, fs);
+      }
+    }
+    b += FV;
+  }
+}
+
+void count_conv_kernel(ConvKernelCounter c) { g_counts[c].fetch_add(1, std::memory_order_relaxed); }
+int64_t conv_kernel_count(ConvKernelCounter c) { return g_counts[c].load(std::memory_order_relaxed); }
+void reset_conv_kernel_counts() {
+  for (auto& c : g_counts) c.store(0, std::memory_order_relaxed);
+}
+
+}  // namespace ccn
