@@ -18,9 +18,14 @@
 #include <immintrin.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <utility>
 
 #define CCN_AVX512 __attribute__((target("avx512f")))
+
+// GCC 12 reports its own _mm512_setzero_ps/_mm512_maskz_loadu_ps (the _mm512_undefined_ps
+// inside) as "maybe uninitialized" once inlined: a known false positive.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace ccn {
 
@@ -61,10 +66,38 @@ CCN_AVX512 void fwd_tile(const float* src, int cin, int q, int fs, const float* 
     for (int v = 0; v < FV; ++v) _mm512_storeu_ps(buf + (r * FV + v) * 16, acc[v][r]);
 }
 
+// In-register transpose of a 16 x 16 block: r[i] lane j becomes r[j] lane i.
+CCN_AVX512 inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+  }
+}
+
 typedef void (*FwdTileFn)(const float*, int, int, int, const float*, int64_t, float*);
 
 constexpr int kMaxR1 = 16;  // pixels per tile with one zmm of channels
 constexpr int kMaxR2 = 12;  // with two
+// Forward rows of 16-pixel tiles use one zmm of channels and an in-register transpose; that
+// saves the scalar transposing store, which matters only for few taps per output (conv1).
+constexpr int64_t kFwdTransposeMaxK = 128;
 
 template <int FV, int... Rs>
 constexpr FwdTileFn fwd_pick(int R, std::integer_sequence<int, Rs...>) {
@@ -152,11 +185,34 @@ bool direct_conv_available() {
   return ok;
 }
 
-void direct_fwd(const float* src, int cin, int q, int fs, int mo, const float* wp, int nout, const int* map,
-                float* dst, int64_t dst_ld) {
+CCN_AVX512 void direct_fwd(const float* src, int cin, int q, int fs, int mo, const float* wp, int nout,
+                           const int* map, float* dst, int64_t dst_ld, const float* bias, bool accumulate) {
   const int64_t K = (int64_t)cin * fs * fs;
   const int nb = (nout + 15) / 16;
   alignas(64) float buf[(kMaxR1 > 2 * kMaxR2 ? kMaxR1 : 2 * kMaxR2) * 16];
+  if (mo % 16 == 0 && (K <= kFwdTransposeMaxK || getenv("DC16"))) {
+    // Rows of whole 16-pixel tiles, one zmm of channels: the 16 x 16 tile is transposed in
+    // registers and stored as 16 contiguous pixels per channel.
+    for (int b = 0; b < nb; ++b) {
+      const int nl = nout - b * 16 < 16 ? nout - b * 16 : 16;
+      const float* w = wp + (int64_t)b * K * 16;
+      for (int y = 0; y < mo; ++y)
+        for (int x0 = 0; x0 < mo; x0 += 16) {
+          fwd_tile<1, 16>(src + (int64_t)y * q + x0, cin, q, fs, w, K, buf);
+          __m512 r[16];
+          for (int i = 0; i < 16; ++i) r[i] = _mm512_load_ps(buf + 16 * i);
+          transpose16(r);
+          const int64_t o = (int64_t)y * mo + x0;
+          for (int j = 0; j < nl; ++j) {
+            const int ch = map[b * 16 + j];
+            float* d = dst + ch * dst_ld + o;
+            const __m512 base = accumulate ? _mm512_loadu_ps(d) : _mm512_set1_ps(bias ? bias[ch] : 0.f);
+            _mm512_storeu_ps(d, _mm512_add_ps(base, r[j]));
+          }
+        }
+    }
+    return;
+  }
   for (int b = 0; b < nb;) {
     const int FV = nb - b >= 2 ? 2 : 1;
     const int maxr = FV == 2 ? kMaxR2 : kMaxR1;
@@ -169,9 +225,15 @@ void direct_fwd(const float* src, int cin, int q, int fs, int mo, const float* w
         fwd_fn(FV, R)(src + (int64_t)y * q + x0, cin, q, fs, w, K, buf);
         const int64_t o = (int64_t)y * mo + x0;
         for (int j = 0; j < nl; ++j) {
-          float* d = dst + map[b * 16 + j] * dst_ld + o;
+          const int ch = map[b * 16 + j];
+          float* d = dst + ch * dst_ld + o;
           const float* s = buf + j;
-          for (int r = 0; r < R; ++r) d[r] += s[r * FV * 16];
+          if (accumulate) {
+            for (int r = 0; r < R; ++r) d[r] += s[r * FV * 16];
+          } else {
+            const float bv = bias ? bias[ch] : 0.f;
+            for (int r = 0; r < R; ++r) d[r] = bv + s[r * FV * 16];
+          }
         }
       }
     b += FV;
@@ -201,6 +263,20 @@ void direct_dw(const float* src, int cin, int q, int fs, int mo, const float* dT
     }
     b += FV;
   }
+}
+
+CCN_AVX512 void direct_transpose(const float* src, int64_t src_ld, int nrow, int64_t ncol, float* dst, int64_t dst_ld,
+                                 int nrow_pad) {
+  for (int f0 = 0; f0 < nrow_pad; f0 += 16)
+    for (int64_t m0 = 0; m0 < ncol; m0 += 16) {
+      const int64_t nc = ncol - m0 < 16 ? ncol - m0 : 16;
+      const __mmask16 cm = nc == 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nc) - 1);
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i)
+        r[i] = f0 + i < nrow ? _mm512_maskz_loadu_ps(cm, src + (f0 + i) * src_ld + m0) : _mm512_setzero_ps();
+      transpose16(r);
+      for (int64_t i = 0; i < nc; ++i) _mm512_storeu_ps(dst + (m0 + i) * dst_ld + f0, r[i]);
+    }
 }
 
 void count_conv_kernel(ConvKernelCounter c) { g_counts[c].fetch_add(1, std::memory_order_relaxed); }

@@ -32,8 +32,13 @@ namespace ccn {
 
 bool direct_conv_available();  // AVX-512F on this CPU (checked once)
 
+// accumulate: dst += the sums; otherwise dst = bias[map[j]] (0 when bias is null) + the sums.
 void direct_fwd(const float* src, int cin, int q, int fs, int mo, const float* wp, int nout, const int* map,
-                float* dst, int64_t dst_ld);
+                float* dst, int64_t dst_ld, const float* bias, bool accumulate);
+// dst[m*dst_ld + f] = src[f*src_ld + m] for f < nrow, 0 for nrow <= f < nrow_pad (a multiple
+// of 16), m < ncol: dout_n (F x P) to the lanes-last dT.
+void direct_transpose(const float* src, int64_t src_ld, int nrow, int64_t ncol, float* dst, int64_t dst_ld,
+                      int nrow_pad);
 void direct_dw(const float* src, int cin, int q, int fs, int mo, const float* dT, int ldT, int nf, float* dw,
                int64_t ldw);
 

@@ -339,16 +339,18 @@ class ConvLayer : public Layer {
 #pragma omp for schedule(dynamic, 1)
       for (int n = 0; n < N; ++n) {
         float* out_n = o.row(n);  // F x P
-        for (int f = 0; f < F; ++f)
-          for (int64_t m = 0; m < P; ++m) out_n[f * P + m] = sb ? bias[f] : bias[f * P + m];
+        // Shared biases: the first input's kernel writes bias + sum (no separate fill pass).
+        if (!sb)
+          for (int64_t j = 0; j < F * P; ++j) out_n[j] = bias[j];
         for (size_t i = 0; i < in.size(); ++i) {
           const ConvInputGeom& ig = cs_.in[i];
           const int G = ig.groups, Fg = F / G, Cf = ig.filter_channels, fs = ig.g.fsize;
           const int64_t Q = padq(ig, M), Kg = ig.kg(), nb = (Fg + 15) / 16;
           pad_input(ig, Q, in[i]->row(n), pin);
+          const bool first = i == 0 && sb;
           for (int g = 0; g < G; ++g)
             direct_fwd(pin + (int64_t)g * Cf * Q * Q, Cf, (int)Q, fs, M, wpack_[i].data() + g * nb * Kg * 16, Fg,
-                       fmap_.data() + g * Fg, out_n, P);
+                       fmap_.data() + g * Fg, out_n, P, first ? bias : nullptr, !first);
         }
       }
     }
@@ -385,16 +387,7 @@ class ConvLayer : public Layer {
           for (int n = (int)((int64_t)N * sl / S); n < (int)((int64_t)N * (sl + 1) / S); ++n) {
             const float* dout_n = dout.row(n);  // F x P
             pad_input(ig, Q, in[i]->row(n), pin);
-            for (int g = 0; g < G; ++g)
-              for (int f = 0; f < Fgp; ++f) {
-                float* d = dT + g * Fgp + f;
-                if (f >= Fg) {
-                  for (int64_t m = 0; m < P; ++m) d[m * ldT] = 0.f;
-                  continue;
-                }
-                const float* s = dout_n + (int64_t)(g * Fg + f) * P;
-                for (int64_t m = 0; m < P; ++m) d[m * ldT] = s[m];
-              }
+            for (int g = 0; g < G; ++g) direct_transpose(dout_n + (int64_t)g * Fg * P, P, Fg, P, dT + g * Fgp, ldT, Fgp);
             for (int g = 0; g < G; ++g)
               direct_dw(pin + (int64_t)g * Cf * Q * Q, Cf, (int)Q, fs, M, dT + g * Fgp, ldT, Fg,
                         dw_[sl].data() + g * Fg, F);
@@ -417,7 +410,7 @@ class ConvLayer : public Layer {
             }
             for (int g = 0; g < G; ++g)
               direct_fwd(dpad + (int64_t)g * Fg * D * D, Fg, (int)D, fs, S_img, tpack_[i].data() + g * nbc * Kt * 16,
-                         Cf, ig.g.vchan.data() + g * Cf, dx->row(n), SS);
+                         Cf, ig.g.vchan.data() + g * Cf, dx->row(n), SS, nullptr, true);
           }
         }
       }
