@@ -8,8 +8,10 @@
 //
 // direct_fwd: output channels in the lanes, FV zmm (16*FV channels) x R output pixels of one
 // row in FV*R accumulators; per tap (c, fy, fx) FV weight loads, R broadcasts of input
-// pixels (embedded in the FMA) and FV*R FMAs. The tile is stored to a small buffer and
-// added into the channel planes (a transpose; ~1/(K/16) of the FMAs' time).
+// pixels (embedded in the FMA) and FV*R FMAs. The input channels are taken in chunks whose
+// packed weights fit L1; each tile's sums go to a lanes-last scratch (pixel-major, 16
+// channels per pixel) between chunks, which is finally transposed 16 x 16 in registers and
+// written (bias +) or added into the channel planes.
 // direct_dw: filters in the lanes, accumulators for NY x NX taps x FV zmm of filters, summed
 // over every output pixel of the case: per pixel FV loads of the gradient row and NY*NX
 // broadcasts of input pixels for FV*NY*NX FMAs; added into dw (masked past nf) at the end.
@@ -18,7 +20,6 @@
 #include <immintrin.h>
 
 #include <atomic>
-#include <cstdlib>
 #include <utility>
 
 #define CCN_AVX512 __attribute__((target("avx512f")))
@@ -33,13 +34,16 @@ namespace {
 
 std::atomic<int64_t> g_counts[kConvCounters];
 
+// acc[v*abs + r*16 + lane] (+)= the taps of channels [0, cin) for R pixels of one row; the
+// accumulators start from zero (first) or from acc.
 template <int FV, int R>
-CCN_AVX512 void fwd_tile(const float* src, int cin, int q, int fs, const float* wp, int64_t K, float* buf) {
+CCN_AVX512 void fwd_tile(const float* src, int cin, int q, int fs, const float* wp, int64_t K, float* acc_buf,
+                         int64_t abs, bool first) {
   __m512 acc[FV][R];
 #pragma GCC unroll 16
   for (int v = 0; v < FV; ++v)
 #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) acc[v][r] = _mm512_setzero_ps();
+    for (int r = 0; r < R; ++r) acc[v][r] = first ? _mm512_setzero_ps() : _mm512_load_ps(acc_buf + v * abs + r * 16);
   const int64_t plane = (int64_t)q * q;
   const int64_t bstride = K * 16;  // next block of 16 output channels
   const float* w = wp;
@@ -61,9 +65,9 @@ CCN_AVX512 void fwd_tile(const float* src, int cin, int q, int fs, const float* 
     }
   }
 #pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
+  for (int v = 0; v < FV; ++v)
 #pragma GCC unroll 16
-    for (int v = 0; v < FV; ++v) _mm512_storeu_ps(buf + (r * FV + v) * 16, acc[v][r]);
+    for (int r = 0; r < R; ++r) _mm512_store_ps(acc_buf + v * abs + r * 16, acc[v][r]);
 }
 
 // In-register transpose of a 16 x 16 block: r[i] lane j becomes r[j] lane i.
@@ -91,13 +95,13 @@ CCN_AVX512 inline void transpose16(__m512 r[16]) {
   }
 }
 
-typedef void (*FwdTileFn)(const float*, int, int, int, const float*, int64_t, float*);
+typedef void (*FwdTileFn)(const float*, int, int, int, const float*, int64_t, float*, int64_t, bool);
 
 constexpr int kMaxR1 = 16;  // pixels per tile with one zmm of channels
 constexpr int kMaxR2 = 12;  // with two
-// Forward rows of 16-pixel tiles use one zmm of channels and an in-register transpose; that
-// saves the scalar transposing store, which matters only for few taps per output (conv1).
-constexpr int64_t kFwdTransposeMaxK = 128;
+// Channels per pass over the case: their packed weights for two zmm of output channels,
+// cb * fs^2 * 128 bytes, stay within about 32 KB (L1) while every tile of the case uses them.
+constexpr int64_t kFwdChunkBytes = 32 << 10;
 
 template <int FV, int... Rs>
 constexpr FwdTileFn fwd_pick(int R, std::integer_sequence<int, Rs...>) {
@@ -186,57 +190,48 @@ bool direct_conv_available() {
 }
 
 CCN_AVX512 void direct_fwd(const float* src, int cin, int q, int fs, int mo, const float* wp, int nout,
-                           const int* map, float* dst, int64_t dst_ld, const float* bias, bool accumulate) {
-  const int64_t K = (int64_t)cin * fs * fs;
+                           const int* map, float* dst, int64_t dst_ld, const float* bias, bool accumulate,
+                           float* acc) {
+  const int64_t K = (int64_t)cin * fs * fs, P = (int64_t)mo * mo, abs = P * 16;
   const int nb = (nout + 15) / 16;
-  alignas(64) float buf[(kMaxR1 > 2 * kMaxR2 ? kMaxR1 : 2 * kMaxR2) * 16];
-  if (mo % 16 == 0 && (K <= kFwdTransposeMaxK || getenv("DC16"))) {
-    // Rows of whole 16-pixel tiles, one zmm of channels: the 16 x 16 tile is transposed in
-    // registers and stored as 16 contiguous pixels per channel.
-    for (int b = 0; b < nb; ++b) {
-      const int nl = nout - b * 16 < 16 ? nout - b * 16 : 16;
-      const float* w = wp + (int64_t)b * K * 16;
+  const int64_t f2 = (int64_t)fs * fs;
+  int cb = (int)(kFwdChunkBytes / (f2 * 128));
+  cb = cb < 1 ? 1 : cb > cin ? cin : cb;
+  const int ncb = (cin + cb - 1) / cb;
+  // acc[b*P*16 + m*16 + lane]: channel b*16 + lane of pixel m, summed over the channel chunks.
+  for (int k = 0; k < ncb; ++k) {
+    const int c0 = (int)((int64_t)cin * k / ncb), c1 = (int)((int64_t)cin * (k + 1) / ncb);
+    for (int b = 0; b < nb;) {
+      const int FV = nb - b >= 2 ? 2 : 1;
+      const int maxr = FV == 2 ? kMaxR2 : kMaxR1;
+      const int nk = chunks(mo, maxr);
+      const float* w = wp + (int64_t)b * K * 16 + c0 * f2 * 16;
       for (int y = 0; y < mo; ++y)
-        for (int x0 = 0; x0 < mo; x0 += 16) {
-          fwd_tile<1, 16>(src + (int64_t)y * q + x0, cin, q, fs, w, K, buf);
-          __m512 r[16];
-          for (int i = 0; i < 16; ++i) r[i] = _mm512_load_ps(buf + 16 * i);
-          transpose16(r);
-          const int64_t o = (int64_t)y * mo + x0;
-          for (int j = 0; j < nl; ++j) {
-            const int ch = map[b * 16 + j];
-            float* d = dst + ch * dst_ld + o;
-            const __m512 base = accumulate ? _mm512_loadu_ps(d) : _mm512_set1_ps(bias ? bias[ch] : 0.f);
-            _mm512_storeu_ps(d, _mm512_add_ps(base, r[j]));
-          }
+        for (int kx = 0; kx < nk; ++kx) {
+          const int x0 = mo * kx / nk, R = mo * (kx + 1) / nk - x0;
+          fwd_fn(FV, R)(src + (int64_t)c0 * q * q + (int64_t)y * q + x0, c1 - c0, q, fs, w, K,
+                        acc + b * abs + ((int64_t)y * mo + x0) * 16, abs, k == 0);
         }
+      b += FV;
     }
-    return;
   }
-  for (int b = 0; b < nb;) {
-    const int FV = nb - b >= 2 ? 2 : 1;
-    const int maxr = FV == 2 ? kMaxR2 : kMaxR1;
-    const int nk = chunks(mo, maxr);
-    const int nl = nout - b * 16 < 16 * FV ? nout - b * 16 : 16 * FV;  // valid lanes of this tile
-    const float* w = wp + (int64_t)b * K * 16;
-    for (int y = 0; y < mo; ++y)
-      for (int k = 0; k < nk; ++k) {
-        const int x0 = mo * k / nk, R = mo * (k + 1) / nk - x0;
-        fwd_fn(FV, R)(src + (int64_t)y * q + x0, cin, q, fs, w, K, buf);
-        const int64_t o = (int64_t)y * mo + x0;
-        for (int j = 0; j < nl; ++j) {
-          const int ch = map[b * 16 + j];
-          float* d = dst + ch * dst_ld + o;
-          const float* s = buf + j;
-          if (accumulate) {
-            for (int r = 0; r < R; ++r) d[r] += s[r * FV * 16];
-          } else {
-            const float bv = bias ? bias[ch] : 0.f;
-            for (int r = 0; r < R; ++r) d[r] = bv + s[r * FV * 16];
-          }
-        }
+  // Lanes-last to channel planes: 16 x 16 transposes, then add (or bias +) per channel.
+  for (int b = 0; b < nb; ++b) {
+    const int nl = nout - b * 16 < 16 ? nout - b * 16 : 16;
+    const float* ab = acc + b * abs;
+    for (int64_t m0 = 0; m0 < P; m0 += 16) {
+      const int64_t np = P - m0 < 16 ? P - m0 : 16;
+      const __mmask16 pm = np == 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << np) - 1);
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i) r[i] = i < np ? _mm512_load_ps(ab + (m0 + i) * 16) : _mm512_setzero_ps();
+      transpose16(r);
+      for (int j = 0; j < nl; ++j) {
+        const int ch = map[b * 16 + j];
+        float* d = dst + ch * dst_ld + m0;
+        const __m512 base = accumulate ? _mm512_maskz_loadu_ps(pm, d) : _mm512_set1_ps(bias ? bias[ch] : 0.f);
+        _mm512_mask_storeu_ps(d, pm, _mm512_add_ps(base, r[j]));
       }
-    b += FV;
+    }
   }
 }
 

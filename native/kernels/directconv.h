@@ -33,8 +33,10 @@ namespace ccn {
 bool direct_conv_available();  // AVX-512F on this CPU (checked once)
 
 // accumulate: dst += the sums; otherwise dst = bias[map[j]] (0 when bias is null) + the sums.
+// acc: scratch of direct_fwd_scratch(mo, nout) floats, 64-byte aligned.
 void direct_fwd(const float* src, int cin, int q, int fs, int mo, const float* wp, int nout, const int* map,
-                float* dst, int64_t dst_ld, const float* bias, bool accumulate);
+                float* dst, int64_t dst_ld, const float* bias, bool accumulate, float* acc);
+inline int64_t direct_fwd_scratch(int mo, int nout) { return (int64_t)mo * mo * ((nout + 15) / 16) * 16; }
 // dst[m*dst_ld + f] = src[f*src_ld + m] for f < nrow, 0 for nrow <= f < nrow_pad (a multiple
 // of 16), m < ncol: dout_n (F x P) to the lanes-last dT.
 void direct_transpose(const float* src, int64_t src_ld, int nrow, int64_t ncol, float* dst, int64_t dst_ld,

@@ -307,9 +307,11 @@ class ConvLayer : public Layer {
     const size_t T = (size_t)omp_get_max_threads();
     const int M = cs_.modules_x, F = cs_.filters;
     const int64_t P = cs_.modules();
-    int64_t pin = 0, dt = 0, dp = 0;
+    int64_t pin = 0, dt = 0, dp = 0, ac = 0;
     for (const auto& ig : cs_.in) {
       const int G = ig.groups, Fgp = (F / G + 15) / 16 * 16;
+      ac = std::max(ac, direct_fwd_scratch(M, F / G));
+      if (dx) ac = std::max(ac, direct_fwd_scratch(ig.g.size, ig.filter_channels));
       pin = std::max<int64_t>(pin, (int64_t)ig.g.vchan.size() * padq(ig, M) * padq(ig, M));
       dt = std::max<int64_t>(dt, P * G * Fgp);
       if (dx) dp = std::max<int64_t>(dp, (int64_t)F * dq(ig) * dq(ig));
@@ -317,7 +319,9 @@ class ConvLayer : public Layer {
     if (pin_.size() < T) pin_.resize(T);
     if (dt_.size() < T) dt_.resize(T);
     if (dpad_.size() < T) dpad_.resize(T);
+    if (acc_.size() < T) acc_.resize(T);
     for (size_t t = 0; t < T; ++t) {
+      acc_[t].resize(ac, 1);
       if ((int64_t)pin_[t].size() < pin) pin_[t].resize(pin);
       if ((int64_t)dt_[t].size() < dt) dt_[t].resize(dt);
       if ((int64_t)dpad_[t].size() < dp) dpad_[t].resize(dp);
@@ -336,6 +340,7 @@ class ConvLayer : public Layer {
 #pragma omp parallel
     {
       float* pin = pin_[omp_get_thread_num()].data();
+      float* acc = acc_[omp_get_thread_num()].data();
 #pragma omp for schedule(dynamic, 1)
       for (int n = 0; n < N; ++n) {
         float* out_n = o.row(n);  // F x P
@@ -350,7 +355,7 @@ class ConvLayer : public Layer {
           const bool first = i == 0 && sb;
           for (int g = 0; g < G; ++g)
             direct_fwd(pin + (int64_t)g * Cf * Q * Q, Cf, (int)Q, fs, M, wpack_[i].data() + g * nb * Kg * 16, Fg,
-                       fmap_.data() + g * Fg, out_n, P, first ? bias : nullptr, !first);
+                       fmap_.data() + g * Fg, out_n, P, first ? bias : nullptr, !first, acc);
         }
       }
     }
@@ -381,6 +386,7 @@ class ConvLayer : public Layer {
         float* pin = pin_[t].data();
         float* dT = dt_[t].data();
         float* dpad = dpad_[t].data();
+        float* acc = acc_[t].data();
 #pragma omp for schedule(dynamic, 1)
         for (int sl = 0; sl < S; ++sl) {
           dw_[sl].zero();
@@ -410,7 +416,7 @@ class ConvLayer : public Layer {
             }
             for (int g = 0; g < G; ++g)
               direct_fwd(dpad + (int64_t)g * Fg * D * D, Fg, (int)D, fs, S_img, tpack_[i].data() + g * nbc * Kt * 16,
-                         Cf, ig.g.vchan.data() + g * Cf, dx->row(n), SS, nullptr, true);
+                         Cf, ig.g.vchan.data() + g * Cf, dx->row(n), SS, nullptr, true, acc);
           }
         }
       }
@@ -442,6 +448,7 @@ class ConvLayer : public Layer {
   std::vector<int> fmap_;     // 0..F-1: output channel of lane j (forward)
   std::vector<std::vector<float>> wpack_, tpack_;     // per input: lane-packed weights
   std::vector<std::vector<float>> pin_, dt_, dpad_;  // per thread: padded input, dout^T, padded dout
+  std::vector<Mat> acc_;  // per thread: direct_fwd's lanes-last accumulators (64-byte aligned)
 
   // One column buffer per OpenMP thread, with room for the largest input's K x P, allocated
   // here, outside the parallel regions (an exception must not escape one).
