@@ -23,6 +23,12 @@
 #include <utility>
 
 #define CCN_AVX512 __attribute__((target("avx512f")))
+// The tap loops read overlapping pixels (tap fx, pixel r+1 is tap fx+1, pixel r). GCC's
+// predictive commoning (-O3) then keeps the pixels in xmm registers and broadcasts them with
+// register-source vbroadcastss, which issue on port 5, one of the two 512-bit FMA ports:
+// a third of the FMA slots lost. Without it every broadcast is a load-port-only memory
+// broadcast.
+#define CCN_KERNEL CCN_AVX512 __attribute__((optimize("no-predictive-commoning")))
 
 // GCC 12 reports its own _mm512_setzero_ps/_mm512_maskz_loadu_ps (the _mm512_undefined_ps
 // inside) as "maybe uninitialized" once inlined: a known false positive.
@@ -37,7 +43,7 @@ std::atomic<int64_t> g_counts[kConvCounters];
 // acc[v*abs + r*16 + lane] (+)= the taps of channels [0, cin) for R pixels of one row; the
 // accumulators start from zero (first) or from acc.
 template <int FV, int R>
-CCN_AVX512 void fwd_tile(const float* src, int cin, int q, int fs, const float* wp, int64_t K, float* acc_buf,
+CCN_KERNEL void fwd_tile(const float* src, int cin, int q, int fs, const float* wp, int64_t K, float* acc_buf,
                          int64_t abs, bool first) {
   __m512 acc[FV][R];
 #pragma GCC unroll 16
@@ -115,7 +121,7 @@ FwdTileFn fwd_fn(int FV, int R) {
 }
 
 template <int FV, int NY, int NX>
-CCN_AVX512 void dw_block(const float* sp, int q, int mo, const float* dT, int ldT, int nvalid, float* dw,
+CCN_KERNEL void dw_block(const float* sp, int q, int mo, const float* dT, int ldT, int nvalid, float* dw,
                          int64_t ldw, int fs) {
   __m512 acc[NY][NX][FV];
 #pragma GCC unroll 16
