@@ -44,6 +44,11 @@ void direct_transpose(const float* src, int64_t src_ld, int nrow, int64_t ncol, 
 void direct_dw(const float* src, int cin, int q, int fs, int mo, const float* dT, int ldT, int nf, float* dw,
                int64_t ldw);
 
+// sum over n < N, m < P of dout[n*ld + m] in double, in conv.cpp's order: 8 lanes (lane =
+// m mod 8, each summed over n and m in order), then the lanes in order. Bitwise equal to the
+// scalar loop in ConvLayer::bias_grad, 8 lanes per instruction.
+double shared_bias_grad(const float* dout, int64_t ld, int N, int64_t P);
+
 // Kernel-use counters (tests assert which kernel ran; `ccn info` lists the kernels).
 enum ConvKernelCounter { kGemmFprop, kGemmBprop, kDirectFprop, kDirectBprop, kConvCounters };
 void count_conv_kernel(ConvKernelCounter c);

@@ -29,7 +29,7 @@
 // Direct kernels (kernels/directconv.h, AVX-512, stride 1 only): chosen at setup by
 // CCN_CONV_KERNEL = gemm | direct | auto (default auto), read once here, never per pass.
 // auto takes direct when the CPU has AVX-512F, every input has stride 1 and filters per group
-// <= kDirectMaxFg; direct forces it wherever it can run (stride 1), gemm never uses it.
+// <= kDirectMaxFg (384, from measurements, see there); direct forces it wherever it can run (stride 1), gemm never uses it.
 // Same parallel structure (one case per task, slots of cases for dW), per case and group:
 //   forward:  pin  = the case's virtual channels zero-padded to Q x Q, Q = modulesX - 1 + fs
 //             out_n[g-block] += direct_fwd(pin[g-block], wpack_g)   (after the bias fill)
@@ -139,7 +139,11 @@ class ConvLayer : public Layer {
     // they vectorise; one serial chain of N*P double adds took ~5 ms for 18pct conv1),
     // added in lane order at the end: deterministic, whatever the thread count.
     float* db = biases->grad.data();
-    if (shared_biases_) {
+    if (shared_biases_ && direct_conv_available()) {  // the same sums, AVX-512 (bitwise equal)
+      const int64_t ld = dout.cols();
+#pragma omp parallel for schedule(static)
+      for (int f = 0; f < F; ++f) db[f] += (float)shared_bias_grad(dout.data() + (int64_t)f * P, ld, N, P);
+    } else if (shared_biases_) {
       constexpr int kLanes = 8;
 #pragma omp parallel for schedule(static)
       for (int f = 0; f < F; ++f) {
@@ -442,7 +446,11 @@ class ConvLayer : public Layer {
 
  private:
   static constexpr int kMinSlots = 8;
-  static constexpr int kDirectMaxFg = 1024;  // auto: direct up to this many filters per group
+  // auto: direct up to this many filters per group. Measured (1 thread, minibatch 128, forward +
+  // backward, tools/conv_kernel_bench.py): 18pct's 32-64 filters 2.1-2.2x GEMM's speed,
+  // AlexNet's 192-384 1.08-1.12x (conv5, 256: 0.96-1.23x, noise); 13x13 layers with 512
+  // filters about equal, 1024 0.9x, 2048 0.85x (minibatch 8-16).
+  static constexpr int kDirectMaxFg = 384;
 
   bool direct_ = false;       // chosen once at setup (choose_kernel)
   std::vector<int> fmap_;     // 0..F-1: output channel of lane j (forward)

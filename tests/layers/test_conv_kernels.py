@@ -195,6 +195,18 @@ def test_auto_picks_direct_for_stride_1_and_gemm_for_stride_2(monkeypatch):
         assert c[f"{want}_fprop"] == 1, (stride, kernel, c)
 
 
+@needs_direct
+def test_auto_keeps_gemm_for_many_filters_per_group(monkeypatch):
+    """auto: direct up to 384 filters per group (measured crossover, conv.cpp kDirectMaxFg)."""
+    x = np.random.default_rng(fresh_seed()).standard_normal((2, 2 * 3 * 3)).astype(np.float32)
+    for filters, groups, want in [(384, 1, "direct"), (385, 1, "gemm"), (300, 2, "direct")]:
+        text = conv_text(channels=2, filters=filters, groups=groups, filterSize=3, padding=1)
+        net = build(monkeypatch, "auto", text, {0: (2, 3, 3)})
+        core.reset_conv_kernel_counts()
+        net.forward({0: x}, train=False)
+        assert core.conv_kernel_counts()[f"{want}_fprop"] == 1, (filters, groups)
+
+
 def test_kernel_choice_is_validated_and_read_at_setup(monkeypatch):
     monkeypatch.setenv("CCN_CONV_KERNEL", "winograd")
     with pytest.raises(ConfigError, match="CCN_CONV_KERNEL"):
