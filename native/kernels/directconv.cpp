@@ -299,6 +299,14 @@ CCN_AVX512 double shared_bias_grad(const float* dout, int64_t ld, int N, int64_t
   return s;
 }
 
+CCN_AVX512 void bias_lanes_add(const float* g, int64_t P, double* lanes) {
+  __m512d acc = _mm512_loadu_pd(lanes);
+  int64_t m = 0;
+  for (; m + 8 <= P; m += 8) acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm256_loadu_ps(g + m)));
+  _mm512_storeu_pd(lanes, acc);
+  for (; m < P; ++m) lanes[m % 8] += g[m];
+}
+
 void count_conv_kernel(ConvKernelCounter c) { g_counts[c].fetch_add(1, std::memory_order_relaxed); }
 int64_t conv_kernel_count(ConvKernelCounter c) { return g_counts[c].load(std::memory_order_relaxed); }
 void reset_conv_kernel_counts() {

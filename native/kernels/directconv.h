@@ -49,6 +49,9 @@ void direct_dw(const float* src, int cin, int q, int fs, int mo, const float* dT
 // scalar loop in ConvLayer::bias_grad, 8 lanes per instruction.
 double shared_bias_grad(const float* dout, int64_t ld, int N, int64_t P);
 
+// lanes[m mod 8] += g[m] for m < P, in order, in double (one case of the above).
+void bias_lanes_add(const float* g, int64_t P, double* lanes);
+
 // Kernel-use counters (tests assert which kernel ran; `ccn info` lists the kernels).
 enum ConvKernelCounter { kGemmFprop, kGemmBprop, kDirectFprop, kDirectBprop, kConvCounters };
 void count_conv_kernel(ConvKernelCounter c);

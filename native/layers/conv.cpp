@@ -94,7 +94,8 @@ class ConvLayer : public Layer {
 
   void bprop(const std::vector<const Mat*>& in, const Mat& o, const Mat& dout, const std::vector<Mat*>& din,
              const PassCtx& pc) override {
-    bias_grad(dout);
+    // The direct path sums shared-bias gradients case by case while dout_n is in cache.
+    if (!(direct_ && shared_biases_)) bias_grad(dout);
     count_conv_kernel(direct_ ? kDirectBprop : kGemmBprop);
     if (direct_) bprop_direct(in, dout, din);
     else bprop_gemm(in, o, dout, din, pc);
@@ -384,6 +385,10 @@ class ConvLayer : public Layer {
       const int S = std::min(N, std::max(kMinSlots, T));
       if ((int)dw_.size() < S) dw_.resize(S);
       for (int sl = 0; sl < S; ++sl) dw_[sl].resize(Kg, F);
+      // Shared-bias gradient (with the first input): per slot and filter 8 double lanes
+      // (lane = module mod 8), the slots' lanes added in slot order, then the lanes in order.
+      const bool do_bias = i == 0 && shared_biases_;
+      if (do_bias) bsum_.assign((size_t)S * F * 8, 0.0);
 #pragma omp parallel num_threads(T)
       {
         const int t = omp_get_thread_num();
@@ -397,6 +402,8 @@ class ConvLayer : public Layer {
           for (int n = (int)((int64_t)N * sl / S); n < (int)((int64_t)N * (sl + 1) / S); ++n) {
             const float* dout_n = dout.row(n);  // F x P
             pad_input(ig, Q, in[i]->row(n), pin);
+            if (do_bias)
+              for (int f = 0; f < F; ++f) bias_lanes_add(dout_n + (int64_t)f * P, P, &bsum_[((size_t)sl * F + f) * 8]);
             for (int g = 0; g < G; ++g) direct_transpose(dout_n + (int64_t)g * Fg * P, P, Fg, P, dT + g * Fgp, ldT, Fgp);
             for (int g = 0; g < G; ++g)
               direct_dw(pin + (int64_t)g * Cf * Q * Q, Cf, (int)Q, fs, M, dT + g * Fgp, ldT, Fg,
@@ -425,6 +432,16 @@ class ConvLayer : public Layer {
         }
       }
       add_slots(weights[i]->grad, S);
+      if (do_bias) {
+        float* db = biases->grad.data();
+        for (int f = 0; f < F; ++f) {
+          double lanes[8] = {}, t = 0;
+          for (int sl = 0; sl < S; ++sl)
+            for (int j = 0; j < 8; ++j) lanes[j] += bsum_[((size_t)sl * F + f) * 8 + j];
+          for (int j = 0; j < 8; ++j) t += lanes[j];
+          db[f] += (float)t;
+        }
+      }
     }
   }
 
@@ -457,6 +474,7 @@ class ConvLayer : public Layer {
   std::vector<std::vector<float>> wpack_, tpack_;     // per input: lane-packed weights
   std::vector<std::vector<float>> pin_, dt_, dpad_;  // per thread: padded input, dout^T, padded dout
   std::vector<Mat> acc_;  // per thread: direct_fwd's lanes-last accumulators (64-byte aligned)
+  std::vector<double> bsum_;  // per slot, filter and lane: shared-bias gradient partial sums
 
   // One column buffer per OpenMP thread, with room for the largest input's K x P, allocated
   // here, outside the parallel regions (an exception must not escape one).
