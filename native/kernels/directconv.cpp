@@ -120,6 +120,11 @@ FwdTileFn fwd_fn(int FV, int R) {
   return fwd_pick<2>(R, std::make_integer_sequence<int, kMaxR2>{});
 }
 
+// One block of the weight gradient of one case: taps (fy0 + iy, fx0 + ix), iy < NY, ix < NX,
+// of one input channel, filters f0 .. f0 + 16*FV - 1 (nvalid of them real):
+//   sp = padded plane + fy0*q + fx0 (q x q, x fastest), dT = lanes-last dout + f0 (mo*mo rows
+//   of ldT floats), dw = dw + (c*fs*fs + fy0*fs + fx0)*ldw + f0 (row per tap, filters last):
+//   dw[(iy*fs + ix)*ldw + lane] += sum_{y,x < mo} sp[(y+iy)*q + x+ix] * dT[(y*mo + x)*ldT + lane]
 template <int FV, int NY, int NX>
 CCN_KERNEL void dw_block(const float* sp, int q, int mo, const float* dT, int ldT, int nvalid, float* dw,
                          int64_t ldw, int fs) {
@@ -266,6 +271,8 @@ void direct_dw(const float* src, int cin, int q, int fs, int mo, const float* dT
   }
 }
 
+// src: nrow rows of ncol floats (stride src_ld, NCHW channel planes); dst: ncol rows of
+// nrow_pad floats (stride dst_ld, lanes last), in 16 x 16 blocks through transpose16.
 CCN_AVX512 void direct_transpose(const float* src, int64_t src_ld, int nrow, int64_t ncol, float* dst, int64_t dst_ld,
                                  int nrow_pad) {
   for (int f0 = 0; f0 < nrow_pad; f0 += 16)
@@ -280,6 +287,7 @@ CCN_AVX512 void direct_transpose(const float* src, int64_t src_ld, int nrow, int
     }
 }
 
+// dout: N rows of ld floats (one filter's P modules at the start of each); see directconv.h.
 CCN_AVX512 double shared_bias_grad(const float* dout, int64_t ld, int N, int64_t P) {
   __m512d acc = _mm512_setzero_pd();
   alignas(64) double lanes[8];
