@@ -250,26 +250,28 @@ class ConvLayer : public Layer {
   static int64_t padq(const ConvInputGeom& ig, int M) { return (int64_t)M - 1 + ig.g.fsize; }
   static int64_t dq(const ConvInputGeom& ig) { return (int64_t)ig.g.size + ig.g.fsize - 1; }
 
+  // dst (Q x Q) = the S x S plane src shifted by off: dst[Y][X] = src[Y-off][X-off], 0 outside
+  // src (off may be negative: then src's first rows and columns are left out).
+  static void pad_plane(const float* src, int64_t S, int64_t off, int64_t Q, float* dst) {
+    const int64_t x0 = std::clamp<int64_t>(off, 0, Q), x1 = std::clamp<int64_t>(off + S, x0, Q);
+    for (int64_t Y = 0; Y < Q; ++Y) {
+      float* row = dst + Y * Q;
+      const int64_t y = Y - off;
+      if (y < 0 || y >= S) {
+        std::memset(row, 0, sizeof(float) * Q);
+        continue;
+      }
+      for (int64_t X = 0; X < x0; ++X) row[X] = 0;
+      if (x1 > x0) std::memcpy(row + x0, src + y * S + (x0 - off), sizeof(float) * (x1 - x0));
+      for (int64_t X = x1; X < Q; ++X) row[X] = 0;
+    }
+  }
+
   // The case's virtual channels, zero-padded: pin[v][Y][X] = img[vchan[v]][Y-pad][X-pad].
   static void pad_input(const ConvInputGeom& ig, int64_t Q, const float* img, float* pin) {
-    const int S = ig.g.size, pad = ig.g.pad;
-    const int64_t SS = (int64_t)S * S;
-    for (size_t v = 0; v < ig.g.vchan.size(); ++v) {
-      const float* src = img + ig.g.vchan[v] * SS;
-      float* dst = pin + (int64_t)v * Q * Q;
-      for (int64_t Y = 0; Y < Q; ++Y) {
-        float* row = dst + Y * Q;
-        const int64_t y = Y - pad;
-        if (y < 0 || y >= S) {
-          std::memset(row, 0, sizeof(float) * Q);
-          continue;
-        }
-        const int64_t x0 = std::min<int64_t>(pad, Q), x1 = std::min<int64_t>(pad + S, Q);
-        for (int64_t X = 0; X < x0; ++X) row[X] = 0;
-        std::memcpy(row + x0, src + y * S, sizeof(float) * (x1 - x0));
-        for (int64_t X = x1; X < Q; ++X) row[X] = 0;
-      }
-    }
+    const int64_t S = ig.g.size, SS = S * S;
+    for (size_t v = 0; v < ig.g.vchan.size(); ++v)
+      pad_plane(img + ig.g.vchan[v] * SS, S, ig.g.pad, Q, pin + (int64_t)v * Q * Q);
   }
 
   // Lane-packed weights of input i for the forward pass (wpack) and the input gradient (tpack).
@@ -409,22 +411,7 @@ class ConvLayer : public Layer {
               direct_dw(pin + (int64_t)g * Cf * Q * Q, Cf, (int)Q, fs, M, dT + g * Fgp, ldT, Fg,
                         dw_[sl].data() + g * Fg, F);
             if (!dx) continue;
-            for (int f = 0; f < F; ++f) {
-              const float* s = dout_n + (int64_t)f * P;
-              float* d = dpad + (int64_t)f * D * D;
-              for (int64_t Y = 0; Y < D; ++Y) {
-                float* row = d + Y * D;
-                const int64_t y = Y - off;
-                if (y < 0 || y >= M) {
-                  std::memset(row, 0, sizeof(float) * D);
-                  continue;
-                }
-                for (int64_t X = 0; X < D; ++X) {
-                  const int64_t x = X - off;
-                  row[X] = x >= 0 && x < M ? s[y * M + x] : 0.f;
-                }
-              }
-            }
+            for (int f = 0; f < F; ++f) pad_plane(dout_n + (int64_t)f * P, M, off, D, dpad + (int64_t)f * D * D);
             for (int g = 0; g < G; ++g)
               direct_fwd(dpad + (int64_t)g * Fg * D * D, Fg, (int)D, fs, S_img, tpack_[i].data() + g * nbc * Kt * 16,
                          Cf, ig.g.vchan.data() + g * Cf, dx->row(n), SS, nullptr, true, acc);
