@@ -29,12 +29,15 @@
 // Direct kernels (kernels/directconv.h, AVX-512, stride 1 only): chosen at setup by
 // CCN_CONV_KERNEL = gemm | direct | auto (default auto), read once here, never per pass.
 // auto takes direct when the CPU has AVX-512F, every input has stride 1 and filters per group
-// <= kDirectMaxFg (384, from measurements, see there); direct forces it wherever it can run (stride 1), gemm never uses it.
+// <= kDirectMaxFg (384, from measurements, see there); direct takes it wherever it can run
+// (AVX-512F, stride 1; otherwise GEMM); gemm never uses it.
 // Same parallel structure (one case per task, slots of cases for dW), per case and group:
 //   forward:  pin  = the case's virtual channels zero-padded to Q x Q, Q = modulesX - 1 + fs
-//             out_n[g-block] += direct_fwd(pin[g-block], wpack_g)   (after the bias fill)
+//             out_n[g-block] = bias + direct_fwd(pin[g-block], wpack_g)  (first input, shared
+//             biases; otherwise += after a bias fill)
 //   dW:       dT   = dout_n transposed to P x (G * Fgp) (filters last, each group padded to a
-//             multiple of 16 with zeros); dw_[slot] += direct_dw(pin[g-block], dT[g-block])
+//             multiple of 16 with zeros); dw_[slot] += direct_dw(pin[g-block], dT[g-block]);
+//             shared-bias sums per slot from dout_n (while in cache), slots then lanes in order
 //   dx:       dpad = dout_n zero-padded to S+fs-1 square planes (offset fs-1-pad),
 //             din_n[vchan[g-block]] += direct_fwd(dpad[g-block], tpack_g): the input gradient
 //             is the "full" convolution of dout with the flipped, transposed filters.

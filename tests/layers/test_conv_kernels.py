@@ -183,6 +183,26 @@ def test_direct_rand_sparse_and_two_inputs(monkeypatch):
 
 
 @needs_direct
+def test_direct_modules_x_beyond_the_image(monkeypatch):
+    """cuda-convnet2's modulesX key: more modules than the image needs (the extra ones read zeros)."""
+    rng = np.random.default_rng(fresh_seed())
+    n, C, S = 3, 5, 6
+    x = rng.standard_normal((n, C, S, S))
+    text = conv_text(channels=C, filters=18, filterSize=3, padding=1, stride=1, modulesX=9)
+    res = {}
+    for k in ("direct", "gemm"):
+        net = build(monkeypatch, k, text, {0: (C, S, S)})
+        M = net.layer("conv").shape[1]
+        assert M == 9
+        W = np.random.default_rng(7).standard_normal((C * 9, 18))
+        G = np.random.default_rng(8).standard_normal((n, 18 * M * M))
+        res[k], c = run_fb(net, x, W, np.zeros((18, 1)), G)
+        assert c[f"{k}_fprop"] == 1 and c[f"{k}_bprop"] == 1, c
+    for d, m in zip(res["direct"], res["gemm"]):
+        np.testing.assert_allclose(d, m, rtol=1e-4, atol=1e-4)
+
+
+@needs_direct
 def test_auto_picks_direct_for_stride_1_and_gemm_for_stride_2(monkeypatch):
     rng = np.random.default_rng(fresh_seed())
     x = rng.standard_normal((3, 5, 9, 9)).astype(np.float32)
