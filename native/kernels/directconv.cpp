@@ -28,11 +28,17 @@
 // register-source vbroadcastss, which issue on port 5, one of the two 512-bit FMA ports:
 // a third of the FMA slots lost. Without it every broadcast is a load-port-only memory
 // broadcast.
+#if defined(__clang__)
+#define CCN_KERNEL CCN_AVX512  // clang has no predictive commoning pass (nor this attribute)
+#else
 #define CCN_KERNEL CCN_AVX512 __attribute__((optimize("no-predictive-commoning")))
+#endif
 
 // GCC 12 reports its own _mm512_setzero_ps/_mm512_maskz_loadu_ps (the _mm512_undefined_ps
 // inside) as "maybe uninitialized" once inlined: a known false positive.
+#if !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 namespace ccn {
 
