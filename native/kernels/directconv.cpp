@@ -111,6 +111,7 @@ typedef void (*FwdTileFn)(const float*, int, int, int, const float*, int64_t, fl
 
 constexpr int kMaxR1 = 16;  // pixels per tile with one zmm of channels
 constexpr int kMaxR2 = 12;  // with two
+constexpr int kMaxR4 = 6;   // with four (4 weight loads + R broadcasts per 4R FMAs)
 // Channels per pass over the case: their packed weights for two zmm of output channels,
 // cb * fs^2 * 128 bytes, stay within about 32 KB (L1) while every tile of the case uses them.
 constexpr int64_t kFwdChunkBytes = 32 << 10;
@@ -123,6 +124,7 @@ constexpr FwdTileFn fwd_pick(int R, std::integer_sequence<int, Rs...>) {
 
 FwdTileFn fwd_fn(int FV, int R) {
   if (FV == 1) return fwd_pick<1>(R, std::make_integer_sequence<int, kMaxR1>{});
+  if (FV == 4) return fwd_pick<4>(R, std::make_integer_sequence<int, kMaxR4>{});
   return fwd_pick<2>(R, std::make_integer_sequence<int, kMaxR2>{});
 }
 
@@ -212,15 +214,16 @@ CCN_AVX512 void direct_fwd(const float* src, int cin, int q, int fs, int mo, con
   const int64_t K = (int64_t)cin * fs * fs, P = (int64_t)mo * mo, abs = P * 16;
   const int nb = (nout + 15) / 16;
   const int64_t f2 = (int64_t)fs * fs;
-  int cb = (int)(kFwdChunkBytes / (f2 * 128));
+  const int fvmax = nb >= 4 ? 4 : 2;
+  int cb = (int)(kFwdChunkBytes / (f2 * 64 * fvmax));
   cb = cb < 1 ? 1 : cb > cin ? cin : cb;
   const int ncb = (cin + cb - 1) / cb;
   // acc[b*P*16 + m*16 + lane]: channel b*16 + lane of pixel m, summed over the channel chunks.
   for (int k = 0; k < ncb; ++k) {
     const int c0 = (int)((int64_t)cin * k / ncb), c1 = (int)((int64_t)cin * (k + 1) / ncb);
     for (int b = 0; b < nb;) {
-      const int FV = nb - b >= 2 ? 2 : 1;
-      const int maxr = FV == 2 ? kMaxR2 : kMaxR1;
+      const int FV = nb - b >= 4 ? 4 : nb - b >= 2 ? 2 : 1;
+      const int maxr = FV == 4 ? kMaxR4 : FV == 2 ? kMaxR2 : kMaxR1;
       const int nk = chunks(mo, maxr);
       const float* w = wp + (int64_t)b * K * 16 + c0 * f2 * 16;
       for (int y = 0; y < mo; ++y)

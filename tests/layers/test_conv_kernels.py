@@ -88,7 +88,22 @@ def random_geometry(rng):
 def test_direct_matches_float64_reference_and_gemm(trial, monkeypatch):
     seed = fresh_seed()
     rng = np.random.default_rng(seed)
-    g = random_geometry(rng)
+    check_direct_case(random_geometry(rng), rng, seed, monkeypatch)
+
+
+@needs_direct
+@pytest.mark.parametrize("fg,groups,size", [(64, 1, 8), (70, 1, 13), (100, 2, 5)])
+def test_direct_wide_filter_blocks(fg, groups, size, monkeypatch):
+    """64+ filters (or, for dx, channels) per group: 4-zmm (64-channel) tiles with a 1- or 2-zmm remainder."""
+    seed = fresh_seed()
+    rng = np.random.default_rng(seed)
+    g = dict(groups=groups, cf=66 if groups == 2 else int(rng.choice([3, 17, 66])), fg=fg, fs=int(rng.integers(1, 6)), pad=0, size=size,
+             n=int(rng.choice([1, 7])))
+    g["pad"] = int(rng.integers(0, g["fs"]))
+    check_direct_case(g, rng, seed, monkeypatch)
+
+
+def check_direct_case(g, rng, seed, monkeypatch):
     C, F = g["cf"] * g["groups"], g["fg"] * g["groups"]
     M = modules_x(g["size"], g["fs"], g["pad"], 1)
     x = rng.standard_normal((g["n"], C, g["size"], g["size"]))
