@@ -59,10 +59,12 @@ def main():
 
         rates = [sgemm_rate(threads)]
     raw.reset_layer_times()
+    c = time.thread_time()
     t = time.perf_counter()
     for _ in range(args.steps):
         net.train_step(data, 0.0, args.mini)
     step = (time.perf_counter() - t) / args.steps
+    cpu_step = (time.thread_time() - c) / args.steps
     if args.sgemm:
         rates.append(sgemm_rate(threads))
     flops = {d["name"]: d["flops_per_case"] for d in raw.layers()}
@@ -76,6 +78,10 @@ def main():
     other = step * 1e3 - sum((f + b) / args.steps * 1e3 for _, f, b in rows)
     print(f"{'other':12} {other:9.1f} {'':9} {100 * other / (step * 1e3):5.1f}%")
     print(f"step: {step * 1e3:.1f} ms (mean of {args.steps}, minibatch {args.mini})")
+    # The calling thread's CPU time: with --threads 1 the whole step runs on it, and unlike
+    # the wall times above it does not grow when other processes share the cores.
+    print(f"step CPU, main thread: {cpu_step * 1e3:.1f} ms"
+          + ("" if threads == 1 else f" (with {threads} threads only the main thread's share)"))
     if args.sgemm:
         ref = sum(rates) / 2
         types = {d["name"]: d["type"] for d in raw.layers()}

@@ -23,6 +23,8 @@ def gather() -> dict:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "cpu_count": os.cpu_count(),
         "compiler": b.get("compiler", ""),
+        "conv_kernels": list(b.get("conv_kernels", ["gemm"])),
+        "conv_kernel_setting": os.environ.get("CCN_CONV_KERNEL", "") or "auto",
         "cuda_status": core.cuda_status(),
         "gpus": list(core.cuda_devices()),
         "cublas": core.cublas_status() if "cuda" in b["backends"] else "",
@@ -45,6 +47,10 @@ def info(json_out):
                f"large GEMMs split over {d['gemm_threads']} OpenMP threads")
     click.echo(f"OpenMP threads: {d['omp_threads']} (of {d['cpu_count']} CPUs), "
                f"wait policy {d['omp_wait_policy'].lower() or 'default'}")
+    direct = "direct-avx512" in d["conv_kernels"]
+    click.echo(f"conv kernels (CPU): {', '.join(d['conv_kernels'])}"
+               + ("" if direct else " (no AVX-512F on this CPU: direct kernels unavailable)")
+               + f"; CCN_CONV_KERNEL={d['conv_kernel_setting']}")
     if "cuda" in d["backends"]:
         click.echo(f"CUDA: {d['cuda_status']}")
         click.echo(f"cuBLAS: {d['cublas']}")

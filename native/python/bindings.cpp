@@ -8,6 +8,7 @@
 #include "core/blas.h"
 #include "core/error.h"
 #include "core/simd.h"
+#include "kernels/directconv.h"
 #include "net/net.h"
 #ifdef CCN_WITH_CUDA
 #include "cuda/cublas.h"
@@ -131,6 +132,12 @@ PYBIND11_MODULE(_core, m) {
     d["blas_threads"] = blas_threads();
     d["omp_threads"] = omp_get_max_threads();
     d["gemm_threads"] = gemm_threads();
+    // Convolution kernels this build can run here (native/kernels/directconv.h): "gemm"
+    // always; "direct-avx512" when the CPU has AVX-512F. CCN_CONV_KERNEL picks per layer.
+    py::list conv_kernels;
+    conv_kernels.append("gemm");
+    if (direct_conv_available()) conv_kernels.append("direct-avx512");
+    d["conv_kernels"] = conv_kernels;
 #ifdef __VERSION__
     d["compiler"] = __VERSION__;
 #endif
@@ -138,6 +145,16 @@ PYBIND11_MODULE(_core, m) {
   });
   // The instruction-set path of core/simd.h's kernels in use (CCN_SIMD overrides; read once).
   m.def("simd_path", [] { return std::string(ccn::simd::k().name); });
+  // How many conv passes each kernel made since the last reset (tests check which one ran).
+  m.def("conv_kernel_counts", [] {
+    py::dict d;
+    d["gemm_fprop"] = conv_kernel_count(kGemmFprop);
+    d["gemm_bprop"] = conv_kernel_count(kGemmBprop);
+    d["direct_fprop"] = conv_kernel_count(kDirectFprop);
+    d["direct_bprop"] = conv_kernel_count(kDirectBprop);
+    return d;
+  });
+  m.def("reset_conv_kernel_counts", [] { reset_conv_kernel_counts(); });
   m.def("set_threads", [](int n) {
     if (n < 1) input_error("the thread count must be at least 1, got ", n, ".");
     omp_set_num_threads(n);  // the BLAS stays single-threaded; sgemm splits over these (core/blas.h)

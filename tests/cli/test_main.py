@@ -53,6 +53,13 @@ def test_info_tells_the_truth():
         assert "no GPU" in run("info").stdout
     txt = run("info").stdout
     assert d["blas"] in txt
+    # conv kernels: GEMM always, the direct AVX-512 ones exactly when the core says so
+    from ccn._native import core
+    assert d["conv_kernels"] == list(core.build_info()["conv_kernels"])
+    assert d["conv_kernels"][0] == "gemm"
+    assert "conv kernels (CPU): " + ", ".join(d["conv_kernels"]) in txt
+    assert d["conv_kernel_setting"] == (os.environ.get("CCN_CONV_KERNEL") or "auto")
+    assert "CCN_CONV_KERNEL=direct" in run("info", env={"CCN_CONV_KERNEL": "direct"}).stdout
 
 
 def test_env_prefix_sets_options():
