@@ -24,6 +24,15 @@ struct PoolGeom {
   bool max = true, relu = false;
 };
 
+// Floats in each of pool_bwd_plane's scratch buffers me and ge: size*S rows of spread
+// windows, or for stride 2 with sizeX 3 the O padded rows of W = S + 2|start| + 4 floats
+// that the backward interleaves a plane's outputs into (core/simd_pool.inc).
+inline int64_t pool_bwd_scratch(const PoolGeom& g) {
+  const int64_t a = g.start < 0 ? -g.start : g.start;
+  const int64_t spread = (int64_t)g.size * g.S, inter = (int64_t)g.O * (g.S + 2 * a + 4);
+  return spread > inter ? spread : inter;
+}
+
 struct Kernels {
   const char* name;
   // out[i] = 0.f + sum_{k < taps} a[i + k*step], the terms added in k order (i < n).
@@ -58,7 +67,8 @@ struct Kernels {
   // d[i] (+)= g[i] * (v[i] > 0 ? 1 : 0)   (assign: d[i] = 0.f + that)
   void (*relu_bwd)(const float* v, const float* g, float* d, int64_t n, bool assign);
   // One pool plane forward (max or avg; rb, hb: S floats of scratch) and backward (max/maxabs
-  // or avg; me, ge: size*S floats, zero-filled by the caller once per thread; assign: d is
+  // or avg; me, ge: pool_bwd_scratch(g) floats, zero-filled by the caller once per thread (for
+  // one geometry); assign: d is
   // overwritten). Bitwise layers/pool.cpp's definitions.
   void (*pool_fwd_plane)(const PoolGeom& g, const float* x, float* y, float* rb, float* hb);
   void (*pool_bwd_plane)(const PoolGeom& g, const float* x, const float* y, const float* go, float* d, float* me,

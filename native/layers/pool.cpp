@@ -166,7 +166,8 @@ class PoolLayer : public Layer {
     const int64_t inPlane = (int64_t)S * S, outPlane = (int64_t)O * O;
 #pragma omp parallel if (N * C * outPlane > 16384)
     {
-      std::vector<float> me((size_t)size_ * S, 0.f), ge((size_t)size_ * S, 0.f);  // spread rows, see below
+      const size_t scratch = (size_t)simd::pool_bwd_scratch(geom);  // spread rows, see below
+      std::vector<float> me(scratch, 0.f), ge(scratch, 0.f);
 #pragma omp for collapse(2) schedule(static)
       for (int64_t n = 0; n < N; ++n)
         for (int c = 0; c < C; ++c)  // each plane of din is this thread's only
