@@ -131,16 +131,24 @@ void unfold_image_major(const UnfoldGeom& g, const float* img, float* col, float
 // channel: its gradient plane is copied into the padded q, the entries are added in the same
 // order as without padding (v, fy, fx, my, mx; those outside the image land in q's border),
 // and the image part is copied back: every pixel gets the same sums in the same order.
-void fold_image_major(const UnfoldGeom& g, const float* col, float* dimg, float* q) {
+void fold_image_major(const UnfoldGeom& g, const float* col, float* dimg, float* q, bool assign) {
   const int fs = g.fsize, M = g.modules_x, S = g.size, st = g.stride, C = g.channels, Q = padded_side(g);
   const int64_t P = g.modules();
   const int lo = std::min(g.pad, Q), hi = std::min(Q, S + g.pad);  // q's rows/cols [lo, hi) are the image's
   for (int c = 0; c < C; ++c) {
     bool read = false;
     for (size_t v = 0; v < g.vchan.size() && !read; ++v) read = g.vchan[v] == c;
-    if (!read) continue;
     float* plane = dimg + (int64_t)c * S * S;
-    pad_plane(g, plane, q);
+    if (!read) {
+      if (assign) std::fill(plane, plane + (int64_t)S * S, 0.f);
+      continue;
+    }
+    if (assign) {  // q as pad_plane makes it from a zeroed plane; pixels q does not cover: 0
+      std::fill(q, q + (int64_t)Q * Q, 0.f);
+      if (lo != g.pad || hi - lo < S) std::fill(plane, plane + (int64_t)S * S, 0.f);
+    } else {
+      pad_plane(g, plane, q);
+    }
     for (size_t v = 0; v < g.vchan.size(); ++v) {
       if (g.vchan[v] != c) continue;
       const float* src = col + (int64_t)v * fs * fs * P;

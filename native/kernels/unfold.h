@@ -51,7 +51,9 @@ struct UnfoldGeom {
 // thread). q: scratch of padded_plane_size(g) floats, the caller's (no allocation here).
 int64_t padded_plane_size(const UnfoldGeom& g);
 void unfold_image_major(const UnfoldGeom& g, const float* img, float* col, float* q);
-void fold_image_major(const UnfoldGeom& g, const float* col, float* dimg, float* q);
+// fold: dimg += the columns' contributions; assign: dimg = them (every pixel written, +0
+// where no column reads; the sums start at +0 as on a zeroed dimg, so bitwise the same).
+void fold_image_major(const UnfoldGeom& g, const float* col, float* dimg, float* q, bool assign = false);
 void unfold_module_major(const UnfoldGeom& g, const float* imgs, int64_t ld, int B, float* col);
 void fold_module_major(const UnfoldGeom& g, const float* col, int B, float* dimgs, int64_t ld);
 

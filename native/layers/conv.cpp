@@ -100,9 +100,14 @@ class ConvLayer : public Layer {
     // The direct path sums shared-bias gradients case by case while dout_n is in cache.
     if (!(direct_ && shared_biases_)) bias_grad(dout);
     count_conv_kernel(direct_ ? kDirectBprop : kGemmBprop);
-    if (direct_) bprop_direct(in, dout, din);
+    if (direct_) bprop_direct(in, dout, din, pc);
     else bprop_gemm(in, o, dout, din, pc);
   }
+  // Input gradients assigned when the net asks (PassCtx::din_assign): the GEMM path's fold
+  // starts each case's sums from +0 instead of the buffer; the direct dx writes 0 + sums
+  // when every image channel is read by exactly one virtual channel, else zeroes the case's
+  // row first. Both bitwise what zeroing the buffer first gave.
+  bool bprop_assigns_din() const override { return true; }
 
  private:
   void fprop_gemm(const std::vector<const Mat*>& in, Mat& o, const PassCtx&) {
@@ -175,7 +180,7 @@ class ConvLayer : public Layer {
   }
 
   void bprop_gemm(const std::vector<const Mat*>& in, const Mat&, const Mat& dout, const std::vector<Mat*>& din,
-                  const PassCtx&) {
+                  const PassCtx& pc) {
     const int N = (int)dout.rows(), F = cs_.filters;
     const int64_t P = cs_.modules();
     grow_buffers();
@@ -193,6 +198,7 @@ class ConvLayer : public Layer {
       if ((int)dw_.size() < S) dw_.resize(S);
       for (int sl = 0; sl < S; ++sl) dw_[sl].resize(Kg, F);  // allocations stay outside parallel regions
       Mat* dx = din[i];
+      const bool assign = pc.assign(i);
 #pragma omp parallel num_threads(T)
       {
         Mat& col = col_[omp_get_thread_num()];
@@ -211,7 +217,7 @@ class ConvLayer : public Layer {
             for (int g = 0; g < G; ++g)  // dcol[g] = W_g dout_n[g], overwriting col
               sgemm(false, false, (int)Kg, (int)P, Fg, 1.f, W + (int64_t)g * Fg, F, dout_n + (int64_t)g * Fg * P,
                     (int)P, 0.f, col.row(g * Kg), (int)P);
-            fold_image_major(ig.g, col.data(), dx->row(n), q);
+            fold_image_major(ig.g, col.data(), dx->row(n), q, assign);
           }
         }
       }
@@ -371,7 +377,16 @@ class ConvLayer : public Layer {
     }
   }
 
-  void bprop_direct(const std::vector<const Mat*>& in, const Mat& dout, const std::vector<Mat*>& din) {
+  // Whether input i's virtual channels read every image channel exactly once.
+  bool vchan_is_permutation(const ConvInputGeom& ig) const {
+    std::vector<int> seen(ig.g.channels, 0);
+    for (int c : ig.g.vchan)
+      if (c < 0 || c >= ig.g.channels || seen[c]++) return false;
+    return (int)ig.g.vchan.size() == ig.g.channels;
+  }
+
+  void bprop_direct(const std::vector<const Mat*>& in, const Mat& dout, const std::vector<Mat*>& din,
+                    const PassCtx& pc) {
     const int N = (int)dout.rows(), F = cs_.filters, M = cs_.modules_x;
     const int64_t P = cs_.modules();
     bool any_dx = false;
@@ -387,6 +402,8 @@ class ConvLayer : public Layer {
       const int off = fs - 1 - ig.g.pad;  // dpad[f][Y][X] = dout[f][Y - off][X - off]
       Mat* dx = din[i];
       if (dx) pack_weights(i, false, true);
+      const bool assign = dx && pc.assign(i), write = assign && vchan_is_permutation(ig);
+      const bool zero_first = assign && !write;
       const int S = std::min(N, std::max(kMinSlots, T));
       if ((int)dw_.size() < S) dw_.resize(S);
       for (int sl = 0; sl < S; ++sl) dw_[sl].resize(Kg, F);
@@ -415,9 +432,10 @@ class ConvLayer : public Layer {
                         dw_[sl].data() + g * Fg, F);
             if (!dx) continue;
             for (int f = 0; f < F; ++f) pad_plane(dout_n + (int64_t)f * P, M, off, D, dpad + (int64_t)f * D * D);
-            for (int g = 0; g < G; ++g)
+            if (zero_first) std::fill(dx->row(n), dx->row(n) + dx->cols(), 0.f);
+            for (int g = 0; g < G; ++g)  // !accumulate: 0 + the sums (bias null)
               direct_fwd(dpad + (int64_t)g * Fg * D * D, Fg, (int)D, fs, S_img, tpack_[i].data() + g * nbc * Kt * 16,
-                         Cf, ig.g.vchan.data() + g * Cf, dx->row(n), SS, nullptr, true, acc);
+                         Cf, ig.g.vchan.data() + g * Cf, dx->row(n), SS, nullptr, !write, acc);
           }
         }
       }

@@ -138,7 +138,136 @@ wc=0.0001
 coeff=1
 """
         out.append((f"net{k}", text, params, {0: (3, S, S), 1: 1}))
+    out.append(("convs", CONVS, CONV_PARAMS, {0: (3, 11, 11), 1: 1}))
     return out
+
+
+# Convolutions as the first writers of their input gradients (Layer::bprop_assigns_din): stride 1
+# (the direct kernels where the CPU has AVX-512, CCN_CONV_KERNEL=auto) and stride 2 (GEMM), plain
+# groups, randSparse tables (a channel read by several groups, maybe by none), two inputs, and
+# inputs that also feed other layers (c1 feeds r1, cs, r2, r3; r1 feeds cg, cd, cs).
+CONVS = """
+[data]
+type=data
+dataIdx=0
+
+[labels]
+type=data
+dataIdx=1
+
+[c1]
+type=conv
+inputs=data
+channels=3
+filters=4
+filterSize=3
+padding=1
+stride=1
+initW=0.3
+neuron=relu
+
+[r1]
+type=rnorm
+inputs=c1
+channels=4
+size=3
+scale=0.05
+pow=0.75
+
+[r2]
+type=neuron
+inputs=c1
+neuron=tanh[1.7,0.6]
+
+[r3]
+type=neuron
+inputs=c1
+neuron=logistic
+
+[cg]
+type=conv
+inputs=r1
+channels=4
+filters=6
+filterSize=3
+padding=1
+stride=2
+groups=2
+filterChannels=2
+initW=0.3
+
+[cd]
+type=conv
+inputs=r1
+channels=4
+filters=4
+filterSize=3
+padding=1
+stride=1
+groups=2
+filterChannels=2
+initW=0.3
+
+[cs]
+type=conv
+inputs=r1,c1
+channels=4,4
+filters=4
+filterSize=3,3
+padding=1,1
+stride=1
+groups=2,2
+randSparse=1,0
+filterChannels=2,2
+initW=0.3,0.3
+
+[cg2]
+type=conv
+inputs=r2
+channels=4
+filters=4
+filterSize=3
+padding=0
+stride=2
+groups=4
+randSparse=1
+filterChannels=2
+initW=0.3
+
+[cd2]
+type=conv
+inputs=r3
+channels=4
+filters=8
+filterSize=3
+padding=1
+stride=1
+groups=4
+randSparse=1
+filterChannels=2
+initW=0.3
+
+[sum]
+type=eltsum
+inputs=cd,cs
+
+
+[fc]
+type=fc
+inputs=sum,cg,cg2,cd2
+outputs=5
+initW=0.1
+
+[probs]
+type=softmax
+inputs=fc
+
+[cost]
+type=cost.logreg
+inputs=labels,probs
+"""
+CONV_PARAMS = "".join(f"\n[{c}]\nepsW=0.01\nepsB=0.01\nmomW=0.9\nmomB=0.9\nwc=0.0001\n"
+                      for c in ("c1", "cg", "cd", "cs", "cg2", "cd2", "fc")) + "\n[cost]\ncoeff=1\n"
 
 
 def main():

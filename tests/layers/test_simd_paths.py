@@ -68,6 +68,14 @@ def test_lazy_zeroing_bitwise_equal_to_zeroing_first(portable, tmp_path):
     assert_bitwise(portable, eager, "lazy against eager gradient zeroing")
 
 
+def test_lazy_zeroing_with_gemm_convs_bitwise_equal(tmp_path):
+    """The helper's "convs" net with every conv on the GEMM path (the fold assigning); the
+    default run above has its stride-1 convs on the direct kernels where the CPU has AVX-512."""
+    _, lazy = run_helper(tmp_path, "gemm-lazy", CCN_SIMD="portable", CCN_CONV_KERNEL="gemm")
+    _, eager = run_helper(tmp_path, "gemm-eager", CCN_SIMD="portable", CCN_CONV_KERNEL="gemm", CCN_GRAD_ZERO="eager")
+    assert_bitwise(lazy, eager, "lazy against eager gradient zeroing, GEMM convs")
+
+
 FANOUT = """
 [data]
 type=data
