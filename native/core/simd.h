@@ -66,7 +66,7 @@ struct Kernels {
   void (*relu_fwd)(const float* x, float* y, int64_t n);
   // d[i] (+)= g[i] * (v[i] > 0 ? 1 : 0)   (assign: d[i] = 0.f + that)
   void (*relu_bwd)(const float* v, const float* g, float* d, int64_t n, bool assign);
-  // One pool plane forward (max or avg; rb, hb: S floats of scratch) and backward (max/maxabs
+  // One pool plane forward (max or avg; rb: O*S floats of scratch, hb: S) and backward (max/maxabs
   // or avg; me, ge: pool_bwd_scratch(g) floats, zero-filled by the caller once per thread (for
   // one geometry); assign: d is
   // overwritten). Bitwise layers/pool.cpp's definitions.

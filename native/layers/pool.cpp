@@ -96,7 +96,9 @@ class PoolLayer : public Layer {
     const int64_t inPlane = (int64_t)S * S, outPlane = (int64_t)O * O;
 #pragma omp parallel
     {
-      std::vector<float> rb(S), hb(S);  // one output row's windows reduced over their rows; h
+      // rb: the output rows' windows reduced over their rows (O rows of S; the inline loop
+      // below and the other plane loops use the first); hb: h
+      std::vector<float> rb((size_t)O * S), hb(S);
 #pragma omp for collapse(2) schedule(static)
       for (int64_t n = 0; n < N; ++n)
         for (int c = 0; c < C; ++c) {
@@ -184,7 +186,11 @@ class PoolLayer : public Layer {
   // rows of >= 24 pixels the windows inside the row come from one vector pass h[x] = the
   // window starting at x (reduced left to right, as window by window), picked every stride,
   // and the clipped ones at the borders window by window. relu fused: relu(max), the relu
-  // neuron's expression.
+  // neuron's expression. Max with sizeX 3, stride 2 (pool1 of the CIFAR nets): every output
+  // row's window-row maxima first, then the interior windows max(max(r0, r1), r2) read at
+  // stride 2 in one vector loop (the same maxima in the same order). Its backward interleaves
+  // the plane's outputs with zeros instead of spreading them (core/simd_pool.inc,
+  // p_max_bwd_plane_s2): the same spread rows, so the same sums.
   // Backward, max_undo_row:
   // max/maxabs backward for one row of outputs (oy): m[ox] = the output (the window's
   // maximum), go[ox] its gradient; input rows [y0, y1) of the S x S planes x (input) and d
