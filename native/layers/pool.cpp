@@ -104,7 +104,7 @@ class PoolLayer : public Layer {
         for (int c = 0; c < C; ++c) {
           const float* x = in[0]->row(n) + c * inPlane;  // S x S plane, x fastest
           float* y = o.row(n) + c * outPlane;            // O x O plane
-          if (op_ != PoolOp::MaxAbs && S >= 24) {
+          if (op_ != PoolOp::MaxAbs && (S >= 24 || (size_ == 3 && stride_ == 2))) {
             K.pool_fwd_plane(geom, x, y, rb.data(), hb.data());
             continue;
           }
@@ -112,7 +112,8 @@ class PoolLayer : public Layer {
             const int y0 = std::max(0, start_ + oy * stride_), y1 = std::min(S, start_ + oy * stride_ + size_);
             if (op_ != PoolOp::MaxAbs) {
               // Rows under 24 px: the window-by-window loop inline here (the plane kernel was
-              // measured 0.2-0.5 ms slower on 18pct's 16 and 8 px avg pools).
+              // measured 0.2-0.5 ms slower on 18pct's 16 and 8 px avg pools; sizeX 3 stride 2
+              // has its own plane loops now, perf-notes pool-5).
               std::copy(x + y0 * S, x + y0 * S + S, rb.begin());
               for (int yy = y0 + 1; yy < y1; ++yy) {
                 const float* row = x + yy * S;
