@@ -205,7 +205,8 @@ class PoolLayer : public Layer {
   // descending it receives ox1's term before ox2's, and rows oy arrive in order: every pixel
   // sums its terms in row-major window order, as the scatter does. The extra +0 terms (pixels
   // of the span not at offset dx) change nothing but the sign of a zero gradient.
-  // me_all, ge_all: scratch of sizeX rows of S floats, one row per dx, zero-filled by the
+  // me_all, ge_all: scratch (simd::pool_bwd_scratch: sizeX rows of S floats here, or the
+  // stride-2 interleaved rows), one row per dx, zero-filled by the
   // caller once: row dx only ever receives values at its window pixels (the same for every
   // output row), so its other pixels stay 0 (0 == x ? 0 : 0 adds +0).
   // With relu fused, m is relu(max) and go the gradient of that: ge = m > 0 ? 0 + go : +0,
