@@ -167,3 +167,23 @@ def write_net(folder, classes=3, eps=0.05):
     with open(pp, "w") as f:
         f.write(PARAMS.format(eps=eps))
     return lp, pp
+
+
+def train_opts(tmp, data, layers, epochs=3, **kw) -> dict:
+    """``ccn train`` options for a run on the fake data set (batches 1-4 train, 5 test)."""
+    o = {"data_path": data, "data_provider": "fakedata:open_provider", "train_range": "1-4", "test_range": "5",
+         "epochs": epochs, "mini": 16, "test_freq": 2, "save_path": str(tmp / "save"), "layers": layers,
+         "seed": 5, "threads": 1}
+    o.update(kw)
+    return o
+
+
+def train(given, load_file=None, stop_after=None):
+    """run_train with ``given`` options; returns (result, what it printed)."""
+    import io
+
+    from ccn.cli.train import run_train
+
+    out = io.StringIO()
+    res = run_train(dict(given), load_file, out=out, stop_after=stop_after)
+    return res, out.getvalue()

@@ -1,7 +1,6 @@
 """`ccn train` end to end on a tiny fake dataset: the loop, its output, checkpoints, exact resume,
 crash safety, and every bad-input path."""
 
-import io
 import json
 import os
 import random
@@ -16,8 +15,8 @@ import pytest
 
 import fakedata
 from ccn import checkpoint as ck
-from ccn.cli.train import parse_range, run_train
-from ccn.errors import CcnRuntimeError, ConfigError, InputError
+from ccn.cli.train import parse_range
+from ccn.errors import CcnRuntimeError, InputError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -32,17 +31,10 @@ def setup(tmp_path):
 
 
 def opts(tmp_path, data, layers, **kw):
-    o = {"data_path": data, "data_provider": "fakedata:open_provider", "train_range": "1-4", "test_range": "5",
-         "epochs": 3, "mini": 16, "test_freq": 2, "save_path": str(tmp_path / "save"), "layers": layers,
-         "seed": 5, "threads": 1}
-    o.update(kw)
-    return o
+    return fakedata.train_opts(tmp_path, data, layers, **kw)
 
 
-def train(given, load_file=None, stop_after=None):
-    out = io.StringIO()
-    res = run_train(dict(given), load_file, out=out, stop_after=stop_after)
-    return res, out.getvalue()
+train = fakedata.train
 
 
 def weights_of(path):

@@ -21,7 +21,6 @@ import fakedata
 from ccn import checkpoint as ck
 from ccn import device as dev
 from ccn.cli.test import run_test_command
-from ccn.cli.train import run_train
 from ccn.errors import CcnRuntimeError, ConfigError, InputError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -114,17 +113,10 @@ def setup(tmp_path):
 
 
 def opts(tmp, data, layers, **kw):
-    o = {"data_path": data, "data_provider": "fakedata:open_provider", "train_range": "1-4", "test_range": "5",
-         "epochs": 2, "mini": 16, "test_freq": 2, "save_path": str(tmp / "save"), "layers": layers, "seed": 5,
-         "threads": 1}
-    o.update(kw)
-    return o
+    return fakedata.train_opts(tmp, data, layers, **{"epochs": 2, **kw})
 
 
-def train(given, load_file=None, stop_after=None):
-    out = io.StringIO()
-    res = run_train(dict(given), load_file, out=out, stop_after=stop_after)
-    return res, out.getvalue()
+train = fakedata.train
 
 
 def arrays(path):
