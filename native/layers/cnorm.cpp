@@ -16,6 +16,7 @@
 // Parallel over (case, channel) planes; each thread keeps S*S scratch planes.
 #include <vector>
 
+#include "core/simd.h"
 #include "layers/norm.h"
 
 namespace ccn {
@@ -31,6 +32,7 @@ class ContrastNormLayer : public NormLayerBase {
     dpow_.resize(N, o.cols());
     const float a = (float)alpha_, k = (float)min_div_;
     const std::vector<float> inv_n = inverse_counts();
+    const simd::Kernels& K = simd::k();
 #pragma omp parallel
     {
       std::vector<float> sum(P), sq(P), tmp(P);
@@ -48,9 +50,7 @@ class ContrastNormLayer : public NormLayerBase {
             sq[p] = dif[p] * dif[p];
           }
           box_sum_2d(sq.data(), den, tmp.data(), S_, lo(), N_);
-          for (int64_t p = 0; p < P; ++p) den[p] = k + a * den[p];
-          inv_pow(den, dp, P, pow_);
-          for (int64_t p = 0; p < P; ++p) y[p] = x[p] * dp[p];
+          K.norm_fwd(den, dp, y, x, P, k, a, pow_);
         }
     }
   }
@@ -62,6 +62,7 @@ class ContrastNormLayer : public NormLayerBase {
     CCN_CHECK(denoms_.rows() == N && denoms_.cols() == dout.cols());
     const float f = (float)(-2.0 * alpha_ * pow_);
     const std::vector<float> inv_n = inverse_counts();
+    const simd::Kernels& K = simd::k();
 #pragma omp parallel
     {
       std::vector<float> t(P), s(P), u(P), tmp(P);
@@ -74,7 +75,7 @@ class ContrastNormLayer : public NormLayerBase {
           const float* dif = diffs_.row(n) + c * P;
           const float* dp = dpow_.row(n) + c * P;
           float* d = din[0]->row(n) + c * P;
-          for (int64_t p = 0; p < P; ++p) t[p] = g[p] * y[p] / den[p];
+          K.norm_t(g, y, den, t.data(), P);
           box_sum_2d(t.data(), s.data(), tmp.data(), S_, lo_t(), N_);
           for (int64_t p = 0; p < P; ++p) {
             u[p] = f * dif[p] * s[p];           // dL/dd

@@ -129,27 +129,6 @@ inline void box_sum_2d(const float* src, float* dst, float* tmp, int S, int lo, 
   }
 }
 
-// out[i] = d[i]^(-b) for d > 0, with exact fast paths for the common exponents (0.75 in the
-// reference nets, 0.5, 1) that avoid powf.
-inline void inv_pow(const float* d, float* out, int64_t n, double b) {
-  if (b == 0.75) {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) {
-      const float r = 1.f / std::sqrt(d[i]);
-      out[i] = r * std::sqrt(r);
-    }
-  } else if (b == 0.5) {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) out[i] = 1.f / std::sqrt(d[i]);
-  } else if (b == 1.0) {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) out[i] = 1.f / d[i];
-  } else {
-    const float nb = (float)-b;
-    for (int64_t i = 0; i < n; ++i) out[i] = std::pow(d[i], nb);
-  }
-}
-
 // Number of positions of [p+lo, p+lo+N) inside [0, S).
 inline int clipped_count(int p, int lo, int N, int S) { return std::min(S, p + lo + N) - std::max(0, p + lo); }
 
