@@ -76,6 +76,8 @@ def select(device: str | None, gpu=None, *, command: str = "ccn train", gpus_nee
     ``gpu`` alone implies ``--device cuda``; ``--device cuda`` alone means GPU 0.
     ``gpus_needed`` is the net's ``gpu=`` layout size; ``data_parallel`` says the run is one
     rank of an MPI job."""
+    if device is None and gpu not in (None, ""):  # --gpu alone
+        device = "cuda"
     device = (device or "cpu").lower()
     if device == "gpu":
         device = "cuda"

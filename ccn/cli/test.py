@@ -88,7 +88,7 @@ def run_test_command(load_file, *, test_range=None, data_path=None, data_provide
 
     # --device cuda where it cannot work fails before the checkpoint is read; like --threads,
     # where to run is not taken from the checkpoint (any checkpoint runs on either backend)
-    placement = dev.select("cuda" if gpu not in (None, "") and device is None else device, gpu, command="ccn test")
+    placement = dev.select(device, gpu, command="ccn test")
     ckpt, net = T.load_model(load_file)
     if placement.device == "cuda":
         dev.select(placement.device, placement.gpu, command="ccn test", gpus_needed=net.gpus_needed)

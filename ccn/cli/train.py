@@ -246,9 +246,7 @@ def _run_train(given: dict, load_file, out, stop_after, world):
     # ---- options that cannot work (yet) fail before anything happens
     from .. import device as dev
 
-    if opts["gpu"] not in (None, "") and "device" not in given:
-        opts["device"] = "cuda"
-    placement = dev.select(opts["device"], opts["gpu"], command="ccn train", data_parallel=world is not None)
+    placement = dev.select(given.get("device"), opts["gpu"], command="ccn train", data_parallel=world is not None)
     opts["device"], opts["gpu"] = placement.device, (None if placement.gpu is None else str(placement.gpu))
     if ckpt is not None and opts["save_path"] is None:
         opts["save_path"] = os.path.dirname(os.path.abspath(ckpt.path))

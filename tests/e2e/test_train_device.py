@@ -138,6 +138,7 @@ def test_select_options():
     assert dev.select("gpu", " 0 ", backends=ONE_GPU).gpu == 0
     two = dev.Backends(True, ({"index": 0, "name": "A"}, {"index": 1, "name": "B"}))
     assert dev.select("cuda", "1", backends=two) == dev.Placement("cuda", 1)
+    assert dev.select(None, "1", backends=two) == dev.Placement("cuda", 1)  # --gpu alone means cuda
     cases = [
         (dict(device="cpu", gpu="0"), ConfigError, "selects GPUs but --device is cpu"),
         (dict(device="cuda", gpu="0,1"), ConfigError, "several GPUs at once is not implemented yet; give one index"),
