@@ -321,7 +321,7 @@ void Net::fprop_impl(const std::vector<const Mat*>& data, std::vector<Mat>* mova
     }
     std::vector<const Mat*> ins;
     for (Layer* in : l->inputs) ins.push_back(&acts_[in->id]);
-    const bool keep_pre = l->has_neuron && !in_place_[i] && !fused_[i];
+    const bool keep_pre = keeps_pre((int)i);
     Mat& dst = keep_pre ? pre_[i] : acts_[i];
     dst.resize(n, l->out.size());
     l->fprop(ins, dst, ctx);

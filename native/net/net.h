@@ -72,6 +72,9 @@ class Net {
   // Whether layer i keeps a pre-activation copy of its output (a neuron that is neither applied
   // in place nor fused into the layer): for memory estimates.
   bool keeps_pre(int i) const { return layers_[i]->has_neuron && !in_place_[i] && !fused_[i]; }
+  // The same on the GPU (net_cuda.cu), whose kernels fuse no neuron: a fused layer keeps its
+  // pre-activation there.
+  bool device_keeps_pre(int i) const { return layers_[i]->has_neuron && !in_place_[i]; }
 
   // Random numbers are counter-based: (seed, step, layer, element). step counts training
   // forward passes; both are part of a checkpoint.

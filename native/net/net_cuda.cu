@@ -257,7 +257,7 @@ void Net::fprop_cuda(const std::vector<const Mat*>& data, bool train) {
     Layer* l = layers_[i].get();
     if (l->is_data()) continue;
     const size_t sz = (size_t)n * l->out.size();
-    const bool keep_pre = l->has_neuron && !in_place_[i];
+    const bool keep_pre = device_keeps_pre((int)i);
     if (sz > nc.act[i].size() || (keep_pre && sz > nc.pre[i].size())) {
       CCN_CUDA_CHECK(cudaStreamSynchronize(nc.stream()));
       nc.act[i].resize(sz);
@@ -280,7 +280,7 @@ void Net::fprop_cuda(const std::vector<const Mat*>& data, bool train) {
       else
         ins.push_back(view(nc.act[in->id], n, in->out.size()));
     }
-    const bool keep_pre = l->has_neuron && !in_place_[i];
+    const bool keep_pre = device_keeps_pre((int)i);
     DevMat dst = view(keep_pre ? nc.pre[i] : nc.act[i], n, l->out.size());
     l->fprop_cuda(ins, dst, nc.cx, ctx);
     if (l->has_neuron) {  // in place when dst is act[i] (elementwise, so safe)
