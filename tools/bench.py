@@ -271,6 +271,13 @@ def main():
         ok = [r for r in runs if r and "times" in r]
         return min(ok, key=lambda r: statistics.median(r["times"])) if ok else runs[-1]
 
+    def med(r, key="times"):  # one run's median, for the per-run lines
+        return f"{statistics.median(r[key]):.3f}" if r and key in r else "-"
+
+    def best_cpu(runs):  # the lowest median main-thread CPU time of the runs (nan: none)
+        got = [statistics.median(r["cpu_times"]) for r in runs if r and "cpu_times" in r]
+        return min(got) if got else float("nan")
+
     rows = []
     rows_runs = {}
     for net in args.nets.split(","):
@@ -279,12 +286,10 @@ def main():
             ours_runs.append(run_worker("ccn", net, args))
             peer_runs.append(run_worker("torch", net, args) if have_torch else None)
         if args.repeat > 1:
-            med = lambda r: f"{statistics.median(r['times']):.3f}" if r and "times" in r else "-"  # noqa: E731
             print(f"{net}: ccn runs {[med(r) for r in ours_runs]}, torch runs {[med(r) for r in peer_runs]}")
             if args.threads == 1:
-                cmed = lambda r: f"{statistics.median(r['cpu_times']):.3f}" if r and "cpu_times" in r else "-"  # noqa: E731
-                print(f"{net}: main-thread CPU s, ccn runs {[cmed(r) for r in ours_runs]}, "
-                      f"torch runs {[cmed(r) for r in peer_runs]}")
+                print(f"{net}: main-thread CPU s, ccn runs {[med(r, 'cpu_times') for r in ours_runs]}, "
+                      f"torch runs {[med(r, 'cpu_times') for r in peer_runs]}")
         rows.append((net, best(ours_runs), best(peer_runs) if have_torch else None))
         rows_runs[net] = (ours_runs, peer_runs)
     print(f"\nTraining step, minibatch {args.mini}, median of {args.steps} after {args.warmup} warm-up "
@@ -302,9 +307,7 @@ def main():
                 print(f"  {who} failed on {net}: {r['error']}")
         if args.threads == 1 and "cpu_times" in ours:
             # One thread: the step's CPU time, robust against other processes on the cores.
-            oc = min(statistics.median(r["cpu_times"]) for r in rows_runs[net][0] if r and "cpu_times" in r)
-            pr = [r for r in rows_runs[net][1] if r and "cpu_times" in r]
-            pc = min(statistics.median(r["cpu_times"]) for r in pr) if pr else float("nan")
+            oc, pc = best_cpu(rows_runs[net][0]), best_cpu(rows_runs[net][1])
             print(f"{'':16} main-thread CPU s: ccn {oc:.3f}, torch {pc:.3f}, ratio {oc / pc if pc == pc else float('nan'):.2f}")
         out.append({"net": net, "ccn": ours, "torch": peer, "ratio": ratio})
     if args.json:
