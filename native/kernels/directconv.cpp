@@ -296,32 +296,22 @@ CCN_AVX512 void direct_transpose(const float* src, int64_t src_ld, int nrow, int
     }
 }
 
-// dout: N rows of ld floats (one filter's P modules at the start of each); see directconv.h.
-CCN_AVX512 double shared_bias_grad(const float* dout, int64_t ld, int N, int64_t P) {
-  __m512d acc = _mm512_setzero_pd();
-  alignas(64) double lanes[8];
-  for (int n = 0; n < N; ++n) {
-    const float* g = dout + n * ld;
-    int64_t m = 0;
-    for (; m + 8 <= P; m += 8) acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm256_loadu_ps(g + m)));
-    if (m < P) {  // the tail into lanes m mod 8, as the scalar loop does
-      _mm512_store_pd(lanes, acc);
-      for (; m < P; ++m) lanes[m % 8] += g[m];
-      acc = _mm512_load_pd(lanes);
-    }
-  }
-  _mm512_store_pd(lanes, acc);
-  double s = 0;
-  for (int j = 0; j < 8; ++j) s += lanes[j];
-  return s;
-}
-
 CCN_AVX512 void bias_lanes_add(const float* g, int64_t P, double* lanes) {
   __m512d acc = _mm512_loadu_pd(lanes);
   int64_t m = 0;
   for (; m + 8 <= P; m += 8) acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm256_loadu_ps(g + m)));
   _mm512_storeu_pd(lanes, acc);
   for (; m < P; ++m) lanes[m % 8] += g[m];
+}
+
+// dout: N rows of ld floats (one filter's P modules at the start of each); see directconv.h.
+// One case at a time through bias_lanes_add: the same additions per lane, in the same order.
+double shared_bias_grad(const float* dout, int64_t ld, int N, int64_t P) {
+  double lanes[8] = {};
+  for (int n = 0; n < N; ++n) bias_lanes_add(dout + n * ld, P, lanes);
+  double s = 0;
+  for (int j = 0; j < 8; ++j) s += lanes[j];
+  return s;
 }
 
 void count_conv_kernel(ConvKernelCounter c) { g_counts[c].fetch_add(1, std::memory_order_relaxed); }
