@@ -52,16 +52,6 @@ struct Kernels {
   void (*add_mul)(float* d, const float* a, const float* b, int64_t n);
   // d[i] += f * x[i] * t[i]
   void (*add_fmul)(float* d, float f, const float* x, const float* t, int64_t n);
-  // r[i] = max(r[i], row[i]) (std::max order: r kept unless r < row)
-  void (*max_into)(float* r, const float* row, int64_t n);
-  // r[i] += row[i]
-  void (*add_into)(float* r, const float* row, int64_t n);
-  // h[i] = max(... max(max(r[i], r[i+1]), r[i+2]) ..., r[i+taps-1]) (i < n)
-  void (*max_taps)(const float* r, float* h, int64_t n, int taps);
-  // h[i] = (... ((r[i] + r[i+1]) + r[i+2]) ... + r[i+taps-1])  (i < n)
-  void (*sum_taps)(const float* r, float* h, int64_t n, int taps);
-  // d[i] += x[i] == m[i] ? g[i] : 0
-  void (*add_where_equal)(float* d, const float* x, const float* m, const float* g, int64_t n);
   // y[i] = x[i] > 0 ? x[i] : 0
   void (*relu_fwd)(const float* x, float* y, int64_t n);
   // d[i] (+)= g[i] * (v[i] > 0 ? 1 : 0)   (assign: d[i] = 0.f + that)
