@@ -35,7 +35,6 @@ it on the CPU. When you change one of these kernels, change its transcription he
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass, replace
 
@@ -258,6 +257,16 @@ def ceil_div_signed(a, b):  # conv.cu / local.cu
     return np.where(a >= 0, cdiv(a + b - 1, b), -cdiv(-a, b))
 
 
+def covering_modules(g, iy, ix):
+    """The modules [my0, my1] x [mx0, mx1] whose windows cover input pixel (iy, ix): the range
+    conv.cu's col2im and local.cu's input-gradient kernels both compute."""
+    my0 = np.maximum(0, ceil_div_signed(iy + g.padding - g.fs + 1, g.stride))
+    my1 = np.minimum(g.M - 1, cdiv(iy + g.padding, g.stride))
+    mx0 = np.maximum(0, ceil_div_signed(ix + g.padding - g.fs + 1, g.stride))
+    mx1 = np.minimum(g.M - 1, cdiv(ix + g.padding, g.stride))
+    return my0, my1, mx0, mx1
+
+
 def col2im_kernel(g, dcol, n0, Nc, din):
     fs2, K, MM, SS = g.fs * g.fs, g.Cf * g.fs * g.fs, g.M * g.M, i32(g.S * g.S, "SS")
     total = g.groups * g.Cf * Nc * SS
@@ -270,10 +279,7 @@ def col2im_kernel(g, dcol, n0, Nc, din):
         c = cmod(r, g.Cf)
         grp = cdiv(r, g.Cf)
         iy, ix = cdiv(p, g.S), cmod(p, g.S)
-        my0 = np.maximum(0, ceil_div_signed(iy + g.padding - g.fs + 1, g.stride))
-        my1 = np.minimum(g.M - 1, cdiv(iy + g.padding, g.stride))
-        mx0 = np.maximum(0, ceil_div_signed(ix + g.padding - g.fs + 1, g.stride))
-        mx1 = np.minimum(g.M - 1, cdiv(ix + g.padding, g.stride))
+        my0, my1, mx0, mx1 = covering_modules(g, iy, ix)
         s = np.zeros(e.shape, dcol.data.dtype)
         span = cdiv(g.fs + g.stride - 1, g.stride) + 1  # at most this many modules cover a pixel
         for jy in range(int(span)):
@@ -725,10 +731,7 @@ def local_bprop_input_kernel(g, W, dout, din):
         c = cmod(r, g.Cf)
         grp = cdiv(r, g.Cf)
         iy, ix = cdiv(p, g.S), cmod(p, g.S)
-        my0 = np.maximum(0, ceil_div_signed(iy + g.padding - g.fs + 1, g.stride))
-        my1 = np.minimum(g.M - 1, cdiv(iy + g.padding, g.stride))
-        mx0 = np.maximum(0, ceil_div_signed(ix + g.padding - g.fs + 1, g.stride))
-        mx1 = np.minimum(g.M - 1, cdiv(ix + g.padding, g.stride))
+        my0, my1, mx0, mx1 = covering_modules(g, iy, ix)
         go = n * g.F * P
         s = np.zeros(e.shape, np.float64)
         span = (g.fs + g.stride - 1) // g.stride + 1
