@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 import ccn
-from ccn._native import core
 
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "simd_paths_helper.py")
 
