@@ -71,7 +71,7 @@ if ((DRY)); then
   else R[build]="FAILED (dry run: no ccn/_core*.so; run tools/dev-build.sh first)"; fi
 else
   rm -rf build/device
-  if CCN_BUILD_DIR=build/device CCN_JOBS=16 timeout "$(limit 240 200)" tools/dev-build.sh \
+  if CCN_BUILD_DIR=build/device CCN_JOBS=16 timeout "$(limit 240 90)" tools/dev-build.sh \
       -DCMAKE_CUDA_ARCHITECTURES=90 $BLAS_ARGS > "$OUT/build.log" 2>&1; then
     R[build]="ok in $(elapsed) s ($(grep -ci 'warning' "$OUT/build.log") warning lines)"
   else
@@ -96,7 +96,7 @@ if [[ "${R[build]}" != FAILED* ]]; then
   EXTRA=()
   ((DRY)) && EXTRA=(tests/e2e/test_train_device.py)
   # every launch waits, so a kernel fault is reported at its own launch (file and line)
-  CCN_CUDA_SYNC_LAUNCHES=1 timeout "$(limit 150 150)" python3 -m pytest -q -p no:cacheprovider -rfEs tests/cuda ${EXTRA[@]+"${EXTRA[@]}"} \
+  CCN_CUDA_SYNC_LAUNCHES=1 timeout "$(limit 150 100)" python3 -m pytest -q -p no:cacheprovider -rfEs tests/cuda ${EXTRA[@]+"${EXTRA[@]}"} \
     > "$OUT/tests-cuda.log" 2>&1
   grep -E "^(FAILED|ERROR)" "$OUT/tests-cuda.log" | head -20
   R[tests_cuda]=$(summary "$OUT/tests-cuda.log")
@@ -122,7 +122,7 @@ if [[ "${R[build]}" != FAILED* ]]; then
     timed $S/t-cpu $CCN train --layers layer-defs/quickstart.ini --data-path $S/data \
       --train-range 1-2 --test-range 3 --epochs 3 --test-freq 2 --seed 1 --save-path $S/cpu
   }
-  if timeout "$(limit 90 110)" bash -c "$(declare -f timed smoke); S=$S CCN='$CCN' DEV=$DEV smoke" \
+  if timeout "$(limit 90 60)" bash -c "$(declare -f timed smoke); S=$S CCN='$CCN' DEV=$DEV smoke" \
       > "$OUT/smoke.log" 2>&1; then
     last() { grep -E '^[0-9]+\.[0-9]+ \(' "$OUT/smoke.log" | sed -n "$1p" | sed -E 's/.*logprob: +([0-9.]+), ([0-9.]+).*/\1 \2/'; }
     tests=$(grep -E '^logprob: logprob' "$OUT/smoke.log" | sed -E 's/.*logprob ([0-9.]+), error ([0-9.]+).*/\1 \2/' | paste -sd/)
