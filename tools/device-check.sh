@@ -71,6 +71,10 @@ if ((DRY)); then
   else R[build]="FAILED (dry run: no ccn/_core*.so; run tools/dev-build.sh first)"; fi
 else
   rm -rf build/device
+  # The image's default compiler (/opt/gcc) has only a static libstdc++, which CMake refuses
+  # (a static C++ runtime inside the module crashed in its locale code there): use the
+  # distribution's g++, whose libstdc++ is shared, when there is one.
+  if [ -x /usr/bin/g++ ]; then export CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++; fi
   if CCN_BUILD_DIR=build/device CCN_JOBS=16 timeout "$(limit 240 90)" tools/dev-build.sh \
       -DCMAKE_CUDA_ARCHITECTURES=90 $BLAS_ARGS > "$OUT/build.log" 2>&1; then
     R[build]="ok in $(elapsed) s ($(grep -ci 'warning' "$OUT/build.log") warning lines)"
@@ -79,6 +83,7 @@ else
     tail -40 "$OUT/build.log"
   fi
   tail -3 "$OUT/build.log"
+  ldd ccn/_core*.so | grep -E "libstdc|libgomp" || true
 fi
 export PYTHONPATH=".:${PYTHONPATH:-}"
 CCN="python3 -m ccn.cli.main"
