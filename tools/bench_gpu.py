@@ -209,7 +209,7 @@ def median_ms(step, warmup, steps, sync=None):
     return 1000 * statistics.median(ts)
 
 
-def time_ccn(layers, shape, mini, warmup, steps):
+def time_ccn(layers, shape, mini, warmup, steps, profile=False):
     import numpy as np
 
     import ccn
@@ -221,7 +221,52 @@ def time_ccn(layers, shape, mini, warmup, steps):
     y = rng.integers(0, 1000, (mini, 1)).astype(np.float32)
     # synchronize: wait for the backward pass and the update too, not only the forward pass
     ms = median_ms(lambda: net.train_step([x, y], 0.0, mini), warmup, steps, net.synchronize)
-    return ms, net._net.device_bytes / 2**20
+    mib = net._net.device_bytes / 2**20
+    if profile:
+        profile_ccn(net, x, y, mini, steps)
+    return ms, mib
+
+
+def profile_ccn(net, x, y, mini, steps):
+    """Where ccn's step goes: the step as `ccn train` runs it (the next minibatch copied while
+    the current one computes), the phases one by one, and each layer (CCN_CUDA_LAYER_TIMES=1:
+    the GPU is waited for around every layer)."""
+    net.prefetch([x, y])
+    net.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        net.train_step(None, 0.0, mini)
+        net.prefetch([x, y])
+    net.synchronize()
+    pipelined = 1000 * (time.perf_counter() - t) / steps
+    ph = {"copy+fwd": [], "bwd": [], "update": []}
+    for _ in range(3):
+        t = time.perf_counter()
+        net.forward([x, y], train=True)
+        net.synchronize()
+        t1 = time.perf_counter()
+        net.backward()
+        net.synchronize()
+        t2 = time.perf_counter()
+        net.update(0.0, mini)
+        net.synchronize()
+        t3 = time.perf_counter()
+        for k, v in zip(ph, (t1 - t, t2 - t1, t3 - t2)):
+            ph[k].append(1000 * v)
+    os.environ["CCN_CUDA_LAYER_TIMES"] = "1"
+    net._net.reset_layer_times()
+    reps = 3
+    for _ in range(reps):
+        net.train_step([x, y], 0.0, mini)
+    net.synchronize()
+    del os.environ["CCN_CUDA_LAYER_TIMES"]
+    rows = [(n, 1000 * f / reps, 1000 * b / reps) for n, f, b in net._net.layer_times() if f or b]
+    print(f"ccn step as `ccn train` runs it (next minibatch copied meanwhile): {pipelined:.2f} ms")
+    print("ccn phases, each waited for (ms): " + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in ph.items()))
+    print(f"ccn layers, GPU waited for around each (ms per step; sum fwd {sum(r[1] for r in rows):.2f}, "
+          f"bwd {sum(r[2] for r in rows):.2f}):")
+    for n, f, b in sorted(rows, key=lambda r: -(r[1] + r[2])):
+        print(f"  {n:10} fwd {f:7.2f}  bwd {b:7.2f}")
 
 
 def time_torch(layers, shape, mini, warmup, steps):
@@ -278,7 +323,7 @@ def conv_kernels(mini, reps):
     tf = median_ms(lambda: conv(tx), 3, reps, torch.cuda.synchronize)
     tb = median_ms(lambda: torch.autograd.grad(conv(tx), (tx, conv.weight), g), 3, reps, torch.cuda.synchronize) - tf
     flops = 2.0 * N * F * M * M * C * fs * fs
-    return {"ccn_fprop_ms": float(f["ms"][0, 0]), "ccn_bprop_ms": float(b["ms"][0, 0]), "torch_fprop_ms": tf,
+    return {"ccn_fprop_ms": float(np.ravel(f["ms"])[0]), "ccn_bprop_ms": float(np.ravel(b["ms"])[0]), "torch_fprop_ms": tf,
             "torch_bprop_ms": tb, "gflop_fprop": flops / 1e9}
 
 
@@ -298,7 +343,7 @@ def main():
     for name, layers, shape in (("alexnet-like", ALEXNET, (3, 224, 224)), ("fc-4096x2", MLP, (3 * 224 * 224,))):
         try:
             ours, ours_mib = time_ccn(layers, shape if len(shape) == 3 else (shape[0], 1, 1), args.mini, args.warmup,
-                                      args.steps)
+                                      args.steps, profile=True)
             note = ""
         except CcnError as e:
             ours, ours_mib, note = float("nan"), float("nan"), str(e).split(". ")[0][:110]

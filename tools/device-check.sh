@@ -152,9 +152,12 @@ stage "other tests"
 if [[ "${R[build]}" != FAILED* ]] && ((!DRY)) && (( BUDGET - $(elapsed) > 40 )); then
   XDIST=()
   python3 -c "import xdist" 2>/dev/null && XDIST=(-n 8)
-  timeout "$(limit 200 10)" python3 -m pytest -q -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"} tests \
-    --ignore=tests/cuda > "$OUT/tests-rest.log" 2>&1
-  R[tests_rest]=$(summary "$OUT/tests-rest.log")
+  # -v: each result is printed as it arrives, so a run cut short still names its failures;
+  # 2 OpenMP threads per worker, or 8 workers x 16 threads oversubscribe the cores
+  OMP_NUM_THREADS=2 timeout "$(limit 200 10)" python3 -m pytest -v -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"} \
+    tests --ignore=tests/cuda > "$OUT/tests-rest.log" 2>&1
+  grep -E " (FAILED|ERROR) " "$OUT/tests-rest.log" | head -20
+  R[tests_rest]="$(summary "$OUT/tests-rest.log"); $(grep -c " PASSED " "$OUT/tests-rest.log") passed so far"
 else
   R[tests_rest]="not run ($( ((DRY)) && echo dry run || echo no time left))"
 fi

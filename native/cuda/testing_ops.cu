@@ -47,6 +47,13 @@ struct Args {
   }
 };
 
+CmPoolGeom cmpool_geom(Args& a) {
+  CmPoolGeom g;
+  g.N = a.i("N"), g.C = a.i("C"), g.SS = a.i("SS"), g.O = a.i("O");
+  g.size = a.i("size"), g.start = a.i("start"), g.stride = a.i("stride");
+  return g;
+}
+
 // The channel table, when given, goes into a device array owned by the op's array map
 // (freed with the others, also when the op throws).
 ConvGeom conv_geom(Args& a) {
@@ -142,6 +149,8 @@ const std::map<std::string, Op>& ops() {
            axpy(a.cx, a.a("dout"), a.a(cat("din", i)), a.n("y"), c);
          }
        }},
+      {"cmpool_fprop", [](Args& a) { cmpool_fprop(a.cx, cmpool_geom(a), a.a("x"), a.a("y")); }},
+      {"cmpool_bprop", [](Args& a) { cmpool_bprop(a.cx, cmpool_geom(a), a.a("x"), a.a("y"), a.a("dout"), a.a("din")); }},
       {"eltmax_fprop", [](Args& a) {
          std::vector<const float*> ins;
          for (int i = 0; i < a.i("inputs"); ++i) ins.push_back(a.a(cat("x", i)));

@@ -20,7 +20,9 @@
 // `free[s]`, recorded on the compute stream after each pass that reads slot s, keeps the
 // copy stream from overwriting a slot the GPU still reads; `copied[s]` keeps the host from
 // overwriting pinned memory a copy still reads.
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "cuda/check.h"
@@ -32,6 +34,14 @@
 namespace ccn {
 
 namespace {
+// CCN_CUDA_LAYER_TIMES=1 (read at each pass): wait for the GPU around every layer and add its
+// wall time to fprop_seconds()/bprop_seconds(), for tools/bench_gpu.py's per-layer table. It
+// removes the overlap between layers, so the step itself gets slower; off by default.
+bool layer_timing() {
+  const char* e = std::getenv("CCN_CUDA_LAYER_TIMES");
+  return e && *e && std::strcmp(e, "0") != 0;
+}
+double wall_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 float neuron_arg(const NeuronSpec& n, size_t i, double dflt) { return (float)(i < n.args.size() ? n.args[i] : dflt); }
 }  // namespace
 
@@ -269,6 +279,7 @@ void Net::fprop_cuda(const std::vector<const Mat*>& data, bool train) {
   ctx.seed = seed;
   ctx.step = step;
   ctx.case_offset = case_offset;
+  const bool timing = layer_timing();
   for (size_t i = 0; i < layers_.size(); ++i) {
     Layer* l = layers_[i].get();
     if (l->is_data()) continue;
@@ -282,12 +293,15 @@ void Net::fprop_cuda(const std::vector<const Mat*>& data, bool train) {
     }
     const bool keep_pre = device_keeps_pre((int)i);
     DevMat dst = view(keep_pre ? nc.pre[i] : nc.act[i], n, l->out.size());
+    double t0 = 0;
+    if (timing) nc.cx.sync(), t0 = wall_s();
     l->fprop_cuda(ins, dst, nc.cx, ctx);
     if (l->has_neuron) {  // in place when dst is act[i] (elementwise, so safe)
       const NeuronSpec& f = l->neuron;
       cuda::neuron_fprop(nc.cx, cuda::neuron_code(f.type), neuron_arg(f, 0, 1.0),
                          neuron_arg(f, 1, f.type == "linear" ? 0.0 : 1.0), dst.p, nc.act[i].data(), dst.size());
     }
+    if (timing) nc.cx.sync(), fprop_s_[i] += wall_s() - t0;
   }
   CCN_CUDA_CHECK(cudaEventRecord(nc.freed[s], nc.stream()));
 }
@@ -324,6 +338,7 @@ void Net::bprop_cuda(const std::map<std::string, const Mat*>& seeds) {
   ctx.seed = seed;
   ctx.step = step;
   ctx.case_offset = case_offset;
+  const bool timing = layer_timing();
   auto act_of = [&](Layer* in) {
     return in->is_data() ? DevMat{nc.ddata[s][in->data_idx()].data(), n, in->out.size()}
                          : view(nc.act[in->id], n, in->out.size());
@@ -344,6 +359,8 @@ void Net::bprop_cuda(const std::map<std::string, const Mat*>& seeds) {
     if (!any_in && l->weights.empty() && !l->biases) continue;
     ctx.layer_id = i;
     const int64_t osz = l->out.size();
+    double t0 = 0;
+    if (timing) nc.cx.sync(), t0 = wall_s();
     if (l->is_cost()) {
       l->bprop_cuda(ins, DevMat{}, DevMat{}, din, nc.cx, ctx);
     } else if (l->has_neuron) {
@@ -362,6 +379,7 @@ void Net::bprop_cuda(const std::map<std::string, const Mat*>& seeds) {
     } else {
       l->bprop_cuda(ins, view(nc.act[i], n, osz), view(nc.grad[i], n, osz), din, nc.cx, ctx);
     }
+    if (timing) nc.cx.sync(), bprop_s_[i] += wall_s() - t0;
   }
   CCN_CUDA_CHECK(cudaEventRecord(nc.freed[s], nc.stream()));
 }
