@@ -18,13 +18,27 @@
 namespace ccn {
 
 struct AlignedFree {
-  void operator()(float* p) const { std::free(p); }
+  bool owned = true;  // false for a Mat::borrow view, whose memory belongs to someone else
+  void operator()(float* p) const {
+    if (owned) std::free(p);
+  }
 };
 
 class Mat {
  public:
   Mat() = default;
   Mat(int64_t rows, int64_t cols) { resize(rows, cols); }
+  // A read-only view of rows x cols floats the caller owns and keeps alive while the view is
+  // used (the minibatch a Python caller passes in, read without a copy). Only for const Mat
+  // arguments: nothing may write through it. Growing it with resize gives it its own memory.
+  static Mat borrow(const float* p, int64_t rows, int64_t cols) {
+    Mat m;
+    m.data_ = std::unique_ptr<float, AlignedFree>(const_cast<float*>(p), AlignedFree{false});
+    m.rows_ = rows;
+    m.cols_ = cols;
+    m.capacity_ = rows * cols;
+    return m;
+  }
 
   void resize(int64_t rows, int64_t cols) {
     CCN_CHECK(rows >= 0 && cols >= 0);
@@ -32,7 +46,7 @@ class Mat {
       size_t bytes = ((size_t)(rows * cols) * sizeof(float) + 63) / 64 * 64;
       float* p = static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
       if (!p) runtime_error("out of memory allocating ", bytes, " bytes");
-      data_.reset(p);
+      data_ = std::unique_ptr<float, AlignedFree>(p);  // owned, also when it replaces a view
       capacity_ = rows * cols;
     }
     rows_ = rows;

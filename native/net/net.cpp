@@ -278,15 +278,7 @@ void Net::compute_needs_grad() {
   }
 }
 
-void Net::fprop(const std::vector<const Mat*>& data, bool train) { fprop_impl(data, nullptr, train); }
-
-void Net::fprop(std::vector<Mat>&& data, const std::vector<bool>& present, bool train) {
-  std::vector<const Mat*> p;
-  for (size_t i = 0; i < data.size(); ++i) p.push_back(i < present.size() && present[i] ? &data[i] : nullptr);
-  fprop_impl(p, &data, train);
-}
-
-void Net::fprop_impl(const std::vector<const Mat*>& data, std::vector<Mat>* movable, bool train) {
+void Net::fprop(const std::vector<const Mat*>& data, bool train) {
   if (cuda_) return fprop_cuda(data, train);
   if (data.empty() || !data[0]) input_error("fprop needs at least the data for dataIdx 0.");
   int n = (int)data[0]->rows();
@@ -312,10 +304,7 @@ void Net::fprop_impl(const std::vector<const Mat*>& data, std::vector<Mat>* mova
       if (data[idx]->cols() != l->out.size())
         input_error("data layer '", l->name, "' expects ", l->out.size(), " values per case (", l->out.str(),
                     ") for dataIdx=", idx, " but the minibatch has ", data[idx]->cols(), ".");
-      int readers = 0;
-      for (const auto& other : layers_) readers += other->is_data() && other->data_idx() == idx;
-      if (movable && readers == 1) std::swap(acts_[i], (*movable)[idx]);
-      else acts_[i].copy_from(*data[idx]);
+      acts_[i].copy_from(*data[idx]);  // into the layer's own buffer, reused from step to step
       fprop_s_[i] += now_s() - t0;
       continue;
     }

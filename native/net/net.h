@@ -35,10 +35,9 @@ class Net {
 
   // Forward pass. data[i] is dataIdx i: rows = cases, cols = that data's size. Layers whose
   // dataIdx is not given must not be needed... every data layer must be given.
+  // The matrices are read during the call only (copied into the data layers' own buffers on
+  // the CPU, into pinned staging on a GPU), so they may be views (Mat::borrow) of the caller's.
   void fprop(const std::vector<const Mat*>& data, bool train);
-  // The same, but a data matrix read by one data layer only is moved into that layer's output
-  // instead of copied (present[i] = false: dataIdx i not given). Leaves `data` in any state.
-  void fprop(std::vector<Mat>&& data, const std::vector<bool>& present, bool train);
   // Backward pass from the cost layers (seeds empty) or from the given output gradients
   // (layer name -> dCost/dOutput, as if cost = sum(seed * output)); adds to param grads.
   void bprop(const std::map<std::string, const Mat*>& seeds = {});
@@ -127,7 +126,6 @@ class Net {
   bool have_params_ = false;
   std::vector<std::unique_ptr<Layer>> layers_;   // forward order
   std::vector<std::unique_ptr<Param>> params_;
-  void fprop_impl(const std::vector<const Mat*>& data, std::vector<Mat>* movable, bool train);
   // Layers with a neuron keep the pre-activation output in pre_[i], unless the neuron is
   // applied in place (in_place_[i]: the layer's bprop ignores its output and f' follows from
   // f). pre_grad_ is scratch for dCost/d(pre-activation), one layer at a time.

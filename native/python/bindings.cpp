@@ -44,30 +44,33 @@ py::array_t<float> to_array(const Mat& m) {
   return a;
 }
 
-std::vector<Mat> to_mats(const py::list& data) {
+// A minibatch (list of arrays, None where a dataIdx is not given) as read-only views of the
+// arrays' memory, without a copy: a 128-image AlexNet minibatch is 77 MB, and allocating and
+// filling a fresh copy each step cost more than the H100 step itself (tools/perf-notes.md,
+// gpu-1). Arrays that are not C-contiguous float32 are converted once, and `keep` holds
+// them. Construct it while holding the GIL and let it die after the GIL is taken back.
+struct Minibatch {
+  std::vector<FArray> keep;
   std::vector<Mat> mats;
-  for (size_t i = 0; i < data.size(); ++i) {
-    if (data[i].is_none()) {
-      mats.emplace_back();
-      continue;
+  std::vector<const Mat*> ptrs;  // null where the list holds None
+  explicit Minibatch(const py::list& data) {
+    mats.reserve(data.size());
+    for (size_t i = 0; i < data.size(); ++i) {
+      if (data[i].is_none()) {
+        mats.emplace_back();
+        continue;
+      }
+      FArray a = FArray::ensure(data[i]);
+      if (!a) input_error("data matrix ", i, ": expected a numeric array.");
+      if (a.ndim() < 1) input_error("data matrix ", i, ": expected an array with at least one dimension, got a scalar.");
+      int64_t rows = a.shape(0), cols = 1;
+      for (py::ssize_t d = 1; d < a.ndim(); ++d) cols *= a.shape(d);
+      mats.push_back(Mat::borrow(a.data(), rows, cols));
+      keep.push_back(std::move(a));
     }
-    mats.push_back(to_mat(data[i], cat("data matrix ", i)));
+    for (size_t i = 0; i < mats.size(); ++i) ptrs.push_back(data[i].is_none() ? nullptr : &mats[i]);
   }
-  return mats;
-}
-
-std::vector<bool> given(const py::list& data) {  // false where the list holds None
-  std::vector<bool> g;
-  for (size_t i = 0; i < data.size(); ++i) g.push_back(!data[i].is_none());
-  return g;
-}
-
-std::vector<const Mat*> ptrs(const std::vector<Mat>& mats, const py::list& data) {  // null where None
-  std::vector<const Mat*> p;
-  std::vector<bool> g = given(data);
-  for (size_t i = 0; i < mats.size(); ++i) p.push_back(g[i] ? &mats[i] : nullptr);
-  return p;
-}
+};
 
 Mat& param_mat(Net& net, const std::string& name, const std::string& which) {
   Param* p = net.find_param(name);
@@ -358,10 +361,9 @@ PYBIND11_MODULE(_core, m) {
       })
       .def("fprop",
            [](Net& net, const py::list& data, bool train) {
-             std::vector<Mat> mats = to_mats(data);
-             std::vector<bool> present = given(data);
+             Minibatch mb(data);
              py::gil_scoped_release nogil;
-             net.fprop(std::move(mats), present, train);
+             net.fprop(mb.ptrs, train);
            },
            py::arg("data"), py::arg("train") = false)
       .def("bprop",
@@ -385,11 +387,10 @@ PYBIND11_MODULE(_core, m) {
            py::arg("progress"), py::arg("minibatch"))
       .def("train_step",
            [](Net& net, const py::list& data, double progress, int minibatch) {
-             std::vector<Mat> mats = to_mats(data);
-             std::vector<bool> present = given(data);
+             Minibatch mb(data);
              {
                py::gil_scoped_release nogil;
-               net.fprop(std::move(mats), present, true);
+               net.fprop(mb.ptrs, true);
                net.bprop();
                net.update(progress, minibatch);
                net.step++;
@@ -417,10 +418,9 @@ PYBIND11_MODULE(_core, m) {
       })
       .def("prefetch",
            [](Net& net, const py::list& data) {
-             std::vector<Mat> mats = to_mats(data);
-             auto p = ptrs(mats, data);
+             Minibatch mb(data);
              py::gil_scoped_release nogil;
-             net.prefetch(p);
+             net.prefetch(mb.ptrs);
            },
            py::arg("data"))
       .def("costs", [](const Net& net) { return costs_list(net); })
