@@ -17,6 +17,9 @@
 
 namespace ccn {
 
+// memcpy, spread over the OpenMP threads when it is large (tensor.cpp).
+void copy_bytes(void* dst, const void* src, size_t bytes);
+
 struct AlignedFree {
   bool owned = true;  // false for a Mat::borrow view, whose memory belongs to someone else
   void operator()(float* p) const {
@@ -61,7 +64,7 @@ class Mat {
   }
   void copy_from(const Mat& o) {
     resize(o.rows(), o.cols());
-    if (size()) std::memcpy(data(), o.data(), (size_t)size() * sizeof(float));
+    copy_bytes(data(), o.data(), (size_t)size() * sizeof(float));
   }
 
   int64_t rows() const { return rows_; }

@@ -237,7 +237,7 @@ void Net::prefetch(const std::vector<const Mat*>& data) {
       CCN_CUDA_CHECK(cudaStreamSynchronize(nc.copy_stream()));
       nc.ddata[s][i].resize(count);
     }
-    if (count) std::memcpy(nc.pin[s][i].data(), data[i]->data(), count * sizeof(float));
+    copy_bytes(nc.pin[s][i].data(), data[i]->data(), count * sizeof(float));
     CCN_CUDA_CHECK(cudaMemcpyAsync(nc.ddata[s][i].data(), nc.pin[s][i].data(), count * sizeof(float),
                                    cudaMemcpyHostToDevice, nc.copy_stream()));
     nc.dcols[s][i] = data[i]->cols();
