@@ -4,14 +4,18 @@ the same step in PyTorch on the same GPU, plus the conv kernels alone against cu
 
     python tools/bench_gpu.py [--mini 128] [--steps 10] [--json out.json]
 
-Step times are medians of --steps steps after warm-up, with the GPU synchronised after
-each step on both sides: ccn's train_step returns as soon as the costs are known (end of the
-forward pass) while the backward pass and the update still run on the GPU, so the timer
-stops only after net.synchronize(); PyTorch's after torch.cuda.synchronize(). ccn's step
-includes copying the minibatch to the GPU (PyTorch's input already lives there). If the
-AlexNet-like net cannot run on the GPU (a layer without CUDA code, no cuBLAS), that row says
-why; an fc-only net of the same classifier size is timed on both sides as well. Prints a
-short table last.
+Two ccn step times, each the median over --steps steps after warm-up, GPU synchronised:
+  - "ccn": the step as `ccn train` runs it: minibatch k+1 is handed to prefetch() (copied to
+    pinned memory and on to the GPU) while step k computes; timed over runs of --steps
+    steps, synchronised at the end of each run. The ratio column uses this one.
+  - "ccn+copy": train_step() given the minibatch, synchronised after each step, so the copy
+    of the minibatch to the GPU is inside the step.
+PyTorch's step (its input already on the GPU) is synchronised after each step. ccn's
+train_step returns once the costs are known (end of the forward pass) while the backward
+pass and the update still run, hence net.synchronize(). If the AlexNet-like net cannot run
+on the GPU (a layer without CUDA code, no cuBLAS), that row says why; an fc-only net of the
+same classifier size is timed on both sides as well. The AlexNet-like net's step is also
+broken down (phases, then layers). Prints a short table last.
 """
 
 from __future__ import annotations
@@ -220,25 +224,25 @@ def time_ccn(layers, shape, mini, warmup, steps, profile=False):
     x = rng.standard_normal((mini, int(np.prod(shape)))).astype(np.float32)
     y = rng.integers(0, 1000, (mini, 1)).astype(np.float32)
     # synchronize: wait for the backward pass and the update too, not only the forward pass
-    ms = median_ms(lambda: net.train_step([x, y], 0.0, mini), warmup, steps, net.synchronize)
+    with_copy = median_ms(lambda: net.train_step([x, y], 0.0, mini), warmup, steps, net.synchronize)
+
+    def run():  # as ccn train does it: the next minibatch is staged while this step computes
+        net.prefetch([x, y])
+        for _ in range(steps):
+            net.train_step(None, 0.0, mini)
+            net.prefetch([x, y])
+        net.synchronize()
+
+    pipelined = median_ms(run, 1, 3) / steps
     mib = net._net.device_bytes / 2**20
     if profile:
-        profile_ccn(net, x, y, mini, steps)
-    return ms, mib
+        profile_ccn(net, x, y, mini)
+    return pipelined, with_copy, mib
 
 
-def profile_ccn(net, x, y, mini, steps):
-    """Where ccn's step goes: the step as `ccn train` runs it (the next minibatch copied while
-    the current one computes), the phases one by one, and each layer (CCN_CUDA_LAYER_TIMES=1:
+def profile_ccn(net, x, y, mini):
+    """Where ccn's step goes: the phases one by one, and each layer (CCN_CUDA_LAYER_TIMES=1:
     the GPU is waited for around every layer)."""
-    net.prefetch([x, y])
-    net.synchronize()
-    t = time.perf_counter()
-    for _ in range(steps):
-        net.train_step(None, 0.0, mini)
-        net.prefetch([x, y])
-    net.synchronize()
-    pipelined = 1000 * (time.perf_counter() - t) / steps
     ph = {"copy+fwd": [], "bwd": [], "update": []}
     for _ in range(3):
         t = time.perf_counter()
@@ -261,7 +265,6 @@ def profile_ccn(net, x, y, mini, steps):
     net.synchronize()
     del os.environ["CCN_CUDA_LAYER_TIMES"]
     rows = [(n, 1000 * f / reps, 1000 * b / reps) for n, f, b in net._net.layer_times() if f or b]
-    print(f"ccn step as `ccn train` runs it (next minibatch copied meanwhile): {pipelined:.2f} ms")
     print("ccn phases, each waited for (ms): " + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in ph.items()))
     print(f"ccn layers, GPU waited for around each (ms per step; sum fwd {sum(r[1] for r in rows):.2f}, "
           f"bwd {sum(r[2] for r in rows):.2f}):")
@@ -342,27 +345,28 @@ def main():
     rows, res = [], {}
     for name, layers, shape in (("alexnet-like", ALEXNET, (3, 224, 224)), ("fc-4096x2", MLP, (3 * 224 * 224,))):
         try:
-            ours, ours_mib = time_ccn(layers, shape if len(shape) == 3 else (shape[0], 1, 1), args.mini, args.warmup,
-                                      args.steps, profile=True)
+            ours, ours_copy, ours_mib = time_ccn(layers, shape if len(shape) == 3 else (shape[0], 1, 1), args.mini,
+                                                 args.warmup, args.steps, profile=name == "alexnet-like")
             note = ""
         except CcnError as e:
-            ours, ours_mib, note = float("nan"), float("nan"), str(e).split(". ")[0][:110]
+            ours, ours_copy, ours_mib, note = float("nan"), float("nan"), float("nan"), str(e).split(". ")[0][:110]
         try:
             theirs, theirs_mib = time_torch(layers, shape, args.mini, args.warmup, args.steps)
         except Exception as e:  # noqa: BLE001 - report and go on
             theirs, theirs_mib, note = float("nan"), float("nan"), note or f"torch: {e}"[:110]
-        rows.append((name, ours, theirs, ours_mib, theirs_mib, note))
-        res[name] = dict(ccn_ms=ours, torch_ms=theirs, ccn_mib=ours_mib, torch_mib=theirs_mib, note=note)
-        print(f"{name}: ccn {ours:.2f} ms, torch {theirs:.2f} ms {note}", flush=True)
+        rows.append((name, ours, ours_copy, theirs, ours_mib, theirs_mib, note))
+        res[name] = dict(ccn_ms=ours, ccn_copy_in_step_ms=ours_copy, torch_ms=theirs, ccn_mib=ours_mib,
+                         torch_mib=theirs_mib, note=note)
+        print(f"{name}: ccn {ours:.2f} ms (copy in the step: {ours_copy:.2f}), torch {theirs:.2f} ms {note}", flush=True)
     try:
         ck = conv_kernels(args.mini, args.steps)
     except Exception as e:  # noqa: BLE001
         ck = {"error": str(e)[:200]}
     res["conv2_kernels"] = ck
     print(f"\nTraining step, minibatch {args.mini}, fp32, median of {args.steps} (ms)")
-    print(f"{'net':14} {'ccn':>9} {'torch':>9} {'ratio':>6} {'ccn MiB':>8} {'torch MiB':>9}  note")
-    for name, o, t, om, tm, note in rows:
-        print(f"{name:14} {o:9.2f} {t:9.2f} {o / t:6.2f} {om:8.0f} {tm:9.0f}  {note}")
+    print(f"{'net':14} {'ccn':>9} {'ccn+copy':>9} {'torch':>9} {'ratio':>6} {'ccn MiB':>8} {'torch MiB':>9}  note")
+    for name, o, oc, t, om, tm, note in rows:
+        print(f"{name:14} {o:9.2f} {oc:9.2f} {t:9.2f} {o / t:6.2f} {om:8.0f} {tm:9.0f}  {note}")
     if "error" in ck:
         print(f"conv2 kernels: {ck['error']}")
     else:
