@@ -317,6 +317,9 @@ def conv_kernels(mini, reps):
     f = core.cuda_test_op("conv_fprop", {"x": x, "W": W, "y": y}, sc | {"accumulate": 0.0, "repeat": float(reps)})
     b = core.cuda_test_op("conv_bprop", {"x": x, "W": W, "dout": y, "din": np.zeros_like(x), "dW": np.zeros_like(W)},
                           sc | {"repeat": float(reps)})
+    nu = 32  # the unfold alone, for 32 cases (a 150 MB col), scaled to the minibatch
+    u = core.cuda_test_op("conv_unfold", {"x": x, "col": np.zeros((C * fs * fs, nu * M * M), np.float32)},
+                          sc | {"n0": 0.0, "nc": float(nu), "repeat": float(reps)})
     tx = torch.randn(N, C, S, S, device="cuda", requires_grad=True)
     conv = torch.nn.Conv2d(C, F, fs, 1, pad, bias=False).cuda()
     torch.backends.cudnn.benchmark = True
@@ -327,7 +330,7 @@ def conv_kernels(mini, reps):
     tb = median_ms(lambda: torch.autograd.grad(conv(tx), (tx, conv.weight), g), 3, reps, torch.cuda.synchronize) - tf
     flops = 2.0 * N * F * M * M * C * fs * fs
     return {"ccn_fprop_ms": float(np.ravel(f["ms"])[0]), "ccn_bprop_ms": float(np.ravel(b["ms"])[0]), "torch_fprop_ms": tf,
-            "torch_bprop_ms": tb, "gflop_fprop": flops / 1e9}
+            "torch_bprop_ms": tb, "gflop_fprop": flops / 1e9, "ccn_unfold_ms": float(np.ravel(u["ms"])[0]) * N / nu}
 
 
 def main():
@@ -371,7 +374,8 @@ def main():
         print(f"conv2 kernels: {ck['error']}")
     else:
         print(f"conv2 alone ({ck['gflop_fprop']:.0f} GFLOP fwd): ccn fprop {ck['ccn_fprop_ms']:.2f} / bprop "
-              f"{ck['ccn_bprop_ms']:.2f} ms; cuDNN fprop {ck['torch_fprop_ms']:.2f} / bprop {ck['torch_bprop_ms']:.2f} ms")
+              f"{ck['ccn_bprop_ms']:.2f} ms (its unfold {ck['ccn_unfold_ms']:.2f}); cuDNN fprop {ck['torch_fprop_ms']:.2f}"
+              f" / bprop {ck['torch_bprop_ms']:.2f} ms")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)

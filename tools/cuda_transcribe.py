@@ -2,12 +2,14 @@
 """NumPy transcriptions of the trickiest CUDA kernels' index arithmetic, run over a simulated
 grid and checked against the CPU layers, so their logic is verified without a GPU.
 
-The CUDA backend (native/cuda/) compiles everywhere but has never run: this is the next best
-thing. Each kernel below is a line-by-line transcription of its .cu source (same variable
+The CUDA backend (native/cuda/) runs only where there is a GPU (tests/cuda there); this checks
+the kernels' logic everywhere else, and before a kernel change first meets a GPU. Each kernel below is a line-by-line transcription of its .cu source (same variable
 names, same C integer arithmetic, same loop bounds and order), executed by `launch`, which
 simulates the launch the launcher makes: grid_for(total) blocks of 256 threads (or a smaller
 grid, to exercise the grid-stride loops), every thread id e = blockIdx.x * blockDim.x +
-threadIdx.x, e += gridDim.x * blockDim.x, all threads of one loop iteration vectorised.
+threadIdx.x, e += gridDim.x * blockDim.x, all threads of one loop iteration vectorised; row
+kernels (check.h rows_grid) by `launch_rows`: blockIdx.y walks the rows, x a grid-stride
+loop over each row's columns.
 While it runs, the simulator checks what a GPU would not tell us:
   - every element index of the loop is visited exactly once (grid size and stride);
   - every load and store is inside its buffer (no out-of-bounds access for odd sizes);
@@ -213,6 +215,37 @@ class ConvGeom:
     vchan: object = None  # device int array (Buf) or None
 
 
+def launch_rows(name, rows, cols, body, writes=()):
+    """A row kernel's launch (check.h rows_grid): blockIdx.y = r0 walks rows r0, r0 + gridDim.y,
+    ...; in each row, threads j = blockIdx.x * blockDim.x + threadIdx.x walk the columns with
+    stride gridDim.x * blockDim.x. `body(r, j)` gets one row and the column ids of one loop
+    iteration. Checks that every (row, column) is visited once and records stores per launch."""
+    cap = min(SIM.cap, 65535)
+    bx = max(1, min((cols + SIM.threads - 1) // SIM.threads, cap))
+    by = max(1, min(rows, cap))
+    stride = bx * SIM.threads
+    i32(rows, f"{name}: rows")
+    i32(cols, f"{name}: columns")
+    for b in writes:
+        b.written = np.zeros(b.data.size, np.int32)
+    visits = np.zeros((max(rows, 0), max(cols, 0)), np.int32)
+    for r0 in range(by):
+        for r in range(r0, rows, by):
+            j = np.arange(stride, dtype=np.int64)
+            while True:
+                live = j[j < cols]
+                if live.size == 0:
+                    break
+                body(r, live)
+                visits[r, live] += 1
+                j = j + stride
+    for b in writes:
+        b.written = None
+    if rows > 0 and cols > 0 and not np.all(visits == 1):
+        raise KernelError(f"{name}: row launch visits {int(np.sum(visits == 0))} elements never, "
+                          f"{int(np.sum(visits > 1))} more than once")
+
+
 def chan_of(g, grp, c):
     """conv.cu chan_of / local.cu local_chan."""
     return g.vchan.load(grp * g.Cf + c) if g.vchan is not None else grp * g.Cf + c
@@ -231,26 +264,40 @@ def conv_chunk_cases(g, bprop, with_din, budget=K_SCRATCH_BYTES):
     return max(1, min(g.N, c))
 
 
-def im2col_kernel(g, inp, n0, Nc, col):
-    fs2, K, MM = i32(g.fs * g.fs, "fs2"), i32(g.Cf * g.fs * g.fs, "K"), i32(g.M * g.M, "MM")
-    total = g.groups * K * Nc * MM
+def check_chunk(g, Nc):
+    """conv.cu check_chunk: the row kernels' int column and row counts."""
+    K = g.Cf * g.fs * g.fs
+    if Nc * max(g.M * g.M, g.S * g.S) + (1 << 25) >= INT32 or g.groups * K >= INT32 or g.S * g.S >= INT32:
+        raise KernelError("conv chunk too large for the unfold kernels")
 
-    def body(e):
-        m = i32(cmod(e, MM), "m")
-        r = cdiv(e, MM)
-        n = i32(cmod(r, Nc), "n")
-        r = cdiv(r, Nc)
-        k = i32(cmod(r, K), "k")
-        grp = i32(cdiv(r, K), "grp")
+
+def conv_unfold(g, inp, n0, nc, col):
+    """conv.cu conv_unfold: im2col_kernel over rows_grid(groups*K, nc*MM)."""
+    check_chunk(g, nc)
+    im2col_kernel(g, inp, n0, nc, col)
+
+
+def im2col_kernel(g, inp, n0, Nc, col):
+    fs2, K, MM, SS = i32(g.fs * g.fs, "fs2"), i32(g.Cf * g.fs * g.fs, "K"), i32(g.M * g.M, "MM"), i32(g.S * g.S, "SS")
+    cols = i32(Nc * MM, "cols")
+    case_stride = g.C * SS  # int64_t
+
+    def body(r, j):
+        grp, k = cdiv(r, K), cmod(r, K)
         c, fy, fx = cdiv(k, fs2), cdiv(cmod(k, fs2), g.fs), cmod(k, g.fs)
-        iy = i32(cdiv(m, g.M) * g.stride - g.padding + fy, "iy")
-        ix = i32(cmod(m, g.M) * g.stride - g.padding + fx, "ix")
+        src = n0 * case_stride + int(chan_of(g, grp, c)) * SS
+        dst = r * cols
+        n = cdiv(j, MM)
+        m = i32(j - n * MM, "m")
+        my = cdiv(m, g.M)
+        mx = i32(m - my * g.M, "mx")
+        iy = i32(my * g.stride - g.padding + fy, "iy")
+        ix = i32(mx * g.stride - g.padding + fx, "ix")
         inside = (iy >= 0) & (iy < g.S) & (ix >= 0) & (ix < g.S)
         i32(iy * g.S + ix, "iy * S + ix")
-        src = ((n0 + n) * g.C + chan_of(g, grp, c)) * g.S * g.S + iy * g.S + ix
-        col.store(e, inp.load(src, inside))
+        col.store(dst + j, inp.load(src + n * case_stride + iy * g.S + ix, inside))
 
-    launch("im2col_kernel", total, body, writes=[col])
+    launch_rows("im2col_kernel", i32(g.groups * K, "groups * K"), cols, body, writes=[col])
 
 
 def ceil_div_signed(a, b):  # conv.cu / local.cu
@@ -269,18 +316,19 @@ def covering_modules(g, iy, ix):
 
 def col2im_kernel(g, dcol, n0, Nc, din):
     fs2, K, MM, SS = g.fs * g.fs, g.Cf * g.fs * g.fs, g.M * g.M, i32(g.S * g.S, "SS")
-    total = g.groups * g.Cf * Nc * SS
+    cols = i32(Nc * SS, "cols")
+    ncols = Nc * MM  # int64_t: one dcol row
 
-    def body(e):
-        p = cmod(e, SS)
-        r = cdiv(e, SS)
-        n = cmod(r, Nc)
-        r = cdiv(r, Nc)
-        c = cmod(r, g.Cf)
-        grp = cdiv(r, g.Cf)
-        iy, ix = cdiv(p, g.S), cmod(p, g.S)
+    def body(r, j):
+        grp, c = cdiv(r, g.Cf), cmod(r, g.Cf)
+        rows = (grp * K + c * fs2) * ncols  # row (grp, k = c*fs2)
+        dst0 = n0 * g.C * SS + int(chan_of(g, grp, c)) * SS
+        n = cdiv(j, SS)
+        p = i32(j - n * SS, "p")
+        iy = cdiv(p, g.S)
+        ix = i32(p - iy * g.S, "ix")
         my0, my1, mx0, mx1 = covering_modules(g, iy, ix)
-        s = np.zeros(e.shape, dcol.data.dtype)
+        s = np.zeros(j.shape, dcol.data.dtype)
         span = cdiv(g.fs + g.stride - 1, g.stride) + 1  # at most this many modules cover a pixel
         for jy in range(int(span)):
             my = my0 + jy
@@ -291,37 +339,38 @@ def col2im_kernel(g, dcol, n0, Nc, din):
                 fx = ix + g.padding - mx * g.stride
                 if np.any(live & ((fy < 0) | (fy >= g.fs) | (fx < 0) | (fx >= g.fs))):
                     raise KernelError("col2im_kernel: a gathered module does not cover the pixel")
-                k = c * fs2 + fy * g.fs + fx
-                s = s + dcol.load(((grp * K + k) * Nc + n) * MM + my * g.M + mx, live)
-        dst = ((n0 + n) * g.C + chan_of(g, grp, c)) * SS + p
+                i32(n * MM + my * g.M + mx, "n * MM + my * M + mx")
+                s = s + dcol.load(rows + (fy * g.fs + fx) * ncols + n * MM + my * g.M + mx, live)
+        dst = dst0 + n * g.C * SS + p
         if g.vchan is not None:
             din.atomic_add(dst, s)
         else:
             din.store(dst, din.load(dst) + s)
 
-    launch("col2im_kernel", total, body, writes=[] if g.vchan is not None else [din])
+    launch_rows("col2im_kernel", i32(g.groups * g.Cf, "groups * Cf"), cols, body,
+                writes=[] if g.vchan is not None else [din])
 
 
 def transpose_dout_kernel(dout, n0, Nc, F, MM, doutT):
-    total = F * Nc * MM
+    cols = i32(Nc * MM, "cols")
 
-    def body(e):
-        m = cmod(e, MM)
-        r = cdiv(e, MM)
-        n = cmod(r, Nc)
-        f = cdiv(r, Nc)
-        doutT.store(e, dout.load(((n0 + n) * F + f) * MM + m))
+    def body(f, j):
+        src = (n0 * F + f) * MM
+        n = cdiv(j, MM)
+        m = i32(j - n * MM, "m")
+        doutT.store(f * cols + j, dout.load(src + n * F * MM + m))
 
-    launch("transpose_dout_kernel", total, body, writes=[doutT])
+    launch_rows("transpose_dout_kernel", F, cols, body, writes=[doutT])
 
 
 def conv_fprop(g, inp, W, out, accumulate, budget=K_SCRATCH_BYTES):
     K, MM, Fg = g.Cf * g.fs * g.fs, g.M * g.M, g.F // g.groups
     Nc = conv_chunk_cases(g, False, False, budget)
+    check_chunk(g, Nc)
     col = Buf("scratch(col)", np.full(g.groups * K * Nc * MM, np.nan, np.float32))
     for n0 in range(0, g.N, Nc):
         nc = min(Nc, g.N - n0)
-        im2col_kernel(g, inp, n0, nc, col)
+        conv_unfold(g, inp, n0, nc, col)
         for grp in range(g.groups):
             sgemm_batched(True, False, Fg, MM, K, 1.0, W, grp * Fg, g.F, 0, col, grp * K * nc * MM, nc * MM, MM,
                           1.0 if accumulate else 0.0, out, n0 * g.F * MM + grp * Fg * MM, MM, g.F * MM, nc)
@@ -330,6 +379,7 @@ def conv_fprop(g, inp, W, out, accumulate, budget=K_SCRATCH_BYTES):
 def conv_bprop(g, inp, W, dout, din, dW, budget=K_SCRATCH_BYTES):
     K, MM, Fg = g.Cf * g.fs * g.fs, g.M * g.M, g.F // g.groups
     Nc = conv_chunk_cases(g, True, din is not None, budget)
+    check_chunk(g, Nc)
     col_n = g.groups * K * Nc * MM
     scratch = Buf("scratch", np.full(col_n * (2 if din is not None else 1) + g.F * Nc * MM, np.nan, np.float32))
     col_off, dcol_off, doutT_off = 0, col_n, col_n * (2 if din is not None else 1)
@@ -343,7 +393,7 @@ def conv_bprop(g, inp, W, dout, din, dW, budget=K_SCRATCH_BYTES):
             col2im_kernel(g, dcol, n0, nc, din)
         if dW is not None:
             col = Buf("scratch(col)", scratch.data[col_off:col_off + col_n])
-            im2col_kernel(g, inp, n0, nc, col)
+            conv_unfold(g, inp, n0, nc, col)
             doutT = Buf("scratch(doutT)", scratch.data[doutT_off:doutT_off + g.F * Nc * MM])
             transpose_dout_kernel(dout, n0, nc, g.F, MM, doutT)
             for grp in range(g.groups):

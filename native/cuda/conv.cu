@@ -9,7 +9,8 @@
 //   W / dW:     K x F row-major    row k = c*fs*fs + fy*fs + fx, column f
 //   col (the unfolded input of a chunk of Nc cases), in scratch:
 //               [g][k][n][m]       col[g][k][n][m] = in[n0+n][chan(g,c)][my*st-pad+fy][mx*st-pad+fx]
-//               (0 outside the image), so for each group, K x (Nc*MM) is one row-major matrix.
+//               (0 outside the image), so for each group, K x (Nc*MM) is one row-major matrix
+//               (conv_unfold; rows r = g*K + k of Nc*MM columns).
 //   doutT (bprop, weight gradient): [f][n][m], dout of the chunk with filters outermost.
 // Products per group g (W_g = columns g*Fg.. of W, leading dimension F):
 //   fprop:   out[n, g]  (Fg x MM)   = W_g^T col[g][:, n, :]      batched over the chunk's cases
@@ -32,24 +33,27 @@ __device__ __forceinline__ int chan_of(const ConvGeom& g, int grp, int c) {
   return g.vchan ? g.vchan[grp * g.Cf + c] : grp * g.Cf + c;
 }
 
-// One thread per col element, e = ((grp*K + k)*Nc + n)*MM + m.
+// Row kernels (rows_grid in check.h): blockIdx.y walks the rows of the destination, each
+// thread decodes its row once and then its columns with 32-bit arithmetic.
+
+// col row r = grp*K + k holds, for each (n, m) of the chunk (column j = n*MM + m), the input
+// pixel that tap k = (c, fy, fx) of module m = (my, mx) reads: col[r*cols + j].
 __global__ void im2col_kernel(ConvGeom g, const float* in, int n0, int Nc, float* col) {
-  const int fs2 = g.fs * g.fs, K = g.Cf * fs2, MM = g.M * g.M;
-  const int64_t total = (int64_t)g.groups * K * Nc * MM;
-  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
-    int m = (int)(e % MM);
-    int64_t r = e / MM;
-    int n = (int)(r % Nc);
-    r /= Nc;
-    int k = (int)(r % K);
-    int grp = (int)(r / K);
-    int c = k / fs2, fy = (k % fs2) / g.fs, fx = k % g.fs;
-    int iy = (m / g.M) * g.stride - g.padding + fy;
-    int ix = (m % g.M) * g.stride - g.padding + fx;
-    float v = 0.f;
-    if (iy >= 0 && iy < g.S && ix >= 0 && ix < g.S)
-      v = in[((int64_t)(n0 + n) * g.C + chan_of(g, grp, c)) * g.S * g.S + iy * g.S + ix];
-    col[e] = v;
+  const int fs2 = g.fs * g.fs, K = g.Cf * fs2, MM = g.M * g.M, SS = g.S * g.S, cols = Nc * MM;
+  const int64_t case_stride = (int64_t)g.C * SS;
+  for (int r = blockIdx.y; r < g.groups * K; r += gridDim.y) {
+    const int grp = r / K, k = r % K;
+    const int c = k / fs2, fy = (k % fs2) / g.fs, fx = k % g.fs;
+    const float* src = in + (int64_t)n0 * case_stride + (int64_t)chan_of(g, grp, c) * SS;
+    float* dst = col + (int64_t)r * cols;
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < cols; j += gridDim.x * blockDim.x) {
+      const int n = j / MM, m = j - n * MM;
+      const int my = m / g.M, mx = m - my * g.M;
+      const int iy = my * g.stride - g.padding + fy, ix = mx * g.stride - g.padding + fx;
+      float v = 0.f;
+      if (iy >= 0 && iy < g.S && ix >= 0 && ix < g.S) v = src[n * case_stride + iy * g.S + ix];
+      dst[j] = v;
+    }
   }
 }
 
@@ -57,57 +61,66 @@ __device__ __forceinline__ int ceil_div_signed(int a, int b) {  // b > 0
   return a >= 0 ? (a + b - 1) / b : -((-a) / b);
 }
 
-// Fold dcol back into din. One thread per (grp, c, n, iy, ix): it gathers every module
-// (my, mx) whose window covers (iy, ix): my*st - pad + fy = iy with 0 <= fy < fs.
+// Fold dcol back into din. Row r = grp*Cf + c (one filter channel), column j = n*SS + p (a
+// case of the chunk and an input pixel p = (iy, ix)): the thread gathers every module
+// (my, mx) whose window covers the pixel (my*st - pad + fy = iy with 0 <= fy < fs).
 // Plain groups give each image channel one writer; a channel table may repeat channels,
 // then writers add atomically.
 __global__ void col2im_kernel(ConvGeom g, const float* dcol, int n0, int Nc, float* din) {
-  const int fs2 = g.fs * g.fs, K = g.Cf * fs2, MM = g.M * g.M, SS = g.S * g.S;
-  const int64_t total = (int64_t)g.groups * g.Cf * Nc * SS;
-  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
-    int p = (int)(e % SS);
-    int64_t r = e / SS;
-    int n = (int)(r % Nc);
-    r /= Nc;
-    int c = (int)(r % g.Cf);
-    int grp = (int)(r / g.Cf);
-    int iy = p / g.S, ix = p % g.S;
-    int my0 = max(0, ceil_div_signed(iy + g.padding - g.fs + 1, g.stride));
-    int my1 = min(g.M - 1, (iy + g.padding) / g.stride);
-    int mx0 = max(0, ceil_div_signed(ix + g.padding - g.fs + 1, g.stride));
-    int mx1 = min(g.M - 1, (ix + g.padding) / g.stride);
-    float s = 0.f;
-    for (int my = my0; my <= my1; ++my) {
-      int fy = iy + g.padding - my * g.stride;
-      for (int mx = mx0; mx <= mx1; ++mx) {
-        int fx = ix + g.padding - mx * g.stride;
-        int k = c * fs2 + fy * g.fs + fx;
-        s += dcol[(((int64_t)grp * K + k) * Nc + n) * MM + my * g.M + mx];
+  const int fs2 = g.fs * g.fs, K = g.Cf * fs2, MM = g.M * g.M, SS = g.S * g.S, cols = Nc * SS;
+  const int64_t ncols = (int64_t)Nc * MM;  // one dcol row
+  for (int r = blockIdx.y; r < g.groups * g.Cf; r += gridDim.y) {
+    const int grp = r / g.Cf, c = r % g.Cf;
+    const float* rows = dcol + ((int64_t)grp * K + (int64_t)c * fs2) * ncols;  // row (grp, k = c*fs2)
+    float* dst0 = din + (int64_t)n0 * g.C * SS + (int64_t)chan_of(g, grp, c) * SS;
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < cols; j += gridDim.x * blockDim.x) {
+      const int n = j / SS, p = j - n * SS;
+      const int iy = p / g.S, ix = p - iy * g.S;
+      const int my0 = max(0, ceil_div_signed(iy + g.padding - g.fs + 1, g.stride));
+      const int my1 = min(g.M - 1, (iy + g.padding) / g.stride);
+      const int mx0 = max(0, ceil_div_signed(ix + g.padding - g.fs + 1, g.stride));
+      const int mx1 = min(g.M - 1, (ix + g.padding) / g.stride);
+      float s = 0.f;
+      for (int my = my0; my <= my1; ++my) {
+        const int fy = iy + g.padding - my * g.stride;
+        for (int mx = mx0; mx <= mx1; ++mx) {
+          const int fx = ix + g.padding - mx * g.stride;
+          s += rows[(int64_t)(fy * g.fs + fx) * ncols + n * MM + my * g.M + mx];
+        }
       }
+      float* dst = dst0 + (int64_t)n * g.C * SS + p;
+      if (g.vchan)
+        atomicAdd(dst, s);
+      else
+        *dst += s;
     }
-    float* dst = din + ((int64_t)(n0 + n) * g.C + chan_of(g, grp, c)) * SS + p;
-    if (g.vchan)
-      atomicAdd(dst, s);
-    else
-      *dst += s;
   }
 }
 
-// doutT[f][n][m] = dout[n0+n][f][m]; one thread per element.
+// doutT[f][n][m] = dout[n0+n][f][m]: row f, column j = n*MM + m.
 __global__ void transpose_dout_kernel(const float* dout, int n0, int Nc, int F, int MM, float* doutT) {
-  const int64_t total = (int64_t)F * Nc * MM;
-  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
-    int m = (int)(e % MM);
-    int64_t r = e / MM;
-    int n = (int)(r % Nc);
-    int f = (int)(r / Nc);
-    doutT[e] = dout[((int64_t)(n0 + n) * F + f) * MM + m];
+  const int cols = Nc * MM;
+  for (int f = blockIdx.y; f < F; f += gridDim.y) {
+    const float* src = dout + ((int64_t)n0 * F + f) * MM;
+    float* dst = doutT + (int64_t)f * cols;
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < cols; j += gridDim.x * blockDim.x) {
+      const int n = j / MM, m = j - n * MM;
+      dst[j] = src[(int64_t)n * F * MM + m];
+    }
   }
 }
 
 void check_geom(const ConvGeom& g) {
   CCN_CHECK(g.groups > 0 && g.F % g.groups == 0 && g.Cf > 0 && g.fs > 0 && g.stride > 0 && g.M > 0);
   CCN_CHECK(g.vchan || g.Cf * g.groups == g.C, "plain groups need C = groups * Cf");
+}
+
+// The row kernels index a chunk's columns (Nc * MM, Nc * SS) and rows in int.
+void check_chunk(const ConvGeom& g, int Nc) {
+  const int64_t K = (int64_t)g.Cf * g.fs * g.fs, most = (int64_t)Nc * std::max(g.M * g.M, g.S * g.S);
+  // (2^25 of headroom: a column index plus the grid's stride must stay an int too)
+  CCN_CHECK(most + (1ll << 25) < (1ll << 31) && (int64_t)g.groups * K < (1ll << 31) && (int64_t)g.S * g.S < (1ll << 31),
+            "a conv chunk of ", Nc, " cases is too large for the unfold kernels; lower CCN_UNFOLD_BYTES.");
 }
 
 }  // namespace
@@ -120,17 +133,24 @@ int conv_chunk_cases(const ConvGeom& g, bool bprop, bool with_din) {
   return (int)std::max<int64_t>(1, std::min<int64_t>(g.N, c));
 }
 
+void conv_unfold(CudaCtx& cx, const ConvGeom& g, const float* in, int n0, int nc, float* col) {
+  check_geom(g);
+  check_chunk(g, nc);
+  const int64_t K = (int64_t)g.Cf * g.fs * g.fs;
+  im2col_kernel<<<rows_grid(g.groups * K, (int64_t)nc * g.M * g.M), 256, 0, (cudaStream_t)cx.stream>>>(g, in, n0, nc,
+                                                                                                      col);
+  CCN_CUDA_LAUNCHED();
+}
+
 void conv_fprop(CudaCtx& cx, const ConvGeom& g, const float* in, const float* W, float* out, bool accumulate) {
   check_geom(g);
   const int K = g.Cf * g.fs * g.fs, MM = g.M * g.M, Fg = g.F / g.groups;
   const int Nc = conv_chunk_cases(g, false, false);
+  check_chunk(g, Nc);
   float* col = cx.scratch((size_t)g.groups * K * Nc * MM);
-  cudaStream_t st = (cudaStream_t)cx.stream;
   for (int n0 = 0; n0 < g.N; n0 += Nc) {
     const int nc = std::min(Nc, g.N - n0);
-    const int64_t cols = (int64_t)g.groups * K * nc * MM;
-    im2col_kernel<<<grid_for(cols), 256, 0, st>>>(g, in, n0, nc, col);
-    CCN_CUDA_LAUNCHED();
+    conv_unfold(cx, g, in, n0, nc, col);
     for (int grp = 0; grp < g.groups; ++grp)
       sgemm_batched(cx, true, false, Fg, MM, K, 1.f, W + grp * Fg, g.F, 0, col + (int64_t)grp * K * nc * MM, nc * MM,
                     MM, accumulate ? 1.f : 0.f, out + (int64_t)n0 * g.F * MM + (int64_t)grp * Fg * MM, MM,
@@ -143,6 +163,7 @@ void conv_bprop(CudaCtx& cx, const ConvGeom& g, const float* in, const float* W,
   check_geom(g);
   const int K = g.Cf * g.fs * g.fs, MM = g.M * g.M, Fg = g.F / g.groups;
   const int Nc = conv_chunk_cases(g, true, din != nullptr);
+  check_chunk(g, Nc);
   const int64_t col_n = (int64_t)g.groups * K * Nc * MM;
   float* col = cx.scratch((size_t)(col_n * (din ? 2 : 1) + (int64_t)g.F * Nc * MM));
   float* dcol = col + col_n;
@@ -155,16 +176,13 @@ void conv_bprop(CudaCtx& cx, const ConvGeom& g, const float* in, const float* W,
         sgemm_batched(cx, false, false, K, MM, Fg, 1.f, W + grp * Fg, g.F, 0,
                       dout + (int64_t)n0 * g.F * MM + (int64_t)grp * Fg * MM, MM, (long long)g.F * MM, 0.f,
                       dcol + (int64_t)grp * K * nc * MM, nc * MM, MM, nc);
-      const int64_t px = (int64_t)g.groups * g.Cf * nc * g.S * g.S;
-      col2im_kernel<<<grid_for(px), 256, 0, st>>>(g, dcol, n0, nc, din);
+      col2im_kernel<<<rows_grid((int64_t)g.groups * g.Cf, (int64_t)nc * g.S * g.S), 256, 0, st>>>(g, dcol, n0, nc,
+                                                                                                  din);
       CCN_CUDA_LAUNCHED();
     }
     if (dW) {
-      const int64_t cols = (int64_t)g.groups * K * nc * MM;
-      im2col_kernel<<<grid_for(cols), 256, 0, st>>>(g, in, n0, nc, col);
-      CCN_CUDA_LAUNCHED();
-      const int64_t t = (int64_t)g.F * nc * MM;
-      transpose_dout_kernel<<<grid_for(t), 256, 0, st>>>(dout, n0, nc, g.F, MM, doutT);
+      conv_unfold(cx, g, in, n0, nc, col);
+      transpose_dout_kernel<<<rows_grid(g.F, (int64_t)nc * MM), 256, 0, st>>>(dout, n0, nc, g.F, MM, doutT);
       CCN_CUDA_LAUNCHED();
       for (int grp = 0; grp < g.groups; ++grp)
         sgemm(cx, false, true, K, Fg, nc * MM, 1.f, col + (int64_t)grp * K * nc * MM, nc * MM,

@@ -89,6 +89,10 @@ struct ConvGeom {
 // at least 1 and at most N. The budget is CCN_UNFOLD_BYTES when set, as the CPU layers read it
 // (kernels/unfold.h unfold_budget_bytes), else 256 MB. Host code, no GPU needed.
 int conv_chunk_cases(const ConvGeom& g, bool bprop, bool with_din);
+// col = the unfolded input of cases n0 .. n0+nc-1 in the [g][k][n][m] layout of conv.cu
+// (groups*K rows of nc*MM columns); conv_fprop and conv_bprop use it, the tests and
+// tools/bench_gpu.py call it alone.
+void conv_unfold(CudaCtx& cx, const ConvGeom& g, const float* in, int n0, int nc, float* col);
 // out (= or +=) conv(in, W). Uses cx.scratch for the unfolded input, in chunks of cases.
 void conv_fprop(CudaCtx& cx, const ConvGeom& g, const float* in, const float* W, float* out, bool accumulate);
 // din += conv^T(dout, W) (skipped when din is null); dW += correlation of in and dout.

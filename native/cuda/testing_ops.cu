@@ -126,6 +126,9 @@ const std::map<std::string, Op>& ops() {
          ConvGeom g = conv_geom(a);
          conv_fprop(a.cx, g, a.a("x"), a.a("W"), a.a("y"), a.i("accumulate") != 0);
        }},
+      {"conv_unfold", [](Args& a) {  // col: groups*K x (nc*MM), cases n0 .. n0+nc-1
+         conv_unfold(a.cx, conv_geom(a), a.a("x"), a.i("n0"), a.i("nc"), a.a("col"));
+       }},
       {"conv_bprop", [](Args& a) {
          ConvGeom g = conv_geom(a);
          conv_bprop(a.cx, g, a.a("x"), a.a("W"), a.a("dout"), a.opt("din"), a.opt("dW"));

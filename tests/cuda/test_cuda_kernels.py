@@ -147,6 +147,31 @@ def test_conv(case):
         close(op("conv_bias_grad", {"dout": dout, "db": b}, N=N, F=F, MM=MM, shared=shared)["db"], want)
 
 
+@pytest.mark.parametrize("case", CONV_CASES + [(5, 6, 13, 4, 3, 5, 2, 3)])
+def test_conv_unfold_layout(case):
+    """conv_unfold's [g][k][n][m] rows for cases n0..n0+nc-1, element by element (a copy:
+    exact), every element written (the scratch is poisoned with NaN first)."""
+    N, C, S, F, groups, fs, stride, padding = case
+    rng = np.random.default_rng()
+    Cf = C // groups
+    M = 1 + int(np.ceil((2 * padding + S - fs) / stride))
+    K, MM = Cf * fs * fs, M * M
+    n0 = int(rng.integers(0, N))
+    nc = int(rng.integers(1, N - n0 + 1))
+    x = rng.standard_normal((N, C, S, S)).astype(np.float32)
+    xp = np.zeros((N, C, S + 2 * padding + fs + stride * M, S + 2 * padding + fs + stride * M), np.float32)
+    xp[:, :, padding:padding + S, padding:padding + S] = x
+    want = np.empty((groups, Cf, fs, fs, nc, M, M), np.float32)
+    for fy in range(fs):
+        for fx in range(fs):
+            win = xp[n0:n0 + nc, :, fy:fy + stride * M:stride, fx:fx + stride * M:stride]  # nc, C, M, M
+            want[:, :, fy, fx] = win.reshape(nc, groups, Cf, M, M).transpose(1, 2, 0, 3, 4)
+    want = want.reshape(groups * K, nc * MM)
+    geo = dict(N=N, C=C, S=S, F=F, groups=groups, Cf=Cf, fs=fs, stride=stride, padding=padding, M=M)
+    col = op("conv_unfold", {"x": x.reshape(N, -1), "col": np.full(want.shape, np.nan)}, n0=n0, nc=nc, **geo)["col"]
+    same_bits(col, want, f"conv_unfold of cases {n0}..{n0 + nc - 1}")
+
+
 def test_conv_channel_table():
     """randSparse-style table: groups read arbitrary (repeated) channels."""
     rng = np.random.default_rng()
