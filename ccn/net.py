@@ -8,6 +8,7 @@ Layout of every array that crosses this API: activations are ``cases x (C*H*W)``
 from __future__ import annotations
 
 import importlib
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ class LayerInfo:
     is_cost: bool
     data_idx: int
     keeps_pre: bool = False  # the net keeps a pre-activation copy (a neuron neither in place nor fused)
+    device_keeps_pre: bool = False  # the same on a GPU, whose kernels fuse no neuron
 
     @property
     def outputs(self) -> int:
@@ -226,15 +228,37 @@ class Net:
         self.params_path, self.params_text = params, text
 
 
-def memory_estimate(net: Net, cases: int) -> int:
+def memory_estimate(net: Net, cases: int, device: bool = False) -> int:
     """Bytes the core needs for a training step on ``cases`` cases: every layer's output and its
     gradient, a pre-activation copy where the net keeps one (a neuron neither applied in place nor
-    fused into its layer), the parameters with their gradients and momentum increments. Scratch
-    buffers (unfolded images) come on top, so this is a floor."""
+    fused into its layer; ``device``: as on a GPU, which fuses none), the parameters with their
+    gradients and momentum increments. Scratch buffers (unfolded images) come on top, so this is
+    a floor."""
     acts = sum(l.outputs for l in net.layers)
-    pre = sum(l.outputs for l in net.layers if l.keeps_pre)
+    pre = sum(l.outputs for l in net.layers if (l.device_keeps_pre if device else l.keeps_pre))
     params = sum(p.shape[0] * p.shape[1] for p in net.params)
     return 4 * (cases * (2 * acts + pre) + 3 * params)
+
+
+# On a GPU: the conv unfold scratch (native/cuda/conv.cu, 256 MB unless CCN_UNFOLD_BYTES) comes
+# on top of memory_estimate.
+_GPU_SCRATCH_BYTES = 256 << 20
+
+
+def _unfold_budget() -> int:
+    """kernels/unfold.cpp unfold_budget_bytes: CCN_UNFOLD_BYTES when a positive integer."""
+    try:
+        v = int(os.environ.get("CCN_UNFOLD_BYTES", ""))
+    except ValueError:
+        v = 0
+    return v if v > 0 else _GPU_SCRATCH_BYTES
+
+
+def _gpu_free_bytes(gpu: int) -> int | None:
+    from ._native import core
+
+    info = core.cuda_mem_info(gpu)
+    return None if info is None else int(info[0])
 
 
 def _available_bytes() -> int | None:
@@ -250,7 +274,21 @@ def _available_bytes() -> int | None:
 
 def check_memory(net: Net, cases: int, what: str) -> None:
     """Refuse, with a message, a step that cannot fit in the memory available now: the kernel's
-    out-of-memory killer would otherwise end the process without a word."""
+    out-of-memory killer would otherwise end the process without a word, and on a GPU the first
+    allocation that fails would stop the run after its setup. On a GPU the parameters are
+    already there, so only the rest must fit in its free memory."""
+    if net.device != "cpu":
+        gpu = int(net.device.split(":")[1])
+        have = _gpu_free_bytes(gpu)
+        # (a data layer's "output and gradient" in memory_estimate are the GPU's two staging slots)
+        params = 4 * 3 * sum(p.shape[0] * p.shape[1] for p in net.params)
+        scratch = _unfold_budget() if any(l.type in ("conv", "local") for l in net.layers) else 0
+        need = memory_estimate(net, cases, device=True) - params + scratch
+        if have is not None and need > have:
+            raise InputError(f"{what}: a step of {net.layers_path} on {cases} cases needs at least "
+                             f"{need / 2**30:.1f} GiB more on GPU {gpu}, but only {have / 2**30:.1f} GiB of its memory "
+                             "is free; use a smaller minibatch (--mini) or smaller images, or free the GPU.")
+        return
     need, have = memory_estimate(net, cases), _available_bytes()
     if have is not None and need > have:
         raise InputError(f"{what}: a step of {net.layers_path} on {cases} cases needs at least "

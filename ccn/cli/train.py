@@ -365,8 +365,7 @@ def _run_train(given: dict, load_file, out, stop_after, world):
     from ..net import check_memory
     from ..train import Trainer, TrainConfig, TrainState
 
-    if placement.device == "cpu":  # (on a GPU an allocation that does not fit fails with a message)
-        check_memory(net, int(opts["mini"]), "--mini")
+    check_memory(net, int(opts["mini"]), "--mini")  # host memory, or the GPU's free memory
 
     state = TrainState.from_checkpoint(ckpt) if ckpt is not None else TrainState()
     if ckpt is not None and state.mb > 0 and int(ckpt.options.get("mini", opts["mini"])) != int(opts["mini"]):

@@ -21,6 +21,18 @@ std::vector<GpuInfo> cuda_devices() {
   return out;
 }
 
+bool cuda_mem_info(int gpu, size_t* free_bytes, size_t* total_bytes) {
+  int prev = -1;
+  if (cudaGetDevice(&prev) != cudaSuccess || cudaSetDevice(gpu) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  const bool ok = cudaMemGetInfo(free_bytes, total_bytes) == cudaSuccess;
+  cudaSetDevice(prev);
+  cudaGetLastError();
+  return ok;
+}
+
 std::string cuda_status() {
   int n = 0;
   cudaError_t e = cudaGetDeviceCount(&n);

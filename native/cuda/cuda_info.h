@@ -15,6 +15,8 @@ struct GpuInfo {
 
 // Visible devices; empty when there is no GPU or no driver (never throws).
 std::vector<GpuInfo> cuda_devices();
+// Free and total device memory of GPU `gpu` (false when it cannot be asked; never throws).
+bool cuda_mem_info(int gpu, size_t* free_bytes, size_t* total_bytes);
 // "ok (N devices)" or the runtime's reason there are none (e.g. "no CUDA driver").
 std::string cuda_status();
 

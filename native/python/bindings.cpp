@@ -181,6 +181,13 @@ PYBIND11_MODULE(_core, m) {
 #endif
     return out;
   });
+  m.def("cuda_mem_info", [](int gpu) -> py::object {  // (free, total) bytes of GPU gpu, or None
+#ifdef CCN_WITH_CUDA
+    size_t f = 0, t = 0;
+    if (cuda_mem_info(gpu, &f, &t)) return py::make_tuple(f, t);
+#endif
+    return py::none();
+  }, py::arg("gpu"));
   m.def("cublas_status", [] {
 #ifdef CCN_WITH_CUDA
     return cuda::cublas_describe();
@@ -293,6 +300,7 @@ PYBIND11_MODULE(_core, m) {
                d["is_cost"] = l->is_cost();
                d["data_idx"] = l->data_idx();
                d["keeps_pre"] = net.keeps_pre(l->id);
+               d["device_keeps_pre"] = net.device_keeps_pre(l->id);
                out.append(d);
              }
              return out;

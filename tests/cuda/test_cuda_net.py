@@ -188,3 +188,61 @@ def test_cuda_without_gpu_is_a_clear_error():
 def test_unknown_device_is_an_input_error():
     with pytest.raises(ccn.errors.InputError, match="unknown device"):
         make("tpu")
+
+
+CONV_NET = """
+[data]
+type=data
+dataIdx=0
+[labels]
+type=data
+dataIdx=1
+[conv]
+type=conv
+inputs=data
+channels=3
+filters=16
+filterSize=5
+padding=2
+initW=0.05
+neuron=relu
+[pool]
+type=pool
+pool=max
+inputs=conv
+channels=16
+sizeX=3
+stride=2
+neuron=relu
+[fc]
+type=fc
+inputs=pool
+outputs=10
+initW=0.05
+[probs]
+type=softmax
+inputs=fc
+[logprob]
+type=cost.logreg
+inputs=labels,probs
+"""
+
+
+@pytest.mark.cuda
+def test_gpu_memory_estimate_is_a_floor_of_what_a_step_holds():
+    """ccn.net.check_memory refuses a GPU step by memory_estimate(device=True) (+ staging and
+    the conv scratch): after a real step the net holds at least that much on the GPU."""
+    from ccn.net import memory_estimate
+
+    params = ("[conv]\nepsW=0.01\nepsB=0.01\nmomW=0.9\nmomB=0.9\nwc=0\n"
+              "[fc]\nepsW=0.01\nepsB=0.01\nmomW=0.9\nmomB=0.9\nwc=0\n[logprob]\ncoeff=1\n")
+    net = ccn.Net("<mem>", "<mem-params>", {0: (3, 17, 17), 1: 1}, seed=1, layers_text=CONV_NET,
+                  params_text=params, device="cuda")
+    rng = np.random.default_rng()
+    n = 67
+    x = rng.standard_normal((n, 3 * 17 * 17)).astype(np.float32)
+    y = rng.integers(0, 10, (n, 1)).astype(np.float32)
+    net.train_step([x, y], 0.0, n)
+    net.synchronize()
+    assert net.layer("pool").device_keeps_pre  # the GPU keeps the fused max pool's pre-activation
+    assert net._net.device_bytes >= memory_estimate(net, n, device=True)

@@ -180,3 +180,31 @@ neuron=relu
     params = sum(p.shape[0] * p.shape[1] for p in net.params)
     mx = net.layer("mx").outputs
     assert memory_estimate(net, 5) == 4 * (5 * (2 * acts + mx) + 3 * params)
+    # a GPU fuses no neuron into its layer: the max pool keeps its pre-activation there
+    dev = {l.name: l.device_keeps_pre for l in net.layers}
+    assert dev["pool"] is True and dev["mx"] is True and dev["fc"] is False and dev["avg"] is False
+    pool = net.layer("pool").outputs
+    assert memory_estimate(net, 5, device=True) == 4 * (5 * (2 * acts + mx + pool) + 3 * params)
+
+
+def test_gpu_memory_check_compares_the_step_with_the_gpus_free_memory(monkeypatch):
+    """check_memory on a GPU net: activations, gradients (for a data layer: the two staging
+    slots), pre-activations as the GPU keeps them and the conv scratch must fit in the GPU's
+    free memory (the parameters are already there); a step that does not is refused naming
+    the GPU."""
+    import ccn.net as cnet
+    from ccn.errors import InputError
+
+    net = ccn.Net("<gpu-mem>", None, {0: (2, 9, 9)}, layers_text=FANOUT)
+    monkeypatch.setattr(type(net), "device", property(lambda self: "cuda:1"))
+    asked = []
+    need = cnet.memory_estimate(net, 64, device=True) - 12 * sum(p.shape[0] * p.shape[1] for p in net.params)
+    need += cnet._GPU_SCRATCH_BYTES if any(l.type in ("conv", "local") for l in net.layers) else 0
+    monkeypatch.setattr(cnet, "_gpu_free_bytes", lambda gpu: asked.append(gpu) or need)
+    cnet.check_memory(net, 64, "--mini")  # exactly fits
+    assert asked == [1]
+    monkeypatch.setattr(cnet, "_gpu_free_bytes", lambda gpu: need - 1)
+    with pytest.raises(InputError, match=r"--mini: a step of <gpu-mem> on 64 cases needs at least .* GPU 1"):
+        cnet.check_memory(net, 64, "--mini")
+    monkeypatch.setattr(cnet, "_gpu_free_bytes", lambda gpu: None)  # unknown: no check
+    cnet.check_memory(net, 64, "--mini")
