@@ -35,7 +35,6 @@ counter (``seed``, ``step``), and the provider position down to the minibatch.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import sys
 import threading

@@ -25,6 +25,9 @@ def gather() -> dict:
         "compiler": b.get("compiler", ""),
         "conv_kernels": list(b.get("conv_kernels", ["gemm"])),
         "conv_kernel_setting": os.environ.get("CCN_CONV_KERNEL", "") or "auto",
+        "simd_path": core.simd_path(),
+        "simd_paths": list(core.simd_paths()),
+        "simd_setting": os.environ.get("CCN_SIMD", ""),
         "cuda_status": core.cuda_status(),
         "gpus": list(core.cuda_devices()),
         "cublas": core.cublas_status() if "cuda" in b["backends"] else "",
@@ -51,6 +54,10 @@ def info(json_out):
     click.echo(f"conv kernels (CPU): {', '.join(d['conv_kernels'])}"
                + ("" if direct else " (no AVX-512F on this CPU: direct kernels unavailable)")
                + f"; CCN_CONV_KERNEL={d['conv_kernel_setting']}")
+    setting = f"; CCN_SIMD={d['simd_setting']}" if d["simd_setting"] else ""
+    if d["simd_setting"] and d["simd_setting"] not in d["simd_paths"]:
+        setting += " is not one of them, so ccn's other commands refuse to run"
+    click.echo(f"SIMD loops (CPU pool, norm, neuron): {d['simd_path']} (this CPU: {', '.join(d['simd_paths'])}){setting}")
     if "cuda" in d["backends"]:
         click.echo(f"CUDA: {d['cuda_status']}")
         click.echo(f"cuBLAS: {d['cublas']}")

@@ -82,6 +82,27 @@ def cli(ctx, debug):
     """ccn: train cuda-convnet nets from their layer files, on CPUs and GPUs."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    if ctx.invoked_subcommand != "info":  # info shows the setting and what this CPU has
+        _check_simd_setting()
+
+
+def _check_simd_setting() -> None:
+    """CCN_SIMD names the instruction-set path of the CPU loops (native/core/simd.h); a value
+    the CPU cannot run would otherwise fall back silently to the widest path, and a comparison
+    the user meant to make between paths would compare nothing."""
+    import os
+
+    want = os.environ.get("CCN_SIMD", "")
+    if not want:
+        return
+    from .._native import core
+
+    have = list(core.simd_paths())
+    if want not in have:
+        from ..errors import InputError
+
+        raise InputError(f"the environment variable CCN_SIMD is '{want}', which this CPU cannot run; it must be "
+                         f"one of {', '.join(have)} (or unset, for the widest). `ccn info` lists them.")
 
 
 def main(argv=None):

@@ -148,6 +148,13 @@ PYBIND11_MODULE(_core, m) {
   });
   // The instruction-set path of core/simd.h's kernels in use (CCN_SIMD overrides; read once).
   m.def("simd_path", [] { return std::string(ccn::simd::k().name); });
+  // The paths CCN_SIMD may name on this CPU (ccn.cli checks the variable against them).
+  m.def("simd_paths", [] {
+    std::vector<std::string> out;
+    for (const char* p : {"portable", "avx2", "avx512"})
+      if (ccn::simd::path_kernels(p)) out.push_back(p);
+    return out;
+  });
   // How many conv passes each kernel made since the last reset (tests check which one ran).
   m.def("conv_kernel_counts", [] {
     py::dict d;

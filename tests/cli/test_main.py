@@ -93,3 +93,21 @@ def test_native_errors_arrive_as_ccn_errors():
     with pytest.raises(ConfigError) as e:
         ccn.Net("x.cfg", None, {0: 3}, layers_text="[data]\ntype=data\ndataIdx=0\n[fc]\ntype=fcc\ninputs=data\n")
     assert "x.cfg:5" in str(e.value) and "'fc'" in str(e.value)
+
+
+def test_a_simd_path_this_cpu_cannot_run_is_refused_and_info_says_why():
+    from ccn._native import core
+
+    quick = os.path.join(os.path.dirname(__file__), "..", "..", "layer-defs", "quickstart.ini")
+    have = list(core.simd_paths())
+    assert have[0] == "portable" and core.simd_path() in have
+    r = run("show-net", "--layers", quick, "--image-size", "32", env={"CCN_SIMD": "avx9"})
+    assert r.returncode == 2 and r.stdout == ""
+    assert "CCN_SIMD is 'avx9', which this CPU cannot run; it must be one of " + ", ".join(have) in r.stderr
+    assert "Traceback" not in r.stderr
+    i = run("info", env={"CCN_SIMD": "avx9"})
+    assert i.returncode == 0 and "CCN_SIMD=avx9 is not one of them" in i.stdout
+    ok = run("show-net", "--layers", quick, "--image-size", "32", env={"CCN_SIMD": have[0]})
+    assert ok.returncode == 0, ok.stderr
+    info = run("info", env={"CCN_SIMD": have[0]})
+    assert f"SIMD loops (CPU pool, norm, neuron): {have[0]}" in info.stdout
