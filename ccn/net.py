@@ -240,18 +240,34 @@ def memory_estimate(net: Net, cases: int, device: bool = False) -> int:
     return 4 * (cases * (2 * acts + pre) + 3 * params)
 
 
-# On a GPU: the conv unfold scratch (native/cuda/conv.cu, 256 MB unless CCN_UNFOLD_BYTES) comes
-# on top of memory_estimate.
+# On a GPU the conv layers' unfolded images (native/cuda/conv.cu) need scratch on top of
+# memory_estimate: chunks of cases within a budget of 256 MB unless CCN_UNFOLD_BYTES.
 _GPU_SCRATCH_BYTES = 256 << 20
 
 
 def _unfold_budget() -> int:
-    """kernels/unfold.cpp unfold_budget_bytes: CCN_UNFOLD_BYTES when a positive integer."""
-    try:
-        v = int(os.environ.get("CCN_UNFOLD_BYTES", ""))
-    except ValueError:
-        v = 0
+    """kernels/unfold.cpp unfold_budget_bytes: CCN_UNFOLD_BYTES read as atoll does (its leading
+    integer), when positive."""
+    m = re.match(r"\s*([+-]?\d+)", os.environ.get("CCN_UNFOLD_BYTES", ""))
+    v = int(m.group(1)) if m else 0
     return v if v > 0 else _GPU_SCRATCH_BYTES
+
+
+def _gpu_conv_scratch_floor(net: Net, cases: int) -> int:
+    """The least scratch conv.cu's backward pass takes for the largest conv layer: a chunk of
+    Nc cases (conv_chunk_cases: as many as fit in the budget, at least 1, at most ``cases``) of
+    the unfolded input (groups * K rows; K, a weight matrix's rows, is a floor of it) and the
+    transposed output gradient (F * MM per case). Local layers use no scratch."""
+    budget, most = _unfold_budget(), 0
+    params = {p.name: p for p in net.params}
+    for l in net.layers:
+        if l.type != "conv" or not l.weights:
+            continue
+        mm = l.shape[1] * l.shape[2]
+        per_case = 4 * (max(params[w].shape[0] for w in l.weights) * mm + l.outputs)
+        nc = max(1, min(cases, budget // per_case))
+        most = max(most, per_case * nc)
+    return most
 
 
 def _gpu_free_bytes(gpu: int) -> int | None:
@@ -282,8 +298,7 @@ def check_memory(net: Net, cases: int, what: str) -> None:
         have = _gpu_free_bytes(gpu)
         # (a data layer's "output and gradient" in memory_estimate are the GPU's two staging slots)
         params = 4 * 3 * sum(p.shape[0] * p.shape[1] for p in net.params)
-        scratch = _unfold_budget() if any(l.type in ("conv", "local") for l in net.layers) else 0
-        need = memory_estimate(net, cases, device=True) - params + scratch
+        need = memory_estimate(net, cases, device=True) - params + _gpu_conv_scratch_floor(net, cases)
         if have is not None and need > have:
             raise InputError(f"{what}: a step of {net.layers_path} on {cases} cases needs at least "
                              f"{need / 2**30:.1f} GiB more on GPU {gpu}, but only {have / 2**30:.1f} GiB of its memory "

@@ -227,10 +227,11 @@ def time_ccn(layers, shape, mini, warmup, steps, profile=False):
     with_copy = median_ms(lambda: net.train_step([x, y], 0.0, mini), warmup, steps, net.synchronize)
 
     def run():  # as ccn train does it: the next minibatch is staged while this step computes
-        net.prefetch([x, y])
-        for _ in range(steps):
+        net.prefetch([x, y])  # (the first copy overlaps nothing, as at the start of a data batch)
+        for k in range(steps):
             net.train_step(None, 0.0, mini)
-            net.prefetch([x, y])
+            if k + 1 < steps:
+                net.prefetch([x, y])
         net.synchronize()
 
     pipelined = median_ms(run, 1, 3) / steps
@@ -257,13 +258,19 @@ def profile_ccn(net, x, y, mini):
         t3 = time.perf_counter()
         for k, v in zip(ph, (t1 - t, t2 - t1, t3 - t2)):
             ph[k].append(1000 * v)
+    old = os.environ.get("CCN_CUDA_LAYER_TIMES")
     os.environ["CCN_CUDA_LAYER_TIMES"] = "1"
-    net._net.reset_layer_times()
-    reps = 3
-    for _ in range(reps):
-        net.train_step([x, y], 0.0, mini)
-    net.synchronize()
-    del os.environ["CCN_CUDA_LAYER_TIMES"]
+    try:
+        net._net.reset_layer_times()
+        reps = 3
+        for _ in range(reps):
+            net.train_step([x, y], 0.0, mini)
+        net.synchronize()
+    finally:  # later timings must not wait around every layer
+        if old is None:
+            del os.environ["CCN_CUDA_LAYER_TIMES"]
+        else:
+            os.environ["CCN_CUDA_LAYER_TIMES"] = old
     rows = [(n, 1000 * f / reps, 1000 * b / reps) for n, f, b in net._net.layer_times() if f or b]
     print("ccn phases, each waited for (ms): " + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in ph.items()))
     print(f"ccn layers, GPU waited for around each (ms per step; sum fwd {sum(r[1] for r in rows):.2f}, "
@@ -317,7 +324,7 @@ def conv_kernels(mini, reps):
     f = core.cuda_test_op("conv_fprop", {"x": x, "W": W, "y": y}, sc | {"accumulate": 0.0, "repeat": float(reps)})
     b = core.cuda_test_op("conv_bprop", {"x": x, "W": W, "dout": y, "din": np.zeros_like(x), "dW": np.zeros_like(W)},
                           sc | {"repeat": float(reps)})
-    nu = 32  # the unfold alone, for 32 cases (a 150 MB col), scaled to the minibatch
+    nu = min(32, N)  # the unfold alone, for up to 32 cases (a 150 MB col), scaled to the minibatch
     u = core.cuda_test_op("conv_unfold", {"x": x, "col": np.zeros((C * fs * fs, nu * M * M), np.float32)},
                           sc | {"n0": 0.0, "nc": float(nu), "repeat": float(reps)})
     tx = torch.randn(N, C, S, S, device="cuda", requires_grad=True)

@@ -271,8 +271,19 @@ def check_chunk(g, Nc):
         raise KernelError("conv chunk too large for the unfold kernels")
 
 
+def check_geom(g):
+    """conv.cu check_geom."""
+    if not (g.groups > 0 and g.F % g.groups == 0 and g.Cf > 0 and g.fs > 0 and g.stride > 0 and g.M > 0):
+        raise KernelError("conv geometry rejected by check_geom")
+    if g.vchan is None and g.Cf * g.groups != g.C:
+        raise KernelError("plain groups need C = groups * Cf")
+
+
 def conv_unfold(g, inp, n0, nc, col):
     """conv.cu conv_unfold: im2col_kernel over rows_grid(groups*K, nc*MM)."""
+    check_geom(g)
+    if not (n0 >= 0 and nc >= 1 and n0 + nc <= g.N):
+        raise KernelError(f"conv_unfold of cases {n0}..{n0 + nc - 1} of {g.N}")
     check_chunk(g, nc)
     im2col_kernel(g, inp, n0, nc, col)
 
@@ -365,6 +376,7 @@ def transpose_dout_kernel(dout, n0, Nc, F, MM, doutT):
 
 def conv_fprop(g, inp, W, out, accumulate, budget=K_SCRATCH_BYTES):
     K, MM, Fg = g.Cf * g.fs * g.fs, g.M * g.M, g.F // g.groups
+    check_geom(g)
     Nc = conv_chunk_cases(g, False, False, budget)
     check_chunk(g, Nc)
     col = Buf("scratch(col)", np.full(g.groups * K * Nc * MM, np.nan, np.float32))
@@ -378,6 +390,7 @@ def conv_fprop(g, inp, W, out, accumulate, budget=K_SCRATCH_BYTES):
 
 def conv_bprop(g, inp, W, dout, din, dW, budget=K_SCRATCH_BYTES):
     K, MM, Fg = g.Cf * g.fs * g.fs, g.M * g.M, g.F // g.groups
+    check_geom(g)
     Nc = conv_chunk_cases(g, True, din is not None, budget)
     check_chunk(g, Nc)
     col_n = g.groups * K * Nc * MM

@@ -33,7 +33,8 @@ class Mat {
   Mat(int64_t rows, int64_t cols) { resize(rows, cols); }
   // A read-only view of rows x cols floats the caller owns and keeps alive while the view is
   // used (the minibatch a Python caller passes in, read without a copy). Only for const Mat
-  // arguments: nothing may write through it. Growing it with resize gives it its own memory.
+  // arguments: nothing may write through it. Any resize (so copy_from too) first gives it
+  // memory of its own.
   static Mat borrow(const float* p, int64_t rows, int64_t cols) {
     Mat m;
     m.data_ = std::unique_ptr<float, AlignedFree>(const_cast<float*>(p), AlignedFree{false});
@@ -45,7 +46,7 @@ class Mat {
 
   void resize(int64_t rows, int64_t cols) {
     CCN_CHECK(rows >= 0 && cols >= 0);
-    if (rows * cols > capacity_) {
+    if (rows * cols > capacity_ || !data_.get_deleter().owned) {  // a view is never written through
       size_t bytes = ((size_t)(rows * cols) * sizeof(float) + 63) / 64 * 64;
       float* p = static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
       if (!p) runtime_error("out of memory allocating ", bytes, " bytes");

@@ -117,7 +117,8 @@ void check_geom(const ConvGeom& g) {
 
 // The row kernels index a chunk's columns (Nc * MM, Nc * SS) and rows in int.
 void check_chunk(const ConvGeom& g, int Nc) {
-  const int64_t K = (int64_t)g.Cf * g.fs * g.fs, most = (int64_t)Nc * std::max(g.M * g.M, g.S * g.S);
+  const int64_t K = (int64_t)g.Cf * g.fs * g.fs;
+  const int64_t most = (int64_t)Nc * std::max((int64_t)g.M * g.M, (int64_t)g.S * g.S);
   // (2^25 of headroom: a column index plus the grid's stride must stay an int too)
   CCN_CHECK(most + (1ll << 25) < (1ll << 31) && (int64_t)g.groups * K < (1ll << 31) && (int64_t)g.S * g.S < (1ll << 31),
             "a conv chunk of ", Nc, " cases is too large for the unfold kernels; lower CCN_UNFOLD_BYTES.");
@@ -135,6 +136,7 @@ int conv_chunk_cases(const ConvGeom& g, bool bprop, bool with_din) {
 
 void conv_unfold(CudaCtx& cx, const ConvGeom& g, const float* in, int n0, int nc, float* col) {
   check_geom(g);
+  CCN_CHECK(n0 >= 0 && nc >= 1 && n0 + nc <= g.N, "conv_unfold of cases ", n0, "..", n0 + nc - 1, " of ", g.N);
   check_chunk(g, nc);
   const int64_t K = (int64_t)g.Cf * g.fs * g.fs;
   im2col_kernel<<<rows_grid(g.groups * K, (int64_t)nc * g.M * g.M), 256, 0, (cudaStream_t)cx.stream>>>(g, in, n0, nc,

@@ -199,7 +199,7 @@ def test_gpu_memory_check_compares_the_step_with_the_gpus_free_memory(monkeypatc
     monkeypatch.setattr(type(net), "device", property(lambda self: "cuda:1"))
     asked = []
     need = cnet.memory_estimate(net, 64, device=True) - 12 * sum(p.shape[0] * p.shape[1] for p in net.params)
-    need += cnet._GPU_SCRATCH_BYTES if any(l.type in ("conv", "local") for l in net.layers) else 0
+    assert cnet._gpu_conv_scratch_floor(net, 64) == 0  # no conv layer
     monkeypatch.setattr(cnet, "_gpu_free_bytes", lambda gpu: asked.append(gpu) or need)
     cnet.check_memory(net, 64, "--mini")  # exactly fits
     assert asked == [1]
@@ -208,3 +208,45 @@ def test_gpu_memory_check_compares_the_step_with_the_gpus_free_memory(monkeypatc
         cnet.check_memory(net, 64, "--mini")
     monkeypatch.setattr(cnet, "_gpu_free_bytes", lambda gpu: None)  # unknown: no check
     cnet.check_memory(net, 64, "--mini")
+
+
+def test_gpu_conv_scratch_floor_follows_conv_chunk_cases(monkeypatch):
+    """A conv layer's backward scratch on the GPU: Nc cases (as many as fit in the unfold
+    budget, at least one) of K*MM unfolded values and F*MM transposed gradients."""
+    import ccn.net as cnet
+
+    text = """
+[data]
+type=data
+dataIdx=0
+[c1]
+type=conv
+inputs=data
+channels=3
+filters=8
+filterSize=5
+padding=2
+[c2]
+type=conv
+inputs=c1
+channels=8
+filters=4
+filterSize=3
+stride=2
+[loc]
+type=local
+inputs=c2
+channels=4
+filters=2
+filterSize=3
+"""
+    net = ccn.Net("<scratch>", None, {0: (3, 11, 11)}, layers_text=text)
+    per_case = 4 * (3 * 25 * 121 + 8 * 121)  # c1: K = 75, MM = 121, F = 8 (c2 is smaller; local uses none)
+    monkeypatch.delenv("CCN_UNFOLD_BYTES", raising=False)
+    assert cnet._gpu_conv_scratch_floor(net, 50) == 50 * per_case
+    monkeypatch.setenv("CCN_UNFOLD_BYTES", f"{3 * per_case + 5}xyz")  # read as atoll does: 3 cases fit
+    assert cnet._gpu_conv_scratch_floor(net, 50) == 3 * per_case
+    monkeypatch.setenv("CCN_UNFOLD_BYTES", "7")  # not even one case fits: one at a time
+    assert cnet._gpu_conv_scratch_floor(net, 50) == per_case
+    monkeypatch.setenv("CCN_UNFOLD_BYTES", "junk")  # not a number: the default budget
+    assert cnet._gpu_conv_scratch_floor(net, 50) == 50 * per_case
