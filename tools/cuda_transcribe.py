@@ -258,7 +258,7 @@ K_SCRATCH_BYTES = 256 << 20
 def conv_chunk_cases(g, bprop, with_din, budget=K_SCRATCH_BYTES):
     """conv.cu conv_chunk_cases (budget = unfold_budget_bytes(256 MB))."""
     K, MM = g.Cf * g.fs * g.fs, g.M * g.M
-    per_case = g.groups * K * MM * (2 if bprop and with_din else 1) + (g.F * MM if bprop else 0)
+    per_case = g.groups * K * MM * (2 if bprop and with_din else 1) + g.F * MM
     nbytes = per_case * 4
     c = budget // nbytes if nbytes > 0 else g.N
     return max(1, min(g.N, c))
@@ -374,18 +374,37 @@ def transpose_dout_kernel(dout, n0, Nc, F, MM, doutT):
     launch_rows("transpose_dout_kernel", F, cols, body, writes=[doutT])
 
 
+def untranspose_out_kernel(outT, n0, Nc, F, MM, out, accumulate):
+    cols = i32(Nc * MM, "cols")
+
+    def body(f, j):
+        src = f * cols
+        dst = (n0 * F + f) * MM
+        n = cdiv(j, MM)
+        m = i32(j - n * MM, "m")
+        o = dst + n * F * MM + m
+        out.store(o, out.load(o) + outT.load(src + j) if accumulate else outT.load(src + j))
+
+    launch_rows("untranspose_out_kernel", F, cols, body, writes=[out])
+
+
 def conv_fprop(g, inp, W, out, accumulate, budget=K_SCRATCH_BYTES):
     K, MM, Fg = g.Cf * g.fs * g.fs, g.M * g.M, g.F // g.groups
     check_geom(g)
     Nc = conv_chunk_cases(g, False, False, budget)
     check_chunk(g, Nc)
-    col = Buf("scratch(col)", np.full(g.groups * K * Nc * MM, np.nan, np.float32))
+    col_n = g.groups * K * Nc * MM
+    scratch = Buf("scratch", np.full(col_n + g.F * Nc * MM, np.nan, np.float32))
+    col = Buf("scratch(col)", scratch.data[:col_n])
+    outT = Buf("scratch(outT)", scratch.data[col_n:])
     for n0 in range(0, g.N, Nc):
         nc = min(Nc, g.N - n0)
+        cols = nc * MM
         conv_unfold(g, inp, n0, nc, col)
         for grp in range(g.groups):
-            sgemm_batched(True, False, Fg, MM, K, 1.0, W, grp * Fg, g.F, 0, col, grp * K * nc * MM, nc * MM, MM,
-                          1.0 if accumulate else 0.0, out, n0 * g.F * MM + grp * Fg * MM, MM, g.F * MM, nc)
+            sgemm(True, False, Fg, cols, K, 1.0, W, grp * Fg, g.F, col, grp * K * cols, cols, 0.0,
+                  outT, grp * Fg * cols, cols)
+        untranspose_out_kernel(outT, n0, nc, g.F, MM, out, accumulate)
 
 
 def conv_bprop(g, inp, W, dout, din, dW, budget=K_SCRATCH_BYTES):
@@ -396,19 +415,20 @@ def conv_bprop(g, inp, W, dout, din, dW, budget=K_SCRATCH_BYTES):
     col_n = g.groups * K * Nc * MM
     scratch = Buf("scratch", np.full(col_n * (2 if din is not None else 1) + g.F * Nc * MM, np.nan, np.float32))
     col_off, dcol_off, doutT_off = 0, col_n, col_n * (2 if din is not None else 1)
+    doutT = Buf("scratch(doutT)", scratch.data[doutT_off:doutT_off + g.F * Nc * MM])
     for n0 in range(0, g.N, Nc):
         nc = min(Nc, g.N - n0)
+        cols = nc * MM
+        transpose_dout_kernel(dout, n0, nc, g.F, MM, doutT)
         if din is not None:
-            for grp in range(g.groups):
-                sgemm_batched(False, False, K, MM, Fg, 1.0, W, grp * Fg, g.F, 0, dout, n0 * g.F * MM + grp * Fg * MM,
-                              MM, g.F * MM, 0.0, scratch, dcol_off + grp * K * nc * MM, nc * MM, MM, nc)
             dcol = Buf("scratch(dcol)", scratch.data[dcol_off:dcol_off + col_n])
+            for grp in range(g.groups):
+                sgemm(False, False, K, cols, Fg, 1.0, W, grp * Fg, g.F, doutT, grp * Fg * cols, cols, 0.0,
+                      dcol, grp * K * cols, cols)
             col2im_kernel(g, dcol, n0, nc, din)
         if dW is not None:
             col = Buf("scratch(col)", scratch.data[col_off:col_off + col_n])
             conv_unfold(g, inp, n0, nc, col)
-            doutT = Buf("scratch(doutT)", scratch.data[doutT_off:doutT_off + g.F * Nc * MM])
-            transpose_dout_kernel(dout, n0, nc, g.F, MM, doutT)
             for grp in range(g.groups):
                 sgemm(False, True, K, Fg, nc * MM, 1.0, col, grp * K * nc * MM, nc * MM, doutT, grp * Fg * nc * MM,
                       nc * MM, 1.0, dW, grp * Fg, g.F)

@@ -11,12 +11,16 @@
 //               [g][k][n][m]       col[g][k][n][m] = in[n0+n][chan(g,c)][my*st-pad+fy][mx*st-pad+fx]
 //               (0 outside the image), so for each group, K x (Nc*MM) is one row-major matrix
 //               (conv_unfold; rows r = g*K + k of Nc*MM columns).
-//   doutT (bprop, weight gradient): [f][n][m], dout of the chunk with filters outermost.
-// Products per group g (W_g = columns g*Fg.. of W, leading dimension F):
-//   fprop:   out[n, g]  (Fg x MM)   = W_g^T col[g][:, n, :]      batched over the chunk's cases
-//   bprop:   dcol[g][:, n, :]       = W_g dout[n, g]             batched, then folded back (col2im)
-//            dW_g (K x Fg)         += col[g] (K x Nc*MM) doutT[g]^T   one product per group
-// Cases are processed in chunks so the unfolded matrices stay within the budget
+//   outT (fprop) and doutT (bprop): [f][n][m], out / dout of the chunk with filters outermost,
+//               so for each group, Fg x (Nc*MM) is one row-major matrix.
+// Products per group g (W_g = columns g*Fg.. of W, leading dimension F), one GEMM each over
+// all Nc*MM columns of the chunk (per-case products were 128 small GEMMs, with N = MM as
+// small as 169 for AlexNet's conv3-5):
+//   fprop:   outT[g] (Fg x Nc*MM)  = W_g^T col[g]     then outT is put back in out's layout
+//   bprop:   doutT = dout of the chunk, filters outermost, for both products:
+//            dcol[g] (K x Nc*MM)   = W_g doutT[g]     then folded back (col2im)
+//            dW_g (K x Fg)        += col[g] doutT[g]^T
+// Cases are processed in chunks so the scratch matrices stay within the budget
 // (conv_chunk_cases: 256 MB, or CCN_UNFOLD_BYTES when set, as on the CPU).
 #include "cuda/check.h"
 #include "cuda/context.h"
@@ -110,6 +114,20 @@ __global__ void transpose_dout_kernel(const float* dout, int n0, int Nc, int F, 
   }
 }
 
+// out[n0+n][f][m] (= or +=) outT[f][n][m]: row f, column j = n*MM + m (transpose_dout's inverse).
+__global__ void untranspose_out_kernel(const float* outT, int n0, int Nc, int F, int MM, float* out, bool accumulate) {
+  const int cols = Nc * MM;
+  for (int f = blockIdx.y; f < F; f += gridDim.y) {
+    const float* src = outT + (int64_t)f * cols;
+    float* dst = out + ((int64_t)n0 * F + f) * MM;
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < cols; j += gridDim.x * blockDim.x) {
+      const int n = j / MM, m = j - n * MM;
+      float* o = dst + (int64_t)n * F * MM + m;
+      *o = accumulate ? *o + src[j] : src[j];
+    }
+  }
+}
+
 void check_geom(const ConvGeom& g) {
   CCN_CHECK(g.groups > 0 && g.F % g.groups == 0 && g.Cf > 0 && g.fs > 0 && g.stride > 0 && g.M > 0);
   CCN_CHECK(g.vchan || g.Cf * g.groups == g.C, "plain groups need C = groups * Cf");
@@ -128,7 +146,7 @@ void check_chunk(const ConvGeom& g, int Nc) {
 
 int conv_chunk_cases(const ConvGeom& g, bool bprop, bool with_din) {
   const int64_t K = (int64_t)g.Cf * g.fs * g.fs, MM = (int64_t)g.M * g.M;
-  const int64_t per_case = (int64_t)g.groups * K * MM * (bprop && with_din ? 2 : 1) + (bprop ? (int64_t)g.F * MM : 0);
+  const int64_t per_case = (int64_t)g.groups * K * MM * (bprop && with_din ? 2 : 1) + (int64_t)g.F * MM;
   const int64_t bytes = per_case * (int64_t)sizeof(float);
   const int64_t c = bytes > 0 ? unfold_budget_bytes(kScratchBytes) / bytes : g.N;  // the CPU's conv_chunk rule
   return (int)std::max<int64_t>(1, std::min<int64_t>(g.N, c));
@@ -149,14 +167,18 @@ void conv_fprop(CudaCtx& cx, const ConvGeom& g, const float* in, const float* W,
   const int K = g.Cf * g.fs * g.fs, MM = g.M * g.M, Fg = g.F / g.groups;
   const int Nc = conv_chunk_cases(g, false, false);
   check_chunk(g, Nc);
-  float* col = cx.scratch((size_t)g.groups * K * Nc * MM);
+  const int64_t col_n = (int64_t)g.groups * K * Nc * MM;
+  float* col = cx.scratch((size_t)(col_n + (int64_t)g.F * Nc * MM));
+  float* outT = col + col_n;
   for (int n0 = 0; n0 < g.N; n0 += Nc) {
-    const int nc = std::min(Nc, g.N - n0);
+    const int nc = std::min(Nc, g.N - n0), cols = nc * MM;
     conv_unfold(cx, g, in, n0, nc, col);
     for (int grp = 0; grp < g.groups; ++grp)
-      sgemm_batched(cx, true, false, Fg, MM, K, 1.f, W + grp * Fg, g.F, 0, col + (int64_t)grp * K * nc * MM, nc * MM,
-                    MM, accumulate ? 1.f : 0.f, out + (int64_t)n0 * g.F * MM + (int64_t)grp * Fg * MM, MM,
-                    (long long)g.F * MM, nc);
+      sgemm(cx, true, false, Fg, cols, K, 1.f, W + grp * Fg, g.F, col + (int64_t)grp * K * cols, cols, 0.f,
+            outT + (int64_t)grp * Fg * cols, cols);
+    untranspose_out_kernel<<<rows_grid(g.F, cols), 256, 0, (cudaStream_t)cx.stream>>>(outT, n0, nc, g.F, MM, out,
+                                                                                      accumulate);
+    CCN_CUDA_LAUNCHED();
   }
 }
 
@@ -172,20 +194,19 @@ void conv_bprop(CudaCtx& cx, const ConvGeom& g, const float* in, const float* W,
   float* doutT = col + col_n * (din ? 2 : 1);
   cudaStream_t st = (cudaStream_t)cx.stream;
   for (int n0 = 0; n0 < g.N; n0 += Nc) {
-    const int nc = std::min(Nc, g.N - n0);
+    const int nc = std::min(Nc, g.N - n0), cols = nc * MM;
+    transpose_dout_kernel<<<rows_grid(g.F, cols), 256, 0, st>>>(dout, n0, nc, g.F, MM, doutT);
+    CCN_CUDA_LAUNCHED();
     if (din) {
       for (int grp = 0; grp < g.groups; ++grp)
-        sgemm_batched(cx, false, false, K, MM, Fg, 1.f, W + grp * Fg, g.F, 0,
-                      dout + (int64_t)n0 * g.F * MM + (int64_t)grp * Fg * MM, MM, (long long)g.F * MM, 0.f,
-                      dcol + (int64_t)grp * K * nc * MM, nc * MM, MM, nc);
+        sgemm(cx, false, false, K, cols, Fg, 1.f, W + grp * Fg, g.F, doutT + (int64_t)grp * Fg * cols, cols, 0.f,
+              dcol + (int64_t)grp * K * cols, cols);
       col2im_kernel<<<rows_grid((int64_t)g.groups * g.Cf, (int64_t)nc * g.S * g.S), 256, 0, st>>>(g, dcol, n0, nc,
                                                                                                   din);
       CCN_CUDA_LAUNCHED();
     }
     if (dW) {
       conv_unfold(cx, g, in, n0, nc, col);
-      transpose_dout_kernel<<<rows_grid(g.F, (int64_t)nc * MM), 256, 0, st>>>(dout, n0, nc, g.F, MM, doutT);
-      CCN_CUDA_LAUNCHED();
       for (int grp = 0; grp < g.groups; ++grp)
         sgemm(cx, false, true, K, Fg, nc * MM, 1.f, col + (int64_t)grp * K * nc * MM, nc * MM,
               doutT + (int64_t)grp * Fg * nc * MM, nc * MM, 1.f, dW + grp * Fg, g.F);

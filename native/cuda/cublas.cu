@@ -22,9 +22,6 @@ using fn_set_stream = cublasStatus (*)(cublasHandle, cudaStream_t);
 using fn_version = cublasStatus (*)(cublasHandle, int*);
 using fn_sgemm = cublasStatus (*)(cublasHandle, cublasOp, cublasOp, int, int, int, const float*, const float*, int,
                                   const float*, int, const float*, float*, int);
-using fn_sgemm_sb = cublasStatus (*)(cublasHandle, cublasOp, cublasOp, int, int, int, const float*, const float*,
-                                     int, long long, const float*, int, long long, const float*, float*, int,
-                                     long long, int);
 using fn_status_string = const char* (*)(cublasStatus);
 
 struct Api {
@@ -36,7 +33,6 @@ struct Api {
   fn_set_stream set_stream = nullptr;
   fn_version get_version = nullptr;
   fn_sgemm sgemm = nullptr;
-  fn_sgemm_sb sgemm_sb = nullptr;
   fn_status_string status_string = nullptr;
 };
 
@@ -95,11 +91,10 @@ void load_locked() {
   g_api.set_stream = (fn_set_stream)sym("cublasSetStream_v2");
   g_api.get_version = (fn_version)sym("cublasGetVersion_v2");
   g_api.sgemm = (fn_sgemm)sym("cublasSgemm_v2");
-  g_api.sgemm_sb = (fn_sgemm_sb)sym("cublasSgemmStridedBatched");
   g_api.status_string = (fn_status_string)sym("cublasGetStatusString");
-  if (!g_api.create || !g_api.destroy || !g_api.set_stream || !g_api.sgemm || !g_api.sgemm_sb) {
+  if (!g_api.create || !g_api.destroy || !g_api.set_stream || !g_api.sgemm) {
     g_api.why = "the cuBLAS library at " + g_api.path + " lacks the entry points ccn needs (cublasCreate_v2, "
-                "cublasSgemm_v2, cublasSgemmStridedBatched); it is too old or not cuBLAS.";
+                "cublasSgemm_v2); it is too old or not cuBLAS.";
     return;
   }
   g_api.ok = true;
@@ -154,15 +149,6 @@ void sgemm(CudaCtx& cx, bool ta, bool tb, int M, int N, int K, float alpha, cons
   const Api& a = api();
   CCN_CUBLAS_CHECK(a.sgemm(cx.cublas(), tb ? OP_T : OP_N, ta ? OP_T : OP_N, N, M, K, &alpha, B, ldb, A, lda, &beta,
                            C, ldc));
-}
-
-void sgemm_batched(CudaCtx& cx, bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
-                   long long sA, const float* B, int ldb, long long sB, float beta, float* C, int ldc, long long sC,
-                   int batch) {
-  if (M == 0 || N == 0 || batch == 0) return;
-  const Api& a = api();
-  CCN_CUBLAS_CHECK(a.sgemm_sb(cx.cublas(), tb ? OP_T : OP_N, ta ? OP_T : OP_N, N, M, K, &alpha, B, ldb, sB, A, lda,
-                              sA, &beta, C, ldc, sC, batch));
 }
 
 }  // namespace ccn::cuda

@@ -25,10 +25,6 @@ namespace cuda {
 // C = alpha * op(A) * op(B) + beta * C on cx.stream. op(A): M x K, op(B): K x N, C: M x N.
 void sgemm(CudaCtx& cx, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
            const float* B, int ldb, float beta, float* C, int ldc);
-// The same for `batch` independent products, matrix b at A + b*sA, B + b*sB, C + b*sC.
-void sgemm_batched(CudaCtx& cx, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
-                   int lda, long long sA, const float* B, int ldb, long long sB, float beta, float* C, int ldc,
-                   long long sC, int batch);
 
 // Handle management (used by CudaCtx).
 void* cublas_create(void* stream);

@@ -84,8 +84,8 @@ struct ConvGeom {
   const int* vchan = nullptr;      // device, groups*Cf entries, or null
 };
 // How many cases conv_fprop (bprop = false) or conv_bprop (bprop = true, din given or not)
-// unfold at once: the largest count whose scratch (fprop: groups*K*MM floats per case;
-// bprop: twice that with din, plus F*MM for the transposed dout) stays within the budget,
+// unfold at once: the largest count whose scratch (groups*K*MM floats per case, twice that in
+// bprop with din, plus F*MM for the output or its gradient with filters outermost) stays within the budget,
 // at least 1 and at most N. The budget is CCN_UNFOLD_BYTES when set, as the CPU layers read it
 // (kernels/unfold.h unfold_budget_bytes), else 256 MB. Host code, no GPU needed.
 int conv_chunk_cases(const ConvGeom& g, bool bprop, bool with_din);

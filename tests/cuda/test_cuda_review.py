@@ -25,9 +25,10 @@ ALEXNET_CONV2 = dict(N=256, C=96, S=27, F=256, groups=2, Cf=48, fs=5, stride=1, 
 
 
 def chunk_rule(geo, bprop, din, budget):
-    """The rule conv_chunk_cases must follow (the CPU layers' conv_chunk on float32 columns)."""
+    """The rule conv_chunk_cases must follow (the CPU layers' conv_chunk on float32 columns): the
+    unfolded input (twice with din: dcol too) and the output (gradient) with filters outermost."""
     K, MM = geo["Cf"] * geo["fs"] ** 2, geo["M"] ** 2
-    per_case = geo["groups"] * K * MM * (2 if bprop and din else 1) + (geo["F"] * MM if bprop else 0)
+    per_case = geo["groups"] * K * MM * (2 if bprop and din else 1) + geo["F"] * MM
     return max(1, min(geo["N"], budget // (4 * per_case)))
 
 
