@@ -3,9 +3,10 @@
 # PyTorch, CMake, ninja, pybind11, scikit-build-core, click, rich, pytest are installed).
 #
 #   1. Here (with network), once:   tools/device-check.sh --prepare
-#      downloads the scipy-openblas32 wheel (the BLAS the build links) into .whl/ and adds
-#      /.whl/ to .git/info/exclude.
-#   2. On the device, one call:     run(command="tools/device-check.sh", carry=[".whl"], timeout_s=540)
+#      downloads the scipy-openblas32 wheel (the BLAS the build links) into .whl/, copies
+#      ../shared/reference (the original layer files, which do not travel) into .ref/, and adds
+#      /.whl/ and /.ref/ to .git/info/exclude.
+#   2. On the device, one call:     run(command="tools/device-check.sh", carry=[".whl", ".ref"], timeout_s=540)
 #      Stages, most important first, each with its own timeout inside one 8-minute budget
 #      (CCN_CHECK_BUDGET seconds, default 470), so the table always prints:
 #        build      ccn in place for sm_90 (-j16)                        build/device, ccn/_core*.so
@@ -28,12 +29,17 @@ mkdir -p "$OUT"
 
 if [ "${1:-}" = "--prepare" ]; then
   mkdir -p .whl
-  grep -qx '/.whl/' "$(git rev-parse --git-common-dir)/info/exclude" 2>/dev/null ||
-    echo '/.whl/' >> "$(git rev-parse --git-common-dir)/info/exclude"
+  for d in /.whl/ /.ref/; do
+    grep -qx "$d" "$(git rev-parse --git-common-dir)/info/exclude" 2>/dev/null ||
+      echo "$d" >> "$(git rev-parse --git-common-dir)/info/exclude"
+  done
+  if [ -d ../shared/reference ]; then
+    chmod -R u+w .ref 2>/dev/null; rm -rf .ref && mkdir -p .ref && cp -r ../shared/reference .ref/ && chmod -R u+w .ref
+  fi
   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .whl scipy-openblas32==0.3.34.481.3
-  ls -la .whl
+  ls -la .whl .ref
   exit 0
 fi
 DRY=0
@@ -87,6 +93,12 @@ else
 fi
 export PYTHONPATH=".:${PYTHONPATH:-}"
 CCN="python3 -m ccn.cli.main"
+# the original layer files, for the tests that read ../shared/reference (carried as .ref/)
+if [ -d .ref/reference ] && [ ! -d ../shared/reference ]; then
+  mkdir -p ../shared && cp -r .ref/reference ../shared/ || echo "could not place ../shared/reference"
+fi
+[ -d ../shared/reference ] && echo "reference layer files: ../shared/reference" ||
+  echo "no ../shared/reference: the tests of the original layer files skip"
 
 stage "ccn info"
 $CCN info 2>&1 | tee "$OUT/info.txt"
