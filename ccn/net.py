@@ -254,10 +254,10 @@ def _unfold_budget() -> int:
 
 
 def _gpu_conv_scratch_floor(net: Net, cases: int) -> int:
-    """The least scratch conv.cu's backward pass takes for the largest conv layer: a chunk of
-    Nc cases (conv_chunk_cases: as many as fit in the budget, at least 1, at most ``cases``) of
-    the unfolded input (groups * K rows; K, a weight matrix's rows, is a floor of it) and the
-    transposed output gradient (F * MM per case). Local layers use no scratch."""
+    """The least scratch conv.cu takes for the largest conv layer, forward or backward: a chunk
+    of Nc cases (conv_chunk_cases: as many as fit in the budget, at least 1, at most ``cases``)
+    of the unfolded input (groups * K rows; K, a weight matrix's rows, is a floor of it) and the
+    output or its gradient with filters outermost (F * MM per case). Local layers use none."""
     budget, most = _unfold_budget(), 0
     params = {p.name: p for p in net.params}
     for l in net.layers:

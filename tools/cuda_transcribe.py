@@ -1157,7 +1157,7 @@ def int32_audit(N=256, budgets=(K_SCRATCH_BYTES, 1 << 50)):
                 nc = conv_chunk_cases(g, bprop, din, budget)
                 tag = f"{'bprop' if bprop else 'fprop'}, chunk {nc}"
                 rows += [(name, f"nc * MM ({tag})", nc * MM), (name, "K", K), (name, "MM", MM),
-                         (name, "grp * Fg", (g.groups - 1) * Fg), (name, "F * MM (ldc / batch stride)", g.F * MM),
+                         (name, "grp * Fg", (g.groups - 1) * Fg), (name, "F * MM (a case of out)", g.F * MM),
                          (name, "iy * S + ix", g.S * g.S - 1), (name, "Cf * fs^2 * ... k", K - 1)]
     return rows
 

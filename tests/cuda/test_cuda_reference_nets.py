@@ -16,6 +16,7 @@ import pytest
 import ccn
 import netcompare as nc
 from ccn.cli.show_net import infer_data_dims
+from ccn.gradcheck import random_batch
 from ccn.netfiles import find_params_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -24,40 +25,28 @@ from test_net_files import DEFS, LAYER_DEFS, REFERENCE  # noqa: E402
 
 
 def _maker(path, size, extra):
+    """(make(device) -> the net with its initial weights, the net's structure alone)."""
     text = open(path, encoding="utf-8").read()
     params = find_params_file(path)
     dims = infer_data_dims(path, text, size, extra)
-    return lambda device: ccn.Net(path, params, dims, seed=11, device=device)
+    return (lambda device: ccn.Net(path, params, dims, seed=11, device=device)), ccn.Net(path, params, dims, init=False)
 
 
 def _batches(net, mini, count, seed=0):
-    """Random minibatches for the net's data layers: standard normal values, except that the
-    labels of a cost.logreg layer are class numbers of its probabilities."""
+    """Random minibatches the net can eat (ccn.gradcheck.random_batch: class numbers, one-hot
+    rows or 0/1 labels for the cost layers, pixels in [0, 1) elsewhere), as lists by dataIdx."""
     rng = np.random.default_rng(seed)
-    layers = {l.name: l for l in net.layers}
-    classes = {}
-    for l in net.layers:
-        if l.type == "cost.logreg":
-            classes[layers[l.inputs[0]].data_idx] = layers[l.inputs[1]].outputs
-    data = [l for l in net.layers if l.type == "data"]
-    n_idx = max(l.data_idx for l in data) + 1
-    size = {l.data_idx: l.outputs for l in data}
     out = []
     for _ in range(count):
-        mb = []
-        for i in range(n_idx):
-            if i in classes:
-                mb.append(rng.integers(0, classes[i], (mini, 1)).astype(np.float32))
-            else:
-                mb.append(rng.standard_normal((mini, size.get(i, 1))).astype(np.float32))
-        out.append(mb)
+        d = random_batch(net, mini, rng)
+        out.append([d[i] for i in range(max(d) + 1)])
     return out
 
 
 def _agree(path, size, extra, steps=3):
-    make = _maker(path, size, extra)
+    make, shape = _maker(path, size, extra)
     mini = 6 if size >= 128 else 16
-    data = _batches(make("cpu"), mini, 2)
+    data = _batches(shape, mini, 2)
     runs = nc.train_runs(make, data, steps=steps, mini=mini)
     sens = nc.sensitivity(runs["cpu"], runs["nudged"])
     bad = nc.compare(runs["cpu"], runs["cuda"], sens)
@@ -86,7 +75,17 @@ def test_random_minibatches_fit_every_file(reference_dir):
     for path in files:
         key = os.path.relpath(path, reference_dir) if path.startswith(reference_dir) else os.path.basename(path)
         size, extra, _ = REFERENCE.get(key) or LAYER_DEFS[key]
-        net = _maker(path, size, extra)("cpu")
-        (mb,) = _batches(net, 3, 1)
+        make, shape = _maker(path, size, extra)
+        net = make("cpu")
+        (mb,) = _batches(shape, 3, 1)
         net.forward(mb, train=True)  # refuses wrong widths or out-of-range labels
         assert all(np.isfinite(c["values"][0]) for c in net.costs()), path
+
+
+@pytest.mark.cuda
+def test_conv_net_in_small_unfold_chunks_trains_on_the_gpu_as_on_the_cpu(monkeypatch):
+    """The same with CCN_UNFOLD_BYTES so small that every conv layer works through its
+    minibatch a few cases at a time (on both backends), the last chunk partial."""
+    monkeypatch.setenv("CCN_UNFOLD_BYTES", str(3 * 4 * (3 * 25 * 1024 + 32 * 1024)))  # conv1 of 18pct: 3 cases
+    size, extra, _ = LAYER_DEFS["cifar10-18pct.ini"]
+    _agree(os.path.join(DEFS, "cifar10-18pct.ini"), size, extra)

@@ -75,10 +75,14 @@ def test_conv_in_small_chunks_matches_reference(monkeypatch, budget_cases):
     ref = conv_ref(x, W, **geo)
     close(op("conv_fprop", {"x": x, "W": W, "y": np.full(ref.shape, np.nan)}, accumulate=0, **geo)["y"], ref,
           what=f"conv_fprop in chunks of {budget_cases}")
+    y0 = rng.standard_normal(ref.shape)  # accumulating: out += conv, chunk by chunk
+    close(op("conv_fprop", {"x": x, "W": W, "y": y0}, accumulate=1, **geo)["y"], y0 + ref,
+          what=f"accumulating conv_fprop in chunks of {budget_cases}")
     dout = rng.standard_normal(ref.shape)
-    full = op("conv_bprop", {"x": x, "W": W, "dout": dout, "din": np.zeros_like(x), "dW": np.zeros_like(W)}, **geo)
+    din0, dW0 = rng.standard_normal(x.shape), rng.standard_normal(W.shape)  # din += ..., dW += ...
+    full = op("conv_bprop", {"x": x, "W": W, "dout": dout, "din": din0, "dW": dW0}, **geo)
     monkeypatch.delenv("CCN_UNFOLD_BYTES")
-    whole = op("conv_bprop", {"x": x, "W": W, "dout": dout, "din": np.zeros_like(x), "dW": np.zeros_like(W)}, **geo)
+    whole = op("conv_bprop", {"x": x, "W": W, "dout": dout, "din": din0, "dW": dW0}, **geo)
     close(full["din"], whole["din"], rtol=1e-5, what=f"conv_bprop din in chunks of {budget_cases} vs one chunk")
     close(full["dW"], whole["dW"], rtol=1e-5, what=f"conv_bprop dW in chunks of {budget_cases} vs one chunk")
 
