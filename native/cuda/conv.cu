@@ -229,14 +229,15 @@ void conv_add_bias(CudaCtx& cx, float* out, const float* b, int N, int F, int MM
   CCN_CUDA_LAUNCHED();
 }
 
-// Shared biases: db[f] += sum over n, m of dout[n][f][m]. One block per filter, double sums.
+// Shared biases: db[f] += sum over n, m of dout[n][f][m]. One block per filter, double sums;
+// the block reads filter f's plane of each case in turn (coalesced, no index division).
 __global__ void conv_shared_bias_grad_kernel(const float* dout, float* db, int N, int F, int MM) {
   __shared__ double sh[256];
   const int f = blockIdx.x;
   double s = 0;
-  for (int64_t e = threadIdx.x; e < (int64_t)N * MM; e += blockDim.x) {
-    int64_t n = e / MM, m = e % MM;
-    s += dout[(n * F + f) * MM + m];
+  for (int n = 0; n < N; ++n) {
+    const float* plane = dout + ((int64_t)n * F + f) * MM;
+    for (int m = threadIdx.x; m < MM; m += blockDim.x) s += plane[m];
   }
   sh[threadIdx.x] = s;
   __syncthreads();
