@@ -8,7 +8,6 @@ Layout of every array that crosses this API: activations are ``cases x (C*H*W)``
 from __future__ import annotations
 
 import importlib
-import os
 import re
 from dataclasses import dataclass, field
 
@@ -245,20 +244,12 @@ def memory_estimate(net: Net, cases: int, device: bool = False) -> int:
 _GPU_SCRATCH_BYTES = 256 << 20
 
 
-def _unfold_budget() -> int:
-    """kernels/unfold.cpp unfold_budget_bytes: CCN_UNFOLD_BYTES read as atoll does (its leading
-    integer), when positive."""
-    m = re.match(r"\s*([+-]?\d+)", os.environ.get("CCN_UNFOLD_BYTES", ""))
-    v = int(m.group(1)) if m else 0
-    return v if v > 0 else _GPU_SCRATCH_BYTES
-
-
 def _gpu_conv_scratch_floor(net: Net, cases: int) -> int:
     """The least scratch conv.cu takes for the largest conv layer, forward or backward: a chunk
     of Nc cases (conv_chunk_cases: as many as fit in the budget, at least 1, at most ``cases``)
     of the unfolded input (groups * K rows; K, a weight matrix's rows, is a floor of it) and the
     output or its gradient with filters outermost (F * MM per case). Local layers use none."""
-    budget, most = _unfold_budget(), 0
+    budget, most = core.unfold_budget_bytes(_GPU_SCRATCH_BYTES), 0
     params = {p.name: p for p in net.params}
     for l in net.layers:
         if l.type != "conv" or not l.weights:
@@ -271,8 +262,6 @@ def _gpu_conv_scratch_floor(net: Net, cases: int) -> int:
 
 
 def _gpu_free_bytes(gpu: int) -> int | None:
-    from ._native import core
-
     info = core.cuda_mem_info(gpu)
     return None if info is None else int(info[0])
 

@@ -279,15 +279,6 @@ def check_geom(g):
         raise KernelError("plain groups need C = groups * Cf")
 
 
-def conv_unfold(g, inp, n0, nc, col):
-    """conv.cu conv_unfold: im2col_kernel over rows_grid(groups*K, nc*MM)."""
-    check_geom(g)
-    if not (n0 >= 0 and nc >= 1 and n0 + nc <= g.N):
-        raise KernelError(f"conv_unfold of cases {n0}..{n0 + nc - 1} of {g.N}")
-    check_chunk(g, nc)
-    im2col_kernel(g, inp, n0, nc, col)
-
-
 def im2col_kernel(g, inp, n0, Nc, col):
     fs2, K, MM, SS = i32(g.fs * g.fs, "fs2"), i32(g.Cf * g.fs * g.fs, "K"), i32(g.M * g.M, "MM"), i32(g.S * g.S, "SS")
     cols = i32(Nc * MM, "cols")
@@ -400,7 +391,7 @@ def conv_fprop(g, inp, W, out, accumulate, budget=K_SCRATCH_BYTES):
     for n0 in range(0, g.N, Nc):
         nc = min(Nc, g.N - n0)
         cols = nc * MM
-        conv_unfold(g, inp, n0, nc, col)
+        im2col_kernel(g, inp, n0, nc, col)  # unfold_chunk
         for grp in range(g.groups):
             sgemm(True, False, Fg, cols, K, 1.0, W, grp * Fg, g.F, col, grp * K * cols, cols, 0.0,
                   outT, grp * Fg * cols, cols)
@@ -428,7 +419,7 @@ def conv_bprop(g, inp, W, dout, din, dW, budget=K_SCRATCH_BYTES):
             col2im_kernel(g, dcol, n0, nc, din)
         if dW is not None:
             col = Buf("scratch(col)", scratch.data[col_off:col_off + col_n])
-            conv_unfold(g, inp, n0, nc, col)
+            im2col_kernel(g, inp, n0, nc, col)  # unfold_chunk
             for grp in range(g.groups):
                 sgemm(False, True, K, Fg, nc * MM, 1.0, col, grp * K * nc * MM, nc * MM, doutT, grp * Fg * nc * MM,
                       nc * MM, 1.0, dW, grp * Fg, g.F)

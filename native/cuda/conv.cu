@@ -152,14 +152,21 @@ int conv_chunk_cases(const ConvGeom& g, bool bprop, bool with_din) {
   return (int)std::max<int64_t>(1, std::min<int64_t>(g.N, c));
 }
 
-void conv_unfold(CudaCtx& cx, const ConvGeom& g, const float* in, int n0, int nc, float* col) {
-  check_geom(g);
-  CCN_CHECK(n0 >= 0 && nc >= 1 && n0 + nc <= g.N, "conv_unfold of cases ", n0, "..", n0 + nc - 1, " of ", g.N);
-  check_chunk(g, nc);
+namespace {
+// im2col of cases n0 .. n0+nc-1 (the geometry and chunk checked by the caller).
+void unfold_chunk(CudaCtx& cx, const ConvGeom& g, const float* in, int n0, int nc, float* col) {
   const int64_t K = (int64_t)g.Cf * g.fs * g.fs;
   im2col_kernel<<<rows_grid(g.groups * K, (int64_t)nc * g.M * g.M), 256, 0, (cudaStream_t)cx.stream>>>(g, in, n0, nc,
                                                                                                       col);
   CCN_CUDA_LAUNCHED();
+}
+}  // namespace
+
+void conv_unfold(CudaCtx& cx, const ConvGeom& g, const float* in, int n0, int nc, float* col) {
+  check_geom(g);
+  CCN_CHECK(n0 >= 0 && nc >= 1 && n0 + nc <= g.N, "conv_unfold of cases ", n0, "..", n0 + nc - 1, " of ", g.N);
+  check_chunk(g, nc);
+  unfold_chunk(cx, g, in, n0, nc, col);
 }
 
 void conv_fprop(CudaCtx& cx, const ConvGeom& g, const float* in, const float* W, float* out, bool accumulate) {
@@ -172,7 +179,7 @@ void conv_fprop(CudaCtx& cx, const ConvGeom& g, const float* in, const float* W,
   float* outT = col + col_n;
   for (int n0 = 0; n0 < g.N; n0 += Nc) {
     const int nc = std::min(Nc, g.N - n0), cols = nc * MM;
-    conv_unfold(cx, g, in, n0, nc, col);
+    unfold_chunk(cx, g, in, n0, nc, col);
     for (int grp = 0; grp < g.groups; ++grp)
       sgemm(cx, true, false, Fg, cols, K, 1.f, W + grp * Fg, g.F, col + (int64_t)grp * K * cols, cols, 0.f,
             outT + (int64_t)grp * Fg * cols, cols);
@@ -206,7 +213,7 @@ void conv_bprop(CudaCtx& cx, const ConvGeom& g, const float* in, const float* W,
       CCN_CUDA_LAUNCHED();
     }
     if (dW) {
-      conv_unfold(cx, g, in, n0, nc, col);
+      unfold_chunk(cx, g, in, n0, nc, col);
       for (int grp = 0; grp < g.groups; ++grp)
         sgemm(cx, false, true, K, Fg, nc * MM, 1.f, col + (int64_t)grp * K * nc * MM, nc * MM,
               doutT + (int64_t)grp * Fg * nc * MM, nc * MM, 1.f, dW + grp * Fg, g.F);

@@ -8,6 +8,7 @@
 #include "core/blas.h"
 #include "core/error.h"
 #include "core/simd.h"
+#include "kernels/unfold.h"
 #include "kernels/directconv.h"
 #include "net/net.h"
 #ifdef CCN_WITH_CUDA
@@ -27,14 +28,25 @@ namespace {
 
 using FArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
-Mat to_mat(const py::handle& obj, const std::string& what) {
+// obj as a C-contiguous float32 array (converted when it is not one), checked for a matrix.
+FArray float_array(const py::handle& obj, const std::string& what) {
   FArray a = FArray::ensure(obj);
   if (!a) input_error(what, ": expected a numeric array.");
   if (a.ndim() < 1) input_error(what, ": expected an array with at least one dimension, got a scalar.");
-  int64_t rows = a.shape(0), cols = 1;
+  return a;
+}
+
+// A read-only rows x (the other dimensions) view of a's memory; a must outlive it.
+Mat view_of(const FArray& a) {
+  int64_t cols = 1;
   for (py::ssize_t d = 1; d < a.ndim(); ++d) cols *= a.shape(d);
-  Mat m(rows, cols);
-  if (m.size()) std::memcpy(m.data(), a.data(), (size_t)m.size() * sizeof(float));
+  return Mat::borrow(a.data(), a.shape(0), cols);
+}
+
+Mat to_mat(const py::handle& obj, const std::string& what) {  // a copy the core may keep and write
+  FArray a = float_array(obj, what);
+  Mat m;
+  m.copy_from(view_of(a));
   return m;
 }
 
@@ -60,13 +72,8 @@ struct Minibatch {
         mats.emplace_back();
         continue;
       }
-      FArray a = FArray::ensure(data[i]);
-      if (!a) input_error("data matrix ", i, ": expected a numeric array.");
-      if (a.ndim() < 1) input_error("data matrix ", i, ": expected an array with at least one dimension, got a scalar.");
-      int64_t rows = a.shape(0), cols = 1;
-      for (py::ssize_t d = 1; d < a.ndim(); ++d) cols *= a.shape(d);
-      mats.push_back(Mat::borrow(a.data(), rows, cols));
-      keep.push_back(std::move(a));
+      keep.push_back(float_array(data[i], cat("data matrix ", i)));
+      mats.push_back(view_of(keep.back()));
     }
     for (size_t i = 0; i < mats.size(); ++i) ptrs.push_back(data[i].is_none() ? nullptr : &mats[i]);
   }
@@ -188,6 +195,8 @@ PYBIND11_MODULE(_core, m) {
 #endif
     return out;
   });
+  // kernels/unfold.h: the unfold budget in bytes (CCN_UNFOLD_BYTES, else `default_bytes`).
+  m.def("unfold_budget_bytes", &unfold_budget_bytes, py::arg("default_bytes"));
   m.def("cuda_mem_info", [](int gpu) -> py::object {  // (free, total) bytes of GPU gpu, or None
 #ifdef CCN_WITH_CUDA
     size_t f = 0, t = 0;
