@@ -136,15 +136,25 @@ def resolve(path: str) -> str:
     """A checkpoint folder itself, or a run folder's newest complete checkpoint."""
     if not os.path.exists(path):
         raise InputError(f"{path}: no such checkpoint or save folder.")
+    from .legacy import is_original
+
+    convert = (f"{path} looks like a checkpoint of the original cuda-convnet or cuda-convnet2 (a pickle), not a ccn "
+               "checkpoint: convert it once with "
+               f"'ccn import-checkpoint {path} --save-path DIR' (the original layer files are needed too), then "
+               "give -f DIR.")
     if os.path.isfile(path):
         if os.path.basename(path) == META:
             return os.path.dirname(path) or "."
+        if is_original(path):
+            raise InputError(convert)
         raise InputError(f"{path}: expected a checkpoint folder (with {META}) or a save folder holding them, "
                          "found a file.")
     if is_checkpoint(path):
         return path
     found = list_checkpoints(path)
     if not found:
+        if is_original(path):
+            raise InputError(convert)
         raise InputError(f"{path}: the folder holds no complete checkpoint (folders named like 3.2 with a {META}).")
     return found[-1]
 

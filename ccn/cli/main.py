@@ -28,6 +28,7 @@ COMMANDS = {
     "show-filters": "ccn.cli.show_filters:show_filters",
     "show-cost": "ccn.cli.show_cost:show_cost",
     "show-preds": "ccn.cli.show_preds:show_preds",
+    "import-checkpoint": "ccn.cli.import_checkpoint:import_checkpoint",
 }
 
 

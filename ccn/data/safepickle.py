@@ -1,11 +1,14 @@
-"""Reading the pickled CIFAR python batches without running pickle code.
+"""Reading Python 2 pickles (the CIFAR python batches, cuda-convnet checkpoints) without
+running pickle code.
 
-The CIFAR files are Python 2 pickles of dicts holding lists, strings, ints and NumPy arrays.
+Those files are Python 2 pickles of dicts holding lists, strings, ints and NumPy arrays.
 :func:`load` unpickles with a whitelist: the only globals it resolves are NumPy's array
-reconstruction (``_reconstruct`` of ``ndarray`` and ``dtype``) and ``_frombuffer``, each
-replaced by a checking wrapper that builds plain numeric arrays; any other global (``os.system``,
-``builtins.eval``, ``copy_reg._reconstructor`` of some class, ...) is refused with an
-:class:`InputError`. Dict keys and strings that come back as bytes are decoded.
+reconstruction (``_reconstruct`` of ``ndarray`` and ``dtype``), ``_frombuffer`` and numeric
+``scalar``, each replaced by a checking wrapper that builds plain numeric values, plus the
+callers' own inert :class:`Record` classes (``extra``; cuda-convnet's option objects); any
+other global (``os.system``, ``builtins.eval``, ``copy_reg._reconstructor`` of some class, ...)
+is refused with an :class:`InputError`. Dict keys and strings that come back as bytes are
+decoded; objects the pickle shares (its memo) stay shared, cycles included.
 """
 
 from __future__ import annotations
@@ -93,6 +96,19 @@ def _frombuffer(buf, dtype, shape, order):
     return np.frombuffer(bytes(buf), dtype=dt).reshape(shape, order=order)
 
 
+def _scalar(dtype, raw=None):
+    # a NumPy scalar (numpy.core.multiarray.scalar): its dtype and its bytes
+    dt = _resolve(dtype)
+    if isinstance(dt, _DtypeBuilder):
+        dt = dt.__array_dtype__()
+    dt = _check_dtype(dt)
+    if isinstance(raw, str):
+        raw = raw.encode("latin1")
+    if not isinstance(raw, (bytes, bytearray)) or len(raw) != dt.itemsize:
+        raise pickle.UnpicklingError("refusing a NumPy scalar without its bytes")
+    return np.frombuffer(bytes(raw), dtype=dt)[0]
+
+
 def _codecs_encode(text, encoding="utf-8", errors="strict"):
     # how Python 3 writes bytes at protocol 2; harmless, but only the two encodings it uses
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
@@ -108,38 +124,81 @@ _GLOBALS = {
     ("numpy", "dtype"): _dtype,
     ("numpy.core.numeric", "_frombuffer"): _frombuffer,
     ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy.core.multiarray", "scalar"): _scalar,
+    ("numpy._core.multiarray", "scalar"): _scalar,
 }
 
 
+class Record:
+    """An inert stand-in for an instance of some class of the pickling program (e.g. cuda-convnet's
+    ``options.Option``): it only keeps the attributes the pickle gives it. Callers subclass it
+    and name the subclasses they accept in :func:`load`'s ``extra``."""
+
+    def __init__(self, *args):
+        if args:
+            raise pickle.UnpicklingError(f"refusing {type(self).__name__} built from arguments")
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) == 2:  # (dict, slots)
+            state = {**(state[0] or {}), **(state[1] or {})}
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError(f"refusing {type(self).__name__} with a non-dict state")
+        self.__dict__.update({(k.decode("latin1") if isinstance(k, bytes) else str(k)): v for k, v in state.items()})
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.__dict__!r})"
+
+
 class _Unpickler(pickle.Unpickler):
+    def __init__(self, file, extra=None, **kw):
+        super().__init__(file, **kw)
+        self._extra = extra or {}
+
     def find_class(self, module, name):
-        f = _GLOBALS.get((module, name))
+        f = _GLOBALS.get((module, name)) or self._extra.get((module, name))
         if f is None:
             raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
         return f
 
 
-def _resolve(x):
+def _resolve(x, memo=None):
+    """The unpickled object with arrays and dtypes made real; shared objects stay shared."""
+    if memo is None:
+        memo = {}
     if isinstance(x, _ArrayBuilder):
         if not hasattr(x, "array"):
             raise pickle.UnpicklingError("an ndarray without data")
         return x.array
     if isinstance(x, _DtypeBuilder):
         return x.__array_dtype__()
-    if isinstance(x, dict):
-        return {(k.decode("latin1") if isinstance(k, bytes) else k): _resolve(v) for k, v in x.items()}
+    if not isinstance(x, (dict, list, tuple, Record)):
+        return x
+    if id(x) in memo:
+        return memo[id(x)]
+    if isinstance(x, tuple):  # a tuple cannot hold itself without a list or dict in between
+        out = memo[id(x)] = tuple(_resolve(v, memo) for v in x)
+        return out
     if isinstance(x, list):
-        return [_resolve(v) for v in x]
-    if isinstance(x, tuple):
-        return tuple(_resolve(v) for v in x)
-    return x
+        out = memo[id(x)] = []
+        out.extend(_resolve(v, memo) for v in x)
+        return out
+    if isinstance(x, Record):
+        memo[id(x)] = x
+        x.__dict__.update({k: _resolve(v, memo) for k, v in x.__dict__.items()})
+        return x
+    out = memo[id(x)] = {}
+    for k, v in x.items():
+        out[k.decode("latin1") if isinstance(k, bytes) else k] = _resolve(v, memo)
+    return out
 
 
-def load(data: bytes, name: str):
-    """Unpickle ``data`` (read from ``name``) allowing only plain containers and numeric arrays."""
+def load(data: bytes, name: str, what: str = "a readable CIFAR python batch", extra: dict | None = None):
+    """Unpickle ``data`` (read from ``name``) allowing only plain containers, numeric arrays and
+    the :class:`Record` classes in ``extra`` ({(module, name): class}); an :class:`InputError`
+    saying that ``name`` is not ``what`` otherwise."""
     try:
-        obj = _Unpickler(io.BytesIO(data), encoding="latin1").load()
+        obj = _Unpickler(io.BytesIO(data), extra=extra, encoding="latin1").load()
         return _resolve(obj)
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            MemoryError, OverflowError) as e:
-        raise InputError(f"{name} is not a readable CIFAR python batch: {e}.") from None
+            MemoryError, OverflowError, RecursionError) as e:
+        raise InputError(f"{name} is not {what}: {e}.") from None
