@@ -1,5 +1,5 @@
 // ccn/native/cuda/cost_logreg.cu: type=cost.logreg, as native/layers/cost_logreg.cpp.
-// Layout: labels N x 1 (class index as float), probs and dprobs N x K (rows = cases).
+// Layout: labels N x 1 (class index as float), probs, logits, dprobs and dx N x K (rows = cases).
 // Forward: one thread per case writes (-log p[label], top-1 wrong, top-k wrong) into
 // per-case slots; the host adds the N triples in double, in case order (deterministic, and
 // the same sums the CPU forms). A bad label writes NaN into its slot and is reported.
@@ -19,7 +19,8 @@ __device__ double credit(int greater, int equal, int k) {
   return slots >= equal ? 1.0 : (double)slots / equal;
 }
 
-__global__ void logreg_fprop_kernel(const float* labels, const float* probs, int N, int K, int topk, double* out) {
+__global__ void logreg_fprop_kernel(const float* labels, const float* probs, const float* logits, int N, int K,
+                                    int topk, double* out) {
   int n = blockIdx.x * blockDim.x + threadIdx.x;
   if (n >= N) return;
   float v = labels[n];
@@ -35,16 +36,26 @@ __global__ void logreg_fprop_kernel(const float* labels, const float* probs, int
     greater += pr[j] > py;
     equal += pr[j] == py;
   }
-  out[3 * n] = -(double)logf(fmaxf(py, 1e-38f));
+  if (logits) {  // -log p from the logits: log sum_j exp(x_j - m) - (x_y - m), as the CPU layer
+    const float* x = logits + (int64_t)n * K;
+    float m = x[0];
+    for (int j = 1; j < K; ++j) m = fmaxf(m, x[j]);
+    double s = 0;
+    for (int j = 0; j < K; ++j) s += exp((double)x[j] - (double)m);
+    out[3 * n] = log(s) - ((double)x[y] - (double)m);
+  } else {
+    out[3 * n] = -(double)logf(fmaxf(py, 1e-38f));
+  }
   out[3 * n + 1] = 1.0 - credit(greater, equal, 1);
   out[3 * n + 2] = 1.0 - credit(greater, equal, topk);
 }
 
-int64_t logreg_fprop(CudaCtx& cx, const float* labels, const float* probs, int N, int K, int topk, double sums[3]) {
+int64_t logreg_fprop(CudaCtx& cx, const float* labels, const float* probs, const float* logits, int N, int K, int topk,
+                     double sums[3]) {
   sums[0] = sums[1] = sums[2] = 0;
   if (N <= 0) return -1;
   double* d = (double*)cx.scratch((size_t)6 * N);
-  logreg_fprop_kernel<<<(N + 127) / 128, 128, 0, (cudaStream_t)cx.stream>>>(labels, probs, N, K, topk, d);
+  logreg_fprop_kernel<<<(N + 127) / 128, 128, 0, (cudaStream_t)cx.stream>>>(labels, probs, logits, N, K, topk, d);
   CCN_CUDA_LAUNCHED();
   double* h = (double*)cx.host_scratch(sizeof(double) * 3 * N);
   CCN_CUDA_CHECK(cudaMemcpyAsync(h, d, sizeof(double) * 3 * N, cudaMemcpyDeviceToHost, (cudaStream_t)cx.stream));
@@ -70,6 +81,24 @@ __global__ void logreg_bprop_kernel(const float* labels, const float* probs, flo
 void logreg_bprop(CudaCtx& cx, const float* labels, const float* probs, float* dprobs, int N, int K, double coeff) {
   if (N <= 0) return;
   logreg_bprop_kernel<<<(N + 127) / 128, 128, 0, (cudaStream_t)cx.stream>>>(labels, probs, dprobs, N, K, coeff);
+  CCN_CUDA_LAUNCHED();
+}
+
+// One thread per element (n, j) of dx (N x K, rows = cases): dx += coeff * (p - [j == label]).
+__global__ void logreg_softmax_bprop_kernel(const float* labels, const float* probs, float* dx, int N, int K,
+                                            double coeff) {
+  const int64_t total = (int64_t)N * K;
+  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+    const int n = (int)(e / K), j = (int)(e - (int64_t)n * K);
+    const int y = (int)labels[n];
+    dx[e] += (float)(coeff * ((double)probs[e] - (j == y ? 1.0 : 0.0)));
+  }
+}
+
+void logreg_softmax_bprop(CudaCtx& cx, const float* labels, const float* probs, float* dx, int N, int K, double coeff) {
+  const int64_t total = (int64_t)N * K;
+  if (total <= 0) return;
+  logreg_softmax_bprop_kernel<<<grid_for(total), 256, 0, (cudaStream_t)cx.stream>>>(labels, probs, dx, N, K, coeff);
   CCN_CUDA_LAUNCHED();
 }
 

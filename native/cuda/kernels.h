@@ -55,10 +55,17 @@ void softmax_bprop(CudaCtx& cx, const float* y, const float* dout, float* din, i
 // Fills sums[0..2] = (sum -log p[label], top-1 wrong, top-k wrong), ties share credit like
 // the CPU layer. Synchronises. Returns the index of the first case whose label is not a
 // class index in 0..K-1, or -1.
-int64_t logreg_fprop(CudaCtx& cx, const float* labels, const float* probs, int N, int K, int topk, double sums[3]);
+// With `logits` (N x K, the input of the softmax that made probs; may be null), -log p[label]
+// is log sum_j exp(x_j - max x) - (x_label - max x) in double instead, as the CPU layer does
+// for a fused softmax (finite where p underflows).
+int64_t logreg_fprop(CudaCtx& cx, const float* labels, const float* probs, const float* logits, int N, int K, int topk,
+                     double sums[3]);
 // dprobs[n, label] += (float)(-coeff / max(p[n, label], 1e-38)), the quotient in double with the
 // layer's double coeff, as the CPU layer computes it.
 void logreg_bprop(CudaCtx& cx, const float* labels, const float* probs, float* dprobs, int N, int K, double coeff);
+// The fused softmax + logreg gradient: dx[n, j] += (float)(coeff * (p[n, j] - [j == label])), in
+// double, as the CPU layer's softmax_input_bprop.
+void logreg_softmax_bprop(CudaCtx& cx, const float* labels, const float* probs, float* dx, int N, int K, double coeff);
 
 // ---- cost.sum2 (cost_sum2.cu): x N x D --------------------------------------------------
 double sum2_fprop(CudaCtx& cx, const float* x, int64_t n);  // sum x^2 in double; synchronises

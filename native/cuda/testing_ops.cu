@@ -98,13 +98,15 @@ const std::map<std::string, Op>& ops() {
       {"softmax_bprop", [](Args& a) { softmax_bprop(a.cx, a.a("y"), a.a("dout"), a.a("din"), (int)a.host.at("y").rows(), (int)a.host.at("y").cols()); }},
       {"logreg_fprop", [](Args& a) {
          double s[3];
-         int64_t bad = logreg_fprop(a.cx, a.a("labels"), a.a("probs"), (int)a.host.at("probs").rows(), (int)a.host.at("probs").cols(), a.i("topk"), s);
+         const float* logits = a.host.count("logits") ? a.a("logits") : nullptr;
+         int64_t bad = logreg_fprop(a.cx, a.a("labels"), a.a("probs"), logits, (int)a.host.at("probs").rows(), (int)a.host.at("probs").cols(), a.i("topk"), s);
          Mat& out = a.host.at("sums");  // written back directly (host side)
          for (int k = 0; k < 3; ++k) out.data()[k] = (float)s[k];
          out.data()[3] = (float)bad;
          a.upload("sums");
        }},
       {"logreg_bprop", [](Args& a) { logreg_bprop(a.cx, a.a("labels"), a.a("probs"), a.a("dprobs"), (int)a.host.at("probs").rows(), (int)a.host.at("probs").cols(), a.s("coeff")); }},
+      {"logreg_softmax_bprop", [](Args& a) { logreg_softmax_bprop(a.cx, a.a("labels"), a.a("probs"), a.a("dx"), (int)a.host.at("probs").rows(), (int)a.host.at("probs").cols(), a.s("coeff")); }},
       {"bce_bprop", [](Args& a) { bce_bprop(a.cx, a.a("labels"), a.a("y"), a.a("dy"), a.n("y"), (float)a.s("coeff"), (float)a.s("pos_weight")); }},
       {"sum2", [](Args& a) {
          double s = sum2_fprop(a.cx, a.a("x"), a.n("x"));

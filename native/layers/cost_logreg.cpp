@@ -6,6 +6,14 @@
 // probability (cuda-convnet2's "ties share credit"); for top-k, the label is right when
 // fewer than k classes beat it, with the same sharing among ties crossing the k boundary.
 // Gradient: dCost/dprobs[n, label] = -coeff / p[n, label].
+// Fused with the softmax that makes probs when that softmax feeds only this layer (the net
+// decides: Layer::fuses_softmax, net.h softmax_of_), as cuda-convnet's LogregCostLayer and
+// SoftmaxLayer did (computeLogregSoftmaxGrad): the net then hands fprop the softmax's input x
+// (logits, N x K) as a third input, and -log p[label] is log sum_j exp(x_j - m) - (x_label - m)
+// (m = max_j x_j, in double: finite and exact where p underflows to 0, where -log of the
+// clamped p would stop at 87.5); the backward pass writes dCost/dx = coeff * (p - onehot(label))
+// in one step (softmax_input_bprop), where -coeff/p times the softmax's Jacobian would give 0
+// for a p that underflowed: a case the net gets confidently wrong would stop pulling.
 #include <cmath>
 
 #include "layers/layer.h"
@@ -38,6 +46,7 @@ class LogregCost : public Layer {
   void fprop(const std::vector<const Mat*>& in, Mat&, const PassCtx&) override {
     const Mat& lab = *in[0];
     const Mat& p = *in[1];
+    const Mat* logits = in.size() > 2 ? in[2] : nullptr;  // fused with its softmax (see the top)
     double nll = 0, wrong1 = 0, wrongk = 0;
     for (int64_t n = 0; n < p.rows(); ++n) {
       const float* pr = p.row(n);
@@ -48,7 +57,16 @@ class LogregCost : public Layer {
         greater += pr[j] > py;
         equal += pr[j] == py;
       }
-      nll -= std::log(std::max(py, 1e-38f));
+      if (logits) {
+        const float* x = logits->row(n);
+        float m = x[0];
+        for (int j = 1; j < classes_; ++j) m = std::max(m, x[j]);
+        double s = 0;
+        for (int j = 0; j < classes_; ++j) s += std::exp((double)x[j] - (double)m);
+        nll += std::log(s) - ((double)x[y] - (double)m);
+      } else {
+        nll -= std::log(std::max(py, 1e-38f));
+      }
       wrong1 += 1.0 - credit(greater, equal, 1);
       wrongk += 1.0 - credit(greater, equal, topk_);
     }
@@ -65,12 +83,29 @@ class LogregCost : public Layer {
       din[1]->at(n, y) += (float)(-coeff_ / std::max(p.at(n, y), 1e-38f));
     }
   }
+  bool fuses_softmax() const override { return true; }
+  // dx = (or +=) coeff * (p - onehot(label)): dCost/d(the softmax's input).
+  void softmax_input_bprop(const Mat& lab, const Mat& p, Mat& dx, bool assign) override {
+    const int64_t N = p.rows(), K = p.cols();
+    for (int64_t n = 0; n < N; ++n) label(lab.at(n, 0));  // reported here, not inside the parallel loop
+#pragma omp parallel for schedule(static) if (N * K > 65536)
+    for (int64_t n = 0; n < N; ++n) {
+      const int y = (int)lab.at(n, 0);
+      const float* pr = p.row(n);
+      float* d = dx.row(n);
+      for (int64_t j = 0; j < K; ++j) {
+        const float g = (float)(coeff_ * ((double)pr[j] - (j == y ? 1.0 : 0.0)));
+        d[j] = assign ? 0.f + g : d[j] + g;
+      }
+    }
+  }
 #ifdef CCN_WITH_CUDA
   // native/cuda/cost_logreg.cu; the forward pass synchronises to return the sums.
   bool has_cuda() const override { return true; }
   void fprop_cuda(const std::vector<DevMat>& in, DevMat, CudaCtx& cx, const PassCtx&) override {
     double s[3];
-    int64_t bad = cuda::logreg_fprop(cx, in[0].p, in[1].p, (int)in[1].rows, classes_, topk_, s);
+    const float* logits = in.size() > 2 ? in[2].p : nullptr;
+    int64_t bad = cuda::logreg_fprop(cx, in[0].p, in[1].p, logits, (int)in[1].rows, classes_, topk_, s);
     if (bad >= 0)
       input_error("cost layer '", name, "': the label of case ", bad, " is not a class index in 0..", classes_ - 1,
                   ".");
@@ -80,6 +115,9 @@ class LogregCost : public Layer {
   void bprop_cuda(const std::vector<DevMat>& in, DevMat, DevMat, const std::vector<DevMat>& din, CudaCtx& cx,
                   const PassCtx&) override {
     if (din[1]) cuda::logreg_bprop(cx, in[0].p, in[1].p, din[1].p, (int)in[1].rows, classes_, coeff_);
+  }
+  void softmax_input_bprop_cuda(DevMat labels, DevMat probs, DevMat dx, CudaCtx& cx) override {
+    cuda::logreg_softmax_bprop(cx, labels.p, probs.p, dx.p, (int)probs.rows, classes_, coeff_);
   }
 #endif
   bool is_cost() const override { return true; }

@@ -144,6 +144,14 @@ class Layer {
   // gets that post-neuron output as `out` and dCost/d(post-neuron output) as `dout`, and the
   // net keeps no pre-activation copy. CPU only (net_cuda.cu applies neurons itself).
   virtual bool fuses_neuron() const { return false; }
+  // cuda-convnet's fused softmax + cost.logreg (computeLogregSoftmaxGrad): a cost layer that
+  // says true here, whose second input is a softmax (without a neuron) that feeds nothing else,
+  // gets that softmax's input x (the logits) as a third input in fprop, and in bprop the net
+  // calls softmax_input_bprop for it instead of the pair cost bprop + softmax bprop, which
+  // would divide by p and multiply by p again (0 / 0 where p underflows). It writes
+  // dCost/dx = coeff * (p - onehot(label)) into dx (assigning when `assign`, else adding).
+  virtual bool fuses_softmax() const { return false; }
+  virtual void softmax_input_bprop(const Mat& labels, const Mat& probs, Mat& dx, bool assign) {}
 
   // ---- CUDA backend (optional; see native/cuda/README-design.md) ----
   // Same contracts as fprop/bprop, on device memory, enqueued on cx's stream: out is
@@ -154,6 +162,8 @@ class Layer {
   virtual void fprop_cuda(const std::vector<DevMat>& in, DevMat out, CudaCtx& cx, const PassCtx& ctx);
   virtual void bprop_cuda(const std::vector<DevMat>& in, DevMat out, DevMat dout, const std::vector<DevMat>& din,
                           CudaCtx& cx, const PassCtx& ctx);
+  // fuses_softmax(): as softmax_input_bprop, adding into dx.
+  virtual void softmax_input_bprop_cuda(DevMat labels, DevMat probs, DevMat dx, CudaCtx& cx);
 
   std::string name, type;
   int id = 0;

@@ -224,6 +224,19 @@ void Net::build(const std::map<int, Shape>& data_dims) {
     fused_[i] = l->has_neuron && l->fuses_neuron();
     in_place_[i] = !fused_[i] && l->has_neuron && !l->bprop_reads_output() && neuron_grad_from_output(l->neuron);
   }
+  softmax_of_.assign(n, -1);
+  fused_cost_.assign(n, -1);
+  for (size_t i = 0; i < n; ++i) {
+    const Layer* l = layers_[i].get();
+    if (!l->fuses_softmax() || l->inputs.size() != 2) continue;
+    const Layer* sm = l->inputs[1];
+    if (sm->type != "softmax" || sm->has_neuron || sm->inputs.size() != 1 || l->inputs[0] == sm) continue;
+    int consumers = 0;  // the original fuses only a softmax whose one consumer is the cost layer
+    for (const auto& o : layers_) consumers += (int)std::count(o->inputs.begin(), o->inputs.end(), sm);
+    if (consumers != 1) continue;
+    softmax_of_[i] = sm->id;
+    fused_cost_[sm->id] = (int)i;
+  }
   reset_layer_times();
   compute_needs_grad();
 }
@@ -308,8 +321,7 @@ void Net::fprop(const std::vector<const Mat*>& data, bool train) {
       fprop_s_[i] += now_s() - t0;
       continue;
     }
-    std::vector<const Mat*> ins;
-    for (Layer* in : l->inputs) ins.push_back(&acts_[in->id]);
+    const std::vector<const Mat*> ins = fprop_inputs((int)i);
     const bool keep_pre = keeps_pre((int)i);
     Mat& dst = keep_pre ? pre_[i] : acts_[i];
     dst.resize(n, l->out.size());
@@ -324,6 +336,13 @@ void Net::fprop(const std::vector<const Mat*>& data, bool train) {
     }
     fprop_s_[i] += now_s() - t0;
   }
+}
+
+std::vector<const Mat*> Net::fprop_inputs(int i) {
+  std::vector<const Mat*> ins;
+  for (Layer* in : layers_[i]->inputs) ins.push_back(&acts_[in->id]);
+  if (softmax_of_[i] >= 0) ins.push_back(&acts_[layers_[softmax_of_[i]]->inputs[0]->id]);
+  return ins;
 }
 
 void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
@@ -371,19 +390,22 @@ void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
     bool any_in = false;
     std::vector<Mat*> din;
     std::vector<const Mat*> ins;
+    // from the costs, a fused softmax's turn computes its input gradient through its cost layer
+    const int fused_cost = seeds.empty() ? fused_cost_[i] : -1;
     for (Layer* in : l->inputs) {
       ins.push_back(&acts_[in->id]);
       din.push_back(needs_grad_[in->id] && l->passes_gradient() ? &grads_[in->id] : nullptr);
       any_in = any_in || din.back();
     }
+    if (softmax_of_[i] >= 0) din[1] = nullptr;  // left to the softmax's turn (fused_cost_)
     if (!any_in && l->weights.empty() && !l->biases) continue;
     ctx.layer_id = i;
     const double t0 = now_s();
-    if (!l->is_cost() && !written[i]) {  // no consumer wrote dCost/d(this output): it is 0
+    if (!l->is_cost() && !written[i] && fused_cost < 0) {  // no consumer wrote dCost/d(this output): it is 0
       grads_[i].zero();
       written[i] = 1;
     }
-    const bool can_assign = l->bprop_assigns_din();
+    const bool can_assign = fused_cost >= 0 || l->bprop_assigns_din();
     ctx.din_assign.assign(din.size(), false);
     for (size_t k = 0; k < din.size(); ++k) {
       if (!din[k]) continue;
@@ -394,7 +416,11 @@ void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
       else grads_[j].zero();
       written[j] = 1;
     }
-    if (l->is_cost()) {
+    if (fused_cost >= 0) {
+      const Layer* cost = layers_[fused_cost].get();
+      if (din[0]) layers_[fused_cost]->softmax_input_bprop(acts_[cost->inputs[0]->id], acts_[i], *din[0],
+                                                           ctx.din_assign[0]);
+    } else if (l->is_cost()) {
       l->bprop(ins, acts_[i], empty, din, ctx);
     } else if (l->has_neuron && !fused_[i]) {
       // In place, acts_ stands in for the pre-activation (see in_place_); the layer ignores

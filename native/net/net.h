@@ -134,6 +134,16 @@ class Net {
   // (its kernels fuse nothing: a fused layer keeps its pre-activation there and runs its neuron).
   std::vector<Mat> acts_, pre_, grads_;
   std::vector<bool> in_place_, fused_;
+  // Fused softmax + cost (Layer::fuses_softmax, cuda-convnet's computeLogregSoftmaxGrad):
+  // softmax_of_[i] is the softmax feeding cost layer i that way, fused_cost_[s] the cost layer
+  // that computes softmax s's input gradient (-1: none). In the backward pass from the costs
+  // the cost layer leaves dCost/d(softmax output) alone (it is not computed: output_grad of
+  // such a softmax reads 0) and the softmax's turn writes dCost/d(its input) through the cost
+  // layer; with seeds (bprop from given gradients) both run as usual.
+  std::vector<int> softmax_of_, fused_cost_;
+  // The inputs layer i's fprop gets: its inputs' outputs, and for a fused cost layer the
+  // softmax's input as a third.
+  std::vector<const Mat*> fprop_inputs(int i);
   Mat pre_grad_;
   std::vector<bool> needs_grad_;
   std::vector<double> fprop_s_, bprop_s_;

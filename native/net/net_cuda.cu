@@ -285,12 +285,12 @@ void Net::fprop_cuda(const std::vector<const Mat*>& data, bool train) {
     if (l->is_data()) continue;
     ctx.layer_id = (int)i;
     std::vector<DevMat> ins;
-    for (Layer* in : l->inputs) {
-      if (in->is_data())
-        ins.push_back(DevMat{nc.ddata[s][in->data_idx()].data(), n, in->out.size()});
-      else
-        ins.push_back(view(nc.act[in->id], n, in->out.size()));
-    }
+    auto act_of = [&](Layer* in) {
+      return in->is_data() ? DevMat{nc.ddata[s][in->data_idx()].data(), n, in->out.size()}
+                           : view(nc.act[in->id], n, in->out.size());
+    };
+    for (Layer* in : l->inputs) ins.push_back(act_of(in));
+    if (softmax_of_[i] >= 0) ins.push_back(act_of(layers_[softmax_of_[i]]->inputs[0]));  // the logits (net.h)
     const bool keep_pre = device_keeps_pre((int)i);
     DevMat dst = view(keep_pre ? nc.pre[i] : nc.act[i], n, l->out.size());
     double t0 = 0;
@@ -356,12 +356,18 @@ void Net::bprop_cuda(const std::map<std::string, const Mat*>& seeds) {
       din.push_back(need ? view(nc.grad[in->id], n, in->out.size()) : DevMat{});
       any_in = any_in || need;
     }
+    if (softmax_of_[i] >= 0) din[1] = DevMat{};  // left to the softmax's turn, as on the CPU
+    const int fused_cost = seeds.empty() ? fused_cost_[i] : -1;
     if (!any_in && l->weights.empty() && !l->biases) continue;
     ctx.layer_id = i;
     const int64_t osz = l->out.size();
     double t0 = 0;
     if (timing) nc.cx.sync(), t0 = wall_s();
-    if (l->is_cost()) {
+    if (fused_cost >= 0) {
+      if (din[0].p)
+        layers_[fused_cost]->softmax_input_bprop_cuda(act_of(layers_[fused_cost]->inputs[0]), view(nc.act[i], n, osz),
+                                                      din[0], nc.cx);
+    } else if (l->is_cost()) {
       l->bprop_cuda(ins, DevMat{}, DevMat{}, din, nc.cx, ctx);
     } else if (l->has_neuron) {
       const size_t sz = (size_t)n * osz;

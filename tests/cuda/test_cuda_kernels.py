@@ -85,6 +85,28 @@ def test_logreg_sums_ties_and_gradient():
     close(d, ref)
 
 
+def test_logreg_fused_with_softmax():
+    # -log p from the logits (log-sum-exp in double) and dx += coeff * (p - onehot), as the CPU
+    # layer for a softmax that feeds only the cost; the first case's p underflows to 0
+    rng = np.random.default_rng()
+    N, K = 7, 5
+    x = rng.standard_normal((N, K)).astype(np.float32)
+    x[0] = [200, 0, 0, 0, 0]
+    lab = rng.integers(0, K, (N, 1)).astype(np.float64)
+    lab[0, 0] = 3
+    x64 = x.astype(np.float64)
+    e = np.exp(x64 - x64.max(1, keepdims=True))
+    p = (e / e.sum(1, keepdims=True)).astype(np.float32)
+    y = lab[:, 0].astype(int)
+    r = op("logreg_fprop", {"labels": lab, "probs": p, "logits": x, "sums": np.zeros(4)}, topk=1)
+    nll = np.sum(np.log(e.sum(1)) - (x64[np.arange(N), y] - x64.max(1)))
+    close(r["sums"][0], nll, rtol=1e-6)
+    assert r["sums"][0] > 199
+    d0 = rng.standard_normal((N, K))
+    d = op("logreg_softmax_bprop", {"labels": lab, "probs": p, "dx": d0}, coeff=0.7)["dx"]
+    close(d, d0 + 0.7 * (p.astype(np.float64) - np.eye(K)[y]))
+
+
 def test_sum2():
     rng = np.random.default_rng()
     x, d0 = rng.standard_normal((5, 17)), rng.standard_normal((5, 17))
