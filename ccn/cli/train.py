@@ -215,6 +215,33 @@ def run_train(given: dict, load_file: str | None = None, out=None, stop_after: i
                        lambda world: _run_train(given, load_file, out, stop_after, world))
 
 
+def _check_save_folder(folder: str, ckpt) -> None:
+    """Refuse a save folder where this run's checkpoints would mix with another history: one
+    holding checkpoints for a new run (or for a run resumed from elsewhere), or, resuming in a
+    checkpoint's own folder, one holding checkpoints newer than it. ``-f`` would later resume the
+    wrong one, and ``--max-filesize`` (which keeps the newest by name) would delete the others."""
+    from .. import checkpoint as ck
+
+    found = ck.list_checkpoints(folder)
+    if not found:
+        return
+    names = [os.path.basename(p) for p in found]
+    held = names[0] if len(names) == 1 else f"{names[0]} ... {names[-1]}"
+    if ckpt is None or os.path.dirname(os.path.abspath(ckpt.path)) != os.path.abspath(folder):
+        what = "a new run" if ckpt is None else f"the run of {ckpt.path}"
+        raise InputError(f"{folder} already holds the checkpoints of another run ({held}); saving {what} there "
+                         f"would mix the two (-f {folder} would resume the wrong one, and --max-filesize would delete "
+                         f"checkpoints of either). Resume that run with -f {folder}, or give a new or empty "
+                         "--save-path.")
+    mine = ck._order_key(os.path.basename(ckpt.path))
+    newer = [n for n in names if ck._order_key(n) > mine]
+    if newer:
+        raise InputError(f"{ckpt.path} is not the newest checkpoint of {folder} ({newer[-1]} is): training on from "
+                         f"it there would mix two histories, and --max-filesize would delete the new checkpoints "
+                         f"first. To branch from it, give --save-path NEW_FOLDER; to go on from the newest, -f "
+                         f"{folder}.")
+
+
 def _run_train(given: dict, load_file, out, stop_after, world):
     from .. import checkpoint as ck
     from .. import __version__
@@ -248,7 +275,9 @@ def _run_train(given: dict, load_file, out, stop_after, world):
 
     placement = dev.select(given.get("device"), opts["gpu"], command="ccn train", data_parallel=world is not None)
     opts["device"], opts["gpu"] = placement.device, (None if placement.gpu is None else str(placement.gpu))
-    if ckpt is not None and opts["save_path"] is None:
+    if ckpt is not None and not given.get("save_path"):
+        # next to the checkpoint resumed (as cuda-convnet saved into the folder it loaded from),
+        # not where it was once saved: a copied or moved run goes on in its own folder
         opts["save_path"] = os.path.dirname(os.path.abspath(ckpt.path))
     missing = [f"--{k.replace('_', '-')}" for k in ("data_path", "train_range", "test_range", "save_path")
                if not opts[k]]
@@ -374,6 +403,7 @@ def _run_train(given: dict, load_file, out, stop_after, world):
                          "between batches).")
     if world is None or world.rank == 0:
         ck.check_writable(opts["save_path"])
+        _check_save_folder(opts["save_path"], ckpt)
     saved_opts = {k: v for k, v in opts.items()}
     cfg = TrainConfig(epochs=int(opts["epochs"]), mini=int(opts["mini"]), test_freq=int(opts["test_freq"]),
                       test_one=bool(opts["test_one"]), save_path=opts["save_path"],

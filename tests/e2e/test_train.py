@@ -495,3 +495,55 @@ def test_layer_path_prefix_and_missing_params_file_on_resume(setup):
     assert r.returncode == 0, r.stderr
     assert "is gone; continuing with the copy saved in the checkpoint" in r.stderr
     _expect(cli("-f", str(tmp / "save"), "--gpu", "0", "--device", "cpu"), 2, "selects GPUs but --device is cpu")
+
+
+# ---- where checkpoints go: one history per save folder ---------------------------------------
+def test_resuming_a_copied_run_saves_into_the_copy(setup):
+    tmp, data, layers, _ = setup
+    train(opts(tmp, data, layers, epochs=1, save_path=str(tmp / "orig")))
+    before = sorted(os.listdir(tmp / "orig"))
+    import shutil
+
+    shutil.copytree(tmp / "orig", tmp / "copy")
+    _, out = train({"epochs": 2}, load_file=str(tmp / "copy"))
+    assert sorted(os.listdir(tmp / "orig")) == before  # the original run is untouched
+    assert ck.list_checkpoints(str(tmp / "copy"))[-1].endswith("2.4")
+    assert f"Saving checkpoints to {tmp / 'copy'}" in out
+    shutil.rmtree(tmp / "orig")  # a moved run too: nothing re-creates the old folder
+    train({"epochs": 3}, load_file=str(tmp / "copy"))
+    assert not (tmp / "orig").exists() and ck.list_checkpoints(str(tmp / "copy"))[-1].endswith("3.4")
+
+
+def test_a_save_folder_holds_one_history(setup):
+    tmp, data, layers, _ = setup
+    run = tmp / "run"
+    train(opts(tmp, data, layers, epochs=2, save_path=str(run)))
+    held = sorted(os.listdir(run))
+    # a new run into it
+    with pytest.raises(InputError, match="already holds the checkpoints of another run") as e:
+        train(opts(tmp, data, layers, epochs=1, seed=9, save_path=str(run)))
+    assert f"-f {run}" in str(e.value)
+    # another run continued into it
+    train(opts(tmp, data, layers, epochs=1, save_path=str(tmp / "other")))
+    with pytest.raises(InputError, match="already holds the checkpoints of another run"):
+        train({"epochs": 2, "save_path": str(run)}, load_file=str(tmp / "other"))
+    # an older checkpoint of its own, resumed in place
+    with pytest.raises(InputError, match="is not the newest checkpoint") as e:
+        train({"epochs": 3}, load_file=str(run / "1.2"))
+    assert "--save-path NEW_FOLDER" in str(e.value)
+    assert sorted(os.listdir(run)) == held  # nothing written or deleted
+    # branching from it into a new folder works, and resuming the newest in place too
+    train({"epochs": 2, "save_path": str(tmp / "branch")}, load_file=str(run / "1.2"))
+    assert ck.list_checkpoints(str(tmp / "branch"))[-1].endswith("2.4")
+    train({"epochs": 3}, load_file=str(run))
+    assert ck.list_checkpoints(str(run))[-1].endswith("3.4")
+
+
+def test_save_folder_refusal_is_exit_2_without_traceback(setup):
+    tmp, data, layers, _ = setup
+    train(opts(tmp, data, layers, epochs=1, save_path=str(tmp / "run")))
+    args = ["--data-path", data, "--data-provider", "fakedata:open_provider", "--train-range", "1-4", "--test-range",
+            "5", "--layers", layers, "--epochs", "1", "--save-path", str(tmp / "run")]
+    r = cli(*args)
+    assert r.returncode == 2 and "already holds the checkpoints of another run" in r.stderr
+    assert "Traceback" not in r.stderr
