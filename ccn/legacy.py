@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import checkpoint as ck
+from .batchrange import format_range, parse_range
 from .data import safepickle
 from .errors import InputError
 
@@ -279,16 +280,8 @@ def data_dims(orig: Original) -> dict[int, tuple[int, int, int]]:
 
 # ---- options, position, history ----------------------------------------------------------------
 def _range_text(v) -> str | None:
-    if isinstance(v, (list, tuple)) and v and all(isinstance(x, (int, np.integer)) for x in v):
-        nums, parts, i = [int(x) for x in v], [], 0
-        while i < len(nums):
-            j = i
-            while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
-                j += 1
-            parts.append(str(nums[i]) if i == j else f"{nums[i]}-{nums[j]}")
-            i = j + 1
-        return ",".join(parts)
-    return None
+    ok = isinstance(v, (list, tuple)) and v and all(isinstance(x, (int, np.integer)) for x in v)
+    return format_range(v) if ok else None
 
 
 def options_of(orig: Original, dims: dict) -> dict:
@@ -439,8 +432,6 @@ def convert(orig: Original, layers: str | None = None, params: str | None = None
         opts["data_path"] = os.path.abspath(data_path)
     opts["layers"], opts["params"] = lpath, ppath
     opts["seed"] = int(seed) if seed is not None else secrets.randbelow(2**31)
-    from .cli.train import parse_range
-
     train = parse_range(opts["train_range"], "train range") if opts["train_range"] else [orig.batchnum]
     test = parse_range(opts["test_range"], "test range") if opts["test_range"] else []
     pos, where = _position(orig, train)

@@ -49,7 +49,7 @@ def load_model(path: str):
 def test_options(ckpt, **overrides) -> tuple[dict, list[int]]:
     """The checkpoint's options with the command line's overrides (those not None), and the
     test batches they name (an InputError when there are none)."""
-    from .cli.train import parse_range
+    from .batchrange import parse_range
 
     opts = dict(ckpt.options)
     if overrides.get("data_path"):

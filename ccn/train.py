@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import checkpoint as ck
+from .batchrange import format_range
 from .errors import CcnRuntimeError, InputError
 from .testing import run_test
 
@@ -77,6 +78,7 @@ class TrainState:
     partial: dict | None = None          # sums of an interrupted batch: costs, cases, seconds
     train_outputs: list = field(default_factory=list)
     test_outputs: list = field(default_factory=list)
+    train_range: list | None = None      # the train batches of the run it was saved by (resuming)
 
     def to_json(self, train_batches, provider_seed) -> dict:
         return {"epoch": self.epoch, "index": self.index, "mb": self.mb, "batches_done": self.batches_done,
@@ -90,7 +92,8 @@ class TrainState:
         return cls(epoch=int(p["epoch"]), index=int(p["index"]), mb=int(p["mb"]),
                    batches_done=int(p["batches_done"]), test_index=int(p.get("test_index", 0)),
                    last=tuple(p["last"]) if p.get("last") else None, partial=p.get("partial"),
-                   train_outputs=list(h.get("train", [])), test_outputs=list(h.get("test", [])))
+                   train_outputs=list(h.get("train", [])), test_outputs=list(h.get("test", [])),
+                   train_range=[int(b) for b in p["train_range"]] if p.get("train_range") else None)
 
 
 @dataclass
@@ -211,7 +214,11 @@ class Trainer:
         if not self.train_batches:
             raise InputError("the train range holds no data batches.")
         self.state = state or TrainState()
-        if self.state.index >= len(self.train_batches):  # resumed with a shorter train range
+        self.range_note: str | None = None  # what resuming on another train range did (printed by ccn train)
+        old = self.state.train_range
+        if old is not None and list(old) != self.train_batches:
+            self._rebase(list(old))
+        elif self.state.index >= len(self.train_batches):  # (no saved range) resumed with a shorter one
             self.state.epoch += 1
             self.state.index, self.state.mb, self.state.partial = 0, 0, None
         self.out = out
@@ -228,6 +235,32 @@ class Trainer:
         self.share: tuple[int, int] | None = None
         # on a GPU: overlap the copy of minibatch k+1 with step k (prefetch + train_step(None))
         self.overlap_copy = str(getattr(net, "device", "cpu")) != "cpu"
+
+    def _rebase(self, old: list[int]) -> None:
+        """Resumed on another train range: go on with the batch that was to come next if the new
+        range holds it, else after the last batch trained (as cuda-convnet2 went on after the saved
+        batch), and count the batches done as cuda-convnet2 did (``get_num_batches_done``:
+        len(range) * (epoch - 1) + position), so the learning-rate schedules' progress and the
+        test frequency follow the new range instead of jumping (a shorter range showed 100%)."""
+        st, new = self.state, self.train_batches
+        pending = old[st.index] if st.index < len(old) else None  # the batch that was to come next
+        if pending in new:  # it still comes next (an interrupted one is finished), where it now stands
+            epoch, index = st.epoch, new.index(pending)
+        else:
+            st.mb, st.partial = 0, None
+            last = st.last[1] if st.last else None
+            if last in new:
+                epoch, index = st.last[0], new.index(last) + 1
+            else:  # start the new range, in this epoch if the old one had not begun it
+                epoch, index = (st.epoch, 0) if st.index == 0 else (st.epoch + 1, 0)
+            if index >= len(new):
+                epoch, index = epoch + 1, 0
+        before = st.batches_done
+        st.epoch, st.index = epoch, index
+        st.batches_done = len(new) * (epoch - 1) + index
+        self.range_note = (f"the train range changed since the checkpoint ({format_range(old)} -> {format_range(new)}): going on "
+                           f"with batch {new[index]} of epoch {epoch}; batches done counted in the new range: "
+                           f"{st.batches_done} (was {before}), for the learning-rate schedules and --test-freq")
 
     # -- data
     def _load(self, dp, batch: int, epoch: int, key) -> list:

@@ -201,6 +201,8 @@ def cost_curves(meta: dict, cost: str | None, cost_idx: int, names: dict[str, li
         raise InputError("the checkpoint holds no test results (no test ran before it was saved: test batches are "
                          "run every --test-freq batches). Train on until a test has run, or use a later checkpoint.")
     recorded = list(train[-1]["costs"])
+    if not recorded:
+        raise InputError("the checkpoint records no cost values: its net has no cost layer.")
     if cost is None:
         cost = recorded[0]
     if cost not in recorded:

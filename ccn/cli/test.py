@@ -64,7 +64,7 @@ def run_test_command(load_file, *, test_range=None, data_path=None, data_provide
                      threads=None, out=None, device=None, gpu=None) -> dict:
     """The command without Click; returns the summed costs, names and number of cases."""
     from .. import testing as T
-    from .train import _compact
+    from ..batchrange import format_range
     from ..train import _CostSum, format_costs, shown_names, shown_values
     from .. import viz
 
@@ -116,7 +116,7 @@ def run_test_command(load_file, *, test_range=None, data_path=None, data_provide
     names = T.cost_names(net)
     total = sum(int(dp.num_cases(b)) for b in batches)
     echo(f"ccn test: {ckpt.path}" + ("" if placement.device == "cpu" else f" on {dev.describe(placement)}"))
-    echo(f"  data {opts['data_path']}: test batches {_compact(batches)}, {total} cases"
+    echo(f"  data {opts['data_path']}: test batches {format_range(batches)}, {total} cases"
          f"{', 10 views each' if mv else ''}; minibatch {mini}")
 
     sums = _CostSum()

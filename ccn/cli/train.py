@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import click
 
-from ..errors import CcnRuntimeError, InputError
+from ..batchrange import format_range, parse_range  # noqa: F401 (parse_range: ccn.cli.train's API)
+from ..errors import CcnRuntimeError, ConfigError, InputError
 from .options import check_seed, check_threads
 
 DEFAULTS = {
@@ -36,7 +37,6 @@ DEFAULTS = {
 }
 PATH_OPTIONS = ("data_path", "save_path")
 KNOWN_PROVIDERS = ("default", "auto", "cifar", "image", "imagenet", "dummy-lr-n")
-MAX_BATCHES = 1_000_000  # batches in one --train-range / --test-range
 
 
 class Bool01(click.ParamType):
@@ -56,32 +56,6 @@ class Bool01(click.ParamType):
 
 
 BOOL01 = Bool01()
-
-
-def parse_range(text: str, option: str) -> list[int]:
-    """``1-5`` -> [1, 2, 3, 4, 5]; ``6`` -> [6]; comma lists of those are joined."""
-    out: list[int] = []
-    for part in str(text).split(","):
-        part = part.strip()
-        try:
-            if "-" in part[1:]:
-                a, b = part.split("-", 1)
-                a, b = int(a), int(b)
-                if b < a:
-                    raise ValueError
-                if b - a + 1 > MAX_BATCHES:
-                    raise InputError(f"{option}: '{part}' names {b - a + 1} batches; a range holds at most "
-                                     f"{MAX_BATCHES}.")
-                out.extend(range(a, b + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise InputError(f"{option}: expected a batch range like 1-5 or 6, got '{text}'.") from None
-    if any(b < 0 for b in out):
-        raise InputError(f"{option}: batch numbers cannot be negative ('{text}').")
-    if len(out) > MAX_BATCHES:
-        raise InputError(f"{option}: '{text}' names {len(out)} batches; a range holds at most {MAX_BATCHES}.")
-    return out
 
 
 @dataclass
@@ -326,7 +300,7 @@ def _run_train(given: dict, load_file, out, stop_after, world):
             bad = [b for b in rng if b not in avail]
             if bad:
                 raise InputError(f"{rng_name}: {opts['data_path']} has no data batch {bad[0]} (it has "
-                                 f"{_compact(avail)}).")
+                                 f"{format_range(avail)}).")
     popt_cls = getattr(mod, "ProviderOptions", _FallbackProviderOptions)
     scalar_mean = opts["scalar_mean"]
     common = dict(inner_size=int(opts["inner_size"]), color_noise=float(opts["color_noise"]),
@@ -372,6 +346,9 @@ def _run_train(given: dict, load_file, out, stop_after, world):
                   init=False)
         ck.restore_net(net, ckpt)
         opts["seed"] = int(ckpt.position.get("seed", opts["seed"]))
+    if not net.cost_layers():
+        raise ConfigError(f"{net.layers_path}: the net has no cost layer (cost.logreg, cost.sum2, ...), so there is "
+                          "nothing to train it on; add one that reads the net's output and the labels.")
     # ---- --conv-to-local / --unshare-weights rewrite the net once (ccn.netedit); as in the
     # original they are not kept in the saved options: the checkpoints hold the rewritten net.
     if opts["conv_to_local"] or opts["unshare_weights"]:
@@ -423,7 +400,7 @@ def _run_train(given: dict, load_file, out, stop_after, world):
     echo("=========================")
     echo(f"ccn {__version__}: training {net.layers_path}")
     echo(f"  params file {net.params_path}; {len(net.layers)} layers, {nparams} weights")
-    echo(f"  data {opts['data_path']}: train batches {_compact(train_range)}, test batches {_compact(test_range)}")
+    echo(f"  data {opts['data_path']}: train batches {format_range(train_range)}, test batches {format_range(test_range)}")
     echo(f"  {cfg.epochs} epochs, minibatch {cfg.mini}, test every {cfg.test_freq} batches; seed {opts['seed']}")
     echo(f"  device {dev.describe(placement)}" + (
         "; the next minibatch is copied to the GPU while the current one computes" if placement.device == "cuda"
@@ -439,6 +416,8 @@ def _run_train(given: dict, load_file, out, stop_after, world):
                 if world.launcher is not None else ""))
     if ckpt is not None:
         echo(f"  resuming from {ckpt.path}")
+        if getattr(trainer, "range_note", None):
+            echo(f"  {trainer.range_note}")
         if saved_device and saved_device != placement.device:
             echo(f"  the checkpoint was trained with --device {saved_device}; this run is on {placement.label} "
                  f"(give --device {saved_device} to continue there)")
@@ -468,10 +447,3 @@ def _with_prefix(path: str | None, prefix: str | None) -> str | None:
     if path is None or not prefix or os.path.isabs(path):
         return path
     return os.path.join(prefix, path)
-
-
-def _compact(nums) -> str:
-    nums = list(nums)
-    if nums and nums == list(range(nums[0], nums[0] + len(nums))):
-        return f"{nums[0]}-{nums[-1]}" if len(nums) > 1 else str(nums[0])
-    return ",".join(str(n) for n in nums)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..batchrange import format_range
 from ..errors import InputError
 from . import augment as aug
 from . import batchfmt as bf
@@ -51,21 +52,6 @@ def open_provider(data_path: str, batch_range: list[int], *, train: bool, option
     return Provider(data_path, batch_range, train=train, options=options)
 
 
-def _ranges(nums) -> str:
-    nums = sorted(nums)
-    if not nums:
-        return "none"
-    out, start, prev = [], nums[0], nums[0]
-    for x in nums[1:] + [None]:
-        if x is not None and x == prev + 1:
-            prev = x
-            continue
-        out.append(f"{start}" if start == prev else f"{start}-{prev}")
-        if x is not None:
-            start = prev = x
-    return ", ".join(out)
-
-
 class Provider:
     def __init__(self, data_path: str, batch_range, *, train: bool, options: ProviderOptions):
         self.path = data_path
@@ -75,12 +61,12 @@ class Provider:
         avail = available_batches(data_path)
         batch_range = [int(b) for b in batch_range]
         if not batch_range:
-            raise InputError(f"no batches asked for from {data_path} (it has batches {_ranges(avail)}).")
+            raise InputError(f"no batches asked for from {data_path} (it has batches {format_range(avail)}).")
         missing = [b for b in batch_range if b not in avail]
         if missing:
-            raise InputError(f"{data_path} has no batch {_ranges(missing)}; it has batches {_ranges(avail)} "
-                             f"(training {_ranges(self.meta.get('train_batches', []))}, test "
-                             f"{_ranges(self.meta.get('test_batches', []))}).")
+            raise InputError(f"{data_path} has no batch {format_range(missing)}; it has batches {format_range(avail)} "
+                             f"(training {format_range(sorted(self.meta.get('train_batches', [])))}, test "
+                             f"{format_range(sorted(self.meta.get('test_batches', [])))}).")
         self.batch_nums = list(batch_range)
         self.label_names = list(self.meta["label_names"])
         self.num_classes = int(self.meta["num_classes"])
@@ -229,7 +215,7 @@ class Provider:
             f = self._files.get(b)
             if f is None:
                 if b not in self.batch_nums:
-                    raise InputError(f"batch {b} is not in this provider's range ({_ranges(self.batch_nums)}).")
+                    raise InputError(f"batch {b} is not in this provider's range ({format_range(self.batch_nums)}).")
                 f = bf.BatchFile(os.path.join(self.path, bf.batch_name(b)))
                 want = self.meta.get("batch_counts", {}).get(str(b))
                 if want is not None and int(want) != f.count:

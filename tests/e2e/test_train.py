@@ -15,8 +15,8 @@ import pytest
 
 import fakedata
 from ccn import checkpoint as ck
-from ccn.cli.train import parse_range
-from ccn.errors import CcnRuntimeError, InputError
+from ccn.batchrange import format_range, parse_range
+from ccn.errors import CcnRuntimeError, ConfigError, InputError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -119,9 +119,13 @@ def test_test_one_cycles_and_test_all(setup):
 def test_ranges():
     assert parse_range("1-5", "--train-range") == [1, 2, 3, 4, 5]
     assert parse_range("6", "--test-range") == [6]
-    for bad in ("", "a", "5-3", "1-x"):
+    for bad in ("", "a", "1-x"):
         with pytest.raises(InputError, match="batch range"):
             parse_range(bad, "--train-range")
+    with pytest.raises(InputError, match="'5-3' counts down; write 3-5"):
+        parse_range("5-3", "--train-range")
+    assert format_range([1, 2, 3, 7, 9, 10]) == "1-3,7,9-10" and format_range([]) == "none"
+    assert parse_range(format_range([4, 5, 6, 1]), "x") == [4, 5, 6, 1]
 
 
 # ---- resume --------------------------------------------------------------------------------
@@ -547,3 +551,34 @@ def test_save_folder_refusal_is_exit_2_without_traceback(setup):
     r = cli(*args)
     assert r.returncode == 2 and "already holds the checkpoints of another run" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_resuming_on_another_train_range_counts_in_the_new_one(setup):
+    tmp, data, layers, _ = setup
+    train(opts(tmp, data, layers, epochs=3, test_freq=2), stop_after=6)  # epochs 1 and 2.1-2.2 of 1-4
+    # on 1-2 batch 2 of epoch 2 was the last of the range: epoch 3 next, 4 of 6 batches done (not
+    # 6 of 6, which showed 100% and put the learning-rate schedules at their end)
+    _, out = train({"train_range": "1-2"}, load_file=str(tmp / "save"))
+    assert "the train range changed since the checkpoint (1-4 -> 1-2)" in out
+    assert "going on with batch 1 of epoch 3" in out and "4 (was 6)" in out
+    lines = [LINE.match(ln) for ln in out.splitlines() if LINE.match(ln)]
+    assert [(m.group(1), m.group(2), m.group(3)) for m in lines] == [("3", "1", "66.67"), ("3", "2", "83.33")]
+    # the batch that was to come next still comes next where the new range holds it
+    train(opts(tmp, data, layers, epochs=2, test_freq=2, save_path=str(tmp / "b")), stop_after=2)
+    st = ck.load(str(tmp / "b")).position
+    assert (st["epoch"], st["index"]) == (1, 2)  # batch 3 next
+    _, out = train({"train_range": "3-4"}, load_file=str(tmp / "b"))
+    lines = [LINE.match(ln) for ln in out.splitlines() if LINE.match(ln)]
+    assert [(m.group(1), m.group(2)) for m in lines][:2] == [("1", "3"), ("1", "4")]
+
+
+def test_a_net_without_a_cost_layer_is_refused(setup):
+    tmp, data, layers, _ = setup
+    text = open(layers).read()
+    nocost = tmp / "net" / "layers-nocost.cfg"
+    nocost.write_text(text[:text.index("[logprob]")])
+    (tmp / "net" / "layers-nocost-params.cfg").write_text(open(layers.replace("layers-fake", "layer-params-fake")).read()
+                                                         .split("[logprob]")[0])
+    with pytest.raises(ConfigError, match="has no cost layer"):
+        train(opts(tmp, data, str(nocost), params=str(tmp / "net" / "layers-nocost-params.cfg")))
+    assert not (tmp / "save").exists() or not ck.list_checkpoints(str(tmp / "save"))
