@@ -36,7 +36,17 @@ DEFAULTS = {
     "device": "cpu", "gpu": None,
 }
 PATH_OPTIONS = ("data_path", "save_path")
-KNOWN_PROVIDERS = ("default", "auto", "cifar", "image", "imagenet", "dummy-lr-n")
+KNOWN_PROVIDERS = ("default", "auto", "cifar", "cifar-cropped", "image", "imagenet", "dummy-lr-n")
+# cuda-convnet options that became commands of their own (or mean nothing here): what to say
+REDIRECTED = {
+    "test_only": "testing a checkpoint is its own command in ccn: ccn test -f CHECKPOINT (it takes --test-range, "
+                 "--multiview-test, --test-out, --write-features)",
+    "check_grads": "gradient checks are their own command in ccn: ccn check-grads --layers FILE",
+    "logreg_name": "it names the cost layer for multiview testing and predictions, which ccn test does "
+                   "(ccn test -f CHECKPOINT --logreg-name NAME); ccn train reports every cost layer",
+}
+IGNORED = {"zip_save": "checkpoints are .npz archives (float weights barely compress)", "conserve_mem": "ccn keeps no spare "
+           "copies to free (see the memory estimate ccn train prints on failure)"}
 
 
 class Bool01(click.ParamType):
@@ -132,7 +142,8 @@ def _given(ctx, name) -> bool:
 @click.option("--test-freq", type=int, help="Test and save a checkpoint every this many data batches. [57]")
 @click.option("--test-one", type=BOOL01, is_flag=False, flag_value="1",
               help="1: test on one test batch in turn; 0: on all of them. [1]")
-@click.option("--save-path", type=str, help="Folder for the checkpoints (one sub-folder per checkpoint).")
+@click.option("--save-path", "--save-file", "save_path", type=str,
+              help="Folder for the checkpoints (one sub-folder per checkpoint).")
 @click.option("--max-filesize", type=float,
               help="Keep only as many checkpoints as fit in this many MiB (the newest always stays). [5000]")
 @click.option("-f", "--load-file", type=str,
@@ -143,6 +154,14 @@ def _given(ctx, name) -> bool:
               help="Give these layers (comma list of L or L[i]) their own copy of the weights they take through "
               "weightSource.")
 @click.option("--inner-size", type=int, help="Random crops of this size when training, centre crop when testing. [0]")
+@click.option("--crop-border", type=int,
+              help="cuda-convnet's cropped CIFAR provider: crops this many pixels in from each side, i.e. "
+              "--inner-size = image size - 2 x this. [4 with --data-provider cifar-cropped]")
+@click.option("--test-only", type=BOOL01, hidden=True)
+@click.option("--check-grads", type=BOOL01, hidden=True)
+@click.option("--logreg-name", type=str, hidden=True)
+@click.option("--zip-save", type=BOOL01, hidden=True)
+@click.option("--conserve-mem", type=BOOL01, hidden=True)
 @click.option("--color-noise", type=float, help="Standard deviation of PCA colour noise (AlexNet §4.1). [0]")
 @click.option("--scalar-mean", type=float, help="Subtract this scalar instead of the mean image (-1 = off). [-1]")
 @click.option("--multiview-test", type=BOOL01, is_flag=False, flag_value="1",
@@ -171,6 +190,14 @@ def train(ctx, **kw):
     edited learning rates take effect. Ctrl-C finishes the minibatch, saves and stops.
     """
     load_file = kw.pop("load_file")
+    for k, why in REDIRECTED.items():
+        v = kw.pop(k)
+        if v:  # (--test-only 0 and the like are what ccn train does anyway)
+            raise InputError(f"--{k.replace('_', '-')}: {why}.")
+    for k, why in IGNORED.items():
+        if kw.pop(k) is not None:
+            click.echo(f"note: --{k.replace('_', '-')} is accepted for cuda-convnet's command lines and has no effect: "
+                       f"{why}.", err=True)
     given = {k: v for k, v in kw.items() if _given(ctx, k)}
     run_train(given, load_file, command=True)
 
@@ -187,6 +214,30 @@ def run_train(given: dict, load_file: str | None = None, out=None, stop_after: i
 
     return run_guarded(init_world(may_reexec=command),
                        lambda world: _run_train(given, load_file, out, stop_after, world))
+
+
+def _crop_border(opts: dict, given: dict, resuming: bool) -> str | None:
+    """cuda-convnet's cropped CIFAR provider (``--data-provider cifar-cropped [--crop-border B]``,
+    B = 4 by default) as ``--inner-size`` = image size - 2B; the note to print, if any."""
+    crop = opts.pop("crop_border", None)
+    cropped = str(opts.get("data_provider") or "").lower() == "cifar-cropped"
+    if crop is None and cropped and not resuming and "inner_size" not in given:
+        crop = 4
+    if crop is None:
+        return None
+    if "inner_size" in given:
+        raise InputError("give --crop-border or --inner-size, not both (--inner-size = image size - 2 x --crop-border).")
+    if ":" in str(opts.get("data_provider") or ""):
+        raise InputError("--crop-border works with ccn's own data batches; for your own provider give --inner-size.")
+    from ..data import batchfmt
+
+    size = min(int(x) for x in batchfmt.read_meta(opts["data_path"])["image_size"])
+    if crop < 0 or size - 2 * crop < 1:
+        raise InputError(f"--crop-border {crop}: the images of {opts['data_path']} are {size} pixels wide, so the border "
+                         f"must be between 0 and {(size - 1) // 2}.")
+    opts["inner_size"] = size - 2 * crop
+    return (f"--crop-border {crop}: {size - 2 * crop} x {size - 2 * crop} crops of the {size} x {size} images "
+            "(random when training, the centre when testing)")
 
 
 def _check_save_folder(folder: str, ckpt) -> None:
@@ -278,6 +329,7 @@ def _run_train(given: dict, load_file, out, stop_after, world):
         check_seed(opts["seed"])
     if not os.path.isdir(opts["data_path"]):
         raise InputError(f"{opts['data_path']}: the data path does not exist or is not a folder (--data-path).")
+    crop_note = _crop_border(opts, given, ckpt is not None)
     if opts["seed"] is None:
         opts["seed"] = secrets.randbelow(2**31)
     if world is not None:  # the same weights and data order on every rank
@@ -414,6 +466,8 @@ def _run_train(given: dict, load_file, out, stop_after, world):
              "rank loading only its part; gradients summed by one all-reduce per step"
              + (f" (ranks joined through RANK/WORLD_SIZE at {world.launcher.addr}:{world.launcher.port})"
                 if world.launcher is not None else ""))
+    if crop_note:
+        echo(f"  {crop_note}")
     if ckpt is not None:
         echo(f"  resuming from {ckpt.path}")
         if getattr(trainer, "range_note", None):

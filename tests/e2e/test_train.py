@@ -582,3 +582,28 @@ def test_a_net_without_a_cost_layer_is_refused(setup):
     with pytest.raises(ConfigError, match="has no cost layer"):
         train(opts(tmp, data, str(nocost), params=str(tmp / "net" / "layers-nocost-params.cfg")))
     assert not (tmp / "save").exists() or not ck.list_checkpoints(str(tmp / "save"))
+
+
+def test_cuda_convnet_command_lines(tmp_path):
+    """cuda-convnet's cropped CIFAR provider and the options that became commands of their own."""
+    data = tmp_path / "data"
+    r = subprocess.run([sys.executable, "-m", "ccn.cli.main", "prepare-data", "builtin", "--out", str(data),
+                        "--train-batches", "2", "--test-batches", "1", "--batch-size", "40"], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    base = ["--layers", os.path.join(ROOT, "layer-defs", "quickstart.ini"), "--data-path", str(data), "--train-range",
+            "1-2", "--test-range", "3", "--epochs", "1", "--test-freq", "2", "--seed", "1"]
+    r = cli(*base, "--data-provider=cifar-cropped", "--save-path", str(tmp_path / "a"), "--zip-save", "1")
+    assert r.returncode == 0, r.stderr
+    assert "--crop-border 4: 24 x 24 crops of the 32 x 32 images" in r.stdout
+    assert "--zip-save is accepted" in r.stderr
+    assert ck.load(str(tmp_path / "a")).options["inner_size"] == 24
+    r = cli(*base, "--crop-border", "2", "--save-path", str(tmp_path / "b"))
+    assert r.returncode == 0 and ck.load(str(tmp_path / "b")).options["inner_size"] == 28
+    for bad, said in ((["--crop-border", "16"], "between 0 and 15"), (["--crop-border", "2", "--inner-size", "20"],
+                                                                     "not both"),
+                      (["--test-only", "1"], "ccn test -f CHECKPOINT"), (["--check-grads", "1"], "ccn check-grads"),
+                      (["--logreg-name", "logprob"], "ccn test -f CHECKPOINT --logreg-name")):
+        r = cli(*base, *bad, "--save-path", str(tmp_path / "c"))
+        assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
+    assert not (tmp_path / "c").exists() or not ck.list_checkpoints(str(tmp_path / "c"))
