@@ -21,7 +21,7 @@ What it does, as cuda-convnet did:
   ``net.prefetch`` and ``train_step(None, ...)``: minibatch k+1 is handed to ``prefetch`` as
   soon as step k is enqueued, so its copy (host -> pinned -> device, on the net's copy
   stream) overlaps step k's backward pass and update on the GPU;
-* SIGINT (Ctrl-C) finishes the current minibatch, saves a checkpoint of that exact
+* SIGINT (Ctrl-C), or SIGTERM, finishes the current minibatch, saves a checkpoint of that exact
   position and stops; a second Ctrl-C aborts at once;
 * a non-finite cost stops training with :class:`ccn.errors.CcnRuntimeError` naming the first
   layer whose output went non-finite; nothing is saved, so the last checkpoint is the last
@@ -319,6 +319,11 @@ class Trainer:
         return epoch, index
 
     # -- signals
+    def _on_signal(self, signum, frame):
+        # SIGTERM (what batch schedulers send before killing a job) stops as Ctrl-C does
+        self.stop_signal = signum
+        self._on_sigint(signum, frame)
+
     def _on_sigint(self, signum, frame):
         if self._stop:
             raise KeyboardInterrupt
@@ -333,9 +338,11 @@ class Trainer:
         nb = len(self.train_batches)
         total = cfg.epochs * nb
         self._display = _Display(total, min(st.batches_done, total), cfg.epochs, cfg.progress_bar, self.out)
-        old_handler = None
+        old_handlers = {}
+        self.stop_signal = None
         if threading.current_thread() is threading.main_thread():
-            old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old_handlers[sig] = signal.signal(sig, self._on_signal)
         self.start_s = time.perf_counter()
         self.wait_s = 0.0
         cases_done = 0
@@ -421,8 +428,8 @@ class Trainer:
             return TrainResult(st, self.last_checkpoint, interrupted)
         finally:
             self._display.close()
-            if old_handler is not None:
-                signal.signal(signal.SIGINT, old_handler)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
             for fut in self._pending.values():
                 fut.cancel()
             self._pending.clear()

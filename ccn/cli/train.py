@@ -482,6 +482,10 @@ def _run_train(given: dict, load_file, out, stop_after, world):
                  "and the state are the same), equal up to float rounding rather than bitwise")
     echo(f"Saving checkpoints to {cfg.save_path}")
     echo("=========================")
+    done_before = trainer.state.batches_done
+    if trainer.state.epoch > cfg.epochs:
+        echo(f"Nothing to train: the run is past epoch {cfg.epochs} already (next: epoch {trainer.state.epoch}); "
+             "give a larger --epochs to train on.")
     try:
         result = trainer.run(stop_after=stop_after)
     finally:
@@ -489,11 +493,19 @@ def _run_train(given: dict, load_file, out, stop_after, world):
             close = getattr(dp, "close", None)
             if callable(close):
                 close()
+    trained = result.state.batches_done - done_before
+    if not result.interrupted and result.checkpoint is None and trained > 0:
+        echo(f"No checkpoint was written: checkpoints are saved with the tests, every --test-freq {cfg.test_freq} "
+             f"data batches, and this run trained {trained}; --force-save 1 also saves one at the end.")
     if result.interrupted:
+        import signal
+
         where = result.checkpoint or "(nothing saved)"
-        echo(f"Stopped by Ctrl-C. Resume with: ccn train -f {cfg.save_path}  (checkpoint {where})")
+        term = getattr(trainer, "stop_signal", None) == signal.SIGTERM
+        echo(f"Stopped by {'SIGTERM' if term else 'Ctrl-C'}. Resume with: ccn train -f {cfg.save_path}  "
+             f"(checkpoint {where})")
         if cli_mode:
-            sys.exit(130)
+            sys.exit(143 if term else 130)
     return result
 
 

@@ -432,7 +432,9 @@ def test_divergence_exits_1_naming_the_layer(tmp_path):
         assert all(np.isfinite(a).all() for a in c.arrays.values())
 
 
-def test_real_sigint_saves_and_resume_is_bitwise(tmp_path):
+@pytest.mark.parametrize("sig,code,said", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_real_signal_saves_and_resume_is_bitwise(tmp_path, sig, code, said):
+    # Ctrl-C, and SIGTERM as batch schedulers send it before killing a job
     data = fakedata.make_dataset(tmp_path / "data", delay=0.03)
     layers, _ = fakedata.write_net(tmp_path / "net")
     base = opts(tmp_path, data, layers, epochs=4, test_freq=1, force_save=True)
@@ -447,10 +449,10 @@ def test_real_sigint_saves_and_resume_is_bitwise(tmp_path):
     while time.time() < t_end and not ck.list_checkpoints(tmp_path / "b") and p.poll() is None:
         time.sleep(0.01)
     time.sleep(random.uniform(0.0, 0.2))
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     out, err = p.communicate(timeout=60)
-    assert p.returncode == 130, (out, err)
-    assert "Stopped by Ctrl-C" in out and "Traceback" not in err
+    assert p.returncode == code, (out, err)
+    assert f"Stopped by {said}" in out and "Traceback" not in err
     c = ck.load(str(tmp_path / "b"))
     assert c.position["batches_done"] < 16
     train({}, load_file=str(tmp_path / "b"))
@@ -607,3 +609,13 @@ def test_cuda_convnet_command_lines(tmp_path):
         r = cli(*base, *bad, "--save-path", str(tmp_path / "c"))
         assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
     assert not (tmp_path / "c").exists() or not ck.list_checkpoints(str(tmp_path / "c"))
+
+
+def test_runs_that_save_nothing_say_why(setup):
+    tmp, data, layers, _ = setup
+    _, out = train(opts(tmp, data, layers, epochs=1, test_freq=57))
+    assert "No checkpoint was written: checkpoints are saved with the tests, every --test-freq 57 data batches, and " \
+           "this run trained 4" in out
+    train(opts(tmp, data, layers, epochs=2, test_freq=2, save_path=str(tmp / "b")))
+    _, out = train({"epochs": 1}, load_file=str(tmp / "b"))
+    assert "Nothing to train: the run is past epoch 1 already (next: epoch 3)" in out
