@@ -119,6 +119,31 @@ def check_data_dims(expected: dict, dp, data_path: str, what: str, options: str 
                              f"was trained on {fmt(shape)}; give the {options} it was trained with.")
 
 
+def check_classes(net, dp, data_path: str) -> list[str]:
+    """The data's classes against each cost.logreg's outputs: more classes than outputs is an
+    InputError (a label would have no output); fewer gives a warning line (outputs no label
+    ever names), returned for the caller to print."""
+    have = getattr(dp, "num_classes", None)
+    if not isinstance(have, int) or have < 1:
+        return []
+    warn = []
+    for l in net.layers:
+        if l.type != "cost.logreg" or len(l.inputs) != 2:
+            continue
+        labels, probs = (net.layer(n) for n in l.inputs)
+        if labels.type != "data" or labels.data_idx != 1:  # the providers' labels are dataIdx 1
+            continue
+        k = probs.outputs
+        if have > k:
+            raise InputError(f"{data_path} has {have} classes (labels 0..{have - 1}) but cost layer '{l.name}' gets "
+                             f"{k} probabilities from '{probs.name}' (classes 0..{k - 1}): give the layer that makes "
+                             f"them outputs={have}, or use data with {k} classes.")
+        if have < k:
+            warn.append(f"warning: {data_path} has {have} classes but cost layer '{l.name}' gets {k} probabilities "
+                        f"from '{probs.name}': outputs {have}..{k - 1} never get a label.")
+    return warn
+
+
 def open_test_provider(opts: dict, batches: list[int], multiview: bool, net=None):
     """The test data provider for ``batches``, opened the way ``ccn train`` opened it (and,
     given ``net``, checked to deliver the data sizes the net was built for)."""

@@ -424,6 +424,9 @@ def _run_train(given: dict, load_file, out, stop_after, world):
     from ..train import Trainer, TrainConfig, TrainState
 
     check_memory(net, int(opts["mini"]), "--mini")  # host memory, or the GPU's free memory
+    from ..testing import check_classes
+
+    class_warnings = check_classes(net, train_dp, opts["data_path"])
 
     state = TrainState.from_checkpoint(ckpt) if ckpt is not None else TrainState()
     if ckpt is not None and state.mb > 0 and int(ckpt.options.get("mini", opts["mini"])) != int(opts["mini"]):
@@ -466,6 +469,8 @@ def _run_train(given: dict, load_file, out, stop_after, world):
              "rank loading only its part; gradients summed by one all-reduce per step"
              + (f" (ranks joined through RANK/WORLD_SIZE at {world.launcher.addr}:{world.launcher.port})"
                 if world.launcher is not None else ""))
+    for line in class_warnings:
+        echo(line)
     if crop_note:
         echo(f"  {crop_note}")
     if ckpt is not None:

@@ -619,3 +619,23 @@ def test_runs_that_save_nothing_say_why(setup):
     train(opts(tmp, data, layers, epochs=2, test_freq=2, save_path=str(tmp / "b")))
     _, out = train({"epochs": 1}, load_file=str(tmp / "b"))
     assert "Nothing to train: the run is past epoch 1 already (next: epoch 3)" in out
+
+
+@pytest.mark.parametrize("outputs", [3, 12])
+def test_classes_of_the_data_against_the_nets_outputs(tmp_path, outputs):
+    data = tmp_path / "data"
+    r = subprocess.run([sys.executable, "-m", "ccn.cli.main", "prepare-data", "builtin", "--out", str(data),
+                        "--train-batches", "1", "--test-batches", "1", "--batch-size", "30"], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    src = os.path.join(ROOT, "layer-defs", "quickstart")
+    (tmp_path / "net.ini").write_text(open(src + ".ini").read().replace("outputs=10", f"outputs={outputs}"))
+    (tmp_path / "net-params.ini").write_text(open(src + "-params.ini").read())
+    r = cli("--layers", str(tmp_path / "net.ini"), "--data-path", str(data), "--train-range", "1", "--test-range", "2",
+            "--epochs", "1", "--test-freq", "1", "--save-path", str(tmp_path / "run"))
+    if outputs == 3:  # labels 3..9 would have no output: refused before training
+        assert r.returncode == 2 and "has 10 classes (labels 0..9)" in r.stderr and "outputs=10" in r.stderr
+        assert not (tmp_path / "run").exists() or not ck.list_checkpoints(str(tmp_path / "run"))
+    else:
+        assert r.returncode == 0, r.stderr
+        assert "outputs 10..11 never get a label" in r.stdout
