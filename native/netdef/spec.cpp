@@ -107,7 +107,9 @@ int LayerSpec::parse_int(const std::string& key, Src src, const std::string& v) 
   errno = 0;
   char* end = nullptr;
   long x = std::strtol(v.c_str(), &end, 10);
-  if (v.empty() || *end != 0 || errno || x > 1000000000L || x < -1000000000L) bad(key, src, v, "an integer");
+  if (v.empty() || *end != 0) bad(key, src, v, "an integer");
+  if (errno || x > 1000000000L || x < -1000000000L)
+    bad(key, src, v, "an integer between -1000000000 and 1000000000", "That one is out of range.");
   return (int)x;
 }
 

@@ -55,6 +55,9 @@ CASES = [
     # values: the value found and the form expected
     (D + "[fc]\ntype=fc\ninputs=data\noutputs=3.5\n", None,
      r"^net\.cfg:7: in section \[fc\], key 'outputs': expected an integer, found '3\.5'\.$"),
+    (D + "[fc]\ntype=fc\ninputs=data\noutputs=2000000000\n", None,
+     r"key 'outputs': expected an integer between -1000000000 and 1000000000, found '2000000000'\. "
+     r"That one is out of range\.$"),
     (D + FC + "initW=abc\n", None, r"^net\.cfg:8: in section \[fc\], key 'initW': expected a number, found 'abc'\.$"),
     (D + FC + "initW=0.1,0.2\n", None,
      r"key 'initW': expected 1 comma-separated value \(one per input\), found '0\.1,0\.2'"),
