@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import tempfile
 
 import numpy as np
 
@@ -30,12 +31,13 @@ MAX_FILTERS = 256
 
 
 # ---- output files ----------------------------------------------------------------------------
-def check_output(path: str, what: str = "picture") -> str:
-    """Make sure ``path`` can be written (its folder exists and is writable); return it."""
+def check_output(path: str, what: str = "picture", option: str = "-o") -> str:
+    """Make sure ``path`` can be written (its folder exists and takes a file: probed, since
+    permissions do not tell on a read-only file system or for root); return it."""
     path = os.path.expanduser(path)
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
-        raise InputError(f"{path}: is a folder; give a file name for the {what} (-o FILE).")
+        raise InputError(f"{path}: is a folder; give a file name for the {what} ({option} FILE).")
     parent = folder
     while parent and not os.path.exists(parent) and os.path.dirname(parent) != parent:
         parent = os.path.dirname(parent)
@@ -43,8 +45,13 @@ def check_output(path: str, what: str = "picture") -> str:
         raise InputError(f"{path}: cannot write the {what} there: {parent} is a file, not a folder.")
     if not os.path.isdir(folder):
         raise InputError(f"{path}: cannot write the {what} there: the folder {folder} does not exist.")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"{path}: cannot write the {what} there: the folder {folder} is not writable.")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ccn-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"{path}: cannot write the {what} there: the folder {folder} is not writable "
+                         f"({e.strerror or e}).") from None
     return path
 
 

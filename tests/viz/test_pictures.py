@@ -172,7 +172,12 @@ def test_bad_input_exit_2(conv_run, tmp_path):
         (["show-cost", "-f", run, "-o", "/proc/x.png"], "cannot write"),
         (["show-preds", "-f", str(tmp_path / "none")], "no such checkpoint"),
         (["test", "-f", run, "--test-out", "p.txt"], "must end in .npz or .csv"),
+        # a folder that permissions call writable (for root) on a read-only file system: probed first
+        (["test", "-f", run, "--test-out", "/sys/p.csv"], "cannot write the predictions there"),
+        (["test", "-f", run, "--test-out", str(tmp_path / "d.csv")], "(--test-out FILE)"),
+        (["test", "-f", run, "--write-features", "fc10", "--feature-path", "/sys/feats"], "--feature-path /sys/feats"),
     ]
+    (tmp_path / "d.csv").mkdir()
     for args, msg in cases:
         r = cli(*args, cwd=tmp_path)
         assert r.returncode == 2, (args, r.stderr)
