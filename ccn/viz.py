@@ -38,6 +38,8 @@ def check_output(path: str, what: str = "picture", option: str = "-o") -> str:
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise InputError(f"{path}: is a folder; give a file name for the {what} ({option} FILE).")
+    if what == "picture" and os.path.splitext(path)[1].lower() != ".png":
+        raise InputError(f"{path}: the pictures are PNG files; give a name ending in .png ({option} FILE.png).")
     parent = folder
     while parent and not os.path.exists(parent) and os.path.dirname(parent) != parent:
         parent = os.path.dirname(parent)

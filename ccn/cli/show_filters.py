@@ -52,7 +52,10 @@ def write_filters(load_file, layer, output=None, *, no_rgb=False, channels=None,
     if start >= filters.shape[0]:
         raise InputError(f"--start {start}: layer '{layer}' has {filters.shape[0]} filters.")
     if output is None:
-        output = viz.check_output(f"filters-{layer}-{T.checkpoint_label(ckpt)}.png")
+        # the options that change the picture are in its name, so pictures of one layer do not overwrite each other
+        parts = [layer] + (["gray"] if no_rgb else []) + ([f"in{input_idx}"] if input_idx else []) + \
+            ([f"m{module}"] if module else []) + ([f"from{start}"] if start else [])
+        output = viz.check_output(f"filters-{'-'.join(parts)}-{T.checkpoint_label(ckpt)}.png")
     img, first, end = viz.filter_grid(filters, rgb=not no_rgb, start=start, scale=scale)
     viz.save_png(output, img)
     colour = "colour" if img.ndim == 3 else "grayscale"

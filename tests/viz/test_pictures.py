@@ -107,6 +107,9 @@ def test_default_names_and_the_line_saying_where(conv_run, tmp_path, monkeypatch
         "Wrote filters-conv1-2.1.png", "Wrote cost-logprob-0-2.1.png", "Wrote preds-2.1.png", "Wrote errors-2.1.png"]
     for n in os.listdir(tmp_path):
         assert png(n).ndim >= 2
+    # other views of the same filters get names of their own instead of overwriting the first
+    assert write_filters(conv_run["run"], "conv1", no_rgb=True, echo=quiet) == "filters-conv1-gray-2.1.png"
+    assert write_filters(conv_run["run"], "conv1", start=2, echo=quiet) == "filters-conv1-from2-2.1.png"
 
 
 # ---- show-cost ---------------------------------------------------------------------------------
@@ -170,6 +173,7 @@ def test_bad_input_exit_2(conv_run, tmp_path):
         (["show-filters", "-f", run, "--layer", "conv1", "-o", str(tmp_path / "no" / "f.png")], "does not exist"),
         (["show-filters", "-f", run, "--layer", "conv1", "-o", str(tmp_path)], "is a folder"),
         (["show-cost", "-f", run, "-o", "/proc/x.png"], "cannot write"),
+        (["show-cost", "-f", run, "-o", "x.jpg"], "the pictures are PNG files; give a name ending in .png"),
         (["show-preds", "-f", str(tmp_path / "none")], "no such checkpoint"),
         (["test", "-f", run, "--test-out", "p.txt"], "must end in .npz or .csv"),
         # a folder that permissions call writable (for root) on a read-only file system: probed first
