@@ -370,6 +370,7 @@ def _run_train(given: dict, load_file, out, stop_after, world):
                         f"the checkpoint {ckpt.path}", "--data-path (and --inner-size)")
 
     # ---- net
+    layers_note = None
     if ckpt is None:
         layers = opts["layers"]
         params = os.path.abspath(find_params_file(layers, opts["params"]))
@@ -379,6 +380,14 @@ def _run_train(given: dict, load_file, out, stop_after, world):
         from ..netfiles import read_text
 
         saved_layers = ckpt.net_meta.get("layers_path") or "layers.cfg"
+        if "layers" not in given and saved_layers and os.path.isfile(saved_layers):
+            try:
+                if read_text(saved_layers, "layer-definition file") != ckpt.layers_text:
+                    layers_note = (f"note: {saved_layers} has changed since the checkpoint was saved; training goes on "
+                                   "with the layer definition saved in the checkpoint (the architecture cannot change "
+                                   "on resume; start a new run for the edited net).")
+            except InputError:
+                pass
         if "layers" in given:
             text = read_text(opts["layers"], "layer-definition file")
             if text != ckpt.layers_text:
@@ -471,6 +480,12 @@ def _run_train(given: dict, load_file, out, stop_after, world):
                 if world.launcher is not None else ""))
     for line in class_warnings:
         echo(line)
+    both = [b for b in train_range if b in set(test_range)]
+    if both:
+        echo(f"warning: batch{'es' if len(both) > 1 else ''} {format_range(both)} {'are' if len(both) > 1 else 'is'} "
+             "in both --train-range and --test-range: the test error is measured on training data.")
+    if layers_note:
+        echo(layers_note)
     if crop_note:
         echo(f"  {crop_note}")
     if ckpt is not None:

@@ -639,3 +639,13 @@ def test_classes_of_the_data_against_the_nets_outputs(tmp_path, outputs):
     else:
         assert r.returncode == 0, r.stderr
         assert "outputs 10..11 never get a label" in r.stdout
+
+
+def test_notes_on_resume_and_overlapping_ranges(setup):
+    tmp, data, layers, _ = setup
+    _, out = train(opts(tmp, data, layers, epochs=1, train_range="1-4", test_range="4-5"))
+    assert "warning: batch 4 is in both --train-range and --test-range" in out
+    with open(layers, "a") as f:
+        f.write("\n# edited\n")
+    _, out = train({"epochs": 2}, load_file=str(tmp / "save"))
+    assert f"note: {layers} has changed since the checkpoint was saved" in out
