@@ -208,7 +208,16 @@ def prepare_mnist(src: str, out: str, *, batch_size: int = 10000, fashion: bool 
         if x.shape[1] != x.shape[2]:
             raise InputError(f"{ip} holds {x.shape[1]} x {x.shape[2]} images; ccn needs square images.")
         parts.append((x[:, None], y.astype(np.int64)))
+    if len(parts[0][1]) == 0:
+        raise InputError(f"{_find(src, 'train-images-idx3-ubyte')} holds no images: there would be nothing to train on.")
     k = int(max(parts[0][1].max(initial=0), parts[1][1].max(initial=0))) + 1
+    empty = np.setdiff1d(np.arange(k), parts[0][1])
+    if k > 10 and len(empty):  # (EMNIST-style sets have more classes, but each has images)
+        from ..batchrange import format_range
+
+        raise InputError(f"{_find(src, 'train-labels-idx1-ubyte')}: labels go up to {k - 1}, but classes "
+                         f"{format_range(empty.tolist())} have no training images: a damaged labels file? It would "
+                         f"make a {k}-class dataset.")
     names = FASHION_NAMES if fashion else [str(i) for i in range(max(10, k))]
     if k > len(names):
         raise InputError(f"{src}: labels go up to {k - 1} but there are {len(names)} class names.")
@@ -298,11 +307,17 @@ def prepare_folder(src: str, out: str, *, size: int = 64, crop: bool = True, sto
         raise InputError(f"--test-fraction must be in [0, 1) (got {test_fraction}).")
     if batch_size < 1:
         raise InputError("--batch-size must be at least 1.")
-    if storage == "auto":
-        storage = "raw" if size <= 64 else "jpeg"
+    if storage == "auto":  # raw pixels for small square images, JPEG otherwise
+        storage = "raw" if size <= 64 and crop else "jpeg"
     if storage == "raw" and not crop:
         raise InputError("raw storage needs square images: drop --no-crop or use --storage jpeg.")
     classes, train, test = list_folder(src, test_fraction, seed)
+    if not train:
+        raise InputError(f"{src}: no training images are left (--test-fraction {test_fraction} took them all).")
+    if not test and test_fraction > 0:
+        raise InputError(f"{src}: --test-fraction {test_fraction} leaves no test images (each class has too few images "
+                         "to set a share aside): give a larger --test-fraction, a val/ folder beside train/, or "
+                         "--test-fraction 0 for no test set.")
     opts = {"size": size, "crop": crop, "storage": storage, "quality": quality, "batch_size": batch_size,
             "test_fraction": test_fraction}
     plan = pipeline.seeded_batches(train, batch_size, seed, 1, True)

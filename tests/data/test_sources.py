@@ -216,3 +216,32 @@ def test_folder_train_val_layout_and_errors(tmp_path):
     (tmp_path / "flat").mkdir()
     with pytest.raises(InputError, match="no class subfolders"):
         sources.prepare_folder(str(tmp_path / "flat"), str(tmp_path / "o2"))
+
+
+def test_mnist_without_training_images_or_with_stray_labels(tmp_path):
+    _mnist_dir(tmp_path / "m", False)
+    ylab = tmp_path / "m" / "train-labels-idx1-ubyte"
+    y = np.frombuffer(ylab.read_bytes()[8:], np.uint8).copy()
+    y[3] = 200  # a stray label: 201 classes, 190 of them empty
+    ylab.write_bytes(_idx(y))
+    with pytest.raises(InputError, match=r"labels go up to 200, but classes .*10-199.* have no training images"):
+        sources.prepare_mnist(str(tmp_path / "m"), str(tmp_path / "o"))
+    for kind, shape in (("images-idx3-ubyte", (0, 28, 28)), ("labels-idx1-ubyte", (0,))):
+        (tmp_path / "m" / f"train-{kind}").write_bytes(_idx(np.zeros(shape, np.uint8)))
+    with pytest.raises(InputError, match="holds no images: there would be nothing to train on"):
+        sources.prepare_mnist(str(tmp_path / "m"), str(tmp_path / "o"))
+    assert not os.path.exists(tmp_path / "o" / "batches.meta.json")
+
+
+def test_folder_test_split_that_leaves_nothing(tmp_path):
+    rng = np.random.default_rng(6)
+    src = tmp_path / "one"
+    for c in ("a", "b", "c"):
+        _save(src / c / "0.png", _rgb(rng, 12, 10), fmt="PNG")
+    with pytest.raises(InputError, match="leaves no test images"):
+        sources.prepare_folder(str(src), str(tmp_path / "o"), size=8, workers=1)
+    meta = sources.prepare_folder(str(src), str(tmp_path / "o"), size=8, workers=1, test_fraction=0)
+    assert meta["num_train_cases"] == 3
+    # --no-crop keeps the aspect ratio, so auto storage picks JPEG instead of refusing raw
+    meta = sources.prepare_folder(str(src), str(tmp_path / "o2"), size=8, workers=1, test_fraction=0, crop=False)
+    assert meta["storage"] == "jpeg"
