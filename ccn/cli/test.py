@@ -105,8 +105,9 @@ def run_test_command(load_file, *, test_range=None, data_path=None, data_provide
             raise InputError(f"--write-features {feature_layer}: no such layer with outputs; layers: "
                              f"{', '.join(valid)}.")
         if mv:
-            raise InputError("--write-features reads one view per case; leave out --multiview-test (or give "
-                             "--multiview-test 0) to write features.")
+            why = "leave out --multiview-test" if multiview else \
+                "the checkpoint was trained with --multiview-test 1, so give --multiview-test 0"
+            raise InputError(f"--write-features reads one view per case; {why} to write features.")
     if opts.get("threads"):
         from .._native import core
 

@@ -134,8 +134,11 @@ def test_multiview_matches_the_trainer(tmp_path):
                                rtol=1e-9)
     single, _ = run(str(tmp_path / "s"), multiview=False)
     assert single["costs"]["logprob"] != res["costs"]["logprob"]
-    with pytest.raises(InputError, match="one view per case"):
+    with pytest.raises(InputError, match="one view per case; the checkpoint was trained with --multiview-test 1, so "
+                                          "give --multiview-test 0"):
         run(str(tmp_path / "s"), feature_layer="fc1", feature_path=str(tmp_path / "f"))
+    with pytest.raises(InputError, match="one view per case; leave out --multiview-test"):
+        run(str(tmp_path / "s"), feature_layer="fc1", feature_path=str(tmp_path / "f"), multiview=True)
 
 
 @pytest.mark.parametrize("kw, msg", [
