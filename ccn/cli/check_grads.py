@@ -1,7 +1,7 @@
 """`ccn check-grads`: numerical gradient checks of a whole net (cuda-convnet's --check-grads=1).
 
 Builds the net from its layer files, feeds it a random minibatch (class indices for the label
-inputs of cost layers, normal values elsewhere), and compares every weight matrix's analytic
+inputs of cost layers, values uniform in [0, 1) elsewhere), and compares every weight matrix's analytic
 gradient (and, with --inputs, every data input's) with central finite differences. Each line
 says PASS or FAIL by the original's rule: relative error below 2%. Exit code 1 if any fails.
 """
