@@ -143,8 +143,8 @@ def resolve(path: str) -> str:
                f"'ccn import-checkpoint {path} --save-path DIR' (the original layer files are needed too), then "
                "give -f DIR.")
     if os.path.isfile(path):
-        if os.path.basename(path) == META:
-            return os.path.dirname(path) or "."
+        if os.path.basename(path) == META or os.path.isfile(os.path.join(os.path.dirname(path) or ".", META)):
+            return os.path.dirname(path) or "."  # a file of a checkpoint folder (meta.json, arrays.npz, ...)
         if is_original(path):
             raise InputError(convert)
         raise InputError(f"{path}: expected a checkpoint folder (with {META}) or a save folder holding them, "

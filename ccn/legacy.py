@@ -116,7 +116,13 @@ def is_original(path: str) -> bool:
     if not os.path.isfile(path):
         return False
     head = _head(path)
-    return head[:2] == b"\x80\x02" or head[:4] == b"PK\x03\x04" or head[:2] == b"\x1f\x8b"
+    if head[:4] == b"PK\x03\x04":  # --zip-save: a zip holding the pickle as 'data' (an .npz is a zip too)
+        try:
+            with zipfile.ZipFile(path) as z:
+                return "data" in z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return False
+    return head[:2] == b"\x80\x02" or head[:2] == b"\x1f\x8b"
 
 
 def _pickle_bytes(path: str) -> bytes:
@@ -169,7 +175,14 @@ def read(path: str) -> Original:
         dialect, items = "cuda-convnet", raw_layers
     elif isinstance(raw_layers, dict):
         dialect = "cuda-convnet2"
-        items = sorted(raw_layers.values(), key=lambda d: d.get("id", 0) if isinstance(d, dict) else 0)
+
+        def order(d):
+            try:
+                return int(d.get("id", 0)) if isinstance(d, dict) else 0
+            except (TypeError, ValueError):
+                raise bad(f"layer {d.get('name')!r} has a non-integer 'id' {d.get('id')!r}") from None
+
+        items = sorted(raw_layers.values(), key=order)
     else:
         raise bad("its model_state has no 'layers'")
     layers: dict[str, dict] = {}
@@ -186,8 +199,12 @@ def read(path: str) -> Original:
         epoch, batchnum = int(ms["epoch"]), int(ms["batchnum"])
     except (KeyError, TypeError, ValueError):
         raise bad("its model_state has no integer 'epoch' and 'batchnum'") from None
+    outs = {k: ms.get(k) or [] for k in ("train_outputs", "test_outputs")}
+    for k, v in outs.items():
+        if not isinstance(v, (list, tuple)):
+            raise bad(f"its model_state['{k}'] is a {type(v).__name__}, not a list")
     return Original(path=path, dialect=dialect, layers=layers, options=options, epoch=epoch, batchnum=batchnum,
-                    train_outputs=list(ms.get("train_outputs") or []), test_outputs=list(ms.get("test_outputs") or []),
+                    train_outputs=list(outs["train_outputs"]), test_outputs=list(outs["test_outputs"]),
                     sha256=hashlib.sha256(open(path, "rb").read()).hexdigest())
 
 
@@ -330,7 +347,8 @@ def _position(orig: Original, train: list[int]) -> tuple[dict, list[tuple[int, i
             done = len(train) * (e - 1) + i + 1
         walk, where = (e, i), []
         for _ in range(len(orig.train_outputs)):
-            where.append((walk[0], train[walk[1]]))
+            # (more records than this range allows: the run changed ranges; the oldest stay at 1.first)
+            where.append((walk[0], train[walk[1]]) if walk[0] >= 1 else (1, train[0]))
             walk = (walk[0], walk[1] - 1) if walk[1] > 0 else (walk[0] - 1, len(train) - 1)
         where.reverse()
     else:  # a batch outside the saved train range: start the range over in the next epoch

@@ -60,6 +60,7 @@ class TrainConfig:
     max_filesize_mb: float = 5000.0
     force_save: bool = False
     provider_seed: int = 0
+    layers_file_sha256: str | None = None  # of the layer-definition file as first read (before any netedit rewrite)
     multiview: bool = False  # the test provider returns 10 views per case (see ccn.testing.run_test)
     options: dict = field(default_factory=dict)  # everything, as saved in checkpoints
     progress_bar: bool = False
@@ -509,7 +510,8 @@ class Trainer:
             "options": self.cfg.options,
             "net": {"layers_path": self.net.layers_path, "params_path": self.net.params_path,
                     "seed": int(self.net._net.seed), "step": int(self.net._net.step),
-                    "data_dims": {str(k): list(v) for k, v in self.net.data_dims.items()}, "params": plist},
+                    "data_dims": {str(k): list(v) for k, v in self.net.data_dims.items()}, "params": plist,
+                    "layers_file_sha256": self.cfg.layers_file_sha256},
             "position": self.state.to_json(self.train_batches, self.cfg.provider_seed),
             "history": {"train": self.state.train_outputs, "test": self.state.test_outputs},
         }

@@ -34,3 +34,14 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="no CUDA GPU visible")
         for item in needs_gpu:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def rng():
+    """A NumPy generator with a fresh seed, printed so that a failure can be replayed
+    (CCN_TEST_SEED=N replays seed N)."""
+    import numpy as np
+
+    seed = int(os.environ.get("CCN_TEST_SEED") or np.random.SeedSequence().entropy % 2**63)
+    print(f"rng seed {seed} (replay with CCN_TEST_SEED={seed})")
+    return np.random.default_rng(seed)

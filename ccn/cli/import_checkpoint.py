@@ -46,9 +46,10 @@ def import_checkpoint(source, save_path, layers, params, data_path, seed):
         raise InputError(f"{data_path}: the data path does not exist or is not a folder (--data-path).")
     orig = legacy.read(source)
     ckpt, notes = legacy.convert(orig, layers=layers, params=params, data_path=data_path, seed=seed)
-    final = os.path.join(save_path, orig.name)
-    if os.path.exists(final):
-        raise InputError(f"{final} exists already; give another --save-path (or remove it) so that nothing is "
+    held = ck.list_checkpoints(save_path)
+    if held or os.path.exists(os.path.join(save_path, orig.name)):
+        raise InputError(f"{save_path} holds checkpoints already ({os.path.basename(held[-1]) if held else orig.name}); "
+                         "give a new or empty --save-path: a save folder holds one run's history, and nothing is "
                          "overwritten.")
     ck.check_writable(save_path)
     path = ck.write(save_path, orig.name, ckpt)

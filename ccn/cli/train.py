@@ -42,10 +42,9 @@ REDIRECTED = {
     "test_only": "testing a checkpoint is its own command in ccn: ccn test -f CHECKPOINT (it takes --test-range, "
                  "--multiview-test, --test-out, --write-features)",
     "check_grads": "gradient checks are their own command in ccn: ccn check-grads --layers FILE",
-    "logreg_name": "it names the cost layer for multiview testing and predictions, which ccn test does "
-                   "(ccn test -f CHECKPOINT --logreg-name NAME); ccn train reports every cost layer",
 }
-IGNORED = {"zip_save": "checkpoints are .npz archives (float weights barely compress)", "conserve_mem": "ccn keeps no spare "
+IGNORED = {"logreg_name": "ccn train's tests (multiview too) report every cost layer; ccn test -f CHECKPOINT "
+                          "--logreg-name NAME picks the one whose predictions it writes", "zip_save": "checkpoints are .npz archives (float weights barely compress)", "conserve_mem": "ccn keeps no spare "
            "copies to free (see the memory estimate ccn train prints on failure)"}
 
 
@@ -216,6 +215,12 @@ def run_train(given: dict, load_file: str | None = None, out=None, stop_after: i
                        lambda world: _run_train(given, load_file, out, stop_after, world))
 
 
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def _crop_border(opts: dict, given: dict, resuming: bool) -> str | None:
     """cuda-convnet's cropped CIFAR provider (``--data-provider cifar-cropped [--crop-border B]``,
     B = 4 by default) as ``--inner-size`` = image size - 2B; the note to print, if any."""
@@ -259,6 +264,9 @@ def _check_save_folder(folder: str, ckpt) -> None:
                          f"checkpoints of either). Resume that run with -f {folder}, or give a new or empty "
                          "--save-path.")
     mine = ck._order_key(os.path.basename(ckpt.path))
+    if mine is None:  # a checkpoint folder renamed (e.g. a copy called "best"): no place in the run's order
+        raise InputError(f"{ckpt.path} is not named EPOCH.BATCH like the checkpoints of {folder}, so training on from "
+                         f"it there would mix it into that run's history; give --save-path NEW_FOLDER.")
     newer = [n for n in names if ck._order_key(n) > mine]
     if newer:
         raise InputError(f"{ckpt.path} is not the newest checkpoint of {folder} ({newer[-1]} is): training on from "
@@ -376,13 +384,15 @@ def _run_train(given: dict, load_file, out, stop_after, world):
         params = os.path.abspath(find_params_file(layers, opts["params"]))
         opts["layers"], opts["params"] = layers, params
         net = Net(layers, params, data_dims=dims, seed=int(opts["seed"]))
+        layers_sha = _sha(net.layers_text)  # the file's text as read, kept even when --conv-to-local rewrites it
     else:
         from ..netfiles import read_text
 
         saved_layers = ckpt.net_meta.get("layers_path") or "layers.cfg"
+        layers_sha = ckpt.net_meta.get("layers_file_sha256") or _sha(ckpt.layers_text)
         if "layers" not in given and saved_layers and os.path.isfile(saved_layers):
             try:
-                if read_text(saved_layers, "layer-definition file") != ckpt.layers_text:
+                if _sha(read_text(saved_layers, "layer-definition file")) != layers_sha:
                     layers_note = (f"note: {saved_layers} has changed since the checkpoint was saved; training goes on "
                                    "with the layer definition saved in the checkpoint (the architecture cannot change "
                                    "on resume; start a new run for the edited net).")
@@ -450,7 +460,7 @@ def _run_train(given: dict, load_file, out, stop_after, world):
                       test_one=bool(opts["test_one"]), save_path=opts["save_path"],
                       max_filesize_mb=opts["max_filesize"], force_save=bool(opts["force_save"]),
                       provider_seed=int(opts["seed"]), multiview=bool(opts["multiview_test"]),
-                      options=saved_opts,
+                      options=saved_opts, layers_file_sha256=layers_sha,
                       progress_bar=out is None and sys.stdout.isatty())
     if world is None:
         trainer = Trainer(net, train_dp, test_dp, cfg, state=state, out=out)

@@ -151,7 +151,7 @@ class Layer {
   // would divide by p and multiply by p again (0 / 0 where p underflows). It writes
   // dCost/dx = coeff * (p - onehot(label)) into dx (assigning when `assign`, else adding).
   virtual bool fuses_softmax() const { return false; }
-  virtual void softmax_input_bprop(const Mat& labels, const Mat& probs, Mat& dx, bool assign) {}
+  virtual void softmax_input_bprop(const Mat& labels, const Mat& probs, Mat& dx, bool assign);
 
   // ---- CUDA backend (optional; see native/cuda/README-design.md) ----
   // Same contracts as fprop/bprop, on device memory, enqueued on cx's stream: out is

@@ -226,6 +226,10 @@ def test_mnist_without_training_images_or_with_stray_labels(tmp_path):
     ylab.write_bytes(_idx(y))
     with pytest.raises(InputError, match=r"labels go up to 200, but classes .*10-199.* have no training images"):
         sources.prepare_mnist(str(tmp_path / "m"), str(tmp_path / "o"))
+    # EMNIST Letters: labels 1..26, class 0 empty, every other class has images
+    ylab.write_bytes(_idx((np.arange(len(y)) % 26 + 1).astype(np.uint8)))
+    meta = sources.prepare_mnist(str(tmp_path / "m"), str(tmp_path / "letters"))
+    assert meta["num_classes"] == 26  # (25 training images: labels 1..25)
     for kind, shape in (("images-idx3-ubyte", (0, 28, 28)), ("labels-idx1-ubyte", (0,))):
         (tmp_path / "m" / f"train-{kind}").write_bytes(_idx(np.zeros(shape, np.uint8)))
     with pytest.raises(InputError, match="holds no images: there would be nothing to train on"):

@@ -543,6 +543,12 @@ def test_a_save_folder_holds_one_history(setup):
     assert ck.list_checkpoints(str(tmp / "branch"))[-1].endswith("2.4")
     train({"epochs": 3}, load_file=str(run))
     assert ck.list_checkpoints(str(run))[-1].endswith("3.4")
+    # a copy under another name ("best") has no place in the run's order: refused, not a crash
+    import shutil
+
+    shutil.copytree(run / "3.4", run / "best")
+    with pytest.raises(InputError, match="is not named EPOCH.BATCH"):
+        train({"epochs": 4}, load_file=str(run / "best"))
 
 
 def test_save_folder_refusal_is_exit_2_without_traceback(setup):
@@ -595,17 +601,18 @@ def test_cuda_convnet_command_lines(tmp_path):
     assert r.returncode == 0, r.stderr
     base = ["--layers", os.path.join(ROOT, "layer-defs", "quickstart.ini"), "--data-path", str(data), "--train-range",
             "1-2", "--test-range", "3", "--epochs", "1", "--test-freq", "2", "--seed", "1"]
-    r = cli(*base, "--data-provider=cifar-cropped", "--save-path", str(tmp_path / "a"), "--zip-save", "1")
+    # the original CIFAR recipe: cropped provider, multiview tests naming their logreg layer
+    r = cli(*base, "--data-provider=cifar-cropped", "--save-path", str(tmp_path / "a"), "--zip-save", "1",
+            "--multiview-test", "1", "--logreg-name", "logprob")
     assert r.returncode == 0, r.stderr
     assert "--crop-border 4: 24 x 24 crops of the 32 x 32 images" in r.stdout
-    assert "--zip-save is accepted" in r.stderr
+    assert "--zip-save is accepted" in r.stderr and "--logreg-name is accepted" in r.stderr
     assert ck.load(str(tmp_path / "a")).options["inner_size"] == 24
     r = cli(*base, "--crop-border", "2", "--save-path", str(tmp_path / "b"))
     assert r.returncode == 0 and ck.load(str(tmp_path / "b")).options["inner_size"] == 28
     for bad, said in ((["--crop-border", "16"], "between 0 and 15"), (["--crop-border", "2", "--inner-size", "20"],
                                                                      "not both"),
-                      (["--test-only", "1"], "ccn test -f CHECKPOINT"), (["--check-grads", "1"], "ccn check-grads"),
-                      (["--logreg-name", "logprob"], "ccn test -f CHECKPOINT --logreg-name")):
+                      (["--test-only", "1"], "ccn test -f CHECKPOINT"), (["--check-grads", "1"], "ccn check-grads")):
         r = cli(*base, *bad, "--save-path", str(tmp_path / "c"))
         assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
     assert not (tmp_path / "c").exists() or not ck.list_checkpoints(str(tmp_path / "c"))

@@ -59,8 +59,7 @@ def wrong(p32, y, k):
 
 
 @pytest.mark.parametrize("n,K", [(1, 2), (7, 5), (13, 11)])
-def test_fused_values_and_gradient(n, K):
-    rng = np.random.default_rng()
+def test_fused_values_and_gradient(n, K, rng):
     x = rng.standard_normal((n, K)).astype(np.float32) * 3
     y = rng.integers(0, K, n)
     net = make(FUSED, K)
@@ -100,10 +99,9 @@ inputs=labels,probs
 """
 
 
-def test_a_softmax_with_two_consumers_is_not_fused():
+def test_a_softmax_with_two_consumers_is_not_fused(rng):
     # the original fuses only a softmax that feeds nothing but the cost; here each cost adds
     # -coeff/p through the softmax's Jacobian
-    rng = np.random.default_rng()
     n, K = 6, 4
     x = rng.standard_normal((n, K)).astype(np.float32)
     y = rng.integers(0, K, n)
@@ -121,9 +119,8 @@ def test_a_softmax_with_two_consumers_is_not_fused():
     assert_close(net.output_grad("probs"), dp, 1e-5, 1e-7, "dCost/dprobs of the two costs")
 
 
-def test_probabilities_given_directly_are_not_fused():
+def test_probabilities_given_directly_are_not_fused(rng):
     text = "[probs]\ntype=data\ndataIdx=0\n[labels]\ntype=data\ndataIdx=1\n[cost]\ntype=cost.logreg\ninputs=labels,probs\n"
-    rng = np.random.default_rng()
     n, K = 9, 6
     p = rng.uniform(0.01, 1, (n, K))
     p = (p / p.sum(1, keepdims=True)).astype(np.float32)
@@ -138,9 +135,8 @@ def test_probabilities_given_directly_are_not_fused():
     assert_close(net.output_grad("probs"), dp, 1e-6, 1e-9, "-coeff / p at the label")
 
 
-def test_seeded_backward_goes_through_the_softmax():
+def test_seeded_backward_goes_through_the_softmax(rng):
     # bprop from given gradients (no cost layers): the softmax's own rule, not the fused one
-    rng = np.random.default_rng()
     n, K = 5, 7
     x = rng.standard_normal((n, K)).astype(np.float32)
     y = rng.integers(0, K, n)
@@ -152,7 +148,7 @@ def test_seeded_backward_goes_through_the_softmax():
     assert_close(net.output_grad("logits"), num, 1e-4, 1e-6, "softmax Jacobian^T G")
 
 
-def test_training_recovers_from_saturation():
+def test_training_recovers_from_saturation(rng):
     # a net pushed to confidently wrong answers keeps learning (the unfused rule gave them no
     # gradient and training stayed stuck at cost 87.5 x error)
     text = """
@@ -177,7 +173,6 @@ inputs=labels,probs
     params = "[fc]\nepsW=0.05\nepsB=1\nmomW=0\nmomB=0\nwc=0\n[cost]\ncoeff=1\n"
     net = ccn.Net("layers.cfg", "params.cfg", {0: 2, 1: 1}, layers_text=text, params_text=params)
     net.set("fc.biases", np.array([[120.0, 0.0, 0.0]], np.float32))  # everything is class 0, p of 1 and 2 = 0
-    rng = np.random.default_rng()
     y = np.arange(30) % 3
     x = (4 * np.eye(3)[y][:, :2] + 0.3 * rng.standard_normal((30, 2))).astype(np.float32)  # separable
     first = None

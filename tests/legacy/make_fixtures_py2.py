@@ -261,7 +261,7 @@ def main():
     v12.update({"layer_def": ("StringOptionParser", "/home/alex/cuda-convnet/layers-tiny.cfg"),
                 "layer_params": ("StringOptionParser", "/home/alex/cuda-convnet/layer-params-tiny.cfg"),
                 "max_filesize_mb": ("IntegerOptionParser", 0), "num_gpus": ("IntegerOptionParser", 1),
-                "zip_save": ("BooleanOptionParser", True), "crop_border": ("IntegerOptionParser", 0)})
+                "zip_save": ("BooleanOptionParser", True), "crop_border": ("IntegerOptionParser", 4)})
     run = os.path.join(OUT, "cuda-convnet", "ConvNet__2012-06-01_15.30.12")
     layers = layers_2012()
     # an older checkpoint, plain pickle (zip_save=0), then the newest (10.1 sorts after 2.2)

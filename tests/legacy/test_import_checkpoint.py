@@ -108,6 +108,8 @@ def test_position_options_and_history():
     assert (opts["train_range"], opts["test_range"], opts["mini"], opts["test_freq"], opts["epochs"]) == \
         ("1-3", "4", 64, 2, 20)
     assert opts["seed"] == pos["seed"] == c.net_meta["seed"] == 5
+    # cuda-convnet's default --crop-border 4: the net saw crops of its input size, which is the inner size
+    assert opts["inner_size"] == 32
     assert [(r["epoch"], r["batch"]) for r in hist["train"][:4]] == [(1, 1), (1, 2), (1, 3), (2, 1)]
     assert (hist["train"][-1]["epoch"], hist["train"][-1]["batch"]) == (10, 1)
     # cuda-convnet saved per-case averages: ccn keeps sums over the cases
@@ -122,16 +124,15 @@ def test_position_options_and_history():
     # cuda-convnet2 saved the sums themselves
     np.testing.assert_allclose(h2["train"][13]["costs"]["logprob"], [230 * 0.9 ** 13, 90 * 0.95 ** 13])
     assert (c2.position["epoch"], c2.position["index"], c2.position["batches_done"]) == (5, 2, 14)
-    assert c2.options["mini"] == 128
+    assert c2.options["mini"] == 128 and c2.options["inner_size"] == 0
 
 
-def test_imported_net_computes_what_the_original_layout_says(tmp_path):
+def test_imported_net_computes_what_the_original_layout_says(tmp_path, rng):
     r = invoke("import-checkpoint", RUN12, "--save-path", str(tmp_path / "run"), "--seed", "3")
     assert r.exit_code == 0, r.output
     _, net = load_model(str(tmp_path / "run"))
     o = legacy.read(RUN12)
     L = o.layers
-    rng = np.random.default_rng()
     n = 7
     x = rng.standard_normal((n, 3, 32, 32)).astype(np.float32)
     labels = rng.integers(0, 10, (n, 1)).astype(np.float32)
@@ -200,9 +201,11 @@ def test_existing_checkpoint_is_not_overwritten(tmp_path):
     run = str(tmp_path / "run")
     assert invoke("import-checkpoint", RUN12, "--save-path", run).exit_code == 0
     before = open(os.path.join(run, "10.1", "meta.json")).read()
-    r = invoke("import-checkpoint", RUN12, "--save-path", run)
-    assert r.exit_code == 2 and "exists already" in r.output
+    for src in (RUN12, os.path.join(RUN12, "2.2")):  # the same one again, or an older one beside it
+        r = invoke("import-checkpoint", src, "--save-path", run)
+        assert r.exit_code == 2 and "holds checkpoints already (10.1)" in r.output
     assert open(os.path.join(run, "10.1", "meta.json")).read() == before
+    assert ck.list_checkpoints(run) == [os.path.join(run, "10.1")]
 
 
 def test_dash_f_with_an_original_checkpoint_says_how_to_convert():

@@ -179,7 +179,8 @@ def test_bad_input_exit_2(conv_run, tmp_path):
         # a folder that permissions call writable (for root) on a read-only file system: probed first
         (["test", "-f", run, "--test-out", "/sys/p.csv"], "cannot write the predictions there"),
         (["test", "-f", run, "--test-out", str(tmp_path / "d.csv")], "(--test-out FILE)"),
-        (["test", "-f", run, "--write-features", "fc10", "--feature-path", "/sys/feats"], "--feature-path /sys/feats"),
+        (["test", "-f", run, "--write-features", "fc10", "--feature-path", "/proc/self"],
+         "cannot write the features there: the folder /proc/self is not writable"),
     ]
     (tmp_path / "d.csv").mkdir()
     for args, msg in cases:
