@@ -406,9 +406,32 @@ def _matrix(orig: Original, layer: str, key: str, idx: int | None, shape: tuple,
         else:
             raise InputError(f"{orig.path}: {what} of layer '{layer}' is {tuple(v.shape)} in the checkpoint but "
                              f"{tuple(shape)} in the net the layer files describe: they are not the files it was "
-                             "trained with (or it was rewritten by --conv-to-local / --unshare-weights; give the "
-                             "layer files that match it).")
+                             "trained with.")
     return np.ascontiguousarray(v, dtype=np.float32)
+
+
+def _rewritten(orig: Original, net) -> tuple[list[str], list[str]]:
+    """(conv layers the checkpoint holds as local layers, "layer[i]" matrices the file takes
+    through weightSource but the checkpoint holds as a copy of their own)."""
+    params = {p.name: p for p in net.params}
+    c2l, unshare = [], []
+    for l in net.layers:
+        d = orig.layers.get(l.name)
+        if d is None:
+            continue
+        if l.type == "conv" and d.get("type") == "local":
+            c2l.append(l.name)
+        mine = d.get("weights")
+        for i, w in enumerate(l.weights):
+            src = params[w].layer
+            if src == l.name or not isinstance(mine, (list, tuple)) or i >= len(mine):
+                continue
+            theirs = (orig.layers.get(src) or {}).get("weights") or []
+            j = int(w[w.index("[") + 1:-1])
+            # shared: one object in both layers (the pickle's memo); unshared: an array of its own
+            if j < len(theirs) and mine[i] is not theirs[j] and isinstance(mine[i], np.ndarray):
+                unshare.append(f"{l.name}[{i}]")
+    return c2l, unshare
 
 
 def convert(orig: Original, layers: str | None = None, params: str | None = None, data_path: str | None = None,
@@ -424,6 +447,13 @@ def convert(orig: Original, layers: str | None = None, params: str | None = None
     if not dims:
         raise InputError(f"{orig.path}: the checkpoint has no data layers (type 'data' with a dataIdx).")
     net = Net(lpath, ppath, data_dims=dims, init=False)
+    # the original's --conv-to-local and --unshare-weights changed the model, not its layer file: do the same
+    # to the file's net (ccn.netedit), so that the checkpoint's matrices fit
+    c2l, unshare = _rewritten(orig, net)
+    if c2l or unshare:
+        from .netedit import rewrite
+
+        net = rewrite(net, ",".join(c2l), ",".join(unshare), echo=notes.append)
     net_layers = {l.name for l in net.layers}
     arrays, plist = {}, []
     for p in net.params:
@@ -457,11 +487,13 @@ def convert(orig: Original, layers: str | None = None, params: str | None = None
     meta = {
         "options": opts,
         "net": {"layers_path": lpath, "params_path": ppath, "seed": opts["seed"], "step": 0,
-                "data_dims": {str(k): list(v) for k, v in dims.items()}, "params": plist},
+                "data_dims": {str(k): list(v) for k, v in dims.items()}, "params": plist,
+                "layers_file_sha256": hashlib.sha256(read_text(lpath, "layer-definition file").encode("utf-8"))
+                .hexdigest()},
         "position": pos,
         "history": history_of(orig, where, int(opts["test_freq"]), test, bool(opts["test_one"])),
         "imported": {"from": os.path.abspath(orig.path), "dialect": orig.dialect, "sha256": orig.sha256},
     }
-    ckpt = ck.Checkpoint(meta=meta, arrays=arrays, layers_text=read_text(lpath, "layer-definition file"),
+    ckpt = ck.Checkpoint(meta=meta, arrays=arrays, layers_text=net.layers_text,
                          params_text=read_text(ppath, "layer-params file"))
     return ckpt, notes

@@ -186,6 +186,30 @@ def layers_2012():
     return ordered
 
 
+def layers_2012_unshared():
+    """The 2012 net after the original's --unshare-weights conv1b: conv1b holds filters of its own
+    (weightSourceLayerIndices -1) while the layer file still says weightSource=conv1."""
+    ordered = layers_2012()
+    conv1b = ordered[4]
+    conv1b["weights"] = [Array(48, 4, 21)]
+    conv1b["weightsInc"] = [Array(48, 4, 521)]
+    conv1b["weightSourceLayerIndices"] = [-1]
+    return ordered
+
+
+def layers_2014_local():
+    """The 2014 net after the original's --conv-to-local conv1: conv1 is a local layer (one filter
+    bank per module, biases per module) while the layer file still says type=conv."""
+    by_name = layers_2014()
+    conv1 = by_name["conv1"]
+    conv1["type"] = "local"
+    conv1["weights"] = [Array(64 * 48, 4, 41)]
+    conv1["weightsInc"] = [Array(64 * 48, 4, 541)]
+    conv1["biases"] = Array(256, 1, 141)
+    conv1["biasesInc"] = Array(256, 1, 641)
+    return by_name
+
+
 def layers_2014():
     data = {"name": "data", "type": "data", "dataIdx": 0, "outputs": 3 * 32 * 32, "start": 0, "end": 3072}
     labels = {"name": "labels", "type": "data", "dataIdx": 1, "outputs": 1, "start": 0, "end": 1}
@@ -273,6 +297,13 @@ def main():
                                                        "epoch": 10, "batchnum": 1}, "op": make_op(opt12, v12)},
           zipped=True)
 
+    v12u = dict(v12)
+    v12u["unshare_weights"] = ("list", ["conv1b"])
+    tr, te = history(8, 2, averaged=True)
+    write(os.path.join(OUT, "cuda-convnet", "ConvNet__2012-07-01_10.00.00", "3.2"),
+          {"model_state": {"layers": layers_2012_unshared(), "train_outputs": tr, "test_outputs": te, "epoch": 3,
+                           "batchnum": 2}, "op": make_op(opt12, v12u)})
+
     opt14 = options_module("python_util.options")
     v14 = dict(common)
     v14.update({"layer_def": ("StringOptionParser", "layers-tiny2.cfg"),
@@ -287,6 +318,12 @@ def main():
     write(os.path.join(OUT, "cuda-convnet2", "ConvNet__2014-07-01_12.00.00", "5.2"),
           {"model_state": {"layers": layers_2014(), "train_outputs": tr, "test_outputs": te, "epoch": 5,
                            "batchnum": 2}, "op": make_op(opt14, v14)})
+    v14l = dict(v14)
+    v14l["conv_to_local"] = ("list", ["conv1"])
+    tr, te = history(10, 2, averaged=False)
+    write(os.path.join(OUT, "cuda-convnet2", "ConvNet__2014-08-01_08.00.00", "4.1"),
+          {"model_state": {"layers": layers_2014_local(), "train_outputs": tr, "test_outputs": te, "epoch": 4,
+                           "batchnum": 1}, "op": make_op(opt14, v14l)})
 
 
 if __name__ == "__main__":

@@ -178,6 +178,29 @@ def test_cli_import_then_test_show_and_train_on(tmp_path, data):
     assert len(ck.load(run).meta["history"]["train"]) == 18
 
 
+# ---- nets the original rewrote: --unshare-weights, --conv-to-local ------------------------------------
+def test_unshared_and_converted_layers_are_rewritten_as_the_original_did(tmp_path):
+    unshared = os.path.join(FIX, "cuda-convnet", "ConvNet__2012-07-01_10.00.00")
+    c, notes = legacy.convert(legacy.read(unshared), seed=1)
+    # conv1b's own filters (the layer file still says weightSource=conv1) are imported, not dropped
+    np.testing.assert_array_equal(c.arrays["w/conv1b.weights[0]"], value(21, (48, 4)))
+    np.testing.assert_array_equal(c.arrays["inc/conv1b.weights[0]"], value(521, (48, 4)))
+    np.testing.assert_array_equal(c.arrays["w/conv1.weights[0]"], value(11, (48, 4)))
+    assert any("conv1b" in n for n in notes) and "weightSource" not in c.layers_text.split("[conv1b]")[1]
+    local = os.path.join(FIX, "cuda-convnet2", "ConvNet__2014-08-01_08.00.00")
+    c, notes = legacy.convert(legacy.read(local), seed=1)
+    np.testing.assert_array_equal(c.arrays["w/conv1.weights[0]"], value(41, (3072, 4)))
+    np.testing.assert_array_equal(c.arrays["w/conv1.biases"], value(141, (256, 1)))
+    assert "type=local" in c.layers_text.split("[conv1]")[1].split("[")[0].replace(" ", "")
+    assert any("conv1" in n and "local" in n for n in notes)
+    # both then test through ccn; the file they came from is not reported as edited on resume
+    for src in (unshared, local):
+        run = str(tmp_path / os.path.basename(src))
+        assert invoke("import-checkpoint", src, "--save-path", run).exit_code == 0
+        _, net = load_model(run)
+        assert {p.name for p in net.params} == {k[2:] for k in ck.load(run).arrays if k.startswith("w/")}
+
+
 # ---- bad input -----------------------------------------------------------------------------------
 def test_missing_layer_files_name_the_recorded_ones(tmp_path):
     src = tmp_path / "ConvNet__x"
