@@ -13,6 +13,8 @@ import time
 
 import click
 
+from ..batchrange import format_range
+
 from . import options as opt
 
 
@@ -48,6 +50,10 @@ def _summary(meta: dict, out: str, seconds: float | None = None) -> None:
     if seconds:
         line += f" in {seconds:.1f} s ({c['written'] / max(seconds, 1e-9):.0f} images/s)"
     click.echo(line + ".")
+    if meta.get("mean_from") == "test":
+        click.echo("note: no training images were prepared, so the mean image and colour PCA subtracted from the "
+                   "inputs are those of the test images (a net trained elsewhere saw its training set's mean; for "
+                   "ImageNet or CIFAR the two differ little).")
     for name, reason in meta.get("skipped", [])[:20]:
         click.echo(f"  skipped {name}: {reason}")
     if c["skipped"] > 20:
@@ -55,9 +61,7 @@ def _summary(meta: dict, out: str, seconds: float | None = None) -> None:
 
 
 def _span(nums) -> str:
-    if not nums:
-        return "none"
-    return f"batches {nums[0]}-{nums[-1]}" if len(nums) > 1 else f"batch {nums[0]}"
+    return "none" if not nums else f"batch{'es' if len(nums) > 1 else ''} {format_range(nums)}"
 
 
 OUT = click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")

@@ -119,6 +119,7 @@ class DatasetWriter:
         self.size = tuple(size)
         check_out_dir(out)
         self.stats = Stats(channels, *self.size)
+        self.test_stats = Stats(channels, *self.size)  # the mean's source when no training images are prepared
         self.batches: dict[str, dict] = {}  # str(num) -> {"count", "checksum", "train"}
         self.counts = {"read": 0, "written": 0, "skipped": 0}
         self.skipped: list[list[str]] = []
@@ -152,12 +153,15 @@ class DatasetWriter:
                 self.counts = p["counts"]
                 self.skipped = p["skipped"]
                 self.stats.load_arrays(arrays)
+                if "test_n_img" in arrays:  # (progress files of earlier versions kept no test sums)
+                    self.test_stats.load_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("test_")})
                 self.resumed = len(self.batches)
                 # a listed batch file that has gone since cannot be un-merged from the sums: start over
                 if any(not os.path.isfile(os.path.join(out, bf.batch_name(int(k)))) for k in self.batches):
                     self.batches, self.skipped, self.resumed = {}, [], 0
                     self.counts = {"read": 0, "written": 0, "skipped": 0}
                     self.stats = Stats(channels, *self.size)
+                    self.test_stats = Stats(channels, *self.size)
                     self._clear()
             elif p is not None and p.get("plan_id") != plan_id and not overwrite:
                 raise InputError(f"{out} holds an interrupted preparation of another source or with other "
@@ -191,18 +195,18 @@ class DatasetWriter:
 
     def commit(self, num: int, labels, *, train: bool, pixels=None, jpegs=None, names=None,
                stats: Stats | None = None, read: int | None = None, skipped=()) -> None:
-        """Write batch ``num``; fold its statistics in when it is a training batch."""
+        """Write batch ``num``; fold its statistics into the training or the test sums."""
         labels = np.asarray(labels)
         n = len(labels)
         h, w = self.size
         digest = bf.write_batch(os.path.join(self.out, bf.batch_name(num)), self.storage, labels,
                                 channels=self.channels, height=h, width=w, pixels=pixels, jpegs=jpegs,
                                 names=names)
-        if train:
-            if stats is None:
-                stats = Stats(self.channels, h, w)
-                stats.add_images(pixels, pixel_stride=max(1, h // 32))
-            self.stats.merge(stats)
+        if stats is None and pixels is not None:
+            stats = Stats(self.channels, h, w)
+            stats.add_images(pixels, pixel_stride=max(1, h // 32))
+        if stats is not None:
+            (self.stats if train else self.test_stats).merge(stats)
         for name, reason in skipped:
             self.skip(name, reason)
         self.counts["read"] += n + len(skipped) if read is None else read
@@ -212,7 +216,7 @@ class DatasetWriter:
 
     def _save_progress(self):
         buf = io.BytesIO()
-        np.savez(buf, **self.stats.arrays())
+        np.savez(buf, **self.stats.arrays(), **{f"test_{k}": v for k, v in self.test_stats.arrays().items()})
         fsutil.atomic_write(os.path.join(self.out, PROGRESS_NPZ), [buf.getvalue()])
         fsutil.atomic_write_json(os.path.join(self.out, PROGRESS_JSON),
                              {"plan_id": self.plan_id, "batches": self.batches, "counts": self.counts,
@@ -229,7 +233,12 @@ class DatasetWriter:
             why = (f"all {self.counts['skipped']} images read from {source} were skipped{first}"
                    if self.counts.get("skipped") else f"{source} has no images")
             raise InputError(f"nothing to write to {self.out}: {why}.")
-        mean = self.stats.mean_image()
+        # the mean image and colour PCA are the training images'; with none prepared (e.g. only
+        # ImageNet's validation set, to test a trained net) the test images' stand in, and the
+        # metadata says so, rather than a zero mean that would shift every input
+        stats, mean_from = (self.stats, "train") if self.stats.n_img or not self.test_stats.n_img else \
+            (self.test_stats, "test")
+        mean = stats.mean_image()
         mean_digest = fsutil.atomic_save_npy(os.path.join(self.out, bf.MEAN_NAME), mean)
         checksums = {bf.batch_name(int(k)): v["checksum"] for k, v in self.batches.items()}
         checksums[bf.MEAN_NAME] = "sha256:" + mean_digest
@@ -251,7 +260,8 @@ class DatasetWriter:
             "num_test_cases": sum(self.batches[str(k)]["count"] for k in test),
             "data_mean": bf.MEAN_NAME,
             "data_mean_shape": list(mean.shape),
-            "color_pca": self.stats.color_pca(),
+            "color_pca": stats.color_pca(),
+            "mean_from": mean_from,
             "options": options,
             "seed": seed,
             "counts": self.counts,

@@ -249,3 +249,30 @@ def test_folder_test_split_that_leaves_nothing(tmp_path):
     # --no-crop keeps the aspect ratio, so auto storage picks JPEG instead of refusing raw
     meta = sources.prepare_folder(str(src), str(tmp_path / "o2"), size=8, workers=1, test_fraction=0, crop=False)
     assert meta["storage"] == "jpeg"
+
+
+def test_test_images_only_take_their_own_mean(tmp_path):
+    """Only a test set prepared (e.g. ImageNet's validation set, to test a net trained elsewhere):
+    the mean image and colour PCA are the test images', said in the metadata, not zeros."""
+    rng = np.random.default_rng(8)
+    src = tmp_path / "tv"
+    pics = []
+    for c in ("a", "b"):
+        for i in range(3):
+            arr = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            pics.append(arr)
+            _save(src / "train" / c / f"{i}.png", Image.fromarray(arr), fmt="PNG")
+    meta = sources.prepare_folder(str(src), str(tmp_path / "o"), size=8, workers=1, test_fraction=0)
+    assert meta["mean_from"] == "train"
+    mean = np.load(tmp_path / "o" / "data_mean.npy")
+    np.testing.assert_allclose(mean, np.mean([p.transpose(2, 0, 1) for p in pics], axis=0), rtol=1e-6)
+    # the same images as a test set only (--test-fraction just under 1 keeps one per class for training, so move
+    # them: a val/ folder with an empty train/ is not a layout; use the writer directly)
+    from ccn.data.writer import DatasetWriter
+
+    w = DatasetWriter(str(tmp_path / "t"), plan_id="x", storage="raw", channels=3, size=(8, 8))
+    w.commit(1, np.zeros(6, np.int32), train=False, pixels=np.stack([p.transpose(2, 0, 1) for p in pics]))
+    meta = w.finish(label_names=["a", "b"], source="test", options={}, seed=0)
+    assert meta["mean_from"] == "test" and meta["train_batches"] == []
+    np.testing.assert_allclose(np.load(tmp_path / "t" / "data_mean.npy"), mean, rtol=1e-6)
+    assert max(meta["color_pca"]["eigenvalues"]) > 0
