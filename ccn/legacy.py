@@ -156,6 +156,8 @@ def _value(opt):
 
 def read(path: str) -> Original:
     """Read an original checkpoint: a file, or a folder (its newest file, as the originals' -f did)."""
+    if os.path.isdir(path) and (ck.is_checkpoint(path) or ck.list_checkpoints(path)):
+        raise InputError(f"{path} is a ccn checkpoint already: give it to ccn test / ccn train with -f.")
     if os.path.isdir(path):
         files = checkpoint_files(path)
         if not files:
@@ -199,6 +201,18 @@ def read(path: str) -> Original:
         epoch, batchnum = int(ms["epoch"]), int(ms["batchnum"])
     except (KeyError, TypeError, ValueError):
         raise bad("its model_state has no integer 'epoch' and 'batchnum'") from None
+    if epoch < 1 or batchnum < 0:
+        raise bad(f"its model_state says epoch {epoch}, data batch {batchnum}")
+    for d in layers.values():
+        ins = d.get("inputs")
+        if ins is not None and not isinstance(ins, (list, tuple)):
+            raise bad(f"layer '{d['name']}' has inputs {ins!r}, not a list")
+        if d.get("type") == "data":
+            try:
+                int(d.get("dataIdx")), int(d.get("outputs") or 0)
+            except (TypeError, ValueError):
+                raise bad(f"data layer '{d['name']}' has dataIdx {d.get('dataIdx')!r} and outputs "
+                          f"{d.get('outputs')!r}, not integers") from None
     outs = {k: ms.get(k) or [] for k in ("train_outputs", "test_outputs")}
     for k, v in outs.items():
         if not isinstance(v, (list, tuple)):

@@ -102,7 +102,10 @@ def run_test_command(load_file, *, test_range=None, data_path=None, data_provide
     if feature_layer is not None:
         valid = [l.name for l in net.layers if l.type != "data" and not l.is_cost]
         if feature_layer not in valid:
-            raise InputError(f"--write-features {feature_layer}: no such layer with outputs; layers: "
+            kind = next((l.type for l in net.layers if l.name == feature_layer), None)
+            what = {"data": "a data layer (its outputs are the inputs themselves)"}.get(kind, f"a {kind} layer") \
+                if kind else "no such layer"
+            raise InputError(f"--write-features {feature_layer}: {what}; the layers with features: "
                              f"{', '.join(valid)}.")
         if mv:
             why = "leave out --multiview-test" if multiview else \

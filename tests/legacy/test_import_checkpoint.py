@@ -245,7 +245,7 @@ class Evil:
 
 
 @pytest.mark.parametrize("kind", ["truncated", "evil", "zip-without-data", "not-a-pickle", "no-model-state",
-                                  "empty-folder"])
+                                  "empty-folder", "bad-inputs", "bad-epoch", "ccn-checkpoint"])
 def test_unreadable_checkpoints(tmp_path, kind):
     raw = open(os.path.join(RUN14, "5.2"), "rb").read()
     f = tmp_path / "3.1"
@@ -262,6 +262,14 @@ def test_unreadable_checkpoints(tmp_path, kind):
         f.write_bytes(b"[conv1]\ntype=conv\n")
     elif kind == "no-model-state":
         f.write_bytes(pickle.dumps({"layers": []}, protocol=2))
+    elif kind in ("bad-inputs", "bad-epoch"):
+        layers = [{"name": "data", "type": "data", "dataIdx": 0, "outputs": 3},
+                  {"name": "fc", "type": "fc", "inputs": 7 if kind == "bad-inputs" else [0]}]
+        ms = {"layers": layers, "epoch": -3 if kind == "bad-epoch" else 1, "batchnum": 1}
+        f.write_bytes(pickle.dumps({"model_state": ms, "op": {}}, protocol=2))
+    elif kind == "ccn-checkpoint":
+        f = tmp_path / "run"
+        assert invoke("import-checkpoint", RUN12, "--save-path", str(f)).exit_code == 0
     else:
         f = tmp_path / "empty"
         f.mkdir()
