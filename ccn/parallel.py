@@ -78,6 +78,7 @@ among the ranks on its machine).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import threading
@@ -732,6 +733,7 @@ class DataParallelNet:
         self._buf = np.zeros(self._gsize + ncost + 1, np.float32)
         self._pre = np.zeros(self._gsize, np.float32) if self._periodic else None
         self.stop_requested = False
+        self.stop_signal = None  # the signal that asked for it on this rank
         world.sync_params(net)
 
     def __getattr__(self, name):
@@ -773,7 +775,9 @@ class DataParallelNet:
             vals = by_layer.get(layer, [0.0] * m)
             buf[k:k + m] = vals[:m] if len(vals) >= m else list(vals) + [0.0] * (m - len(vals))
             k += m
-        buf[k] = 1.0 if self.stop_requested else 0.0
+        # a stop request: 1 for Ctrl-C, 1000 for SIGTERM, summed over the ranks (so all stop, and all exit as
+        # for SIGTERM when any rank got one)
+        buf[k] = (1000.0 if self.stop_signal == signal.SIGTERM else 1.0) if self.stop_requested else 0.0
         w.allreduce_sum(buf, "the gradient all-reduce")
         core.write_grads(buf[:g])
         core.update(progress, minibatch)
@@ -781,6 +785,8 @@ class DataParallelNet:
         core.case_offset = 0
         if buf[k] > 0 and self.trainer is not None:
             self.trainer._stop = True
+            if buf[k] >= 1000:
+                self.trainer.stop_signal = signal.SIGTERM
         out, k = [], g
         for layer, m in self._cost_layout:
             out.append({"layer": layer, "values": [float(v) for v in buf[k:k + m]]})
@@ -800,6 +806,7 @@ def data_parallel_trainer(world: World, net, train_dp, test_dp, cfg, state, out)
             if self.net.stop_requested:
                 raise KeyboardInterrupt
             self.net.stop_requested = True  # sent with the next all-reduce; every rank stops after it
+            self.net.stop_signal = signum
             self._display.line("interrupted: all ranks finish this minibatch, then rank 0 saves a checkpoint "
                                "(press Ctrl-C again to abort without saving).")
 

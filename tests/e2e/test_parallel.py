@@ -358,6 +358,34 @@ def test_a_hung_or_dead_rank_stops_the_job_naming_it(tmp_path, how):
     ck.load(str(tmp_path / "save"))  # the last checkpoint is complete
 
 
+@pytest.mark.slow
+def test_sigterm_to_one_rank_stops_every_rank_with_a_checkpoint(tmp_path):
+    """A batch scheduler's SIGTERM, here to rank 1 only: every rank finishes the same minibatch,
+    rank 0 saves, and all exit as for SIGTERM (143), not as for Ctrl-C."""
+    data = fakedata.make_dataset(tmp_path / "data", delay=0.02, batches=list(range(1, 6)))
+    layers, _ = fakedata.write_net(tmp_path / "net")
+    tag = uuid.uuid4().hex
+    a = args(tmp_path, data, layers, "save", mini=4, epochs=10000, test_freq=1)
+    cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "ccn.cli.main", "train", *a]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(CCN_TEST_TAG=tag))
+    try:
+        rank1 = _pid_of_rank(tag, 1, time.time() + 30)
+        t_end = time.time() + 30
+        while time.time() < t_end and not ck.list_checkpoints(tmp_path / "save"):
+            time.sleep(0.05)
+        assert ck.list_checkpoints(tmp_path / "save"), "training did not start"
+        os.kill(rank1, signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 143, (p.returncode, out[-1500:], err[-1500:])
+    assert "Stopped by SIGTERM" in out and "Traceback" not in err
+    assert re.search(r"-mb\d+$|\.\d+$", ck.list_checkpoints(tmp_path / "save")[-1])
+    ck.load(str(tmp_path / "save"))
+
+
 # ---- RANK / WORLD_SIZE launchers (torchrun, a shell loop): no MPI launcher -------------------
 def free_port(pair=False) -> int:
     """A free TCP port on this machine (with pair=True, one whose successor is free too)."""
