@@ -316,23 +316,36 @@ def _pid_of_rank(tag, rank, deadline, var="PMI_RANK", also=()):
     raise AssertionError(f"rank {rank} not found")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("how", ["hang", "die"])
-def test_a_hung_or_dead_rank_stops_the_job_naming_it(tmp_path, how):
+def _two_ranks_training(tmp_path, **extra_env):
+    """`mpiexec -n 2 ccn train` on slow fake data, returned (Popen, with .rank1 the pid of rank 1) once
+    its first checkpoint is written, so that a test can then signal, stop or kill a rank."""
     data = fakedata.make_dataset(tmp_path / "data", delay=0.02, batches=list(range(1, 6)))
     layers, _ = fakedata.write_net(tmp_path / "net")
     tag = uuid.uuid4().hex
     a = args(tmp_path, data, layers, "save", mini=4, epochs=10000, test_freq=1)
     cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "ccn.cli.main", "train", *a]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=env(CCN_TEST_TAG=tag, CCN_DP_TIMEOUT="3"))
-    victim = None
+                         env=env(CCN_TEST_TAG=tag, **extra_env))
     try:
-        victim = _pid_of_rank(tag, 1, time.time() + 30)
+        p.rank1 = _pid_of_rank(tag, 1, time.time() + 30)
         t_end = time.time() + 30
         while time.time() < t_end and not ck.list_checkpoints(tmp_path / "save"):
             time.sleep(0.05)
         assert ck.list_checkpoints(tmp_path / "save"), "training did not start"
+    except BaseException:
+        p.kill()
+        p.communicate()
+        raise
+    return p
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["hang", "die"])
+def test_a_hung_or_dead_rank_stops_the_job_naming_it(tmp_path, how):
+    victim = None
+    p = _two_ranks_training(tmp_path, CCN_DP_TIMEOUT="3")
+    try:
+        victim = p.rank1
         os.kill(victim, signal.SIGSTOP if how == "hang" else signal.SIGKILL)
         t0 = time.time()
         out, err = p.communicate(timeout=30)
@@ -362,19 +375,9 @@ def test_a_hung_or_dead_rank_stops_the_job_naming_it(tmp_path, how):
 def test_sigterm_to_one_rank_stops_every_rank_with_a_checkpoint(tmp_path):
     """A batch scheduler's SIGTERM, here to rank 1 only: every rank finishes the same minibatch,
     rank 0 saves, and all exit as for SIGTERM (143), not as for Ctrl-C."""
-    data = fakedata.make_dataset(tmp_path / "data", delay=0.02, batches=list(range(1, 6)))
-    layers, _ = fakedata.write_net(tmp_path / "net")
-    tag = uuid.uuid4().hex
-    a = args(tmp_path, data, layers, "save", mini=4, epochs=10000, test_freq=1)
-    cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "ccn.cli.main", "train", *a]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(CCN_TEST_TAG=tag))
+    p = _two_ranks_training(tmp_path)
     try:
-        rank1 = _pid_of_rank(tag, 1, time.time() + 30)
-        t_end = time.time() + 30
-        while time.time() < t_end and not ck.list_checkpoints(tmp_path / "save"):
-            time.sleep(0.05)
-        assert ck.list_checkpoints(tmp_path / "save"), "training did not start"
-        os.kill(rank1, signal.SIGTERM)
+        os.kill(p.rank1, signal.SIGTERM)
         out, err = p.communicate(timeout=60)
     finally:
         if p.poll() is None:
