@@ -218,7 +218,7 @@ class Minibatch:
     outputs: dict = field(default_factory=dict)  # layer name -> cases x values
 
 
-def logreg_values(probs: np.ndarray, labels: np.ndarray, topk: int = 1) -> list[float]:
+def logreg_values(probs: np.ndarray, labels: np.ndarray, topk: int = 1, nll: float | None = None) -> list[float]:
     """cost.logreg's values summed over cases: -log p[label], top-1 error, (top-k error): a label
     tied with t classes for the last slots gets a share of the credit (the core's rule)."""
     p = np.asarray(probs, np.float64)
@@ -232,10 +232,31 @@ def logreg_values(probs: np.ndarray, labels: np.ndarray, topk: int = 1) -> list[
         credit = np.where(greater >= k, 0.0, np.where(slots >= equal, 1.0, slots / np.maximum(equal, 1)))
         return float((1.0 - credit).sum())
 
-    vals = [float(-np.log(np.maximum(pl, 1e-38)).sum()), wrong(1)]
+    vals = [float(-np.log(np.maximum(pl, 1e-38)).sum()) if nll is None else float(nll), wrong(1)]
     if topk > 1:
         vals.append(wrong(topk))
     return vals
+
+
+def fused_logits(net, logreg) -> str | None:
+    """The layer whose outputs are the logits of ``logreg``'s softmax when the core fuses the two
+    (cost.logreg over a softmax without a neuron that feeds nothing else: native/net net.h
+    softmax_of_), else None."""
+    layers = {l.name: l for l in net.layers}
+    sm = layers.get(logreg.inputs[1]) if len(logreg.inputs) == 2 else None
+    if sm is None or sm.type != "softmax" or sm.neuron not in ("", "ident") or len(sm.inputs) != 1 or \
+            logreg.inputs[0] == sm.name:
+        return None
+    if sum(l.inputs.count(sm.name) for l in layers.values()) != 1:
+        return None
+    return sm.inputs[0]
+
+
+def label_log_probs(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """log softmax(x)[label] per row, in float64 from the logits (finite where p underflows)."""
+    x = np.asarray(logits, np.float64)
+    m = x.max(axis=1)
+    return x[np.arange(len(x)), labels] - m - np.log(np.exp(x - m[:, None]).sum(axis=1))
 
 
 def _nonfinite(costs) -> bool:
@@ -275,6 +296,9 @@ def run_test(net, dp, batches, *, mini: int, epoch: int = 1, multiview: bool = F
     prob_layer = logreg.inputs[1] if logreg is not None else None
     logregs = {l.name: l for l in layers.values() if l.type == "cost.logreg"}
     topks = {name: topk_of(net, name) for name in logregs} if multiview else {}
+    # a fused logreg reports -log p from the logits (the core's rule); over the views, -log of the mean
+    # probability from the views' log-probabilities, so that saturated cases are not capped either
+    logits = {name: fused_logits(net, l) for name, l in logregs.items()} if multiview else {}
     if multiview and outputs:
         raise InputError("layer outputs (--write-features) are read from one view per case; leave out "
                          "--multiview-test to write them.")
@@ -299,6 +323,8 @@ def run_test(net, dp, batches, *, mini: int, epoch: int = 1, multiview: bool = F
         for lo in range(0, n, mini):
             hi = min(n, lo + mini)
             probs = {name: 0.0 for name in logregs}
+            logps: dict = {name: [] for name in logregs}
+            labs = {name: data[layers[l.inputs[0]].data_idx][lo:hi, 0].astype(np.int64) for name, l in logregs.items()}
             other: dict = {}
             order = None
             for v in range(VIEWS):
@@ -308,6 +334,8 @@ def run_test(net, dp, batches, *, mini: int, epoch: int = 1, multiview: bool = F
                 order = costs
                 for name, l in logregs.items():
                     probs[name] = probs[name] + net.output(l.inputs[1]).astype(np.float64)
+                    if logits[name] is not None:
+                        logps[name].append(label_log_probs(net.output(logits[name]), labs[name]))
                 for c in costs:
                     if c["layer"] not in logregs:
                         vals = np.asarray(c["values"], np.float64) / VIEWS
@@ -316,8 +344,12 @@ def run_test(net, dp, batches, *, mini: int, epoch: int = 1, multiview: bool = F
             for c in order:
                 name = c["layer"]
                 if name in logregs:
-                    labs = data[layers[logregs[name].inputs[0]].data_idx][lo:hi, 0].astype(np.int64)
-                    vals = logreg_values(probs[name] / VIEWS, labs, topks[name])
+                    nll = None
+                    if logps[name]:  # -log mean_v p_v = -(logsumexp_v log p_v - log V)
+                        lp = np.stack(logps[name])
+                        top = lp.max(axis=0)
+                        nll = -np.sum(top + np.log(np.exp(lp - top).sum(axis=0)) - np.log(VIEWS))
+                    vals = logreg_values(probs[name] / VIEWS, labs[name], topks[name], nll=nll)
                     result.append({**c, "values": vals})
                 else:
                     result.append({**c, "values": [float(x) for x in other[name]]})

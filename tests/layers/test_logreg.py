@@ -181,3 +181,32 @@ inputs=labels,probs
         first = first if first is not None else c[0]["values"][1]
     assert first == 20  # two thirds wrong at the start
     assert c[0]["values"][1] <= 2 and net.get("fc.biases")[0, 0] < 60
+
+
+def test_multiview_cost_from_the_views_log_probabilities(rng):
+    """Multiview testing: -log of the mean over the views of p[label], from the logits when the
+    softmax is fused (exact where every view's p underflows), else from the averaged p."""
+    from ccn.testing import VIEWS, fused_logits, run_test
+
+    n, K = 3, 4
+    x = rng.standard_normal((VIEWS * n, K)).astype(np.float32)
+    x[0::n] = [300.0, 0.0, 0.0, 0.0]  # case 0: every view sure of class 0; its label is 2
+    y = np.array([2, 1, 3])
+    labels = np.tile(y, VIEWS).reshape(-1, 1).astype(np.float32)
+
+    class Views:
+        def load(self, b, epoch):
+            return [x, labels]
+
+    net = make(FUSED, K)
+    logreg = net.layer("cost")
+    assert fused_logits(net, logreg) == "logits"
+    (mb,) = list(run_test(net, Views(), [1], mini=8, multiview=True, logreg=logreg))
+    lp = np.stack([np.log(softmax64(x[v * n:(v + 1) * n].astype(np.float64))[np.arange(n), y]) for v in range(VIEWS)])
+    with np.errstate(divide="ignore"):
+        top = lp.max(axis=0)
+    want = -np.sum(top + np.log(np.exp(lp - top).sum(axis=0)) - np.log(VIEWS))
+    got = next(c for c in mb.costs if c["layer"] == "cost")["values"][0]
+    assert np.isfinite(got) and got == pytest.approx(want, rel=1e-9) and got > 300
+    two = make(TWO_CONSUMERS, K, PARAMS + "[cost2]\ncoeff=0.3\n")
+    assert fused_logits(two, two.layer("cost")) is None
