@@ -51,9 +51,9 @@ def read_ref(ref) -> bytes:
 
 
 def _work(args):
-    items, size, crop, storage, quality = args
+    items, size, crop, storage, quality, want_stats = args
     out = []
-    stats = Stats(3, size, size)  # the test batches' too: the mean's source when there are no training images
+    stats = Stats(3, size, size) if want_stats else None
     for it in items:
         try:
             data = read_ref(it.ref)
@@ -65,9 +65,10 @@ def _work(args):
             out.append((False, f"cannot read ({e.strerror or e})"))
             continue
         arr = np.asarray(im).transpose(2, 0, 1)
-        h, w = arr.shape[1:]
-        y, x = (h - size) // 2, (w - size) // 2
-        stats.add_images(arr[None, :, y:y + size, x:x + size], pixel_stride=max(1, size // 32))
+        if stats is not None:
+            h, w = arr.shape[1:]
+            y, x = (h - size) // 2, (w - size) // 2
+            stats.add_images(arr[None, :, y:y + size, x:x + size], pixel_stride=max(1, size // 32))
         if storage == "jpeg":
             out.append((True, encode_jpeg(im, quality)))
         else:
@@ -86,12 +87,15 @@ def run(writer: DatasetWriter, plan, *, size: int, crop: bool, storage: str, qua
     if not todo:
         return
     workers = workers or os.cpu_count() or 1
+    # statistics of the training batches (the mean image, colour PCA); of the test batches only when
+    # there are no training batches, whose mean the test images' then stand in for (writer.finish)
+    test_only = not any(train for _, train, _ in plan)
     jobs = []  # (batch index in todo, chunk args)
     for bi, (num, train, items) in enumerate(todo):
         for lo in range(0, len(items), chunk):
-            jobs.append((bi, (items[lo:lo + chunk], size, crop, storage, quality)))
+            jobs.append((bi, (items[lo:lo + chunk], size, crop, storage, quality, train or test_only)))
         if not items:
-            jobs.append((bi, ([], size, crop, storage, quality)))
+            jobs.append((bi, ([], size, crop, storage, quality, train or test_only)))
 
     def results():
         if workers <= 1:
@@ -140,11 +144,11 @@ def run(writer: DatasetWriter, plan, *, size: int, crop: bool, storage: str, qua
                 names = [it.name for it, _ in ok]
                 if storage == "jpeg":
                     writer.commit(num, labels, train=train, jpegs=[p for _, p in ok], names=names,
-                                  stats=stats, read=len(acc), skipped=bad)
+                                  stats=stats if train or test_only else None, read=len(acc), skipped=bad)
                 else:
                     px = np.stack([p for _, p in ok]) if ok else np.zeros((0, 3, size, size), np.uint8)
                     writer.commit(num, labels, train=train, pixels=px, names=names,
-                                  stats=stats, read=len(acc), skipped=bad)
+                                  stats=stats if train or test_only else None, read=len(acc), skipped=bad)
             if progress:
                 progress(done_imgs, total_imgs)
     finally:

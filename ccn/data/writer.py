@@ -195,14 +195,16 @@ class DatasetWriter:
 
     def commit(self, num: int, labels, *, train: bool, pixels=None, jpegs=None, names=None,
                stats: Stats | None = None, read: int | None = None, skipped=()) -> None:
-        """Write batch ``num``; fold its statistics into the training or the test sums."""
+        """Write batch ``num``; fold its statistics in: a training batch's (from ``stats``, or
+        computed from ``pixels``), and a test batch's when ``stats`` are given (the pipeline gives
+        them when there are no training batches: see finish)."""
         labels = np.asarray(labels)
         n = len(labels)
         h, w = self.size
         digest = bf.write_batch(os.path.join(self.out, bf.batch_name(num)), self.storage, labels,
                                 channels=self.channels, height=h, width=w, pixels=pixels, jpegs=jpegs,
                                 names=names)
-        if stats is None and pixels is not None:
+        if train and stats is None:
             stats = Stats(self.channels, h, w)
             stats.add_images(pixels, pixel_stride=max(1, h // 32))
         if stats is not None:

@@ -247,3 +247,29 @@ def test_bad_archives(ilsvrc, tmp_path):
     r = subprocess.run([sys.executable, "-m", "ccn.cli.main", "prepare-data", "imagenet", "--out", str(tmp_path / "o"),
                         "--train", str(trunc), "--devkit", dk], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+
+
+def test_validation_set_alone_takes_its_own_mean(ilsvrc, tmp_path):
+    """Only --val (to test a net trained elsewhere): the mean image is the validation images',
+    as a NumPy mean of the written images says, not zeros; with --train it is the training images'."""
+    root, _, _ = ilsvrc
+    common = ["--val", str(root / "ILSVRC2012_img_val.tar"), "--devkit", str(root / "ILSVRC2012_devkit_t12.tar.gz"),
+              "--size", "16", "--batch-size", "4", "-j", "1"]
+    r = subprocess.run([sys.executable, "-m", "ccn.cli.main", "prepare-data", "imagenet", "--out", str(tmp_path / "v"),
+                        *common], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "note: no training images were prepared" in r.stdout
+    meta = bf.read_meta(str(tmp_path / "v"))
+    assert meta["mean_from"] == "test" and meta["train_batches"] == []
+    from ccn.data.images import prepare_image
+
+    # (the mean is taken before the JPEG encoding: of the validation images scaled and cropped to 16 x 16)
+    val = sorted((root / "tree" / "val").iterdir())
+    imgs = [np.asarray(prepare_image(p.read_bytes(), 16, True)).transpose(2, 0, 1) for p in val]
+    assert len(imgs) == sum(meta["batch_counts"].values())
+    np.testing.assert_allclose(np.load(tmp_path / "v" / "data_mean.npy"), np.mean(imgs, axis=0), rtol=1e-6)
+    r = subprocess.run([sys.executable, "-m", "ccn.cli.main", "prepare-data", "imagenet", "--out", str(tmp_path / "t"),
+                        "--train", str(root / "ILSVRC2012_img_train.tar"), *common], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert bf.read_meta(str(tmp_path / "t"))["mean_from"] == "train" and "no training images" not in r.stdout

@@ -268,10 +268,13 @@ def test_test_images_only_take_their_own_mean(tmp_path):
     np.testing.assert_allclose(mean, np.mean([p.transpose(2, 0, 1) for p in pics], axis=0), rtol=1e-6)
     # the same images as a test set only (--test-fraction just under 1 keeps one per class for training, so move
     # them: a val/ folder with an empty train/ is not a layout; use the writer directly)
-    from ccn.data.writer import DatasetWriter
+    from ccn.data.writer import DatasetWriter, Stats
 
+    px = np.stack([p.transpose(2, 0, 1) for p in pics])
+    st = Stats(3, 8, 8)  # as the pipeline gathers them for the test batches of a plan without training batches
+    st.add_images(px)
     w = DatasetWriter(str(tmp_path / "t"), plan_id="x", storage="raw", channels=3, size=(8, 8))
-    w.commit(1, np.zeros(6, np.int32), train=False, pixels=np.stack([p.transpose(2, 0, 1) for p in pics]))
+    w.commit(1, np.zeros(6, np.int32), train=False, pixels=px, stats=st)
     meta = w.finish(label_names=["a", "b"], source="test", options={}, seed=0)
     assert meta["mean_from"] == "test" and meta["train_batches"] == []
     np.testing.assert_allclose(np.load(tmp_path / "t" / "data_mean.npy"), mean, rtol=1e-6)
