@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InputError
-from .fsutil import fsync_dir
+from .fsutil import fsync_dir, probe_writable
 
 FORMAT = "ccn-checkpoint"
 FORMAT_VERSION = 1
@@ -164,6 +164,11 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def text_sha256(text: str) -> str:
+    """SHA-256 of a text (UTF-8), e.g. of a layer-definition file as it was read."""
+    return _sha256_bytes(text.encode("utf-8"))
+
+
 def _meta_digest(meta: dict) -> str:
     body = {k: v for k, v in meta.items() if k != "sha256"}
     return _sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8"))
@@ -192,9 +197,7 @@ def check_writable(folder: str) -> None:
     """Create ``folder`` if needed and prove a file can be written there (InputError if not)."""
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX + "probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(folder, TMP_PREFIX + "probe-")
     except OSError as e:
         raise InputError(f"{folder}: cannot write checkpoints there ({e.strerror or e}). Give a writable "
                          "--save-path.") from e

@@ -17,6 +17,14 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+def probe_writable(folder: str, prefix: str = ".ccn-probe-") -> None:
+    """Create and remove a file in ``folder`` (OSError if that fails): permissions alone do not
+    tell, e.g. on a read-only file system or for root."""
+    fd, probe = tempfile.mkstemp(prefix=prefix, dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+
+
 def fsync_dir(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)

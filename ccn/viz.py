@@ -20,26 +20,28 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 
 import numpy as np
 
 from .errors import InputError
+from .fsutil import atomic_write, probe_writable
 
 FILTERS_PER_ROW = 16
 MAX_FILTERS = 256
 
 
 # ---- output files ----------------------------------------------------------------------------
-def check_output(path: str, what: str = "picture", option: str = "-o") -> str:
+def check_output(path: str, what: str = "picture", option: str = "-o", suffix: str | None = ".png") -> str:
     """Make sure ``path`` can be written (its folder exists and takes a file: probed, since
-    permissions do not tell on a read-only file system or for root); return it."""
+    permissions do not tell on a read-only file system or for root) and, given ``suffix``, ends
+    in it; return it."""
     path = os.path.expanduser(path)
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise InputError(f"{path}: is a folder; give a file name for the {what} ({option} FILE).")
-    if what == "picture" and os.path.splitext(path)[1].lower() != ".png":
-        raise InputError(f"{path}: the pictures are PNG files; give a name ending in .png ({option} FILE.png).")
+    if suffix and os.path.splitext(path)[1].lower() != suffix:
+        raise InputError(f"{path}: the {what}s are {suffix[1:].upper()} files; give a name ending in {suffix} "
+                         f"({option} FILE{suffix}).")
     parent = folder
     while parent and not os.path.exists(parent) and os.path.dirname(parent) != parent:
         parent = os.path.dirname(parent)
@@ -48,9 +50,7 @@ def check_output(path: str, what: str = "picture", option: str = "-o") -> str:
     if not os.path.isdir(folder):
         raise InputError(f"{path}: cannot write the {what} there: the folder {folder} does not exist.")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".ccn-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(folder)
     except OSError as e:
         raise InputError(f"{path}: cannot write the {what} there: the folder {folder} is not writable "
                          f"({e.strerror or e}).") from None
@@ -58,8 +58,6 @@ def check_output(path: str, what: str = "picture", option: str = "-o") -> str:
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    from .fsutil import atomic_write
-
     atomic_write(path, [data])
 
 

@@ -76,13 +76,13 @@ def run_test_command(load_file, *, test_range=None, data_path=None, data_provide
         ext = os.path.splitext(test_out)[1].lower()
         if ext not in (".npz", ".csv"):
             raise InputError(f"--test-out {test_out}: the file name must end in .npz or .csv.")
-        viz.check_output(test_out, "predictions", "--test-out")
+        viz.check_output(test_out, "predictions", "--test-out", suffix=None)
     if feature_path is not None:
         try:
             os.makedirs(feature_path, exist_ok=True)
         except OSError as e:
             raise InputError(f"--feature-path {feature_path}: cannot create the folder ({e.strerror or e}).") from None
-        viz.check_output(os.path.join(feature_path, "features.json"), "features", "--feature-path")
+        viz.check_output(os.path.join(feature_path, "features.json"), "features", "--feature-path", suffix=None)
     from .. import device as dev
 
     # --device cuda where it cannot work fails before the checkpoint is read; like --threads,

@@ -43,9 +43,12 @@ REDIRECTED = {
                  "--multiview-test, --test-out, --write-features)",
     "check_grads": "gradient checks are their own command in ccn: ccn check-grads --layers FILE",
 }
-IGNORED = {"logreg_name": "ccn train's tests (multiview too) report every cost layer; ccn test -f CHECKPOINT "
-                          "--logreg-name NAME picks the one whose predictions it writes", "zip_save": "checkpoints are .npz archives (float weights barely compress)", "conserve_mem": "ccn keeps no spare "
-           "copies to free (see the memory estimate ccn train prints on failure)"}
+IGNORED = {
+    "logreg_name": "ccn train's tests (multiview too) report every cost layer; ccn test -f CHECKPOINT --logreg-name "
+                   "NAME picks the one whose predictions it writes",
+    "zip_save": "checkpoints are .npz archives (float weights barely compress)",
+    "conserve_mem": "ccn keeps no spare copies to free (see the memory estimate ccn train prints on failure)",
+}
 
 
 class Bool01(click.ParamType):
@@ -215,12 +218,6 @@ def run_train(given: dict, load_file: str | None = None, out=None, stop_after: i
                        lambda world: _run_train(given, load_file, out, stop_after, world))
 
 
-def _sha(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def _crop_border(opts: dict, given: dict, resuming: bool) -> str | None:
     """cuda-convnet's cropped CIFAR provider (``--data-provider cifar-cropped [--crop-border B]``,
     B = 4 by default) as ``--inner-size`` = image size - 2B; the note to print, if any."""
@@ -384,15 +381,15 @@ def _run_train(given: dict, load_file, out, stop_after, world):
         params = os.path.abspath(find_params_file(layers, opts["params"]))
         opts["layers"], opts["params"] = layers, params
         net = Net(layers, params, data_dims=dims, seed=int(opts["seed"]))
-        layers_sha = _sha(net.layers_text)  # the file's text as read, kept even when --conv-to-local rewrites it
+        layers_sha = ck.text_sha256(net.layers_text)  # the file's text as read, kept even when --conv-to-local rewrites it
     else:
         from ..netfiles import read_text
 
         saved_layers = ckpt.net_meta.get("layers_path") or "layers.cfg"
-        layers_sha = ckpt.net_meta.get("layers_file_sha256") or _sha(ckpt.layers_text)
+        layers_sha = ckpt.net_meta.get("layers_file_sha256") or ck.text_sha256(ckpt.layers_text)
         if "layers" not in given and saved_layers and os.path.isfile(saved_layers):
             try:
-                if _sha(read_text(saved_layers, "layer-definition file")) != layers_sha:
+                if ck.text_sha256(read_text(saved_layers, "layer-definition file")) != layers_sha:
                     layers_note = (f"note: {saved_layers} has changed since the checkpoint was saved; training goes on "
                                    "with the layer definition saved in the checkpoint (the architecture cannot change "
                                    "on resume; start a new run for the edited net).")
@@ -490,7 +487,8 @@ def _run_train(given: dict, load_file, out, stop_after, world):
                 if world.launcher is not None else ""))
     for line in class_warnings:
         echo(line)
-    both = [b for b in train_range if b in set(test_range)]
+    testing = set(test_range)
+    both = [b for b in train_range if b in testing]
     if both:
         echo(f"warning: batch{'es' if len(both) > 1 else ''} {format_range(both)} {'are' if len(both) > 1 else 'is'} "
              "in both --train-range and --test-range: the test error is measured on training data.")
