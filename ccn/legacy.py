@@ -59,12 +59,8 @@ class _OptionRecord(safepickle.Record):
     pass
 
 
-def _option_classes() -> dict:
-    out = {}
-    for mod in _DIALECTS:
-        for name in _OPTION_CLASSES:
-            out[(mod, name)] = type(name, (_OptionRecord,), {})
-    return out
+# the globals a checkpoint may name besides NumPy's: inert records for the options module's classes
+_OPTION_GLOBALS = {(mod, name): type(name, (_OptionRecord,), {}) for mod in _DIALECTS for name in _OPTION_CLASSES}
 
 
 @dataclass
@@ -125,12 +121,8 @@ def is_original(path: str) -> bool:
     return head[:2] == b"\x80\x02" or head[:2] == b"\x1f\x8b"
 
 
-def _pickle_bytes(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read the checkpoint ({e.strerror or e}).") from e
+def _pickle_bytes(path: str, raw: bytes) -> bytes:
+    """The pickle in ``raw``, the bytes of the checkpoint file ``path`` (a zip or gzip unpacked)."""
     if raw[:4] == b"PK\x03\x04":  # cuda-convnet's --zip-save 1
         try:
             with zipfile.ZipFile(io.BytesIO(raw)) as z:
@@ -165,9 +157,13 @@ def read(path: str) -> Original:
         path = files[-1]
     elif not os.path.exists(path):
         raise InputError(f"{path}: no such checkpoint file or folder.")
-    data = _pickle_bytes(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the checkpoint ({e.strerror or e}).") from e
     what = "a readable cuda-convnet checkpoint"
-    obj = safepickle.load(data, path, what=what, extra=_option_classes())
+    obj = safepickle.load(_pickle_bytes(path, raw), path, what=what, extra=_OPTION_GLOBALS)
     bad = lambda why: InputError(f"{path} is not {what}: {why}.")  # noqa: E731
     if not isinstance(obj, dict) or not isinstance(obj.get("model_state"), dict):
         raise bad("it holds no dict with a 'model_state'")
@@ -219,7 +215,7 @@ def read(path: str) -> Original:
             raise bad(f"its model_state['{k}'] is a {type(v).__name__}, not a list")
     return Original(path=path, dialect=dialect, layers=layers, options=options, epoch=epoch, batchnum=batchnum,
                     train_outputs=list(outs["train_outputs"]), test_outputs=list(outs["test_outputs"]),
-                    sha256=hashlib.sha256(open(path, "rb").read()).hexdigest())
+                    sha256=hashlib.sha256(raw).hexdigest())
 
 
 # ---- the layer files ---------------------------------------------------------------------------
@@ -338,9 +334,9 @@ def options_of(orig: Original, dims: dict) -> dict:
         v = num(theirs, cast, lo)
         if v is not None and (not isinstance(v, float) or math.isfinite(v)):
             out[ours] = v
-    for ours, theirs in (("test_one", "test_one"), ("multiview_test", "multiview_test"), ("force_save", "force_save")):
-        if isinstance(o.get(theirs), (bool, int)):
-            out[ours] = bool(o[theirs])
+    for key in ("test_one", "multiview_test", "force_save"):  # (the same names in both)
+        if isinstance(o.get(key), (bool, int)):
+            out[key] = bool(o[key])
     border = num("crop_border", int, 1)  # cuda-convnet's CIFAR crops: the net saw the inner part
     if border and 0 in dims and dims[0][1] > 1:
         out["inner_size"] = dims[0][1]
@@ -424,6 +420,12 @@ def _matrix(orig: Original, layer: str, key: str, idx: int | None, shape: tuple,
     return np.ascontiguousarray(v, dtype=np.float32)
 
 
+def _matrix_index(pname: str) -> int | None:
+    """``L.weights[i]`` -> i; ``L.biases`` -> None (ccn's parameter names)."""
+    part = pname.rsplit(".", 1)[1]
+    return None if part == "biases" else int(part[part.index("[") + 1:-1])
+
+
 def _rewritten(orig: Original, net) -> tuple[list[str], list[str]]:
     """(conv layers the checkpoint holds as local layers, "layer[i]" matrices the file takes
     through weightSource but the checkpoint holds as a copy of their own)."""
@@ -441,7 +443,7 @@ def _rewritten(orig: Original, net) -> tuple[list[str], list[str]]:
             if src == l.name or not isinstance(mine, (list, tuple)) or i >= len(mine):
                 continue
             theirs = (orig.layers.get(src) or {}).get("weights") or []
-            j = int(w[w.index("[") + 1:-1])
+            j = _matrix_index(w)
             # shared: one object in both layers (the pickle's memo); unshared: an array of its own
             if j < len(theirs) and mine[i] is not theirs[j] and isinstance(mine[i], np.ndarray):
                 unshare.append(f"{l.name}[{i}]")
@@ -454,13 +456,13 @@ def convert(orig: Original, layers: str | None = None, params: str | None = None
     import secrets
 
     from .net import Net
-    from .netfiles import read_text
 
     lpath, ppath, notes = find_layer_files(orig, layers, params)
     dims = data_dims(orig)
     if not dims:
         raise InputError(f"{orig.path}: the checkpoint has no data layers (type 'data' with a dataIdx).")
     net = Net(lpath, ppath, data_dims=dims, init=False)
+    file_text = net.layers_text  # as read (a rewrite below changes net.layers_text)
     # the original's --conv-to-local and --unshare-weights changed the model, not its layer file: do the same
     # to the file's net (ccn.netedit), so that the checkpoint's matrices fit
     c2l, unshare = _rewritten(orig, net)
@@ -474,12 +476,11 @@ def convert(orig: Original, layers: str | None = None, params: str | None = None
         if p.layer not in orig.layers:
             raise InputError(f"{orig.path}: the checkpoint has no layer '{p.layer}', which {lpath} defines with "
                              "weights: the layer files are not those it was trained with.")
-        part = p.name.rsplit(".", 1)[1]  # "weights[i]" or "biases"
-        if part == "biases":
+        i = _matrix_index(p.name)
+        if i is None:
             w = _matrix(orig, p.layer, "biases", None, p.shape, "biases")
             inc = _matrix(orig, p.layer, "biasesInc", None, p.shape, "biasesInc")
         else:
-            i = int(part[part.index("[") + 1:-1])
             w = _matrix(orig, p.layer, "weights", i, p.shape, f"weights[{i}]")
             inc = _matrix(orig, p.layer, "weightsInc", i, p.shape, f"weightsInc[{i}]")
         arrays[f"w/{p.name}"], arrays[f"inc/{p.name}"] = w, inc
@@ -502,12 +503,10 @@ def convert(orig: Original, layers: str | None = None, params: str | None = None
         "options": opts,
         "net": {"layers_path": lpath, "params_path": ppath, "seed": opts["seed"], "step": 0,
                 "data_dims": {str(k): list(v) for k, v in dims.items()}, "params": plist,
-                "layers_file_sha256": hashlib.sha256(read_text(lpath, "layer-definition file").encode("utf-8"))
-                .hexdigest()},
+                "layers_file_sha256": ck.text_sha256(file_text)},
         "position": pos,
         "history": history_of(orig, where, int(opts["test_freq"]), test, bool(opts["test_one"])),
         "imported": {"from": os.path.abspath(orig.path), "dialect": orig.dialect, "sha256": orig.sha256},
     }
-    ckpt = ck.Checkpoint(meta=meta, arrays=arrays, layers_text=net.layers_text,
-                         params_text=read_text(ppath, "layer-params file"))
+    ckpt = ck.Checkpoint(meta=meta, arrays=arrays, layers_text=net.layers_text, params_text=net.params_text)
     return ckpt, notes

@@ -259,8 +259,8 @@ class Trainer:
         before = st.batches_done
         st.epoch, st.index = epoch, index
         st.batches_done = len(new) * (epoch - 1) + index
-        self.range_note = (f"the train range changed since the checkpoint ({format_range(old)} -> {format_range(new)}): going on "
-                           f"with batch {new[index]} of epoch {epoch}; batches done counted in the new range: "
+        self.range_note = (f"the train range changed since the checkpoint ({format_range(old)} -> {format_range(new)}): "
+                           f"going on with batch {new[index]} of epoch {epoch}; batches done counted in the new range: "
                            f"{st.batches_done} (was {before}), for the learning-rate schedules and --test-freq")
 
     # -- data
