@@ -32,6 +32,7 @@ class LayerInfo:
     data_idx: int
     keeps_pre: bool = False  # the net keeps a pre-activation copy (a neuron neither in place nor fused)
     device_keeps_pre: bool = False  # the same on a GPU, whose kernels fuse no neuron
+    fused_logits: str | None = None  # a cost layer fused with its softmax: the layer making the logits
 
     @property
     def outputs(self) -> int:

@@ -238,20 +238,6 @@ def logreg_values(probs: np.ndarray, labels: np.ndarray, topk: int = 1, nll: flo
     return vals
 
 
-def fused_logits(net, logreg) -> str | None:
-    """The layer whose outputs are the logits of ``logreg``'s softmax when the core fuses the two
-    (cost.logreg over a softmax without a neuron that feeds nothing else: native/net net.h
-    softmax_of_), else None."""
-    layers = {l.name: l for l in net.layers}
-    sm = layers.get(logreg.inputs[1]) if len(logreg.inputs) == 2 else None
-    if sm is None or sm.type != "softmax" or sm.neuron not in ("", "ident") or len(sm.inputs) != 1 or \
-            logreg.inputs[0] == sm.name:
-        return None
-    if sum(l.inputs.count(sm.name) for l in layers.values()) != 1:
-        return None
-    return sm.inputs[0]
-
-
 def label_log_probs(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """log softmax(x)[label] per row, in float64 from the logits (finite where p underflows)."""
     x = np.asarray(logits, np.float64)
@@ -298,7 +284,7 @@ def run_test(net, dp, batches, *, mini: int, epoch: int = 1, multiview: bool = F
     topks = {name: topk_of(net, name) for name in logregs} if multiview else {}
     # a fused logreg reports -log p from the logits (the core's rule); over the views, -log of the mean
     # probability from the views' log-probabilities, so that saturated cases are not capped either
-    logits = {name: fused_logits(net, l) for name, l in logregs.items()} if multiview else {}
+    logits = {name: l.fused_logits for name, l in logregs.items()}  # (the core's choice: LayerInfo)
     if multiview and outputs:
         raise InputError("layer outputs (--write-features) are read from one view per case; leave out "
                          "--multiview-test to write them.")

@@ -341,7 +341,7 @@ void Net::fprop(const std::vector<const Mat*>& data, bool train) {
 std::vector<const Mat*> Net::fprop_inputs(int i) {
   std::vector<const Mat*> ins;
   for (Layer* in : layers_[i]->inputs) ins.push_back(&acts_[in->id]);
-  if (softmax_of_[i] >= 0) ins.push_back(&acts_[layers_[softmax_of_[i]]->inputs[0]->id]);
+  if (const Layer* logits = fused_logits(i)) ins.push_back(&acts_[logits->id]);
   return ins;
 }
 

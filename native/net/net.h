@@ -74,6 +74,8 @@ class Net {
   // The same on the GPU (net_cuda.cu), whose kernels fuse no neuron: a fused layer keeps its
   // pre-activation there.
   bool device_keeps_pre(int i) const { return layers_[i]->has_neuron && !in_place_[i]; }
+  // For a cost layer fused with its softmax (softmax_of_), the layer whose outputs are the logits.
+  const Layer* fused_logits(int i) const { return softmax_of_[i] >= 0 ? layers_[softmax_of_[i]]->inputs[0] : nullptr; }
 
   // Random numbers are counter-based: (seed, step, layer, element). step counts training
   // forward passes; both are part of a checkpoint.

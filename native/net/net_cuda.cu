@@ -74,6 +74,11 @@ struct Net::NetCuda {
 
   cudaStream_t stream() const { return (cudaStream_t)cx.stream; }
   cudaStream_t copy_stream() const { return (cudaStream_t)cx.copy_stream; }
+  // Layer `in`'s output for the step in slot s on n cases: a data layer's is its minibatch on the device.
+  DevMat act_of(int s, const Layer* in, int n) const {
+    const DeviceArray& a = in->is_data() ? ddata[s][in->data_idx()] : act[in->id];
+    return DevMat{a.data(), n, in->out.size()};
+  }
 };
 
 static DevMat view(const DeviceArray& a, int64_t rows, int64_t cols) { return DevMat{a.data(), rows, cols}; }
@@ -285,12 +290,8 @@ void Net::fprop_cuda(const std::vector<const Mat*>& data, bool train) {
     if (l->is_data()) continue;
     ctx.layer_id = (int)i;
     std::vector<DevMat> ins;
-    auto act_of = [&](Layer* in) {
-      return in->is_data() ? DevMat{nc.ddata[s][in->data_idx()].data(), n, in->out.size()}
-                           : view(nc.act[in->id], n, in->out.size());
-    };
-    for (Layer* in : l->inputs) ins.push_back(act_of(in));
-    if (softmax_of_[i] >= 0) ins.push_back(act_of(layers_[softmax_of_[i]]->inputs[0]));  // the logits (net.h)
+    for (Layer* in : l->inputs) ins.push_back(nc.act_of(s, in, n));
+    if (const Layer* logits = fused_logits((int)i)) ins.push_back(nc.act_of(s, logits, n));  // (net.h softmax_of_)
     const bool keep_pre = device_keeps_pre((int)i);
     DevMat dst = view(keep_pre ? nc.pre[i] : nc.act[i], n, l->out.size());
     double t0 = 0;
@@ -339,10 +340,6 @@ void Net::bprop_cuda(const std::map<std::string, const Mat*>& seeds) {
   ctx.step = step;
   ctx.case_offset = case_offset;
   const bool timing = layer_timing();
-  auto act_of = [&](Layer* in) {
-    return in->is_data() ? DevMat{nc.ddata[s][in->data_idx()].data(), n, in->out.size()}
-                         : view(nc.act[in->id], n, in->out.size());
-  };
   for (int i = (int)layers_.size() - 1; i >= 0; --i) {
     Layer* l = layers_[i].get();
     if (l->is_data()) continue;
@@ -351,7 +348,7 @@ void Net::bprop_cuda(const std::map<std::string, const Mat*>& seeds) {
     std::vector<DevMat> din;
     std::vector<DevMat> ins;
     for (Layer* in : l->inputs) {
-      ins.push_back(act_of(in));
+      ins.push_back(nc.act_of(s, in, n));
       const bool need = needs_grad_[in->id] && l->passes_gradient();  // sized and zeroed above
       din.push_back(need ? view(nc.grad[in->id], n, in->out.size()) : DevMat{});
       any_in = any_in || need;
@@ -365,8 +362,8 @@ void Net::bprop_cuda(const std::map<std::string, const Mat*>& seeds) {
     if (timing) nc.cx.sync(), t0 = wall_s();
     if (fused_cost >= 0) {
       if (din[0].p)
-        layers_[fused_cost]->softmax_input_bprop_cuda(act_of(layers_[fused_cost]->inputs[0]), view(nc.act[i], n, osz),
-                                                      din[0], nc.cx);
+        layers_[fused_cost]->softmax_input_bprop_cuda(nc.act_of(s, layers_[fused_cost]->inputs[0], n),
+                                                      view(nc.act[i], n, osz), din[0], nc.cx);
     } else if (l->is_cost()) {
       l->bprop_cuda(ins, DevMat{}, DevMat{}, din, nc.cx, ctx);
     } else if (l->has_neuron) {

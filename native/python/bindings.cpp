@@ -317,6 +317,8 @@ PYBIND11_MODULE(_core, m) {
                d["data_idx"] = l->data_idx();
                d["keeps_pre"] = net.keeps_pre(l->id);
                d["device_keeps_pre"] = net.device_keeps_pre(l->id);
+               const Layer* logits = net.fused_logits(l->id);
+               d["fused_logits"] = logits ? py::object(py::str(logits->name)) : py::object(py::none());
                out.append(d);
              }
              return out;

@@ -186,7 +186,7 @@ inputs=labels,probs
 def test_multiview_cost_from_the_views_log_probabilities(rng):
     """Multiview testing: -log of the mean over the views of p[label], from the logits when the
     softmax is fused (exact where every view's p underflows), else from the averaged p."""
-    from ccn.testing import VIEWS, fused_logits, run_test
+    from ccn.testing import VIEWS, run_test
 
     n, K = 3, 4
     x = rng.standard_normal((VIEWS * n, K)).astype(np.float32)
@@ -200,7 +200,7 @@ def test_multiview_cost_from_the_views_log_probabilities(rng):
 
     net = make(FUSED, K)
     logreg = net.layer("cost")
-    assert fused_logits(net, logreg) == "logits"
+    assert logreg.fused_logits == "logits"
     (mb,) = list(run_test(net, Views(), [1], mini=8, multiview=True, logreg=logreg))
     lp = np.stack([np.log(softmax64(x[v * n:(v + 1) * n].astype(np.float64))[np.arange(n), y]) for v in range(VIEWS)])
     with np.errstate(divide="ignore"):
@@ -209,4 +209,4 @@ def test_multiview_cost_from_the_views_log_probabilities(rng):
     got = next(c for c in mb.costs if c["layer"] == "cost")["values"][0]
     assert np.isfinite(got) and got == pytest.approx(want, rel=1e-9) and got > 300
     two = make(TWO_CONSUMERS, K, PARAMS + "[cost2]\ncoeff=0.3\n")
-    assert fused_logits(two, two.layer("cost")) is None
+    assert two.layer("cost").fused_logits is None
