@@ -348,6 +348,7 @@ class Trainer:
         self.wait_s = 0.0
         cases_done = 0
         batches_this_run = 0
+        self._batches_at_start = st.batches_done
         try:
             while st.epoch <= cfg.epochs and not self._stop:
                 if stop_after is not None and batches_this_run >= stop_after:
@@ -427,6 +428,8 @@ class Trainer:
                     path = self.save()
                     self._display.line(f"Saved checkpoint to {path}")
             return TrainResult(st, self.last_checkpoint, interrupted)
+        except InputError as e:
+            raise self._save_before_data_error(e) from None
         finally:
             self._display.close()
             for sig, handler in old_handlers.items():
@@ -491,6 +494,22 @@ class Trainer:
                 "rates (edit the layer-params file, then ccn train -f).") if self.last_checkpoint else \
             " No checkpoint was written in this run."
         raise CcnRuntimeError(f"the cost became NaN or infinite while {where} ({bad}); {first}.{keep}")
+
+    def _save_before_data_error(self, e: InputError) -> InputError:
+        """A batch found bad mid-run (damaged since prepare-data, or undecodable) ends the run, but
+        the batches trained since the last checkpoint are saved first, as Ctrl-C would: the error
+        comes from loading, so the net stands at the end of a whole batch. Not under data
+        parallel, where saving takes every rank."""
+        name = self._name()
+        if (self.share is not None or not self.cfg.save_path or self.state.mb > 0 or name is None
+                or name == self._last_saved or self.state.batches_done == self._batches_at_start):
+            return e
+        try:
+            path = self.save()
+        except Exception as save_error:  # the data error stays the one reported
+            return InputError(f"{e} (Saving a checkpoint of the batches trained before it failed too: {save_error})")
+        return InputError(f"{e} The batches trained before it are saved in {path}; once the data is mended, "
+                          f"resume with `ccn train -f {path}`.")
 
     # -- checkpoints
     def _name(self) -> str | None:

@@ -216,6 +216,18 @@ class BatchFile:
         a, b = int(self._offsets[i]), int(self._offsets[i + 1])
         return os.pread(self._fd, b - a, off + a)
 
+    def sha256(self) -> str:
+        """The hex SHA-256 of the whole file, read through this object's descriptor."""
+        h = hashlib.sha256()
+        pos = 0
+        while pos < self.size:
+            chunk = os.pread(self._fd, min(4 << 20, self.size - pos), pos)
+            if not chunk:
+                break
+            h.update(chunk)
+            pos += len(chunk)
+        return h.hexdigest()
+
     def names(self) -> list[str] | None:
         if "names" not in self.sections:
             return None
@@ -275,8 +287,21 @@ _META_KEYS = (("label_names", list), ("num_classes", int), ("channels", int), ("
               ("train_batches", list), ("test_batches", list))
 
 
+def checksum_error(path: str, got: str, want: str) -> InputError:
+    return InputError(f"{path} does not match the checksum that {META_NAME} records for it (sha256 {got[:12]}..., "
+                      f"recorded {want.removeprefix('sha256:')[:12]}...): the file changed after `ccn prepare-data` "
+                      "wrote it (damage on the disk or in a copy, or an edit). Copy it again from an intact "
+                      "copy of the folder, or prepare the data again into a new folder.")
+
+
 def load_mean(folder: str, meta: dict) -> np.ndarray:
+    """The mean image, checked against its recorded checksum."""
     p = os.path.join(folder, meta.get("data_mean", MEAN_NAME))
+    want = meta.get("checksums", {}).get(os.path.basename(p))
+    if want is not None and os.path.isfile(p):
+        got = sha256_file(p)
+        if "sha256:" + got != want:
+            raise checksum_error(p, got, want)
     try:
         m = np.load(p, allow_pickle=False)
     except (OSError, ValueError) as e:

@@ -97,6 +97,7 @@ class Provider:
         self._stdevs = np.asarray(pca.get("stdevs", [0.0] * 3), np.float64)
         self._eigvecs = np.asarray(pca.get("eigenvectors", np.eye(3).tolist()), np.float64)
         self._files: dict[int, bf.BatchFile] = {}
+        self._verified: set[int] = set()
         self._lock = threading.Lock()
         for b in self.batch_nums:  # open every file now: a missing or corrupt one is reported up front
             self._file(b)
@@ -128,6 +129,7 @@ class Provider:
 
     def _load(self, batch_num: int, epoch: int, rows) -> list[np.ndarray]:
         f = self._file(batch_num)
+        self._verify(batch_num, f)
         n, c, inner = f.count, self.channels, self.inner
         rng = np.random.default_rng([int(self.options.seed) & 0xFFFFFFFFFFFF, int(batch_num), int(epoch) & 0xFFFFFFFF])
         if self.train:  # drawn for the whole batch, so a case's draws do not depend on which rows are read
@@ -224,6 +226,21 @@ class Provider:
                     raise InputError(f"{f.path} has {f.channels} channels but {bf.META_NAME} says {self.channels}.")
                 self._files[b] = f
             return f
+
+    def _verify(self, b: int, f: bf.BatchFile) -> None:
+        """The first read of a batch in this process checks the whole file against the checksum
+        prepare-data recorded, so that a file damaged since (a flipped bit, which no header
+        check sees) is refused instead of trained on. One extra read of each file per run."""
+        with self._lock:
+            if b in self._verified:
+                return
+        want = self.meta.get("checksums", {}).get(bf.batch_name(b))
+        if want is not None:
+            got = f.sha256()
+            if "sha256:" + got != want:
+                raise bf.checksum_error(f.path, got, want)
+        with self._lock:
+            self._verified.add(b)
 
     def get_plottable_data(self, images: np.ndarray) -> np.ndarray:
         """Rows of ``load``'s images -> N x inner x inner x C float32 in 0..1 (mean added back)."""

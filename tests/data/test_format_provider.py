@@ -323,3 +323,32 @@ def test_load_rows_gives_exactly_those_rows_of_load(small_builtin, tmp_path, sto
         with pytest.raises(ValueError, match="rows must increase"):
             p.load_rows(b, epoch, [2, 1])
         p.close()
+
+
+def test_a_flipped_bit_in_a_batch_or_the_mean_is_refused(small_builtin, tmp_path, rng):
+    # the headers and sizes stay valid, so only the recorded checksum can tell
+    import shutil
+    d = str(tmp_path / "flip")
+    shutil.copytree(small_builtin, d)
+    path = os.path.join(d, "data_batch_2")
+    off, nb = bf.BatchFile(path).sections["pixels"]
+    at = off + int(rng.integers(0, nb))
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)[0]
+        f.seek(at)
+        f.write(bytes([byte ^ (1 << int(rng.integers(0, 8)))]))
+    p = open_provider(d, [1, 2], train=True, options=ProviderOptions(inner_size=28))  # headers are fine
+    p.load(1, 0)
+    for _ in range(2):  # every load of the damaged batch is refused, not just the first
+        with pytest.raises(InputError, match="data_batch_2 does not match the checksum"):
+            p.load(2, 0)
+    with pytest.raises(InputError, match="data_batch_2 does not match the checksum"):
+        p.load_rows(2, 0, [0, 3])
+    shutil.copy(os.path.join(small_builtin, "data_batch_2"), path)
+    assert p.load(2, 0)[0].shape == (50, 3 * 28 * 28)
+    mean = np.load(os.path.join(d, bf.MEAN_NAME))
+    mean[0, 0, 0] += 1e-3
+    np.save(os.path.join(d, bf.MEAN_NAME), mean)
+    with pytest.raises(InputError, match="data_mean.npy does not match the checksum"):
+        open_provider(d, [1], train=True, options=ProviderOptions())

@@ -656,3 +656,35 @@ def test_notes_on_resume_and_overlapping_ranges(setup):
         f.write("\n# edited\n")
     _, out = train({"epochs": 2}, load_file=str(tmp / "save"))
     assert f"note: {layers} has changed since the checkpoint was saved" in out
+
+
+def test_a_batch_damaged_since_prepare_data_ends_the_run_after_saving(tmp_path, rng):
+    # a flipped bit keeps every header valid; the checksum prepare-data recorded catches it at the
+    # batch's first read, and the batches trained before it are saved, as Ctrl-C would
+    from ccn.data import batchfmt as bf
+    from ccn.data import builtin
+
+    data = str(tmp_path / "data")
+    builtin.prepare(data, train_batches=3, test_batches=1, batch_size=30, seed=4)
+    path = os.path.join(data, "data_batch_3")
+    good = open(path, "rb").read()
+    off, nb = bf.BatchFile(path).sections["pixels"]
+    at = off + int(rng.integers(0, nb))
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(bytes([good[at] ^ (1 << int(rng.integers(0, 8)))]))
+    save = str(tmp_path / "save")
+    args = ("--layers", os.path.join(ROOT, "layer-defs", "quickstart.ini"), "--data-path", data, "--train-range",
+            "1-3", "--test-range", "4", "--epochs", "1", "--mini", "16", "--save-path", save, "--seed", "2")
+    r = cli(*args)
+    _expect(r, 2, r"data_batch_3 does not match the checksum that batches\.meta\.json records",
+            r"saved in \S+1\.2; once the data is mended, resume with `ccn train -f \S+1\.2`")
+    assert [l.split()[0] for l in r.stdout.splitlines() if LINE.match(l)] == ["1.1", "1.2"]
+    assert [os.path.basename(p) for p in ck.list_checkpoints(save)] == ["1.2"]
+    r = cli("-f", save)  # still damaged: nothing new trained, nothing new saved
+    _expect(r, 2, r"data_batch_3 does not match")
+    assert "saved in" not in r.stderr and [os.path.basename(p) for p in ck.list_checkpoints(save)] == ["1.2"]
+    open(path, "wb").write(good)
+    r = cli("-f", save, "--force-save", "1")
+    assert r.returncode == 0, r.stderr
+    assert [l.split()[0] for l in r.stdout.splitlines() if LINE.match(l)] == ["1.3"]
