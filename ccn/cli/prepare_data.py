@@ -47,8 +47,13 @@ def _summary(meta: dict, out: str, seconds: float | None = None) -> None:
                f"{_span(meta['test_batches'])}; {meta['num_classes']} classes, "
                f"{meta['channels']} x {meta['image_size'][0]} x {meta['image_size'][1]}, {meta['storage']}.")
     line = f"read {c['read']}, written {c['written']}, skipped {c['skipped']}"
+    before = meta.get("resumed", {})
     if seconds:
-        line += f" in {seconds:.1f} s ({c['written'] / max(seconds, 1e-9):.0f} images/s)"
+        now = c["written"] - before.get("written", 0)
+        line += f" in {seconds:.1f} s ({now / max(seconds, 1e-9):.0f} images/s)"
+    if before.get("batches") and not meta.get("already_complete"):
+        line += (f"; continued an interrupted run, whose {before['batches']} finished batches "
+                 f"({before.get('written', 0)} images) were kept")
     click.echo(line + ".")
     if meta.get("mean_from") == "test":
         click.echo("note: no training images were prepared, so the mean image and colour PCA subtracted from the "

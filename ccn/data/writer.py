@@ -175,6 +175,7 @@ class DatasetWriter:
                 raise InputError(f"{out} already holds batch files ({stray[0]}, ...) but no ccn metadata; choose "
                                  "a new folder or pass --overwrite.")
             self._clear()
+        self.written_before = self.counts["written"]  # by an earlier, interrupted run of the same plan
 
     def _clear(self):
         for n in os.listdir(self.out):
@@ -278,8 +279,9 @@ class DatasetWriter:
                 os.unlink(os.path.join(self.out, n))
             except OSError:
                 pass
-        self.meta = meta
-        return meta
+        # (not stored) what this run itself did, for its images/s
+        self.meta = dict(meta, resumed={"batches": self.resumed, "written": self.written_before})
+        return self.meta
 
 
 def verify(folder: str) -> list[str]:

@@ -106,6 +106,9 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     monkeypatch.setattr(DatasetWriter, "commit", lambda self, num, *a, **k: (seen.append(num), orig(self, num, *a, **k)))
     meta = builtin.prepare(d, train_batches=3, test_batches=1, batch_size=20)
     assert seen == [3, 4]
+    # what this run did, for its images/s (not stored)
+    assert meta["resumed"] == {"batches": 2, "written": 40} and meta["counts"]["written"] == 80
+    assert "resumed" not in bf.read_meta(d)
     ref = str(tmp_path / "ref")
     meta2 = builtin.prepare(ref, train_batches=3, test_batches=1, batch_size=20)
     assert meta["checksums"] == meta2["checksums"]
