@@ -355,7 +355,10 @@ class Trainer:
                     break
                 epoch, index = st.epoch, st.index
                 bnum = self.train_batches[index]
-                data = self._get(self.train_dp, bnum, epoch, ("train", epoch, index))
+                try:
+                    data = self._get(self.train_dp, bnum, epoch, ("train", epoch, index))
+                except InputError as e:
+                    raise self._save_before_data_error(e) from None
                 ne, ni = self._next_pos(epoch, index)
                 if ne <= cfg.epochs:
                     self._prefetch(self.train_dp, self.train_batches[ni], ne, ("train", ne, ni))
@@ -415,7 +418,10 @@ class Trainer:
                                    f"({time.perf_counter() - t0:.3f} sec)")
                 if st.batches_done % cfg.test_freq == 0:
                     if self.test_batches:
-                        self.test()
+                        try:
+                            self.test()
+                        except InputError as e:
+                            raise self._save_before_data_error(e) from None
                     if cfg.save_path:
                         path = self.save()
                         self._display.line("-------------------------------------------------------")
@@ -428,8 +434,6 @@ class Trainer:
                     path = self.save()
                     self._display.line(f"Saved checkpoint to {path}")
             return TrainResult(st, self.last_checkpoint, interrupted)
-        except InputError as e:
-            raise self._save_before_data_error(e) from None
         finally:
             self._display.close()
             for sig, handler in old_handlers.items():
@@ -497,9 +501,9 @@ class Trainer:
 
     def _save_before_data_error(self, e: InputError) -> InputError:
         """A batch found bad mid-run (damaged since prepare-data, or undecodable) ends the run, but
-        the batches trained since the last checkpoint are saved first, as Ctrl-C would: the error
-        comes from loading, so the net stands at the end of a whole batch. Not under data
-        parallel, where saving takes every rank."""
+        the batches trained since the last checkpoint are saved first, as Ctrl-C would. Called
+        where data is loaded, between batches, so the net stands at the end of a whole batch.
+        Not under data parallel, where saving takes every rank."""
         name = self._name()
         if (self.share is not None or not self.cfg.save_path or self.state.mb > 0 or name is None
                 or name == self._last_saved or self.state.batches_done == self._batches_at_start):
