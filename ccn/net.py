@@ -175,21 +175,37 @@ class Net:
             self.set(p.name, arr)
 
     def _call_init_func(self, p: ParamInfo) -> np.ndarray:
+        """The user's initWFunc (called as cuda-convnet2 did, ``f(layer, input_index, shape,
+        params)``) or initBFunc (``f(layer, shape, params)``)."""
+        from .plugins import import_user_module
+
         m = re.fullmatch(r"\s*([\w.]+)\.(\w+)\s*(?:\((.*)\))?\s*", p.init_func)
         key = "initBFunc" if p.is_bias else "initWFunc"
+        where = f"{self.layers_path}: layer '{p.layer}', key '{key}'"
         if not m:
-            raise ConfigError(f"layer '{p.layer}', key '{key}': expected module.function(args), found '{p.init_func}'.")
+            raise ConfigError(f"{where}: expected module.function(args), found '{p.init_func}'.")
         module, func, args = m.group(1), m.group(2), m.group(3)
         try:
-            fn = getattr(importlib.import_module(module), func)
+            fn = getattr(import_user_module(module, self.layers_path), func)
         except (ImportError, AttributeError) as e:
-            raise ConfigError(f"layer '{p.layer}', key '{key}': cannot load '{module}.{func}' ({e}).") from e
+            raise ConfigError(f"{where}: cannot load '{module}.{func}' ({e}).") from e
+        except Exception as e:  # the module fails on import: the user's code, not ccn's
+            raise ConfigError(f"{where}: importing module '{module}' failed: {type(e).__name__}: {e}. Rerun with "
+                              "--debug for the traceback.") from e
         params = [a.strip() for a in args.split(",")] if args and args.strip() else []
         idx = int(re.search(r"\[(\d+)\]", p.name).group(1)) if "[" in p.name else 0
-        arr = np.asarray(fn(p.layer, idx, p.shape, params), dtype=np.float32)
+        try:
+            arr = fn(p.layer, p.shape, params) if p.is_bias else fn(p.layer, idx, p.shape, params)
+        except Exception as e:
+            raise ConfigError(f"{where}: {module}.{func}{p.shape!r} raised {type(e).__name__}: {e}. Rerun with "
+                              "--debug for the traceback.") from e
+        try:
+            arr = np.asarray(arr, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: {module}.{func} returned {type(arr).__name__}, not an array of numbers "
+                              f"({e}).") from None
         if arr.size != p.shape[0] * p.shape[1]:
-            raise ConfigError(f"layer '{p.layer}', key '{key}': {module}.{func} returned shape {arr.shape}, "
-                              f"expected {p.shape}.")
+            raise ConfigError(f"{where}: {module}.{func} returned shape {arr.shape}, expected {p.shape}.")
         return arr.reshape(p.shape)
 
     # ---- running ---------------------------------------------------------------------

@@ -154,7 +154,7 @@ def open_test_provider(opts: dict, batches: list[int], multiview: bool, net=None
         raise InputError("the checkpoint does not say where its data is; give --data-path.")
     if not os.path.isdir(data_path):
         raise InputError(f"{data_path}: the data path does not exist or is not a folder (give --data-path).")
-    mod, open_fn = _provider_module(opts.get("data_provider"))
+    mod, open_fn = _provider_module(opts.get("data_provider"), opts.get("layers"))
     avail_fn = getattr(mod, "available_batches", None)
     if avail_fn is not None:
         avail = list(avail_fn(data_path))

@@ -80,12 +80,15 @@ class _FallbackProviderOptions:  # the contract's ProviderOptions, for plugin mo
     threads: int = 0
 
 
-def _provider_module(name: str | None):
-    """The module whose open_provider (or the MODULE:FUNCTION given) opens the data."""
+def _provider_module(name: str | None, near: str | None = None):
+    """The module whose open_provider (or the MODULE:FUNCTION given) opens the data; the user's
+    module is also looked for in the current folder and next to ``near`` (the layer file)."""
     if name and ":" in name:
+        from ..plugins import import_user_module
+
         mod_name, func = name.split(":", 1)
         try:
-            mod = importlib.import_module(mod_name)
+            mod = import_user_module(mod_name, near)
             fn = getattr(mod, func)
         except (ImportError, AttributeError) as e:
             raise InputError(f"--data-provider {name}: cannot load '{func}' from module '{mod_name}' ({e}).") from e
@@ -349,7 +352,7 @@ def _run_train(given: dict, load_file, out, stop_after, world):
         core.set_threads(max(1, (os.cpu_count() or 1) // world.local_size))
 
     # ---- data
-    mod, open_fn = _provider_module(opts["data_provider"])
+    mod, open_fn = _provider_module(opts["data_provider"], opts.get("layers"))
     avail_fn = getattr(mod, "available_batches", None)
     if avail_fn is not None:
         avail = list(avail_fn(opts["data_path"]))
