@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import CcnRuntimeError, ConfigError
 from .net import Net
 
 THRESHOLD = 0.02
@@ -146,6 +146,15 @@ def check_grads(net: Net, cases: int = 16, samples: int = 100, seed: int = 0, st
         data = random_batch(net, cases, rng)
     net._net.set_data_grads(inputs)
     net.forward(data, train=True)
+    f0 = objective(net)
+    if not np.isfinite(f0):
+        layer = net._net.first_nonfinite_layer()
+        first = (f"layer '{layer}' is the first whose output is not finite" if layer else
+                 "every layer's output is finite, so the cost itself overflowed")
+        raise CcnRuntimeError(f"{net.layers_path}: the objective is {f0} at the starting point ({first}), so "
+                              "there is no gradient to check. On these random inputs (uniform in [0, 1), random "
+                              "labels) a neuron may get values outside its domain (sqrt or log of a negative "
+                              "number) or weights may be too large.")
     net._net.zero_param_grads()
     net.backward()
     analytic = {p.name: net.get(p.name, "grad").astype(np.float64).reshape(-1) for p in net.params}

@@ -55,3 +55,16 @@ def test_step_too_big_for_memory_is_refused():
     r = ccn("--layers", os.path.join(ROOT, "layer-defs", "quickstart.ini"), "--image-size", "2048", "--mini", "64")
     assert r.returncode == 2, r.stderr
     assert "needs at least" in r.stderr and "--mini" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_nan_objective_is_not_reported_as_gradient_failures(tmp_path):
+    net = tmp_path / "net.cfg"
+    # sqrt of a linear layer's output, which is negative for some cases
+    net.write_text("[data]\ntype=data\ndataIdx=0\n[labels]\ntype=data\ndataIdx=1\n"
+                   "[fc]\ntype=fc\ninputs=data\noutputs=3\ninitW=1\nneuron=sqrt\n[probs]\ntype=softmax\ninputs=fc\n"
+                   "[cost]\ntype=cost.logreg\ninputs=labels,probs\n")
+    (tmp_path / "net-params.cfg").write_text("[fc]\nepsW=0.1\nepsB=0.1\nmomW=0\nmomB=0\nwc=0\n")
+    r = ccn("--layers", str(net), "--data-dims", "0=5")
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "FAIL" not in r.stdout
+    assert "the objective is nan at the starting point (layer 'fc' is the first whose output is not finite)" \
+        in r.stderr
