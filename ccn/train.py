@@ -35,6 +35,7 @@ counter (``seed``, ``step``), and the provider position down to the minibatch.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import threading
@@ -168,8 +169,9 @@ def _nonfinite(costs: list[dict]) -> bool:
 class _Display:
     """Lines to stdout; on a terminal also a live rich progress bar underneath them."""
 
-    def __init__(self, total_batches: float, done: float, epochs: int, enabled: bool, out=None):
+    def __init__(self, total_batches: float, done: float, epochs: int, enabled: bool, out=None, on_closed=None):
         self.out = out or sys.stdout
+        self.on_closed = on_closed  # called once if the output turns out to be a closed pipe (`| head`)
         self.progress = None
         if enabled:
             from rich.console import Console
@@ -185,10 +187,27 @@ class _Display:
             self.progress.start()
 
     def line(self, text: str) -> None:
+        try:
+            if self.progress is not None:
+                self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+            else:
+                print(text, file=self.out, flush=True)
+        except BrokenPipeError:
+            self._closed()
+
+    def _closed(self) -> None:
+        """The reader of our output went away: write nothing more there, and say so once."""
+        self.out = open(os.devnull, "w")
         if self.progress is not None:
-            self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
-        else:
-            print(text, file=self.out, flush=True)
+            self.progress.console.file = self.out
+            try:
+                self.progress.stop()
+            except OSError:
+                pass
+            self.progress = None
+        if self.on_closed is not None:
+            cb, self.on_closed = self.on_closed, None
+            cb()
 
     def update(self, completed: float, epoch: int, ips: float, wait: float) -> None:
         if self.progress is not None:
@@ -325,6 +344,14 @@ class Trainer:
         self.stop_signal = signum
         self._on_sigint(signum, frame)
 
+    def _on_output_closed(self):
+        # `ccn train ... | head`: stop as Ctrl-C does (finish the minibatch, save), not with a traceback
+        if not self._stop:
+            self.stop_signal = signal.SIGPIPE
+            self._stop = True
+            print("warning: the output pipe was closed; finishing this minibatch, then saving a checkpoint.",
+                  file=sys.stderr, flush=True)
+
     def _on_sigint(self, signum, frame):
         if self._stop:
             raise KeyboardInterrupt
@@ -338,7 +365,8 @@ class Trainer:
         cfg, st = self.cfg, self.state
         nb = len(self.train_batches)
         total = cfg.epochs * nb
-        self._display = _Display(total, min(st.batches_done, total), cfg.epochs, cfg.progress_bar, self.out)
+        self._display = _Display(total, min(st.batches_done, total), cfg.epochs, cfg.progress_bar, self.out,
+                                 on_closed=self._on_output_closed)
         old_handlers = {}
         self.stop_signal = None
         if threading.current_thread() is threading.main_thread():

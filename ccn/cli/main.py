@@ -56,6 +56,11 @@ class CcnGroup(click.Group):
         except KeyboardInterrupt:
             _print_error("interrupted.")
             ctx.exit(130)
+        except BrokenPipeError:  # `ccn ... | head`: the reader has all it wanted; exit as SIGPIPE would
+            from .train import _quiet_stdout
+
+            _quiet_stdout()
+            ctx.exit(141)
         except MemoryError as e:  # a run-time failure, not a bug: sizes too large for this machine
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()

@@ -532,12 +532,29 @@ def _run_train(given: dict, load_file, out, stop_after, world):
         import signal
 
         where = result.checkpoint or "(nothing saved)"
+        if getattr(trainer, "stop_signal", None) == signal.SIGPIPE:  # stdout is gone: say it on stderr
+            print(f"Stopped because the output pipe was closed. Resume with: ccn train -f {cfg.save_path}  "
+                  f"(checkpoint {where})", file=sys.stderr, flush=True)
+            if cli_mode:
+                _quiet_stdout()
+                sys.exit(141)
+            return result
         term = getattr(trainer, "stop_signal", None) == signal.SIGTERM
         echo(f"Stopped by {'SIGTERM' if term else 'Ctrl-C'}. Resume with: ccn train -f {cfg.save_path}  "
              f"(checkpoint {where})")
         if cli_mode:
             sys.exit(143 if term else 130)
     return result
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit raises no second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _with_prefix(path: str | None, prefix: str | None) -> str | None:

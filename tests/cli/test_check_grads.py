@@ -68,3 +68,17 @@ def test_a_nan_objective_is_not_reported_as_gradient_failures(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr and "FAIL" not in r.stdout
     assert "the objective is nan at the starting point (layer 'fc' is the first whose output is not finite)" \
         in r.stderr
+
+
+def test_a_closed_output_pipe_is_a_quiet_exit(tmp_path):
+    net = tmp_path / "net.cfg"
+    net.write_text("[data]\ntype=data\ndataIdx=0\n[labels]\ntype=data\ndataIdx=1\n"
+                   "[fc]\ntype=fc\ninputs=data\noutputs=3\ninitW=0.5\n[probs]\ntype=softmax\ninputs=fc\n"
+                   "[cost]\ntype=cost.logreg\ninputs=labels,probs\n")
+    (tmp_path / "net-params.cfg").write_text("[fc]\nepsW=0.1\nepsB=0.1\nmomW=0\nmomB=0\nwc=0\n")
+    p = subprocess.Popen([sys.executable, "-m", "ccn.cli.main", "check-grads", "--layers", str(net), "--data-dims",
+                          "0=5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    p.stdout.close()  # `| head -0`: the reader is gone before the first line
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 141, err
+    assert err == ""

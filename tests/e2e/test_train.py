@@ -688,3 +688,27 @@ def test_a_batch_damaged_since_prepare_data_ends_the_run_after_saving(tmp_path, 
     r = cli("-f", save, "--force-save", "1")
     assert r.returncode == 0, r.stderr
     assert [l.split()[0] for l in r.stdout.splitlines() if LINE.match(l)] == ["1.3"]
+
+
+def test_a_closed_output_pipe_stops_like_ctrl_c(tmp_path):
+    # `ccn train ... | head`: the run finishes its minibatch, saves, and exits 141 (as SIGPIPE
+    # would) with its note on stderr; no traceback, no lost work
+    data = fakedata.make_dataset(tmp_path / "data", delay=0.02)
+    layers, _ = fakedata.write_net(tmp_path / "net")
+    args = ["--layers", layers, "--data-path", data, "--data-provider", "fakedata:open_provider", "--train-range", "1-4",
+            "--test-range", "5", "--epochs", "20", "--mini", "16", "--test-freq", "1000", "--save-path",
+            str(tmp_path / "s"), "--seed", "5", "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE, os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.Popen([sys.executable, "-m", "ccn.cli.main", "train", *args], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:  # read until training has begun, then hang up
+        if LINE.match(line.rstrip("\n")):
+            break
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=60) == 141, err
+    assert "Traceback" not in err and "the output pipe was closed" in err
+    m = re.search(r"Resume with: ccn train -f \S+ +\(checkpoint (\S+)\)", err)
+    assert m, err
+    c = ck.load(m.group(1))
+    assert 1 <= c.position["batches_done"] < 80
