@@ -39,9 +39,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def rng():
     """A NumPy generator with a fresh seed, printed so that a failure can be replayed
-    (CCN_TEST_SEED=N replays seed N)."""
+    (CCN_PYTEST_SEED=N replays seed N)."""
     import numpy as np
 
-    seed = int(os.environ.get("CCN_TEST_SEED") or np.random.SeedSequence().entropy % 2**63)
-    print(f"rng seed {seed} (replay with CCN_TEST_SEED={seed})")
+    seed = int(os.environ.get("CCN_PYTEST_SEED") or np.random.SeedSequence().entropy % 2**63)
+    print(f"rng seed {seed} (replay with CCN_PYTEST_SEED={seed})")
     return np.random.default_rng(seed)

@@ -51,6 +51,9 @@ class CcnGroup(click.Group):
                 traceback.print_exc()
             _print_error(str(e))
             ctx.exit(e.exit_code)
+        except click.BadParameter as e:
+            _name_the_variable(e)
+            raise
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except KeyboardInterrupt:
@@ -76,6 +79,42 @@ class CcnGroup(click.Group):
             ctx.exit(1)
 
 
+def _name_the_variable(e: click.BadParameter) -> None:
+    """A bad value that came from a CCN_* environment variable (set, and the option not on the
+    command line): say so, or the user looks for it on a command line that does not have it."""
+    import os
+
+    if e.ctx is None or e.param is None or not e.param.name or not e.ctx.auto_envvar_prefix:
+        return
+    var = f"{e.ctx.auto_envvar_prefix}_{e.param.name.upper()}"
+    given = any(a == o or a.startswith(o + "=") for a in sys.argv[1:] for o in getattr(e.param, "opts", []))
+    if os.environ.get(var) is not None and not given:
+        e.message = f"{e.message.rstrip('.')} (the value comes from the environment variable {var})."
+
+
+def _unknown_variables(ctx: click.Context, name: str) -> list[str]:
+    """Warnings for CCN_<COMMAND>_* environment variables that set no option of the command
+    (e.g. CCN_TRAIN_MINIBATCH, where --minibatch is another name of --mini: CCN_TRAIN_MINI)."""
+    import difflib
+    import os
+
+    cmd = ctx.command.get_command(ctx, name) if isinstance(ctx.command, click.Group) else None
+    if cmd is None or isinstance(cmd, click.Group):
+        return []
+    prefix = "CCN_" + name.upper().replace("-", "_") + "_"
+    known = {prefix + p.name.upper() for p in cmd.params if p.name}
+    out = []
+    for var in sorted(os.environ):
+        if var.startswith(prefix) and var not in known:
+            close = difflib.get_close_matches(var, sorted(known), n=1, cutoff=0.8)
+            hint = (f"did you mean {close[0]}?" if close else
+                    f"the variables of its options are {prefix} + the option's name with - as _, e.g. "
+                    f"{sorted(known)[0]}.")
+            out.append(f"warning: the environment variable {var} sets no option of `ccn {name}` and is ignored; "
+                       + hint)
+    return out
+
+
 def _print_error(msg: str) -> None:
     click.echo(f"error: {msg}", err=True)
 
@@ -88,6 +127,9 @@ def cli(ctx, debug):
     """ccn: train cuda-convnet nets from their layer files, on CPUs and GPUs."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    if ctx.invoked_subcommand:
+        for w in _unknown_variables(ctx, ctx.invoked_subcommand):
+            click.echo(w, err=True)
     if ctx.invoked_subcommand != "info":  # info shows the setting and what this CPU has
         _check_simd_setting()
 
