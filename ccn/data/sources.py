@@ -252,8 +252,32 @@ def _images_in(d: str) -> list[str]:
     return out
 
 
-def list_folder(src: str, test_fraction: float, seed: int):
-    """-> (class names, train items, test items)."""
+def _drop_repeats(items: list, seen: dict, repeats: list) -> list:
+    """``items`` without the files already listed under another name (a symlink, a hard link):
+    one image in both the training and the test set would make the test error optimistic, and
+    one in two class folders has two labels. ``seen`` maps (device, inode) to the first name;
+    each dropped one is added to ``repeats`` as (name, reason)."""
+    out = []
+    for it in items:
+        try:
+            st = os.stat(it.ref[1])
+        except OSError:
+            out.append(it)  # (a dangling link: the reader reports it)
+            continue
+        key = (st.st_dev, st.st_ino)
+        first = seen.setdefault(key, it.name)
+        if first == it.name:
+            out.append(it)
+        else:
+            repeats.append((it.name, f"the same file as {first} (a link to it); used once, as {first}"))
+    return out
+
+
+def list_folder(src: str, test_fraction: float, seed: int, repeats: list | None = None):
+    """-> (class names, train items, test items). A file reached under several names is listed
+    under the first (in sorted order, training folders first); the others go to ``repeats``."""
+    repeats = [] if repeats is None else repeats
+    seen: dict = {}
     if not os.path.isdir(src):
         raise InputError(f"image folder {src} does not exist or is not a folder.")
     top = _class_dirs(src)
@@ -282,7 +306,8 @@ def list_folder(src: str, test_fraction: float, seed: int):
         if not files:
             raise InputError(f"class folder {os.path.join(tr_root, c)} holds no images "
                              f"({', '.join(sorted(IMAGE_EXTS))}).")
-        items = [pipeline.Item(("file", p), idx[c], os.path.relpath(p, src)) for p in files]
+        items = _drop_repeats([pipeline.Item(("file", p), idx[c], os.path.relpath(p, src)) for p in files],
+                              seen, repeats)
         if te_root is None and test_fraction > 0:
             perm = rng.permutation(len(items))
             k = int(round(len(items) * test_fraction))
@@ -295,8 +320,8 @@ def list_folder(src: str, test_fraction: float, seed: int):
             if c not in idx:
                 raise InputError(f"test class folder {os.path.join(te_root, c)} has no training counterpart in "
                                  f"{tr_root}.")
-            test += [pipeline.Item(("file", p), idx[c], os.path.relpath(p, src))
-                     for p in _images_in(os.path.join(te_root, c))]
+            test += _drop_repeats([pipeline.Item(("file", p), idx[c], os.path.relpath(p, src))
+                                   for p in _images_in(os.path.join(te_root, c))], seen, repeats)
     return classes, train, test
 
 
@@ -313,7 +338,8 @@ def prepare_folder(src: str, out: str, *, size: int = 64, crop: bool = True, sto
         storage = "raw" if size <= 64 and crop else "jpeg"
     if storage == "raw" and not crop:
         raise InputError("raw storage needs square images: drop --no-crop or use --storage jpeg.")
-    classes, train, test = list_folder(src, test_fraction, seed)
+    repeats: list = []
+    classes, train, test = list_folder(src, test_fraction, seed, repeats)
     if not train:
         raise InputError(f"{src}: no training images are left (--test-fraction {test_fraction} took them all).")
     if not test and test_fraction > 0:
@@ -329,5 +355,8 @@ def prepare_folder(src: str, out: str, *, size: int = 64, crop: bool = True, sto
     w = DatasetWriter(out, plan_id=plan_id, storage=storage, channels=3, size=(size, size), overwrite=overwrite)
     if w.already_complete:
         return w.meta
+    if not w.resumed:  # (a continued run has them in its progress file)
+        for name, reason in repeats:
+            w.skip(name, reason)
     pipeline.run(w, plan, size=size, crop=crop, storage=storage, quality=quality, workers=workers, progress=progress)
     return w.finish(label_names=classes, source=f"image folder {src}", options=opts, seed=seed)

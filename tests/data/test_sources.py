@@ -279,3 +279,24 @@ def test_test_images_only_take_their_own_mean(tmp_path):
     assert meta["mean_from"] == "test" and meta["train_batches"] == []
     np.testing.assert_allclose(np.load(tmp_path / "t" / "data_mean.npy"), mean, rtol=1e-6)
     assert max(meta["color_pca"]["eigenvalues"]) > 0
+
+
+def test_folder_files_reached_twice_are_used_once(tmp_path):
+    # a symlink and a hard link to images listed elsewhere: without dropping them the same image
+    # could land in both the training and the test set (an optimistic test error), or carry two labels
+    rng = np.random.default_rng(6)
+    src = tmp_path / "imgs"
+    for c in ("cat", "dog"):
+        for i in range(6):
+            _save(src / c / f"{i}.jpg", _rgb(rng, 24, 24))
+    os.symlink(src / "cat" / "0.jpg", src / "cat" / "zlink.jpg")
+    os.link(src / "cat" / "1.jpg", src / "dog" / "hard.jpg")
+    classes, train, test = sources.list_folder(str(src), 0.5, 0, repeats := [])
+    names = sorted(it.name for it in train + test)
+    assert names == sorted([f"cat/{i}.jpg" for i in range(6)] + [f"dog/{i}.jpg" for i in range(6)])
+    assert sorted(n for n, _ in repeats) == ["cat/zlink.jpg", "dog/hard.jpg"]
+    assert dict(repeats)["cat/zlink.jpg"].startswith("the same file as cat/0.jpg")
+    r = cli("folder", str(src), "--out", str(tmp_path / "o"), "--size", "16", "--test-fraction", "0.5", "-j", "1")
+    assert r.returncode == 0, r.stderr
+    assert "read 12, written 12, skipped 2" in r.stdout and "skipped cat/zlink.jpg: the same file as cat/0.jpg" \
+        in r.stdout
