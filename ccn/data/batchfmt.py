@@ -6,7 +6,8 @@ Folder layout::
 
     DIR/batches.meta.json   metadata (JSON, below)
     DIR/data_mean.npy       the mean training image, float32 C x H x W (plain .npy)
-    DIR/data_batch_1        batch files, numbered from 1 (training first, then test)
+    DIR/data_batch_1        batch files, numbered from 1 (ImageNet: from 0, as make-data did;
+                            training first, then test)
     DIR/data_batch_2 ...
 
 A batch file is one container: an 8-byte magic ``CCNBATCH``, a little-endian uint32 format

@@ -15,8 +15,8 @@ Labels: ``--label-order ilsvrc-id`` (label = ILSVRC2012_ID - 1, the devkit's ord
 ``wnid`` (sorted WNIDs, like torchvision); recorded in the metadata with the WNIDs.
 Like cuda-convnet's make-data: shorter side to ``--size`` (256), centre crop to a square
 (``--no-crop`` keeps the aspect), JPEG re-encoded at ``--quality``, ``--batch-size`` 3072
-training images per batch after a seeded shuffle (batches 1, 2, ...), validation batches
-numbered from the next multiple of 1000.
+training images per batch after a seeded shuffle (batches 0, 1, ..., as make-data numbered them:
+0-417 for the whole training set), validation batches numbered from the next multiple of 1000.
 """
 
 from __future__ import annotations
@@ -255,8 +255,10 @@ def prepare_imagenet(out: str, *, train: str | None, val: str | None, devkit: st
                 raise InputError(f"validation class {wnid} is not among the training classes.")
             val_items.append(Item(ref, label[wnid], name))
     opts = {"size": size, "crop": crop, "quality": quality, "batch_size": batch_size, "label_order": label_order}
-    plan = pipeline.seeded_batches(train_items, batch_size, seed, 1, True)
-    first_val = (len(plan) // 1000 + 1) * 1000
+    # numbered as make-data numbered them: training from 0 (ImageNet's 418 batches are 0-417, the
+    # original recipes' --train-range), validation from the next multiple of 1000 (1000-1016)
+    plan = pipeline.seeded_batches(train_items, batch_size, seed, 0, True)
+    first_val = max(1000, -(-len(plan) // 1000) * 1000)
     plan += pipeline.seeded_batches(val_items, batch_size, seed, first_val, False, shuffle=False)
     plan_id = fingerprint({"source": "imagenet", "train": [(i.name, i.label) for i in train_items],
                            "val": [(i.name, i.label) for i in val_items], "seed": seed, **opts})

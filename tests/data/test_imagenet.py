@@ -137,7 +137,8 @@ def test_archives_ilsvrc_order(ilsvrc, tmp_path):
     meta = bf.read_meta(str(tmp_path / "o"))
     assert meta["label_names"] == ["gamma thing", "alpha thing", "beta thing"]
     assert meta["wnids"] == ["n00000003", "n00000001", "n00000002"] and meta["label_order"] == "ilsvrc-id"
-    assert meta["train_batches"] == [1, 2, 3, 4] and meta["test_batches"] == [1000, 1001]
+    # numbered as cuda-convnet2's make-data numbered them: training from 0, validation from 1000
+    assert meta["train_batches"] == [0, 1, 2, 3] and meta["test_batches"] == [1000, 1001]
     assert meta["storage"] == "jpeg" and meta["counts"]["skipped"] == 1
     labels, names = [], []
     for b in meta["train_batches"]:

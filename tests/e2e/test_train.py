@@ -712,3 +712,16 @@ def test_a_closed_output_pipe_stops_like_ctrl_c(tmp_path):
     assert m, err
     c = ck.load(m.group(1))
     assert 1 <= c.position["batches_done"] < 80
+
+
+def test_batch_zero_trains_saves_and_resumes(tmp_path):
+    # ImageNet's batches are 0-417, as cuda-convnet2's make-data numbered them
+    data = fakedata.make_dataset(tmp_path / "data", batches=(0, 1, 2, 3, 4))
+    layers, _ = fakedata.write_net(tmp_path / "net")
+    base = opts(tmp_path, data, layers, epochs=2, train_range="0-3", test_range="4", test_freq=1, force_save=True)
+    res, out = train(base, stop_after=5)
+    assert [l.split()[0] for l in out.splitlines() if LINE.match(l)] == ["1.0", "1.1", "1.2", "1.3", "2.0"]
+    assert os.path.basename(res.checkpoint) == "2.0"
+    assert [os.path.basename(p) for p in ck.list_checkpoints(tmp_path / "save")][:2] == ["1.0", "1.1"]
+    _, out = train({}, load_file=str(tmp_path / "save"))
+    assert [l.split()[0] for l in out.splitlines() if LINE.match(l)] == ["2.1", "2.2", "2.3"]
