@@ -17,7 +17,7 @@ import re
 
 import click
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from .options import net_file_options
 
 _DIMS = re.compile(r"^\s*(\d+)\s*=\s*(\d+)(?:\s*[xX]\s*(\d+)\s*[xX]\s*(\d+))?\s*$")
@@ -42,13 +42,17 @@ def parse_data_dims(specs) -> dict[int, tuple[int, int, int]]:
     return out
 
 
+LABEL_COSTS = ("cost.logreg", "cost.crossent", "cost.bce", "cost.dce")  # their first input holds the labels
+
+
 def infer_data_dims(layers_path: str, text: str, image_size: int | None, given: dict) -> dict:
     """Per-case shapes of the data layers, from the options and the layers that read them."""
     from .._native import core
 
-    secs = {}
+    secs, lines = {}, {}
     for name, _line, entries in core.parse_config(text, layers_path):
         secs[name] = {k.lower(): v for k, v, _ in entries}
+        lines[name] = {k.lower(): ln for k, _, ln in entries}
     consumers: dict[str, list[str]] = {}
     for name, keys in secs.items():
         for inp in keys.get("inputs", "").split(","):
@@ -75,6 +79,15 @@ def infer_data_dims(layers_path: str, text: str, image_size: int | None, given: 
         if idx in dims:
             continue
         users = consumers.get(name, [])
+        as_labels = [u for u in users if secs[u].get("type", "").lower() in LABEL_COSTS
+                     and secs[u].get("inputs", "").split(",")[0].strip() == name]
+        as_images = [u for u in users if not secs[u].get("type", "").lower().startswith("cost.")]
+        if as_labels and as_images:
+            u = as_images[0]
+            raise ConfigError(f"{layers_path}:{lines[u].get('inputs', 0)}: in section [{u}], key 'inputs': layer "
+                              f"'{u}' (type={secs[u].get('type')}) reads data layer '{name}', which holds the labels "
+                              f"of cost layer '{as_labels[0]}' (one class number per case); it should read the "
+                              "images' data layer.")
         if not users or all(secs[u].get("type", "").startswith("cost.") for u in users):
             dims[idx] = (1, 1, 1)  # labels (or an unused data layer)
             continue

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from ccn.cli import main as climain
 from ccn.cli.show_net import infer_data_dims, parse_data_dims
-from ccn.errors import InputError
+from ccn.errors import ConfigError, InputError
 
 NET = """
 [data]
@@ -135,3 +135,14 @@ def test_subprocess_success(net_files):
     r = run("show-net", "--layers", str(net_files / "net.ini"), "--data-dims", "0=6")
     assert r.returncode == 0, r.stderr
     assert "logprob" in r.stdout and "total (6 layers)" in r.stdout
+
+
+def test_a_layer_reading_the_labels_as_images_is_named(tmp_path):
+    # --image-size would make 'labels' an image, and the cost layer would then be blamed for it
+    text = NET.replace("[hidden]\ntype=fc\ninputs=data\n", "[hidden]\ntype=fc\ninputs=labels\n")
+    assert "inputs=labels\n" in text
+    line = text.splitlines().index("inputs=labels") + 1
+    with pytest.raises(ConfigError, match=rf"^x\.ini:{line}: in section \[hidden\], key 'inputs': layer 'hidden' "
+                                          r"\(type=fc\) reads data layer 'labels', which holds the labels of cost "
+                                          r"layer 'logprob'"):
+        infer_data_dims("x.ini", text, 32, {})
