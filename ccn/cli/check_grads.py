@@ -46,24 +46,22 @@ def check_grads(layers_path, params_path, image_size, data_dims, mini, samples, 
                                     inputs=inputs)
     width = max(len(r.name) for r in results) if results else 10
     click.echo(f"Gradient check of {layers_path}: {mini} random cases, threshold {threshold:.0%}, "
-               f"steps {' and '.join(f'{h:g}' for h in gradcheck.STEPS)}")
+               f"steps {', '.join(f'{h:g}' for h in gradcheck.STEPS)}")
     for r in results:
         click.echo(f"  {r.name:<{width}}  {r.kind:<7}  {r.checked:>5} usable of {r.sampled:>5} sampled of {r.size:<8} "
                    + (f"rel. error {r.rel_error:.2e}" if r.checked else f"rel. error {'-':^8}") + f"  {r.verdict}")
     failed = [r for r in results if r.verdict == "FAIL"]
     unsure = [r for r in results if r.unsure]
-    why = (f"{len(unsure)} could not be decided (UNSURE: {', '.join(r.name for r in unsure)}): too few of their "
-           "finite differences can be trusted, because float32 rounding swamps them (slopes too small, as with "
-           "tiny initW) or a ReLU or max-pooling kink lies inside the step (activations or biases near 0 at the "
-           "scale of the step). Weights of order 0.1 to 1, nonzero biases and smooth neurons check best "
-           "(layer-defs/gradcheck.ini, cuda-convnet's layers.gc.cfg).")
+    why = (f"{len(unsure)} could not be decided (UNSURE: {', '.join(r.name for r in unsure)}), so they are not "
+           "verified: too few of their finite differences can be trusted at any two neighbouring steps, because "
+           "float32 rounding swamps them (slopes too small, as with tiny initW) or ReLU or max-pooling kinks lie "
+           "inside the steps (activations or biases near 0 at the scale of the step). Weights of order 0.1 to 1, "
+           "nonzero biases and smooth neurons check best (layer-defs/gradcheck.ini, cuda-convnet's layers.gc.cfg).")
     if failed:
         raise CcnRuntimeError(f"{len(failed)} of {len(results)} gradient checks failed: "
                               + ", ".join(f"{r.name} ({r.rel_error:.1%})" for r in failed) + "."
                               + (" " + why if unsure else ""))
-    if results and len(unsure) == len(results):
-        raise CcnRuntimeError(f"No gradient could be checked: {why}")
     if unsure:
-        click.echo(f"{len(results) - len(unsure)} of {len(results)} gradient checks passed; {why}")
-    else:
-        click.echo(f"All {len(results)} gradient checks passed.")
+        raise CcnRuntimeError(f"{len(results) - len(unsure)} of {len(results)} gradient checks passed and "
+                              f"{why}")
+    click.echo(f"All {len(results)} gradient checks passed.")

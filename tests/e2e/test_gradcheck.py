@@ -1,6 +1,7 @@
 """ccn.gradcheck on small nets: every matrix passes; the 2% rule itself is exercised."""
 
 import numpy as np
+import pytest
 
 import ccn
 from ccn import gradcheck
@@ -134,8 +135,8 @@ def test_relu_net_with_tiny_weights_has_no_false_failure(tmp_path):
 
 
 def test_wrong_gradient_cannot_hide_among_untrusted_entries(tmp_path, monkeypatch):
-    # a gradient 30% off on every entry fails wherever the finite differences are usable:
-    # which entries are usable never depends on the analytic gradient
+    # a gradient 30% off on every entry fails wherever the finite differences are usable, and is
+    # never reported as a pass: which entries are usable never depends on the analytic gradient
     orig = gradcheck._check
 
     def wrong(name, kind, evaluate, flat, analytic, *rest):
@@ -144,3 +145,29 @@ def test_wrong_gradient_cannot_hide_among_untrusted_entries(tmp_path, monkeypatc
     res = gradcheck.check_grads(_relu_net(tmp_path), cases=9, samples=40, inputs=True)
     assert all(r.verdict in ("FAIL", "UNSURE") for r in res)
     assert sum(r.verdict == "FAIL" for r in res) >= 3
+
+
+def test_a_two_output_bias_can_pass():
+    # two entries are all there are: enough to decide
+    net = ccn.Net("<gc2>", None, {0: 4, 1: 1}, seed=3,
+                  layers_text=NET.replace("outputs=3", "outputs=2").replace("coeff=1\n", ""))
+    for p in net.params:
+        net.set(p.name, np.random.default_rng(2).standard_normal(p.shape) * 0.5)
+    res = {r.name: r for r in gradcheck.check_grads(net, cases=7, samples=30)}
+    assert res["fc2.biases"].size == 2 and res["fc2.biases"].verdict == "PASS", res["fc2.biases"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [2, 6])
+def test_gradcheck_ini_is_decided_where_the_smallest_step_drowns(seed):
+    # seeds whose objective is large (about 120): the 1e-3 differences of conv1flip's biases
+    # drown in float32 rounding, the larger steps decide
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.path.join(root, "layer-defs", "gradcheck.ini")
+    net = ccn.Net(path, os.path.join(root, "layer-defs", "gradcheck-params.ini"),
+                  {0: (3, 8, 8), 1: 1, 2: (10, 1, 1)}, seed=seed, init=False)
+    net.init_weights(seed)
+    res = {r.name: r for r in gradcheck.check_grads(net, cases=8, samples=60, seed=seed, inputs=True)}
+    assert res["conv1flip.biases"].verdict == "PASS", res["conv1flip.biases"]
+    assert all(r.verdict == "PASS" for r in res.values()), [r for r in res.values() if r.verdict != "PASS"]
