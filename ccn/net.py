@@ -176,7 +176,7 @@ class Net:
 
     def _call_init_func(self, p: ParamInfo) -> np.ndarray:
         """The user's initWFunc (called as cuda-convnet2 did, ``f(layer, input_index, shape,
-        params)``) or initBFunc (``f(layer, shape, params)``)."""
+        params=[...])``) or initBFunc (``f(layer, shape, params=[...])``)."""
         from .plugins import import_user_module
 
         m = re.fullmatch(r"\s*([\w.]+)\.(\w+)\s*(?:\((.*)\))?\s*", p.init_func)
@@ -195,7 +195,7 @@ class Net:
         params = [a.strip() for a in args.split(",")] if args and args.strip() else []
         idx = int(re.search(r"\[(\d+)\]", p.name).group(1)) if "[" in p.name else 0
         try:
-            arr = fn(p.layer, p.shape, params) if p.is_bias else fn(p.layer, idx, p.shape, params)
+            arr = fn(p.layer, p.shape, params=params) if p.is_bias else fn(p.layer, idx, p.shape, params=params)
         except Exception as e:
             raise ConfigError(f"{where}: {module}.{func}{p.shape!r} raised {type(e).__name__}: {e}. Rerun with "
                               "--debug for the traceback.") from e

@@ -42,7 +42,9 @@ def parse_data_dims(specs) -> dict[int, tuple[int, int, int]]:
     return out
 
 
-LABEL_COSTS = ("cost.logreg", "cost.crossent", "cost.bce", "cost.dce")  # their first input holds the labels
+LABEL_COSTS = {  # cost layers whose first input holds the labels, and what the labels are
+    "cost.logreg": "one class number per case", "cost.crossent": "a one-hot row per case",
+    "cost.bce": "0 or 1 per output", "cost.dce": "0 or 1 per output"}
 
 
 def infer_data_dims(layers_path: str, text: str, image_size: int | None, given: dict) -> dict:
@@ -86,8 +88,9 @@ def infer_data_dims(layers_path: str, text: str, image_size: int | None, given: 
             u = as_images[0]
             raise ConfigError(f"{layers_path}:{lines[u].get('inputs', 0)}: in section [{u}], key 'inputs': layer "
                               f"'{u}' (type={secs[u].get('type')}) reads data layer '{name}', which holds the labels "
-                              f"of cost layer '{as_labels[0]}' (one class number per case); it should read the "
-                              "images' data layer.")
+                              f"of cost layer '{as_labels[0]}' ({LABEL_COSTS[secs[as_labels[0]]['type'].lower()]}); it "
+                              f"should read the images' data layer. (If that is meant, give the layer's size with "
+                              f"--data-dims {idx}=CxHxW.)")
         if not users or all(secs[u].get("type", "").startswith("cost.") for u in users):
             dims[idx] = (1, 1, 1)  # labels (or an unused data layer)
             continue

@@ -260,7 +260,8 @@ def prepare_imagenet(out: str, *, train: str | None, val: str | None, devkit: st
     plan = pipeline.seeded_batches(train_items, batch_size, seed, 0, True)
     first_val = max(1000, -(-len(plan) // 1000) * 1000)
     plan += pipeline.seeded_batches(val_items, batch_size, seed, first_val, False, shuffle=False)
-    plan_id = fingerprint({"source": "imagenet", "train": [(i.name, i.label) for i in train_items],
+    # (first_batch: folders and progress files of ccn versions that numbered from 1 are another plan)
+    plan_id = fingerprint({"source": "imagenet", "first_batch": 0, "train": [(i.name, i.label) for i in train_items],
                            "val": [(i.name, i.label) for i in val_items], "seed": seed, **opts})
     w = DatasetWriter(out, plan_id=plan_id, storage="jpeg", channels=3, size=(size, size), overwrite=overwrite)
     if w.already_complete:

@@ -230,7 +230,8 @@ class Provider:
     def _verify(self, b: int, f: bf.BatchFile) -> None:
         """The first read of a batch in this process checks the whole file against the checksum
         prepare-data recorded, so that a file damaged since (a flipped bit, which no header
-        check sees) is refused instead of trained on. One extra read of each file per run."""
+        check sees) is refused instead of trained on. One extra read of each file per run (per
+        rank under data parallel, although a rank reads only its rows of a batch)."""
         with self._lock:
             if b in self._verified:
                 return

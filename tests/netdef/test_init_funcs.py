@@ -37,7 +37,7 @@ calls = []
 def makew(name, idx, shape, params):
     calls.append(("w", name, idx, tuple(shape), list(params)))
     return n.full(shape, float(params[0]) + idx, dtype=n.single)
-def makeb(name, shape, params=None):  # the wiki's signature: no input index
+def makeb(name, shape, *, params):  # no input index; params by keyword, as the original passed it
     calls.append(("b", name, tuple(shape), list(params)))
     return n.full(shape, 0.25, dtype=n.single)
 def broken(name, idx, shape, params):
