@@ -1,6 +1,7 @@
 // ccn/native/layers/layer.cpp: registry, shared key rules of weight layers, helpers.
 #include "layers/layer.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 
@@ -49,9 +50,9 @@ Param* SetupCtx::make_param(const std::string& pname, int64_t rows, int64_t cols
   return net->make_param(layer->name, layer->name + "." + pname, rows, cols, is_bias);
 }
 
-Param* SetupCtx::find_weights(LayerSpec& spec, const std::string& ref) {
+Param* SetupCtx::find_weights(LayerSpec& spec, const std::string& ref, int input) {
   std::string lname = ref;
-  int idx = 0;
+  int idx = 0;  // a bare name means matrix 0, as in cuda-convnet2 (layer.py)
   size_t lb = ref.find('[');
   if (lb != std::string::npos) {
     if (ref.back() != ']') spec.fail("weightSource", cat("expected a layer name or name[index], found '", ref, "'."));
@@ -63,13 +64,26 @@ Param* SetupCtx::find_weights(LayerSpec& spec, const std::string& ref) {
     if (si.empty() || *end || errno) spec.fail("weightSource", cat("the index in '", ref, "' is not an integer."));
     idx = (v < 0 || v > 1000000) ? -1 : (int)v;
   }
-  if (lname == layer->name) spec.fail("weightSource", "a layer cannot share weights with itself.");
+  if (lname == layer->name) {
+    // cuda-convnet2: a layer may reuse one of its own matrices of a lower index, so that one
+    // filter bank serves several inputs. layer->weights holds the matrices of inputs 0..input-1.
+    if (idx < 0 || idx >= input) {
+      const std::string which = lb == std::string::npos ? cat("'", ref, "' (which means ", lname, "[0])") : cat("'", ref, "'");
+      spec.fail("weightSource",
+                input == 0 ? cat(which, " names this layer's own matrix for input 0; a layer can only reuse its own "
+                                 "matrix of a lower input index, so input 0 needs its own weights (leave its entry empty).")
+                           : cat(which, " for input ", input, " names this layer's own matrix ", idx,
+                                 ", which is not defined yet; a layer can only reuse its own matrices of a lower input "
+                                 "index, here ", lname, "[0]", input > 1 ? cat(" to ", lname, "[", input - 1, "]") : std::string(),
+                                 "."));
+    }
+    return layer->weights[idx];
+  }
   Layer* src = net->find_layer(lname);
   if (!src) {
     std::string m = did_you_mean(lname, net->layer_names());
     spec.fail("weightSource", cat("there is no layer '", lname, "'", m.empty() ? "." : cat("; did you mean '", m, "'?")));
   }
-  if (src == layer) spec.fail("weightSource", "a layer cannot share weights with itself.");
   if (src->weights.empty())
     spec.fail("weightSource", cat("layer '", lname, "' (type=", src->type, ") has no weights to share."));
   if (idx < 0 || idx >= (int)src->weights.size())
@@ -90,7 +104,7 @@ void setup_weight_params(LayerSpec& spec, SetupCtx& ctx, Layer& layer,
   std::string bfunc = spec.get_str("initBFunc", std::string(""));
   for (int i = 0; i < n; ++i) {
     if (!sources[i].empty()) {
-      Param* p = ctx.find_weights(spec, sources[i]);
+      Param* p = ctx.find_weights(spec, sources[i], i);
       if (p->w.rows() != shapes[i].first || p->w.cols() != shapes[i].second)
         spec.fail("weightSource", cat("weights '", p->name, "' are ", p->w.rows(), "x", p->w.cols(), " but layer '",
                                       layer.name, "' needs ", shapes[i].first, "x", shapes[i].second,
@@ -124,8 +138,11 @@ void reload_weight_params(LayerSpec& spec, Layer& layer) {
   int period = spec.get_int("updatePeriod", 1, Src::Params);
   if (period < 1) spec.fail("updatePeriod", "must be at least 1.", Src::Params);
   for (int i = 0; i < n; ++i) {
-    if (layer.weights[i]->layer != layer.name) continue;  // shared: the owner's settings rule
+    // A shared matrix keeps its owner's settings: skip another layer's matrix and one this
+    // layer reuses for a later input (weightSource naming itself; the first use owns it).
     Param* p = layer.weights[i];
+    if (p->layer != layer.name || std::find(layer.weights.begin(), layer.weights.begin() + i, p) != layer.weights.begin() + i)
+      continue;
     p->eps = eps_w[i];
     p->mom = mom_w[i];
     p->wc = wc[i];

@@ -160,6 +160,27 @@ def test_conv_weight_source_gradients_add_up():
     assert_close(net.output_grad("y"), num["y"].reshape(n, -1), 2e-3, 2e-4, "y gradient")
 
 
+def test_conv_weight_source_naming_itself():
+    # cuda-convnet2: weightSource may name the layer itself for a matrix of a lower input index;
+    # a bare name means matrix 0. One filter bank then serves all three inputs (b twice).
+    rng = np.random.default_rng()
+    n = 2
+    a = rng.standard_normal((n, 3, 5, 5))
+    b = rng.standard_normal((n, 3, 7, 7))
+    text = ("[a]\ntype=data\ndataIdx=0\n[b]\ntype=data\ndataIdx=1\n" +
+            conv_text(inputs="a,b,b", channels="3,3,3", filters="4,4,4", filterSize="3,3,3", padding="1,0,0",
+                      stride="1,1,1", weightSource=",conv,conv[0]", neuron="tanh[1.1,0.7]"))
+
+    def ref(v):
+        W = v["conv.weights[0]"]
+        o = conv_ref(v["a"], W, 3, 1, 1, 1, 4) + 2 * conv_ref(v["b"], W, 3, 0, 1, 1, 4)
+        return 1.1 * np.tanh(0.7 * add_bias(o, v["conv.biases"], True))
+
+    net = check_layer(text, {"a": (0, a), "b": (1, b)}, ref, "conv")
+    assert net.layer("conv").weights == ["conv.weights[0]"] * 3
+    assert [(p.name, p.shared_by) for p in net.params] == [("conv.weights[0]", 2), ("conv.biases", 0)]
+
+
 def read_section(path, name):
     """The lines of one [section] of a reference file, verbatim."""
     out, inside = [], False

@@ -95,8 +95,20 @@ CASES = [
     (D + FC + "[fc2]\ntype=fc\ninputs=data\noutputs=3\nweightSource=fc[1]\n", None,
      r"key 'weightSource': layer 'fc' has 1 weight matrix; the index in 'fc\[1\]' is out of range \(0 to 0\)"),
     (D + FC + "[fc2]\ntype=fc\ninputs=data\noutputs=3\nweightSource=fc[x]\n", None, r"the index in 'fc\[x\]' is not an"),
-    (D + FC + "weightSource=fc\n", None, r"^net\.cfg:8: in section \[fc\], key 'weightSource': a layer cannot share "
-                                        r"weights with itself"),
+    (D + FC + "weightSource=fc\n", None, r"^net\.cfg:8: in section \[fc\], key 'weightSource': 'fc' \(which means fc\[0\]\) "
+                                        r"names this layer's own matrix for input 0; a layer can only reuse its own matrix "
+                                        r"of a lower input index"),
+    (D + "[fc]\ntype=fc\ninputs=data,data,data\noutputs=3\nweightSource=,fc[0],fc[2]\n", None,
+     r"^net\.cfg:8: in section \[fc\], key 'weightSource': 'fc\[2\]' for input 2 names this layer's own matrix 2, "
+     r"which is not defined yet; a layer can only reuse its own matrices of a lower input index, here fc\[0\] to fc\[1\]\."),
+    (D + "[fc]\ntype=fc\ninputs=data,data\noutputs=3\nweightSource=,fc[1]\n", None,
+     r"key 'weightSource': 'fc\[1\]' for input 1 names this layer's own matrix 1, which is not defined yet; a layer can "
+     r"only reuse its own matrices of a lower input index, here fc\[0\]\."),
+    (D + "[fc]\ntype=fc\ninputs=data,data\noutputs=3\nweightSource=,fc[7]\n", None,
+     r"'fc\[7\]' for input 1 names this layer's own matrix 7, which is not defined yet"),
+    ("[a]\ntype=data\ndataIdx=0\n[b]\ntype=data\ndataIdx=1\n[fc]\ntype=fc\ninputs=a,b\noutputs=3\nweightSource=,fc\n", None,
+     r"^net\.cfg:11: in section \[fc\], key 'weightSource': weights 'fc\.weights\[0\]' are 4x3 but layer 'fc' needs 1x3 "
+     r"for input 1 \(b\)\."),
     (D + FC + "[sm]\ntype=softmax\ninputs=data\n[fc2]\ntype=fc\ninputs=data\noutputs=3\nweightSource=sm\n", None,
      r"key 'weightSource': layer 'sm' \(type=softmax\) has no weights to share"),
     (D + FC + "weightSource=fc2\n[fc2]\ntype=fc\ninputs=fc\noutputs=3\n", None,
