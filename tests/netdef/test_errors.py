@@ -25,7 +25,19 @@ def err(text, params=None, dims=None):
     return msg
 
 
+# lines 8-16: labels, softmax over fc, cost.logreg (a net with a cost layer)
+COST = "[labels]\ntype=data\ndataIdx=1\n[sm]\ntype=softmax\ninputs=fc\n[cost]\ntype=cost.logreg\ninputs=labels,sm\n"
+
 CASES = [
+    # unused layers (cuda-convnet2's parse_layers), in a net with a cost layer
+    (D + FC + COST + "[fc2]\ntype=fc\ninputs=data\noutputs=3\n", None,
+     r"^net\.cfg:17: layer 'fc2' \(type=fc\) is unused: no layer has it in inputs=, so its output reaches no cost "
+     r"layer\. Add it to the inputs of a layer or remove it; cuda-convnet2 rejects such a net too\.$"),
+    (D + FC + COST + "[extra]\ntype=data\ndataIdx=2\n", None, r"^net\.cfg:17: layer 'extra' \(type=data\) is unused"),
+    (D + FC + COST + "[fc2]\ntype=fc\ninputs=data\noutputs=3\n[fc3]\ntype=fc\ninputs=data\noutputs=3\nweightSource=fc2\n"
+     "[fc4]\ntype=fc\ninputs=data\noutputs=3\nweightSource=fc2\n", None,
+     r"^net\.cfg:17: layer 'fc2' \(type=fc\) is unused: no layer has it in inputs=, so its output reaches no cost layer "
+     r"\(weightSource in 'fc3', 'fc4' shares its weights but does not use its output\)\."),
     # reader
     ("[a\ntype=data\n", None, r"^net\.cfg:1: section header '\[a' has no closing '\]'; expected \[layername\]"),
     ("[]\n", None, r"^net\.cfg:1: empty section name"),
@@ -128,3 +140,10 @@ def test_errors_are_whole_sentences():
     for text, params, _ in CASES:
         msg = err(text, params)
         assert msg.rstrip().endswith((".", "?")), msg
+
+
+def test_unused_layers_are_allowed_in_a_net_without_cost_layers():
+    # ccn builds cost-free nets for features and for backward passes from given gradients;
+    # their ends feed nothing by design
+    net = ccn.Net("net.cfg", None, {0: 4}, layers_text=D + FC + "[fc2]\ntype=fc\ninputs=data\noutputs=2\n", init=False)
+    assert [l.name for l in net.layers] == ["data", "fc", "fc2"]
