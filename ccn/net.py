@@ -178,7 +178,8 @@ class Net:
         m = re.fullmatch(r"\s*([\w.]+)\.(\w+)\s*(?:\((.*)\))?\s*", p.init_func)
         key = "initBFunc" if p.is_bias else "initWFunc"
         if not m:
-            raise ConfigError(f"layer '{p.layer}', key '{key}': expected module.function(args), found '{p.init_func}'.")
+            found = p.init_func.replace("\n", "\\n")  # a continuation line's break, shown escaped (one paragraph)
+            raise ConfigError(f"layer '{p.layer}', key '{key}': expected module.function(args), found '{found}'.")
         module, func, args = m.group(1), m.group(2), m.group(3)
         try:
             fn = getattr(importlib.import_module(module), func)

@@ -38,6 +38,16 @@ CASES = [
      "[fc4]\ntype=fc\ninputs=data\noutputs=3\nweightSource=fc2\n", None,
      r"^net\.cfg:17: layer 'fc2' \(type=fc\) is unused: no layer has it in inputs=, so its output reaches no cost layer "
      r"\(weightSource in 'fc3', 'fc4' shares its weights but does not use its output\)\."),
+    # indented lines: ConfigParser continues the value above; one that reads as a key is an error
+    (D + "[fc]\n  type=fc\n  inputs=data\n  outputs=10\n", None,
+     r"^net\.cfg:6: in section \[fc\]: 'inputs=data' is indented, so it continues the value of 'type' from line 5 "
+     r"\(indented lines continue the value above them\) instead of setting 'inputs'\. Remove the indentation\.$"),
+    (D + FC + "neuron=relu\n\tinitW : 0.1\n", None,
+     r"^net\.cfg:9: in section \[fc\]: 'initW : 0\.1' is indented, so it continues the value of 'neuron' from line 8 "),
+    # a value continued on an indented line that is no key: its line break is shown as \n, not printed
+    (D + "[fc]\ntype=fc\n  relu\ninputs=data\noutputs=3\n", None,
+     r"^net\.cfg:5: in section \[fc\], key 'type': unknown layer type 'fc\\nrelu'\."),
+    (D + FC + "neuron=relu\n   x\n", None, r"^net\.cfg:8: in section \[fc\], key 'neuron': .*'relu\\nx'"),
     # reader
     ("[a\ntype=data\n", None, r"^net\.cfg:1: section header '\[a' has no closing '\]'; expected \[layername\]"),
     ("[]\n", None, r"^net\.cfg:1: empty section name"),
@@ -140,6 +150,7 @@ def test_errors_are_whole_sentences():
     for text, params, _ in CASES:
         msg = err(text, params)
         assert msg.rstrip().endswith((".", "?")), msg
+        assert "\n" not in msg, msg  # one line: values' line breaks are escaped
 
 
 def test_unused_layers_are_allowed_in_a_net_without_cost_layers():
@@ -147,3 +158,11 @@ def test_unused_layers_are_allowed_in_a_net_without_cost_layers():
     # their ends feed nothing by design
     net = ccn.Net("net.cfg", None, {0: 4}, layers_text=D + FC + "[fc2]\ntype=fc\ninputs=data\noutputs=2\n", init=False)
     assert [l.name for l in net.layers] == ["data", "fc", "fc2"]
+
+
+def test_init_func_value_with_a_line_break_is_escaped():
+    # initWFunc continued on an indented line: the Python side's message shows the break as \n
+    text = D + FC + "initWFunc=mod.f(\n  1)\n"
+    with pytest.raises(ConfigError) as e:
+        ccn.Net("net.cfg", None, {0: 4}, layers_text=text)
+    assert str(e.value) == "layer 'fc', key 'initWFunc': expected module.function(args), found 'mod.f(\\n1)'."
