@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <sstream>
 
 #include "net/net.h"
 
@@ -126,6 +127,35 @@ void setup_weight_params(LayerSpec& spec, SetupCtx& ctx, Layer& layer,
   reload_weight_params(spec, layer);
 }
 
+// The allowed range of a learning key of the layer-params file: momW/momB in [0, 1), the
+// others (epsW/epsB constants and schedule bases, wc, wball) at least 0. `n` values, one per
+// input for lists.
+static void check_param_range(LayerSpec& spec, const std::string& key, const std::vector<double>& v, int n) {
+  const bool mom = key == "momW" || key == "momB";
+  for (int i = 0; i < (int)v.size(); ++i) {
+    if (mom ? (v[i] >= 0 && v[i] < 1) : v[i] >= 0) continue;
+    std::ostringstream os;
+    os.precision(12);
+    os << v[i];
+    spec.fail(key, cat(n > 1 ? cat("the value for input ", i, " is ") : std::string("the value is "), os.str(), "; ", key,
+                       mom ? " (a momentum) must be at least 0 and less than 1." : " must be at least 0."),
+              Src::Params);
+  }
+}
+static void check_param_range(LayerSpec& spec, const std::string& key, const std::vector<Schedule>& v, int n) {
+  for (int i = 0; i < (int)v.size(); ++i) {
+    if (v[i].base >= 0) continue;
+    std::ostringstream os;
+    os.precision(12);
+    os << v[i].base;
+    const std::string input = n > 1 ? cat(" for input ", i) : std::string();
+    spec.fail(key, v[i].type == "const" && v[i].tgt_factor == 1 && v[i].num_steps == 1
+                       ? cat("the learning rate", input, " is ", os.str(), "; ", key, " must be at least 0.")
+                       : cat("the ", v[i].type, " schedule", input, " has base=", os.str(), "; its base must be at least 0."),
+              Src::Params);
+  }
+}
+
 void reload_weight_params(LayerSpec& spec, Layer& layer) {
   int n = (int)layer.weights.size();
   // Without any layer-params file (show-net), learning keys default to zero.
@@ -137,6 +167,12 @@ void reload_weight_params(LayerSpec& spec, Layer& layer) {
   auto wball = spec.get_float_list("wball", n, 0.0, Src::Params);
   int period = spec.get_int("updatePeriod", 1, Src::Params);
   if (period < 1) spec.fail("updatePeriod", "must be at least 1.", Src::Params);
+  // Ranges (cuda-convnet did not check them): a momentum of 1 or more never forgets and grows
+  // without bound, a negative one oscillates; negative rates, decay or norm caps invert them.
+  check_param_range(spec, "epsW", eps_w, n);
+  check_param_range(spec, "momW", mom_w, n);
+  check_param_range(spec, "wc", wc, n);
+  check_param_range(spec, "wball", wball, n);
   for (int i = 0; i < n; ++i) {
     // A shared matrix keeps its owner's settings: skip another layer's matrix and one this
     // layer reuses for a later input (weightSource naming itself; the first use owns it).
@@ -151,8 +187,10 @@ void reload_weight_params(LayerSpec& spec, Layer& layer) {
   }
   if (layer.biases) {
     auto eps_b = spec.get_schedule_list("epsB", 1, z, Src::Params);
+    check_param_range(spec, "epsB", eps_b, 1);
     layer.biases->eps = eps_b[0];
     layer.biases->mom = spec.get_float("momB", z, Src::Params);
+    check_param_range(spec, "momB", std::vector<double>{layer.biases->mom}, 1);
     layer.biases->update_period = period;
   } else {
     spec.allow("epsB", Src::Params);

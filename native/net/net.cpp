@@ -217,11 +217,16 @@ void Net::build(const std::map<int, Shape>& data_dims) {
     spec.allow("inputs");
     // gpu= (cuda-convnet2): device indices for model/data parallelism.
     if (spec.has("gpu")) {
+      std::set<long> seen;
       for (const auto& g : split(spec.get_str("gpu"), ',')) {
         char* end = nullptr;
         long v = std::strtol(g.c_str(), &end, 10);
         if (g.empty() || *end || v < 0 || v > 1023)
           spec.fail("gpu", cat("expected a comma list of device indices such as 0 or 0,1; found '", spec.get_str("gpu"), "'."));
+        // cuda-convnet2 (layer.py): "all replicas must run on different GPUs"
+        if (!seen.insert(v).second)
+          spec.fail("gpu", cat("device ", v, " is listed twice in '", spec.get_str("gpu"), "'; each copy of a data-parallel "
+                               "layer needs a GPU of its own, so list each index once, e.g. 0,1."));
         gpus_needed_ = std::max(gpus_needed_, (int)v + 1);
       }
     }

@@ -48,6 +48,26 @@ CASES = [
     (D + "[fc]\ntype=fc\n  relu\ninputs=data\noutputs=3\n", None,
      r"^net\.cfg:5: in section \[fc\], key 'type': unknown layer type 'fc\\nrelu'\."),
     (D + FC + "neuron=relu\n   x\n", None, r"^net\.cfg:8: in section \[fc\], key 'neuron': .*'relu\\nx'"),
+    # ranges of the learning keys (cuda-convnet did not check them)
+    (D + FC, P.replace("momW=0.9", "momW=1"),
+     r"^par\.cfg:4: in section \[fc\], key 'momW': the value is 1; momW \(a momentum\) must be at least 0 and less "
+     r"than 1\.$"),
+    (D + FC, P.replace("momB=0.9", "momB=-0.1"), r"^par\.cfg:5: in section \[fc\], key 'momB': the value is -0\.1; momB "
+                                                r"\(a momentum\) must be at least 0 and less than 1\.$"),
+    (D + FC, P.replace("wc=0", "wc=-0.0005"), r"^par\.cfg:6: in section \[fc\], key 'wc': the value is -0\.0005; wc must "
+                                             r"be at least 0\.$"),
+    (D + FC, P + "wball=-2\n", r"^par\.cfg:7: in section \[fc\], key 'wball': the value is -2; wball must be at least 0\.$"),
+    (D + FC, P.replace("epsW=0.1", "epsW=-0.1"), r"^par\.cfg:2: in section \[fc\], key 'epsW': the learning rate is "
+                                                r"-0\.1; epsW must be at least 0\.$"),
+    (D + FC, P.replace("epsB=0.1", "epsB=dexp[base=-0.01;tgtFactor=10;numSteps=2]"),
+     r"^par\.cfg:3: in section \[fc\], key 'epsB': the dexp schedule has base=-0\.01; its base must be at least 0\.$"),
+    (D + "[fc]\ntype=fc\ninputs=data,data\noutputs=3\n", P.replace("momW=0.9", "momW=0.9,1.5"),
+     r"^par\.cfg:4: in section \[fc\], key 'momW': the value for input 1 is 1\.5; momW \(a momentum\) must be at least 0 "),
+    (D + "[fc]\ntype=fc\ninputs=data,data\noutputs=3\n", P.replace("epsW=0.1", "epsW=0.1,linear[base=-1;tgtFactor=2]"),
+     r"^par\.cfg:2: in section \[fc\], key 'epsW': the linear schedule for input 1 has base=-1; its base must be at "),
+    (D + FC + "gpu=0,1,0\n", None,
+     r"^net\.cfg:8: in section \[fc\], key 'gpu': device 0 is listed twice in '0,1,0'; each copy of a data-parallel "
+     r"layer needs a GPU of its own, so list each index once, e\.g\. 0,1\.$"),
     # reader
     ("[a\ntype=data\n", None, r"^net\.cfg:1: section header '\[a' has no closing '\]'; expected \[layername\]"),
     ("[]\n", None, r"^net\.cfg:1: empty section name"),
@@ -158,6 +178,14 @@ def test_unused_layers_are_allowed_in_a_net_without_cost_layers():
     # their ends feed nothing by design
     net = ccn.Net("net.cfg", None, {0: 4}, layers_text=D + FC + "[fc2]\ntype=fc\ninputs=data\noutputs=2\n", init=False)
     assert [l.name for l in net.layers] == ["data", "fc", "fc2"]
+
+
+def test_every_schedule_type_with_a_zero_base_loads():
+    for eps in ("0", "const[base=0]", "linear[base=0;tgtFactor=10]", "exp[base=0;tgtFactor=10]",
+                "dexp[base=0;tgtFactor=10;numSteps=2]"):
+        ccn.Net("net.cfg", "par.cfg", {0: 4}, layers_text=D + FC, params_text=P.replace("epsW=0.1", f"epsW={eps}") +
+                "wball=0\n", init=False)
+    ccn.Net("net.cfg", "par.cfg", {0: 4}, layers_text=D + FC, params_text=P.replace("momW=0.9", "momW=0"), init=False)
 
 
 def test_init_func_value_with_a_line_break_is_escaped():
