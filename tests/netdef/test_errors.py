@@ -68,6 +68,15 @@ CASES = [
     (D + FC + "gpu=0,1,0\n", None,
      r"^net\.cfg:8: in section \[fc\], key 'gpu': device 0 is listed twice in '0,1,0'; each copy of a data-parallel "
      r"layer needs a GPU of its own, so list each index once, e\.g\. 0,1\.$"),
+    # a schedule written with commas, like a neuron's parameters
+    (D + FC, P.replace("epsW=0.1", "epsW=exp[base=0.01,tgtFactor=10]"),
+     r"^par\.cfg:2: in section \[fc\], key 'epsW': expected a number or a schedule such as "
+     r"exp\[base=0\.01;tgtFactor=10\], found 'exp\[base=0\.01,tgtFactor=10\]'\. The parameters of a schedule are "
+     r"separated by ';' \(commas separate the values of different inputs\)\.$"),
+    (D + "[fc]\ntype=fc\ninputs=data,data\noutputs=3\n", P.replace("epsW=0.1", "epsW=exp[base=0.01,tgtFactor=10]"),
+     r"key 'epsW': expected a number or a schedule such as exp\[base=0\.01;tgtFactor=10\], found"),
+    (D + FC, P.replace("epsB=0.1", "epsB=dexp[base=0.01,tgtFactor=10,numSteps=3]"),
+     r"key 'epsB': expected a number or a schedule such as dexp\[base=0\.01;tgtFactor=10;numSteps=3\], found "),
     # reader
     ("[a\ntype=data\n", None, r"^net\.cfg:1: section header '\[a' has no closing '\]'; expected \[layername\]"),
     ("[]\n", None, r"^net\.cfg:1: empty section name"),
