@@ -121,7 +121,10 @@ class Layer {
   // gradients (summed over cases) into the params' grad. dout is dCost/d(out).
   virtual void bprop(const std::vector<const Mat*>& in, const Mat& out, const Mat& dout,
                      const std::vector<Mat*>& din, const PassCtx& ctx) = 0;
-  // Multiply-adds per case in the forward pass (for show-net). Default: 0.
+  // Floating-point operations per case in the forward pass (show-net's "fwd MFLOPs/case"), neuron
+  // excluded: a multiply-add counts 2, any other add, multiply, comparison, division or
+  // elementary function (exp, log, pow) 1, as the layer's kernels compute it (separable box sums
+  // for rnorm/cnorm); layers that only move data (data, concat, crop, href, nailbed) count 0.
   virtual double flops_per_case() const { return 0; }
   // Cost layers: the cost values summed over cases (e.g. logreg: -log p, top-1 wrong,
   // top-k wrong) and the names of those values.

@@ -51,7 +51,7 @@ def run_conv_case(c, rng, seed):
     Kg = c["channels"] // c["groups"] * c["filterSize"] ** 2
     assert net.get("conv.weights[0]").shape == (Kg, F)
     assert net.get("conv.biases").shape == ((F, 1) if c["shared"] else (F * M * M, 1))
-    assert info.flops_per_case == M * M * F * Kg
+    assert info.flops_per_case == 2 * M * M * F * Kg  # a multiply-add is 2 FLOPs
 
 
 @pytest.mark.parametrize("trial", range(10))
@@ -202,7 +202,7 @@ def test_imagenet_conv1_shape(reference_dir):
     info = net.layer("conv1")
     assert info.shape == (64, 55, 55)
     assert net.get("conv1.weights[0]").shape == (3 * 11 * 11, 64)
-    assert info.flops_per_case == 55 * 55 * 64 * 363
+    assert info.flops_per_case == 2 * 55 * 55 * 64 * 363
     # One case forward against the reference (no gradients: too big for finite differences).
     rng = np.random.default_rng()
     x = rng.standard_normal((1, 3, 224, 224))

@@ -40,7 +40,7 @@ def run_local_case(c, rng, seed):
     assert net.layer("loc").shape == (F, M, M)
     assert net.get("loc.weights[0]").shape == (M * M * Kg, F)
     assert net.get("loc.biases").shape == (F * M * M, 1)
-    assert net.layer("loc").flops_per_case == M * M * F * Kg
+    assert net.layer("loc").flops_per_case == 2 * M * M * F * Kg
 
 
 @pytest.mark.parametrize("trial", range(8))
