@@ -183,7 +183,8 @@ class Net:
         key = "initBFunc" if p.is_bias else "initWFunc"
         where = f"{self.layers_path}: layer '{p.layer}', key '{key}'"
         if not m:
-            raise ConfigError(f"{where}: expected module.function(args), found '{p.init_func}'.")
+            found = p.init_func.replace("\n", "\\n")  # a continuation line's break, shown escaped (one paragraph)
+            raise ConfigError(f"{where}: expected module.function(args), found '{found}'.")
         module, func, args = m.group(1), m.group(2), m.group(3)
         try:
             fn = getattr(import_user_module(module, self.layers_path), func)

@@ -6,8 +6,8 @@
 
 Builds the net as tools/bench.py does (random data, the net's layer-params file), runs one
 warm-up step, then times --steps training steps and prints, per layer, the mean forward and
-backward milliseconds, the share of the step, and for layers that report multiply-adds
-(show-net's flops_per_case) the forward rate in GFLOP/s (2 flops per multiply-add).
+backward milliseconds, the share of the step, and for layers that report their operations
+(show-net's flops_per_case: real FLOPs, a multiply-add counting 2) the forward rate in GFLOP/s.
 "Other" is the rest of the step: the SGD update, zeroing gradients, the Python call.
 With --sgemm, the machine's SGEMM rate (tools/sgemm_rate.py, square 2048, all threads) is
 measured just before and after the timed steps, and the conv layers' forward rate is given as
@@ -72,7 +72,7 @@ def main():
     print(f"{'layer':12} {'fwd ms':>9} {'bwd ms':>9} {'share':>6} {'fwd GFLOP/s':>12}")
     for name, f, b in rows:
         f, b = f / args.steps * 1e3, b / args.steps * 1e3
-        rate = 2 * flops[name] * args.mini / (f * 1e-3) / 1e9 if flops[name] > 1e5 and f > 0 else None
+        rate = flops[name] * args.mini / (f * 1e-3) / 1e9 if flops[name] > 1e5 and f > 0 else None
         print(f"{name:12} {f:9.1f} {b:9.1f} {100 * (f + b) / (step * 1e3):5.1f}% "
               f"{'' if rate is None else f'{rate:12.1f}'}")
     other = step * 1e3 - sum((f + b) / args.steps * 1e3 for _, f, b in rows)
@@ -86,7 +86,7 @@ def main():
         ref = sum(rates) / 2
         types = {d["name"]: d["type"] for d in raw.layers()}
         conv = [(n, f / args.steps) for n, f, _ in rows if types[n] == "conv"]
-        flop = sum(2 * flops[n] * args.mini for n, _ in conv)
+        flop = sum(flops[n] * args.mini for n, _ in conv)
         secs = sum(f for _, f in conv)
         print(f"SGEMM {threads} thread(s): {rates[0]:.1f} before, {rates[1]:.1f} after (GFLOP/s); conv forward "
               f"{flop / secs / 1e9:.1f} GFLOP/s = {100 * flop / secs / 1e9 / ref:.0f}% of it")

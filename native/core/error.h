@@ -37,13 +37,25 @@ std::string cat(const A&... parts) {
   return os.str();
 }
 
+// Messages for users are one paragraph: a line break that comes from a quoted value (an
+// indented continuation line joins values with one) is shown as \n, never printed raw.
+inline std::string one_line(std::string s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '\n') out += "\\n";
+    else if (c == '\r') out += "\\r";
+    else out += c;
+  }
+  return out;
+}
+
 template <class... A>
 [[noreturn]] void config_error(const A&... parts) {
-  throw Error(ErrorKind::Config, cat(parts...));
+  throw Error(ErrorKind::Config, one_line(cat(parts...)));
 }
 template <class... A>
 [[noreturn]] void input_error(const A&... parts) {
-  throw Error(ErrorKind::Input, cat(parts...));
+  throw Error(ErrorKind::Input, one_line(cat(parts...)));
 }
 template <class... A>
 [[noreturn]] void runtime_error(const A&... parts) {

@@ -56,7 +56,8 @@ class BlurLayer : public Layer {
     if (din[0]) run(dout, *din[0], true, true);
   }
 
-  double flops_per_case() const override { return 2.0 * filter_.size() * out.size(); }
+  // two passes (x, then y) of filterSize multiply-adds per value
+  double flops_per_case() const override { return 4.0 * filter_.size() * out.size(); }
 
  private:
   // dst (=, or += when add) = blur(src); transpose=true applies the adjoint: the reversed filter

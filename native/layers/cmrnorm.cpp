@@ -78,7 +78,8 @@ class CrossMapResponseNormLayer : public NormLayerBase {
   }
   bool bprop_assigns_din() const override { return true; }
 
-  double flops_per_case() const override { return (double)C_ * S_ * S_ * (N_ + 4.0); }
+  // N multiply-adds (the window's sum of squares), then scale, minDiv, power and product
+  double flops_per_case() const override { return (double)C_ * S_ * S_ * (2.0 * N_ + 4); }
 
  private:
   void window(int c, int& c0, int& c1) const {

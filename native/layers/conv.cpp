@@ -465,7 +465,7 @@ class ConvLayer : public Layer {
 
   double flops_per_case() const override {
     double f = 0;
-    for (const auto& ig : cs_.in) f += (double)cs_.modules() * cs_.filters * ig.kg();
+    for (const auto& ig : cs_.in) f += 2.0 * cs_.modules() * cs_.filters * ig.kg();  // multiply-adds, 2 each
     return f;
   }
 

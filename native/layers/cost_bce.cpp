@@ -118,6 +118,8 @@ class BceCost : public Layer {
       d[k] -= c * (pw * t[k] / std::max(y[k], kCostMinDiv) - (1.f - t[k]) / std::max(1.f - y[k], kCostMinDiv));
   }
   bool is_cost() const override { return true; }
+  // per value: 2 logs, 2 differences (1 - t, 1 - y), 3 products, 2 sums, 1 comparison
+  double flops_per_case() const override { return 10.0 * classes_; }
   std::vector<double> cost_values() const override { return values_; }
   std::vector<std::string> cost_names() const override {
     std::vector<std::string> names = {"crossent", "error"};

@@ -74,6 +74,8 @@ class CrossEntCost : public Layer {
       if (t[k] != 0.f) d[k] -= c * t[k] / std::max(p[k], kCostMinDiv);
   }
   bool is_cost() const override { return true; }
+  // per class: the max and tie comparisons, a log and a multiply-add
+  double flops_per_case() const override { return 5.0 * inputs[1]->out.size(); }
   std::vector<double> cost_values() const override { return values_; }
   std::vector<std::string> cost_names() const override { return {"crossent", "error"}; }
   double coeff() const override { return coeff_; }

@@ -121,6 +121,8 @@ class LogregCost : public Layer {
   }
 #endif
   bool is_cost() const override { return true; }
+  // the label's rank (2 comparisons per class) and its log
+  double flops_per_case() const override { return 2.0 * classes_ + 1; }
   std::vector<double> cost_values() const override { return values_; }
   std::vector<std::string> cost_names() const override {
     std::vector<std::string> n = {"logprob", "error"};

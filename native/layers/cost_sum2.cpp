@@ -42,6 +42,7 @@ class Sum2Cost : public Layer {
     for (int64_t k = 0; k < sz; ++k) d[k] += c * x[k];
   }
   bool is_cost() const override { return true; }
+  double flops_per_case() const override { return 2.0 * inputs[0]->out.size(); }  // a multiply-add per value
   std::vector<double> cost_values() const override { return values_; }
   std::vector<std::string> cost_names() const override { return {"sum2"}; }
   double coeff() const override { return coeff_; }

@@ -74,7 +74,7 @@ class EltSumLayer : public Layer {
       for (int64_t k = 0; k < sz; ++k) d[k] += c * g[k];
     }
   }
-  double flops_per_case() const override { return (double)n_ * out.size(); }
+  double flops_per_case() const override { return (2.0 * n_ - 1) * out.size(); }  // n products, n - 1 sums
 
  private:
   void read_coeffs(LayerSpec& spec) {

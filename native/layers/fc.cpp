@@ -72,7 +72,7 @@ class FcLayer : public Layer {
 
   double flops_per_case() const override {
     double f = 0;
-    for (auto* w : weights) f += (double)w->w.rows() * w->w.cols();
+    for (auto* w : weights) f += 2.0 * w->w.rows() * w->w.cols();  // multiply-adds, 2 each
     return f;
   }
 };

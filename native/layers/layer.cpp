@@ -1,8 +1,10 @@
 // ccn/native/layers/layer.cpp: registry, shared key rules of weight layers, helpers.
 #include "layers/layer.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <sstream>
 
 #include "net/net.h"
 
@@ -49,9 +51,9 @@ Param* SetupCtx::make_param(const std::string& pname, int64_t rows, int64_t cols
   return net->make_param(layer->name, layer->name + "." + pname, rows, cols, is_bias);
 }
 
-Param* SetupCtx::find_weights(LayerSpec& spec, const std::string& ref) {
+Param* SetupCtx::find_weights(LayerSpec& spec, const std::string& ref, int input) {
   std::string lname = ref;
-  int idx = 0;
+  int idx = 0;  // a bare name means matrix 0, as in cuda-convnet2 (layer.py)
   size_t lb = ref.find('[');
   if (lb != std::string::npos) {
     if (ref.back() != ']') spec.fail("weightSource", cat("expected a layer name or name[index], found '", ref, "'."));
@@ -63,13 +65,26 @@ Param* SetupCtx::find_weights(LayerSpec& spec, const std::string& ref) {
     if (si.empty() || *end || errno) spec.fail("weightSource", cat("the index in '", ref, "' is not an integer."));
     idx = (v < 0 || v > 1000000) ? -1 : (int)v;
   }
-  if (lname == layer->name) spec.fail("weightSource", "a layer cannot share weights with itself.");
+  if (lname == layer->name) {
+    // cuda-convnet2: a layer may reuse one of its own matrices of a lower index, so that one
+    // filter bank serves several inputs. layer->weights holds the matrices of inputs 0..input-1.
+    if (idx < 0 || idx >= input) {
+      const std::string which = lb == std::string::npos ? cat("'", ref, "' (which means ", lname, "[0])") : cat("'", ref, "'");
+      spec.fail("weightSource",
+                input == 0 ? cat(which, " names this layer's own matrix for input 0; a layer can only reuse its own "
+                                 "matrix of a lower input index, so input 0 needs its own weights (leave its entry empty).")
+                           : cat(which, " for input ", input, " names this layer's own matrix ", idx,
+                                 ", which is not defined yet; a layer can only reuse its own matrices of a lower input "
+                                 "index, here ", lname, "[0]", input > 1 ? cat(" to ", lname, "[", input - 1, "]") : std::string(),
+                                 "."));
+    }
+    return layer->weights[idx];
+  }
   Layer* src = net->find_layer(lname);
   if (!src) {
     std::string m = did_you_mean(lname, net->layer_names());
     spec.fail("weightSource", cat("there is no layer '", lname, "'", m.empty() ? "." : cat("; did you mean '", m, "'?")));
   }
-  if (src == layer) spec.fail("weightSource", "a layer cannot share weights with itself.");
   if (src->weights.empty())
     spec.fail("weightSource", cat("layer '", lname, "' (type=", src->type, ") has no weights to share."));
   if (idx < 0 || idx >= (int)src->weights.size())
@@ -90,7 +105,7 @@ void setup_weight_params(LayerSpec& spec, SetupCtx& ctx, Layer& layer,
   std::string bfunc = spec.get_str("initBFunc", std::string(""));
   for (int i = 0; i < n; ++i) {
     if (!sources[i].empty()) {
-      Param* p = ctx.find_weights(spec, sources[i]);
+      Param* p = ctx.find_weights(spec, sources[i], i);
       if (p->w.rows() != shapes[i].first || p->w.cols() != shapes[i].second)
         spec.fail("weightSource", cat("weights '", p->name, "' are ", p->w.rows(), "x", p->w.cols(), " but layer '",
                                       layer.name, "' needs ", shapes[i].first, "x", shapes[i].second,
@@ -112,6 +127,35 @@ void setup_weight_params(LayerSpec& spec, SetupCtx& ctx, Layer& layer,
   reload_weight_params(spec, layer);
 }
 
+// The allowed range of a learning key of the layer-params file: momW/momB in [0, 1), the
+// others (epsW/epsB constants and schedule bases, wc, wball) at least 0. `n` values, one per
+// input for lists.
+static void check_param_range(LayerSpec& spec, const std::string& key, const std::vector<double>& v, int n) {
+  const bool mom = key == "momW" || key == "momB";
+  for (int i = 0; i < (int)v.size(); ++i) {
+    if (mom ? (v[i] >= 0 && v[i] < 1) : v[i] >= 0) continue;
+    std::ostringstream os;
+    os.precision(12);
+    os << v[i];
+    spec.fail(key, cat(n > 1 ? cat("the value for input ", i, " is ") : std::string("the value is "), os.str(), "; ", key,
+                       mom ? " (a momentum) must be at least 0 and less than 1." : " must be at least 0."),
+              Src::Params);
+  }
+}
+static void check_param_range(LayerSpec& spec, const std::string& key, const std::vector<Schedule>& v, int n) {
+  for (int i = 0; i < (int)v.size(); ++i) {
+    if (v[i].base >= 0) continue;
+    std::ostringstream os;
+    os.precision(12);
+    os << v[i].base;
+    const std::string input = n > 1 ? cat(" for input ", i) : std::string();
+    spec.fail(key, v[i].type == "const" && v[i].tgt_factor == 1 && v[i].num_steps == 1
+                       ? cat("the learning rate", input, " is ", os.str(), "; ", key, " must be at least 0.")
+                       : cat("the ", v[i].type, " schedule", input, " has base=", os.str(), "; its base must be at least 0."),
+              Src::Params);
+  }
+}
+
 void reload_weight_params(LayerSpec& spec, Layer& layer) {
   int n = (int)layer.weights.size();
   // Without any layer-params file (show-net), learning keys default to zero.
@@ -123,9 +167,18 @@ void reload_weight_params(LayerSpec& spec, Layer& layer) {
   auto wball = spec.get_float_list("wball", n, 0.0, Src::Params);
   int period = spec.get_int("updatePeriod", 1, Src::Params);
   if (period < 1) spec.fail("updatePeriod", "must be at least 1.", Src::Params);
+  // Ranges (cuda-convnet did not check them): a momentum of 1 or more never forgets and grows
+  // without bound, a negative one oscillates; negative rates, decay or norm caps invert them.
+  check_param_range(spec, "epsW", eps_w, n);
+  check_param_range(spec, "momW", mom_w, n);
+  check_param_range(spec, "wc", wc, n);
+  check_param_range(spec, "wball", wball, n);
   for (int i = 0; i < n; ++i) {
-    if (layer.weights[i]->layer != layer.name) continue;  // shared: the owner's settings rule
+    // A shared matrix keeps its owner's settings: skip another layer's matrix and one this
+    // layer reuses for a later input (weightSource naming itself; the first use owns it).
     Param* p = layer.weights[i];
+    if (p->layer != layer.name || std::find(layer.weights.begin(), layer.weights.begin() + i, p) != layer.weights.begin() + i)
+      continue;
     p->eps = eps_w[i];
     p->mom = mom_w[i];
     p->wc = wc[i];
@@ -134,8 +187,10 @@ void reload_weight_params(LayerSpec& spec, Layer& layer) {
   }
   if (layer.biases) {
     auto eps_b = spec.get_schedule_list("epsB", 1, z, Src::Params);
+    check_param_range(spec, "epsB", eps_b, 1);
     layer.biases->eps = eps_b[0];
     layer.biases->mom = spec.get_float("momB", z, Src::Params);
+    check_param_range(spec, "momB", std::vector<double>{layer.biases->mom}, 1);
     layer.biases->update_period = period;
   } else {
     spec.allow("epsB", Src::Params);

@@ -48,7 +48,8 @@ struct Param {
   // initialisation, done by the Python side: N(0, init_std^2) or init_value, or a user function
   double init_std = 0, init_value = 0;
   std::string init_func;   // "module.func(args)" or ""
-  int shared_by = 0;       // number of extra layers using this matrix through weightSource
+  int shared_by = 0;       // number of extra uses of this matrix through weightSource (other layers'
+                           // inputs, or later inputs of its own layer)
 
   // One SGD step's settings, the same for every backend: inc = mom*inc - scale*grad - decay*w.
   struct Step {
@@ -100,9 +101,11 @@ struct SetupCtx {
   Layer* layer = nullptr;
   // A new parameter matrix owned by the net.
   Param* make_param(const std::string& name, int64_t rows, int64_t cols, bool is_bias);
-  // The weight matrix named by weightSource ("conv7" or "conv6[2]"); the layer must exist
-  // earlier in the net's order and have weights. Errors name this layer and the reference.
-  Param* find_weights(LayerSpec& spec, const std::string& ref);
+  // The weight matrix named by weightSource ("conv7" = "conv7[0]", or "conv6[2]") for input
+  // `input`: a matrix of a layer earlier in the net's order, or one of this layer's own
+  // matrices of a lower input index (already in layer->weights). Errors name this layer and
+  // the reference.
+  Param* find_weights(LayerSpec& spec, const std::string& ref, int input);
 };
 
 class Layer {
@@ -118,7 +121,10 @@ class Layer {
   // gradients (summed over cases) into the params' grad. dout is dCost/d(out).
   virtual void bprop(const std::vector<const Mat*>& in, const Mat& out, const Mat& dout,
                      const std::vector<Mat*>& din, const PassCtx& ctx) = 0;
-  // Multiply-adds per case in the forward pass (for show-net). Default: 0.
+  // Floating-point operations per case in the forward pass (show-net's "fwd MFLOPs/case"), neuron
+  // excluded: a multiply-add counts 2, any other add, multiply, comparison, division or
+  // elementary function (exp, log, pow) 1, as the layer's kernels compute it (separable box sums
+  // for rnorm/cnorm); layers that only move data (data, concat, crop, href, nailbed) count 0.
   virtual double flops_per_case() const { return 0; }
   // Cost layers: the cost values summed over cases (e.g. logreg: -log p, top-1 wrong,
   // top-k wrong) and the names of those values.

@@ -54,7 +54,7 @@ class ResizeLayer : public Layer {
     }
   }
 
-  double flops_per_case() const override { return 6.0 * out.size(); }
+  double flops_per_case() const override { return 9.0 * out.size(); }  // 3 lerps a + u(b - a) per value (imgops.h)
 
  private:
   imgops::ResizePlan plan_;

@@ -50,7 +50,7 @@ class RgbToYuvLayer : public Layer {
     }
   }
 
-  double flops_per_case() const override { return 3.0 * out.size(); }
+  double flops_per_case() const override { return 5.0 * out.size(); }  // 3 products, 2 sums per value
 
 #ifdef CCN_WITH_CUDA
   // native/cuda/imgops.cu (color3_*) with this file's matrix; same layout.

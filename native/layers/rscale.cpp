@@ -109,7 +109,7 @@ class RscaleLayer : public Layer {
     }
   }
 
-  double flops_per_case() const override { return 6.0 * out.size(); }
+  double flops_per_case() const override { return 9.0 * out.size(); }  // 3 lerps a + u(b - a) per value (imgops.h)
 
  private:
   // Draw this minibatch's rescaled size, factor and crop origin.

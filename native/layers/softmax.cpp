@@ -48,7 +48,7 @@ class SoftmaxLayer : public Layer {
       for (int64_t j = 0; j < K; ++j) d[j] += y[j] * (g[j] - (float)dot);
     }
   }
-  double flops_per_case() const override { return 3.0 * out.size(); }
+  double flops_per_case() const override { return 5.0 * out.size(); }  // max, x - max, exp, sum, scale
 
 #ifdef CCN_WITH_CUDA
   bool has_cuda() const override { return true; }  // native/cuda/softmax.cu

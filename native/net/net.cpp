@@ -113,6 +113,31 @@ void Net::build(const std::map<int, Shape>& data_dims) {
         config_error(dpath, ":", s.find("inputs")->line, ": in section [", s.name, "], key 'inputs': a layer cannot be its own input.");
     }
   }
+  // A layer that feeds nothing is a mistake in a net with cost layers (cuda-convnet2's
+  // parse_layers: "Layer 'X' of type 'Y' is unused"; only cost layers are exempt, data layers
+  // are not). A net without any cost layer cannot be trained; ccn builds such nets for features
+  // and for backward passes from given output gradients, so its ends are allowed there.
+  {
+    bool any_cost = false;
+    for (const auto& s : def_file_.sections) any_cost = any_cost || s.find("type")->value.rfind("cost.", 0) == 0;
+    for (const auto& s : def_file_.sections) {
+      const std::string& type = s.find("type")->value;
+      if (!any_cost || type.rfind("cost.", 0) == 0) continue;
+      bool used = false;
+      for (const auto& kv : inputs_of) used = used || std::count(kv.second.begin(), kv.second.end(), s.name) > 0;
+      if (used) continue;
+      std::string by_source;  // layers that name it in weightSource only
+      for (const auto& o : def_file_.sections)
+        if (const Entry* e = o.find("weightSource"))
+          for (auto r : split(e->value, ','))
+            if (strip(r.substr(0, r.find('['))) == s.name && o.name != s.name && by_source.find("'" + o.name + "'") == std::string::npos)
+              by_source += (by_source.empty() ? "'" : ", '") + o.name + "'";
+      config_error(dpath, ":", s.line, ": layer '", s.name, "' (type=", type, ") is unused: no layer has it in inputs=, so "
+                   "its output reaches no cost layer", by_source.empty() ? std::string() : cat(" (weightSource in ", by_source,
+                   " shares its weights but does not use its output)"), ". Add it to the inputs of a layer or remove it; "
+                   "cuda-convnet2 rejects such a net too.");
+    }
+  }
   if (have_params_) {
     for (const auto& ps : par_file_.sections)
       if (!by_name.count(ps.name)) {
@@ -192,11 +217,16 @@ void Net::build(const std::map<int, Shape>& data_dims) {
     spec.allow("inputs");
     // gpu= (cuda-convnet2): device indices for model/data parallelism.
     if (spec.has("gpu")) {
+      std::set<long> seen;
       for (const auto& g : split(spec.get_str("gpu"), ',')) {
         char* end = nullptr;
         long v = std::strtol(g.c_str(), &end, 10);
         if (g.empty() || *end || v < 0 || v > 1023)
           spec.fail("gpu", cat("expected a comma list of device indices such as 0 or 0,1; found '", spec.get_str("gpu"), "'."));
+        // cuda-convnet2 (layer.py): "all replicas must run on different GPUs"
+        if (!seen.insert(v).second)
+          spec.fail("gpu", cat("device ", v, " is listed twice in '", spec.get_str("gpu"), "'; each copy of a data-parallel "
+                               "layer needs a GPU of its own, so list each index once, e.g. 0,1."));
         gpus_needed_ = std::max(gpus_needed_, (int)v + 1);
       }
     }

@@ -84,6 +84,15 @@ static std::string strip_inline_comment(const std::string& v) {
   return v;
 }
 
+// An identifier (letters, digits, '_', '.', starting with a letter or '_') followed by '=' or ':'.
+static bool looks_like_key(const std::string& line) {
+  size_t i = 0;
+  if (line.empty() || !(std::isalpha((unsigned char)line[0]) || line[0] == '_')) return false;
+  while (i < line.size() && (std::isalnum((unsigned char)line[i]) || line[i] == '_' || line[i] == '.')) ++i;
+  while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
+  return i < line.size() && (line[i] == '=' || line[i] == ':');
+}
+
 ConfigFile parse_config_text(const std::string& text_in, const std::string& path) {
   ConfigFile cf;
   cf.path = path;
@@ -111,6 +120,14 @@ ConfigFile parse_config_text(const std::string& text_in, const std::string& path
     }
     if (line[0] == '#' || line[0] == ';') continue;
     if (std::isspace((unsigned char)raw[0]) && last) {  // continuation line
+      // ConfigParser appends an indented line to the value above it. One that reads like a key
+      // of its own (name = or name :) was almost surely meant as one: say so instead of letting
+      // it become part of the value.
+      if (looks_like_key(line))
+        config_error(path, ":", lineno, ": in section [", cur->name, "]: '", line, "' is indented, so it continues the "
+                     "value of '", last->key, "' from line ", last->line, " (indented lines continue the value above "
+                     "them) instead of setting '", strip(line.substr(0, line.find_first_of("=:"))),
+                     "'. Remove the indentation.");
       last->value += "\n" + strip_inline_comment(line);
       continue;
     }

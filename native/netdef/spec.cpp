@@ -241,7 +241,20 @@ std::vector<Schedule> LayerSpec::get_schedule_list(const std::string& key, int n
     os << *dflt;
     d = os.str();
   }
-  // Schedules contain no commas, so the comma split of get_str_list is safe.
+  // Schedules contain no commas (their parameters are separated by ';'), so the comma split of
+  // get_str_list is safe; a comma inside [...] is the likely slip of writing them like a neuron's.
+  if (const Entry* e = entry(key, src)) {
+    std::string fixed = e->value;
+    int depth = 0;
+    bool inside = false;
+    for (char& c : fixed) {
+      depth += c == '[' ? 1 : c == ']' ? -1 : 0;
+      if (c == ',' && depth > 0) c = ';', inside = true;
+    }
+    if (inside)
+      bad(key, src, e->value, cat("a number or a schedule such as ", fixed),
+          "The parameters of a schedule are separated by ';' (commas separate the values of different inputs).");
+  }
   for (const auto& s : get_str_list(key, n, d, src)) out.push_back(parse_schedule(key, src, s));
   return out;
 }

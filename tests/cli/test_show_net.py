@@ -62,8 +62,9 @@ def test_table_rows_shapes_params_and_flops(net_files):
     assert rows["data"][2] == "3 x 4 x 5" and rows["labels"][2] == "1 x 1 x 1"
     assert rows["hidden"][:4] == ["fc (relu)", "data", "20 x 1 x 1", f"{60 * 20 + 20:,}"]
     assert rows["fc10"][3] == "210" and rows["logprob"][1] == "labels, probs"
-    assert float(rows["hidden"][4]) == pytest.approx(60 * 20 / 1e6, abs=1e-3)
+    assert rows["hidden"][4] == "0.002"  # 60 x 20 multiply-adds = 2400 FLOPs
     total = next(v for k, v in rows.items() if k.startswith("total"))
+    assert total[4] == "0.003"  # fc 2400 + fc 400 + softmax 5 x 10 + logreg 2 x 10 + 1
     assert total[3] == f"{1220 + 210:,}"
     assert "GPUs: 1" in out and "needs" not in out
 

@@ -51,7 +51,7 @@ def run_conv_case(c, rng, seed):
     Kg = c["channels"] // c["groups"] * c["filterSize"] ** 2
     assert net.get("conv.weights[0]").shape == (Kg, F)
     assert net.get("conv.biases").shape == ((F, 1) if c["shared"] else (F * M * M, 1))
-    assert info.flops_per_case == M * M * F * Kg
+    assert info.flops_per_case == 2 * M * M * F * Kg  # a multiply-add is 2 FLOPs
 
 
 @pytest.mark.parametrize("trial", range(10))
@@ -160,6 +160,27 @@ def test_conv_weight_source_gradients_add_up():
     assert_close(net.output_grad("y"), num["y"].reshape(n, -1), 2e-3, 2e-4, "y gradient")
 
 
+def test_conv_weight_source_naming_itself():
+    # cuda-convnet2: weightSource may name the layer itself for a matrix of a lower input index;
+    # a bare name means matrix 0. One filter bank then serves all three inputs (b twice).
+    rng = np.random.default_rng()
+    n = 2
+    a = rng.standard_normal((n, 3, 5, 5))
+    b = rng.standard_normal((n, 3, 7, 7))
+    text = ("[a]\ntype=data\ndataIdx=0\n[b]\ntype=data\ndataIdx=1\n" +
+            conv_text(inputs="a,b,b", channels="3,3,3", filters="4,4,4", filterSize="3,3,3", padding="1,0,0",
+                      stride="1,1,1", weightSource=",conv,conv[0]", neuron="tanh[1.1,0.7]"))
+
+    def ref(v):
+        W = v["conv.weights[0]"]
+        o = conv_ref(v["a"], W, 3, 1, 1, 1, 4) + 2 * conv_ref(v["b"], W, 3, 0, 1, 1, 4)
+        return 1.1 * np.tanh(0.7 * add_bias(o, v["conv.biases"], True))
+
+    net = check_layer(text, {"a": (0, a), "b": (1, b)}, ref, "conv")
+    assert net.layer("conv").weights == ["conv.weights[0]"] * 3
+    assert [(p.name, p.shared_by) for p in net.params] == [("conv.weights[0]", 2), ("conv.biases", 0)]
+
+
 def read_section(path, name):
     """The lines of one [section] of a reference file, verbatim."""
     out, inside = [], False
@@ -181,7 +202,7 @@ def test_imagenet_conv1_shape(reference_dir):
     info = net.layer("conv1")
     assert info.shape == (64, 55, 55)
     assert net.get("conv1.weights[0]").shape == (3 * 11 * 11, 64)
-    assert info.flops_per_case == 55 * 55 * 64 * 363
+    assert info.flops_per_case == 2 * 55 * 55 * 64 * 363
     # One case forward against the reference (no gradients: too big for finite differences).
     rng = np.random.default_rng()
     x = rng.standard_normal((1, 3, 224, 224))

@@ -64,6 +64,31 @@ neuron=tanh[1.2,0.8]
     check_layer(text, {"a": (0, a), "b": (1, b)}, ref, "fc")
 
 
+def test_fc_weight_source_naming_itself():
+    # inputs a, b, a with weightSource=,,fc[0]: matrix 2 is matrix 0; matrix 1 is its own
+    rng = np.random.default_rng()
+    a, b = rng.standard_normal((3, 5)), rng.standard_normal((3, 5))
+    text = """
+[a]
+type=data
+dataIdx=0
+[b]
+type=data
+dataIdx=1
+[fc]
+type=fc
+inputs=a,b,a
+outputs=4
+weightSource=,,fc[0]
+"""
+
+    def ref(v):
+        return 2 * v["a"] @ v["fc.weights[0]"] + v["b"] @ v["fc.weights[1]"] + v["fc.biases"]
+
+    net = check_layer(text, {"a": (0, a), "b": (1, b)}, ref, "fc")
+    assert net.layer("fc").weights == ["fc.weights[0]", "fc.weights[1]", "fc.weights[0]"]
+
+
 def test_softmax():
     rng = np.random.default_rng()
     x = rng.standard_normal((6, 11)) * 3

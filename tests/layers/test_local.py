@@ -40,7 +40,7 @@ def run_local_case(c, rng, seed):
     assert net.layer("loc").shape == (F, M, M)
     assert net.get("loc.weights[0]").shape == (M * M * Kg, F)
     assert net.get("loc.biases").shape == (F * M * M, 1)
-    assert net.layer("loc").flops_per_case == M * M * F * Kg
+    assert net.layer("loc").flops_per_case == 2 * M * M * F * Kg
 
 
 @pytest.mark.parametrize("trial", range(8))
@@ -126,6 +126,26 @@ def test_local_weight_source_gradients_add_up():
     assert_close(net.get("l1.weights[0]", "grad"), num["W"], 2e-3, 2e-4, "shared weight gradient")
     assert_close(net.output_grad("x"), num["x"].reshape(n, -1), 2e-3, 2e-4, "x gradient")
     assert_close(net.output_grad("y"), num["y"].reshape(n, -1), 2e-3, 2e-4, "y gradient")
+
+
+def test_local_weight_source_naming_itself():
+    # weightSource=,loc: input 1 reuses the layer's own matrix 0 (cuda-convnet2's self-sharing)
+    rng = np.random.default_rng()
+    n = 2
+    x = rng.standard_normal((n, 2, 5, 5))
+    y = rng.standard_normal((n, 2, 5, 5))
+    text = ("[x]\ntype=data\ndataIdx=0\n[y]\ntype=data\ndataIdx=1\n" +
+            local_text(inputs="x,y", channels="2,2", filters=2, filterSize="3,3", stride="2,2", padding="0,0",
+                       weightSource=",loc"))
+
+    def ref(v):
+        o = (conv_ref(v["x"], v["loc.weights[0]"], 3, 0, 2, 1, 2, local=True) +
+             conv_ref(v["y"], v["loc.weights[0]"], 3, 0, 2, 1, 2, local=True))
+        return add_bias(o, v["loc.biases"], False)
+
+    net = check_layer(text, {"x": (0, x), "y": (1, y)}, ref, "loc")
+    assert net.layer("loc").weights == ["loc.weights[0]", "loc.weights[0]"]
+    assert [p.name for p in net.params] == ["loc.weights[0]", "loc.biases"]
 
 
 def probe_table(name, channels, groups, fc):

@@ -5,6 +5,7 @@ through ``core.parse_config`` (the raw reader) and ``core.netdef_get`` (typed ac
 reads keys), and end to end through ``ccn.Net``.
 """
 
+import numpy as np
 import pytest
 
 import ccn
@@ -140,6 +141,30 @@ weightSource=,fc1
     assert net.layer("fc3").weights == ["fc3.weights[0]", "fc1.weights[0]"]
     shared = {p.name: p.shared_by for p in net.params}
     assert shared["fc1.weights[0]"] == 2 and shared["fc1.weights[1]"] == 1
+
+
+def test_weight_source_naming_itself_is_one_matrix_updated_once():
+    # fc reuses its matrix 0 for input 1 (weightSource=,fc): one parameter, listed once, with the
+    # settings of its first use (epsW 0.5, not 0.25), and one SGD step per update.
+    text = "[a]\ntype=data\ndataIdx=0\n[fc]\ntype=fc\ninputs=a,a\noutputs=2\nweightSource=,fc\n"
+    params = "[fc]\nepsW=0.5,0.25\nepsB=0\nmomW=0.5,0.9\nmomB=0\nwc=0.1,0.2\n"
+    net = ccn.Net("t.cfg", "p.cfg", {0: 3}, layers_text=text, params_text=params)
+    ws = [p for p in net.params if not p.is_bias]
+    assert [(p.name, p.shared_by, p.eps, p.mom, p.wc) for p in ws] == [("fc.weights[0]", 1, "0.5", 0.5, 0.1)]
+    W = np.arange(6, dtype=np.float32).reshape(3, 2) / 10
+    net.set("fc.weights[0]", W)
+    x = np.array([[1, 2, 3], [0, -1, 1]], dtype=np.float32)
+    net.forward({0: x}, train=True)
+    np.testing.assert_allclose(net.output("fc"), 2 * x @ W + net.get("fc.biases").T, rtol=1e-6)
+    G = np.ones((2, 2), dtype=np.float32)
+    net._net.zero_param_grads()
+    net.backward({"fc": G})
+    g = 2 * x.T @ G  # both inputs' gradients, in the one matrix
+    np.testing.assert_allclose(net.get("fc.weights[0]", "grad"), g, rtol=1e-6)
+    net.update(0.0, 2)
+    inc = -0.5 * g / 2 - 0.1 * 0.5 * W
+    np.testing.assert_allclose(net.get("fc.weights[0]", "inc"), inc, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(net.get("fc.weights[0]"), W + inc, rtol=1e-5, atol=1e-7)
 
 
 def test_layer_order_is_free_and_follows_the_graph():

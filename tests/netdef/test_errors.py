@@ -25,7 +25,58 @@ def err(text, params=None, dims=None):
     return msg
 
 
+# lines 8-16: labels, softmax over fc, cost.logreg (a net with a cost layer)
+COST = "[labels]\ntype=data\ndataIdx=1\n[sm]\ntype=softmax\ninputs=fc\n[cost]\ntype=cost.logreg\ninputs=labels,sm\n"
+
 CASES = [
+    # unused layers (cuda-convnet2's parse_layers), in a net with a cost layer
+    (D + FC + COST + "[fc2]\ntype=fc\ninputs=data\noutputs=3\n", None,
+     r"^net\.cfg:17: layer 'fc2' \(type=fc\) is unused: no layer has it in inputs=, so its output reaches no cost "
+     r"layer\. Add it to the inputs of a layer or remove it; cuda-convnet2 rejects such a net too\.$"),
+    (D + FC + COST + "[extra]\ntype=data\ndataIdx=2\n", None, r"^net\.cfg:17: layer 'extra' \(type=data\) is unused"),
+    (D + FC + COST + "[fc2]\ntype=fc\ninputs=data\noutputs=3\n[fc3]\ntype=fc\ninputs=data\noutputs=3\nweightSource=fc2\n"
+     "[fc4]\ntype=fc\ninputs=data\noutputs=3\nweightSource=fc2\n", None,
+     r"^net\.cfg:17: layer 'fc2' \(type=fc\) is unused: no layer has it in inputs=, so its output reaches no cost layer "
+     r"\(weightSource in 'fc3', 'fc4' shares its weights but does not use its output\)\."),
+    # indented lines: ConfigParser continues the value above; one that reads as a key is an error
+    (D + "[fc]\n  type=fc\n  inputs=data\n  outputs=10\n", None,
+     r"^net\.cfg:6: in section \[fc\]: 'inputs=data' is indented, so it continues the value of 'type' from line 5 "
+     r"\(indented lines continue the value above them\) instead of setting 'inputs'\. Remove the indentation\.$"),
+    (D + FC + "neuron=relu\n\tinitW : 0.1\n", None,
+     r"^net\.cfg:9: in section \[fc\]: 'initW : 0\.1' is indented, so it continues the value of 'neuron' from line 8 "),
+    # a value continued on an indented line that is no key: its line break is shown as \n, not printed
+    (D + "[fc]\ntype=fc\n  relu\ninputs=data\noutputs=3\n", None,
+     r"^net\.cfg:5: in section \[fc\], key 'type': unknown layer type 'fc\\nrelu'\."),
+    (D + FC + "neuron=relu\n   x\n", None, r"^net\.cfg:8: in section \[fc\], key 'neuron': .*'relu\\nx'"),
+    # ranges of the learning keys (cuda-convnet did not check them)
+    (D + FC, P.replace("momW=0.9", "momW=1"),
+     r"^par\.cfg:4: in section \[fc\], key 'momW': the value is 1; momW \(a momentum\) must be at least 0 and less "
+     r"than 1\.$"),
+    (D + FC, P.replace("momB=0.9", "momB=-0.1"), r"^par\.cfg:5: in section \[fc\], key 'momB': the value is -0\.1; momB "
+                                                r"\(a momentum\) must be at least 0 and less than 1\.$"),
+    (D + FC, P.replace("wc=0", "wc=-0.0005"), r"^par\.cfg:6: in section \[fc\], key 'wc': the value is -0\.0005; wc must "
+                                             r"be at least 0\.$"),
+    (D + FC, P + "wball=-2\n", r"^par\.cfg:7: in section \[fc\], key 'wball': the value is -2; wball must be at least 0\.$"),
+    (D + FC, P.replace("epsW=0.1", "epsW=-0.1"), r"^par\.cfg:2: in section \[fc\], key 'epsW': the learning rate is "
+                                                r"-0\.1; epsW must be at least 0\.$"),
+    (D + FC, P.replace("epsB=0.1", "epsB=dexp[base=-0.01;tgtFactor=10;numSteps=2]"),
+     r"^par\.cfg:3: in section \[fc\], key 'epsB': the dexp schedule has base=-0\.01; its base must be at least 0\.$"),
+    (D + "[fc]\ntype=fc\ninputs=data,data\noutputs=3\n", P.replace("momW=0.9", "momW=0.9,1.5"),
+     r"^par\.cfg:4: in section \[fc\], key 'momW': the value for input 1 is 1\.5; momW \(a momentum\) must be at least 0 "),
+    (D + "[fc]\ntype=fc\ninputs=data,data\noutputs=3\n", P.replace("epsW=0.1", "epsW=0.1,linear[base=-1;tgtFactor=2]"),
+     r"^par\.cfg:2: in section \[fc\], key 'epsW': the linear schedule for input 1 has base=-1; its base must be at "),
+    (D + FC + "gpu=0,1,0\n", None,
+     r"^net\.cfg:8: in section \[fc\], key 'gpu': device 0 is listed twice in '0,1,0'; each copy of a data-parallel "
+     r"layer needs a GPU of its own, so list each index once, e\.g\. 0,1\.$"),
+    # a schedule written with commas, like a neuron's parameters
+    (D + FC, P.replace("epsW=0.1", "epsW=exp[base=0.01,tgtFactor=10]"),
+     r"^par\.cfg:2: in section \[fc\], key 'epsW': expected a number or a schedule such as "
+     r"exp\[base=0\.01;tgtFactor=10\], found 'exp\[base=0\.01,tgtFactor=10\]'\. The parameters of a schedule are "
+     r"separated by ';' \(commas separate the values of different inputs\)\.$"),
+    (D + "[fc]\ntype=fc\ninputs=data,data\noutputs=3\n", P.replace("epsW=0.1", "epsW=exp[base=0.01,tgtFactor=10]"),
+     r"key 'epsW': expected a number or a schedule such as exp\[base=0\.01;tgtFactor=10\], found"),
+    (D + FC, P.replace("epsB=0.1", "epsB=dexp[base=0.01,tgtFactor=10,numSteps=3]"),
+     r"key 'epsB': expected a number or a schedule such as dexp\[base=0\.01;tgtFactor=10;numSteps=3\], found "),
     # reader
     ("[a\ntype=data\n", None, r"^net\.cfg:1: section header '\[a' has no closing '\]'; expected \[layername\]"),
     ("[]\n", None, r"^net\.cfg:1: empty section name"),
@@ -95,8 +146,20 @@ CASES = [
     (D + FC + "[fc2]\ntype=fc\ninputs=data\noutputs=3\nweightSource=fc[1]\n", None,
      r"key 'weightSource': layer 'fc' has 1 weight matrix; the index in 'fc\[1\]' is out of range \(0 to 0\)"),
     (D + FC + "[fc2]\ntype=fc\ninputs=data\noutputs=3\nweightSource=fc[x]\n", None, r"the index in 'fc\[x\]' is not an"),
-    (D + FC + "weightSource=fc\n", None, r"^net\.cfg:8: in section \[fc\], key 'weightSource': a layer cannot share "
-                                        r"weights with itself"),
+    (D + FC + "weightSource=fc\n", None, r"^net\.cfg:8: in section \[fc\], key 'weightSource': 'fc' \(which means fc\[0\]\) "
+                                        r"names this layer's own matrix for input 0; a layer can only reuse its own matrix "
+                                        r"of a lower input index"),
+    (D + "[fc]\ntype=fc\ninputs=data,data,data\noutputs=3\nweightSource=,fc[0],fc[2]\n", None,
+     r"^net\.cfg:8: in section \[fc\], key 'weightSource': 'fc\[2\]' for input 2 names this layer's own matrix 2, "
+     r"which is not defined yet; a layer can only reuse its own matrices of a lower input index, here fc\[0\] to fc\[1\]\."),
+    (D + "[fc]\ntype=fc\ninputs=data,data\noutputs=3\nweightSource=,fc[1]\n", None,
+     r"key 'weightSource': 'fc\[1\]' for input 1 names this layer's own matrix 1, which is not defined yet; a layer can "
+     r"only reuse its own matrices of a lower input index, here fc\[0\]\."),
+    (D + "[fc]\ntype=fc\ninputs=data,data\noutputs=3\nweightSource=,fc[7]\n", None,
+     r"'fc\[7\]' for input 1 names this layer's own matrix 7, which is not defined yet"),
+    ("[a]\ntype=data\ndataIdx=0\n[b]\ntype=data\ndataIdx=1\n[fc]\ntype=fc\ninputs=a,b\noutputs=3\nweightSource=,fc\n", None,
+     r"^net\.cfg:11: in section \[fc\], key 'weightSource': weights 'fc\.weights\[0\]' are 4x3 but layer 'fc' needs 1x3 "
+     r"for input 1 \(b\)\."),
     (D + FC + "[sm]\ntype=softmax\ninputs=data\n[fc2]\ntype=fc\ninputs=data\noutputs=3\nweightSource=sm\n", None,
      r"key 'weightSource': layer 'sm' \(type=softmax\) has no weights to share"),
     (D + FC + "weightSource=fc2\n[fc2]\ntype=fc\ninputs=fc\noutputs=3\n", None,
@@ -116,3 +179,27 @@ def test_errors_are_whole_sentences():
     for text, params, _ in CASES:
         msg = err(text, params)
         assert msg.rstrip().endswith((".", "?")), msg
+        assert "\n" not in msg, msg  # one line: values' line breaks are escaped
+
+
+def test_unused_layers_are_allowed_in_a_net_without_cost_layers():
+    # ccn builds cost-free nets for features and for backward passes from given gradients;
+    # their ends feed nothing by design
+    net = ccn.Net("net.cfg", None, {0: 4}, layers_text=D + FC + "[fc2]\ntype=fc\ninputs=data\noutputs=2\n", init=False)
+    assert [l.name for l in net.layers] == ["data", "fc", "fc2"]
+
+
+def test_every_schedule_type_with_a_zero_base_loads():
+    for eps in ("0", "const[base=0]", "linear[base=0;tgtFactor=10]", "exp[base=0;tgtFactor=10]",
+                "dexp[base=0;tgtFactor=10;numSteps=2]"):
+        ccn.Net("net.cfg", "par.cfg", {0: 4}, layers_text=D + FC, params_text=P.replace("epsW=0.1", f"epsW={eps}") +
+                "wball=0\n", init=False)
+    ccn.Net("net.cfg", "par.cfg", {0: 4}, layers_text=D + FC, params_text=P.replace("momW=0.9", "momW=0"), init=False)
+
+
+def test_init_func_value_with_a_line_break_is_escaped():
+    # initWFunc continued on an indented line: the Python side's message shows the break as \n
+    text = D + FC + "initWFunc=mod.f(\n  1)\n"
+    with pytest.raises(ConfigError) as e:
+        ccn.Net("net.cfg", None, {0: 4}, layers_text=text)
+    assert str(e.value) == "net.cfg: layer 'fc', key 'initWFunc': expected module.function(args), found 'mod.f(\\n1)'."
