@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InputError
-from .fsutil import fsync_dir, probe_writable
+from .fsutil import fsync_dir, make_temp_dir, probe_writable, write_error
 
 FORMAT = "ccn-checkpoint"
 FORMAT_VERSION = 1
@@ -220,7 +220,7 @@ def write(folder: str, name: str, ckpt: Checkpoint, max_bytes: int | None = None
     try:
         os.makedirs(folder, exist_ok=True)
         _clean_stale_temps(folder)
-        tmp = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}-", dir=folder)
+        tmp = make_temp_dir(f"{TMP_PREFIX}{name}-", folder)
         buf = io.BytesIO()
         np.savez(buf, **ckpt.arrays)
         blobs = {ARRAYS: buf.getvalue(), LAYERS: ckpt.layers_text.encode("utf-8"),
@@ -252,7 +252,7 @@ def write(folder: str, name: str, ckpt: Checkpoint, max_bytes: int | None = None
             shutil.rmtree(tmp, ignore_errors=True)
         prev = list_checkpoints(folder)
         keep = f" The previous checkpoint {prev[-1]} is intact." if prev else ""
-        raise InputError(f"{final}: cannot write the checkpoint ({e.strerror or e}).{keep}") from e
+        raise write_error(f"{final}: cannot write the checkpoint ({e.strerror or e}).{keep}", e) from e
     if max_bytes is not None:
         trim(folder, max_bytes)
     return final

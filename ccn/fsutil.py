@@ -25,6 +25,28 @@ def probe_writable(folder: str, prefix: str = ".ccn-probe-") -> None:
     os.unlink(probe)
 
 
+def write_error(msg: str, e: OSError):
+    """The error for a failed write: a full disk or quota, or an I/O error, is a failure at run
+    time (exit 1); anything else (no permission, a read-only file system, a missing folder)
+    says the path given cannot be written (exit 2)."""
+    import errno
+
+    from .errors import CcnRuntimeError
+
+    run_time = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG}
+    return (CcnRuntimeError if e.errno in run_time else InputError)(msg)
+
+
+def make_temp_dir(prefix: str, folder: str) -> str:
+    """``tempfile.mkdtemp`` with the mode a plain ``mkdir`` would give (mkdtemp makes it 0700, so
+    a checkpoint renamed from it would be unreadable to the rest of a team on shared storage)."""
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix=prefix, dir=folder)
+    os.chmod(path, 0o777 & ~_UMASK)
+    return path
+
+
 def fsync_dir(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -45,7 +67,7 @@ def atomic_write(path: str, chunks) -> str:
     try:
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
     except OSError as e:
-        raise InputError(f"cannot write in {d}: {e.strerror or e}.") from None
+        raise write_error(f"cannot write in {d}: {e.strerror or e}.", e) from None
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
@@ -63,7 +85,7 @@ def atomic_write(path: str, chunks) -> str:
             os.unlink(tmp)
         except OSError:
             pass
-        raise InputError(f"cannot write {path}: {e.strerror or e}.") from None
+        raise write_error(f"cannot write {path}: {e.strerror or e}.", e) from None
     except BaseException:
         try:
             os.unlink(tmp)

@@ -103,6 +103,8 @@ def _unknown_variables(ctx: click.Context, name: str) -> list[str]:
         return []
     prefix = "CCN_" + name.upper().replace("-", "_") + "_"
     known = {prefix + p.name.upper() for p in cmd.params if p.name}
+    for p in cmd.params:  # an option's own envvar= (e.g. --json's CCN_INFO_JSON)
+        known.update([p.envvar] if isinstance(p.envvar, str) else list(p.envvar or []))
     out = []
     for var in sorted(os.environ):
         if var.startswith(prefix) and var not in known:

@@ -34,3 +34,10 @@ def test_a_variable_that_sets_no_option_is_pointed_out():
            "ignored; did you mean CCN_SHOW_NET_IMAGE_SIZE?" in r.stderr
     assert "CCN_SHOW_NET_QQQ sets no option" in r.stderr and "e.g. CCN_SHOW_NET_" in r.stderr
     assert "IMAGE_SIZE sets" not in r.stderr
+
+
+def test_an_options_own_variable_is_known():
+    # README's example: --json reads CCN_INFO_JSON (its parameter is json_out)
+    r = ccn("info", CCN_INFO_JSON="1")
+    assert r.returncode == 0, r.stderr
+    assert "warning" not in r.stderr and r.stdout.lstrip().startswith("{")

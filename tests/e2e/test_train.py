@@ -270,7 +270,7 @@ def test_failed_save_keeps_previous_checkpoint(setup, monkeypatch):
         return real(path, data)
 
     monkeypatch.setattr(ck, "_write_file", flaky)
-    with pytest.raises(InputError, match=r"No space left on device.*1\.2 is intact"):
+    with pytest.raises(CcnRuntimeError, match=r"No space left on device.*1\.2 is intact"):  # run time: exit 1
         train(opts(tmp, data, layers))
     assert [os.path.basename(p) for p in ck.list_checkpoints(tmp / "save")] == ["1.2"]
     assert not any(n.startswith(".tmp") for n in os.listdir(tmp / "save"))
@@ -725,3 +725,21 @@ def test_batch_zero_trains_saves_and_resumes(tmp_path):
     assert [os.path.basename(p) for p in ck.list_checkpoints(tmp_path / "save")][:2] == ["1.0", "1.1"]
     _, out = train({}, load_file=str(tmp_path / "save"))
     assert [l.split()[0] for l in out.splitlines() if LINE.match(l)] == ["2.1", "2.2", "2.3"]
+
+
+def test_checkpoint_folders_get_the_umask_mode_and_write_errors_their_exit_code(setup):
+    # mkdtemp made checkpoint folders 0700: unreadable to a team on shared storage
+    import errno
+
+    from ccn.fsutil import write_error
+
+    tmp, data, layers, _ = setup
+    old = os.umask(0o022)
+    os.umask(old)
+    train(opts(tmp, data, layers, epochs=1))
+    for p in ck.list_checkpoints(tmp / "save"):
+        assert os.stat(p).st_mode & 0o777 == 0o777 & ~old, oct(os.stat(p).st_mode)
+    # a full disk is a failure at run time (exit 1); an unwritable path is bad input (exit 2)
+    assert write_error("x", OSError(errno.ENOSPC, "full")).exit_code == 1
+    assert write_error("x", OSError(errno.EROFS, "read-only")).exit_code == 2
+    assert write_error("x", OSError(errno.EACCES, "denied")).exit_code == 2
