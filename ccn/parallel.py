@@ -289,8 +289,10 @@ def _recv_line(sock, deadline: float) -> "dict | None":
     return json.loads(buf.decode())
 
 
-def _rdzv_error(msg: str) -> CcnRuntimeError:
-    return CcnRuntimeError(f"data-parallel rendezvous failed: {msg}")
+def _rdzv_error(msg: str, config: bool = False):
+    """A failed rendezvous: at run time (exit 1), or ranks started with clashing RANK or
+    WORLD_SIZE (a configuration error, exit 2)."""
+    return (ConfigError if config else CcnRuntimeError)(f"data-parallel rendezvous failed: {msg}")
 
 
 def rendezvous(MPI, lv: LauncherVars, timeout: float):
@@ -322,15 +324,15 @@ def rendezvous(MPI, lv: LauncherVars, timeout: float):
         links: dict[int, "so.socket"] = {}
         who: dict[int, dict] = {}
 
-        def fail(msg):
+        def fail(msg, config=False):
             for s in links.values():
                 try:
-                    _send_line(s, {"error": msg})
+                    _send_line(s, {"error": msg, "config": config})
                     s.close()
                 except OSError:
                     pass
             srv.close()
-            raise _rdzv_error(msg)
+            raise _rdzv_error(msg, config)
 
         while len(links) < lv.world_size - 1:
             left = deadline - time.monotonic()
@@ -365,7 +367,7 @@ def rendezvous(MPI, lv: LauncherVars, timeout: float):
                 bad = f"a process (pid {hello.get('pid')} on {hello.get('host')}) claims RANK={r}; rank 0 has RANK=0."
             if bad is not None:
                 links[-1 - len(links)] = conn  # told too
-                fail(bad)
+                fail(bad, config=True)
             links[r], who[r] = conn, hello
         srv.close()
         return _grow(MPI, lv, port_name, links, timeout), links
@@ -393,7 +395,7 @@ def rendezvous(MPI, lv: LauncherVars, timeout: float):
     if msg is None:
         raise _rdzv_error(f"rank 0 at {where} closed the rendezvous connection (it stopped: see its message).")
     if "error" in msg:
-        raise _rdzv_error(msg["error"])
+        raise _rdzv_error(msg["error"], bool(msg.get("config")))
     return _grow(MPI, lv, msg["port"], {0: link}, timeout), {0: link}
 
 

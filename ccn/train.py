@@ -325,7 +325,8 @@ class Trainer:
             a = np.asarray(d)
             if a.ndim == 1:
                 a = a.reshape(-1, 1)
-            out.append(np.ascontiguousarray(a.reshape(a.shape[0], -1), dtype=np.float32))
+            # (no -1: a data-parallel rank's share of a batch can be empty, and 0 rows cannot infer it)
+            out.append(np.ascontiguousarray(a.reshape(a.shape[0], int(np.prod(a.shape[1:]))), dtype=np.float32))
         n = out[0].shape[0]
         if any(a.shape[0] != n for a in out):
             raise InputError(f"the data provider's matrices for batch {batch} disagree on the number of cases: "
