@@ -649,6 +649,22 @@ class World:
         """In-place sum of ``buf`` over all ranks, within the deadline."""
         self._collective(what, lambda: self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM))
 
+    def check_same(self, items: dict) -> None:
+        """Every rank must have been started alike: ``items`` maps a name (an option, "the layer
+        file", ...) to what this rank has (small, comparable values or digests). Every rank gets
+        every rank's items and raises the same ConfigError naming the first difference, before
+        anything whose size depends on them is exchanged (a different --mini or net would
+        otherwise end in an MPI error, or worse, train on silently)."""
+        got: list = []
+        self._collective("the start (options of every rank)", lambda: got.append(self.comm.allgather(items)))
+        ranks = got[0]
+        for name in items:
+            for r, theirs in enumerate(ranks):
+                if theirs.get(name) != ranks[0].get(name):
+                    raise ConfigError(f"the ranks were started differently: {name} is {theirs.get(name)!r} on "
+                                      f"{self.describe(r)} but {ranks[0].get(name)!r} on rank 0. Every rank of a "
+                                      "data-parallel run needs the same options, layer files, data and checkpoint.")
+
     def sync_params(self, net) -> None:
         """Give every rank rank 0's weights, increments and accumulated gradients (they are
         equal already when all ranks built the net from the same seed or checkpoint; this makes

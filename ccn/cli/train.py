@@ -462,6 +462,8 @@ def _run_train(given: dict, load_file, out, stop_after, world):
                       provider_seed=int(opts["seed"]), multiview=bool(opts["multiview_test"]),
                       options=saved_opts, layers_file_sha256=layers_sha,
                       progress_bar=out is None and sys.stdout.isatty())
+    if world is not None:
+        world.check_same(_what_ranks_share(opts, net, train_dp, state))
     if world is None:
         trainer = Trainer(net, train_dp, test_dp, cfg, state=state, out=out)
     else:
@@ -545,6 +547,27 @@ def _run_train(given: dict, load_file, out, stop_after, world):
         if cli_mode:
             sys.exit(143 if term else 130)
     return result
+
+
+def _what_ranks_share(opts: dict, net, train_dp, state) -> dict:
+    """What every rank of a data-parallel run must agree on (the save options and paths, which
+    can differ between machines, are left out)."""
+    import hashlib
+    import json
+
+    def digest(text) -> str:
+        return hashlib.sha256((text or "").encode("utf-8")).hexdigest()[:16]
+
+    same = {f"--{k.replace('_', '-')}": opts.get(k) for k in (
+        "train_range", "test_range", "epochs", "mini", "test_freq", "test_one", "multiview_test", "inner_size",
+        "color_noise", "scalar_mean", "crop_border", "data_provider", "seed")}
+    same["the layer definition (sha256)"] = digest(net.layers_text)
+    same["the layer params (sha256)"] = digest(net.params_text)
+    meta = getattr(train_dp, "meta", None)
+    if isinstance(meta, dict):
+        same["the data's batches.meta.json (sha256)"] = digest(json.dumps(meta, sort_keys=True, default=str))
+    same["the position (epoch, batch, minibatch)"] = (state.epoch, state.index, state.mb, state.batches_done)
+    return same
 
 
 def _quiet_stdout() -> None:

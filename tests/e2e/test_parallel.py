@@ -693,3 +693,32 @@ def test_torchrun_starts_a_data_parallel_run(setup):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "data parallel over 2 MPI ranks" in r.stdout
     assert_same_run(str(tmp / "one"), str(tmp / "torch"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change, named", [
+    (("--mini", "8"), r"--mini is '?8'? on rank 1 \(pid \d+ on \S+\) but '?16'? on rank 0"),
+    (("--epochs", "3"), r"--epochs is '?3'? on rank 1"),
+    (("--params", "OTHER"), r"the layer params \(sha256\) is '[0-9a-f]{16}' on rank 1"),
+])
+def test_ranks_started_with_different_options_are_refused(setup, change, named):
+    # before: a different params file or --mini trained on silently to other weights, and others
+    # ended in MPI errors ("Message truncated") or hangs
+    mpiexec()
+    tmp, data, nets = setup
+    a = args(tmp, data, nets["dropout"], "x")
+    other = list(a)
+    key, value = change
+    if value == "OTHER":  # the same net's params with another learning rate
+        (tmp / "other-params.cfg").write_text(DROPOUT_PARAMS.format(eps=0.07))
+        value = str(tmp / "other-params.cfg")
+    if key in other:
+        other[other.index(key) + 1] = value
+    else:
+        other += [key, value]
+    cmd = [mpiexec(), "-n", "1", sys.executable, "-m", "ccn.cli.main", "train", *a, ":",
+           "-n", "1", sys.executable, "-m", "ccn.cli.main", "train", *other]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env(CCN_DP_TIMEOUT="30"), timeout=120)
+    assert r.returncode == 2, (r.stdout[-1500:], r.stderr[-1500:])
+    assert re.search(r"the ranks were started differently: " + named, r.stderr), r.stderr
+    assert "Traceback" not in r.stderr and not os.path.exists(tmp / "x" / "1.4")
