@@ -285,14 +285,66 @@ def _gpu_free_bytes(gpu: int) -> int | None:
 
 
 def _available_bytes() -> int | None:
+    """Memory this process can still take: the kernel's MemAvailable, or less where a cgroup
+    (a Slurm job, a container, Kubernetes) limits it."""
+    have = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    have = int(line.split()[1]) * 1024
+                    break
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    room = _cgroup_room()
+    if room is not None:
+        have = room if have is None else min(have, room)
+    return have
+
+
+def _cgroup_room(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup") -> int | None:
+    """The least (limit - usage) over this process's memory cgroup and its parents, v2
+    (memory.max, memory.current) or v1 (memory.limit_in_bytes, memory.usage_in_bytes); None
+    when none sets a limit. A cgroup path missing under ``root`` (a namespaced mount) is looked
+    for from the mount's top."""
+    import os
+
+    try:
+        with open(proc) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    places = []  # (folder, limit file, usage file)
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, ctrl, path = parts
+        if ctrl == "" and os.path.isfile(os.path.join(root, "cgroup.controllers")):
+            places.append((root, path, "memory.max", "memory.current"))
+        elif "memory" in ctrl.split(","):
+            places.append((os.path.join(root, "memory"), path, "memory.limit_in_bytes", "memory.usage_in_bytes"))
+    room = None
+    for top, path, lim_name, use_name in places:
+        rel = path.strip("/")
+        if rel and not os.path.isdir(os.path.join(top, rel)):
+            rel = ""
+        while True:
+            folder = os.path.join(top, rel) if rel else top
+            try:
+                with open(os.path.join(folder, lim_name)) as f:
+                    lim = f.read().strip()
+                with open(os.path.join(folder, use_name)) as f:
+                    use = int(f.read().strip())
+                if lim != "max" and int(lim) < 2**60:
+                    r = max(0, int(lim) - use)
+                    room = r if room is None else min(room, r)
+            except (OSError, ValueError):
+                pass
+            if not rel:
+                break
+            rel = os.path.dirname(rel)
+    return room
 
 
 def check_memory(net: Net, cases: int, what: str) -> None:

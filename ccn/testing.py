@@ -274,7 +274,11 @@ def run_test(net, dp, batches, *, mini: int, epoch: int = 1, multiview: bool = F
     """
     from .net import check_memory
 
-    check_memory(net, mini * (10 if multiview else 1), "testing with --mini")
+    try:  # a forward pass holds at most a whole batch (of every view)
+        cases = min(mini, max([int(dp.num_cases(b)) for b in batches] + [1]))
+    except Exception:  # a provider without num_cases for every batch
+        cases = mini
+    check_memory(net, cases * (10 if multiview else 1), "testing with --mini")
     check = _check_finite if on_nonfinite is None else \
         (lambda net_, costs, where: on_nonfinite(costs, where) if _nonfinite(costs) else None)
     layers = {l.name: l for l in net.layers}

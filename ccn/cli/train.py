@@ -442,7 +442,8 @@ def _run_train(given: dict, load_file, out, stop_after, world):
     from ..net import check_memory
     from ..train import Trainer, TrainConfig, TrainState
 
-    check_memory(net, int(opts["mini"]), "--mini")  # host memory, or the GPU's free memory
+    check_memory(net, _cases_per_step(int(opts["mini"]), train_dp, train_range, test_dp, test_range, world),
+                 "--mini")  # host memory, or the GPU's free memory
     from ..testing import check_classes
 
     class_warnings = check_classes(net, train_dp, opts["data_path"])
@@ -547,6 +548,18 @@ def _run_train(given: dict, load_file, out, stop_after, world):
         if cli_mode:
             sys.exit(143 if term else 130)
     return result
+
+
+def _cases_per_step(mini: int, train_dp, train_range, test_dp, test_range, world) -> int:
+    """The most cases one step of this process holds: --mini, or a whole batch when batches are
+    smaller, and under data parallel this rank's share of it."""
+    try:
+        largest = max([int(train_dp.num_cases(b)) for b in train_range]
+                      + [int(test_dp.num_cases(b)) for b in test_range])
+        cases = min(mini, max(largest, 1))
+    except Exception:  # a provider without num_cases for every batch: --mini it is
+        cases = mini
+    return cases if world is None else -(-cases // world.size)
 
 
 def _what_ranks_share(opts: dict, net, train_dp, state) -> dict:

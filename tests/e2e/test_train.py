@@ -743,3 +743,21 @@ def test_checkpoint_folders_get_the_umask_mode_and_write_errors_their_exit_code(
     assert write_error("x", OSError(errno.ENOSPC, "full")).exit_code == 1
     assert write_error("x", OSError(errno.EROFS, "read-only")).exit_code == 2
     assert write_error("x", OSError(errno.EACCES, "denied")).exit_code == 2
+
+
+def test_the_memory_check_counts_the_cases_a_step_holds(setup, monkeypatch):
+    # --mini above the batch size: a step holds the batch, not --mini (the check refused a
+    # 1,000,000 minibatch of 40-case batches as needing 25 GiB)
+    from ccn import net as netmod
+    from ccn.cli import train as cli_train
+
+    seen = []
+    real = netmod.check_memory
+    monkeypatch.setattr(netmod, "check_memory", lambda net, cases, what: (seen.append(cases), real(net, cases, what)))
+    tmp, data, layers, _ = setup
+    train(opts(tmp, data, layers, epochs=1, mini=1000000))
+    assert seen and set(seen) == {40}  # the step, and each test pass
+
+    class World:
+        size = 3
+    assert cli_train._cases_per_step(16, None, [], None, [], World()) == 6  # (no num_cases: --mini, then a share)
