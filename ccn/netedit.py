@@ -150,8 +150,11 @@ def rewrite(net, conv_to_local=None, unshare_weights=None, echo=print):
     layers = {l.name: l for l in net.layers}
     params = {p.name: p for p in net.params}
     owner = {l.name: [params[w].layer for w in l.weights] for l in layers.values()}
+    # matrix i is the layer's own unless it names another's, or an earlier one of its own layer
+    # (cuda-convnet2's weightSource=,conv7: matrix 1 is conv7's matrix 0)
+    own = {l.name: [w == f"{l.name}.weights[{i}]" for i, w in enumerate(l.weights)] for l in layers.values()}
     convs = [n for n, l in layers.items() if l.type == "conv"]
-    sharing = [n for n in layers if any(o != n for o in owner[n])]
+    sharing = [n for n in layers if not all(own[n])]
 
     # -- check every name before changing anything
     for name in convert:
@@ -178,7 +181,7 @@ def rewrite(net, conv_to_local=None, unshare_weights=None, echo=print):
             raise InputError(f"--unshare-weights {ref}: layer '{name}' has {len(l.weights)} weight matrices "
                              f"(indices 0-{len(l.weights) - 1}).")
         chosen = range(len(l.weights)) if idx is None else [idx]
-        if all(owner[name][i] == name for i in chosen):
+        if all(own[name][i] for i in chosen):
             which = f"weight matrix {idx} of '{name}' is" if idx is not None else f"the weights of '{name}' are"
             raise InputError(f"--unshare-weights {ref}: {which} its own already (no weightSource); the layers that "
                              f"take weights from another layer: {_list(sharing)}.")
@@ -196,7 +199,7 @@ def rewrite(net, conv_to_local=None, unshare_weights=None, echo=print):
                     grew = True
     order = [n for n in layers if n in todo]  # the net's order
     unshared = {(n, i) for n, idx in targets for i in (range(len(layers[n].weights)) if idx is None else [idx])
-                if owner[n][i] != n}
+                if not own[n][i]}
 
     text = _Text(net.layers_text)
     new: dict[str, dict] = {}  # param name -> {"w", "inc", "grad", "passes"}
@@ -211,7 +214,7 @@ def rewrite(net, conv_to_local=None, unshare_weights=None, echo=print):
         modules = h * w_
         for i, pname in enumerate(l.weights):
             o = owner[n][i]
-            if o != n and (n, i) not in unshared:
+            if not own[n][i] and (n, i) not in unshared:
                 mo = layers[o].shape[1] * layers[o].shape[2]
                 if mo != modules:
                     raise InputError(f"--conv-to-local: layer '{n}' shares the weights of '{o}' (weightSource), but "
@@ -241,8 +244,7 @@ def rewrite(net, conv_to_local=None, unshare_weights=None, echo=print):
         if len(srcs) == 1 and nw > 1:
             srcs = srcs * nw
         for i in (range(nw) if idx is None else [idx]):
-            o = owner[n][i]
-            if o == n:
+            if own[n][i]:
                 continue
             mine = f"{n}.weights[{i}]"
             if mine not in new:  # not converted above: copy the source's matrix

@@ -412,3 +412,45 @@ def test_cli_bad_names_exit_2(conv_setup):
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
     assert [os.path.basename(p) for p in ck.list_checkpoints(tmp / "save")] == ["1.4"]
+
+
+SELF = """
+[data]
+type=data
+dataIdx=0
+[labels]
+type=data
+dataIdx=1
+[fc]
+type=fc
+inputs=data,data,data
+outputs=3
+initW=0.4,0.4,0.4
+weightSource=,fc,fc[0]
+[probs]
+type=softmax
+inputs=fc
+[cost]
+type=cost.logreg
+inputs=labels,probs
+"""
+
+
+def test_unshare_a_layers_own_shared_matrix(tmp_path):
+    # cuda-convnet2's weightSource=,fc,fc[0]: matrices 1 and 2 are fc's matrix 0
+    (tmp_path / "self.cfg").write_text(SELF)
+    (tmp_path / "self-params.cfg").write_text("[fc]\nepsW=0.1\nepsB=0.1\nmomW=0\nmomB=0\nwc=0\n")
+    net = ccn.Net(str(tmp_path / "self.cfg"), str(tmp_path / "self-params.cfg"), {0: 4, 1: 1}, seed=2)
+    data = {0: np.random.default_rng(1).random((5, 4), dtype=np.float32), 1: np.array([[0], [1], [2], [0], [1]],
+                                                                                           np.float32)}
+    net.forward(data)
+    before = net.output("fc").copy()
+    said = []
+    new = rewrite(net, None, "fc[2]", echo=said.append)
+    assert said == ["Unshared weight matrix fc[2] from fc[0]."]
+    np.testing.assert_array_equal(new.get("fc.weights[2]"), net.get("fc.weights[0]"))
+    assert re.search(r"^weightSource *= *,fc,$", section(new.layers_text, "fc"), re.M), new.layers_text
+    new.forward(data)
+    np.testing.assert_array_equal(new.output("fc"), before)
+    with pytest.raises(InputError, match=r"weight matrix 0 of 'fc' is its own already"):
+        rewrite(net, None, "fc[0]")
