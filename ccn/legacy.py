@@ -440,7 +440,8 @@ def _rewritten(orig: Original, net) -> tuple[list[str], list[str]]:
         mine = d.get("weights")
         for i, w in enumerate(l.weights):
             src = params[w].layer
-            if src == l.name or not isinstance(mine, (list, tuple)) or i >= len(mine):
+            # (a matrix of its own; one shared within the layer, weightSource=,conv7, is checked too)
+            if w == f"{l.name}.weights[{i}]" or not isinstance(mine, (list, tuple)) or i >= len(mine):
                 continue
             theirs = (orig.layers.get(src) or {}).get("weights") or []
             j = _matrix_index(w)
