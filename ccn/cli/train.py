@@ -383,7 +383,9 @@ def _run_train(given: dict, load_file, out, stop_after, world):
         layers = opts["layers"]
         params = os.path.abspath(find_params_file(layers, opts["params"]))
         opts["layers"], opts["params"] = layers, params
-        net = Net(layers, params, data_dims=dims, seed=int(opts["seed"]))
+        net = Net(layers, params, data_dims=dims, seed=int(opts["seed"]), init=False)
+        _check_memory_early(net, opts, train_dp, train_range, test_dp, test_range, world)
+        net.init_weights(int(opts["seed"]))
         layers_sha = ck.text_sha256(net.layers_text)  # the file's text as read, kept even when --conv-to-local rewrites it
     else:
         from ..netfiles import read_text
@@ -415,6 +417,7 @@ def _run_train(given: dict, load_file, out, stop_after, world):
             params = find_params_file(saved_layers, params)
         net = Net(saved_layers, params, data_dims=dims, layers_text=ckpt.layers_text, params_text=params_text,
                   init=False)
+        _check_memory_early(net, opts, train_dp, train_range, test_dp, test_range, world)
         ck.restore_net(net, ckpt)
         opts["seed"] = int(ckpt.position.get("seed", opts["seed"]))
     if not net.cost_layers():
@@ -548,6 +551,17 @@ def _run_train(given: dict, load_file, out, stop_after, world):
         if cli_mode:
             sys.exit(143 if term else 130)
     return result
+
+
+def _check_memory_early(net, opts, train_dp, train_range, test_dp, test_range, world) -> None:
+    """The memory check, before the weights are drawn or restored: until then the parameter
+    matrices are untouched zero pages (native/core/tensor.h), so a net too big for this machine
+    (or its cgroup) is refused with a message instead of ending in the kernel's OOM killer."""
+    from ..net import check_memory
+
+    if net.device == "cpu":
+        check_memory(net, _cases_per_step(int(opts["mini"]), train_dp, train_range, test_dp, test_range, world),
+                     "--mini")
 
 
 def _cases_per_step(mini: int, train_dp, train_range, test_dp, test_range, world) -> int:

@@ -13,6 +13,8 @@
 #include <memory>
 #include <utility>
 
+#include <sys/mman.h>
+
 #include "core/error.h"
 
 namespace ccn {
@@ -21,9 +23,12 @@ namespace ccn {
 void copy_bytes(void* dst, const void* src, size_t bytes);
 
 struct AlignedFree {
-  bool owned = true;  // false for a Mat::borrow view, whose memory belongs to someone else
+  bool owned = true;   // false for a Mat::borrow view, whose memory belongs to someone else
+  size_t mapped = 0;   // bytes of an mmap'ed block (Mat::resize_zeroed), 0 for aligned_alloc
   void operator()(float* p) const {
-    if (owned) std::free(p);
+    if (!owned) return;
+    if (mapped) munmap(p, mapped);
+    else std::free(p);
   }
 };
 
@@ -53,6 +58,25 @@ class Mat {
       data_ = std::unique_ptr<float, AlignedFree>(p);  // owned, also when it replaces a view
       capacity_ = rows * cols;
     }
+    rows_ = rows;
+    cols_ = cols;
+  }
+  // resize() then zero(), but a large new block comes zeroed from the kernel (anonymous mmap,
+  // page-aligned): its pages take memory only once written. Parameters are made this way, so
+  // a net built only to be shown (ccn show-net) or checked for size before its weights are
+  // drawn does not hold three copies of every weight.
+  void resize_zeroed(int64_t rows, int64_t cols) {
+    CCN_CHECK(rows >= 0 && cols >= 0);
+    size_t bytes = (size_t)(rows * cols) * sizeof(float);
+    if (bytes < ((size_t)1 << 20) || (rows * cols <= capacity_ && data_.get_deleter().owned)) {
+      resize(rows, cols);
+      zero();
+      return;
+    }
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) runtime_error("out of memory allocating ", bytes, " bytes");
+    data_ = std::unique_ptr<float, AlignedFree>(static_cast<float*>(p), AlignedFree{true, bytes});
+    capacity_ = rows * cols;
     rows_ = rows;
     cols_ = cols;
   }

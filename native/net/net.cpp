@@ -56,12 +56,9 @@ Param* Net::make_param(const std::string& layer, const std::string& name, int64_
   p->name = name;
   p->layer = layer;
   p->is_bias = is_bias;
-  p->w.resize(rows, cols);
-  p->w.zero();
-  p->grad.resize(rows, cols);
-  p->grad.zero();
-  p->inc.resize(rows, cols);
-  p->inc.zero();
+  p->w.resize_zeroed(rows, cols);  // (untouched pages take no memory until written: see tensor.h)
+  p->grad.resize_zeroed(rows, cols);
+  p->inc.resize_zeroed(rows, cols);
   params_.push_back(std::move(p));
   return params_.back().get();
 }

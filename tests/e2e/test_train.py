@@ -761,3 +761,35 @@ def test_the_memory_check_counts_the_cases_a_step_holds(setup, monkeypatch):
     class World:
         size = 3
     assert cli_train._cases_per_step(16, None, [], None, [], World()) == 6  # (no num_cases: --mini, then a share)
+
+
+def test_a_net_too_big_for_memory_is_refused_before_its_weights_are_drawn(setup, monkeypatch):
+    # the parameters are zero pages until written: the check must come before the weights are
+    # drawn (or restored), or the kernel's OOM killer ends the run without a word
+    from ccn import net as netmod
+
+    drawn = []
+    real_init = netmod.Net.init_weights
+    monkeypatch.setattr(netmod.Net, "init_weights", lambda self, seed=0: (drawn.append(seed), real_init(self, seed)))
+    monkeypatch.setattr(netmod, "_available_bytes", lambda: 1000)
+    tmp, data, layers, _ = setup
+    with pytest.raises(InputError, match=r"--mini: a step of .* needs at least .* GiB of memory, but only 0\.0 GiB"):
+        train(opts(tmp, data, layers, epochs=1))
+    assert drawn == []
+
+
+def test_parameters_take_memory_only_once_written():
+    # a big matrix built for show-net: three zeroed copies (weights, increments, gradients)
+    # that cost nothing until written
+    import ccn
+
+    def rss_mb():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    text = "[data]\ntype=data\ndataIdx=0\n[fc]\ntype=fc\ninputs=data\noutputs=4000\n"
+    before = rss_mb()
+    net = ccn.Net("<big>", None, {0: 20000}, layers_text=text, init=False)  # 80M values: 3 x 320 MB
+    assert rss_mb() - before < 100, rss_mb() - before
+    net.init_weights(0)  # written: now the weights take their memory
+    assert rss_mb() - before > 250
