@@ -557,3 +557,73 @@ def test_image_ops_training():
     rng = np.random.default_rng()
     cpu, gpu = _twins(IMG_LAYERS, IMG_PARAMS, {0: (3, 9, 9)})
     _check_training(cpu, gpu, [_rgb(rng, 8) for _ in range(6)])
+
+
+# ---- weights a layer shares with itself (cuda-convnet2's weightSource=,conv7,conv7) ---------
+SELF_LAYERS = """
+[data]
+type=data
+dataIdx=0
+[labels]
+type=data
+dataIdx=1
+[c1]
+type=conv
+inputs=data
+channels=3
+filters=16
+filterSize=3
+padding=1
+[c2]
+type=conv
+inputs=data
+channels=3
+filters=16
+filterSize=3
+padding=1
+neuron=tanh
+[cself]
+type=conv
+inputs=c1,c2,c1
+channels=16,16,16
+filters=16,16,16
+filterSize=3,3,3
+padding=1,1,1
+weightSource=,cself,cself[0]
+neuron=relu
+[lself]
+type=local
+inputs=cself,c2
+channels=16,16
+filters=8,8
+filterSize=3,3
+padding=1,1
+weightSource=,lself
+[fself]
+type=fc
+inputs=lself,lself
+outputs=10
+weightSource=,fself[0]
+[probs]
+type=softmax
+inputs=fself
+[logprob]
+type=cost.logreg
+inputs=labels,probs
+"""
+SELF_PARAMS = "".join(f"[{n}]\nepsW=0.01\nepsB=0.01\nmomW=0.9\nmomB=0.9\nwc=0.0005\n"
+                      for n in ("c1", "c2", "cself", "lself", "fself"))
+
+
+@cuda
+@pytest.mark.parametrize("n", [1, 13])
+def test_self_shared_weights_forward_backward_and_training(n):
+    # every input's gradient summed into the one matrix, and one update of it, on both backends
+    rng = np.random.default_rng()
+    cpu, gpu = _twins(SELF_LAYERS, SELF_PARAMS, {0: (3, 6, 6), 1: 1})
+    assert [p.name for p in cpu.params if p.layer == "cself" and not p.is_bias] == ["cself.weights[0]"]
+    data = [rng.standard_normal((n, 3 * 36)).astype(np.float32), rng.integers(0, 10, (n, 1)).astype(np.float32)]
+    _check_pass(cpu, gpu, data)
+    batches = [[rng.standard_normal((n, 3 * 36)).astype(np.float32), rng.integers(0, 10, (n, 1)).astype(np.float32)]
+               for _ in range(4)]
+    _check_training(cpu, gpu, batches)
