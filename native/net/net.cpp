@@ -56,9 +56,16 @@ Param* Net::make_param(const std::string& layer, const std::string& name, int64_
   p->name = name;
   p->layer = layer;
   p->is_bias = is_bias;
-  p->w.resize_zeroed(rows, cols);  // (untouched pages take no memory until written: see tensor.h)
-  p->grad.resize_zeroed(rows, cols);
-  p->inc.resize_zeroed(rows, cols);
+  try {
+    p->w.resize_zeroed(rows, cols);  // (untouched pages take no memory until written: see tensor.h)
+    p->grad.resize_zeroed(rows, cols);
+    p->inc.resize_zeroed(rows, cols);
+  } catch (const Error&) {  // out of (virtual) memory: say which matrix, and how big the net's are
+    runtime_error(def_file_.path, ": out of memory making the parameter matrix ", name, " of layer '", layer, "' (",
+                  rows, " x ", cols, ", 3 copies of ", (double)rows * cols * 4 / (1 << 20),
+                  " MiB: weights, increments, gradients). Check the layer's size keys, or use a machine with more "
+                  "memory.");
+  }
   params_.push_back(std::move(p));
   return params_.back().get();
 }

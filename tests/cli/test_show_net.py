@@ -147,3 +147,20 @@ def test_a_layer_reading_the_labels_as_images_is_named(tmp_path):
                                           r"\(type=fc\) reads data layer 'labels', which holds the labels of cost "
                                           r"layer 'logprob'"):
         infer_data_dims("x.ini", text, 32, {})
+
+
+def test_a_parameter_matrix_beyond_the_address_space_is_named(tmp_path):
+    # under a memory limit (ulimit -v, a batch system's) the matrix that does not fit is named,
+    # instead of "out of memory allocating N bytes"
+    import resource
+
+    net = tmp_path / "big.cfg"
+    net.write_text("[data]\ntype=data\ndataIdx=0\n[fc]\ntype=fc\ninputs=data\noutputs=20000\n")
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+    r = subprocess.run([sys.executable, "-m", "ccn.cli.main", "show-net", "--layers", str(net), "--data-dims",
+                        "0=100000"], capture_output=True, text=True, timeout=120, preexec_fn=limit)
+    assert r.returncode == 1, r.stderr
+    assert "out of memory making the parameter matrix fc.weights[0] of layer 'fc' (100000 x 20000" in r.stderr
+    assert "Traceback" not in r.stderr
