@@ -531,11 +531,12 @@ class Trainer:
     def _save_before_data_error(self, e: InputError) -> InputError:
         """A batch found bad mid-run (damaged since prepare-data, or undecodable) ends the run, but
         the batches trained since the last checkpoint are saved first, as Ctrl-C would. Called
-        where data is loaded, between batches, so the net stands at the end of a whole batch.
-        Not under data parallel, where saving takes every rank."""
+        where data is loaded, between batches, so the net stands at the end of a whole batch;
+        under data parallel every rank's weights are then equal, and rank 0, which writes the
+        checkpoints, saves them without any exchange (when it is the rank that met the error)."""
         name = self._name()
-        if (self.share is not None or not self.cfg.save_path or self.state.mb > 0 or name is None
-                or name == self._last_saved or self.state.batches_done == self._batches_at_start):
+        if ((self.share is not None and self.share[0] != 0) or not self.cfg.save_path or self.state.mb > 0
+                or name is None or name == self._last_saved or self.state.batches_done == self._batches_at_start):
             return e
         try:
             path = self.save()

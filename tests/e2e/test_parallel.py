@@ -722,3 +722,33 @@ def test_ranks_started_with_different_options_are_refused(setup, change, named):
     assert r.returncode == 2, (r.stdout[-1500:], r.stderr[-1500:])
     assert re.search(r"the ranks were started differently: " + named, r.stderr), r.stderr
     assert "Traceback" not in r.stderr and not os.path.exists(tmp / "x" / "1.4")
+
+
+@pytest.mark.slow
+def test_a_damaged_batch_under_data_parallel_saves_what_was_trained(tmp_path):
+    # every rank meets the bad checksum between batches; rank 0 writes the checkpoint alone
+    mpiexec()
+    from ccn.data import batchfmt as bf
+    from ccn.data import builtin
+
+    data = str(tmp_path / "data")
+    builtin.prepare(data, train_batches=2, test_batches=1, batch_size=30, image_size=8, seed=3)
+    path = os.path.join(data, "data_batch_2")
+    off, nb = bf.BatchFile(path).sections["pixels"]
+    with open(path, "r+b") as f:
+        f.seek(off + nb // 2)
+        b = f.read(1)[0]
+        f.seek(off + nb // 2)
+        f.write(bytes([b ^ 1]))
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "layers-conv.cfg").write_text(CONV)
+    (tmp_path / "net" / "layer-params-conv.cfg").write_text(CONV_PARAMS)
+    a = ["--layers", str(tmp_path / "net" / "layers-conv.cfg"), "--data-path", data, "--train-range", "1-2",
+         "--test-range", "3", "--epochs", "1", "--mini", "8", "--seed", "5", "--inner-size", "6", "--save-path",
+         str(tmp_path / "save")]
+    r = run(a, ranks=2)
+    assert r.returncode == 2, (r.stdout[-1500:], r.stderr[-1500:])
+    assert "data_batch_2 does not match the checksum" in r.stderr and "Traceback" not in r.stderr
+    assert re.search(r"saved in \S+1\.1; once the data is mended", r.stderr), r.stderr
+    assert [os.path.basename(p) for p in ck.list_checkpoints(tmp_path / "save")] == ["1.1"]
+    ck.load(str(tmp_path / "save"))
