@@ -82,7 +82,7 @@ class Net:
 
     def __init__(self, layers: str, params: str | None = None, data_dims=None, seed: int = 0,
                  layers_text: str | None = None, params_text: str | None = None, init: bool = True,
-                 device: str = "cpu", gpu: int = 0):
+                 device: str = "cpu", gpu: int = 0, allow_unused: bool = False):
         if layers_text is None:
             layers_text = read_text(layers, "layer-definition file")
         if params is not None and params_text is None:
@@ -92,7 +92,8 @@ class Net:
         self.layers_text = layers_text
         self.params_text = params_text or ""
         self.data_dims = _dims(data_dims)
-        self._net = core.Net(layers_text, layers, self.params_text, params or "", self.data_dims)
+        # allow_unused: a layer that feeds nothing is accepted (a net read back from a checkpoint)
+        self._net = core.Net(layers_text, layers, self.params_text, params or "", self.data_dims, allow_unused)
         self._net.seed = int(seed)
         self.seed = int(seed)
         if init:
@@ -179,7 +180,8 @@ class Net:
         params=[...])``) or initBFunc (``f(layer, shape, params=[...])``)."""
         from .plugins import import_user_module
 
-        m = re.fullmatch(r"\s*([\w.]+)\.(\w+)\s*(?:\((.*)\))?\s*", p.init_func)
+        # (re.S: the arguments may go on over indented lines, as ConfigParser joins them)
+        m = re.fullmatch(r"\s*([\w.]+)\.(\w+)\s*(?:\((.*)\))?\s*", p.init_func, re.S)
         key = "initBFunc" if p.is_bias else "initWFunc"
         where = f"{self.layers_path}: layer '{p.layer}', key '{key}'"
         if not m:
@@ -302,9 +304,23 @@ def _available_bytes() -> int | None:
     return have
 
 
+def _stat_value(path: str, key: str) -> int:
+    """A value of a cgroup's memory.stat (0 when absent)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                k, _, v = line.partition(" ")
+                if k == key:
+                    return int(v)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def _cgroup_room(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup") -> int | None:
     """The least (limit - usage) over this process's memory cgroup and its parents, v2
-    (memory.max, memory.current) or v1 (memory.limit_in_bytes, memory.usage_in_bytes); None
+    (memory.max, memory.current) or v1 (memory.limit_in_bytes, memory.usage_in_bytes), usage
+    less the inactive file cache (which the kernel drops before it kills anything); None
     when none sets a limit. A cgroup path missing under ``root`` (a namespaced mount) is looked
     for from the mount's top."""
     import os
@@ -321,11 +337,12 @@ def _cgroup_room(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup") 
             continue
         _, ctrl, path = parts
         if ctrl == "" and os.path.isfile(os.path.join(root, "cgroup.controllers")):
-            places.append((root, path, "memory.max", "memory.current"))
+            places.append((root, path, "memory.max", "memory.current", "inactive_file"))
         elif "memory" in ctrl.split(","):
-            places.append((os.path.join(root, "memory"), path, "memory.limit_in_bytes", "memory.usage_in_bytes"))
+            places.append((os.path.join(root, "memory"), path, "memory.limit_in_bytes", "memory.usage_in_bytes",
+                           "total_inactive_file"))
     room = None
-    for top, path, lim_name, use_name in places:
+    for top, path, lim_name, use_name, cache_name in places:
         rel = path.strip("/")
         if rel and not os.path.isdir(os.path.join(top, rel)):
             rel = ""
@@ -336,6 +353,7 @@ def _cgroup_room(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup") 
                     lim = f.read().strip()
                 with open(os.path.join(folder, use_name)) as f:
                     use = int(f.read().strip())
+                use -= _stat_value(os.path.join(folder, "memory.stat"), cache_name)  # file cache the kernel drops
                 if lim != "max" and int(lim) < 2**60:
                     r = max(0, int(lim) - use)
                     room = r if room is None else min(room, r)

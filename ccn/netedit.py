@@ -264,7 +264,7 @@ def rewrite(net, conv_to_local=None, unshare_weights=None, echo=print):
     from .net import Net
 
     out = Net(net.layers_path, net.params_path, data_dims=net.data_dims, layers_text=text.text(),
-              params_text=net.params_text, init=False)
+              params_text=net.params_text, init=False, allow_unused=True)
     for p in out.params:
         st = new.get(p.name) or state(p.name)
         for kind in ("w", "inc", "grad"):

@@ -41,7 +41,7 @@ def load_model(path: str):
     # the texts come from the checkpoint, so errors in them name its copies (CKPT/layers.cfg), not the
     # files they were once read from (which may have changed since)
     net = Net(os.path.join(ckpt.path, ck.LAYERS), os.path.join(ckpt.path, ck.PARAMS), data_dims=dims,
-              layers_text=ckpt.layers_text, params_text=ckpt.params_text, init=False)
+              layers_text=ckpt.layers_text, params_text=ckpt.params_text, init=False, allow_unused=True)
     ck.restore_net(net, ckpt)
     return ckpt, net
 

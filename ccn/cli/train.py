@@ -416,7 +416,7 @@ def _run_train(given: dict, load_file, out, stop_after, world):
         elif "params" in given:
             params = find_params_file(saved_layers, params)
         net = Net(saved_layers, params, data_dims=dims, layers_text=ckpt.layers_text, params_text=params_text,
-                  init=False)
+                  init=False, allow_unused=True)  # (an older ccn may have saved a net with an unused layer)
         _check_memory_early(net, opts, train_dp, train_range, test_dp, test_range, world)
         ck.restore_net(net, ckpt)
         opts["seed"] = int(ckpt.position.get("seed", opts["seed"]))

@@ -14,11 +14,11 @@
 namespace ccn {
 
 Net::Net(const std::string& def_text, const std::string& def_path, const std::string& params_text,
-         const std::string& params_path, const std::map<int, Shape>& data_dims) {
+         const std::string& params_path, const std::map<int, Shape>& data_dims, bool allow_unused) {
   def_file_ = parse_config_text(def_text, def_path);
   have_params_ = !params_path.empty();
   if (have_params_) par_file_ = parse_config_text(params_text, params_path);
-  build(data_dims);
+  build(data_dims, allow_unused);
 }
 
 Layer* Net::find_layer(const std::string& name) const {
@@ -70,7 +70,7 @@ Param* Net::make_param(const std::string& layer, const std::string& name, int64_
   return params_.back().get();
 }
 
-void Net::build(const std::map<int, Shape>& data_dims) {
+void Net::build(const std::map<int, Shape>& data_dims, bool allow_unused) {
   const std::string& dpath = def_file_.path;
   if (def_file_.sections.empty())
     config_error(dpath, ": no layer sections found; a layer-definition file has sections like [data] with type=data.");
@@ -126,7 +126,7 @@ void Net::build(const std::map<int, Shape>& data_dims) {
     for (const auto& s : def_file_.sections) any_cost = any_cost || s.find("type")->value.rfind("cost.", 0) == 0;
     for (const auto& s : def_file_.sections) {
       const std::string& type = s.find("type")->value;
-      if (!any_cost || type.rfind("cost.", 0) == 0) continue;
+      if (allow_unused || !any_cost || type.rfind("cost.", 0) == 0) continue;
       bool used = false;
       for (const auto& kv : inputs_of) used = used || std::count(kv.second.begin(), kv.second.end(), s.name) > 0;
       if (used) continue;

@@ -26,9 +26,11 @@ class Net {
  public:
   // def_text/params_text are the files' contents; the paths are for messages. An empty
   // params_path means "no params file" (learning keys default to 0; for inspection only).
-  // data_dims gives each dataIdx's per-case shape, as a data provider would.
+  // data_dims gives each dataIdx's per-case shape, as a data provider would. allow_unused: a
+  // layer that feeds nothing is accepted (a net read back from a checkpoint, which an older
+  // ccn may have saved with one; cuda-convnet2 checked only on a fresh parse too).
   Net(const std::string& def_text, const std::string& def_path, const std::string& params_text,
-      const std::string& params_path, const std::map<int, Shape>& data_dims);
+      const std::string& params_path, const std::map<int, Shape>& data_dims, bool allow_unused = false);
 
   // Re-read the learning hyper-parameters from a (possibly edited) params file.
   void reload_params(const std::string& params_text, const std::string& params_path);
@@ -120,7 +122,7 @@ class Net {
   void zero_param_grads_cuda();
   const Mat& output_cuda(int layer, bool grad) const;
 
-  void build(const std::map<int, Shape>& data_dims);
+  void build(const std::map<int, Shape>& data_dims, bool allow_unused);
   void compute_needs_grad();
   int index_of(const std::string& name) const;
 

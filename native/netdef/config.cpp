@@ -93,6 +93,16 @@ static bool looks_like_key(const std::string& line) {
   return i < line.size() && (line[i] == '=' || line[i] == ':');
 }
 
+// Whether the value has a '[' or '(' not yet closed.
+static bool open_bracket(const std::string& v) {
+  int depth = 0;
+  for (char c : v) {
+    if (c == '[' || c == '(') ++depth;
+    else if ((c == ']' || c == ')') && depth > 0) --depth;
+  }
+  return depth > 0;
+}
+
 ConfigFile parse_config_text(const std::string& text_in, const std::string& path) {
   ConfigFile cf;
   cf.path = path;
@@ -122,8 +132,9 @@ ConfigFile parse_config_text(const std::string& text_in, const std::string& path
     if (std::isspace((unsigned char)raw[0]) && last) {  // continuation line
       // ConfigParser appends an indented line to the value above it. One that reads like a key
       // of its own (name = or name :) was almost surely meant as one: say so instead of letting
-      // it become part of the value.
-      if (looks_like_key(line))
+      // it become part of the value. Not inside an open [ or ( of the value above: a schedule
+      // (epsW=dexp[base=0.01;\n  numSteps=4]) or an initWFunc's arguments may go on over lines.
+      if (looks_like_key(line) && !open_bracket(last->value))
         config_error(path, ":", lineno, ": in section [", cur->name, "]: '", line, "' is indented, so it continues the "
                      "value of '", last->key, "' from line ", last->line, " (indented lines continue the value above "
                      "them) instead of setting '", strip(line.substr(0, line.find_first_of("=:"))),

@@ -290,12 +290,14 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<Net>(m, "Net")
       .def(py::init([](const std::string& def_text, const std::string& def_path, const std::string& params_text,
-                       const std::string& params_path, const std::map<int, std::tuple<int, int, int>>& dims) {
+                       const std::string& params_path, const std::map<int, std::tuple<int, int, int>>& dims,
+                       bool allow_unused) {
              std::map<int, Shape> dd;
              for (const auto& [k, v] : dims) dd[k] = Shape{std::get<0>(v), std::get<1>(v), std::get<2>(v)};
-             return std::make_unique<Net>(def_text, def_path, params_text, params_path, dd);
+             return std::make_unique<Net>(def_text, def_path, params_text, params_path, dd, allow_unused);
            }),
-           py::arg("def_text"), py::arg("def_path"), py::arg("params_text"), py::arg("params_path"), py::arg("data_dims"))
+           py::arg("def_text"), py::arg("def_path"), py::arg("params_text"), py::arg("params_path"), py::arg("data_dims"),
+           py::arg("allow_unused") = false)
       .def("layers",
            [](const Net& net) {
              py::list out;

@@ -199,7 +199,26 @@ def test_every_schedule_type_with_a_zero_base_loads():
 
 def test_init_func_value_with_a_line_break_is_escaped():
     # initWFunc continued on an indented line: the Python side's message shows the break as \n
-    text = D + FC + "initWFunc=mod.f(\n  1)\n"
+    text = D + FC + "initWFunc=mod.f(\n  1\n"
     with pytest.raises(ConfigError) as e:
         ccn.Net("net.cfg", None, {0: 4}, layers_text=text)
-    assert str(e.value) == "net.cfg: layer 'fc', key 'initWFunc': expected module.function(args), found 'mod.f(\\n1)'."
+    assert str(e.value) == "net.cfg: layer 'fc', key 'initWFunc': expected module.function(args), found 'mod.f(\\n1'."
+
+
+def test_a_net_read_back_from_a_checkpoint_may_keep_an_unused_layer():
+    # an older ccn saved such nets; cuda-convnet2 too checked only on a fresh parse
+    text = D + FC + COST + "[fc2]\ntype=fc\ninputs=data\noutputs=3\n"
+    with pytest.raises(ConfigError, match="is unused"):
+        ccn.Net("net.cfg", None, {0: 4, 1: 1}, layers_text=text)
+    net = ccn.Net("net.cfg", None, {0: 4, 1: 1}, layers_text=text, allow_unused=True)
+    assert "fc2" in [l.name for l in net.layers]
+
+
+def test_a_schedule_or_init_function_may_go_on_over_indented_lines():
+    # ConfigParser joins the lines; the indented-key check stays out of an open [ or (
+    params = P.replace("epsW=0.1", "epsW=dexp[base=0.01;tgtFactor=250;\n     numSteps=4]")
+    net = ccn.Net("net.cfg", "par.cfg", {0: 4}, layers_text=D + FC, params_text=params)
+    assert net.params[0].eps == "dexp[base=0.01;tgtFactor=250;numSteps=4]"
+    text = D + FC + "initWFunc=nosuchmod_q.f(0.5,\n   scale=2)\n"
+    with pytest.raises(ConfigError, match=r"key 'initWFunc': cannot load 'nosuchmod_q\.f'"):
+        ccn.Net("net.cfg", None, {0: 4}, layers_text=text)

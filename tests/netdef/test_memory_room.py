@@ -24,6 +24,9 @@ def test_cgroup_v2_limits_of_the_group_and_its_parents(tmp_path):
     assert _cgroup_room(str(root), str(proc)) == 2500
     _write(str(root / "job" / "step" / "memory.max"), "2000\n")
     assert _cgroup_room(str(root), str(proc)) == 1000
+    # file cache the kernel can drop is room too (a job that has just read its data batches)
+    _write(str(root / "job" / "step" / "memory.stat"), "anon 400\nfile 600\ninactive_file 500\nactive_file 100\n")
+    assert _cgroup_room(str(root), str(proc)) == 1500
 
 
 def test_cgroup_v1_namespaced_and_unlimited(tmp_path):
@@ -35,6 +38,8 @@ def test_cgroup_v1_namespaced_and_unlimited(tmp_path):
     proc = tmp_path / "cgroup"
     proc.write_text("4:memory:/docker/abc\n1:cpu:/\n")
     assert _cgroup_room(str(root), str(proc)) == (1 << 30) - (1 << 28)
+    _write(str(mem / "memory.stat"), f"cache 100\ntotal_inactive_file {1 << 27}\n")
+    assert _cgroup_room(str(root), str(proc)) == (1 << 30) - (1 << 28) + (1 << 27)
     _write(str(mem / "memory.limit_in_bytes"), "9223372036854771712\n")  # v1's "no limit"
     assert _cgroup_room(str(root), str(proc)) is None
     assert _cgroup_room(str(root), str(tmp_path / "missing")) is None
