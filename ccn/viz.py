@@ -198,7 +198,7 @@ def filter_grid(filters: np.ndarray, rgb: bool, start: int = 0, scale: int | Non
 # ---- cost curves -----------------------------------------------------------------------------
 def cost_curves(meta: dict, cost: str | None, cost_idx: int, names: dict[str, list[str]]):
     """(train x, train y, test x, test y, cost name, value name) from a checkpoint's history.
-    x is in epochs: the k-th trained batch ends at k / (batches per epoch)."""
+    x is in epochs: the k-th batch of epoch e ends at e - 1 + k / (batches of epoch e)."""
     hist = meta.get("history", {})
     train, test = hist.get("train", []), hist.get("test", [])
     if not train:
@@ -220,16 +220,27 @@ def cost_curves(meta: dict, cost: str | None, cost_idx: int, names: dict[str, li
     if not 0 <= cost_idx < nvals:
         listed = ", ".join(f"{i} = {n}" for i, n in enumerate(vnames[:nvals]))
         raise InputError(f"--cost-idx {cost_idx}: cost layer '{cost}' has {nvals} values ({listed}).")
-    per_epoch = len((meta.get("position") or {}).get("train_range") or []) or \
-        len({r["batch"] for r in train}) or 1
+    # x of a record: its epoch's start plus its share of that epoch. An epoch's size is the number of
+    # batches trained in it once a later epoch began; the current one's is the range in force now (so a
+    # run resumed on another --train-range keeps each epoch at its own size).
+    now = len((meta.get("position") or {}).get("train_range") or []) or len({r["batch"] for r in train}) or 1
+    last_epoch = max(int(r["epoch"]) for r in train)
+    sizes: dict = {}
+    for r in train:
+        sizes[int(r["epoch"])] = sizes.get(int(r["epoch"]), 0) + 1
+    seen: dict = {}
     where: dict = {}
     tx, ty = [], []
-    for k, r in enumerate(train, 1):
+    for r in train:
+        e = int(r["epoch"])
+        seen[e] = seen.get(e, 0) + 1
+        size = sizes[e] if e < last_epoch else max(now, sizes[e])
+        x = (e - 1) + seen[e] / size
+        where[(r["epoch"], r["batch"])] = x
         vals = r["costs"].get(cost)
-        where[(r["epoch"], r["batch"])] = k / per_epoch
         if vals is None or cost_idx >= len(vals):
             continue
-        tx.append(k / per_epoch)
+        tx.append(x)
         ty.append(vals[cost_idx] / max(1, r["cases"]))
     ex, ey = [], []
     for r in test:

@@ -205,3 +205,16 @@ def test_checkpoint_without_test_outputs(tmp_path):
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".png")]
     r = cli("test", "-f", str(tmp_path / "s"), cwd=tmp_path)  # ccn test itself needs no test history
     assert r.returncode == 0, r.stderr
+
+
+def test_cost_curves_keep_each_epoch_at_its_own_size():
+    # a run resumed on other train ranges: epochs of 3, 1 and 1 batches, then the current one of 2
+    def rec(e, b):
+        return {"epoch": e, "batch": b, "costs": {"logprob": [1.0, 0.5]}, "cases": 10}
+    train = [rec(1, 1), rec(1, 2), rec(1, 3), rec(2, 1), rec(3, 1), rec(4, 1)]
+    meta = {"position": {"train_range": [1, 2]}, "history": {
+        "train": train, "test": [dict(rec(1, 3), test_batches=[4]), dict(rec(2, 1), test_batches=[4]),
+                                 dict(rec(4, 1), test_batches=[4])]}}
+    tx, _, ex, _, _, _ = viz.cost_curves(meta, None, 0, {})
+    np.testing.assert_allclose(tx, [1 / 3, 2 / 3, 1.0, 2.0, 3.0, 3.5])
+    np.testing.assert_allclose(ex, [1.0, 2.0, 3.5])  # each test right after its epoch's batch
