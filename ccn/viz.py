@@ -270,6 +270,11 @@ def plot_cost(tx, ty, ex, ey, cost: str, vname: str, title: str):
 
 
 # ---- predictions -----------------------------------------------------------------------------
+def _short(name: str, width: int) -> str:
+    """A class name cut to ``width`` characters (with an ellipsis), so panels do not overlap."""
+    return name if len(name) <= width else name[:width - 1] + "\u2026"
+
+
 def plot_preds(images: np.ndarray, labels, top_idx, top_p, names: list[str], title: str, cols: int = 4):
     """images: N x H x W x C floats in 0..1 (C = 1 or 3); top_idx/top_p: N x k, most probable first."""
     plt = pyplot()
@@ -295,13 +300,14 @@ def plot_preds(images: np.ndarray, labels, top_idx, top_p, names: list[str], tit
         ax.set_xticks([])
         ax.set_yticks([])
         ok = top_idx[i, 0] == labels[i]
-        ax.set_title(names[labels[i]], fontsize=12, fontweight="bold", color="black" if ok else "#b00000")
+        ax.set_title(_short(names[labels[i]], 22), fontsize=12, fontweight="bold", color="black" if ok else "#b00000")
         bx = fig.add_subplot(gs[2 * r + 1, c])
         ys = np.arange(k)[::-1]  # most probable on top
         colours = ["#ff7070" if top_idx[i, j] == labels[i] else "#9aa8ff" for j in range(k)]
         bx.barh(ys, top_p[i], height=0.8, color=colours)
         for j in range(k):
-            bx.text(0.02, ys[j], f"{names[top_idx[i, j]]}  {top_p[i, j]:.2f}", va="center", fontsize=9,
+            # the probability first, so a long name never pushes it out of the panel
+            bx.text(0.02, ys[j], f"{top_p[i, j]:.2f}  {_short(names[top_idx[i, j]], 26)}", va="center", fontsize=9,
                     fontweight="bold" if top_idx[i, j] == labels[i] else "normal")
         bx.set_xlim(0, 1)
         bx.set_ylim(-0.5, k - 0.5)

@@ -218,3 +218,17 @@ def test_cost_curves_keep_each_epoch_at_its_own_size():
     tx, _, ex, _, _, _ = viz.cost_curves(meta, None, 0, {})
     np.testing.assert_allclose(tx, [1 / 3, 2 / 3, 1.0, 2.0, 3.0, 3.5])
     np.testing.assert_allclose(ex, [1.0, 2.0, 3.5])  # each test right after its epoch's batch
+
+
+def test_preds_with_long_class_names_stay_readable():
+    # folder datasets name classes after their folders: long names overlapped the next panel and
+    # pushed the probability out of sight
+    names = [f"class_{i:02d}_a_rather_long_descriptive_label_name" for i in range(40)]
+    rng = np.random.default_rng(0)
+    top_idx = np.array([[3, 1, 2, 0, 5], [7, 8, 9, 10, 11]])
+    top_p = np.array([[0.5, 0.2, 0.1, 0.1, 0.05], [0.4, 0.3, 0.1, 0.1, 0.05]])
+    fig = viz.plot_preds(rng.random((2, 8, 8, 3)), [3, 9], top_idx, top_p, names, "t")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles and all(len(t) <= 22 for t in titles) and titles[0].endswith("\u2026")
+    bars = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert len(bars) == 10 and bars[0] == "0.50  class_03_a_rather_long_de\u2026" and all(len(b) <= 32 for b in bars)
