@@ -3,7 +3,9 @@
 
 The images are a random choice (``--seed``) from the first test batch, or with
 ``--only-errors`` from the cases whose most probable class is wrong (read batch after batch
-of the test range until enough are found).
+of the test range until enough are found). With the checkpoint's (or the option's) multiview
+test, the probabilities are the mean over the ten views, as ``ccn test`` computes them, and the
+picture shows the centre view.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import click
 import numpy as np
 
 from .options import SEED
+from .train import BOOL01
 
 
 @click.command("show-preds")
@@ -26,7 +29,10 @@ from .options import SEED
 @click.option("--test-range", type=str, help="Test batches to take images from. [the checkpoint's]")
 @click.option("--data-path", type=str, help="Folder of the data batches. [the checkpoint's]")
 @click.option("--data-provider", type=str, help="MODULE:FUNCTION of your own provider. [the checkpoint's]")
-def show_preds(load_file, only_errors, output, num, seed, logreg_name, test_range, data_path, data_provider):
+@click.option("--multiview-test", type=BOOL01, is_flag=False, flag_value="1",
+              help="Average the probabilities over the ten views, as ccn test does. [the checkpoint's]")
+def show_preds(load_file, only_errors, output, num, seed, logreg_name, test_range, data_path, data_provider,
+               multiview_test):
     """Draw test images with the model's five most probable classes.
 
     \b
@@ -34,7 +40,19 @@ def show_preds(load_file, only_errors, output, num, seed, logreg_name, test_rang
     ccn show-preds -f runs/a --only-errors -o mistakes.png
     """
     write_preds(load_file, only_errors=only_errors, output=output, num=num, seed=seed, logreg_name=logreg_name,
-                test_range=test_range, data_path=data_path, data_provider=data_provider, echo=click.echo)
+                test_range=test_range, data_path=data_path, data_provider=data_provider, multiview=multiview_test,
+                echo=click.echo)
+
+
+def _first_view(images: np.ndarray, multiview: bool) -> np.ndarray:
+    """The images to draw: with multiview (ten blocks of n rows, view v of case i at row
+    i + v*n; views 0-3 the corners, 4 the centre, 5-9 their mirror images) the centre view."""
+    if not multiview:
+        return images
+    from ..testing import VIEWS
+
+    n = images.shape[0] // VIEWS
+    return images[4 * n:5 * n]
 
 
 def plottable(dp, images: np.ndarray, dims) -> np.ndarray:
@@ -56,7 +74,7 @@ def plottable(dp, images: np.ndarray, dims) -> np.ndarray:
 
 
 def write_preds(load_file, *, only_errors=False, output=None, num=8, seed=0, logreg_name=None, test_range=None,
-                data_path=None, data_provider=None, echo=print) -> dict:
+                data_path=None, data_provider=None, multiview=None, echo=print) -> dict:
     """Write the picture; return its path and what it shows (batch, case, label, top classes)."""
     from .. import testing as T
     from .. import viz
@@ -68,8 +86,10 @@ def write_preds(load_file, *, only_errors=False, output=None, num=8, seed=0, log
     logreg = T.find_logreg(net, logreg_name)
     if logreg is None:
         raise InputError("the net has no cost.logreg layer, so it makes no class predictions to show.")
-    opts, batches = T.test_options(ckpt, data_path=data_path, data_provider=data_provider, test_range=test_range)
-    dp = T.open_test_provider(opts, batches, multiview=False, net=net)
+    opts, batches = T.test_options(ckpt, data_path=data_path, data_provider=data_provider, test_range=test_range,
+                                   multiview_test=multiview)
+    mv = bool(opts.get("multiview_test"))
+    dp = T.open_test_provider(opts, batches, multiview=mv, net=net)
     mini = int(opts.get("mini") or 128)
     loaded: dict = {}
     found: list = []  # (batch, case, label, probs)
@@ -77,8 +97,8 @@ def write_preds(load_file, *, only_errors=False, output=None, num=8, seed=0, log
     try:
         for b in batches:
             probs, labels = [], []
-            for mb in T.run_test(net, dp, [b], mini=mini, logreg=logreg,
-                                 on_load=lambda bb, data: loaded.__setitem__(bb, data[0])):
+            for mb in T.run_test(net, dp, [b], mini=mini, logreg=logreg, multiview=mv,
+                                 on_load=lambda bb, data: loaded.__setitem__(bb, _first_view(data[0], mv))):
                 probs.append(mb.probs)
                 labels.append(mb.labels)
             p, y = np.concatenate(probs), np.concatenate(labels)
@@ -109,7 +129,7 @@ def write_preds(load_file, *, only_errors=False, output=None, num=8, seed=0, log
         output = viz.check_output(f"{'errors' if only_errors else 'preds'}-{T.checkpoint_label(ckpt)}.png")
     kind = "Mistaken" if only_errors else "Random"
     fig = viz.plot_preds(images, labels, top, tp, names, f"{kind} test cases from {where} - checkpoint "
-                         f"{T.checkpoint_label(ckpt)}")
+                         f"{T.checkpoint_label(ckpt)}" + (" (mean of 10 views; centre view shown)" if mv else ""))
     try:
         viz.save_figure(output, fig)
     finally:

@@ -232,3 +232,17 @@ def test_preds_with_long_class_names_stay_readable():
     assert titles and all(len(t) <= 22 for t in titles) and titles[0].endswith("\u2026")
     bars = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert len(bars) == 10 and bars[0] == "0.50  class_03_a_rather_long_de\u2026" and all(len(b) <= 32 for b in bars)
+
+
+def test_preds_follow_the_multiview_test(conv_run, tmp_path):
+    # the same cases and probabilities as `ccn test --multiview-test 1`: the mean over the views
+    run_test_command(conv_run["run"], multiview=True, test_out=str(tmp_path / "m.csv"), out=io.StringIO())
+    rows = {(int(r["batch"]), int(r["case"])): r for r in csv.DictReader(open(tmp_path / "m.csv"))}
+    wrong = {k for k, r in rows.items() if r["top1"] != r["label"]}
+    info = write_preds(conv_run["run"], only_errors=True, num=6, multiview=True, output=str(tmp_path / "m.png"),
+                       echo=quiet)
+    shown = list(zip(info["batch"], info["case"]))
+    assert set(shown) <= wrong and info["pool"] == len(wrong)
+    for (b, c), top in zip(shown, info["top"]):
+        assert int(rows[(b, c)]["top1"]) == top[0]
+    assert png(info["output"]).shape[0] > 0
