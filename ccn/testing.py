@@ -71,14 +71,19 @@ def layer_list(names) -> str:
 
 
 def find_logreg(net, name: str | None, option: str = "--logreg-name"):
-    """The ``cost.logreg`` layer called ``name``, or the net's first one when ``name`` is None
-    (None when the net has none)."""
+    """The ``cost.logreg`` layer called ``name`` (or the one reading the softmax called ``name``,
+    as shownet's --show-preds named it), or the net's first one when ``name`` is None (None when
+    the net has none)."""
     layers = net.layers
     logregs = [l for l in layers if l.type == "cost.logreg"]
     if name is None:
         return logregs[0] if logregs else None
     for l in layers:
         if l.name == name:
+            # shownet's --show-preds named the softmax: the one cost.logreg reading it stands for it
+            readers = [x for x in logregs if len(x.inputs) > 1 and x.inputs[1] == name]
+            if l.type != "cost.logreg" and len(readers) == 1:
+                return readers[0]
             if l.type != "cost.logreg":
                 raise InputError(f"{option} {name}: layer '{name}' has type {l.type}, not cost.logreg; the "
                                  f"cost.logreg layers of this net: {layer_list(x.name for x in logregs)}.")

@@ -25,7 +25,9 @@ from .train import BOOL01
 @click.option("-o", "--output", type=str, help="PNG file to write. [preds-CHECKPOINT.png, errors-CHECKPOINT.png]")
 @click.option("--num", type=click.IntRange(1, 64), default=8, show_default=True, help="How many images.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random choice of images.")
-@click.option("--logreg-name", type=str, help="The cost.logreg layer whose predictions to show. [the first one]")
+@click.option("--logreg-name", "--show-preds", "logreg_name", type=str,
+              help="The cost.logreg layer whose predictions to show, or its softmax (shownet's --show-preds). "
+                   "[the first one]")
 @click.option("--test-range", type=str, help="Test batches to take images from. [the checkpoint's]")
 @click.option("--data-path", type=str, help="Folder of the data batches. [the checkpoint's]")
 @click.option("--data-provider", type=str, help="MODULE:FUNCTION of your own provider. [the checkpoint's]")

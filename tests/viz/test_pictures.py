@@ -246,3 +246,14 @@ def test_preds_follow_the_multiview_test(conv_run, tmp_path):
     for (b, c), top in zip(shown, info["top"]):
         assert int(rows[(b, c)]["top1"]) == top[0]
     assert png(info["output"]).shape[0] > 0
+
+
+def test_preds_take_the_softmax_name_as_shownet_did(conv_run, tmp_path):
+    from ccn import testing as T
+
+    _, net = T.load_model(conv_run["run"])
+    logreg = T.find_logreg(net, None)
+    assert T.find_logreg(net, logreg.inputs[1], "--show-preds").name == logreg.name
+    r = subprocess.run([sys.executable, "-m", "ccn.cli.main", "show-preds", "-f", conv_run["run"], "--show-preds",
+                        logreg.inputs[1], "-o", str(tmp_path / "s.png")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
