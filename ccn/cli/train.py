@@ -534,6 +534,12 @@ def _run_train(given: dict, load_file, out, stop_after, world):
     if not result.interrupted and result.checkpoint is None and trained > 0:
         echo(f"No checkpoint was written: checkpoints are saved with the tests, every --test-freq {cfg.test_freq} "
              f"data batches, and this run trained {trained}; --force-save 1 also saves one at the end.")
+    elif not result.interrupted and result.checkpoint is not None and result.state.last is not None:
+        last = ck.checkpoint_name(*result.state.last)
+        if os.path.basename(os.path.normpath(result.checkpoint)) != last:
+            echo(f"note: the batches trained after checkpoint {os.path.basename(os.path.normpath(result.checkpoint))}"
+                 f" (up to {last}) are not saved: checkpoints are saved with the tests, every --test-freq "
+                 f"{cfg.test_freq} data batches; --force-save 1 also saves one at the end.")
     if result.interrupted:
         import signal
 

@@ -793,3 +793,12 @@ def test_parameters_take_memory_only_once_written():
     assert rss_mb() - before < 100, rss_mb() - before
     net.init_weights(0)  # written: now the weights take their memory
     assert rss_mb() - before > 250
+
+
+def test_a_run_that_ends_after_its_last_checkpoint_says_so(setup):
+    tmp, data, layers, _ = setup
+    _, out = train(opts(tmp, data, layers, epochs=1, test_freq=3))  # 4 batches, saved after the 3rd
+    assert [os.path.basename(p) for p in ck.list_checkpoints(tmp / "save")] == ["1.3"]
+    assert "note: the batches trained after checkpoint 1.3 (up to 1.4) are not saved" in out
+    _, out = train(opts(tmp, data, layers, epochs=1, test_freq=3, force_save=True, save_path=str(tmp / "b")))
+    assert "are not saved" not in out
