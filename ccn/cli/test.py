@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import sys
 
 import click
@@ -77,12 +78,6 @@ def run_test_command(load_file, *, test_range=None, data_path=None, data_provide
         if ext not in (".npz", ".csv"):
             raise InputError(f"--test-out {test_out}: the file name must end in .npz or .csv.")
         viz.check_output(test_out, "predictions", "--test-out", suffix=None)
-    if feature_path is not None:
-        try:
-            os.makedirs(feature_path, exist_ok=True)
-        except OSError as e:
-            raise InputError(f"--feature-path {feature_path}: cannot create the folder ({e.strerror or e}).") from None
-        viz.check_output(os.path.join(feature_path, "features.json"), "features", "--feature-path", suffix=None)
     from .. import device as dev
 
     # --device cuda where it cannot work fails before the checkpoint is read; like --threads,
@@ -111,6 +106,12 @@ def run_test_command(load_file, *, test_range=None, data_path=None, data_provide
             why = "leave out --multiview-test" if multiview else \
                 "the checkpoint was trained with --multiview-test 1, so give --multiview-test 0"
             raise InputError(f"--write-features reads one view per case; {why} to write features.")
+    if feature_path is not None:  # (made only once the request is known to be good: no empty folder left)
+        try:
+            os.makedirs(feature_path, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"--feature-path {feature_path}: cannot create the folder ({e.strerror or e}).") from None
+        viz.check_output(os.path.join(feature_path, "features.json"), "features", "--feature-path", suffix=None)
     if opts.get("threads"):
         from .._native import core
 
@@ -206,6 +207,17 @@ def run_test_command(load_file, *, test_range=None, data_path=None, data_provide
         atomic_write_json(os.path.join(feature_path, "features.json"), index)
         echo(f"Wrote the outputs of layer '{feature_layer}' ({len(feats)} batch files, "
              f"{index['cases']} x {int(np.prod(layer_shape))}) and features.json to {feature_path}")
+        # an earlier run's batch files that features.json no longer lists would be read by a glob
+        mine = {f"features_batch_{f['batch']}.npy" for f in feats}
+        stale = sorted(n for n in os.listdir(feature_path)
+                       if re.fullmatch(r"features_batch_\d+\.npy", n) and n not in mine)
+        for n in stale:
+            try:
+                os.unlink(os.path.join(feature_path, n))
+            except OSError:
+                pass
+        if stale:
+            echo(f"Removed {len(stale)} feature file(s) of an earlier run from {feature_path} ({', '.join(stale)}).")
     if test_out:
         _write_test_out(test_out, preds, T.label_names(dp, classes))
         echo(f"Wrote the predictions for {sums.cases} cases to {test_out}")

@@ -161,3 +161,18 @@ def test_bad_input(fake_run, tmp_path, kw, msg):
 def test_not_a_checkpoint(tmp_path):
     with pytest.raises(InputError, match="no complete checkpoint"):
         run(str(tmp_path))
+
+
+def test_feature_folders_hold_only_this_runs_files(conv_run, tmp_path):
+    # a refused request leaves no empty folder; a rerun removes the batch files features.json
+    # no longer lists (a glob over *.npy would read them)
+    feat = tmp_path / "feats"
+    with pytest.raises(InputError, match="--write-features nope"):
+        run(conv_run["run"], feature_layer="nope", feature_path=str(feat))
+    assert not feat.exists()
+    feat.mkdir()
+    np.save(feat / "features_batch_7.npy", np.zeros(3, np.float32))
+    (feat / "notes.txt").write_text("mine")
+    _, out = run(conv_run["run"], feature_layer="pool1", feature_path=str(feat))
+    assert sorted(os.listdir(feat)) == ["features.json", "features_batch_2.npy", "notes.txt"]
+    assert "Removed 1 feature file(s) of an earlier run" in out
