@@ -146,8 +146,11 @@ def layer_filters(net, layer_name: str, input_idx: int = 0, channels: int | None
     px = rows // channels
     s = math.isqrt(px)
     if s * s != px:
+        fits = [c for c in range(1, rows) if rows % c == 0 and math.isqrt(rows // c) ** 2 == rows // c]
+        hint = (f"--channels {' or '.join(str(c) for c in fits[:4])} would make square images" if fits else
+                "no number of channels makes square images of them, so they cannot be drawn as images")
         raise InputError(f"fc layer '{layer_name}' has {rows} inputs per filter = {channels} channel(s) x {px}, "
-                         f"and {px} is not a square image; give the number of channels with --channels.")
+                         f"and {px} is not a square image; {hint}.")
     return w.T.reshape(nf, channels, s, s), f"fc layer {layer_name}: {nf} filters read as {channels} x {s}x{s}"
 
 

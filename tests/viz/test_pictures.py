@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import numpy as np
+
+import ccn
 import pytest
 from PIL import Image
 
@@ -257,3 +259,18 @@ def test_preds_take_the_softmax_name_as_shownet_did(conv_run, tmp_path):
     r = subprocess.run([sys.executable, "-m", "ccn.cli.main", "show-preds", "-f", conv_run["run"], "--show-preds",
                         logreg.inputs[1], "-o", str(tmp_path / "s.png")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_fc_filters_that_are_no_square_image_name_the_channels_that_work():
+    net = ccn.Net("<fc>", None, {0: 405}, layers_text="[data]\ntype=data\ndataIdx=0\n[fc]\ntype=fc\ninputs=data\n"
+                                                      "outputs=4\n")
+    from ccn.errors import InputError
+
+    with pytest.raises(InputError, match=r"405 inputs per filter = 3 channel\(s\) x 135, and 135 is not a square "
+                                         r"image; --channels 5 or 45 would make square images"):
+        viz.layer_filters(net, "fc", channels=3)
+    assert viz.layer_filters(net, "fc", channels=5)[0].shape == (4, 5, 9, 9)
+    net = ccn.Net("<fc>", None, {0: 7}, layers_text="[data]\ntype=data\ndataIdx=0\n[fc]\ntype=fc\ninputs=data\n"
+                                                    "outputs=4\n")
+    with pytest.raises(InputError, match="no number of channels makes square images of them"):
+        viz.layer_filters(net, "fc", channels=1)
