@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,6 +73,33 @@ def _dims(data_dims) -> dict[int, tuple[int, int, int]]:
     return out
 
 
+class _Serialized:
+    """The core net with every call made under one lock: the core releases the GIL while it
+    computes, and one net's buffers are not for two threads at once (two threads training one
+    Net corrupted the heap). Different nets run in parallel."""
+
+    __slots__ = ("_core", "_lock")
+
+    def __init__(self, core_net):
+        object.__setattr__(self, "_core", core_net)
+        object.__setattr__(self, "_lock", threading.RLock())
+
+    def __getattr__(self, name):
+        attr = getattr(self._core, name)
+        if not callable(attr):
+            return attr
+        lock = self._lock
+
+        def call(*args, **kw):
+            with lock:
+                return attr(*args, **kw)
+        return call
+
+    def __setattr__(self, name, value):
+        with self._lock:
+            setattr(self._core, name, value)
+
+
 class Net:
     """A net from a layer-definition file and (optionally) a layer-params file.
 
@@ -93,7 +121,8 @@ class Net:
         self.params_text = params_text or ""
         self.data_dims = _dims(data_dims)
         # allow_unused: a layer that feeds nothing is accepted (a net read back from a checkpoint)
-        self._net = core.Net(layers_text, layers, self.params_text, params or "", self.data_dims, allow_unused)
+        self._net = _Serialized(core.Net(layers_text, layers, self.params_text, params or "", self.data_dims,
+                                         allow_unused))
         self._net.seed = int(seed)
         self.seed = int(seed)
         if init:

@@ -326,7 +326,19 @@ void Net::compute_needs_grad() {
 }
 
 void Net::fprop(const std::vector<const Mat*>& data, bool train) {
-  if (cuda_) return fprop_cuda(data, train);
+  // A forward pass that stops part way (a bad minibatch) leaves the layers' buffers of mixed
+  // sizes: no backward pass may read them until a forward pass has gone through.
+  forward_done_ = false;
+  if (cuda_) {
+    fprop_cuda(data, train);
+    forward_done_ = true;
+    return;
+  }
+  fprop_cpu(data, train);
+  forward_done_ = true;
+}
+
+void Net::fprop_cpu(const std::vector<const Mat*>& data, bool train) {
   if (data.empty() || !data[0]) input_error("fprop needs at least the data for dataIdx 0.");
   int n = (int)data[0]->rows();
   for (size_t i = 0; i < data.size(); ++i)
@@ -380,6 +392,9 @@ std::vector<const Mat*> Net::fprop_inputs(int i) {
 }
 
 void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
+  if (!forward_done_)
+    input_error("backward needs a forward pass first (a net just built, or whose last forward pass failed, has no "
+                "activations to go back through).");
   if (cuda_) return bprop_cuda(seeds);
   // Lazy zeroing: a gradient buffer is not zeroed up front. written[j] records whether some
   // layer has already stored dCost/d(output j) in this pass; the first writer of grads_[j]

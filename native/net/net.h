@@ -123,6 +123,7 @@ class Net {
   const Mat& output_cuda(int layer, bool grad) const;
 
   void build(const std::map<int, Shape>& data_dims, bool allow_unused);
+  void fprop_cpu(const std::vector<const Mat*>& data, bool train);
   void compute_needs_grad();
   int index_of(const std::string& name) const;
 
@@ -153,6 +154,7 @@ class Net {
   std::vector<double> fprop_s_, bprop_s_;
   bool data_grads_ = false;
   int cases_ = 0;
+  bool forward_done_ = false;  // the last fprop went through (bprop reads its buffers)
   int gpus_needed_ = 1;
 };
 
