@@ -184,21 +184,47 @@ def open_test_provider(opts: dict, batches: list[int], multiview: bool, net=None
     return dp
 
 
-def as_matrices(data, batch: int) -> list[np.ndarray]:
-    """A provider's batch as float32 ``cases x values`` matrices (as the trainer reads it)."""
+def as_matrices(data, batch: int, allow_empty: bool = False) -> list[np.ndarray]:
+    """A provider's batch as float32 ``cases x values`` matrices (the trainer's and the tests'
+    one reading of it). A batch with no cases is refused unless ``allow_empty`` (a data-parallel
+    rank's share of a small minibatch can be empty)."""
     if not isinstance(data, (list, tuple)) or not data:
         raise InputError(f"the data provider returned {type(data).__name__} for batch {batch}; expected a list of "
                          "matrices (images, labels, ...).")
     out = []
-    for d in data:
-        a = np.asarray(d)
+    for i, d in enumerate(data):
+        try:
+            a = np.asarray(d, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"the data provider's matrix {i} for batch {batch} is not numbers ({e}).") from None
+        if a.ndim == 0:
+            raise InputError(f"the data provider's matrix {i} for batch {batch} is a single number; expected one row "
+                             "per case (e.g. labels as an N x 1 matrix).")
         if a.ndim == 1:
             a = a.reshape(-1, 1)
-        out.append(np.ascontiguousarray(a.reshape(a.shape[0], -1), dtype=np.float32))
+        # (no -1: zero rows cannot infer it)
+        out.append(np.ascontiguousarray(a.reshape(a.shape[0], int(np.prod(a.shape[1:])))))
     if any(a.shape[0] != out[0].shape[0] for a in out):
         raise InputError(f"the data provider's matrices for batch {batch} disagree on the number of cases: "
                          f"{[a.shape[0] for a in out]}.")
+    if out[0].shape[0] == 0 and not allow_empty:
+        raise InputError(f"the data provider returned no cases for batch {batch}.")
     return out
+
+
+def check_rows(dp, batch: int, rows: int, views: int = 1) -> None:
+    """The rows a provider's load gave for ``batch`` against its own num_cases (times the views of
+    a multiview test): a provider that ignores options.multiview, or miscounts, is named instead
+    of its rows being read as something else."""
+    try:
+        n = int(dp.num_cases(batch))
+    except Exception:  # (num_cases itself failing is reported where it is first called)
+        return
+    if rows != n * views:
+        what = f"{n} cases x {views} views = {n * views}" if views > 1 else f"{n} cases"
+        hint = (" Does it return the ten views of every case when options.multiview is set?" if views > 1 else "")
+        raise InputError(f"the data provider's load gave {rows} rows for batch {batch}, but its num_cases says "
+                         f"{what}.{hint}")
 
 
 def label_names(dp, classes: int) -> list[str]:
@@ -264,7 +290,7 @@ def _check_finite(net, costs, where):
 
 
 def run_test(net, dp, batches, *, mini: int, epoch: int = 1, multiview: bool = False, logreg=None,
-             outputs=(), on_load=None, load=None, on_nonfinite=None):
+             outputs=(), on_load=None, load=None, on_nonfinite=None, allow_empty: bool = False):
     """Yield a :class:`Minibatch` for every minibatch of every batch in ``batches``.
 
     This is the one test loop of ccn: ``ccn test``, ``ccn show-preds`` and the trainer's
@@ -275,7 +301,8 @@ def run_test(net, dp, batches, *, mini: int, epoch: int = 1, multiview: bool = F
     ``on_load(batch, data)`` is called with each batch's matrices as loaded.
     ``load(batch)`` replaces ``dp.load(batch, epoch)`` (the trainer's prefetching loader).
     ``on_nonfinite(costs, where)`` is called (and must raise) when a cost is NaN or infinite;
-    by default a :class:`CcnRuntimeError` names the first non-finite layer.
+    by default a :class:`CcnRuntimeError` names the first non-finite layer. ``allow_empty``:
+    a batch may hold no cases (a data-parallel rank's share).
     """
     from .net import check_memory
 
@@ -298,7 +325,9 @@ def run_test(net, dp, batches, *, mini: int, epoch: int = 1, multiview: bool = F
         raise InputError("layer outputs (--write-features) are read from one view per case; leave out "
                          "--multiview-test to write them.")
     for b in batches:
-        data = as_matrices(dp.load(b, epoch) if load is None else load(b), b)
+        data = as_matrices(dp.load(b, epoch) if load is None else load(b), b, allow_empty)
+        if not allow_empty:  # (a data-parallel rank's share is not the whole batch)
+            check_rows(dp, b, data[0].shape[0], VIEWS if multiview else 1)
         if on_load is not None:
             on_load(b, data)
         rows = data[0].shape[0]

@@ -317,20 +317,11 @@ class Trainer:
         fut = self._pending.pop(key, None)
         data = fut.result() if fut is not None else self._load(dp, batch, epoch, key)
         self.wait_s += time.perf_counter() - t0
-        if not isinstance(data, (list, tuple)) or not data:
-            raise InputError(f"the data provider returned {type(data).__name__} for batch {batch}; expected a list of "
-                             "matrices (images, labels, ...).")
-        out = []
-        for i, d in enumerate(data):
-            a = np.asarray(d)
-            if a.ndim == 1:
-                a = a.reshape(-1, 1)
-            # (no -1: a data-parallel rank's share of a batch can be empty, and 0 rows cannot infer it)
-            out.append(np.ascontiguousarray(a.reshape(a.shape[0], int(np.prod(a.shape[1:]))), dtype=np.float32))
-        n = out[0].shape[0]
-        if any(a.shape[0] != n for a in out):
-            raise InputError(f"the data provider's matrices for batch {batch} disagree on the number of cases: "
-                             f"{[a.shape[0] for a in out]}.")
+        from .testing import as_matrices, check_rows
+
+        out = as_matrices(data, batch, allow_empty=self.share is not None)
+        if self.share is None and dp is self.train_dp:  # (test batches: run_test checks them, views and all)
+            check_rows(dp, batch, out[0].shape[0])
         return out
 
     def _next_pos(self, epoch: int, index: int) -> tuple[int, int]:
@@ -514,6 +505,7 @@ class Trainer:
             return data
 
         for mb in run_test(self.net, self.test_dp, batches, mini=self.cfg.mini, epoch=epoch,
+                           allow_empty=self.share is not None,
                            multiview=self.cfg.multiview, load=load, on_nonfinite=self._nonfinite_error):
             sums.add(mb.costs, mb.cases)
         return sums

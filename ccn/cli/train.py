@@ -113,7 +113,8 @@ def _provider_module(name: str | None, near: str | None = None):
 
 
 def _plugin_call(name: str, fn):
-    """``fn`` (the user's provider function) with its failures reported as the provider's, not ccn's."""
+    """``fn`` (the user's provider function) with its failures reported as the provider's, not
+    ccn's, and the provider it returns wrapped the same way (see _PluginProvider)."""
     import functools
 
     from ..errors import CcnError
@@ -121,14 +122,53 @@ def _plugin_call(name: str, fn):
     @functools.wraps(fn)
     def call(*args, **kw):
         try:
-            return fn(*args, **kw)
+            dp = fn(*args, **kw)
         except CcnError:
             raise
         except Exception as e:
             raise CcnRuntimeError(f"--data-provider {name}: the provider function failed: {type(e).__name__}: {e}. "
                                   "Rerun with --debug for the traceback.") from e
+        if dp is None:
+            raise InputError(f"--data-provider {name}: the function returned None; it must return a provider object "
+                             "(load, num_cases, data_dims, batch_nums: see ccn/data/provider.py).")
+        return _PluginProvider(name, dp)
 
     return call
+
+
+class _PluginProvider:
+    """The user's provider, its failures named as its own: a method that raises is an InputError
+    naming the provider and the call (so training saves what it trained before it, as for any
+    data error), and a missing method of the contract is named instead of an AttributeError."""
+
+    REQUIRED = ("load", "num_cases", "data_dims", "batch_nums")
+
+    def __init__(self, name: str, dp):
+        self._name, self._dp = name, dp
+
+    def __getattr__(self, attr):
+        try:
+            value = getattr(self._dp, attr)
+        except AttributeError:
+            if attr in self.REQUIRED:
+                raise InputError(f"--data-provider {self._name}: the provider ({type(self._dp).__name__}) has no "
+                                 f"'{attr}', which ccn needs (the contract: load(batch, epoch), num_cases(batch), "
+                                 "data_dims(), batch_nums; see ccn/data/provider.py).") from None
+            raise
+        if not callable(value):
+            return value
+        from ..errors import CcnError
+
+        def call(*args, **kw):
+            try:
+                return value(*args, **kw)
+            except CcnError:
+                raise
+            except Exception as e:
+                shown = ", ".join(repr(a) for a in args)
+                raise InputError(f"--data-provider {self._name}: the provider's {attr}({shown}) failed: "
+                                 f"{type(e).__name__}: {e}. Rerun with --debug for the traceback.") from e
+        return call
 
 
 def _given(ctx, name) -> bool:

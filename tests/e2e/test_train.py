@@ -802,3 +802,64 @@ def test_a_run_that_ends_after_its_last_checkpoint_says_so(setup):
     assert "note: the batches trained after checkpoint 1.3 (up to 1.4) are not saved" in out
     _, out = train(opts(tmp, data, layers, epochs=1, test_freq=3, force_save=True, save_path=str(tmp / "b")))
     assert "are not saved" not in out
+
+
+FAULTY = '''
+import numpy as np
+import fakedata
+
+
+class Faulty(fakedata.FakeProvider):
+    def load(self, batch_num, epoch):
+        mode = self.spec["mode"]
+        data = super().load(batch_num, epoch)
+        if mode == "raise" and batch_num == 3:
+            raise ValueError("disk on fire")
+        if mode == "scalar":
+            return [data[0], 1.0]
+        if mode == "empty" and batch_num == 2:
+            return [d[:0] for d in data]
+        if mode == "short" and batch_num == 2:
+            return [d[:30] for d in data]
+        return data
+
+
+class NoLoad:
+    def __init__(self, inner):
+        self.batch_nums, self.data_dims, self.num_cases = inner.batch_nums, inner.data_dims, inner.num_cases
+
+
+def open_faulty(data_path, batch_range, *, train, options):
+    return Faulty(data_path, batch_range, train, options)
+
+
+def open_none(data_path, batch_range, *, train, options):
+    return None
+
+
+def open_noload(data_path, batch_range, *, train, options):
+    return NoLoad(fakedata.FakeProvider(data_path, batch_range, train, options))
+'''
+
+
+@pytest.mark.parametrize("mode, fn, code, pattern", [
+    ("raise", "open_faulty", 2, r"--data-provider \S+:open_faulty: the provider's load\(3, 1\) failed: ValueError: "
+                                r"disk on fire\. .*saved in \S+1\.2"),
+    ("scalar", "open_faulty", 2, r"the data provider's matrix 1 for batch 1 is a single number"),
+    ("empty", "open_faulty", 2, r"the data provider returned no cases for batch 2"),
+    ("short", "open_faulty", 2, r"the data provider's load gave 30 rows for batch 2, but its num_cases says 40 cases"),
+    ("ok", "open_none", 2, r"open_none: the function returned None; it must return a provider object"),
+    ("ok", "open_noload", 2, r"the provider \(NoLoad\) has no 'load', which ccn needs"),
+])
+def test_a_faulty_plugin_provider_is_named_not_reported_as_a_ccn_bug(tmp_path, mode, fn, code, pattern):
+    data = fakedata.make_dataset(tmp_path / "data")
+    spec = json.load(open(os.path.join(data, "fake.json")))
+    json.dump({**spec, "mode": mode}, open(os.path.join(data, "fake.json"), "w"))
+    layers, _ = fakedata.write_net(tmp_path / "net")
+    mod = "faulty_" + os.path.basename(str(tmp_path)).replace("-", "_")
+    open(os.path.join(os.path.dirname(layers), mod + ".py"), "w").write(FAULTY)
+    r = cli("--layers", layers, "--data-path", data, "--data-provider", f"{mod}:{fn}", "--train-range", "1-4",
+            "--test-range", "5", "--epochs", "1", "--mini", "16", "--test-freq", "4", "--save-path",
+            str(tmp_path / "save"), "--seed", "3")
+    _expect(r, code, pattern)
+    assert "internal error" not in r.stderr
