@@ -61,16 +61,30 @@ class ParamInfo:
 
 
 def _dims(data_dims) -> dict[int, tuple[int, int, int]]:
+    """{dataIdx: (channels, rows, cols)} from ints or triples of positive whole numbers."""
     out = {}
     for k, v in (data_dims or {}).items():
-        if isinstance(v, (int, np.integer)):
-            out[int(k)] = (int(v), 1, 1)
-        else:
-            v = tuple(int(x) for x in v)
-            if len(v) != 3:
-                raise InputError(f"data dims for dataIdx {k} must be an int or (channels, rows, cols), got {v}.")
-            out[int(k)] = v
+        parts = (v,) if isinstance(v, (int, np.integer)) else tuple(v) if isinstance(v, (tuple, list)) else None
+        if parts is None or len(parts) not in (1, 3) or not all(
+                isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= 1 for x in parts):
+            raise InputError(f"data dims for dataIdx {k} must be a positive int or (channels, rows, cols) of positive "
+                             f"ints, got {v!r}.")
+        out[int(k)] = tuple(int(x) for x in parts) + (1, 1) if len(parts) == 1 else tuple(int(x) for x in parts)
     return out
+
+
+def _seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
+        raise InputError(f"seed must be a whole number from 0 to 2^63 - 1, got {seed!r}.")
+    return int(seed)
+
+
+def _progress(progress) -> float:
+    """The training progress a learning-rate schedule reads: a number in [0, 1]."""
+    p = float(progress)
+    if not 0.0 <= p <= 1.0:  # (NaN fails this too)
+        raise InputError(f"progress must be a number from 0 to 1 (the share of training done), got {progress!r}.")
+    return p
 
 
 class _Serialized:
@@ -111,10 +125,15 @@ class Net:
     def __init__(self, layers: str, params: str | None = None, data_dims=None, seed: int = 0,
                  layers_text: str | None = None, params_text: str | None = None, init: bool = True,
                  device: str = "cpu", gpu: int = 0, allow_unused: bool = False):
+        seed = _seed(seed)
+        if not isinstance(layers, str):
+            raise InputError(f"layers must be the layer file's path (or a name for layers_text), got {layers!r}.")
         if layers_text is None:
             layers_text = read_text(layers, "layer-definition file")
         if params is not None and params_text is None:
             params_text = read_text(params, "layer-params file")
+        if params is None and params_text is not None:  # a text without a file: give it a name to report
+            params = "<params_text>"
         self.layers_path = layers
         self.params_path = params
         self.layers_text = layers_text
@@ -194,7 +213,7 @@ class Net:
 
     def init_weights(self, seed: int = 0) -> None:
         """N(0, initW^2) weights and constant initB biases, or the user's initWFunc/initBFunc."""
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(_seed(seed))
         for p in self.params:
             if p.init_func:
                 arr = self._call_init_func(p)
@@ -232,13 +251,17 @@ class Net:
             raise ConfigError(f"{where}: {module}.{func}{p.shape!r} raised {type(e).__name__}: {e}. Rerun with "
                               "--debug for the traceback.") from e
         try:
-            arr = np.asarray(arr, dtype=np.float32)
+            with np.errstate(over="ignore"):  # (a value beyond float32 becomes inf: refused below)
+                arr = np.asarray(arr, dtype=np.float32)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{where}: {module}.{func} returned {type(arr).__name__}, not an array of numbers "
                               f"({e}).") from None
-        if arr.size != p.shape[0] * p.shape[1]:
-            raise ConfigError(f"{where}: {module}.{func} returned shape {arr.shape}, expected {p.shape}.")
-        return arr.reshape(p.shape)
+        if arr.shape != tuple(p.shape):  # (as the original: a transposed or flat array is refused, not reread)
+            raise ConfigError(f"{where}: {module}.{func} returned shape {arr.shape}, expected {tuple(p.shape)}.")
+        if not np.isfinite(arr).all():
+            raise ConfigError(f"{where}: {module}.{func} returned values that are not finite (NaN or infinite, e.g. "
+                              "a float64 beyond float32's range).")
+        return arr
 
     # ---- running ---------------------------------------------------------------------
     def _data(self, data) -> list:
@@ -253,18 +276,27 @@ class Net:
         self._net.fprop(self._data(data), train)
 
     def backward(self, seeds: dict | None = None) -> None:
+        """Backward from the cost layers, or with ``seeds`` {layer name: cases x outputs gradient}
+        from the given output gradients."""
+        bad = [k for k in (seeds or {}) if not isinstance(k, str)]
+        if bad:
+            raise InputError(f"backward seeds map layer names to gradients; got the key {bad[0]!r}.")
         self._net.bprop({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in (seeds or {}).items()})
 
     def update(self, progress: float, minibatch: int) -> None:
-        self._net.update(progress, minibatch)
+        self._net.update(_progress(progress), minibatch)
 
     def train_step(self, data, progress: float, minibatch: int) -> list[dict]:
-        return self._net.train_step(self._data(data), progress, minibatch)
+        return self._net.train_step(self._data(data), _progress(progress), minibatch)
 
     def output(self, layer: str) -> np.ndarray:
         return self._net.output(layer)
 
     def output_grad(self, layer: str) -> np.ndarray:
+        """dCost/d(output of ``layer``) of the last backward pass. For a softmax fused with its
+        cost.logreg (LayerInfo.fused_logits of the cost names the softmax's input) it is zeros:
+        the gradient goes to the softmax's input in one step (cuda-convnet's
+        computeLogregSoftmaxGrad), so the softmax's own is never formed; read its input's."""
         return self._net.output_grad(layer)
 
     def costs(self) -> list[dict]:

@@ -55,3 +55,35 @@ def test_one_net_from_several_threads_is_serialised():
         t.join()
     assert not errors
     assert all(np.isfinite(net.get(p.name)).all() for p in net.params)
+
+
+@pytest.mark.parametrize("call, pattern", [
+    (lambda net: net.train_step(batch(4), float("nan"), 4), r"progress must be a number from 0 to 1"),
+    (lambda net: net.update(1.5, 4), r"progress must be a number from 0 to 1"),
+    (lambda net: net.backward({3: np.zeros((2, 4), np.float32)}), r"got the key 3"),
+    (lambda net: net.init_weights(-1), r"seed must be a whole number"),
+    (lambda net: ccn.Net("fc.cfg", "p.cfg", {0: 5, 1: 1}, seed=-1, layers_text=T, params_text=P),
+     r"seed must be a whole number"),
+    (lambda net: ccn.Net("fc.cfg", None, {0: (-5, 1, 1), 1: 1}, layers_text=T), r"data dims for dataIdx 0"),
+    (lambda net: ccn.Net("fc.cfg", None, {0: (5.7, 1, 1), 1: 1}, layers_text=T), r"data dims for dataIdx 0"),
+    (lambda net: ccn.Net(None, layers_text=T), r"layers must be the layer file's path"),
+])
+def test_bad_api_arguments_are_input_errors(call, pattern):
+    net = make()
+    net.forward(batch(2))
+    with pytest.raises(ccn.InputError, match=pattern):
+        call(net)
+
+
+def test_params_text_without_a_params_file_is_used():
+    net = ccn.Net("fc.cfg", None, {0: 5, 1: 1}, layers_text=T, params_text=P)
+    assert [p.eps for p in net.params] == ["0.1"] * 4
+
+
+def test_the_fused_softmax_passes_its_gradient_to_its_input():
+    # documented in Net.output_grad: the fused softmax's own gradient is never formed (zeros)
+    net = make()
+    net.forward(batch(3))
+    net.backward()
+    assert not net.output_grad("probs").any() and net.output_grad("fc2").any()
+    assert next(l for l in net.layers if l.name == "cost").fused_logits == "fc2"

@@ -105,3 +105,17 @@ def test_a_provider_module_beside_the_layer_file(tmp_path):
     assert module.__name__ == mod and callable(fn)
     with pytest.raises(InputError, match=r"cannot load 'open_it' from module 'prov_nope'"):
         _provider_module("prov_nope:open_it", str(folder / "layers.cfg"))
+
+
+def test_a_transposed_or_non_finite_result_is_refused(tmp_path):
+    # the original rejected a wrong shape; a transposed array of the right size was silently reread
+    mod = "inits_" + uuid.uuid4().hex[:8]
+    folder = tmp_path / "net"
+    folder.mkdir()
+    (folder / f"{mod}.py").write_text("import numpy as n\n"
+                                      "def wt(name, idx, shape, params):\n    return n.zeros((shape[1], shape[0]))\n"
+                                      "def big(name, idx, shape, params):\n    return n.full(shape, 1e300)\n")
+    for fn, pattern in (("wt", r"returned shape \(3, 4\), expected \(4, 3\)"), ("big", r"not finite")):
+        (folder / "layers.cfg").write_text(NET.format(w=f"{mod}.{fn}", b=f"{mod}.wt").replace("initBFunc", "#"))
+        with pytest.raises(ConfigError, match=pattern):
+            ccn.Net(str(folder / "layers.cfg"), None, {0: 4, 1: 1}, seed=1)
