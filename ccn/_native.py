@@ -51,9 +51,14 @@ _preload_blas()
 try:
     from . import _core as core  # noqa: E402
 except ImportError as e:  # pragma: no cover - depends on the installation
+    _here = os.path.dirname(os.path.abspath(__file__))
+    _tree = os.path.isfile(os.path.join(os.path.dirname(_here), "CMakeLists.txt"))
     raise CcnRuntimeError(
-        f"the ccn native core could not be loaded ({e}). Reinstall ccn with "
-        "`pip install .` (or `pip install -e .`) so that the C++ extension is built."
+        f"the ccn native core could not be loaded ({e}). "
+        + (f"This ccn is the source tree {_here}, which Python imports ahead of an installed ccn when run from "
+           "the repository folder (or with it on the path); its extension is built only by `pip install -e .` or "
+           "`tools/dev-build.sh`. Do one of those, or run from another folder."
+           if _tree else "Reinstall ccn with `pip install .` (or `pip install -e .`) so that the C++ extension is built.")
     ) from e
 if "cuda" in core.build_info()["backends"]:
     for _d in _cublas_dirs():

@@ -104,7 +104,9 @@ def builtin_cmd(out, train_batches, test_batches, batch_size, image_size, seed, 
 @prepare_data.command("cifar")
 @click.argument("src", type=click.Path())
 @OUT
-@click.option("--batch-size", default=10000, show_default=True, type=int, help="Images per batch.")
+@click.option("--batch-size", default=10000, show_default=True, type=int,
+              help="Split each CIFAR file into batches of at most this many images (files are never merged: the "
+                   "default keeps CIFAR-10's files as batches 1-5 and 6).")
 @click.option("--labels", type=click.Choice(["fine", "coarse"]), default="fine", show_default=True,
               help="CIFAR-100: which labels.")
 @OVERWRITE

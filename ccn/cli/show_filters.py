@@ -17,8 +17,8 @@ from .train import BOOL01
               help="Checkpoint folder, or a save folder (its newest checkpoint).")
 @click.option("--layer", "--show-filters", "layer", required=True, type=str, help="The layer whose filters to draw.")
 @click.option("-o", "--output", type=str, help="PNG file to write. [filters-LAYER-CHECKPOINT.png]")
-@click.option("--no-rgb", type=BOOL01, is_flag=False, flag_value="1", default=False,
-              help="Draw the channels of 3-channel filters side by side in grayscale, not as colour.")
+@click.option("--no-rgb", type=BOOL01, is_flag=False, flag_value="1", default=False, metavar="[0/1]",
+              help="(A bare flag means 1.) Draw the channels of 3-channel filters side by side in grayscale, not as colour.")
 @click.option("--channels", type=click.IntRange(1), help="Channels of an fc layer's filters. [its input's]")
 @click.option("--input-idx", type=click.IntRange(0), default=0, show_default=True,
               help="Which weight matrix (input) of the layer.")

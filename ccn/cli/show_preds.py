@@ -20,8 +20,8 @@ from .train import BOOL01
 @click.command("show-preds")
 @click.option("-f", "--load-file", "load_file", required=True, type=str,
               help="Checkpoint folder, or a save folder (its newest checkpoint).")
-@click.option("--only-errors", type=click.BOOL, is_flag=False, flag_value="1", default=False,
-              help="Show only images whose top-1 prediction is wrong.")
+@click.option("--only-errors", type=click.BOOL, is_flag=False, flag_value="1", default=False, metavar="[0/1]",
+              help="Show only images whose top-1 prediction is wrong. (A bare flag means 1.)")
 @click.option("-o", "--output", type=str, help="PNG file to write. [preds-CHECKPOINT.png, errors-CHECKPOINT.png]")
 @click.option("--num", type=click.IntRange(1, 64), default=8, show_default=True, help="How many images.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random choice of images.")

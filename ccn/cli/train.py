@@ -177,7 +177,7 @@ def _given(ctx, name) -> bool:
 
 
 @click.command(context_settings={"show_default": False})
-@click.option("--data-path", type=str, help="Folder of the data batches (data_batch_N + batches.meta).")
+@click.option("--data-path", type=str, help="Folder of the data batches (data_batch_N + batches.meta.json).")
 @click.option("--data-provider", type=str,
               help="Data provider: detected from the batch metadata if left out; MODULE:FUNCTION for your own.")
 @click.option("--train-range", type=str, help="Training data batches, e.g. 1-5.")
