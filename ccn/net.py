@@ -304,6 +304,10 @@ class Net:
 
     def reload_params(self, params: str, params_text: str | None = None) -> None:
         text = params_text if params_text is not None else read_text(params, "layer-params file")
+        # all or nothing: a throwaway net reads the text first (its parameters are untouched zero
+        # pages, so it costs little), and only a text it accepts reaches this net, whose layers
+        # would otherwise keep the settings read before a bad line
+        core.Net(self.layers_text, self.layers_path, text, params, self.data_dims, True)
         self._net.reload_params(text, params)
         self.params_path, self.params_text = params, text
 

@@ -87,3 +87,13 @@ def test_the_fused_softmax_passes_its_gradient_to_its_input():
     net.backward()
     assert not net.output_grad("probs").any() and net.output_grad("fc2").any()
     assert next(l for l in net.layers if l.name == "cost").fused_logits == "fc2"
+
+
+def test_reload_params_is_all_or_nothing():
+    net = make()
+    # fc1's new epsW comes before fc2's bad momB
+    bad = ("[fc1]\nepsW=0.5\nepsB=0.1\nmomW=0.9\nmomB=0.9\nwc=0.001\n"
+           "[fc2]\nepsW=0.1\nepsB=0.1\nmomW=0.9\nmomB=abc\nwc=0.001\n")
+    with pytest.raises(ccn.ConfigError, match="momB"):
+        net.reload_params("x.cfg", bad)
+    assert [p.eps for p in net.params] == ["0.1"] * 4 and net.params_path == "p.cfg"
