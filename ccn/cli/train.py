@@ -418,13 +418,19 @@ def _run_train(given: dict, load_file, out, stop_after, world):
                         f"the checkpoint {ckpt.path}", "--data-path (and --inner-size)")
 
     # ---- net
+    from ..net import check_memory
+
+    # the most cases a step holds; memory is checked before the weights are drawn or restored: until
+    # then the parameters are untouched zero pages (native/core/tensor.h), so a net too big for this
+    # machine (or its cgroup) is refused with a message instead of ending in the kernel's OOM killer
+    step_cases = _cases_per_step(int(opts["mini"]), train_dp, train_range, test_dp, test_range, world)
     layers_note = None
     if ckpt is None:
         layers = opts["layers"]
         params = os.path.abspath(find_params_file(layers, opts["params"]))
         opts["layers"], opts["params"] = layers, params
         net = Net(layers, params, data_dims=dims, seed=int(opts["seed"]), init=False)
-        _check_memory_early(net, opts, train_dp, train_range, test_dp, test_range, world)
+        check_memory(net, step_cases, "--mini")
         net.init_weights(int(opts["seed"]))
         layers_sha = ck.text_sha256(net.layers_text)  # the file's text as read, kept even when --conv-to-local rewrites it
     else:
@@ -457,7 +463,7 @@ def _run_train(given: dict, load_file, out, stop_after, world):
             params = find_params_file(saved_layers, params)
         net = Net(saved_layers, params, data_dims=dims, layers_text=ckpt.layers_text, params_text=params_text,
                   init=False, allow_unused=True)  # (an older ccn may have saved a net with an unused layer)
-        _check_memory_early(net, opts, train_dp, train_range, test_dp, test_range, world)
+        check_memory(net, step_cases, "--mini")
         ck.restore_net(net, ckpt)
         opts["seed"] = int(ckpt.position.get("seed", opts["seed"]))
     if not net.cost_layers():
@@ -465,7 +471,8 @@ def _run_train(given: dict, load_file, out, stop_after, world):
                           "nothing to train it on; add one that reads the net's output and the labels.")
     # ---- --conv-to-local / --unshare-weights rewrite the net once (ccn.netedit); as in the
     # original they are not kept in the saved options: the checkpoints hold the rewritten net.
-    if opts["conv_to_local"] or opts["unshare_weights"]:
+    rewritten = bool(opts["conv_to_local"] or opts["unshare_weights"])
+    if rewritten:
         from ..netedit import rewrite
 
         say = (lambda s: print(s, file=out, flush=True)) if out is not None else click.echo
@@ -482,11 +489,10 @@ def _run_train(given: dict, load_file, out, stop_after, world):
                        "runs in this process, which computes exactly the single-device result")
 
     # ---- state and checks before the first step
-    from ..net import check_memory
     from ..train import Trainer, TrainConfig, TrainState
 
-    check_memory(net, _cases_per_step(int(opts["mini"]), train_dp, train_range, test_dp, test_range, world),
-                 "--mini")  # host memory, or the GPU's free memory
+    if rewritten or placement.device == "cuda":  # a larger net (local layers), or the GPU's free memory
+        check_memory(net, step_cases, "--mini")
     from ..testing import check_classes
 
     class_warnings = check_classes(net, train_dp, opts["data_path"])
@@ -597,17 +603,6 @@ def _run_train(given: dict, load_file, out, stop_after, world):
         if cli_mode:
             sys.exit(143 if term else 130)
     return result
-
-
-def _check_memory_early(net, opts, train_dp, train_range, test_dp, test_range, world) -> None:
-    """The memory check, before the weights are drawn or restored: until then the parameter
-    matrices are untouched zero pages (native/core/tensor.h), so a net too big for this machine
-    (or its cgroup) is refused with a message instead of ending in the kernel's OOM killer."""
-    from ..net import check_memory
-
-    if net.device == "cpu":
-        check_memory(net, _cases_per_step(int(opts["mini"]), train_dp, train_range, test_dp, test_range, world),
-                     "--mini")
 
 
 def _cases_per_step(mini: int, train_dp, train_range, test_dp, test_range, world) -> int:
