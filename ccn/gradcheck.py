@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import CcnRuntimeError, ConfigError
-from .net import Net
+from .net import LABEL_COSTS, Net
 
 THRESHOLD = 0.02
 
@@ -55,7 +55,7 @@ def random_batch(net: Net, cases: int, rng: np.random.Generator) -> dict[int, np
     layers = {l.name: l for l in net.layers}
     label_kind: dict[str, tuple[str, int]] = {}
     for l in layers.values():
-        if l.is_cost and len(l.inputs) >= 2 and l.type in ("cost.logreg", "cost.crossent", "cost.bce", "cost.dce"):
+        if l.is_cost and len(l.inputs) >= 2 and l.type in LABEL_COSTS:
             label_kind[l.inputs[0]] = (l.type, layers[l.inputs[1]].outputs)
     data = {}
     for l in layers.values():

@@ -19,6 +19,11 @@ from .errors import ConfigError, InputError
 from .netfiles import read_text
 
 
+# cost layers whose first input holds the labels, and what the labels are
+LABEL_COSTS = {"cost.logreg": "one class number per case", "cost.crossent": "a one-hot row per case",
+               "cost.bce": "0 or 1 per output", "cost.dce": "0 or 1 per output"}
+
+
 @dataclass
 class LayerInfo:
     name: str

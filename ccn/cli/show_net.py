@@ -42,14 +42,10 @@ def parse_data_dims(specs) -> dict[int, tuple[int, int, int]]:
     return out
 
 
-LABEL_COSTS = {  # cost layers whose first input holds the labels, and what the labels are
-    "cost.logreg": "one class number per case", "cost.crossent": "a one-hot row per case",
-    "cost.bce": "0 or 1 per output", "cost.dce": "0 or 1 per output"}
-
-
 def infer_data_dims(layers_path: str, text: str, image_size: int | None, given: dict) -> dict:
     """Per-case shapes of the data layers, from the options and the layers that read them."""
     from .._native import core
+    from ..net import LABEL_COSTS
 
     secs, lines = {}, {}
     for name, _line, entries in core.parse_config(text, layers_path):
