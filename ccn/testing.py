@@ -289,6 +289,18 @@ def _check_finite(net, costs, where):
         raise CcnRuntimeError(f"the cost is NaN or infinite while {where} ({bad}); {first}.")
 
 
+def cases_per_step(mini: int, *sources, ranks: int = 1) -> int:
+    """The most cases one step holds: --mini, or a whole batch when the batches of ``sources``
+    ((provider, batches) pairs) are smaller, and with ``ranks`` data-parallel ranks one rank's
+    share of it."""
+    try:
+        largest = max(int(dp.num_cases(b)) for dp, batches in sources for b in batches)
+        cases = min(mini, max(largest, 1))
+    except Exception:  # no batches, or a provider without num_cases for every batch: --mini it is
+        cases = mini
+    return -(-cases // ranks)
+
+
 def run_test(net, dp, batches, *, mini: int, epoch: int = 1, multiview: bool = False, logreg=None,
              outputs=(), on_load=None, load=None, on_nonfinite=None, allow_empty: bool = False):
     """Yield a :class:`Minibatch` for every minibatch of every batch in ``batches``.
@@ -306,11 +318,7 @@ def run_test(net, dp, batches, *, mini: int, epoch: int = 1, multiview: bool = F
     """
     from .net import check_memory
 
-    try:  # a forward pass holds at most a whole batch (of every view)
-        cases = min(mini, max([int(dp.num_cases(b)) for b in batches] + [1]))
-    except Exception:  # a provider without num_cases for every batch
-        cases = mini
-    check_memory(net, cases * (10 if multiview else 1), "testing with --mini")
+    check_memory(net, cases_per_step(mini, (dp, batches)) * (VIEWS if multiview else 1), "testing with --mini")
     check = _check_finite if on_nonfinite is None else \
         (lambda net_, costs, where: on_nonfinite(costs, where) if _nonfinite(costs) else None)
     layers = {l.name: l for l in net.layers}

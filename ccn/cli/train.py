@@ -423,7 +423,10 @@ def _run_train(given: dict, load_file, out, stop_after, world):
     # the most cases a step holds; memory is checked before the weights are drawn or restored: until
     # then the parameters are untouched zero pages (native/core/tensor.h), so a net too big for this
     # machine (or its cgroup) is refused with a message instead of ending in the kernel's OOM killer
-    step_cases = _cases_per_step(int(opts["mini"]), train_dp, train_range, test_dp, test_range, world)
+    from ..testing import cases_per_step
+
+    step_cases = cases_per_step(int(opts["mini"]), (train_dp, train_range), (test_dp, test_range),
+                                ranks=1 if world is None else world.size)
     layers_note = None
     if ckpt is None:
         layers = opts["layers"]
@@ -603,18 +606,6 @@ def _run_train(given: dict, load_file, out, stop_after, world):
         if cli_mode:
             sys.exit(143 if term else 130)
     return result
-
-
-def _cases_per_step(mini: int, train_dp, train_range, test_dp, test_range, world) -> int:
-    """The most cases one step of this process holds: --mini, or a whole batch when batches are
-    smaller, and under data parallel this rank's share of it."""
-    try:
-        largest = max([int(train_dp.num_cases(b)) for b in train_range]
-                      + [int(test_dp.num_cases(b)) for b in test_range])
-        cases = min(mini, max(largest, 1))
-    except Exception:  # a provider without num_cases for every batch: --mini it is
-        cases = mini
-    return cases if world is None else -(-cases // world.size)
 
 
 def _what_ranks_share(opts: dict, net, train_dp, state) -> dict:

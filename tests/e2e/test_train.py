@@ -749,7 +749,6 @@ def test_the_memory_check_counts_the_cases_a_step_holds(setup, monkeypatch):
     # --mini above the batch size: a step holds the batch, not --mini (the check refused a
     # 1,000,000 minibatch of 40-case batches as needing 25 GiB)
     from ccn import net as netmod
-    from ccn.cli import train as cli_train
 
     seen = []
     real = netmod.check_memory
@@ -758,9 +757,9 @@ def test_the_memory_check_counts_the_cases_a_step_holds(setup, monkeypatch):
     train(opts(tmp, data, layers, epochs=1, mini=1000000))
     assert seen and set(seen) == {40}  # the step, and each test pass
 
-    class World:
-        size = 3
-    assert cli_train._cases_per_step(16, None, [], None, [], World()) == 6  # (no num_cases: --mini, then a share)
+    from ccn.testing import cases_per_step
+
+    assert cases_per_step(16, (None, []), (None, []), ranks=3) == 6  # (no num_cases: --mini, then a share)
 
 
 def test_a_net_too_big_for_memory_is_refused_before_its_weights_are_drawn(setup, monkeypatch):
