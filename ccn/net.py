@@ -7,7 +7,6 @@ Layout of every array that crosses this API: activations are ``cases x (C*H*W)``
 
 from __future__ import annotations
 
-import importlib
 import re
 import threading
 from dataclasses import dataclass, field
@@ -74,7 +73,8 @@ def _dims(data_dims) -> dict[int, tuple[int, int, int]]:
                 isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= 1 for x in parts):
             raise InputError(f"data dims for dataIdx {k} must be a positive int or (channels, rows, cols) of positive "
                              f"ints, got {v!r}.")
-        out[int(k)] = tuple(int(x) for x in parts) + (1, 1) if len(parts) == 1 else tuple(int(x) for x in parts)
+        dims = tuple(int(x) for x in parts)
+        out[int(k)] = dims + (1, 1) if len(dims) == 1 else dims
     return out
 
 
