@@ -39,8 +39,8 @@ __device__ __forceinline__ float neuron_df(int code, float a, float b, float v, 
     case N_TANH: return a * b * (1.f - (o / a) * (o / a));
     case N_RELU: return v > 0.f ? 1.f : 0.f;
     case N_BRELU: return (v > 0.f && v < a) ? 1.f : 0.f;
-    case N_SOFTRELU: return v > 4.f ? 1.f : 1.f / (1.f + expf(-v));
-    case N_ABS: return v > 0.f ? 1.f : (v < 0.f ? -1.f : 0.f);
+    case N_SOFTRELU: return o > 4.f ? 1.f : -expm1f(-o);
+    case N_ABS: return v > 0.f ? 1.f : -1.f;
     case N_SQUARE: return 2.f * v;
     case N_SQRT: return 0.5f / o;
     case N_LINEAR: return a;

@@ -3,7 +3,10 @@
 // Definitions (cuda-convnet2 neurons.cuh): ident x; logistic 1/(1+e^-x); tanh[a,b]
 // a*tanh(b*x); relu max(0,x); brelu[a] min(a,max(0,x)); softrelu log(1+e^x), x for x>4;
 // abs |x|; square x^2; sqrt sqrt(x); linear[a,b] a*x+b; log[a] log(a+x);
-// drelu[a] x - a*tanh(x/a). nrelu parses in the original but was never implemented there;
+// drelu[a] x - a*tanh(x/a). Derivatives as the original's gradient operators, including
+// their choices at the edges: abs gives -1 at x = 0 (AbsGradientOperator: x > 0 ? 1 : -1);
+// softrelu's is taken from the output y, 1 where y > 4 and else 1 - e^-y (= sigmoid(x)), so
+// it is 1 from x ~ 3.98 on (SoftReluGradientOperator). nrelu parses in the original but was never implemented there;
 // ccn rejects it with a clear message. Element-wise, any layout.
 #include "layers/neuron.h"
 
@@ -113,7 +116,7 @@ void neuron_fprop(const NeuronSpec& n, const Mat& in_m, Mat& out_m) {
 bool neuron_grad_from_output(const NeuronSpec& n) {
   // relu: in > 0 exactly when out > 0; brelu: 0 < in < a exactly when 0 < out < a (bprop
   // below tests `v`, which then is the output). The others use out or constants only.
-  static const char* ok[] = {"ident", "relu", "brelu", "logistic", "tanh", "linear", "sqrt"};
+  static const char* ok[] = {"ident", "relu", "brelu", "logistic", "tanh", "linear", "sqrt", "softrelu"};
   for (const char* t : ok)
     if (n.type == t) return true;
   return false;
@@ -145,8 +148,8 @@ void neuron_bprop(const NeuronSpec& n, const Mat& in_m, const Mat& out_m, const 
   else if (t == "tanh") { CCN_EW(a * b * (1.f - (o / a) * (o / a))) }
   else if (t == "relu") { split_range(sz, [&](int64_t b, int64_t m) { simd::k().relu_bwd(x + b, g + b, d + b, m, !add); }); }
   else if (t == "brelu") { CCN_EW((v > 0.f && v < a) ? 1.f : 0.f) }
-  else if (t == "softrelu") { CCN_EW(v > 4.f ? 1.f : 1.f / (1.f + std::exp(-v))) }
-  else if (t == "abs") { CCN_EW(v > 0.f ? 1.f : (v < 0.f ? -1.f : 0.f)) }
+  else if (t == "softrelu") { CCN_EW(o > 4.f ? 1.f : -std::expm1(-o)) }
+  else if (t == "abs") { CCN_EW(v > 0.f ? 1.f : -1.f) }
   else if (t == "square") { CCN_EW(2.f * v) }
   else if (t == "sqrt") { CCN_EW(0.5f / o) }
   else if (t == "linear") { CCN_EW(a) }

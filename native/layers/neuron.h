@@ -12,7 +12,7 @@ namespace ccn {
 void validate_neuron(LayerSpec& spec, const std::string& key, const NeuronSpec& n);
 void neuron_fprop(const NeuronSpec& n, const Mat& in, Mat& out);
 // Whether f'(in) is a function of out = f(in) alone (ident, relu, brelu, logistic, tanh,
-// linear, sqrt): then neuron_bprop gives the same result with `in` = `out`, and the net can
+// linear, sqrt, softrelu): then neuron_bprop gives the same result with `in` = `out`, and the net can
 // apply the neuron in place.
 bool neuron_grad_from_output(const NeuronSpec& n);
 // din (+)= f'(in) * dout; `add` chooses accumulate or overwrite.

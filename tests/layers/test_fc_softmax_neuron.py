@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+import ccn
+
 from layercheck import check_layer
 
 NEURONS = {
@@ -26,8 +28,39 @@ def test_neuron_layer(neuron):
     x = rng.standard_normal((n, d)) * 2
     x[np.abs(x) < 0.05] += 0.1  # keep finite differences away from kinks
     x[np.abs(np.abs(x) - 1.3) < 0.05] += 0.1
+    x[np.abs(x - 3.98) < 0.05] += 0.1  # softrelu's gradient is 1 from its output 4 on (see below)
     text = f"[data]\ntype=data\ndataIdx=0\n[n]\ntype=neuron\ninputs=data\nneuron={neuron}\n"
     check_layer(text, {"data": (0, x)}, lambda a: NEURONS[neuron](a["data"]), "n")
+
+
+@pytest.mark.parametrize("where", ["neuron layer", "fc neuron="])
+def test_neuron_gradients_at_the_originals_edges(where):
+    """The derivatives at the points where the original's gradient operators made a choice
+    (cuda-convnet2 neurons.cuh): abs gives -1 at x = 0 (x > 0 ? 1 : -1); softrelu's derivative
+    is taken from its output y, 1 where y > 4, which starts at x = log(e^4 - 1) ~ 3.9815, and
+    1 - e^-y = sigmoid(x) below. Checked through a neuron layer and through neuron= on fc
+    (identity weights), where the net may apply the neuron in place."""
+    rng = np.random.default_rng()
+    x = np.array([[0.0, 3.99, 3.97, -2.0, 5.0, 0.0]], np.float32)
+    n = int(rng.integers(1, 6))
+    x = np.repeat(x, n, axis=0)
+    G = rng.uniform(0.5, 2.0, x.shape).astype(np.float32)
+    sig = 1 / (1 + np.exp(-x.astype(np.float64)))
+    want = {"abs": np.where(x > 0, 1.0, -1.0), "softrelu": np.where(x > 3.9816, 1.0, sig)}
+    for neuron, d in want.items():
+        if where == "neuron layer":
+            text = f"[data]\ntype=data\ndataIdx=0\n[n]\ntype=neuron\ninputs=data\nneuron={neuron}\n"
+            net = ccn.Net("<t>", None, {0: 6}, layers_text=text)
+        else:
+            text = (f"[data]\ntype=data\ndataIdx=0\n[n]\ntype=fc\ninputs=data\noutputs=6\nneuron={neuron}\n"
+                    "initW=0\n")
+            params = "[n]\nepsW=0\nepsB=0\nmomW=0\nmomB=0\nwc=0\n"
+            net = ccn.Net("<t>", "<p>", {0: 6}, layers_text=text, params_text=params)
+            net.set("n.weights[0]", np.eye(6, dtype=np.float32))
+        net._net.set_data_grads(True)
+        net.forward({0: x}, train=True)
+        net.backward({"n": G})
+        np.testing.assert_allclose(net.output_grad("data"), G * d, rtol=1e-6, atol=1e-7, err_msg=f"{neuron}, {where}")
 
 
 @pytest.mark.parametrize("neuron", ["sqrt", "log[1.5]"])
