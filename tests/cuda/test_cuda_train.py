@@ -1,7 +1,7 @@
 """Training on the GPU against training on the CPU (issue #8).
 
 20 SGD steps of a small net covering both neuron modes of the device net (in place: relu,
-tanh; with a kept pre-activation: softrelu, abs) and of cuda-convnet's 18% CIFAR-10 net agree
+tanh, softrelu; with a kept pre-activation: drelu, abs) and of cuda-convnet's 18% CIFAR-10 net agree
 within float32 tolerance (netcompare: max(floor, 10 x the 1-ulp input sensitivity measured on
 the CPU)); the prefetching path, growing and shrinking minibatches, parameter get/set and
 read_grads/write_grads on the device, and `ccn train --device cuda` / `ccn test --device cuda`
@@ -68,7 +68,7 @@ type=fc
 inputs=conv2
 outputs=32
 initW=0.05
-neuron=softrelu
+neuron=drelu[0.8]
 [fc1t]
 type=fc
 inputs=rnorm1
