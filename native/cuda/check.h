@@ -42,6 +42,13 @@ namespace ccn::cuda {
 
 bool sync_launches();  // CCN_CUDA_SYNC_LAUNCHES=1 (context.cu)
 
+#ifdef __CUDACC__
+// std::max(a, b)'s rule on the device, (a < b) ? b : a: a NaN in `a` survives as on the CPU,
+// where fmaxf would drop it (a NaN probability would then read as 1e-38 and hide a diverged
+// run from the cost check).
+__device__ __forceinline__ float cpu_max(float a, float b) { return a < b ? b : a; }
+#endif
+
 // Grid size for a grid-stride loop over n elements with `threads` per block.
 inline unsigned grid_for(int64_t n, int threads = 256) {
   int64_t b = (n + threads - 1) / threads;

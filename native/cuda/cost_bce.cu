@@ -64,7 +64,15 @@ __global__ void dce_class_kernel(const float* labels, const float* y, int N, int
 __global__ void bce_bprop_kernel(const float* t, const float* y, float* d, int64_t n, float c, float pw) {
   for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x)
     // d - c * (...) rounded as the CPU does (nvcc would fuse the multiply and the subtraction)
-    d[k] = __fsub_rn(d[k], __fmul_rn(c, pw * t[k] / fmaxf(y[k], 1e-38f) - (1.f - t[k]) / fmaxf(1.f - y[k], 1e-38f)));
+    d[k] = __fsub_rn(d[k], __fmul_rn(c, pw * t[k] / cpu_max(y[k], 1e-38f) - (1.f - t[k]) / cpu_max(1.f - y[k], 1e-38f)));
+}
+// t, y, d: n floats, element-wise; d += the fused gradient, rounded step by step as the CPU.
+__global__ void bce_logistic_bprop_kernel(const float* t, const float* y, float* d, int64_t n, float c, float pw) {
+  for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x) {
+    const float a = __fmul_rn(__fsub_rn(1.f, t[k]), y[k]);
+    const float b = __fmul_rn(__fmul_rn(pw, t[k]), __fsub_rn(1.f, y[k]));
+    d[k] = __fadd_rn(d[k], __fmul_rn(c, __fsub_rn(a, b)));
+  }
 }
 }  // namespace
 
@@ -90,6 +98,13 @@ void bce_fprop(CudaCtx& cx, const float* labels, const float* y, int N, int K, d
     for (int i = 0; i < 3; ++i) sums[i] += h[3 * n + i];
   if (per_class)
     for (int k = 0; k < 3 * K; ++k) per_class[k] = h[3 * (int64_t)N + k];
+}
+
+void bce_logistic_bprop(CudaCtx& cx, const float* labels, const float* y, float* dx, int64_t n, float coeff,
+                        float pos_weight) {
+  if (n <= 0 || !dx) return;
+  bce_logistic_bprop_kernel<<<grid_for(n), 256, 0, (cudaStream_t)cx.stream>>>(labels, y, dx, n, coeff, pos_weight);
+  CCN_CUDA_LAUNCHED();
 }
 
 void bce_bprop(CudaCtx& cx, const float* labels, const float* y, float* dy, int64_t n, float coeff, float pos_weight) {

@@ -35,7 +35,7 @@ __global__ void crossent_fprop_kernel(const float* labels, const float* probs, i
 // One thread per element k of the flat N*K arrays.
 __global__ void crossent_bprop_kernel(const float* t, const float* p, float* d, int64_t n, float coeff) {
   for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x)
-    if (t[k] != 0.f) d[k] -= coeff * t[k] / fmaxf(p[k], 1e-38f);
+    if (t[k] != 0.f) d[k] -= coeff * t[k] / cpu_max(p[k], 1e-38f);
 }
 }  // namespace
 

@@ -2,7 +2,9 @@
 // Layout: labels N x 1 (class index as float), probs, logits, dprobs and dx N x K (rows = cases).
 // Forward: one thread per case writes (-log p[label], top-1 wrong, top-k wrong) into
 // per-case slots; the host adds the N triples in double, in case order (deterministic, and
-// the same sums the CPU forms). A bad label writes NaN into its slot and is reported.
+// the same sums the CPU forms). A bad label writes -1 into its top-1 slot (a count of 0..1
+// otherwise) and is reported; a NaN cost stays a NaN sum, as on the CPU, for the trainer's
+// check of non-finite costs.
 #include <cmath>
 #include <vector>
 
@@ -26,7 +28,8 @@ __global__ void logreg_fprop_kernel(const float* labels, const float* probs, con
   float v = labels[n];
   int y = (int)v;
   if (v != (float)y || y < 0 || y >= K) {
-    out[3 * n] = out[3 * n + 1] = out[3 * n + 2] = nan("");
+    out[3 * n] = out[3 * n + 2] = 0.0;
+    out[3 * n + 1] = -1.0;
     return;
   }
   const float* pr = probs + (int64_t)n * K;
@@ -39,12 +42,12 @@ __global__ void logreg_fprop_kernel(const float* labels, const float* probs, con
   if (logits) {  // -log p from the logits: log sum_j exp(x_j - m) - (x_y - m), as the CPU layer
     const float* x = logits + (int64_t)n * K;
     float m = x[0];
-    for (int j = 1; j < K; ++j) m = fmaxf(m, x[j]);
+    for (int j = 1; j < K; ++j) m = cpu_max(m, x[j]);
     double s = 0;
     for (int j = 0; j < K; ++j) s += exp((double)x[j] - (double)m);
     out[3 * n] = log(s) - ((double)x[y] - (double)m);
   } else {
-    out[3 * n] = -(double)logf(fmaxf(py, 1e-38f));
+    out[3 * n] = -(double)logf(cpu_max(py, 1e-38f));
   }
   out[3 * n + 1] = 1.0 - credit(greater, equal, 1);
   out[3 * n + 2] = 1.0 - credit(greater, equal, topk);
@@ -61,7 +64,7 @@ int64_t logreg_fprop(CudaCtx& cx, const float* labels, const float* probs, const
   CCN_CUDA_CHECK(cudaMemcpyAsync(h, d, sizeof(double) * 3 * N, cudaMemcpyDeviceToHost, (cudaStream_t)cx.stream));
   cx.sync();
   for (int n = 0; n < N; ++n) {
-    if (std::isnan(h[3 * n])) return n;
+    if (h[3 * n + 1] < 0) return n;
     for (int i = 0; i < 3; ++i) sums[i] += h[3 * n + i];
   }
   return -1;
@@ -75,7 +78,7 @@ __global__ void logreg_bprop_kernel(const float* labels, const float* probs, flo
   int y = (int)labels[n];
   if (y < 0 || y >= K) return;
   int64_t k = (int64_t)n * K + y;
-  d[k] += (float)(-coeff / (double)fmaxf(probs[k], 1e-38f));
+  d[k] += (float)(-coeff / (double)cpu_max(probs[k], 1e-38f));
 }
 
 void logreg_bprop(CudaCtx& cx, const float* labels, const float* probs, float* dprobs, int N, int K, double coeff) {

@@ -64,7 +64,7 @@ int64_t logreg_fprop(CudaCtx& cx, const float* labels, const float* probs, const
 // layer's double coeff, as the CPU layer computes it.
 void logreg_bprop(CudaCtx& cx, const float* labels, const float* probs, float* dprobs, int N, int K, double coeff);
 // The fused softmax + logreg gradient: dx[n, j] += (float)(coeff * (p[n, j] - [j == label])), in
-// double, as the CPU layer's softmax_input_bprop.
+// double, as the CPU layer's fused_input_bprop.
 void logreg_softmax_bprop(CudaCtx& cx, const float* labels, const float* probs, float* dx, int N, int K, double coeff);
 
 // ---- cost.sum2 (cost_sum2.cu): x N x D --------------------------------------------------
@@ -240,6 +240,9 @@ void bce_fprop(CudaCtx& cx, const float* labels, const float* y, int N, int K, d
                double* per_class);
 // dy -= coeff * (posWeight * t / max(y, 1e-38) - (1 - t) / max(1 - y, 1e-38)), n = N*K elements.
 void bce_bprop(CudaCtx& cx, const float* labels, const float* y, float* dy, int64_t n, float coeff, float pos_weight);
+// Fused with the logistic that made y = logistic(x): dx += coeff * ((1 - t) * y - posWeight * t * (1 - y)).
+void bce_logistic_bprop(CudaCtx& cx, const float* labels, const float* y, float* dx, int64_t n, float coeff,
+                        float pos_weight);
 
 // ---- image operations (imgops.cu): href, crop, nailbed, blur, resize (and rscale), ----
 // rgb2yuv, rgb2lab. Images are `planes` = N*C contiguous planes, [plane][y][x]: S x S in,

@@ -15,8 +15,12 @@
 //                    "declared positive[k]" sum_n [y > 0.5], "positive[k]" sum_n t,
 //                    "true positive[k]" sum_n t * [(y > 0.5) == t]
 // Gradient: dCost/dy = -coeff * (posWeight * t / y - (1 - t) / (1 - y)). Nothing flows into
-// the labels. (The original fuses this with a logistic neuron below it; ccn lets the neuron
-// layer apply its own derivative, which is the same function.)
+// the labels. Fused, as in cuda-convnet2 (NeuronLayer::bpropSpecial), when y is a logistic
+// neuron's output (a neuron layer, or neuron=logistic on any layer) that feeds only this
+// cost: the net then asks fused_input_bprop for dCost/dx, x the logistic's input,
+//   coeff * ((1 - t) * y - posWeight * t * (1 - y)),
+// which stays right where y rounds to 0 or 1 in float32 (from |x| ~ 17 on), where 1 / (1 - y)
+// clamped and times y * (1 - y) = 0 would stop a confidently wrong unit from learning.
 // Layout: labels, y, din: N x K, rows = cases.
 #include <algorithm>
 
@@ -117,6 +121,23 @@ class BceCost : public Layer {
     for (int64_t k = 0; k < sz; ++k)
       d[k] -= c * (pw * t[k] / std::max(y[k], kCostMinDiv) - (1.f - t[k]) / std::max(1.f - y[k], kCostMinDiv));
   }
+  bool fuses_with(const Layer& p) const override {
+    const NeuronSpec* f = p.has_neuron ? &p.neuron : p.neuron_fn();
+    return f && f->type == "logistic" && (p.has_neuron || p.inputs.size() == 1);
+  }
+  // dx = (or +=) dCost/dx for y = logistic(x) (see the top). Layout: t, y, dx: N x K.
+  void fused_input_bprop(const Mat& lab, const Mat& y_m, Mat& dx, bool assign) override {
+    const int64_t sz = y_m.size();
+    const float* t = lab.data();
+    const float* y = y_m.data();
+    float* d = dx.data();
+    const float c = (float)coeff_, pw = (float)pos_weight_;
+#pragma omp parallel for simd schedule(static) if (sz > 32768)
+    for (int64_t k = 0; k < sz; ++k) {
+      const float g = c * ((1.f - t[k]) * y[k] - pw * t[k] * (1.f - y[k]));
+      d[k] = assign ? 0.f + g : d[k] + g;
+    }
+  }
   bool is_cost() const override { return true; }
   // per value: 2 logs, 2 differences (1 - t, 1 - y), 3 products, 2 sums, 1 comparison
   double flops_per_case() const override { return 10.0 * classes_; }
@@ -164,6 +185,9 @@ class BceCost : public Layer {
   void bprop_cuda(const std::vector<DevMat>& in, DevMat, DevMat, const std::vector<DevMat>& din, CudaCtx& cx,
                   const PassCtx&) override {
     if (din[1]) cuda::bce_bprop(cx, in[0].p, in[1].p, din[1].p, in[1].size(), (float)coeff_, (float)pos_weight_);
+  }
+  void fused_input_bprop_cuda(DevMat labels, DevMat y, DevMat dx, CudaCtx& cx) override {
+    cuda::bce_logistic_bprop(cx, labels.p, y.p, dx.p, y.size(), (float)coeff_, (float)pos_weight_);
   }
 #endif
 };

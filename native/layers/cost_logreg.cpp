@@ -7,12 +7,12 @@
 // fewer than k classes beat it, with the same sharing among ties crossing the k boundary.
 // Gradient: dCost/dprobs[n, label] = -coeff / p[n, label].
 // Fused with the softmax that makes probs when that softmax feeds only this layer (the net
-// decides: Layer::fuses_softmax, net.h softmax_of_), as cuda-convnet's LogregCostLayer and
+// decides: Layer::fuses_with, net.h fused_producer_), as cuda-convnet's LogregCostLayer and
 // SoftmaxLayer did (computeLogregSoftmaxGrad): the net then hands fprop the softmax's input x
 // (logits, N x K) as a third input, and -log p[label] is log sum_j exp(x_j - m) - (x_label - m)
 // (m = max_j x_j, in double: finite and exact where p underflows to 0, where -log of the
 // clamped p would stop at 87.5); the backward pass writes dCost/dx = coeff * (p - onehot(label))
-// in one step (softmax_input_bprop), where -coeff/p times the softmax's Jacobian would give 0
+// in one step (fused_input_bprop), where -coeff/p times the softmax's Jacobian would give 0
 // for a p that underflowed: a case the net gets confidently wrong would stop pulling.
 #include <cmath>
 
@@ -83,9 +83,11 @@ class LogregCost : public Layer {
       din[1]->at(n, y) += (float)(-coeff_ / std::max(p.at(n, y), 1e-38f));
     }
   }
-  bool fuses_softmax() const override { return true; }
+  bool fuses_with(const Layer& sm) const override {
+    return sm.type == "softmax" && !sm.has_neuron && sm.inputs.size() == 1;
+  }
   // dx = (or +=) coeff * (p - onehot(label)): dCost/d(the softmax's input).
-  void softmax_input_bprop(const Mat& lab, const Mat& p, Mat& dx, bool assign) override {
+  void fused_input_bprop(const Mat& lab, const Mat& p, Mat& dx, bool assign) override {
     const int64_t N = p.rows(), K = p.cols();
     for (int64_t n = 0; n < N; ++n) label(lab.at(n, 0));  // reported here, not inside the parallel loop
 #pragma omp parallel for schedule(static) if (N * K > 65536)
@@ -116,7 +118,7 @@ class LogregCost : public Layer {
                   const PassCtx&) override {
     if (din[1]) cuda::logreg_bprop(cx, in[0].p, in[1].p, din[1].p, (int)in[1].rows, classes_, coeff_);
   }
-  void softmax_input_bprop_cuda(DevMat labels, DevMat probs, DevMat dx, CudaCtx& cx) override {
+  void fused_input_bprop_cuda(DevMat labels, DevMat probs, DevMat dx, CudaCtx& cx) override {
     cuda::logreg_softmax_bprop(cx, labels.p, probs.p, dx.p, (int)probs.rows, classes_, coeff_);
   }
 #endif

@@ -24,11 +24,11 @@ void Layer::bprop_cuda(const std::vector<DevMat>&, DevMat, DevMat, const std::ve
                        const PassCtx&) {
   runtime_error("layer '", name, "': layer type ", type, " has no CUDA implementation yet; run this net on the CPU.");
 }
-void Layer::softmax_input_bprop(const Mat&, const Mat&, Mat&, bool) {
-  runtime_error("layer '", name, "': layer type ", type, " says it fuses its softmax but has no fused gradient.");
+void Layer::fused_input_bprop(const Mat&, const Mat&, Mat&, bool) {
+  runtime_error("layer '", name, "': layer type ", type, " says it fuses with its input but has no fused gradient.");
 }
-void Layer::softmax_input_bprop_cuda(DevMat, DevMat, DevMat, CudaCtx&) {
-  runtime_error("layer '", name, "': layer type ", type, " has no fused softmax gradient on the GPU.");
+void Layer::fused_input_bprop_cuda(DevMat, DevMat, DevMat, CudaCtx&) {
+  runtime_error("layer '", name, "': layer type ", type, " has no fused input gradient on the GPU.");
 }
 
 bool Param::begin_update(double progress, int minibatch, Step& step) {

@@ -150,14 +150,25 @@ class Layer {
   // gets that post-neuron output as `out` and dCost/d(post-neuron output) as `dout`, and the
   // net keeps no pre-activation copy. CPU only (net_cuda.cu applies neurons itself).
   virtual bool fuses_neuron() const { return false; }
-  // cuda-convnet's fused softmax + cost.logreg (computeLogregSoftmaxGrad): a cost layer that
-  // says true here, whose second input is a softmax (without a neuron) that feeds nothing else,
-  // gets that softmax's input x (the logits) as a third input in fprop, and in bprop the net
-  // calls softmax_input_bprop for it instead of the pair cost bprop + softmax bprop, which
-  // would divide by p and multiply by p again (0 / 0 where p underflows). It writes
-  // dCost/dx = coeff * (p - onehot(label)) into dx (assigning when `assign`, else adding).
-  virtual bool fuses_softmax() const { return false; }
-  virtual void softmax_input_bprop(const Mat& labels, const Mat& probs, Mat& dx, bool assign);
+  // Fused cost gradients, as cuda-convnet computed them. A cost layer says in
+  // fuses_with(producer) whether it differentiates through the function that makes its second
+  // input y in one step:
+  //  - cost.logreg through a softmax without a neuron: dCost/dx = coeff * (p - onehot(label))
+  //    (computeLogregSoftmaxGrad); its fprop also gets the softmax's input x (the logits) as a
+  //    third input (Net::fused_logits);
+  //  - cost.bce and cost.dce through a logistic neuron (a neuron layer, or neuron=logistic on
+  //    any layer): dCost/dx = coeff * ((1 - t) * y - posWeight * t * (1 - y))
+  //    (NeuronLayer::bpropSpecial, CrossEntLogisticGradientOperator).
+  // The net fuses a producer only when it feeds nothing but this cost (net.cpp). In the
+  // backward pass from the costs it then calls fused_input_bprop at the producer's turn, in
+  // place of the pair cost bprop + the producer's derivative, which would divide by y and
+  // multiply by y again (0 / 0, or a lost gradient, where y saturates in float32). It writes
+  // dCost/dx -- x the producer's input, or its pre-activation for neuron= -- into dx
+  // (assigning when `assign`, else adding).
+  virtual bool fuses_with(const Layer& producer) const { return false; }
+  virtual void fused_input_bprop(const Mat& labels, const Mat& y, Mat& dx, bool assign);
+  // The function of a type=neuron layer (nullptr for other types, whose neuron= is `neuron`).
+  virtual const NeuronSpec* neuron_fn() const { return nullptr; }
 
   // ---- CUDA backend (optional; see native/cuda/README-design.md) ----
   // Same contracts as fprop/bprop, on device memory, enqueued on cx's stream: out is
@@ -168,8 +179,8 @@ class Layer {
   virtual void fprop_cuda(const std::vector<DevMat>& in, DevMat out, CudaCtx& cx, const PassCtx& ctx);
   virtual void bprop_cuda(const std::vector<DevMat>& in, DevMat out, DevMat dout, const std::vector<DevMat>& din,
                           CudaCtx& cx, const PassCtx& ctx);
-  // fuses_softmax(): as softmax_input_bprop, adding into dx.
-  virtual void softmax_input_bprop_cuda(DevMat labels, DevMat probs, DevMat dx, CudaCtx& cx);
+  // fuses_with(): as fused_input_bprop, adding into dx.
+  virtual void fused_input_bprop_cuda(DevMat labels, DevMat y, DevMat dx, CudaCtx& cx);
 
   std::string name, type;
   int id = 0;

@@ -175,6 +175,7 @@ class NeuronLayer : public Layer {
   }
   bool bprop_assigns_din() const override { return true; }
   double flops_per_case() const override { return (double)out.size(); }
+  const NeuronSpec* neuron_fn() const override { return &fn_; }
 
 #ifdef CCN_WITH_CUDA
   bool has_cuda() const override { return cuda::neuron_code(fn_.type) >= 0; }  // native/cuda/neuron.cu

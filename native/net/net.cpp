@@ -258,18 +258,18 @@ void Net::build(const std::map<int, Shape>& data_dims, bool allow_unused) {
     fused_[i] = l->has_neuron && l->fuses_neuron();
     in_place_[i] = !fused_[i] && l->has_neuron && !l->bprop_reads_output() && neuron_grad_from_output(l->neuron);
   }
-  softmax_of_.assign(n, -1);
+  fused_producer_.assign(n, -1);
   fused_cost_.assign(n, -1);
   for (size_t i = 0; i < n; ++i) {
     const Layer* l = layers_[i].get();
-    if (!l->fuses_softmax() || l->inputs.size() != 2) continue;
-    const Layer* sm = l->inputs[1];
-    if (sm->type != "softmax" || sm->has_neuron || sm->inputs.size() != 1 || l->inputs[0] == sm) continue;
-    int consumers = 0;  // the original fuses only a softmax whose one consumer is the cost layer
-    for (const auto& o : layers_) consumers += (int)std::count(o->inputs.begin(), o->inputs.end(), sm);
+    if (!l->is_cost() || l->inputs.size() != 2) continue;
+    const Layer* p = l->inputs[1];
+    if (l->inputs[0] == p || fused_[p->id] || !l->fuses_with(*p)) continue;
+    int consumers = 0;  // the original fuses only a producer whose one consumer is the cost layer
+    for (const auto& o : layers_) consumers += (int)std::count(o->inputs.begin(), o->inputs.end(), p);
     if (consumers != 1) continue;
-    softmax_of_[i] = sm->id;
-    fused_cost_[sm->id] = (int)i;
+    fused_producer_[i] = p->id;
+    fused_cost_[p->id] = (int)i;
   }
   reset_layer_times();
   compute_needs_grad();
@@ -393,8 +393,8 @@ std::vector<const Mat*> Net::fprop_inputs(int i) {
 
 void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
   if (!forward_done_)
-    input_error("backward needs a forward pass first (a net just built, or whose last forward pass failed, has no "
-                "activations to go back through).");
+    input_error("backward needs a forward pass first (a net just built or moved to another device, or whose last "
+                "forward pass failed, has no activations to go back through).");
   if (cuda_) return bprop_cuda(seeds);
   // Lazy zeroing: a gradient buffer is not zeroed up front. written[j] records whether some
   // layer has already stored dCost/d(output j) in this pass; the first writer of grads_[j]
@@ -446,7 +446,7 @@ void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
       din.push_back(needs_grad_[in->id] && l->passes_gradient() ? &grads_[in->id] : nullptr);
       any_in = any_in || din.back();
     }
-    if (softmax_of_[i] >= 0) din[1] = nullptr;  // left to the softmax's turn (fused_cost_)
+    if (fused_producer_[i] >= 0) din[1] = nullptr;  // left to the producer's turn (fused_cost_)
     if (!any_in && l->weights.empty() && !l->biases) continue;
     ctx.layer_id = i;
     const double t0 = now_s();
@@ -454,7 +454,8 @@ void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
       grads_[i].zero();
       written[i] = 1;
     }
-    const bool can_assign = fused_cost >= 0 || l->bprop_assigns_din();
+    // a fused producer without neuron= writes dCost/d(its input) through its cost layer
+    const bool can_assign = (fused_cost >= 0 && !l->has_neuron) || l->bprop_assigns_din();
     ctx.din_assign.assign(din.size(), false);
     for (size_t k = 0; k < din.size(); ++k) {
       if (!din[k]) continue;
@@ -465,10 +466,15 @@ void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
       else grads_[j].zero();
       written[j] = 1;
     }
-    if (fused_cost >= 0) {
-      const Layer* cost = layers_[fused_cost].get();
-      if (din[0]) layers_[fused_cost]->softmax_input_bprop(acts_[cost->inputs[0]->id], acts_[i], *din[0],
-                                                           ctx.din_assign[0]);
+    if (fused_cost >= 0 && l->has_neuron) {
+      // neuron=logistic on this layer: the cost layer gives dCost/d(pre-activation)
+      Layer* cost = layers_[fused_cost].get();
+      pre_grad_.resize(n, l->out.size());
+      cost->fused_input_bprop(acts_[cost->inputs[0]->id], acts_[i], pre_grad_, true);
+      l->bprop(ins, in_place_[i] ? acts_[i] : pre_[i], pre_grad_, din, ctx);
+    } else if (fused_cost >= 0) {
+      Layer* cost = layers_[fused_cost].get();
+      if (din[0]) cost->fused_input_bprop(acts_[cost->inputs[0]->id], acts_[i], *din[0], ctx.din_assign[0]);
     } else if (l->is_cost()) {
       l->bprop(ins, acts_[i], empty, din, ctx);
     } else if (l->has_neuron && !fused_[i]) {

@@ -76,8 +76,11 @@ class Net {
   // The same on the GPU (net_cuda.cu), whose kernels fuse no neuron: a fused layer keeps its
   // pre-activation there.
   bool device_keeps_pre(int i) const { return layers_[i]->has_neuron && !in_place_[i]; }
-  // For a cost layer fused with its softmax (softmax_of_), the layer whose outputs are the logits.
-  const Layer* fused_logits(int i) const { return softmax_of_[i] >= 0 ? layers_[softmax_of_[i]]->inputs[0] : nullptr; }
+  // For a cost layer fused with a softmax (fused_producer_), the layer whose outputs are the logits.
+  const Layer* fused_logits(int i) const {
+    const int p = fused_producer_[i];
+    return p >= 0 && layers_[p]->type == "softmax" ? layers_[p]->inputs[0] : nullptr;
+  }
 
   // Random numbers are counter-based: (seed, step, layer, element). step counts training
   // forward passes; both are part of a checkpoint.
@@ -139,13 +142,14 @@ class Net {
   // (its kernels fuse nothing: a fused layer keeps its pre-activation there and runs its neuron).
   std::vector<Mat> acts_, pre_, grads_;
   std::vector<bool> in_place_, fused_;
-  // Fused softmax + cost (Layer::fuses_softmax, cuda-convnet's computeLogregSoftmaxGrad):
-  // softmax_of_[i] is the softmax feeding cost layer i that way, fused_cost_[s] the cost layer
-  // that computes softmax s's input gradient (-1: none). In the backward pass from the costs
-  // the cost layer leaves dCost/d(softmax output) alone (it is not computed: output_grad of
-  // such a softmax reads 0) and the softmax's turn writes dCost/d(its input) through the cost
-  // layer; with seeds (bprop from given gradients) both run as usual.
-  std::vector<int> softmax_of_, fused_cost_;
+  // Fused cost gradients (Layer::fuses_with: softmax + cost.logreg, logistic + cost.bce/dce):
+  // fused_producer_[i] is the layer feeding cost layer i that way, fused_cost_[p] the cost
+  // layer that computes producer p's input gradient (-1: none). In the backward pass from the
+  // costs the cost layer leaves dCost/d(producer output) alone (it is not computed: output_grad
+  // of such a producer reads 0) and the producer's turn writes dCost/d(its input), or of its
+  // pre-activation for neuron=, through the cost layer; with seeds (bprop from given
+  // gradients) both run as usual.
+  std::vector<int> fused_producer_, fused_cost_;
   // The inputs layer i's fprop gets: its inputs' outputs, and for a fused cost layer the
   // softmax's input as a third.
   std::vector<const Mat*> fprop_inputs(int i);

@@ -88,6 +88,7 @@ void Net::to_device(int gpu) {
     if (cuda_->cx.device == gpu) return;
     to_host();
   }
+  forward_done_ = false;  // the last pass's buffers stay behind: bprop needs a new fprop here
   std::string missing;
   for (const auto& l : layers_) {
     if (l->is_data()) continue;
@@ -135,6 +136,7 @@ void Net::to_host() {
   pull_params();
   for (auto& p : params_) p->dev = Param::Dev{};
   cuda_.reset();
+  forward_done_ = false;  // the last pass's buffers were on the device
 }
 
 int Net::device() const { return cuda_ ? cuda_->cx.device : -1; }
@@ -291,7 +293,7 @@ void Net::fprop_cuda(const std::vector<const Mat*>& data, bool train) {
     ctx.layer_id = (int)i;
     std::vector<DevMat> ins;
     for (Layer* in : l->inputs) ins.push_back(nc.act_of(s, in, n));
-    if (const Layer* logits = fused_logits((int)i)) ins.push_back(nc.act_of(s, logits, n));  // (net.h softmax_of_)
+    if (const Layer* logits = fused_logits((int)i)) ins.push_back(nc.act_of(s, logits, n));  // (net.h fused_producer_)
     const bool keep_pre = device_keeps_pre((int)i);
     DevMat dst = view(keep_pre ? nc.pre[i] : nc.act[i], n, l->out.size());
     double t0 = 0;
@@ -353,17 +355,16 @@ void Net::bprop_cuda(const std::map<std::string, const Mat*>& seeds) {
       din.push_back(need ? view(nc.grad[in->id], n, in->out.size()) : DevMat{});
       any_in = any_in || need;
     }
-    if (softmax_of_[i] >= 0) din[1] = DevMat{};  // left to the softmax's turn, as on the CPU
+    if (fused_producer_[i] >= 0) din[1] = DevMat{};  // left to the producer's turn, as on the CPU
     const int fused_cost = seeds.empty() ? fused_cost_[i] : -1;
     if (!any_in && l->weights.empty() && !l->biases) continue;
     ctx.layer_id = i;
     const int64_t osz = l->out.size();
     double t0 = 0;
     if (timing) nc.cx.sync(), t0 = wall_s();
-    if (fused_cost >= 0) {
-      if (din[0].p)
-        layers_[fused_cost]->softmax_input_bprop_cuda(nc.act_of(s, layers_[fused_cost]->inputs[0], n),
-                                                      view(nc.act[i], n, osz), din[0], nc.cx);
+    Layer* cost = fused_cost >= 0 ? layers_[fused_cost].get() : nullptr;  // (net.h fused_cost_)
+    if (cost && !l->has_neuron) {
+      if (din[0].p) cost->fused_input_bprop_cuda(nc.act_of(s, cost->inputs[0], n), view(nc.act[i], n, osz), din[0], nc.cx);
     } else if (l->is_cost()) {
       l->bprop_cuda(ins, DevMat{}, DevMat{}, din, nc.cx, ctx);
     } else if (l->has_neuron) {
@@ -375,9 +376,15 @@ void Net::bprop_cuda(const std::map<std::string, const Mat*>& seeds) {
       // In place, act[i] stands in for the pre-activation (f' from f(x); the layer ignores
       // its `out` argument then), as on the CPU.
       const DeviceArray& pre = in_place_[i] ? nc.act[i] : nc.pre[i];
-      const NeuronSpec& f = l->neuron;
-      cuda::neuron_bprop(nc.cx, cuda::neuron_code(f.type), neuron_arg(f, 0, 1.0), neuron_arg(f, 1, 1.0),
-                         pre.data(), nc.act[i].data(), nc.grad[i].data(), nc.pre_grad.data(), (int64_t)sz, false);
+      if (cost) {  // neuron=logistic feeding cost.bce/dce: the cost gives dCost/d(pre-activation)
+        CCN_CUDA_CHECK(cudaMemsetAsync(nc.pre_grad.data(), 0, sz * sizeof(float), nc.stream()));
+        cost->fused_input_bprop_cuda(nc.act_of(s, cost->inputs[0], n), view(nc.act[i], n, osz),
+                                     view(nc.pre_grad, n, osz), nc.cx);
+      } else {
+        const NeuronSpec& f = l->neuron;
+        cuda::neuron_bprop(nc.cx, cuda::neuron_code(f.type), neuron_arg(f, 0, 1.0), neuron_arg(f, 1, 1.0),
+                           pre.data(), nc.act[i].data(), nc.grad[i].data(), nc.pre_grad.data(), (int64_t)sz, false);
+      }
       l->bprop_cuda(ins, view(pre, n, osz), view(nc.pre_grad, n, osz), din, nc.cx, ctx);
     } else {
       l->bprop_cuda(ins, view(nc.act[i], n, osz), view(nc.grad[i], n, osz), din, nc.cx, ctx);

@@ -1,6 +1,6 @@
 """The layer types that gained CUDA code after the first device pass: local (groups,
 randSparse, several inputs, padding, strides, overhanging modules), cmpool, pool=maxabs,
-sum, sfc, cost.crossent, cost.bce, cost.dce, and the image operations (blur, crop, resize,
+sum, sfc, cost.crossent, cost.bce, cost.dce (also fused with a logistic), and the image operations (blur, crop, resize,
 href, nailbed, rgb2yuv, rgb2lab, rscale). Each net runs on both backends from the same
 weights: every layer's output, every layer's gradient (data layers included), every
 parameter gradient and every cost value are compared, then a few training steps. A failure
@@ -453,6 +453,132 @@ def test_costs_training():
     rng = np.random.default_rng()
     cpu, gpu = _twins(COST_LAYERS, COST_PARAMS, {0: 11, 1: 7, 2: 7, 3: 7})
     _check_training(cpu, gpu, [_cost_batch(rng, 16) for _ in range(4)])
+
+
+# cost.bce/dce fused with the logistic that feeds only them (Layer::fuses_with): through
+# neuron=logistic on fc (the cost gives dCost/d(pre-activation)) and through a neuron layer
+FUSED_BCE_LAYERS = """
+[data]
+type=data
+dataIdx=0
+[bits]
+type=data
+dataIdx=1
+[fcy]
+type=fc
+inputs=data
+outputs=7
+initW=3
+neuron=logistic
+[lin]
+type=fc
+inputs=data
+outputs=7
+initW=3
+[sig]
+type=neuron
+inputs=lin
+neuron=logistic
+[bce]
+type=cost.bce
+inputs=bits,fcy
+[dce]
+type=cost.dce
+inputs=bits,sig
+"""
+FUSED_BCE_PARAMS = """
+[fcy]
+epsW=0.01
+epsB=0.01
+momW=0.9
+momB=0.9
+wc=0
+[lin]
+epsW=0.01
+epsB=0.01
+momW=0.9
+momB=0.9
+wc=0
+[bce]
+coeff=0.5
+posWeight=2
+[dce]
+coeff=0.8
+"""
+
+
+def _fused_bce_batch(rng, n):
+    # inputs of size ~3 x initW 3 over 11 values: many logits past 17, where y rounds to 1
+    return [(rng.standard_normal((n, 11)) * 3).astype(np.float32),
+            (rng.uniform(size=(n, 7)) < 0.4).astype(np.float32)]
+
+
+@cuda
+@pytest.mark.parametrize("n", [1, 9])
+def test_bce_dce_fused_with_logistic(n):
+    rng = np.random.default_rng()
+    cpu, gpu = _twins(FUSED_BCE_LAYERS, FUSED_BCE_PARAMS, {0: 11, 1: 7})
+    _check_pass(cpu, gpu, _fused_bce_batch(rng, n))
+    _check_training(cpu, gpu, [_fused_bce_batch(rng, n) for _ in range(3)])
+
+
+@cuda
+@pytest.mark.parametrize("first", ["cpu", "cuda"])
+def test_backward_after_moving_the_net_needs_a_new_forward(first):
+    # the last forward pass's buffers stay on the backend it ran on
+    rng = np.random.default_rng()
+    net = ccn.Net("layers.ini", "params.ini", {0: 11, 1: 7}, layers_text=FUSED_BCE_LAYERS,
+                  params_text=FUSED_BCE_PARAMS, device=first)
+    net.forward(_fused_bce_batch(rng, 4), train=True)
+    net.to("cpu" if first == "cuda" else "cuda")
+    with pytest.raises(ccn.InputError, match="forward"):
+        net.backward()
+    net.forward(_fused_bce_batch(rng, 4), train=True)
+    net.backward()
+
+
+LOGREG_LAYERS = """
+[data]
+type=data
+dataIdx=0
+[labels]
+type=data
+dataIdx=1
+[fc]
+type=fc
+inputs=data
+outputs=5
+[probs]
+type=softmax
+inputs=fc
+[logprob]
+type=cost.logreg
+inputs=labels,probs
+"""
+LOGREG_PARAMS = "[fc]\nepsW=0.01\nepsB=0.01\nmomW=0.9\nmomB=0.9\nwc=0\n[logprob]\ncoeff=1\n"
+
+
+@cuda
+@pytest.mark.parametrize("fused", [True, False])
+def test_logreg_nan_is_a_nan_cost_and_a_bad_label_an_error(fused):
+    # a diverged run shows as a NaN cost on both backends (the trainer's check names the
+    # layer), not as a bad label (the fused kernel) or a finite 87.5 (fmaxf dropping the NaN)
+    layers = LOGREG_LAYERS + ("" if fused else "[sq]\ntype=cost.sum2\ninputs=probs\n")
+    params = LOGREG_PARAMS + ("" if fused else "[sq]\ncoeff=0\n")
+    rng = np.random.default_rng()
+    cpu, gpu = _twins(layers, params, {0: 6, 1: 1})
+    data = [rng.standard_normal((5, 6)).astype(np.float32), rng.integers(0, 5, (5, 1)).astype(np.float32)]
+    for net in (cpu, gpu):
+        w = net.get("fc.weights[0]")
+        w[0, 0] = np.nan
+        net.set("fc.weights[0]", w)
+        net.forward(data, train=True)
+        values = [c for c in net.costs() if c["layer"] == "logprob"][0]["values"]
+        assert np.isnan(values[0]), (net.device, values)
+    bad = [data[0], np.array([[0], [1], [7], [2], [3]], np.float32)]
+    for net in (cpu, gpu):
+        with pytest.raises(ccn.InputError, match="not a class index"):
+            net.forward(bad, train=True)
 
 
 # ---- image operations: blur, crop, resize, href, nailbed, rgb2yuv, rgb2lab, rscale ----------

@@ -185,6 +185,56 @@ def test_bce_through_logistic_neuron():
     check_grads(net, a, cost, ["x"])
 
 
+@pytest.mark.parametrize("type_", ["cost.bce", "cost.dce"])
+@pytest.mark.parametrize("producer", ["neuron layer", "fc neuron=logistic"])
+def test_bce_fused_with_logistic_keeps_saturated_gradients(type_, producer):
+    """cuda-convnet2 (NeuronLayer::bpropSpecial) computes dCost/dx = coeff * ((1 - t) * y -
+    posWeight * t * (1 - y)) in one step when a logistic feeds only cost.bce/dce. Where y rounds
+    to 1 in float32 (x > ~17) this keeps the gradient of a confidently wrong unit
+    (t = 0, x = 20: coeff), which 1 / max(1 - y, tiny) times y * (1 - y) = 0 would lose."""
+    rng = np.random.default_rng()
+    x1 = np.array([20.0, -20.0, 0.5, 3.0, -30.0, 25.0, 0.0])
+    t1 = np.array([0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0])
+    n = int(rng.integers(1, 5))
+    x, t = np.tile(x1, (n, 1)), np.tile(t1, (n, 1))
+    coeff, pw = float(np.round(rng.uniform(0.3, 2), 3)), float(np.round(rng.uniform(0.5, 3), 3))
+    if producer == "neuron layer":
+        mid = "[sig]\ntype=neuron\ninputs=x\nneuron=logistic\n"
+        params = f"[cost]\ncoeff={coeff}\nposWeight={pw}\n"
+    else:
+        mid = "[sig]\ntype=fc\ninputs=x\noutputs=7\ninitW=0\nneuron=logistic\n"
+        params = f"[sig]\nepsW=0\nepsB=0\nmomW=0\nmomB=0\nwc=0\n[cost]\ncoeff={coeff}\nposWeight={pw}\n"
+    text = f"[labels]\ntype=data\ndataIdx=1\n[x]\ntype=data\ndataIdx=0\n{mid}[cost]\ntype={type_}\ninputs=labels,sig\n"
+    dims = {0: 7, 1: 7}
+    net = ccn.Net("layers.cfg", "params.cfg", dims, layers_text=text, params_text=params)
+    if producer != "neuron layer":
+        net.set("sig.weights[0]", np.eye(7, dtype=np.float32))
+    net._net.set_data_grads(True)
+    net.forward({0: x.astype(np.float32), 1: t.astype(np.float32)}, train=True)
+    net.backward()
+    y = net.output("sig").astype(np.float64)
+    assert y[0, 0] == 1.0  # saturated in float32
+    want = coeff * ((1 - t) * y - pw * t * (1 - y))
+    np.testing.assert_allclose(net.output_grad("x"), want, rtol=1e-5, atol=1e-7)
+    assert net.output_grad("x")[0, 0] == pytest.approx(coeff, rel=1e-6)
+
+
+def test_bce_logistic_with_a_second_consumer_is_not_fused():
+    """A logistic that also feeds another layer gets the cost's own gradient (the original's
+    "stupid way"), which agrees with the fused one away from saturation."""
+    rng = np.random.default_rng()
+    n, k = 5, 4
+    t = rng.integers(0, 2, (n, k)).astype(float)
+    x = rng.standard_normal((n, k)) * 2
+    text = ("[labels]\ntype=data\ndataIdx=1\n[x]\ntype=data\ndataIdx=0\n[sig]\ntype=neuron\ninputs=x\n"
+            "neuron=logistic\n[cost]\ntype=cost.bce\ninputs=labels,sig\n[sq]\ntype=cost.sum2\ninputs=sig\n")
+    cost = lambda v: 0.7 * bce_cost(v["labels"], 1 / (1 + np.exp(-v["x"])), 1.5) + 0.25 * np.sum(  # noqa: E731
+        (1 / (1 + np.exp(-v["x"]))) ** 2)
+    net, costs, a = run_cost(text, "[cost]\ncoeff=0.7\nposWeight=1.5\n[sq]\ncoeff=0.25\n",
+                             {"labels": (1, t), "x": (0, x)})
+    check_grads(net, a, cost, ["x"])
+
+
 def test_bce_edges_threshold_ties_and_safelog():
     t = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
     y = np.array([[0.5, 0.5, 0.2],    # 0.5 is not > 0.5 (1 wrong decision); max tied by a labelled and an
