@@ -6,7 +6,11 @@ The only thing a layer test writes is an independent NumPy float64 forward refer
   2. compares our float32 forward output with the reference,
   3. compares our backward pass (gradients w.r.t. every data input and every parameter,
      for a random output gradient G, i.e. of the scalar sum(G * output)) with central
-     finite differences of the float64 reference -- so no hand-derived gradient is trusted.
+     finite differences of the float64 reference -- so no hand-derived gradient is trusted,
+  4. runs the backward pass again with every gradient buffer zeroed first, so the layer adds
+     into its input gradients instead of assigning them, and checks both branches agree,
+  5. and once more with a second consumer of each data input that writes its gradient first,
+     which the layer must add to.
 """
 
 from __future__ import annotations
@@ -84,10 +88,43 @@ def check_layer(layers_text: str, data: dict, ref_fn, layer: str, params_text: s
     net.backward({layer: G.astype(np.float32)})
     wrt = {k: v for k, v in arrays64.items() if k not in no_grad}
     num = numeric_grads(lambda a: np.asarray(ref_fn(a), dtype=np.float64).reshape(n, -1), wrt, G)
+    got_all = {}
     for k, g in num.items():
         if k in data:
             got = net.output_grad(k)
         else:
             got = net.get(k, "grad")
+        got_all[k] = got
         assert_close(got, g.reshape(got.shape), grad_rtol, grad_atol, f"gradient w.r.t. '{k}'")
+    # 4. In this small net the layer is the first writer of its inputs' gradients, so it may
+    #    assign them (Layer::bprop_assigns_din); with every buffer zeroed first it must add
+    #    instead. Both branches must give the same numbers (the same sums in the same order).
+    net._net.set_grad_zero_eager(True)
+    net._net.zero_param_grads()
+    net.backward({layer: G.astype(np.float32)})
+    net._net.set_grad_zero_eager(False)
+    for k, got in got_all.items():
+        again = net.output_grad(k) if k in data else net.get(k, "grad")
+        np.testing.assert_allclose(again, got, rtol=1e-6, atol=1e-7,
+                                   err_msg=f"gradient w.r.t. '{k}': adding into zeroed buffers differs from assigning")
+    # 5. The same with another consumer of each data input (an identity neuron layer after the
+    #    layer, so its gradient G2 is written first): the layer must add to G2, not overwrite it.
+    fed = [k for k in got_all if k in data]
+    if fed:
+        extra = "".join(f"\n[__also_{k}]\ntype=neuron\ninputs={k}\nneuron=ident\n" for k in fed)
+        net2 = ccn.Net("<test-layers>", "<test-params>" if params_text else None, dims, seed=seed,
+                       layers_text=layers_text + extra, params_text=params_text or None)
+        net2._net.set_data_grads(True)
+        for p in net.params:
+            net2.set(p.name, net.get(p.name))
+        net2.forward(by_idx, train=train)
+        seeds = {layer: G.astype(np.float32)}
+        G2 = {k: rng.standard_normal((n, net2.layer(f"__also_{k}").outputs)).astype(np.float32) for k in fed}
+        seeds.update({f"__also_{k}": g for k, g in G2.items()})
+        net2.backward(seeds)
+        for k in fed:
+            got = net2.output_grad(k) - G2[k].astype(np.float64).reshape(net2.output_grad(k).shape)
+            np.testing.assert_allclose(got, got_all[k], rtol=1e-5, atol=1e-5,
+                                       err_msg=f"gradient w.r.t. '{k}' with a second consumer: the layer must add "
+                                               "to the gradient another layer wrote first")
     return net

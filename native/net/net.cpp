@@ -275,6 +275,14 @@ void Net::build(const std::map<int, Shape>& data_dims, bool allow_unused) {
   compute_needs_grad();
 }
 
+bool Net::grad_zero_eager_default() {
+  static const bool eager = [] {
+    const char* e = std::getenv("CCN_GRAD_ZERO");
+    return e && std::string(e) == "eager";
+  }();
+  return eager;
+}
+
 void Net::reset_layer_times() {
   fprop_s_.assign(layers_.size(), 0.0);
   bprop_s_.assign(layers_.size(), 0.0);
@@ -402,11 +410,9 @@ void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
   // one input only, otherwise grads_[j] is zeroed just before it. The sum each gradient
   // element receives is the same, in the same order, as with zeroing first: 0 + t1 + t2 ...;
   // assigning layers write 0.f + t1 so that even the sign of a zero result is unchanged.
-  // CCN_GRAD_ZERO=eager (read once) zeroes every buffer first, as before: for tests.
-  static const bool eager = [] {
-    const char* e = std::getenv("CCN_GRAD_ZERO");
-    return e && std::string(e) == "eager";
-  }();
+  // Eager zeroing (set_grad_zero_eager, default CCN_GRAD_ZERO=eager) zeroes every buffer
+  // first, as before, so every layer adds: for tests of the layers' adding branch.
+  const bool eager = grad_zero_eager_;
   const int n = cases_;
   const size_t L = layers_.size();
   std::vector<char> written(L, 0);

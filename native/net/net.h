@@ -65,6 +65,10 @@ class Net {
   const ConfigFile& def_file() const { return def_file_; }
   const ConfigFile& params_file() const { return par_file_; }
   void set_data_grads(bool on) { data_grads_ = on; compute_needs_grad(); }
+  // Zero every gradient buffer before the backward pass, so that no layer assigns its input
+  // gradients (Layer::bprop_assigns_din) but every one adds: tests compare the two branches.
+  // Default: the environment variable CCN_GRAD_ZERO=eager (read once per process).
+  void set_grad_zero_eager(bool on) { grad_zero_eager_ = on; }
   // Wall-clock seconds spent in each layer's forward (neuron included) and backward pass,
   // summed since construction or the last reset_layer_times() (for tools/layer_times.py).
   const std::vector<double>& fprop_seconds() const { return fprop_s_; }
@@ -157,6 +161,8 @@ class Net {
   std::vector<bool> needs_grad_;
   std::vector<double> fprop_s_, bprop_s_;
   bool data_grads_ = false;
+  bool grad_zero_eager_ = grad_zero_eager_default();
+  static bool grad_zero_eager_default();
   int cases_ = 0;
   bool forward_done_ = false;  // the last fprop went through (bprop reads its buffers)
   int gpus_needed_ = 1;

@@ -457,6 +457,7 @@ PYBIND11_MODULE(_core, m) {
       .def("first_nonfinite_layer", &Net::first_nonfinite_layer)
       .def("reload_params", &Net::reload_params, py::arg("params_text"), py::arg("params_path"))
       .def("set_data_grads", &Net::set_data_grads)
+      .def("set_grad_zero_eager", &Net::set_grad_zero_eager)
       .def("layer_times",
            [](const Net& net) {  // [(layer, forward s, backward s)] summed since the last reset
              py::list out;
