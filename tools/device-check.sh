@@ -112,11 +112,17 @@ stage "tests/cuda"
 if [[ "${R[build]}" != FAILED* ]]; then
   EXTRA=()
   ((DRY)) && EXTRA=(tests/e2e/test_train_device.py)
-  # every launch waits, so a kernel fault is reported at its own launch (file and line)
-  CCN_CUDA_SYNC_LAUNCHES=1 timeout "$(limit 150 100)" python3 -m pytest -q -p no:cacheprovider -rfEs tests/cuda ${EXTRA[@]+"${EXTRA[@]}"} \
-    > "$OUT/tests-cuda.log" 2>&1
-  grep -E "^(FAILED|ERROR)" "$OUT/tests-cuda.log" | head -20
-  R[tests_cuda]=$(summary "$OUT/tests-cuda.log")
+  # every launch waits, so a kernel fault is reported at its own launch (file and line);
+  # -v names each result as it arrives (a stage cut short still says what passed), the
+  # reference nets (the slowest files: 16 nets trained on both backends) go last, and with
+  # pytest-xdist 4 workers share the GPU (each its own context and stream)
+  CUDA_FILES=($(ls tests/cuda/test_*.py | grep -v test_cuda_reference_nets.py) tests/cuda/test_cuda_reference_nets.py)
+  XD=()
+  ((DRY)) || { python3 -c "import xdist" 2>/dev/null && XD=(-n 4); }
+  CCN_CUDA_SYNC_LAUNCHES=1 OMP_NUM_THREADS=4 timeout "$(limit 150 100)" python3 -m pytest -v -p no:cacheprovider -rfEs \
+    --durations=12 ${XD[@]+"${XD[@]}"} "${CUDA_FILES[@]}" ${EXTRA[@]+"${EXTRA[@]}"} > "$OUT/tests-cuda.log" 2>&1
+  grep -E "^(FAILED|ERROR)| (FAILED|ERROR) " "$OUT/tests-cuda.log" | head -20
+  R[tests_cuda]="$(summary "$OUT/tests-cuda.log"); $(grep -c " PASSED" "$OUT/tests-cuda.log") passed, $(grep -c " FAILED" "$OUT/tests-cuda.log") failed as printed"
   echo "${R[tests_cuda]}"
 fi
 
