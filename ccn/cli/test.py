@@ -85,7 +85,7 @@ def run_test_command(load_file, *, test_range=None, data_path=None, data_provide
     placement = dev.select(device, gpu, command="ccn test")
     ckpt, net = T.load_model(load_file)
     if placement.device == "cuda":
-        dev.select(placement.device, placement.gpu, command="ccn test", gpus_needed=net.gpus_needed)
+        dev.select(device, placement.gpu, command="ccn test", gpus_needed=net.gpus_needed)
         dev.place(net, placement)
     opts, batches = T.test_options(ckpt, data_path=data_path, data_provider=data_provider, test_range=test_range,
                                    mini=mini, multiview_test=multiview, threads=threads)

@@ -483,7 +483,7 @@ def _run_train(given: dict, load_file, out, stop_after, world):
     opts["conv_to_local"], opts["unshare_weights"] = "", ""
     layout_line = None
     if placement.device == "cuda":
-        dev.select(placement.device, placement.gpu, command="ccn train", gpus_needed=net.gpus_needed)
+        dev.select(given.get("device"), placement.gpu, command="ccn train", gpus_needed=net.gpus_needed)
         dev.place(net, placement)  # the parameters move; the core pulls them back for checkpoints
     elif net.gpus_needed > 1:  # cuda-convnet2's gpu= layouts: logical devices, all in this process on the CPU
         from ..layout import layout_of

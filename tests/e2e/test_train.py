@@ -313,7 +313,7 @@ def test_cli_bad_inputs(setup):
         _expect(cli(*common, "--data-path", data, "--train-range", "1", "--test-range", "5", "--device", "cuda"), 1,
                 no_cuda)
         _expect(cli(*common, "--data-path", data, "--train-range", "1", "--test-range", "5", "--gpu", "0"), 1,
-                no_cuda)
+                no_cuda.replace("--device cuda", "--gpu 0"), "leave out --gpu 0 to run on the CPU")
     _expect(cli(*common, "--data-path", data, "--train-range", "1", "--test-range", "5", "--gpu", "0,1"), 2,
             "several GPUs at once is not implemented yet")
     _expect(cli(*common, "--data-path", data, "--train-range", "1", "--test-range", "5", "--conv-to-local", "c1"), 2,
