@@ -190,7 +190,8 @@ def _given(ctx, name) -> bool:
 @click.option("--save-path", "--save-file", "save_path", type=str,
               help="Folder for the checkpoints (one sub-folder per checkpoint).")
 @click.option("--max-filesize", type=float,
-              help="Keep only as many checkpoints as fit in this many MiB (the newest always stays). [5000]")
+              help="Keep only as many checkpoints as fit in this many MiB (the newest always stays; 0 keeps only "
+              "the newest, as cuda-convnet did). [5000]")
 @click.option("-f", "--load-file", type=str,
               help="Resume from this checkpoint, or from the newest one in this save folder.")
 @click.option("--conv-to-local", type=str,
@@ -369,8 +370,6 @@ def _run_train(given: dict, load_file, out, stop_after, world):
         if v is not None and (not math.isfinite(float(v)) or (lo is not None and float(v) < lo)):
             raise InputError(f"--{k.replace('_', '-')} must be a finite number" + ("" if lo is None else " >= 0")
                              + f", got {v}.")
-    if opts["max_filesize"] is not None and opts["max_filesize"] <= 0:
-        raise InputError(f"--max-filesize must be positive (MiB), got {opts['max_filesize']}.")
     if opts["threads"] is not None:
         check_threads(opts["threads"])
     if opts["seed"] is not None:
