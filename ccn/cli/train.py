@@ -42,6 +42,11 @@ REDIRECTED = {
     "test_only": "testing a checkpoint is its own command in ccn: ccn test -f CHECKPOINT (it takes --test-range, "
                  "--multiview-test, --test-out, --write-features)",
     "check_grads": "gradient checks are their own command in ccn: ccn check-grads --layers FILE",
+    "write_features": "writing a layer's outputs is part of testing in ccn: ccn test -f CHECKPOINT --write-features "
+                      "LAYER --feature-path DIR",
+    "feature_path": "writing a layer's outputs is part of testing in ccn: ccn test -f CHECKPOINT --write-features "
+                    "LAYER --feature-path DIR",
+    "test_out": "per-case test predictions are written by ccn test -f CHECKPOINT --test-out FILE.npz (or .csv)",
 }
 IGNORED = {
     "logreg_name": "ccn train's tests (multiview too) report every cost layer; ccn test -f CHECKPOINT --logreg-name "
@@ -49,6 +54,20 @@ IGNORED = {
     "zip_save": "checkpoints are .npz archives (float weights barely compress)",
     "conserve_mem": "ccn keeps no spare copies to free (see the memory estimate ccn train prints on failure)",
 }
+NUM_GPUS_NOTE = ("ccn runs one process on one device: --gpu INDEX (or --device cuda) puts it on a GPU, the CPU is "
+                 "the default; to spread training over several processes or machines, run data-parallel MPI ranks "
+                 "(mpiexec -n N ccn train ..., on CPUs for now)")
+
+
+def check_num_gpus(n) -> None:
+    """cuda-convnet's --num-gpus: 1 (or 0) is what ccn does anyway (a note); more is refused."""
+    if n is None:
+        return
+    if n > 1:
+        raise InputError(f"--num-gpus {n}: running one net on several GPUs at once is not implemented; "
+                         f"{NUM_GPUS_NOTE}.")
+    click.echo(f"note: --num-gpus is accepted for cuda-convnet's command lines and has no effect: {NUM_GPUS_NOTE}.",
+               err=True)
 
 
 class Bool01(click.ParamType):
@@ -205,6 +224,10 @@ def _given(ctx, name) -> bool:
               "--inner-size = image size - 2 x this. [4 with --data-provider cifar-cropped]")
 @click.option("--test-only", type=BOOL01, hidden=True)
 @click.option("--check-grads", type=BOOL01, hidden=True)
+@click.option("--write-features", type=str, hidden=True)
+@click.option("--feature-path", type=str, hidden=True)
+@click.option("--test-out", type=str, hidden=True)
+@click.option("--num-gpus", type=int, hidden=True)
 @click.option("--logreg-name", type=str, hidden=True)
 @click.option("--zip-save", type=BOOL01, hidden=True)
 @click.option("--conserve-mem", type=BOOL01, hidden=True)
@@ -240,6 +263,7 @@ def train(ctx, **kw):
         v = kw.pop(k)
         if v:  # (--test-only 0 and the like are what ccn train does anyway)
             raise InputError(f"--{k.replace('_', '-')}: {why}.")
+    check_num_gpus(kw.pop("num_gpus"))
     for k, why in IGNORED.items():
         if kw.pop(k) is not None:
             click.echo(f"note: --{k.replace('_', '-')} is accepted for cuda-convnet's command lines and has no effect: "
