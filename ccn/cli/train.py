@@ -36,7 +36,7 @@ DEFAULTS = {
     "device": "cpu", "gpu": None,
 }
 PATH_OPTIONS = ("data_path", "save_path")
-KNOWN_PROVIDERS = ("default", "auto", "cifar", "cifar-cropped", "image", "imagenet", "dummy-lr-n")
+KNOWN_PROVIDERS = ("default", "auto", "cifar", "cifar-cropped", "image", "imagenet")
 # cuda-convnet options that became commands of their own (or mean nothing here): what to say
 REDIRECTED = {
     "test_only": "testing a checkpoint is its own command in ccn: ccn test -f CHECKPOINT (it takes --test-range, "
@@ -119,6 +119,12 @@ def _provider_module(name: str | None, near: str | None = None):
                              "not a function; give MODULE:FUNCTION with FUNCTION(data_path, batch_range, *, train, "
                              "options).")
         return mod, _plugin_call(name, fn)
+    if name and name.lower().startswith("dummy-"):  # cuda-convnet2's dummy-lr-N / dummy-cn-N (python_util/data.py)
+        raise InputError(f"--data-provider {name}: cuda-convnet2's dummy providers (dummy-lr-N, dummy-cn-N: random "
+                         "data with random labels, for debugging its own code) are not part of ccn. To check a net's "
+                         "gradients on random data use ccn check-grads --layers FILE; for a small dataset without a "
+                         "download, ccn prepare-data builtin --out DIR and then --data-path DIR; or give your own "
+                         "provider as --data-provider MODULE:FUNCTION.")
     if name and name.lower() not in KNOWN_PROVIDERS:
         raise InputError(f"--data-provider: unknown provider '{name}'. Leave it out to detect the kind of data from "
                          f"the batch metadata ({', '.join(KNOWN_PROVIDERS)} do the same), or give MODULE:FUNCTION "

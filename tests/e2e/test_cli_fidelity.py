@@ -75,3 +75,14 @@ def test_test_only_and_num_gpus(run):
     assert r.returncode == 0 and "note: --num-gpus is accepted" in r.stderr and "--gpu INDEX" in r.stderr, r.stderr
     refused(ccn("test", "-f", run["run"], "--num-gpus", "2"), "--num-gpus 2", "--gpu INDEX")
     refused(ccn("train", "-f", run["run"], "--num-gpus", "2"), "--num-gpus 2", "--gpu INDEX")
+
+
+# ---- the data provider ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["dummy-lr-n", "dummy-lr-432", "dummy-cn-192"])
+def test_dummy_providers_are_refused_not_replaced_by_real_data(run, name):
+    save = run["base"] / f"dummy-{name}"
+    o = run["opts"]
+    r = ccn("train", "--layers", o["layers"], "--data-path", o["data_path"], "--train-range", "1-2", "--test-range",
+            "3", "--epochs", "1", "--save-path", str(save), "--data-provider", name)
+    refused(r, f"--data-provider {name}", "ccn check-grads", "ccn prepare-data builtin")
+    assert not save.exists()
