@@ -379,6 +379,20 @@ def _run_train(given: dict, load_file, out, stop_after, world):
 
     placement = dev.select(given.get("device"), opts["gpu"], command="ccn train", data_parallel=world is not None)
     opts["device"], opts["gpu"] = placement.device, (None if placement.gpu is None else str(placement.gpu))
+    if ckpt is not None and "data_provider" in given:
+        # cifar-cropped sets the crop (--inner-size) when a run starts, as cuda-convnet's --crop-border
+        # was set once: taking it up or dropping it on resume would change the net's input size
+        def cropped(p):
+            return str(p or "").lower() == "cifar-cropped"
+
+        saved_dp = ckpt.options.get("data_provider")
+        if cropped(given["data_provider"]) != cropped(saved_dp):
+            raise InputError(f"--data-provider {given['data_provider']}: {ckpt.path} was trained with "
+                             f"{'--data-provider ' + saved_dp if saved_dp else 'the detected provider'}, and cuda-"
+                             "convnet's cropped CIFAR provider (its crop, --crop-border) is chosen when a run starts: "
+                             "the net's input size cannot change on resume. Leave out --data-provider to go on as "
+                             "the run was trained, or start a new run (--save-path NEW) with --data-provider "
+                             "cifar-cropped.")
     if ckpt is not None and not given.get("save_path"):
         # next to the checkpoint resumed (as cuda-convnet saved into the folder it loaded from),
         # not where it was once saved: a copied or moved run goes on in its own folder

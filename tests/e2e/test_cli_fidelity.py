@@ -78,6 +78,24 @@ def test_test_only_and_num_gpus(run):
 
 
 # ---- the data provider ---------------------------------------------------------------------------
+def test_cifar_cropped_on_resume_of_a_plain_run_is_refused(run):
+    before = ck.list_checkpoints(run["run"])
+    r = ccn("train", "-f", run["run"], "--epochs", "2", "--data-provider", "cifar-cropped")
+    refused(r, "--data-provider cifar-cropped", "was trained with --data-provider cifar", "Leave out --data-provider")
+    assert ck.list_checkpoints(run["run"]) == before  # nothing trained, nothing recorded
+    # the other way round: a cropped run resumed with the plain provider
+    cropped = str(run["base"] / "cropped")
+    run_train({**run["opts"], "data_provider": "cifar-cropped", "crop_border": 2, "epochs": 1, "save_path": cropped},
+              out=io.StringIO())
+    refused(ccn("train", "-f", cropped, "--epochs", "2", "--data-provider", "cifar"),
+            "was trained with --data-provider cifar-cropped")
+    # the same provider again is fine, and the crop is kept
+    r = ccn("train", "-f", cropped, "--epochs", "2", "--data-provider", "cifar-cropped")
+    assert r.returncode == 0, r.stderr
+    meta = json.load(open(os.path.join(ck.list_checkpoints(cropped)[-1], "meta.json")))
+    assert meta["options"]["data_provider"] == "cifar-cropped" and meta["options"]["inner_size"] == 8
+
+
 @pytest.mark.parametrize("name", ["dummy-lr-n", "dummy-lr-432", "dummy-cn-192"])
 def test_dummy_providers_are_refused_not_replaced_by_real_data(run, name):
     save = run["base"] / f"dummy-{name}"
