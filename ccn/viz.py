@@ -268,6 +268,14 @@ def cost_curves(meta: dict, cost: str | None, cost_idx: int, names: dict[str, li
     return np.array(tx), np.array(ty), np.array(ex), np.array(ey), cost, vname
 
 
+def smooth_tests(ey, n: int) -> np.ndarray:
+    """cuda-convnet2 shownet's --smooth-test-errors: value i becomes the mean of values
+    max(0, i-n+1) .. i (``n`` = the number of test batches)."""
+    ey = np.asarray(ey, dtype=np.float64)
+    n = max(1, int(n))
+    return np.array([ey[max(0, i + 1 - n):i + 1].mean() for i in range(len(ey))])
+
+
 def plot_cost(tx, ty, ex, ey, cost: str, vname: str, title: str):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))

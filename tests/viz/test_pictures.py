@@ -170,6 +170,29 @@ def test_cost_curves_values(conv_run, fake_run):
         viz.cost_curves(c.meta, "nope", 0, {})
 
 
+def test_smooth_test_errors_like_cuda_convnet2(tmp_path):
+    """shownet.py --smooth-test-errors 1: test i is the mean of tests i-N+1..i, N = len(test range)."""
+    np.testing.assert_allclose(viz.smooth_tests([1, 2, 3, 5], 2), [1, 1.5, 2.5, 4])
+    np.testing.assert_allclose(viz.smooth_tests([1, 2, 3], 1), [1, 2, 3])
+    import fakedata
+    from ccn.cli.train import run_train
+
+    data = fakedata.make_dataset(tmp_path / "data")
+    layers, _ = fakedata.write_net(tmp_path / "net")
+    run = str(tmp_path / "run")  # one test batch in turn (4, 5, 4): 3 tests
+    run_train({"data_path": data, "data_provider": "fakedata:open_provider", "train_range": "1-3",
+               "test_range": "4-5", "epochs": 1, "mini": 16, "test_freq": 1, "save_path": run, "layers": layers,
+               "seed": 5, "threads": 1}, out=io.StringIO())
+    *_, ey, _, _ = viz.cost_curves(ck.load(run).meta, None, 1, {})
+    assert len(ey) == 3
+    r = cli("show-cost", "-f", run, "--cost-idx=1", "--smooth-test-errors=1", cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert f"3 tests (last {(ey[1] + ey[2]) / 2:.6f}, test values smoothed over the last 2)" in r.stdout, r.stdout
+    assert (tmp_path / "cost-logprob-1-smooth-1.3.png").is_file()
+    r = cli("show-cost", "-f", run, "--cost-idx=1", "--smooth-test-errors", "0", "-o", "raw.png", cwd=str(tmp_path))
+    assert r.returncode == 0 and f"3 tests (last {ey[2]:.6f})" in r.stdout, r.stdout
+
+
 def test_cost_picture(conv_run, tmp_path):
     img = png(write_cost(conv_run["run"], cost_idx=2, output=str(tmp_path / "c.png"), echo=quiet))
     assert img.shape[:2] == (500, 800)
