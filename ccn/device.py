@@ -76,8 +76,10 @@ def select(device: str | None, gpu=None, *, command: str = "ccn train", gpus_nee
     ``gpu`` alone implies ``--device cuda``; ``--device cuda`` alone means GPU 0.
     ``gpus_needed`` is the net's ``gpu=`` layout size; ``data_parallel`` says the run is one
     rank of an MPI job."""
+    asked = "--device cuda"  # the option the user gave, for the messages
     if device is None and gpu not in (None, ""):  # --gpu alone
         device = "cuda"
+        asked = f"--gpu {gpu}"
     device = (device or "cpu").lower()
     if device == "gpu":
         device = "cuda"
@@ -97,24 +99,24 @@ def select(device: str | None, gpu=None, *, command: str = "ccn train", gpus_nee
     if device == "cpu":
         return Placement("cpu", None)
     if data_parallel:
-        raise ConfigError(f"{command} --device cuda under an MPI launcher (data parallelism) is not implemented "
+        raise ConfigError(f"{command} {asked} under an MPI launcher (data parallelism) is not implemented "
                           "yet; run the ranks on the CPU (leave out --device and --gpu), or run one process on "
                           "one GPU.")
     if gpus_needed > 1:
         raise ConfigError(f"the net's gpu= layout spreads it over {gpus_needed} devices, and placing layers on "
-                          "several real GPUs is not implemented yet; leave out --device cuda to run the layout "
+                          f"several real GPUs is not implemented yet; leave out {asked} to run the layout "
                           "simulated on the CPU (it computes exactly the single-device result), or remove the gpu= "
                           "keys to train it on one GPU.")
     b = backends or probe()
     if not b.cuda_compiled:
-        raise CcnRuntimeError(f"{command} --device cuda: this ccn was built without the CUDA backend (no CUDA "
+        raise CcnRuntimeError(f"{command} {asked}: this ccn was built without the CUDA backend (no CUDA "
                               "compiler was found when it was built; `ccn info` lists the compiled backends). "
                               "Rebuild it with nvcc on the PATH (pip install . -Ccmake.define.CCN_CUDA=ON), or "
-                              "leave out --device cuda to run on the CPU.")
+                              f"leave out {asked} to run on the CPU.")
     if not b.gpus:
         why = f" (the CUDA runtime says: {b.cuda_status})" if b.cuda_status else ""
-        raise CcnRuntimeError(f"{command} --device cuda: no CUDA GPU is visible on this machine{why}. Check "
-                              "nvidia-smi and CUDA_VISIBLE_DEVICES, or leave out --device cuda to run on the CPU.")
+        raise CcnRuntimeError(f"{command} {asked}: no CUDA GPU is visible on this machine{why}. Check "
+                              f"nvidia-smi and CUDA_VISIBLE_DEVICES, or leave out {asked} to run on the CPU.")
     if index >= len(b.gpus):
         have = ", ".join(f"{g.get('index', i)} ({g.get('name', '?')})" for i, g in enumerate(b.gpus))
         raise InputError(f"--gpu {index}: there is no GPU {index} on this machine; the visible GPUs are {have}.")

@@ -4,9 +4,10 @@
   show-filters``). Like shownet, 16 filters to a row (fewer when each filter shows its
   channels side by side, or when there are fewer filters), a 1-pixel black border around every tile, at most 256 filters per
   picture; 3-channel filters in colour unless ``no_rgb``, other channel counts side by side in
-  grayscale. Each filter is stretched to the full range on its own (shownet stretched all
-  filters together; a per-filter stretch shows the shape of weak filters too). The grid is
-  drawn in pixels (no plotting library) and then enlarged by a whole factor.
+  grayscale. As in shownet, all the filters of the weight matrix are stretched to the full
+  range together (so a dead filter is flat grey); ``norm_filters`` first brings each filter to
+  zero mean and unit variance (cuda-convnet2's ``--norm-filters 1``). The grid is drawn in
+  pixels (no plotting library) and then enlarged by a whole factor.
 * :func:`cost_curves` + :func:`plot_cost`: one cost value of the training and test records
   saved in a checkpoint, against epochs (``ccn show-cost``).
 * :func:`plot_preds`: test images with their true label and the model's top 5 as bars, the
@@ -154,13 +155,21 @@ def layer_filters(net, layer_name: str, input_idx: int = 0, channels: int | None
     return w.T.reshape(nf, channels, s, s), f"fc layer {layer_name}: {nf} filters read as {channels} x {s}x{s}"
 
 
-def normalise_each(filters: np.ndarray) -> np.ndarray:
-    """Each filter (all its channels together) stretched to 0..1; a constant filter is 0.5."""
+def normalise(filters: np.ndarray, per_filter: bool = False) -> np.ndarray:
+    """All the filters stretched to 0..1 together, as shownet.py's plot_filters did
+    (``filters - filters.min()``, then ``/ filters.max()``); all equal gives 0.5 everywhere.
+    ``per_filter`` (cuda-convnet2's --norm-filters 1) first brings each filter, all its
+    channels together, to zero mean and unit variance (a constant filter to all zeros, where
+    the original divided by 0)."""
     f = filters.astype(np.float64)
-    lo = f.min(axis=(1, 2, 3), keepdims=True)
-    hi = f.max(axis=(1, 2, 3), keepdims=True)
-    span = hi - lo
-    return np.where(span > 0, (f - lo) / np.where(span > 0, span, 1), 0.5)
+    if per_filter:
+        f = f - f.mean(axis=(1, 2, 3), keepdims=True)
+        sd = f.std(axis=(1, 2, 3), keepdims=True)
+        f = f / np.where(sd > 0, sd, 1)
+    if f.size == 0:
+        return f
+    lo, hi = f.min(), f.max()
+    return (f - lo) / (hi - lo) if hi > lo else np.full_like(f, 0.5)
 
 
 def grid_geometry(nf: int, channels: int, size: int, rgb: bool) -> tuple[int, int, int, int]:
@@ -171,14 +180,16 @@ def grid_geometry(nf: int, channels: int, size: int, rgb: bool) -> tuple[int, in
     return per_row, nrows, nrows * (size + 1) + 1, per_row * (size * tiles + 1) + 1
 
 
-def filter_grid(filters: np.ndarray, rgb: bool, start: int = 0, scale: int | None = None) -> tuple[np.ndarray, int, int]:
+def filter_grid(filters: np.ndarray, rgb: bool, start: int = 0, scale: int | None = None,
+                norm_filters: bool = False) -> tuple[np.ndarray, int, int]:
     """Filters ``start .. start+255`` as a uint8 image (H x W x 3 with ``rgb`` and 3 channels,
-    H x W otherwise), enlarged ``scale`` times (default: to about 512 pixels wide).
-    Returns (image, first, last+1)."""
+    H x W otherwise), enlarged ``scale`` times (default: to about 512 pixels wide); the
+    grey levels are those of :func:`normalise` over all of ``filters`` (the pictures of one
+    layer from different --start share one scale, as shownet's did). Returns (image, first, last+1)."""
     nf, c, s, _ = filters.shape
     rgb = rgb and c == 3
     end = min(nf, start + MAX_FILTERS)
-    sel = normalise_each(filters[start:end])
+    sel = normalise(filters, per_filter=norm_filters)[start:end]
     per_row, nrows, h, w = grid_geometry(end - start, c, s, rgb)
     pic = np.zeros((h, w, 3) if rgb else (h, w), np.float64)
     for i in range(end - start):
@@ -255,6 +266,14 @@ def cost_curves(meta: dict, cost: str | None, cost_idx: int, names: dict[str, li
         ey.append(vals[cost_idx] / max(1, r["cases"]))
     vname = vnames[cost_idx] if cost_idx < len(vnames) else f"value {cost_idx}"
     return np.array(tx), np.array(ty), np.array(ex), np.array(ey), cost, vname
+
+
+def smooth_tests(ey, n: int) -> np.ndarray:
+    """cuda-convnet2 shownet's --smooth-test-errors: value i becomes the mean of values
+    max(0, i-n+1) .. i (``n`` = the number of test batches)."""
+    ey = np.asarray(ey, dtype=np.float64)
+    n = max(1, int(n))
+    return np.array([ey[max(0, i + 1 - n):i + 1].mean() for i in range(len(ey))])
 
 
 def plot_cost(tx, ty, ex, ey, cost: str, vname: str, title: str):

@@ -86,13 +86,15 @@ class Finite(click.ParamType):
 
 def net_file_options(params_help: str, max_image_size: int):
     """The options that name a net's files and its data sizes without a dataset:
-    --layers, --params, --image-size and --data-dims (see ccn.cli.show_net for the rules)."""
+    --layers (or --layer-def), --params (or --layer-params), --image-size and --data-dims (see
+    ccn.cli.show_net for the rules)."""
 
     def decorate(f):
         for opt in reversed([
-            click.option("--layers", "layers_path", required=True, type=click.Path(dir_okay=False),
+            # --layer-def / --layer-params: cuda-convnet's names, as ccn train takes them
+            click.option("--layers", "--layer-def", "layers_path", required=True, type=click.Path(dir_okay=False),
                          help="Layer-definition file (layers-*.cfg or *.ini)."),
-            click.option("--params", "params_path", type=click.Path(dir_okay=False), default=None,
+            click.option("--params", "--layer-params", "params_path", type=click.Path(dir_okay=False), default=None,
                          help=params_help),
             click.option("--image-size", type=click.IntRange(1, max_image_size), default=None,
                          help="Image data layers are CxNxN, C from the channels= of the layers that read them."),

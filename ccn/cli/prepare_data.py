@@ -111,7 +111,8 @@ def builtin_cmd(out, train_batches, test_batches, batch_size, image_size, seed, 
               help="CIFAR-100: which labels.")
 @OVERWRITE
 def cifar_cmd(src, out, batch_size, labels, overwrite):
-    """CIFAR-10/100 from the python download (SRC: the .tar.gz or its extracted folder). No pickle code runs."""
+    """CIFAR-10/100 from the python download (SRC: the .tar.gz or its extracted folder), or cuda-convnet2's
+    cifar-10-py-colmajor folder (data_batch_1..6, batch 6 for testing). No pickle code runs."""
     from ..data import sources
 
     t = time.time()

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import InputError
 from .options import THREADS, check_threads
-from .train import BOOL01
+from .train import BOOL01, check_num_gpus
 
 
 @click.command("test")
@@ -45,8 +45,10 @@ from .train import BOOL01
 @click.option("--threads", type=THREADS, help="CPU threads of the core. [all cores]")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Where to run the net: cpu or cuda. [cpu]")
 @click.option("--gpu", type=str, help="The GPU index, e.g. 0 (implies --device cuda). [0]")
+@click.option("--test-only", type=BOOL01, hidden=True)
+@click.option("--num-gpus", type=int, hidden=True)
 def test(load_file, test_range, data_path, data_provider, multiview_test, logreg_name, mini, feature_layer,
-         feature_path, test_out, threads, device, gpu):
+         feature_path, test_out, threads, device, gpu, test_only, num_gpus):
     """Test a checkpoint on the whole test set: the cost layers' values (negative log
     probability, top-1 and top-k error).
 
@@ -55,6 +57,12 @@ def test(load_file, test_range, data_path, data_provider, multiview_test, logreg
     ccn test -f runs/a/3.2 --test-range 6 --multiview-test
     ccn test -f runs/a --write-features fc64 --feature-path feats/ --test-out preds.csv
     """
+    if test_only is not None:  # cuda-convnet's convnet.py -f CKPT --test-only 1 is what ccn test does
+        if not test_only:
+            raise InputError(f"--test-only 0 means training on; that is ccn train -f {load_file}.")
+        click.echo("note: --test-only is accepted for cuda-convnet's command lines and has no effect: ccn test only "
+                   "tests.", err=True)
+    check_num_gpus(num_gpus)
     run_test_command(load_file, test_range=test_range, data_path=data_path, data_provider=data_provider,
                      multiview=multiview_test, logreg_name=logreg_name, mini=mini, feature_layer=feature_layer,
                      feature_path=feature_path, test_out=test_out, threads=threads, device=device, gpu=gpu)
@@ -76,7 +84,12 @@ def run_test_command(load_file, *, test_range=None, data_path=None, data_provide
     if test_out is not None:
         ext = os.path.splitext(test_out)[1].lower()
         if ext not in (".npz", ".csv"):
-            raise InputError(f"--test-out {test_out}: the file name must end in .npz or .csv.")
+            raise InputError(f"--test-out {test_out}: the file name must end in .npz or .csv. (In cuda-convnet2 "
+                             "--test-out named a folder of test_preds_N pickles; ccn writes one file instead, with "
+                             "every test case's batch, index, true label and top-5 classes with their probabilities, "
+                             f"e.g. --test-out {test_out.rstrip('/' + os.sep) or 'preds'}.npz. For every class's "
+                             "probability, write the softmax layer's outputs: --write-features LAYER --feature-path "
+                             "DIR.)")
         viz.check_output(test_out, "predictions", "--test-out", suffix=None)
     from .. import device as dev
 
@@ -85,7 +98,7 @@ def run_test_command(load_file, *, test_range=None, data_path=None, data_provide
     placement = dev.select(device, gpu, command="ccn test")
     ckpt, net = T.load_model(load_file)
     if placement.device == "cuda":
-        dev.select(placement.device, placement.gpu, command="ccn test", gpus_needed=net.gpus_needed)
+        dev.select(device, placement.gpu, command="ccn test", gpus_needed=net.gpus_needed)
         dev.place(net, placement)
     opts, batches = T.test_options(ckpt, data_path=data_path, data_provider=data_provider, test_range=test_range,
                                    mini=mini, multiview_test=multiview, threads=threads)

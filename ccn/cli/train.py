@@ -36,12 +36,17 @@ DEFAULTS = {
     "device": "cpu", "gpu": None,
 }
 PATH_OPTIONS = ("data_path", "save_path")
-KNOWN_PROVIDERS = ("default", "auto", "cifar", "cifar-cropped", "image", "imagenet", "dummy-lr-n")
+KNOWN_PROVIDERS = ("default", "auto", "cifar", "cifar-cropped", "image", "imagenet")
 # cuda-convnet options that became commands of their own (or mean nothing here): what to say
 REDIRECTED = {
     "test_only": "testing a checkpoint is its own command in ccn: ccn test -f CHECKPOINT (it takes --test-range, "
                  "--multiview-test, --test-out, --write-features)",
     "check_grads": "gradient checks are their own command in ccn: ccn check-grads --layers FILE",
+    "write_features": "writing a layer's outputs is part of testing in ccn: ccn test -f CHECKPOINT --write-features "
+                      "LAYER --feature-path DIR",
+    "feature_path": "writing a layer's outputs is part of testing in ccn: ccn test -f CHECKPOINT --write-features "
+                    "LAYER --feature-path DIR",
+    "test_out": "per-case test predictions are written by ccn test -f CHECKPOINT --test-out FILE.npz (or .csv)",
 }
 IGNORED = {
     "logreg_name": "ccn train's tests (multiview too) report every cost layer; ccn test -f CHECKPOINT --logreg-name "
@@ -49,6 +54,20 @@ IGNORED = {
     "zip_save": "checkpoints are .npz archives (float weights barely compress)",
     "conserve_mem": "ccn keeps no spare copies to free (see the memory estimate ccn train prints on failure)",
 }
+NUM_GPUS_NOTE = ("ccn runs one process on one device: --gpu INDEX (or --device cuda) puts it on a GPU, the CPU is "
+                 "the default; to spread training over several processes or machines, run data-parallel MPI ranks "
+                 "(mpiexec -n N ccn train ..., on CPUs for now)")
+
+
+def check_num_gpus(n) -> None:
+    """cuda-convnet's --num-gpus: 1 (or 0) is what ccn does anyway (a note); more is refused."""
+    if n is None:
+        return
+    if n > 1:
+        raise InputError(f"--num-gpus {n}: running one net on several GPUs at once is not implemented; "
+                         f"{NUM_GPUS_NOTE}.")
+    click.echo(f"note: --num-gpus is accepted for cuda-convnet's command lines and has no effect: {NUM_GPUS_NOTE}.",
+               err=True)
 
 
 class Bool01(click.ParamType):
@@ -100,6 +119,12 @@ def _provider_module(name: str | None, near: str | None = None):
                              "not a function; give MODULE:FUNCTION with FUNCTION(data_path, batch_range, *, train, "
                              "options).")
         return mod, _plugin_call(name, fn)
+    if name and name.lower().startswith("dummy-"):  # cuda-convnet2's dummy-lr-N / dummy-cn-N (python_util/data.py)
+        raise InputError(f"--data-provider {name}: cuda-convnet2's dummy providers (dummy-lr-N, dummy-cn-N: random "
+                         "data with random labels, for debugging its own code) are not part of ccn. To check a net's "
+                         "gradients on random data use ccn check-grads --layers FILE; for a small dataset without a "
+                         "download, ccn prepare-data builtin --out DIR and then --data-path DIR; or give your own "
+                         "provider as --data-provider MODULE:FUNCTION.")
     if name and name.lower() not in KNOWN_PROVIDERS:
         raise InputError(f"--data-provider: unknown provider '{name}'. Leave it out to detect the kind of data from "
                          f"the batch metadata ({', '.join(KNOWN_PROVIDERS)} do the same), or give MODULE:FUNCTION "
@@ -190,7 +215,8 @@ def _given(ctx, name) -> bool:
 @click.option("--save-path", "--save-file", "save_path", type=str,
               help="Folder for the checkpoints (one sub-folder per checkpoint).")
 @click.option("--max-filesize", type=float,
-              help="Keep only as many checkpoints as fit in this many MiB (the newest always stays). [5000]")
+              help="Keep only as many checkpoints as fit in this many MiB (the newest always stays; 0 keeps only "
+              "the newest, as cuda-convnet did). [5000]")
 @click.option("-f", "--load-file", type=str,
               help="Resume from this checkpoint, or from the newest one in this save folder.")
 @click.option("--conv-to-local", type=str,
@@ -204,6 +230,10 @@ def _given(ctx, name) -> bool:
               "--inner-size = image size - 2 x this. [4 with --data-provider cifar-cropped]")
 @click.option("--test-only", type=BOOL01, hidden=True)
 @click.option("--check-grads", type=BOOL01, hidden=True)
+@click.option("--write-features", type=str, hidden=True)
+@click.option("--feature-path", type=str, hidden=True)
+@click.option("--test-out", type=str, hidden=True)
+@click.option("--num-gpus", type=int, hidden=True)
 @click.option("--logreg-name", type=str, hidden=True)
 @click.option("--zip-save", type=BOOL01, hidden=True)
 @click.option("--conserve-mem", type=BOOL01, hidden=True)
@@ -239,6 +269,7 @@ def train(ctx, **kw):
         v = kw.pop(k)
         if v:  # (--test-only 0 and the like are what ccn train does anyway)
             raise InputError(f"--{k.replace('_', '-')}: {why}.")
+    check_num_gpus(kw.pop("num_gpus"))
     for k, why in IGNORED.items():
         if kw.pop(k) is not None:
             click.echo(f"note: --{k.replace('_', '-')} is accepted for cuda-convnet's command lines and has no effect: "
@@ -348,6 +379,20 @@ def _run_train(given: dict, load_file, out, stop_after, world):
 
     placement = dev.select(given.get("device"), opts["gpu"], command="ccn train", data_parallel=world is not None)
     opts["device"], opts["gpu"] = placement.device, (None if placement.gpu is None else str(placement.gpu))
+    if ckpt is not None and "data_provider" in given:
+        # cifar-cropped sets the crop (--inner-size) when a run starts, as cuda-convnet's --crop-border
+        # was set once: taking it up or dropping it on resume would change the net's input size
+        def cropped(p):
+            return str(p or "").lower() == "cifar-cropped"
+
+        saved_dp = ckpt.options.get("data_provider")
+        if cropped(given["data_provider"]) != cropped(saved_dp):
+            raise InputError(f"--data-provider {given['data_provider']}: {ckpt.path} was trained with "
+                             f"{'--data-provider ' + saved_dp if saved_dp else 'the detected provider'}, and cuda-"
+                             "convnet's cropped CIFAR provider (its crop, --crop-border) is chosen when a run starts: "
+                             "the net's input size cannot change on resume. Leave out --data-provider to go on as "
+                             "the run was trained, or start a new run (--save-path NEW) with --data-provider "
+                             "cifar-cropped.")
     if ckpt is not None and not given.get("save_path"):
         # next to the checkpoint resumed (as cuda-convnet saved into the folder it loaded from),
         # not where it was once saved: a copied or moved run goes on in its own folder
@@ -369,8 +414,6 @@ def _run_train(given: dict, load_file, out, stop_after, world):
         if v is not None and (not math.isfinite(float(v)) or (lo is not None and float(v) < lo)):
             raise InputError(f"--{k.replace('_', '-')} must be a finite number" + ("" if lo is None else " >= 0")
                              + f", got {v}.")
-    if opts["max_filesize"] is not None and opts["max_filesize"] <= 0:
-        raise InputError(f"--max-filesize must be positive (MiB), got {opts['max_filesize']}.")
     if opts["threads"] is not None:
         check_threads(opts["threads"])
     if opts["seed"] is not None:
@@ -483,7 +526,7 @@ def _run_train(given: dict, load_file, out, stop_after, world):
     opts["conv_to_local"], opts["unshare_weights"] = "", ""
     layout_line = None
     if placement.device == "cuda":
-        dev.select(placement.device, placement.gpu, command="ccn train", gpus_needed=net.gpus_needed)
+        dev.select(given.get("device"), placement.gpu, command="ccn train", gpus_needed=net.gpus_needed)
         dev.place(net, placement)  # the parameters move; the core pulls them back for checkpoints
     elif net.gpus_needed > 1:  # cuda-convnet2's gpu= layouts: logical devices, all in this process on the CPU
         from ..layout import layout_of

@@ -4,6 +4,10 @@
   extracted folder. The pickles are read by :mod:`ccn.data.safepickle` (no pickle code runs).
   Batches keep the source order: CIFAR-10's five training files become batches 1-5 and
   ``test_batch`` batch 6 (with the default ``--batch-size 10000``), as cuda-convnet used them.
+  cuda-convnet2's wiki layout ``cifar-10-py-colmajor`` is read too: ``data_batch_1..6`` (no
+  ``test_batch``), ``data`` stored 3072 x N (one column per image); its ``data_batch_6`` is
+  the test batch, so the numbering (1-5 train, 6 test) is the same. Its ``data_mean`` is not
+  needed: ccn computes the mean image of the training batches itself.
 * MNIST / Fashion-MNIST: a folder with ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
   ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte`` (each optionally ``.gz``); 1 channel.
 * Folder: ``SRC/<class>/<image>`` (a seeded, per-class ``--test-fraction`` goes to test) or
@@ -27,8 +31,8 @@ from .writer import DatasetWriter, fingerprint
 # -- CIFAR ----------------------------------------------------------------------------------
 def _cifar_files(src: str) -> dict[str, bytes]:
     """basename -> bytes of the CIFAR files in a tar(.gz) or a folder."""
-    wanted = {"data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
-              "batches.meta", "train", "test", "meta"}
+    wanted = {"data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "data_batch_6",
+              "test_batch", "batches.meta", "train", "test", "meta"}
     files: dict[str, bytes] = {}
     if not os.path.exists(src):
         raise InputError(f"CIFAR source {src} does not exist.")
@@ -68,18 +72,39 @@ def read_cifar(src: str, label_kind: str = "fine"):
             raise InputError(f"{os.path.join(src, n)} is not a CIFAR batch (not a dict).")
         return d
 
-    def arrays(n, key):
+    def arrays(n, key, colmajor=False):
         d = unpick(n)
         if "data" not in d or key not in d:
             raise InputError(f"{os.path.join(src, n)} is not a CIFAR batch (no 'data' or '{key}').")
         data = np.asarray(d["data"])
         labels = np.asarray(d[key], dtype=np.int64).reshape(-1)
+        if colmajor:  # cuda-convnet's layout: 3072 x N, one column per image
+            if data.dtype != np.uint8 or data.ndim != 2 or data.shape[0] != 3072 or data.shape[1] != labels.shape[0]:
+                raise InputError(f"{os.path.join(src, n)} has data of shape {data.shape} ({data.dtype}) and "
+                                 f"{labels.shape[0]} labels; cuda-convnet's CIFAR layout (data_batch_1..6, no "
+                                 "test_batch) has 3072 x N uint8 and N labels.")
+            data = np.ascontiguousarray(data.T)
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
             raise InputError(f"{os.path.join(src, n)} has data of shape {data.shape} ({data.dtype}) and "
                              f"{labels.shape[0]} labels; CIFAR has N x 3072 uint8 and N labels.")
         return data.reshape(-1, 3, 32, 32), labels
 
-    if "batches.meta" in files or "data_batch_1" in files:
+    if "data_batch_6" in files and "test_batch" in files:
+        raise InputError(f"{src} holds both data_batch_6 and test_batch, so which one is the test batch is unclear: "
+                         "the CIFAR-10 download has data_batch_1..5 + test_batch, cuda-convnet's "
+                         "cifar-10-py-colmajor has data_batch_1..6 (6 for testing). Move the one you do not mean "
+                         "out of the folder.")
+    if "data_batch_6" in files:  # cuda-convnet2's cifar-10-py-colmajor
+        missing = [n for n in ["batches.meta"] + [f"data_batch_{i}" for i in range(1, 7)] if n not in files]
+        if missing:
+            raise InputError(f"{src} looks like cuda-convnet's cifar-10-py-colmajor (data_batch_1..6) but lacks "
+                             f"{', '.join(missing)}.")
+        meta = unpick("batches.meta")
+        names = [x.decode() if isinstance(x, bytes) else str(x) for x in meta.get("label_names", [])]
+        train = [arrays(f"data_batch_{i}", "labels", colmajor=True) for i in range(1, 6)]
+        test = [arrays("data_batch_6", "labels", colmajor=True)]
+        kind = "CIFAR-10 (cuda-convnet's column-major batches)"
+    elif "batches.meta" in files or "data_batch_1" in files:
         missing = [n for n in ["batches.meta", "data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
                                "data_batch_5", "test_batch"] if n not in files]
         if missing:
@@ -101,7 +126,8 @@ def read_cifar(src: str, label_kind: str = "fine"):
         kind = f"CIFAR-100 ({label_kind} labels)"
     else:
         raise InputError(f"{src} holds no CIFAR python batches (expected data_batch_1..5, test_batch and "
-                         "batches.meta, or train, test and meta).")
+                         "batches.meta, or train, test and meta, or cuda-convnet's data_batch_1..6 and "
+                         "batches.meta).")
     if not names:
         raise InputError(f"{src}: the CIFAR meta file has no label names.")
     for data, labels in train + test:

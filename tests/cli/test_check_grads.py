@@ -82,3 +82,15 @@ def test_a_closed_output_pipe_is_a_quiet_exit(tmp_path):
     err = p.stderr.read()
     assert p.wait(timeout=120) == 141, err
     assert err == ""
+
+
+def test_takes_cuda_convnets_names_of_the_net_files(tmp_path):
+    """--layer-def / --layer-params, as ccn train takes them (whose --check-grads 1 points here)."""
+    net = tmp_path / "net.cfg"
+    net.write_text("[data]\ntype=data\ndataIdx=0\n[labels]\ntype=data\ndataIdx=1\n"
+                   "[fc]\ntype=fc\ninputs=data\noutputs=3\ninitW=0.5\n[probs]\ntype=softmax\ninputs=fc\n"
+                   "[cost]\ntype=cost.logreg\ninputs=labels,probs\n")
+    (tmp_path / "other-params.cfg").write_text("[fc]\nepsW=0.1\nepsB=0.1\nmomW=0\nmomB=0\nwc=0\n")
+    r = ccn(f"--layer-def={net}", "--layer-params", str(tmp_path / "other-params.cfg"), "--data-dims", "0=5")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"Gradient check of {net}" in r.stdout and "gradient checks passed." in r.stdout

@@ -59,6 +59,44 @@ def test_cifar10_folder_and_targz(tmp_path):
     assert meta2["checksums"] == meta["checksums"]
 
 
+def test_cifar10_colmajor_layout_of_cuda_convnet2s_wiki(tmp_path):
+    """cifar-10-py-colmajor: data_batch_1..6, data 3072 x N (a column per image), data_mean in
+    batches.meta; batch 6 stays batch 6 (the wiki's --test-range 6)."""
+    d = tmp_path / "cifar-10-py-colmajor"
+    d.mkdir()
+    rng = np.random.default_rng(2)
+    n = 5
+    batches = {}
+    for i in range(1, 7):
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = [int(x) for x in rng.integers(0, 10, n)]
+        batches[i] = (data, labels)
+        (d / f"data_batch_{i}").write_bytes(pickle.dumps(
+            {"batch_label": "x", "data": np.ascontiguousarray(data.T), "labels": labels}, protocol=2))
+    (d / "batches.meta").write_bytes(pickle.dumps(
+        {"label_names": [f"c{i}" for i in range(10)], "num_cases_per_batch": n, "num_vis": 3072,
+         "data_mean": np.full((3072, 1), 100.0)}, protocol=2))
+    r = cli("cifar", str(d), "--out", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr
+    meta = bf.read_meta(str(tmp_path / "o"))
+    assert meta["train_batches"] == [1, 2, 3, 4, 5] and meta["test_batches"] == [6]
+    for i in (1, 6):
+        f = bf.BatchFile(str(tmp_path / "o" / f"data_batch_{i}"))
+        assert (np.asarray(f.pixels).reshape(n, -1) == batches[i][0]).all() and list(f.labels) == batches[i][1]
+    # smaller batches split each file on its own, numbered on as for the download layout
+    meta = sources.prepare_cifar(str(d), str(tmp_path / "o3"), batch_size=3)
+    assert meta["train_batches"] == list(range(1, 11)) and meta["test_batches"] == [11, 12]
+    # both test_batch and data_batch_6: ambiguous, refused
+    (d / "test_batch").write_bytes((d / "data_batch_6").read_bytes())
+    r = cli("cifar", str(d), "--out", str(tmp_path / "o2"))
+    assert r.returncode == 2 and "both data_batch_6 and test_batch" in r.stderr and "Traceback" not in r.stderr
+    # a column-major folder whose data is not 3072 x N
+    (d / "test_batch").unlink()
+    (d / "data_batch_2").write_bytes(pickle.dumps({"data": batches[2][0], "labels": batches[2][1]}, protocol=2))
+    r = cli("cifar", str(d), "--out", str(tmp_path / "o4"))
+    assert r.returncode == 2 and "3072 x N uint8" in r.stderr and "data_batch_2" in r.stderr
+
+
 def test_cifar100(tmp_path):
     d = tmp_path / "cifar-100-python"
     d.mkdir()

@@ -220,6 +220,13 @@ def test_max_filesize_keeps_newest(setup):
     assert names == ["2.3", "2.4"]
     train(opts(tmp, data, layers, epochs=1, test_freq=1, max_filesize=1e-6, save_path=str(tmp / "s3")))
     assert [os.path.basename(p) for p in ck.list_checkpoints(tmp / "s3")] == ["1.4"]
+    # 0: cuda-convnet's "keep only the newest", through the command line
+    r = cli("--layers", layers, "--data-provider", "fakedata:open_provider", "--data-path", data, "--train-range",
+            "1-4", "--test-range", "5", "--epochs", "1", "--test-freq", "1", "--mini", "16", "--seed", "1",
+            "--save-path", str(tmp / "s4"), "--max-filesize", "0")
+    assert r.returncode == 0, r.stderr
+    assert [os.path.basename(p) for p in ck.list_checkpoints(tmp / "s4")] == ["1.4"]
+    _expect(cli("-f", str(tmp / "s4"), "--max-filesize", "-1"), 2, "--max-filesize must be a finite number >= 0")
 
 
 # ---- crash safety -------------------------------------------------------------------------
@@ -313,7 +320,7 @@ def test_cli_bad_inputs(setup):
         _expect(cli(*common, "--data-path", data, "--train-range", "1", "--test-range", "5", "--device", "cuda"), 1,
                 no_cuda)
         _expect(cli(*common, "--data-path", data, "--train-range", "1", "--test-range", "5", "--gpu", "0"), 1,
-                no_cuda)
+                no_cuda.replace("--device cuda", "--gpu 0"), "leave out --gpu 0 to run on the CPU")
     _expect(cli(*common, "--data-path", data, "--train-range", "1", "--test-range", "5", "--gpu", "0,1"), 2,
             "several GPUs at once is not implemented yet")
     _expect(cli(*common, "--data-path", data, "--train-range", "1", "--test-range", "5", "--conv-to-local", "c1"), 2,

@@ -157,6 +157,13 @@ def test_select_options():
             dev.select(kw.pop("device"), kw.pop("gpu"), backends=ONE_GPU, **kw)
     with pytest.raises(CcnRuntimeError, match="built without the CUDA backend.*Rebuild it with nvcc"):
         dev.select("cuda", None, backends=dev.Backends(False, ()))
+    # the messages name the option the user gave: --gpu 0 alone (the wiki's command lines) is not --device cuda
+    with pytest.raises(CcnRuntimeError, match=r"ccn train --gpu 0: this ccn was built without .* leave out --gpu 0 to "):
+        dev.select(None, "0", backends=dev.Backends(False, ()))
+    with pytest.raises(CcnRuntimeError, match=r"ccn test --gpu 0: no CUDA GPU is visible .* leave out --gpu 0 to run"):
+        dev.select(None, "0", command="ccn test", backends=dev.Backends(True, ()))
+    with pytest.raises(ConfigError, match="leave out --gpu 0 to run the layout simulated"):
+        dev.select(None, "0", gpus_needed=2, backends=ONE_GPU)
     with pytest.raises(CcnRuntimeError, match=r"no CUDA GPU is visible on this machine \(the CUDA runtime says: "
                                               r"no driver\)\. Check nvidia-smi"):
         dev.select("cuda", "0", backends=dev.Backends(True, (), "no driver"))
@@ -189,8 +196,10 @@ def test_cli_refuses_cuda_without_gpu_in_one_paragraph(setup):
         r = _cli("train", *common, *extra)
         assert r.returncode == 1, (r.stdout, r.stderr)
         assert "Traceback" not in r.stderr and r.stderr.startswith("error: ")
-        assert re.search(r"ccn train --device cuda: (this ccn was built without the CUDA backend|no CUDA GPU is "
+        said = "--gpu 0" if extra == ["--gpu", "0"] else "--device cuda"  # the option the user typed
+        assert re.search(rf"ccn train {said}: (this ccn was built without the CUDA backend|no CUDA GPU is "
                          r"visible)", r.stderr), r.stderr
+        assert f"leave out {said} to run on the CPU" in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not os.path.exists(tmp / "s")  # refused before anything was written
     r = _cli("train", *common, "--gpu", "0,1")

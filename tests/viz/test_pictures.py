@@ -44,9 +44,10 @@ def test_conv_filters_rgb_grid_and_pixels(conv_run, tmp_path):
     # 4 filters of 3x3 in colour, one row: 1 + 4*(3+1) wide, 1 + (3+1) high
     assert img.shape == (5, 17, 3)
     w = ck.load(conv_run["run"]).arrays["w/conv1.weights[0]"]  # rows c*9 + y*3 + x, one column per filter
+    lo, hi = float(w.min()), float(w.max())  # shownet: all filters stretched together
     for f in range(4):
         filt = w[:, f].reshape(3, 3, 3).astype(np.float64)
-        want = np.round((filt - filt.min()) / (filt.max() - filt.min()) * 255).astype(np.uint8).transpose(1, 2, 0)
+        want = np.round((filt - lo) / (hi - lo) * 255).astype(np.uint8).transpose(1, 2, 0)
         np.testing.assert_array_equal(img[1:4, 1 + 4 * f:4 + 4 * f], want)
     assert (img[0] == 0).all() and (img[:, 0] == 0).all() and (img[:, 4] == 0).all()  # borders
     # default scale: enlarged by a whole factor towards 512 pixels wide, at most 16
@@ -55,12 +56,49 @@ def test_conv_filters_rgb_grid_and_pixels(conv_run, tmp_path):
     np.testing.assert_array_equal(big[::16, ::16], img)
 
 
+def test_filters_share_one_scale_unless_norm_filters(conv_run, tmp_path):
+    """shownet.py: filters - filters.min(), / filters.max() over the whole matrix, so a dead
+    filter is flat grey; cuda-convnet2's --norm-filters 1 first gives each filter zero mean and
+    unit variance."""
+    rng = np.random.default_rng(1)
+    f = rng.standard_normal((3, 1, 2, 2))
+    f[1] *= 0.01   # a weak filter
+    f[2] = 0.0     # a dead one
+    img = viz.filter_grid(f, rgb=False, scale=1)[0]
+    tiles = [img[1:3, 1 + 3 * i:3 + 3 * i].astype(float) for i in range(3)]
+    want = np.round((f - f.min()) / (f.max() - f.min()) * 255)
+    for i in range(3):
+        np.testing.assert_array_equal(tiles[i], want[i, 0])
+    assert tiles[1].max() - tiles[1].min() <= 3 and len(np.unique(tiles[2])) == 1  # flat grey
+    img = viz.filter_grid(f, rgb=False, scale=1, norm_filters=True)[0]
+    tiles = [img[1:3, 1 + 3 * i:3 + 3 * i].astype(float) for i in range(3)]
+    z = (f - f.mean(axis=(1, 2, 3), keepdims=True)) / np.maximum(f.std(axis=(1, 2, 3), keepdims=True), 1e-300)
+    z[2] = 0.0
+    want = np.round((z - z.min()) / (z.max() - z.min()) * 255)
+    for i in range(3):
+        np.testing.assert_array_equal(tiles[i], want[i, 0])
+    assert tiles[1].max() - tiles[1].min() > 100  # the weak filter's shape shows
+    # through the command line: --norm-filters 0/1 or a bare flag; the default name says norm
+    r = cli("show-filters", "-f", conv_run["run"], "--show-filters=conv1", "--norm-filters=1", "--scale", "1",
+            cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    normed = png(tmp_path / "filters-conv1-norm-2.1.png")
+    r = cli("show-filters", "-f", conv_run["run"], "--layer", "conv1", "--norm-filters", "-o", "bare.png", "--scale",
+            "1", cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(png(tmp_path / "bare.png"), normed)
+    w = ck.load(conv_run["run"]).arrays["w/conv1.weights[0]"].astype(np.float64).T.reshape(4, 3, 3, 3)
+    np.testing.assert_array_equal(normed, viz.filter_grid(w, rgb=True, scale=1, norm_filters=True)[0])
+    r = cli("show-filters", "-f", conv_run["run"], "--layer", "conv1", "--norm-filters", "2", cwd=str(tmp_path))
+    assert r.returncode == 2 and "expected 0 or 1" in r.stderr
+
+
 def test_no_rgb_and_fc_channels(conv_run, tmp_path):
     img = png(write_filters(conv_run["run"], "conv1", str(tmp_path / "n.png"), no_rgb=True, scale=1, echo=quiet))
     assert img.shape == (5, 1 + 4 * (3 * 3 + 1))  # channels side by side, grayscale
     w = ck.load(conv_run["run"]).arrays["w/conv1.weights[0]"].astype(np.float64)
     f1 = w[:, 1].reshape(3, 3, 3)
-    want = np.round((f1 - f1.min()) / (f1.max() - f1.min()) * 255).astype(np.uint8)
+    want = np.round((f1 - w.min()) / (w.max() - w.min()) * 255).astype(np.uint8)  # one scale for all filters
     np.testing.assert_array_equal(img[1:4, 11:20], np.concatenate(list(want), axis=1))
     # fc10 reads pool1 = 4 x 4x4: 10 filters of 4 channels side by side, 4 per row, 3 rows
     img = png(write_filters(conv_run["run"], "fc10", str(tmp_path / "fc.png"), scale=1, echo=quiet))
@@ -130,6 +168,29 @@ def test_cost_curves_values(conv_run, fake_run):
         viz.cost_curves(c.meta, None, 2, {"logprob": ["logprob", "error"]})
     with pytest.raises(InputError, match="no cost layer 'nope'; it records logprob"):
         viz.cost_curves(c.meta, "nope", 0, {})
+
+
+def test_smooth_test_errors_like_cuda_convnet2(tmp_path):
+    """shownet.py --smooth-test-errors 1: test i is the mean of tests i-N+1..i, N = len(test range)."""
+    np.testing.assert_allclose(viz.smooth_tests([1, 2, 3, 5], 2), [1, 1.5, 2.5, 4])
+    np.testing.assert_allclose(viz.smooth_tests([1, 2, 3], 1), [1, 2, 3])
+    import fakedata
+    from ccn.cli.train import run_train
+
+    data = fakedata.make_dataset(tmp_path / "data")
+    layers, _ = fakedata.write_net(tmp_path / "net")
+    run = str(tmp_path / "run")  # one test batch in turn (4, 5, 4): 3 tests
+    run_train({"data_path": data, "data_provider": "fakedata:open_provider", "train_range": "1-3",
+               "test_range": "4-5", "epochs": 1, "mini": 16, "test_freq": 1, "save_path": run, "layers": layers,
+               "seed": 5, "threads": 1}, out=io.StringIO())
+    *_, ey, _, _ = viz.cost_curves(ck.load(run).meta, None, 1, {})
+    assert len(ey) == 3
+    r = cli("show-cost", "-f", run, "--cost-idx=1", "--smooth-test-errors=1", cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert f"3 tests (last {(ey[1] + ey[2]) / 2:.6f}, test values smoothed over the last 2)" in r.stdout, r.stdout
+    assert (tmp_path / "cost-logprob-1-smooth-1.3.png").is_file()
+    r = cli("show-cost", "-f", run, "--cost-idx=1", "--smooth-test-errors", "0", "-o", "raw.png", cwd=str(tmp_path))
+    assert r.returncode == 0 and f"3 tests (last {ey[2]:.6f})" in r.stdout, r.stdout
 
 
 def test_cost_picture(conv_run, tmp_path):
