@@ -122,7 +122,7 @@ if [[ "${R[build]}" != FAILED* ]]; then
   CCN_CUDA_SYNC_LAUNCHES=1 OMP_NUM_THREADS=4 timeout "$(limit 150 100)" python3 -m pytest -v -p no:cacheprovider -rfEs \
     --durations=12 ${XD[@]+"${XD[@]}"} "${CUDA_FILES[@]}" ${EXTRA[@]+"${EXTRA[@]}"} > "$OUT/tests-cuda.log" 2>&1
   grep -E "^(FAILED|ERROR)| (FAILED|ERROR) " "$OUT/tests-cuda.log" | head -20
-  R[tests_cuda]="$(summary "$OUT/tests-cuda.log"); $(grep -c " PASSED" "$OUT/tests-cuda.log") passed, $(grep -c " FAILED" "$OUT/tests-cuda.log") failed as printed"
+  R[tests_cuda]="$(summary "$OUT/tests-cuda.log") ($(grep -c " PASSED" "$OUT/tests-cuda.log") PASSED lines)"
   echo "${R[tests_cuda]}"
 fi
 
