@@ -11,13 +11,19 @@ The only thing a layer test writes is an independent NumPy float64 forward refer
      into its input gradients instead of assigning them, and checks both branches agree,
   5. and once more with a second consumer of each data input that writes its gradient first,
      which the layer must add to.
+``expect_config_error`` checks that a bad layer file is refused with the file, line, section
+and key at the head of the message.
 """
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+import pytest
 
 import ccn
+from ccn.errors import ConfigError
 
 
 def numeric_grads(fn, arrays: dict, G: np.ndarray, h: float = 1e-6) -> dict:
@@ -128,3 +134,23 @@ def check_layer(layers_text: str, data: dict, ref_fn, layer: str, params_text: s
                                        err_msg=f"gradient w.r.t. '{k}' with a second consumer: the layer must add "
                                                "to the gradient another layer wrote first")
     return net
+
+
+def expect_config_error(text, dims, section, key, fragment):
+    """Building the net from `text` raises a ConfigError whose message starts with the file, the
+    line of `key` in `section` (or the section's line) and the key, and matches `fragment` (a
+    regular expression): the form every layer-file error must have."""
+    with pytest.raises(ConfigError) as e:
+        ccn.Net("<test-layers>", None, dims, layers_text=text)
+    msg = str(e.value)
+    lines = text.split("\n")
+    start = lines.index(f"[{section}]")
+    line = start + 1
+    for i in range(start + 1, len(lines)):
+        if lines[i].startswith("["):
+            break
+        if key and lines[i].split("=")[0].strip() == key:
+            line = i + 1
+    head = f"<test-layers>:{line}: in section [{section}]" + (f", key '{key}'" if key else "")
+    assert msg.startswith(head), (msg, head)
+    assert re.search(fragment, msg), (msg, fragment)

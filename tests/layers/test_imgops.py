@@ -7,14 +7,12 @@ finite differences of the reference). Sizes come from fresh random seeds (printe
 failure can be replayed), with odd sizes and minibatches of 1 and odd sizes.
 """
 
-import re
 
 import numpy as np
 import pytest
 
 import ccn
-from ccn.errors import ConfigError
-from layercheck import check_layer
+from layercheck import check_layer, expect_config_error
 
 M64 = (1 << 64) - 1
 
@@ -344,24 +342,6 @@ def test_sfc_two_inputs(parts):
 
 
 # ---------------------------------------------------------------- bad input
-
-
-def expect_config_error(text, dims, section, key, fragment):
-    """The error names the file, the line of `key` in `section` (or the section's line), and the key."""
-    with pytest.raises(ConfigError) as e:
-        ccn.Net("<test-layers>", None, dims, layers_text=text)
-    msg = str(e.value)
-    lines = text.split("\n")
-    start = lines.index(f"[{section}]")
-    line = start + 1
-    for i in range(start + 1, len(lines)):
-        if lines[i].startswith("["):
-            break
-        if key and lines[i].split("=")[0].strip() == key:
-            line = i + 1
-    head = f"<test-layers>:{line}: in section [{section}]" + (f", key '{key}'" if key else "")
-    assert msg.startswith(head), (msg, head)
-    assert re.search(fragment, msg), (msg, fragment)
 
 
 TWO_INPUTS = "[data]\ntype=data\ndataIdx=0\n[d2]\ntype=data\ndataIdx=1\n[x]\ninputs=data,d2\n"

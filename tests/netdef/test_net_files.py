@@ -8,6 +8,7 @@ import re
 import pytest
 
 import ccn
+from ccn._native import core
 from ccn.cli.show_net import infer_data_dims
 from ccn.netfiles import find_params_file
 
@@ -118,7 +119,14 @@ def test_cifar_and_mnist_shapes():
     assert shapes(load(os.path.join(DEFS, "mnist-small.ini"), 28, {}))["pool2"] == (32, 7, 7)
 
 
+def test_every_original_layer_type_is_registered():
+    assert ALL_TYPES <= set(core.layer_types())
+
+
 def test_gradcheck_uses_every_layer_type():
+    # every registered type, so that a new layer type is added to gradcheck.ini with its code
     text = open(os.path.join(DEFS, "gradcheck.ini")).read()
     used = set(re.findall(r"^type\s*=\s*(\S+)", text, flags=re.M))
-    assert used == ALL_TYPES
+    registered = set(core.layer_types())
+    assert used == registered, (f"layer-defs/gradcheck.ini lacks {sorted(registered - used)}; "
+                                f"unknown there: {sorted(used - registered)}")
