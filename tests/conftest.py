@@ -36,12 +36,46 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture
-def rng():
-    """A NumPy generator with a fresh seed, printed so that a failure can be replayed
-    (CCN_PYTEST_SEED=N replays seed N)."""
+def _test_seed() -> int:
     import numpy as np
 
-    seed = int(os.environ.get("CCN_PYTEST_SEED") or np.random.SeedSequence().entropy % 2**63)
-    print(f"rng seed {seed} (replay with CCN_PYTEST_SEED={seed})")
-    return np.random.default_rng(seed)
+    return int(os.environ.get("CCN_PYTEST_SEED") or np.random.SeedSequence().entropy % 2**63)
+
+
+@pytest.fixture(autouse=True)
+def _replayable_default_rng(request, monkeypatch):
+    """Tests draw fresh random inputs every run. So that a failure can be replayed, each test
+    gets one seed (fresh, or CCN_PYTEST_SEED=N) and np.random.default_rng() called without a
+    seed inside it returns the generators of that seed in call order; a failure's report shows
+    the seed (see pytest_runtest_makereport)."""
+    import itertools
+
+    import numpy as np
+
+    seed = _test_seed()
+    request.node._ccn_seed = seed
+    count = itertools.count()
+    make = np.random.default_rng
+
+    def default_rng(seed_arg=None):
+        return make([seed, next(count)]) if seed_arg is None else make(seed_arg)
+
+    monkeypatch.setattr(np.random, "default_rng", default_rng)
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    seed = getattr(item, "_ccn_seed", None)
+    if report.failed and seed is not None:
+        report.sections.append(("random seed", f"replay with CCN_PYTEST_SEED={seed}"))
+
+
+@pytest.fixture
+def rng(request, _replayable_default_rng):
+    """A NumPy generator of this test's seed (see _replayable_default_rng)."""
+    import numpy as np
+
+    return np.random.default_rng([request.node._ccn_seed, 2**32])
