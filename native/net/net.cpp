@@ -95,6 +95,9 @@ void Net::build(const std::map<int, Shape>& data_dims, bool allow_unused) {
                    m.empty() ? "" : cat(" Did you mean '", m, "'?"), " Known types: ", list, ".");
     }
     std::vector<std::string> ins;
+    if (t->value != "data" && !s.find("inputs"))
+      config_error(dpath, ":", s.line, ": in section [", s.name, "]: missing required key 'inputs' (the layers this one "
+                   "reads, e.g. inputs=data; every layer but type=data has it).");
     if (const Entry* e = s.find("inputs")) {
       for (const auto& n : split(e->value, ',')) {
         if (n.empty())

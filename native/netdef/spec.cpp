@@ -117,7 +117,11 @@ double LayerSpec::parse_float(const std::string& key, Src src, const std::string
   errno = 0;
   char* end = nullptr;
   double x = std::strtod(v.c_str(), &end);
-  if (v.empty() || *end != 0 || errno || !std::isfinite(x)) bad(key, src, v, "a number");
+  if (v.empty() || *end != 0) bad(key, src, v, "a number");
+  if (!std::isfinite(x) || (errno == ERANGE && std::fabs(x) >= 1))
+    bad(key, src, v, "a finite number", "That one is infinite, not a number, or too large for a double.");
+  if (errno == ERANGE)
+    bad(key, src, v, "a number", "That one is too small for a double to tell from 0; write 0 if 0 is meant.");
   return x;
 }
 

@@ -130,5 +130,5 @@ def test_eltsum_coeffs_not_numbers_in_params_file():
 
 
 def test_eltsum_without_inputs():
-    with pytest.raises(ConfigError, match=r"\[s\].*at least one input"):
+    with pytest.raises(ConfigError, match=r"\[s\]: missing required key 'inputs'"):
         _net(_data_text(1) + "[s]\ntype=eltsum\n", {0: 5})

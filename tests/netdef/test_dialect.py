@@ -82,6 +82,15 @@ def test_comma_lists_with_empty_entries_and_repetition():
         get("[s]\nx=1,,2\n", "x", "float_list", 3)
 
 
+@pytest.mark.parametrize("value,hint", [("inf", "infinite"), ("-inf", "infinite"), ("nan", "not a number"),
+                                        ("1e400", "too large"), ("1e-400", "too small for a double to tell from 0")])
+def test_numbers_out_of_a_doubles_range_say_so(value, hint):
+    with pytest.raises(ConfigError, match=rf"t.cfg:2: in section \[s\], key 'x': expected a (finite )?number, "
+                                          rf"found '{value}'\. That one is .*{hint}"):
+        get(f"[s]\nx={value}\n", "x", "float")
+    assert get("[s]\nx=1e-300\n", "x", "float") == 1e-300
+
+
 @pytest.mark.parametrize("value,text", [
     ("tanh[1.7,0.66]", "tanh[1.7,0.66]"), ("tanh[ 1.7 , -0.66 ]", "tanh[1.7,-0.66]"), ("relu", "relu"),
     ("brelu[6]", "brelu[6]"), ("linear[2,-1e-3]", "linear[2,-0.001]"), ("logistic", "logistic")])

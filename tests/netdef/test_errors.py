@@ -93,6 +93,8 @@ CASES = [
     (D + "[fc]\ntype=fcc\ninputs=data\n", None,
      r"^net\.cfg:5: in section \[fc\], key 'type': unknown layer type 'fcc'\. Did you mean 'fc'\? Known types: .*fc"),
     (D + "[fc]\ninputs=data\n", None, r"^net\.cfg:4: in section \[fc\]: missing required key 'type'"),
+    (D + "[n]\ntype=neuron\nneuron=relu\n", None, r"^net\.cfg:4: in section \[n\]: missing required key 'inputs' \(the "
+     r"layers this one reads, e\.g\. inputs=data"),
     (D + "[fc]\ntype=fc\ninputs=data\n", None, r"^net\.cfg:4: in section \[fc\]: missing required key 'outputs'"),
     (D + FC + "outptus=3\n", None,
      r"^net\.cfg:8: in section \[fc\], key 'outptus': not a key of layer type 'fc'\. Did you mean 'outputs'\?"),
