@@ -301,8 +301,9 @@ void rgb2lab_bprop(CudaCtx& cx, const LabParams& L, const float* x, const float*
 // ---- SGD update (sgd.cu) ---------------------------------------------------------------
 // inc = mom*inc - scale*grad - decay*w; w += inc; grad = 0 (n elements).
 void sgd_update(CudaCtx& cx, float* w, float* inc, float* grad, int64_t n, float mom, float scale, float decay);
-// Rescale each column of w (rows x cols) whose L2 norm exceeds wball to norm wball.
-void wball_clip(CudaCtx& cx, float* w, int64_t rows, int64_t cols, float wball);
+// Rescale each column of w (rows x cols) whose L2 norm exceeds wball (hard: every nonzero
+// column) to norm wball.
+void wball_constrain(CudaCtx& cx, float* w, int64_t rows, int64_t cols, float wball, bool hard);
 
 }  // namespace cuda
 }  // namespace ccn

@@ -1,7 +1,7 @@
 // ccn/native/cuda/sgd.cu: the parameter update, as Net::update on the CPU.
 // Layout: w, inc, grad: one parameter matrix, rows x cols row-major (n = rows*cols).
 //   inc = mom*inc - scale*grad - decay*w;  w += inc;  grad = 0
-//   wball: columns whose L2 norm exceeds wball are rescaled to norm wball.
+//   wball: columns whose L2 norm exceeds wball (hard: every nonzero column) are rescaled to norm wball.
 #include "cuda/check.h"
 #include "cuda/context.h"
 #include "cuda/kernels.h"
@@ -20,12 +20,12 @@ __global__ void sgd_kernel(float* w, float* inc, float* g, int64_t n, float mom,
   }
 }
 // One thread per column: norm in double over the rows, then rescale that column.
-__global__ void wball_kernel(float* w, int64_t rows, int64_t cols, float wball) {
+__global__ void wball_kernel(float* w, int64_t rows, int64_t cols, float wball, bool hard) {
   for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < cols; c += (int64_t)gridDim.x * blockDim.x) {
     double s = 0;
     for (int64_t r = 0; r < rows; ++r) s += (double)w[r * cols + c] * w[r * cols + c];
     double nrm = sqrt(s);
-    if (nrm > wball) {
+    if (nrm > wball || (hard && nrm > 0)) {
       float f = (float)(wball / nrm);
       for (int64_t r = 0; r < rows; ++r) w[r * cols + c] *= f;
     }
@@ -39,9 +39,9 @@ void sgd_update(CudaCtx& cx, float* w, float* inc, float* grad, int64_t n, float
   CCN_CUDA_LAUNCHED();
 }
 
-void wball_clip(CudaCtx& cx, float* w, int64_t rows, int64_t cols, float wball) {
+void wball_constrain(CudaCtx& cx, float* w, int64_t rows, int64_t cols, float wball, bool hard) {
   if (cols <= 0) return;
-  wball_kernel<<<grid_for(cols, 128), 128, 0, (cudaStream_t)cx.stream>>>(w, rows, cols, wball);
+  wball_kernel<<<grid_for(cols, 128), 128, 0, (cudaStream_t)cx.stream>>>(w, rows, cols, wball, hard);
   CCN_CUDA_LAUNCHED();
 }
 

@@ -32,6 +32,11 @@ void Layer::fused_input_bprop_cuda(DevMat, DevMat, DevMat, CudaCtx&) {
 }
 
 bool Param::begin_update(double progress, int minibatch, Step& step) {
+  if (eps.base <= 0) {
+    passes = 0;
+    step.frozen = true;
+    return false;
+  }
   if (++passes < update_period) return false;
   passes = 0;
   const double e = eps.value(progress);
@@ -40,9 +45,10 @@ bool Param::begin_update(double progress, int minibatch, Step& step) {
   // wball: each column of every block of wball_rows rows (fc: whole columns; local: per module),
   // only for weights that learn, as in the original.
   step.wball_block = 0;
-  if (wball > 0 && !is_bias && eps.base > 0) {
+  if (wball > 0 && !is_bias) {
     const int64_t rows = w.rows();
     step.wball_block = wball_rows > 0 && rows % wball_rows == 0 ? wball_rows : rows;
+    step.wball_hard = wball_hard;
   }
   return true;
 }
@@ -165,8 +171,10 @@ void reload_weight_params(LayerSpec& spec, Layer& layer) {
   auto mom_w = spec.get_float_list("momW", n, z, Src::Params);
   auto wc = spec.get_float_list("wc", n, z, Src::Params);
   auto wball = spec.get_float_list("wball", n, 0.0, Src::Params);
+  // 0 means "as often as possible" in cuda-convnet2 (layer.py's default), i.e. every pass.
   int period = spec.get_int("updatePeriod", 1, Src::Params);
-  if (period < 1) spec.fail("updatePeriod", "must be at least 1.", Src::Params);
+  if (period < 0) spec.fail("updatePeriod", "must be 0 or more (0 and 1 both update after every minibatch).", Src::Params);
+  period = std::max(period, 1);
   // Ranges (cuda-convnet did not check them): a momentum of 1 or more never forgets and grows
   // without bound, a negative one oscillates; negative rates, decay or norm caps invert them.
   check_param_range(spec, "epsW", eps_w, n);

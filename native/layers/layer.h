@@ -40,9 +40,13 @@ struct Param {
   Mat w, grad, inc;        // same shape; grad accumulates over cases (and updatePeriod passes)
   Schedule eps;            // learning rate over training progress
   double mom = 0, wc = 0, wball = 0;
-  // wball caps the L2 norm of each column of every block of wball_rows consecutive rows (0: the
-  // whole column). Local layers set it to the rows of one module, as cuda-convnet2 did.
+  // wball > 0 constrains the L2 norm of each column of every block of wball_rows consecutive
+  // rows (0: the whole column) after each update, as cuda-convnet2's _constrainWeights: fc,
+  // sfc and conv rescale every column to norm wball (HardWeightConstraintOperator), local
+  // layers (wball_hard = false, wball_rows = the rows of one module) only those above it
+  // (normalizeLocalWeights).
   int64_t wball_rows = 0;
+  bool wball_hard = true;
   int update_period = 1;
   int passes = 0;          // gradient passes accumulated since the last update
   // initialisation, done by the Python side: N(0, init_std^2) or init_value, or a user function
@@ -54,9 +58,14 @@ struct Param {
   // One SGD step's settings, the same for every backend: inc = mom*inc - scale*grad - decay*w.
   struct Step {
     float scale = 0, decay = 0;
-    int64_t wball_block = 0;  // rows per wball block; 0 = no wball cap this step
+    int64_t wball_block = 0;  // rows per wball block; 0 = no wball constraint this step
+    bool wball_hard = false;  // rescale every column of a block to norm wball, not only larger ones
+    bool frozen = false;      // the learning rate's base is 0: no update; the caller zeroes grad
   };
   // Counts this pass; false until updatePeriod passes have accumulated (then passes restarts).
+  // A matrix whose learning rate has base value 0 (epsW=0, a schedule with base=0) is not
+  // updated at all, as in cuda-convnet (Weights::update: no momentum step, no decay): false,
+  // with step.frozen set.
   bool begin_update(double progress, int minibatch, Step& step);
 
   // Device copies while the net runs on a GPU (owned by the net's device state; null on

@@ -41,7 +41,7 @@ class LocalLayer : public Layer {
     check_weight_source_types(spec, ctx, *this);
     // wball caps each filter's norm per module (cuda-convnet2's normalizeLocalWeights).
     for (size_t i = 0; i < weights.size(); ++i)
-      if (weights[i]->layer == name) weights[i]->wball_rows = cs_.in[i].kg();
+      if (weights[i]->layer == name) weights[i]->wball_rows = cs_.in[i].kg(), weights[i]->wball_hard = false;
     allow_conv_params(spec);
     out = Shape{cs_.filters, cs_.modules_x, cs_.modules_x};
   }

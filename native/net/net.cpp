@@ -516,7 +516,10 @@ void Net::update(double progress, int minibatch) {
   for (auto& pp : params_) {
     Param& p = *pp;
     Param::Step st;
-    if (!p.begin_update(progress, minibatch, st)) continue;
+    if (!p.begin_update(progress, minibatch, st)) {
+      if (st.frozen) p.grad.zero();
+      continue;
+    }
     const float scale = st.scale, decay = st.decay, mom = (float)p.mom;
     float* w = p.w.data();
     float* inc = p.inc.data();
@@ -528,7 +531,7 @@ void Net::update(double progress, int minibatch) {
       w[k] += inc[k];
       g[k] = 0.f;
     }
-    if (st.wball_block > 0) {  // cap the norm of each column within each block of rows
+    if (st.wball_block > 0) {  // constrain the norm of each column within each block of rows
       const int64_t rows = p.w.rows(), cols = p.w.cols(), blk = st.wball_block;
 #pragma omp parallel for schedule(static) if (rows * cols > 65536)
       for (int64_t b0 = 0; b0 < rows; b0 += blk) {
@@ -537,7 +540,7 @@ void Net::update(double progress, int minibatch) {
           for (int64_t c = 0; c < cols; ++c) norm2[c] += (double)w[r * cols + c] * w[r * cols + c];
         for (int64_t c = 0; c < cols; ++c) {
           double nrm = std::sqrt(norm2[c]);
-          if (nrm > p.wball) {
+          if (nrm > p.wball || (st.wball_hard && nrm > 0)) {  // (an all-zero column stays 0)
             float f = (float)(p.wball / nrm);
             for (int64_t r = b0; r < b0 + blk; ++r) w[r * cols + c] *= f;
           }

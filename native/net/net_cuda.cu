@@ -410,11 +410,16 @@ void Net::update_cuda(double progress, int minibatch) {
   for (auto& pp : params_) {
     Param& p = *pp;
     Param::Step st;
-    if (!p.begin_update(progress, minibatch, st)) continue;
+    if (!p.begin_update(progress, minibatch, st)) {
+      if (st.frozen && p.w.size())
+        CCN_CUDA_CHECK(cudaMemsetAsync(p.dev.grad, 0, (size_t)p.w.size() * sizeof(float), nc.stream()));
+      continue;
+    }
     cuda::sgd_update(nc.cx, p.dev.w, p.dev.inc, p.dev.grad, p.w.size(), (float)p.mom, st.scale, st.decay);
     if (st.wball_block > 0)  // per block of rows (see Param::begin_update)
       for (int64_t b0 = 0; b0 < p.w.rows(); b0 += st.wball_block)
-        cuda::wball_clip(nc.cx, p.dev.w + b0 * p.w.cols(), st.wball_block, p.w.cols(), (float)p.wball);
+        cuda::wball_constrain(nc.cx, p.dev.w + b0 * p.w.cols(), st.wball_block, p.w.cols(), (float)p.wball,
+                              st.wball_hard);
   }
 }
 

@@ -345,3 +345,7 @@ def test_sgd_and_wball():
     close(r["inc"], inc2)
     close(r["w"], w2)
     assert np.all(r["grad"] == 0)
+    # hard (fc, conv): every column rescaled to norm wball, small ones up too
+    r = op("sgd", {"w": w, "inc": inc, "grad": g}, mom=mom, scale=scale, decay=decay, wball=ball, hard=1)
+    w3 = w + inc2
+    close(r["w"], w3 * (ball / np.linalg.norm(w3, axis=0)))

@@ -1,6 +1,8 @@
-"""wball on local layers (per module, cuda-convnet2's normalizeLocalWeights) and on fc layers (per
-column), against an independent NumPy float64 update; neuron= on cost layers (read and dropped, as
-cuda-convnet2's CostParser did)."""
+"""wball on local layers (per module, capped: cuda-convnet2's normalizeLocalWeights) and on fc and
+conv layers (every column rescaled to norm wball: FCLayer/ConvLayer::_constrainWeights with
+HardWeightConstraintOperator), against an independent NumPy float64 update; a learning rate of 0
+freezes a matrix (no momentum, no decay: Weights::update); updatePeriod=0; neuron= on cost layers
+(read and dropped, as cuda-convnet2's CostParser did)."""
 
 import numpy as np
 import pytest
@@ -65,16 +67,19 @@ coeff=1
 """
 
 
-def reference_update(w0, inc0, grad, eps, mom, wc, n, wball, block_rows):
+def reference_update(w0, inc0, grad, eps, mom, wc, n, wball, block_rows, hard=False):
     """inc = mom*inc - eps/n*grad - wc*eps*w; w += inc; then within each block of block_rows rows,
-    every column whose L2 norm exceeds wball is scaled down to norm wball (float64)."""
+    every column whose L2 norm exceeds wball (hard: every column) is scaled to norm wball
+    (float64). eps = 0: nothing changes."""
     w0, inc0, grad = (np.asarray(a, np.float64) for a in (w0, inc0, grad))
+    if eps == 0:
+        return w0, inc0
     inc = mom * inc0 - eps / n * grad - wc * eps * w0
     w = w0 + inc
-    if wball > 0 and eps > 0:
+    if wball > 0:
         blocks = w.reshape(-1, block_rows, w.shape[1])
         norms = np.sqrt((blocks ** 2).sum(axis=1, keepdims=True))
-        blocks *= np.where(norms > wball, wball / np.maximum(norms, 1e-300), 1.0)
+        blocks *= np.where((norms > wball) | hard, wball / np.maximum(norms, 1e-300), 1.0)
         w = blocks.reshape(w.shape)
     return w, inc
 
@@ -128,22 +133,106 @@ def test_wball_caps_local_filters_per_module(trial):
     assert (unc_norms > wball).any() and (unc_norms < wball).any()
     col_w, _ = reference_update(w0, inc0, grads["loc.weights[0]"], eps, 0.7, 0.01, n, wball, got.shape[0])
     assert not np.allclose(got, col_w, rtol=1e-4, atol=1e-5)
-    # the fc layer's columns are capped whole
+    # the fc layer's columns are rescaled whole, every one to norm wball
     f0, finc0 = before["fc.weights[0]"]
-    exp_fc, _ = reference_update(f0, finc0, grads["fc.weights[0]"], eps, 0.7, 0.01, n, wball, f0.shape[0])
+    exp_fc, _ = reference_update(f0, finc0, grads["fc.weights[0]"], eps, 0.7, 0.01, n, wball, f0.shape[0], hard=True)
     np.testing.assert_allclose(net.get("fc.weights[0]"), exp_fc, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(net.get("fc.weights[0]").astype(np.float64), axis=0), wball, rtol=1e-5)
 
 
-def test_wball_leaves_frozen_weights_alone():
-    # cuda-convnet2 constrains only weights whose learning rate is positive
+CONV = """
+[data]
+type=data
+dataIdx=0
+
+[labels]
+type=data
+dataIdx=1
+
+[conv]
+type=conv
+inputs=data
+channels=3
+filters=16
+filterSize=3
+padding=1
+initW=0.01
+
+[fc]
+type=fc
+inputs=conv
+outputs=3
+initW=0.3
+
+[probs]
+type=softmax
+inputs=fc
+
+[logprob]
+type=cost.logreg
+inputs=labels,probs
+"""
+
+
+def test_wball_rescales_every_conv_filter_to_the_ball():
+    # small filters are scaled up too (HardWeightConstraintOperator: wball / norm, no condition)
+    rng = np.random.default_rng()
+    n = int(rng.choice([1, 5]))
+    x, y = rng.standard_normal((n, 3, 5, 5)), rng.integers(0, 3, (n, 1)).astype(np.float32)
+    params = PARAMS.replace("[loc]", "[conv]").format(eps=0.1, wball=0.8)
+    net, before, grads = step(CONV, params, (x, y), n, int(rng.integers(1 << 30)))
+    w0, inc0 = before["conv.weights[0]"]
+    assert np.linalg.norm(w0.astype(np.float64) + inc0, axis=0).max() < 0.8  # all below the ball before
+    exp_w, _ = reference_update(w0, inc0, grads["conv.weights[0]"], 0.1, 0.7, 0.01, n, 0.8, w0.shape[0], hard=True)
+    np.testing.assert_allclose(net.get("conv.weights[0]"), exp_w, rtol=1e-5, atol=1e-6)
+
+
+def test_a_zero_learning_rate_freezes_the_matrix():
+    # cuda-convnet's Weights::update runs only when the learning rate's base is positive: no
+    # momentum step, no decay, no wball, and the gradient is not accumulated meanwhile
     rng = np.random.default_rng()
     text = LOCAL.format(channels=2, filters=2, groups=1, fs=2, pad=0, stride=1)
     x, y = rng.standard_normal((4, 2, 3, 3)), rng.integers(0, 3, (4, 1)).astype(np.float32)
-    net, before, grads = step(text, PARAMS.format(eps=0.0, wball=1e-3), (x, y), 4)
-    for name in ("loc.weights[0]", "fc.weights[0]"):
-        w0, inc0 = before[name]
-        np.testing.assert_allclose(net.get(name), w0.astype(np.float64) + 0.7 * inc0 - 0.0, rtol=1e-6, atol=1e-7)
-        assert np.abs(net.get(name)).max() > 1e-2  # far outside the ball: not capped
+    params = PARAMS.format(eps=0.0, wball=1e-3).replace("epsB=0.1", "epsB=0")
+    net, before, grads = step(text, params, (x, y), 4)
+    for name, (w0, inc0) in before.items():
+        np.testing.assert_array_equal(net.get(name), w0, err_msg=name)
+        np.testing.assert_array_equal(net.get(name, "inc"), inc0, err_msg=name)
+        assert not np.any(net.get(name, "grad")), name
+    assert np.abs(net.get("fc.weights[0]")).max() > 1e-2  # far outside the ball: not constrained
+
+
+def test_freezing_a_trained_layer_by_reloading_params():
+    rng = np.random.default_rng()
+    text = LOCAL.format(channels=2, filters=2, groups=1, fs=2, pad=0, stride=1)
+    x, y = rng.standard_normal((4, 2, 3, 3)).reshape(4, -1).astype(np.float32), rng.integers(0, 3, (4, 1)).astype(np.float32)
+    net = ccn.Net("l.cfg", "p.cfg", data_dims={0: (2, 3, 3), 1: 1}, layers_text=text,
+                  params_text=PARAMS.format(eps=0.05, wball=0), seed=1)
+    for _ in range(3):
+        net.train_step([x, y], 0.0, 4)
+    frozen = PARAMS.format(eps=0.05, wball=0).replace("[loc]\nepsW=0.05\nepsB=0.1", "[loc]\nepsW=0\nepsB=0")
+    net.reload_params("p2.cfg", params_text=frozen)
+    w = {k: net.get(k) for k in ("loc.weights[0]", "loc.biases", "fc.weights[0]")}
+    for _ in range(3):
+        net.train_step([x, y], 0.0, 4)
+    np.testing.assert_array_equal(net.get("loc.weights[0]"), w["loc.weights[0]"])
+    np.testing.assert_array_equal(net.get("loc.biases"), w["loc.biases"])
+    assert not np.array_equal(net.get("fc.weights[0]"), w["fc.weights[0]"])  # the rest still learns
+
+
+def test_update_period_zero_means_every_minibatch():
+    # cuda-convnet2's layer.py default, "0 means update as often as possible"
+    rng = np.random.default_rng()
+    x, y = rng.standard_normal((3, 2, 3, 3)).reshape(3, -1).astype(np.float32), rng.integers(0, 3, (3, 1)).astype(np.float32)
+    text = LOCAL.format(channels=2, filters=2, groups=1, fs=2, pad=0, stride=1)
+    ws = []
+    for period in ("updatePeriod=0", "updatePeriod=1", ""):
+        params = PARAMS.format(eps=0.05, wball=0).replace("wcNormMax=0", f"wcNormMax=0\n{period}")
+        net = ccn.Net("l.cfg", "p.cfg", data_dims={0: (2, 3, 3), 1: 1}, layers_text=text, params_text=params, seed=4)
+        net.train_step([x, y], 0.0, 3)
+        ws.append(net.get("loc.weights[0]"))
+    np.testing.assert_array_equal(ws[0], ws[1])
+    np.testing.assert_array_equal(ws[0], ws[2])
 
 
 # ---- neuron= on cost layers ------------------------------------------------------------------
