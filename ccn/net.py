@@ -38,6 +38,9 @@ class LayerInfo:
     keeps_pre: bool = False  # the net keeps a pre-activation copy (a neuron neither in place nor fused)
     device_keeps_pre: bool = False  # the same on a GPU, whose kernels fuse no neuron
     fused_logits: str | None = None  # a cost layer fused with its softmax: the layer making the logits
+    # a softmax (before cost.logreg) or logistic (before cost.bce/dce) whose input gradient its
+    # cost layer computes in one step: that cost layer (the layer's own output_grad reads 0)
+    fused_into: str | None = None
 
     @property
     def outputs(self) -> int:
@@ -298,10 +301,11 @@ class Net:
         return self._net.output(layer)
 
     def output_grad(self, layer: str) -> np.ndarray:
-        """dCost/d(output of ``layer``) of the last backward pass. For a softmax fused with its
-        cost.logreg (LayerInfo.fused_logits of the cost names the softmax's input) it is zeros:
-        the gradient goes to the softmax's input in one step (cuda-convnet's
-        computeLogregSoftmaxGrad), so the softmax's own is never formed; read its input's."""
+        """dCost/d(output of ``layer``) of the last backward pass. For a layer fused with its cost
+        (LayerInfo.fused_into names the cost: a softmax feeding only cost.logreg, a logistic
+        feeding only cost.bce/dce) it is zeros: the gradient goes to the layer's input in one
+        step (cuda-convnet's computeLogregSoftmaxGrad and NeuronLayer::bpropSpecial), so the
+        layer's own is never formed; read its input's."""
         return self._net.output_grad(layer)
 
     def costs(self) -> list[dict]:

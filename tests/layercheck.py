@@ -105,10 +105,11 @@ def check_layer(layers_text: str, data: dict, ref_fn, layer: str, params_text: s
     # 4. In this small net the layer is the first writer of its inputs' gradients, so it may
     #    assign them (Layer::bprop_assigns_din); with every buffer zeroed first it must add
     #    instead. Both branches must give the same numbers (the same sums in the same order).
+    eager = net._net.grad_zero_eager()
     net._net.set_grad_zero_eager(True)
     net._net.zero_param_grads()
     net.backward({layer: G.astype(np.float32)})
-    net._net.set_grad_zero_eager(False)
+    net._net.set_grad_zero_eager(eager)
     for k, got in got_all.items():
         again = net.output_grad(k) if k in data else net.get(k, "grad")
         np.testing.assert_allclose(again, got, rtol=1e-6, atol=1e-7,

@@ -86,6 +86,7 @@ class LogregCost : public Layer {
   bool fuses_with(const Layer& sm) const override {
     return sm.type == "softmax" && !sm.has_neuron && sm.inputs.size() == 1;
   }
+  bool fused_wants_logits() const override { return true; }
   // dx = (or +=) coeff * (p - onehot(label)): dCost/d(the softmax's input).
   void fused_input_bprop(const Mat& lab, const Mat& p, Mat& dx, bool assign) override {
     const int64_t N = p.rows(), K = p.cols();

@@ -175,6 +175,8 @@ class Layer {
   // dCost/dx -- x the producer's input, or its pre-activation for neuron= -- into dx
   // (assigning when `assign`, else adding).
   virtual bool fuses_with(const Layer& producer) const { return false; }
+  // Whether fprop wants the fused softmax's logits as a third input (cost.logreg).
+  virtual bool fused_wants_logits() const { return false; }
   virtual void fused_input_bprop(const Mat& labels, const Mat& y, Mat& dx, bool assign);
   // The function of a type=neuron layer (nullptr for other types, whose neuron= is `neuron`).
   virtual const NeuronSpec* neuron_fn() const { return nullptr; }

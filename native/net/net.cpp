@@ -448,7 +448,7 @@ void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
     bool any_in = false;
     std::vector<Mat*> din;
     std::vector<const Mat*> ins;
-    // from the costs, a fused softmax's turn computes its input gradient through its cost layer
+    // from the costs, a fused producer's turn computes its input gradient through its cost layer
     const int fused_cost = seeds.empty() ? fused_cost_[i] : -1;
     for (Layer* in : l->inputs) {
       ins.push_back(&acts_[in->id]);
@@ -463,15 +463,16 @@ void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
       grads_[i].zero();
       written[i] = 1;
     }
-    // a fused producer without neuron= writes dCost/d(its input) through its cost layer
-    const bool can_assign = (fused_cost >= 0 && !l->has_neuron) || l->bprop_assigns_din();
+    // a fused producer without neuron= writes dCost/d(its first input) through its cost layer
+    const bool fused_writes = fused_cost >= 0 && !l->has_neuron;
+    const bool can_assign = fused_writes || l->bprop_assigns_din();
     ctx.din_assign.assign(din.size(), false);
     for (size_t k = 0; k < din.size(); ++k) {
       if (!din[k]) continue;
       const int j = l->inputs[k]->id;
       if (written[j]) continue;
       const bool twice = std::count(l->inputs.begin(), l->inputs.end(), l->inputs[k]) > 1;
-      if (can_assign && !twice) ctx.din_assign[k] = true;
+      if (can_assign && !twice && (!fused_writes || k == 0)) ctx.din_assign[k] = true;
       else grads_[j].zero();
       written[j] = 1;
     }

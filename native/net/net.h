@@ -69,6 +69,7 @@ class Net {
   // gradients (Layer::bprop_assigns_din) but every one adds: tests compare the two branches.
   // Default: the environment variable CCN_GRAD_ZERO=eager (read once per process).
   void set_grad_zero_eager(bool on) { grad_zero_eager_ = on; }
+  bool grad_zero_eager() const { return grad_zero_eager_; }
   // Wall-clock seconds spent in each layer's forward (neuron included) and backward pass,
   // summed since construction or the last reset_layer_times() (for tools/layer_times.py).
   const std::vector<double>& fprop_seconds() const { return fprop_s_; }
@@ -80,11 +81,14 @@ class Net {
   // The same on the GPU (net_cuda.cu), whose kernels fuse no neuron: a fused layer keeps its
   // pre-activation there.
   bool device_keeps_pre(int i) const { return layers_[i]->has_neuron && !in_place_[i]; }
-  // For a cost layer fused with a softmax (fused_producer_), the layer whose outputs are the logits.
+  // For a cost layer fused with a softmax that wants its logits (fused_producer_,
+  // Layer::fused_wants_logits), the layer whose outputs are the logits.
   const Layer* fused_logits(int i) const {
     const int p = fused_producer_[i];
-    return p >= 0 && layers_[p]->type == "softmax" ? layers_[p]->inputs[0] : nullptr;
+    return p >= 0 && layers_[i]->fused_wants_logits() ? layers_[p]->inputs[0] : nullptr;
   }
+  // For a layer whose input gradient its cost layer computes (fused_cost_), that cost layer.
+  const Layer* fused_into(int i) const { return fused_cost_[i] >= 0 ? layers_[fused_cost_[i]].get() : nullptr; }
 
   // Random numbers are counter-based: (seed, step, layer, element). step counts training
   // forward passes; both are part of a checkpoint.

@@ -321,6 +321,8 @@ PYBIND11_MODULE(_core, m) {
                d["device_keeps_pre"] = net.device_keeps_pre(l->id);
                const Layer* logits = net.fused_logits(l->id);
                d["fused_logits"] = logits ? py::object(py::str(logits->name)) : py::object(py::none());
+               const Layer* into = net.fused_into(l->id);
+               d["fused_into"] = into ? py::object(py::str(into->name)) : py::object(py::none());
                out.append(d);
              }
              return out;
@@ -458,6 +460,7 @@ PYBIND11_MODULE(_core, m) {
       .def("reload_params", &Net::reload_params, py::arg("params_text"), py::arg("params_path"))
       .def("set_data_grads", &Net::set_data_grads)
       .def("set_grad_zero_eager", &Net::set_grad_zero_eager)
+      .def("grad_zero_eager", &Net::grad_zero_eager)
       .def("layer_times",
            [](const Net& net) {  // [(layer, forward s, backward s)] summed since the last reset
              py::list out;

@@ -37,6 +37,17 @@ def test_neuron(name, code, a, b, f):
     close(r2["din"], din0 + numgrad(f, x, dout), rtol=1e-3)
 
 
+def test_neuron_derivatives_at_the_originals_edges():
+    # abs: -1 at x = 0; softrelu: 1 where its output passes 4 (x > ~3.9815), else 1 - e^-y
+    x = np.array([[0.0, 3.99, 3.97, -2.0, 5.0, 0.0, 1.0]])
+    dout = np.full(x.shape, 2.0)
+    for code, want in ((6, np.where(x > 0, 1.0, -1.0)),
+                       (5, np.where(x > 3.9816, 1.0, 1 / (1 + np.exp(-x))))):
+        y = op("neuron_fprop", {"x": x, "y": np.full_like(x, np.nan)}, code=code, a=1, b=1)["y"]
+        r = op("neuron_bprop", {"x": x, "y": y, "dout": dout, "din": np.zeros_like(x)}, code=code, a=1, b=1, add=1)
+        close(r["din"], dout * want, rtol=1e-5)
+
+
 @pytest.mark.parametrize("N,K", [(1, 1), (5, 10), (3, 1000)])
 def test_softmax(N, K):
     rng = np.random.default_rng()

@@ -83,6 +83,7 @@ type=fc
 inputs=drop,fc1t
 outputs=10
 initW=0.05
+neuron=softrelu
 [probs]
 type=softmax
 inputs=fc2

@@ -210,13 +210,54 @@ def test_bce_fused_with_logistic_keeps_saturated_gradients(type_, producer):
     if producer != "neuron layer":
         net.set("sig.weights[0]", np.eye(7, dtype=np.float32))
     net._net.set_data_grads(True)
+    # a first pass over other data leaves the gradient buffers holding numbers, which a layer
+    # wrongly told to assign would add to
+    net.forward({0: rng.standard_normal(x.shape).astype(np.float32), 1: t.astype(np.float32)}, train=True)
+    net.backward()
     net.forward({0: x.astype(np.float32), 1: t.astype(np.float32)}, train=True)
     net.backward()
     y = net.output("sig").astype(np.float64)
+    assert [l.fused_into for l in net.layers if l.name == "sig"] == ["cost"]
     assert y[0, 0] == 1.0  # saturated in float32
     want = coeff * ((1 - t) * y - pw * t * (1 - y))
     np.testing.assert_allclose(net.output_grad("x"), want, rtol=1e-5, atol=1e-7)
     assert net.output_grad("x")[0, 0] == pytest.approx(coeff, rel=1e-6)
+
+
+@pytest.mark.parametrize("producer", ["neuron layer", "fc neuron=logistic"])
+@pytest.mark.parametrize("eager", [False, True])
+def test_bce_fused_gradient_adds_to_what_another_consumer_wrote(producer, eager):
+    # the logistic's input also feeds a later cost.sum2, whose gradient is written first
+    rng = np.random.default_rng()
+    n, k = 5, 4
+    t = rng.integers(0, 2, (n, k)).astype(float)
+    x = rng.standard_normal((n, k)) * 2
+    if producer == "neuron layer":
+        mid, extra = "[sig]\ntype=neuron\ninputs=x\nneuron=logistic\n", ""
+        pre = lambda v: v["x"]  # noqa: E731
+    else:
+        mid = "[sig]\ntype=fc\ninputs=x\noutputs=4\ninitW=0.5\nneuron=logistic\n"
+        extra = "[sig]\nepsW=0\nepsB=0\nmomW=0\nmomB=0\nwc=0\n"
+    text = ("[labels]\ntype=data\ndataIdx=1\n[x]\ntype=data\ndataIdx=0\n" + mid +
+            "[cost]\ntype=cost.bce\ninputs=labels,sig\n[sq]\ntype=cost.sum2\ninputs=x\n")
+    params = extra + "[cost]\ncoeff=0.7\nposWeight=1.5\n[sq]\ncoeff=0.3\n"
+    dims = {0: k, 1: k}
+    net = ccn.Net("layers.cfg", "params.cfg", dims, layers_text=text, params_text=params)
+    net._net.set_data_grads(True)
+    net._net.set_grad_zero_eager(eager)
+    if producer != "neuron layer":
+        W = net.get("sig.weights[0]").astype(np.float64)
+        b = net.get("sig.biases").astype(np.float64)
+        pre = lambda v: v["x"] @ W + b  # noqa: E731
+    assert [l.fused_into for l in net.layers if l.name == "sig"] == ["cost"]
+    f32 = {"x": x.astype(np.float32), "labels": t.astype(np.float32)}
+    for batch in (rng.standard_normal(x.shape).astype(np.float32), f32["x"]):  # the first leaves stale buffers
+        net.forward({0: batch, 1: f32["labels"]}, train=True)
+        net.backward()
+    a = {k2: v.astype(np.float64) for k2, v in f32.items()}
+    cost = lambda v: (0.7 * bce_cost(v["labels"], 1 / (1 + np.exp(-pre(v))), 1.5)  # noqa: E731
+                      + 0.3 * np.sum(v["x"] ** 2))
+    check_grads(net, a, cost, ["x"])
 
 
 def test_bce_logistic_with_a_second_consumer_is_not_fused():
@@ -232,7 +273,17 @@ def test_bce_logistic_with_a_second_consumer_is_not_fused():
         (1 / (1 + np.exp(-v["x"]))) ** 2)
     net, costs, a = run_cost(text, "[cost]\ncoeff=0.7\nposWeight=1.5\n[sq]\ncoeff=0.25\n",
                              {"labels": (1, t), "x": (0, x)})
+    assert [l.fused_into for l in net.layers if l.name == "sig"] == [None]
     check_grads(net, a, cost, ["x"])
+
+
+def test_a_softmax_with_a_logistic_neuron_feeding_bce_gets_no_logits():
+    # fused through its neuron= (a logistic), but cost.bce takes no logits (only cost.logreg does)
+    text = ("[labels]\ntype=data\ndataIdx=1\n[x]\ntype=data\ndataIdx=0\n[sm]\ntype=softmax\ninputs=x\n"
+            "neuron=logistic\n[cost]\ntype=cost.bce\ninputs=labels,sm\n")
+    net = ccn.Net("layers.cfg", "params.cfg", {0: 4, 1: 4}, layers_text=text, params_text="[cost]\ncoeff=1\n")
+    info = {l.name: l for l in net.layers}
+    assert info["sm"].fused_into == "cost" and info["cost"].fused_logits is None
 
 
 def test_bce_edges_threshold_ties_and_safelog():
