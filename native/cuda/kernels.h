@@ -304,6 +304,8 @@ void sgd_update(CudaCtx& cx, float* w, float* inc, float* grad, int64_t n, float
 // Rescale each column of w (rows x cols) whose L2 norm exceeds wball (hard: every nonzero
 // column) to norm wball.
 void wball_constrain(CudaCtx& cx, float* w, int64_t rows, int64_t cols, float wball, bool hard);
+// Weight-contrast normalisation of each column of w (rows x cols), as Net::update on the CPU.
+void wc_norm(CudaCtx& cx, float* w, int64_t rows, int64_t cols, float wmin, float wmax);
 
 }  // namespace cuda
 }  // namespace ccn

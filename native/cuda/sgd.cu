@@ -31,7 +31,27 @@ __global__ void wball_kernel(float* w, int64_t rows, int64_t cols, float wball, 
     }
   }
 }
+// One thread per column: mean and squared deviations in double, s = sqrt(ss) / rows, then the
+// column is scaled by wmin / s or wmax / s where s is outside [wmin, wmax] (s = 0: unchanged).
+__global__ void wc_norm_kernel(float* w, int64_t rows, int64_t cols, float wmin, float wmax) {
+  for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < cols; c += (int64_t)gridDim.x * blockDim.x) {
+    double sum = 0, ss = 0;
+    for (int64_t r = 0; r < rows; ++r) sum += w[r * cols + c];
+    const double mean = sum / (double)rows;
+    for (int64_t r = 0; r < rows; ++r) ss += (w[r * cols + c] - mean) * (w[r * cols + c] - mean);
+    const double s = sqrt(ss) / (double)rows;
+    const double f = s < wmin ? wmin / s : s > wmax ? wmax / s : 1.0;
+    if (f != 1.0 && isfinite(f))
+      for (int64_t r = 0; r < rows; ++r) w[r * cols + c] *= (float)f;
+  }
+}
 }  // namespace
+
+void wc_norm(CudaCtx& cx, float* w, int64_t rows, int64_t cols, float wmin, float wmax) {
+  if (cols <= 0) return;
+  wc_norm_kernel<<<grid_for(cols, 128), 128, 0, (cudaStream_t)cx.stream>>>(w, rows, cols, wmin, wmax);
+  CCN_CUDA_LAUNCHED();
+}
 
 void sgd_update(CudaCtx& cx, float* w, float* inc, float* grad, int64_t n, float mom, float scale, float decay) {
   if (n <= 0) return;

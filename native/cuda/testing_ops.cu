@@ -168,6 +168,9 @@ const std::map<std::string, Op>& ops() {
       {"dropout_bprop", [](Args& a) { dropout_bprop(a.cx, a.a("dout"), a.a("din"), a.n("dout"), (uint64_t)a.s("seed"), dropout_stream(a), (uint64_t)a.s("first", 0), (float)a.s("keep"), (float)a.s("on")); }},
       {"sgd", [](Args& a) {
          sgd_update(a.cx, a.a("w"), a.a("inc"), a.a("grad"), a.n("w"), (float)a.s("mom"), (float)a.s("scale"), (float)a.s("decay"));
+         if (a.s("wcn_max", 0) > 0)
+           wc_norm(a.cx, a.a("w"), a.host.at("w").rows(), a.host.at("w").cols(), (float)a.s("wcn_min", 0),
+                   (float)a.s("wcn_max"));
          if (a.s("wball", 0) > 0)
            wball_constrain(a.cx, a.a("w"), a.host.at("w").rows(), a.host.at("w").cols(), (float)a.s("wball"),
                            a.s("hard", 0) != 0);

@@ -69,20 +69,32 @@ class ConvLayer : public Layer {
   void setup(LayerSpec& spec, SetupCtx& ctx) override {
     cs_ = parse_conv_setup(spec, ctx, "conv");
     shared_biases_ = spec.get_bool("sharedBiases", true);
-    // cuda-convnet2's weight-contrast normalisation (layer-params keys); 0 means off.
-    auto wmax = spec.get_float_list("wcNormMax", (int)ctx.in.size(), 0.0, Src::Params);
-    auto wmin = spec.get_float_list("wcNormMin", (int)ctx.in.size(), 0.0, Src::Params);
-    for (size_t i = 0; i < wmax.size(); ++i)
-      if (wmax[i] != 0 || wmin[i] != 0)
-        spec.fail("wcNormMax", "weight-contrast normalisation (wcNormMin/wcNormMax) is not implemented; set both to 0.",
-                  Src::Params);
     std::vector<std::pair<int64_t, int64_t>> shapes;
     for (const auto& ig : cs_.in) shapes.push_back({ig.kg(), cs_.filters});
     const int64_t P = cs_.modules();
     setup_weight_params(spec, ctx, *this, shapes, shared_biases_ ? cs_.filters : cs_.filters * P, 1);
     check_weight_source_types(spec, ctx, *this);
+    read_wc_norm(spec);
     out = Shape{cs_.filters, cs_.modules_x, cs_.modules_x};
     choose_kernel(spec);
+  }
+  // cuda-convnet2's weight-contrast normalisation (Param::wc_norm_min/max), one value per
+  // input, for the matrices this layer owns (a shared one keeps its owner's, as for wball).
+  void read_wc_norm(LayerSpec& spec) {
+    const int n = (int)weights.size();
+    auto wmax = spec.get_float_list("wcNormMax", n, 0.0, Src::Params);
+    auto wmin = spec.get_float_list("wcNormMin", n, 0.0, Src::Params);
+    for (int i = 0; i < n; ++i) {
+      if (wmax[i] < 0 || wmin[i] < 0)
+        spec.fail(wmax[i] < 0 ? "wcNormMax" : "wcNormMin", "must be at least 0 (0 turns the normalisation off).",
+                  Src::Params);
+      if (wmax[i] > 0 && wmin[i] > wmax[i])
+        spec.fail("wcNormMin", cat("must not exceed wcNormMax (", wmax[i], "), found ", wmin[i], "."), Src::Params);
+      Param* p = weights[i];
+      if (p->layer != name || std::find(weights.begin(), weights.begin() + i, p) != weights.begin() + i) continue;
+      p->wc_norm_min = wmin[i];
+      p->wc_norm_max = wmax[i];
+    }
   }
 
   void fprop(const std::vector<const Mat*>& in, Mat& o, const PassCtx& pc) override {
@@ -457,8 +469,7 @@ class ConvLayer : public Layer {
 
   void reload_params(LayerSpec& spec) override {
     reload_weight_params(spec, *this);
-    spec.allow("wcNormMax", Src::Params);
-    spec.allow("wcNormMin", Src::Params);
+    read_wc_norm(spec);
   }
 
   bool bprop_reads_output() const override { return false; }

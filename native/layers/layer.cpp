@@ -44,6 +44,7 @@ bool Param::begin_update(double progress, int minibatch, Step& step) {
   step.decay = is_bias ? 0.f : (float)(wc * e);
   // wball: each column of every block of wball_rows rows (fc: whole columns; local: per module),
   // only for weights that learn, as in the original.
+  if (wc_norm_max > 0 && !is_bias) step.wcn_min = (float)wc_norm_min, step.wcn_max = (float)wc_norm_max;
   step.wball_block = 0;
   if (wball > 0 && !is_bias) {
     const int64_t rows = w.rows();

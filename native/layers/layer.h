@@ -47,6 +47,11 @@ struct Param {
   // (normalizeLocalWeights).
   int64_t wball_rows = 0;
   bool wball_hard = true;
+  // conv's weight-contrast normalisation (wcNormMin/wcNormMax; off while wc_norm_max is 0):
+  // after each update, each column (filter) w with s = sqrt(sum (w - mean w)^2) / rows is
+  // scaled by wc_norm_min / s where s < wc_norm_min and by wc_norm_max / s where s >
+  // wc_norm_max (cuda-convnet2's ConvLayer::_constrainWeights, WeightContrastNormOperator).
+  double wc_norm_min = 0, wc_norm_max = 0;
   int update_period = 1;
   int passes = 0;          // gradient passes accumulated since the last update
   // initialisation, done by the Python side: N(0, init_std^2) or init_value, or a user function
@@ -60,6 +65,7 @@ struct Param {
     float scale = 0, decay = 0;
     int64_t wball_block = 0;  // rows per wball block; 0 = no wball constraint this step
     bool wball_hard = false;  // rescale every column of a block to norm wball, not only larger ones
+    float wcn_min = 0, wcn_max = 0;  // weight-contrast normalisation this step (off while wcn_max is 0)
     bool frozen = false;      // the learning rate's base is 0: no update; the caller zeroes grad
   };
   // Counts this pass; false until updatePeriod passes have accumulated (then passes restarts).

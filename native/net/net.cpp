@@ -532,6 +532,20 @@ void Net::update(double progress, int minibatch) {
       w[k] += inc[k];
       g[k] = 0.f;
     }
+    if (st.wcn_max > 0) {  // weight-contrast normalisation of each column (Param::wc_norm_min/max)
+      const int64_t rows = p.w.rows(), cols = p.w.cols();
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+      for (int64_t c = 0; c < cols; ++c) {
+        double sum = 0, ss = 0;
+        for (int64_t r = 0; r < rows; ++r) sum += w[r * cols + c];
+        const double mean = sum / (double)rows;
+        for (int64_t r = 0; r < rows; ++r) ss += (w[r * cols + c] - mean) * (w[r * cols + c] - mean);
+        const double s = std::sqrt(ss) / (double)rows;
+        const double f = s < st.wcn_min ? st.wcn_min / s : s > st.wcn_max ? st.wcn_max / s : 1.0;
+        if (f != 1.0 && std::isfinite(f))  // (a constant filter, s = 0, stays as it is)
+          for (int64_t r = 0; r < rows; ++r) w[r * cols + c] *= (float)f;
+      }
+    }
     if (st.wball_block > 0) {  // constrain the norm of each column within each block of rows
       const int64_t rows = p.w.rows(), cols = p.w.cols(), blk = st.wball_block;
 #pragma omp parallel for schedule(static) if (rows * cols > 65536)

@@ -416,6 +416,7 @@ void Net::update_cuda(double progress, int minibatch) {
       continue;
     }
     cuda::sgd_update(nc.cx, p.dev.w, p.dev.inc, p.dev.grad, p.w.size(), (float)p.mom, st.scale, st.decay);
+    if (st.wcn_max > 0) cuda::wc_norm(nc.cx, p.dev.w, p.w.rows(), p.w.cols(), st.wcn_min, st.wcn_max);
     if (st.wball_block > 0)  // per block of rows (see Param::begin_update)
       for (int64_t b0 = 0; b0 < p.w.rows(); b0 += st.wball_block)
         cuda::wball_constrain(nc.cx, p.dev.w + b0 * p.w.cols(), st.wball_block, p.w.cols(), (float)p.wball,

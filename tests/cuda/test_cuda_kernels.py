@@ -356,6 +356,12 @@ def test_sgd_and_wball():
     close(r["inc"], inc2)
     close(r["w"], w2)
     assert np.all(r["grad"] == 0)
+    # weight-contrast normalisation (conv's wcNormMin/wcNormMax)
+    wide = w * np.geomspace(0.05, 5, w.shape[1])
+    r = op("sgd", {"w": wide, "inc": inc, "grad": g}, mom=mom, scale=scale, decay=decay, wcn_min=0.1, wcn_max=0.4)
+    w4 = wide + (mom * inc - scale * g - decay * wide)
+    s = np.sqrt(((w4 - w4.mean(axis=0)) ** 2).sum(axis=0)) / w4.shape[0]
+    close(r["w"], w4 * np.where(s < 0.1, 0.1 / s, np.where(s > 0.4, 0.4 / s, 1.0)))
     # hard (fc, conv): every column rescaled to norm wball, small ones up too
     r = op("sgd", {"w": w, "inc": inc, "grad": g}, mom=mom, scale=scale, decay=decay, wball=ball, hard=1)
     w3 = w + inc2

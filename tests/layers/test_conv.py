@@ -282,10 +282,44 @@ def test_conv_weight_source_must_be_conv():
     assert "[c2]" in m and "key 'weightSource'" in m and "type fc" in m, m
 
 
-def test_conv_wcnorm_nonzero_rejected():
+def _wc_norm_reference(w, wmin, wmax):
+    """cuda-convnet2's ConvLayer::_constrainWeights: s = sqrt(sum (w - mean)^2) / rows per
+    column (filter); the column is scaled by wmin / s below wmin and by wmax / s above wmax."""
+    w = np.asarray(w, np.float64)
+    s = np.sqrt(((w - w.mean(axis=0)) ** 2).sum(axis=0)) / w.shape[0]
+    f = np.where(s < wmin, wmin / s, np.where(s > wmax, wmax / s, 1.0))
+    return w * f
+
+
+def test_conv_weight_contrast_normalisation():
+    rng = np.random.default_rng()
+    c, F, fs = int(rng.integers(1, 4)), int(rng.integers(3, 9)), int(rng.choice([2, 3]))
+    n = int(rng.choice([1, 3, 7]))
+    text = DATA + conv_text(channels=c, filters=F, filterSize=fs)
+    base = "[conv]\nepsW=0.05\nepsB=0.02\nmomW=0.9\nmomB=0.9\nwc=0.001\n"
+    x = rng.standard_normal((n, c * 25)).astype(np.float32)
+    m = 5 - fs + 1  # output size, no padding
+    seeds = {"conv": rng.standard_normal((n, F * m * m)).astype(np.float32)}
+    # filters of widely spread contrast, so that some fall below the band, some inside, some above
+    w0 = (rng.standard_normal((c * fs * fs, F)) * np.geomspace(0.05, 5, F)).astype(np.float32)
+    after = []
+    for extra in ("", "wcNormMin=0.08\nwcNormMax=0.3\n"):
+        net = ccn.Net("<l>", "<p>", {0: (c, 5, 5)}, layers_text=text, params_text=base + extra)
+        net.set("conv.weights[0]", w0)
+        net.forward({0: x}, train=True)
+        net.backward(seeds)
+        net.update(0.0, n)
+        after.append(net.get("conv.weights[0]"))
+    free = after[0].astype(np.float64)
+    s = np.sqrt(((free - free.mean(axis=0)) ** 2).sum(axis=0)) / free.shape[0]
+    assert (s < 0.08).any() and (s > 0.3).any() and ((s > 0.08) & (s < 0.3)).any(), s
+    np.testing.assert_allclose(after[1], _wc_norm_reference(free, 0.08, 0.3), rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("params,key,msg", [("wcNormMax=-1\n", "wcNormMax", "must be at least 0"),
+                                            ("wcNormMax=1\nwcNormMin=2\n", "wcNormMin", "must not exceed wcNormMax")])
+def test_conv_weight_contrast_normalisation_bad_values(params, key, msg):
     text = DATA + conv_text(channels=1, filters=2, filterSize=3)
-    params = "[conv]\nepsW=0.01\nepsB=0.02\nmomW=0.9\nmomB=0.9\nwc=0\nwcNormMax=1.5\n"
-    ccn.Net("<l>", "<p>", {0: (1, 5, 5)}, layers_text=text, params_text=params.replace("1.5", "0"))
-    with pytest.raises(ConfigError) as e:
-        ccn.Net("<l>", "<p>", {0: (1, 5, 5)}, layers_text=text, params_text=params)
-    assert "<p>:" in str(e.value) and "wcNormMax" in str(e.value)
+    base = "[conv]\nepsW=0.01\nepsB=0.02\nmomW=0.9\nmomB=0.9\nwc=0\n"
+    with pytest.raises(ConfigError, match=rf"<p>:\d+: in section \[conv\], key '{key}': {msg}"):
+        ccn.Net("<l>", "<p>", {0: (1, 5, 5)}, layers_text=text, params_text=base + params)
