@@ -36,12 +36,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def _test_seed() -> int:
-    import numpy as np
-
-    return int(os.environ.get("CCN_PYTEST_SEED") or np.random.SeedSequence().entropy % 2**63)
-
-
 @pytest.fixture(autouse=True)
 def _replayable_default_rng(request, monkeypatch):
     """Tests draw fresh random inputs every run. So that a failure can be replayed, each test
@@ -52,7 +46,9 @@ def _replayable_default_rng(request, monkeypatch):
 
     import numpy as np
 
-    seed = _test_seed()
+    from seeds import suite_seed
+
+    seed = suite_seed()
     request.node._ccn_seed = seed
     count = itertools.count()
     make = np.random.default_rng

@@ -13,7 +13,7 @@ def test_unseeded_default_rng_follows_the_tests_seed(request):
 
 
 def test_replay_with_the_environment_variable(monkeypatch):
-    import conftest
+    from seeds import suite_seed
 
     monkeypatch.setenv("CCN_PYTEST_SEED", "1234")
-    assert conftest._test_seed() == 1234
+    assert suite_seed() == 1234
