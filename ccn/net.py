@@ -294,6 +294,12 @@ class Net:
     def update(self, progress: float, minibatch: int) -> None:
         self._net.update(_progress(progress), minibatch)
 
+    def skip_frozen(self, on: bool = True) -> None:
+        """Leave out of the backward pass what only feeds frozen matrices (epsW/epsB 0, which
+        update leaves untouched, as cuda-convnet did): their gradients then stay 0. Off by
+        default, so that every gradient is there to read; ccn train turns it on."""
+        self._net.set_skip_frozen(bool(on))
+
     def train_step(self, data, progress: float, minibatch: int) -> list[dict]:
         return self._net.train_step(self._data(data), _progress(progress), minibatch)
 

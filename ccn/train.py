@@ -229,6 +229,8 @@ class Trainer:
         if cfg.test_freq < 1:
             raise InputError(f"the test frequency (--test-freq) must be at least 1 batch, got {cfg.test_freq}.")
         self.net, self.train_dp, self.test_dp, self.cfg = net, train_dp, test_dp, cfg
+        if hasattr(net, "skip_frozen"):  # fine-tuning the top of a net skips the frozen bottom
+            net.skip_frozen(True)
         self.train_batches = list(train_dp.batch_nums)
         self.test_batches = list(test_dp.batch_nums) if test_dp is not None else []
         if not self.train_batches:

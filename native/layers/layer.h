@@ -54,6 +54,8 @@ struct Param {
   double wc_norm_min = 0, wc_norm_max = 0;
   int update_period = 1;
   int passes = 0;          // gradient passes accumulated since the last update
+  bool grad_written = false;  // grad may be nonzero (a backward pass went through its layer, or
+                              // it was set from outside); a frozen matrix's is zeroed only then
   // initialisation, done by the Python side: N(0, init_std^2) or init_value, or a user function
   double init_std = 0, init_value = 0;
   std::string init_func;   // "module.func(args)" or ""

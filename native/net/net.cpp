@@ -324,13 +324,21 @@ void Net::reload_params(const std::string& params_text, const std::string& param
     LayerSpec spec(&def_file_, sec, &par_file_, par_file_.find(l->name));
     l->reload_params(spec);
   }
+  compute_needs_grad();  // a learning rate may have become 0 or stopped being 0 (set_skip_frozen)
+}
+
+bool Net::learns(const Layer* l) const {
+  if (!skip_frozen_) return !l->weights.empty() || l->biases != nullptr;
+  for (const Param* p : l->weights)
+    if (p->eps.base > 0) return true;
+  return l->biases && l->biases->eps.base > 0;
 }
 
 void Net::compute_needs_grad() {
   needs_grad_.assign(layers_.size(), false);
   for (size_t i = 0; i < layers_.size(); ++i) {
     Layer* l = layers_[i].get();
-    bool need = (l->is_data() && data_grads_) || !l->weights.empty() || l->biases != nullptr;
+    bool need = (l->is_data() && data_grads_) || learns(l);
     for (Layer* in : l->inputs) need = need || needs_grad_[in->id];
     needs_grad_[i] = need;
   }
@@ -456,7 +464,9 @@ void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
       any_in = any_in || din.back();
     }
     if (fused_producer_[i] >= 0) din[1] = nullptr;  // left to the producer's turn (fused_cost_)
-    if (!any_in && l->weights.empty() && !l->biases) continue;
+    if (!any_in && !learns(l)) continue;
+    for (Param* p : l->weights) p->grad_written = true;
+    if (l->biases) l->biases->grad_written = true;
     ctx.layer_id = i;
     const double t0 = now_s();
     if (!l->is_cost() && !written[i] && fused_cost < 0) {  // no consumer wrote dCost/d(this output): it is 0
@@ -518,7 +528,7 @@ void Net::update(double progress, int minibatch) {
     Param& p = *pp;
     Param::Step st;
     if (!p.begin_update(progress, minibatch, st)) {
-      if (st.frozen) p.grad.zero();
+      if (st.frozen && p.grad_written) p.grad.zero(), p.grad_written = false;
       continue;
     }
     const float scale = st.scale, decay = st.decay, mom = (float)p.mom;

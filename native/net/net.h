@@ -65,6 +65,15 @@ class Net {
   const ConfigFile& def_file() const { return def_file_; }
   const ConfigFile& params_file() const { return par_file_; }
   void set_data_grads(bool on) { data_grads_ = on; compute_needs_grad(); }
+  // Skip the backward pass where it only feeds frozen matrices (learning rate base 0, which
+  // Param::begin_update leaves untouched): a layer whose parameters are all frozen and whose
+  // inputs need no gradient is not gone back through, nor is anything below it that only it
+  // feeds. Their `grad` then stays 0. Off by default (every gradient is computed, as API
+  // users and gradient checks expect); ccn train turns it on, so fine-tuning the top of a net
+  // does not pay for the frozen bottom.
+  void set_skip_frozen(bool on) { skip_frozen_ = on; compute_needs_grad(); }
+  // Whether the backward pass computes gradients for layer i's parameters (set_skip_frozen).
+  bool learns(const Layer* l) const;
   // Zero every gradient buffer before the backward pass, so that no layer assigns its input
   // gradients (Layer::bprop_assigns_din) but every one adds: tests compare the two branches.
   // Default: the environment variable CCN_GRAD_ZERO=eager (read once per process).
@@ -165,6 +174,7 @@ class Net {
   std::vector<bool> needs_grad_;
   std::vector<double> fprop_s_, bprop_s_;
   bool data_grads_ = false;
+  bool skip_frozen_ = false;
   bool grad_zero_eager_ = grad_zero_eager_default();
   static bool grad_zero_eager_default();
   int cases_ = 0;

@@ -357,7 +357,9 @@ void Net::bprop_cuda(const std::map<std::string, const Mat*>& seeds) {
     }
     if (fused_producer_[i] >= 0) din[1] = DevMat{};  // left to the producer's turn, as on the CPU
     const int fused_cost = seeds.empty() ? fused_cost_[i] : -1;
-    if (!any_in && l->weights.empty() && !l->biases) continue;
+    if (!any_in && !learns(l)) continue;
+    for (Param* p : l->weights) p->grad_written = true;
+    if (l->biases) l->biases->grad_written = true;
     ctx.layer_id = i;
     const int64_t osz = l->out.size();
     double t0 = 0;
@@ -411,8 +413,9 @@ void Net::update_cuda(double progress, int minibatch) {
     Param& p = *pp;
     Param::Step st;
     if (!p.begin_update(progress, minibatch, st)) {
-      if (st.frozen && p.w.size())
+      if (st.frozen && p.grad_written && p.w.size())
         CCN_CUDA_CHECK(cudaMemsetAsync(p.dev.grad, 0, (size_t)p.w.size() * sizeof(float), nc.stream()));
+      if (st.frozen) p.grad_written = false;
       continue;
     }
     cuda::sgd_update(nc.cx, p.dev.w, p.dev.inc, p.dev.grad, p.w.size(), (float)p.mom, st.scale, st.decay);

@@ -83,7 +83,7 @@ Mat& param_mat(Net& net, const std::string& name, const std::string& which) {
   Param* p = net.find_param(name);
   if (!p) input_error("no parameter named '", name, "'.");
   if (which == "w") return p->w;
-  if (which == "grad") return p->grad;
+  if (which == "grad") return p->grad_written = true, p->grad;
   if (which == "inc") return p->inc;
   input_error("unknown parameter field '", which, "' (expected w, grad or inc).");
 }
@@ -459,6 +459,7 @@ PYBIND11_MODULE(_core, m) {
       .def("first_nonfinite_layer", &Net::first_nonfinite_layer)
       .def("reload_params", &Net::reload_params, py::arg("params_text"), py::arg("params_path"))
       .def("set_data_grads", &Net::set_data_grads)
+      .def("set_skip_frozen", &Net::set_skip_frozen)
       .def("set_grad_zero_eager", &Net::set_grad_zero_eager)
       .def("grad_zero_eager", &Net::grad_zero_eager)
       .def("layer_times",
@@ -509,6 +510,7 @@ PYBIND11_MODULE(_core, m) {
                for (const auto& p : net.params()) {
                  if (p->grad.size()) std::memcpy(p->grad.data(), src, (size_t)p->grad.size() * sizeof(float));
                  src += p->grad.size();
+                 p->grad_written = true;
                }
              }
              if (net.on_device()) net.push_params(nullptr, Net::kGrad);  // the gradients only

@@ -753,3 +753,50 @@ def test_self_shared_weights_forward_backward_and_training(n):
     batches = [[rng.standard_normal((n, 3 * 36)).astype(np.float32), rng.integers(0, 10, (n, 1)).astype(np.float32)]
                for _ in range(4)]
     _check_training(cpu, gpu, batches)
+
+
+SKIP_LAYERS = """
+[data]
+type=data
+dataIdx=0
+[labels]
+type=data
+dataIdx=1
+[conv]
+type=conv
+inputs=data
+channels=3
+filters=16
+filterSize=3
+padding=1
+initW=0.1
+neuron=relu
+[fc]
+type=fc
+inputs=conv
+outputs=5
+initW=0.1
+[probs]
+type=softmax
+inputs=fc
+[logprob]
+type=cost.logreg
+inputs=labels,probs
+"""
+SKIP_PARAMS = "[conv]\nepsW=0\nepsB=0\nmomW=0.9\nmomB=0.9\nwc=0.001\n[fc]\nepsW=0.05\nepsB=0.05\nmomW=0.9\nmomB=0.9\n" \
+              "wc=0.001\n[logprob]\ncoeff=1\n"
+
+
+@cuda
+def test_skip_frozen_trains_as_on_the_cpu():
+    # a frozen first layer is left out of the backward pass on both backends (Net.skip_frozen)
+    rng = np.random.default_rng()
+    cpu, gpu = _twins(SKIP_LAYERS, SKIP_PARAMS, {0: (3, 6, 6), 1: 1})
+    for net in (cpu, gpu):
+        net._net.set_data_grads(False)
+        net.skip_frozen(True)
+    w0 = cpu.get("conv.weights[0]")
+    batches = [[rng.standard_normal((7, 108)).astype(np.float32), rng.integers(0, 5, (7, 1)).astype(np.float32)]
+               for _ in range(3)]
+    _check_training(cpu, gpu, batches)
+    np.testing.assert_array_equal(gpu.get("conv.weights[0]"), w0)

@@ -284,3 +284,49 @@ def test_neuron_elsewhere_is_still_checked():
     text = COST_NET.format(neuron="").replace("initW=0.3", "initW=0.3\nneuron=whatever[1]")
     with pytest.raises(ConfigError, match="neuron"):
         ccn.Net("l.cfg", None, data_dims={0: 4, 1: 1}, layers_text=text)
+
+
+# ---- skipping the backward pass below frozen layers (Net.skip_frozen, on in ccn train) ----------
+def _freeze(params, layers):
+    out, cur = [], None
+    for line in params.splitlines():
+        if line.startswith("["):
+            cur = line.strip("[]")
+        if cur in layers and line.split("=")[0].strip() in ("epsW", "epsB"):
+            line = line.split("=")[0] + "=0"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+SKIP_NET = CONV.replace("[fc]\ntype=fc\ninputs=conv", "[conv2]\ntype=conv\ninputs=conv\nchannels=16\nfilters=8\n"
+                        "filterSize=3\npadding=1\ninitW=0.1\n\n[fc]\ntype=fc\ninputs=conv2")
+SKIP_PARAMS = "".join(f"[{n}]\nepsW=0.05\nepsB=0.05\nmomW=0.9\nmomB=0.9\nwc=0.001\n" for n in ("conv", "conv2", "fc")) + \
+    "[logprob]\ncoeff=1\n"
+
+
+def test_skipping_frozen_layers_changes_nothing_but_the_work():
+    rng = np.random.default_rng()
+    batches = [[rng.standard_normal((5, 75)).astype(np.float32), rng.integers(0, 3, (5, 1)).astype(np.float32)]
+               for _ in range(3)]
+    frozen = _freeze(SKIP_PARAMS, {"conv"})
+    nets = []
+    for skip in (False, True):
+        net = ccn.Net("l.cfg", "p.cfg", data_dims={0: (3, 5, 5), 1: 1}, layers_text=SKIP_NET, params_text=SKIP_PARAMS,
+                      seed=7)
+        net.skip_frozen(skip)
+        net.train_step(batches[0], 0.0, 5)
+        net.reload_params("p2.cfg", params_text=frozen)  # freeze conv: with skip, nothing goes back through it
+        net.train_step(batches[1], 0.1, 5)
+        net.forward(batches[2], train=True)
+        net.backward()
+        grads = {p.name: net.get(p.name, "grad") for p in net.params}
+        net.update(0.2, 5)
+        net.reload_params("p.cfg", params_text=SKIP_PARAMS)  # and unfreeze it again
+        net.train_step(batches[0], 0.3, 5)
+        nets.append((net, grads))
+    (a, ga), (b, gb) = nets
+    for p in a.params:
+        np.testing.assert_array_equal(a.get(p.name), b.get(p.name), err_msg=p.name)
+        np.testing.assert_array_equal(a.get(p.name, "inc"), b.get(p.name, "inc"), err_msg=p.name)
+    assert np.any(ga["conv.weights[0]"]) and not np.any(gb["conv.weights[0]"])  # computed only without skipping
+    np.testing.assert_array_equal(ga["conv2.weights[0]"], gb["conv2.weights[0]"])
