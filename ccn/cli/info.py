@@ -19,6 +19,7 @@ def gather() -> dict:
         "blas_config": b["blas_config"].strip(),
         "blas_threads": b["blas_threads"],
         "omp_threads": b["omp_threads"],
+        "openmp": bool(b.get("openmp", True)),
         "gemm_threads": b.get("gemm_threads", b["blas_threads"]),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "cpu_count": os.cpu_count(),
@@ -46,10 +47,15 @@ def info(json_out):
         return
     click.echo(f"ccn {d['version']}")
     click.echo(f"backends compiled in: {', '.join(d['backends'])}")
-    click.echo(f"BLAS: {d['blas']} ({d['blas_config']}), {d['blas_threads']} thread(s) per call; "
-               f"large GEMMs split over {d['gemm_threads']} OpenMP threads")
-    click.echo(f"OpenMP threads: {d['omp_threads']} (of {d['cpu_count']} CPUs), "
-               f"wait policy {d['omp_wait_policy'].lower() or 'default'}")
+    if d["openmp"]:
+        click.echo(f"BLAS: {d['blas']} ({d['blas_config']}), {d['blas_threads']} thread(s) per call; "
+                   f"large GEMMs split over {d['gemm_threads']} OpenMP threads")
+        click.echo(f"OpenMP threads: {d['omp_threads']} (of {d['cpu_count']} CPUs), "
+                   f"wait policy {d['omp_wait_policy'].lower() or 'default'}")
+    else:
+        click.echo(f"BLAS: {d['blas']} ({d['blas_config']}), {d['blas_threads']} thread(s)")
+        click.echo(f"OpenMP: not in this build, so the layers other than GEMMs run on one of the {d['cpu_count']} "
+                   "CPUs (on macOS: brew install libomp, then reinstall ccn)")
     direct = "direct-avx512" in d["conv_kernels"]
     click.echo(f"conv kernels (CPU): {', '.join(d['conv_kernels'])}"
                + ("" if direct else " (no AVX-512F on this CPU: direct kernels unavailable)")

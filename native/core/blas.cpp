@@ -2,7 +2,7 @@
 // wheel, whose symbols carry a scipy_ prefix; system OpenBLAS and MKL use plain cblas names.
 #include "core/blas.h"
 
-#include <omp.h>
+#include "core/omp.h"
 
 #include <algorithm>
 
@@ -40,8 +40,13 @@ void set_blas_threads(int n) {
 #endif
 }
 
-// The BLAS runs single-threaded from the moment the library loads (see blas.h).
+// With OpenMP the BLAS runs single-threaded from the moment the library loads (see blas.h);
+// without it, the BLAS keeps its own threads, the only ones ccn then has.
+#ifdef _OPENMP
 const bool blas_single_threaded = (set_blas_threads(1), true);
+#else
+const bool blas_single_threaded = true;
+#endif
 
 void gemm_call(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
                const float* B, int ldb, float beta, float* C, int ldc) {
@@ -109,6 +114,28 @@ int blas_threads() {
 #endif
 }
 
-int gemm_threads() { return omp_get_max_threads(); }
+int gemm_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return blas_threads();
+#endif
+}
+
+void set_threads(int n) {
+#ifdef _OPENMP
+  omp_set_num_threads(n);
+#else
+  set_blas_threads(n);
+#endif
+}
+
+bool have_openmp() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
 
 }  // namespace ccn

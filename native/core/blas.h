@@ -20,5 +20,9 @@ std::string blas_name();     // which BLAS and its version
 std::string blas_config();   // the BLAS's own description of its build (may be empty)
 int blas_threads();       // the BLAS library's own threads (1 in ccn, see above)
 int gemm_threads();       // threads a large sgemm is split over (the OpenMP threads)
+// The CPU threads ccn uses: OpenMP's (the BLAS stays single-threaded, sgemm splits over them),
+// or, in a build without OpenMP (core/omp.h), the BLAS library's own.
+void set_threads(int n);
+bool have_openmp();
 
 }  // namespace ccn

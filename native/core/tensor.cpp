@@ -1,7 +1,7 @@
 // ccn/native/core/tensor.cpp: the large copies of the core.
 #include "core/tensor.h"
 
-#include <omp.h>
+#include "core/omp.h"
 
 #include <algorithm>
 

@@ -17,10 +17,14 @@
 // broadcasts of input pixels for FV*NY*NX FMAs; added into dw (masked past nf) at the end.
 #include "kernels/directconv.h"
 
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 
 #include <atomic>
 #include <utility>
+
+#include "core/error.h"
 
 #define CCN_AVX512 __attribute__((target("avx512f")))
 // The tap loops read overlapping pixels (tap fx, pixel r+1 is tap fx+1, pixel r). GCC's
@@ -45,6 +49,8 @@ namespace ccn {
 namespace {
 
 std::atomic<int64_t> g_counts[kConvCounters];
+
+#if defined(__x86_64__)
 
 // acc[v*abs + r*16 + lane] (+)= the taps of channels [0, cin) for R pixels of one row; the
 // accumulators start from zero (first) or from acc.
@@ -313,6 +319,21 @@ double shared_bias_grad(const float* dout, int64_t ld, int N, int64_t P) {
   for (int j = 0; j < 8; ++j) s += lanes[j];
   return s;
 }
+
+#else  // not x86-64 (e.g. ARM): no AVX-512, so no direct kernels; conv uses im2col + GEMM
+
+}  // namespace
+
+bool direct_conv_available() { return false; }
+[[noreturn]] static void no_direct() { runtime_error("the direct conv kernels need an x86-64 CPU with AVX-512F."); }
+void direct_fwd(const float*, int, int, int, int, const float*, int, const int*, float*, int64_t, const float*, bool,
+                float*) { no_direct(); }
+void direct_transpose(const float*, int64_t, int, int64_t, float*, int64_t, int) { no_direct(); }
+void direct_dw(const float*, int, int, int, int, const float*, int, int, float*, int64_t) { no_direct(); }
+void bias_lanes_add(const float*, int64_t, double*) { no_direct(); }
+double shared_bias_grad(const float*, int64_t, int, int64_t) { no_direct(); }
+
+#endif  // x86-64
 
 void count_conv_kernel(ConvKernelCounter c) { g_counts[c].fetch_add(1, std::memory_order_relaxed); }
 int64_t conv_kernel_count(ConvKernelCounter c) { return g_counts[c].load(std::memory_order_relaxed); }

@@ -46,7 +46,7 @@
 //   wpack_g[(b*Kg + k)*16 + j]            = W[k, g*Fg + b*16 + j]                     (0 past Fg)
 //   tpack_g[(b*Fg*fs^2 + f*fs^2 + gy*fs + gx)*16 + j]
 //                                         = W[(b*16+j)*fs^2 + (fs-1-gy)*fs + fs-1-gx, g*Fg + f]  (0 past Cf)
-#include <omp.h>
+#include "core/omp.h"
 
 #include <algorithm>
 #include <cstdlib>

@@ -10,7 +10,7 @@
 // ccn rejects it with a clear message. Element-wise, any layout.
 #include "layers/neuron.h"
 
-#include <omp.h>
+#include "core/omp.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,6 +1,6 @@
 // ccn/native/python/bindings.cpp: the pybind11 module ccn._core. Bindings only: no logic.
 // Arrays cross as float32 NumPy copies; long native calls release the GIL.
-#include <omp.h>
+#include "core/omp.h"
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -141,6 +141,7 @@ PYBIND11_MODULE(_core, m) {
     d["blas_config"] = blas_config();
     d["blas_threads"] = blas_threads();
     d["omp_threads"] = omp_get_max_threads();
+    d["openmp"] = have_openmp();
     d["gemm_threads"] = gemm_threads();
     // Convolution kernels this build can run here (native/kernels/directconv.h): "gemm"
     // always; "direct-avx512" when the CPU has AVX-512F. CCN_CONV_KERNEL picks per layer.
@@ -174,7 +175,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("reset_conv_kernel_counts", [] { reset_conv_kernel_counts(); });
   m.def("set_threads", [](int n) {
     if (n < 1) input_error("the thread count must be at least 1, got ", n, ".");
-    omp_set_num_threads(n);  // the BLAS stays single-threaded; sgemm splits over these (core/blas.h)
+    set_threads(n);  // OpenMP's (sgemm splits over them), or the BLAS's in a build without OpenMP
   });
   m.def("layer_types", [] {
     std::vector<std::string> t;
