@@ -421,6 +421,18 @@ def _run_train(given: dict, load_file, out, stop_after, world):
     if not os.path.isdir(opts["data_path"]):
         raise InputError(f"{opts['data_path']}: the data path does not exist or is not a folder (--data-path).")
     crop_note = _crop_border(opts, given, ckpt is not None)
+    seed_note = None
+    if ckpt is not None:
+        # a run has one seed (the weights' draw, the data order and augmentation, the core's random
+        # numbers): resuming keeps the checkpoint's everywhere, the provider included, so that the
+        # resumed stretch is the one the saved options and the header describe, and can be reproduced
+        saved_seed = ckpt.position.get("seed", ckpt.options.get("seed", ckpt.net_meta.get("seed")))
+        if saved_seed is not None:
+            if "seed" in given and given["seed"] is not None and int(given["seed"]) != int(saved_seed):
+                seed_note = (f"note: --seed {given['seed']} is ignored on resume: the run goes on with its own seed "
+                             f"{int(saved_seed)} (the checkpoint's), so that it can be reproduced; a new seed needs a "
+                             "new run (e.g. --save-path NEW).")
+            opts["seed"] = int(saved_seed)
     if opts["seed"] is None:
         opts["seed"] = secrets.randbelow(2**31)
     if world is not None:  # the same weights and data order on every rank
@@ -511,7 +523,6 @@ def _run_train(given: dict, load_file, out, stop_after, world):
                   init=False, allow_unused=True)  # (an older ccn may have saved a net with an unused layer)
         check_memory(net, step_cases, "--mini")
         ck.restore_net(net, ckpt)
-        opts["seed"] = int(ckpt.position.get("seed", opts["seed"]))
     if not net.cost_layers():
         raise ConfigError(f"{net.layers_path}: the net has no cost layer (cost.logreg, cost.sum2, ...), so there is "
                           "nothing to train it on; add one that reads the net's output and the labels.")
@@ -595,6 +606,8 @@ def _run_train(given: dict, load_file, out, stop_after, world):
              "in both --train-range and --test-range: the test error is measured on training data.")
     if layers_note:
         echo(layers_note)
+    if seed_note:
+        echo(seed_note)
     if crop_note:
         echo(f"  {crop_note}")
     if ckpt is not None:
