@@ -169,7 +169,8 @@ def _nonfinite(costs: list[dict]) -> bool:
 class _Display:
     """Lines to stdout; on a terminal also a live rich progress bar underneath them."""
 
-    def __init__(self, total_batches: float, done: float, epochs: int, enabled: bool, out=None, on_closed=None):
+    def __init__(self, total_batches: float, done: float, epochs: int, enabled: bool, out=None, on_closed=None,
+                 epoch: int = 1):
         self.out = out or sys.stdout
         self.on_closed = on_closed  # called once if the output turns out to be a closed pipe (`| head`)
         self.progress = None
@@ -182,7 +183,7 @@ class _Display:
                 TextColumn("{task.percentage:>5.1f}%"), TextColumn("{task.fields[ips]:>8.0f} img/s"),
                 TextColumn("data wait {task.fields[wait]:>4.1f}%"), TextColumn("ETA"), TimeRemainingColumn(),
                 console=Console(file=self.out), transient=True, redirect_stdout=False, redirect_stderr=False)
-            self.task = self.progress.add_task("train", total=total_batches, completed=done, epoch=1, epochs=epochs,
+            self.task = self.progress.add_task("train", total=total_batches, completed=done, epoch=epoch, epochs=epochs,
                                                ips=0.0, wait=0.0)
             self.progress.start()
 
@@ -358,7 +359,7 @@ class Trainer:
         nb = len(self.train_batches)
         total = cfg.epochs * nb
         self._display = _Display(total, min(st.batches_done, total), cfg.epochs, cfg.progress_bar, self.out,
-                                 on_closed=self._on_output_closed)
+                                 on_closed=self._on_output_closed, epoch=min(st.epoch, cfg.epochs))  # (resumed: its epoch)
         old_handlers = {}
         self.stop_signal = None
         if threading.current_thread() is threading.main_thread():

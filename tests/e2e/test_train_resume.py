@@ -65,3 +65,36 @@ def test_a_seed_given_on_resume_is_ignored_with_a_note(setup):
         assert np.array_equal(ca.arrays[k], cb.arrays[k]), k
     assert ca.meta["history"] == cb.meta["history"]
     assert cb.position["seed"] == 5 and cb.options["seed"] == 5 and cb.net_meta["seed"] == 5
+
+
+# ---- 4: the progress bar of a resumed run ----------------------------------------------------
+def test_the_progress_bar_starts_at_the_resumed_epoch(setup, monkeypatch):
+    import io
+
+    import ccn.train as T
+
+    tmp, data, layers, _ = setup
+    train(opts(tmp, data, layers, epochs=2))
+    c = ck.load(str(tmp / "save"))
+    assert c.position["epoch"] == 3
+    seen = []
+    real = T._Display
+
+    class Recording(real):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            if self.progress is not None:
+                seen.append(dict(self.progress.tasks[0].fields))
+
+    monkeypatch.setattr(T, "_Display", Recording)
+    from ccn.cli.train import run_train
+
+    real_run = T.Trainer.run
+
+    def run_with_bar(self, stop_after=None):
+        self.cfg.progress_bar = True
+        return real_run(self, stop_after)
+
+    monkeypatch.setattr(T.Trainer, "run", run_with_bar)
+    run_train({"epochs": 4}, str(tmp / "save"), out=io.StringIO(), stop_after=1)
+    assert seen and seen[0]["epoch"] == 3 and seen[0]["epochs"] == 4
