@@ -22,7 +22,8 @@ What it does, as cuda-convnet did:
   soon as step k is enqueued, so its copy (host -> pinned -> device, on the net's copy
   stream) overlaps step k's backward pass and update on the GPU;
 * SIGINT (Ctrl-C), or SIGTERM, finishes the current minibatch, saves a checkpoint of that exact
-  position and stops; a second Ctrl-C aborts at once;
+  position and stops; a second Ctrl-C aborts at once (more SIGTERMs are ignored: schedulers may
+  send one to the process group and one to the process);
 * a non-finite cost stops training with :class:`ccn.errors.CcnRuntimeError` naming the first
   layer whose output went non-finite; nothing is saved, so the last checkpoint is the last
   good state.
@@ -245,6 +246,7 @@ class Trainer:
         self.out = out
         self._cost_types = {l.name: l.type for l in net.layers if l.is_cost}
         self._stop = False
+        self._repeat_said = False
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccn-data")
         self._pending: dict = {}
         self._last_saved: str | None = None
@@ -333,9 +335,30 @@ class Trainer:
 
     # -- signals
     def _on_signal(self, signum, frame):
-        # SIGTERM (what batch schedulers send before killing a job) stops as Ctrl-C does
+        # SIGTERM (what batch schedulers send before killing a job) stops as Ctrl-C does. Only a second
+        # Ctrl-C aborts without saving: a scheduler may send TERM to the process group and to the process
+        # itself (Slurm's scancel, a job's time limit), so a repeated SIGTERM must not cost the checkpoint
+        if self._stop_asked():
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            if not self._repeat_said:
+                self._repeat_said = True
+                self._display.line(f"{signal.Signals(signum).name} again: still finishing this minibatch and saving "
+                                   "(only a second Ctrl-C aborts without saving).")
+            return
         self.stop_signal = signum
         self._on_sigint(signum, frame)
+
+    def _stop_asked(self) -> bool:
+        return self._stop
+
+    @staticmethod
+    def _stop_message(signum, what: str) -> str:
+        """The line printed when a signal asks to stop, worded by the signal received."""
+        if signum == signal.SIGINT:
+            return f"interrupted: {what} (press Ctrl-C again to abort without saving)."
+        name = signal.Signals(signum).name if signum else "a signal"
+        return f"interrupted by {name}: {what} (more {name}s are ignored; a Ctrl-C aborts without saving)."
 
     def _on_output_closed(self):
         # `ccn train ... | head`: stop as Ctrl-C does (finish the minibatch, save), not with a traceback
@@ -349,8 +372,7 @@ class Trainer:
         if self._stop:
             raise KeyboardInterrupt
         self._stop = True
-        self._display.line("interrupted: finishing this minibatch, then saving a checkpoint "
-                           "(press Ctrl-C again to abort without saving).")
+        self._display.line(self._stop_message(signum, "finishing this minibatch, then saving a checkpoint"))
 
     # -- main
     def run(self, stop_after: int | None = None) -> TrainResult:
@@ -362,6 +384,7 @@ class Trainer:
                                  on_closed=self._on_output_closed, epoch=min(st.epoch, cfg.epochs))  # (resumed: its epoch)
         old_handlers = {}
         self.stop_signal = None
+        self._repeat_said = False
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 old_handlers[sig] = signal.signal(sig, self._on_signal)

@@ -98,3 +98,58 @@ def test_the_progress_bar_starts_at_the_resumed_epoch(setup, monkeypatch):
     monkeypatch.setattr(T.Trainer, "run", run_with_bar)
     run_train({"epochs": 4}, str(tmp / "save"), out=io.StringIO(), stop_after=1)
     assert seen and seen[0]["epoch"] == 3 and seen[0]["epochs"] == 4
+
+
+# ---- 7: repeated SIGTERMs ------------------------------------------------------------------
+GATED = '''
+import os, time
+import fakedata
+
+
+def open_provider(data_path, batch_range, *, train, options):
+    dp = fakedata.open_provider(data_path, batch_range, train=train, options=options)
+    real = dp.load
+
+    def load(batch, epoch):
+        if train and (batch, epoch) == (2, 1):  # held until the test opens the gate
+            while not os.path.exists(os.path.join(data_path, "gate")):
+                time.sleep(0.01)
+        return real(batch, epoch)
+
+    dp.load = load
+    return dp
+'''
+
+
+def test_repeated_sigterms_do_not_abort_the_save(tmp_path):
+    """Schedulers may send TERM to the process group and to the process: the second one must not
+    abort the save (only a second Ctrl-C does), and the message names the signal received."""
+    data = fakedata.make_dataset(tmp_path / "data")
+    layers, _ = fakedata.write_net(tmp_path / "net")
+    (tmp_path / "gated.py").write_text(GATED)
+    args = train_args(tmp_path, data, layers, tmp_path / "run", "--epochs", "2", "--test-freq", "1")
+    args[args.index("fakedata:open_provider")] = "gated:open_provider"
+    e = env()
+    e["PYTHONPATH"] = os.pathsep.join([str(tmp_path), e["PYTHONPATH"]])
+    p = subprocess.Popen([sys.executable, "-m", "ccn.cli.main", *args], env=e, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        t_end = time.time() + 60
+        while time.time() < t_end and not ck.list_checkpoints(str(tmp_path / "run")) and p.poll() is None:
+            time.sleep(0.01)
+        time.sleep(0.5)  # waiting for batch 2, held at the gate
+        for _ in range(3):
+            p.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+        (tmp_path / "data" / "gate").write_text("")
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143, (out, err)
+    assert "interrupted by SIGTERM: finishing this minibatch" in out and "press Ctrl-C again" not in out
+    assert "SIGTERM again: still finishing" in out and "Stopped by SIGTERM" in out
+    assert "Traceback" not in err and "interrupted." not in err
+    names = [os.path.basename(q) for q in ck.list_checkpoints(str(tmp_path / "run"))]
+    assert names == ["1.1", "1.2-mb1"]
+    ck.load(str(tmp_path / "run"))
