@@ -592,16 +592,40 @@ class Trainer:
         return path
 
 
+def eps_base(p) -> float:
+    """The base of a parameter's learning rate (``ParamInfo.eps``: ``0.01``, or a schedule such as
+    ``exp[base=0.01;tgtFactor=10]``); every schedule is proportional to it, and the core freezes a
+    matrix whose base is 0 (``Param::begin_update``)."""
+    import re
+
+    text = str(p.eps).strip()
+    m = re.search(r"base=([^;\]]+)", text)
+    try:
+        return float(m.group(1) if m else text)
+    except ValueError:
+        return float("nan")
+
+
+def frozen_params(net) -> set[str]:
+    """The names of the parameters the core does not update (learning rate's base 0)."""
+    return {p.name for p in net.params if eps_base(p) <= 0}
+
+
 def weight_stats(net) -> list[str]:
-    """cuda-convnet's per-layer lines: mean |W|, mean |inc| and their ratio; biases likewise."""
+    """cuda-convnet's per-layer lines: mean |W|, mean |inc| and their ratio; biases likewise. A frozen
+    matrix (epsW or epsB 0) keeps its last momentum increment, so its line ends with
+    ``(frozen: epsW 0)``: the [inc] shown is not applied any more."""
+    frozen = frozen_params(net)
     lines = []
     for layer in net.layers:
         for i, wname in enumerate(layer.weights):
             w, inc = net.get(wname, "w"), net.get(wname, "inc")
             mw, mi = float(np.mean(np.abs(w), dtype=np.float64)), float(np.mean(np.abs(inc), dtype=np.float64))
-            lines.append("Layer '%s' weights[%d]: %e [%e] [%e]" % (layer.name, i, mw, mi, mi / mw if mw > 0 else 0))
+            lines.append("Layer '%s' weights[%d]: %e [%e] [%e]" % (layer.name, i, mw, mi, mi / mw if mw > 0 else 0)
+                         + (" (frozen: epsW 0)" if wname in frozen else ""))
         if layer.biases:
             b, inc = net.get(layer.biases, "w"), net.get(layer.biases, "inc")
             lines.append("Layer '%s' biases: %e [%e]" % (layer.name, float(np.mean(np.abs(b), dtype=np.float64)),
-                                                         float(np.mean(np.abs(inc), dtype=np.float64))))
+                                                         float(np.mean(np.abs(inc), dtype=np.float64)))
+                         + (" (frozen: epsB 0)" if layer.biases in frozen else ""))
     return lines

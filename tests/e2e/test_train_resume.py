@@ -153,3 +153,25 @@ def test_repeated_sigterms_do_not_abort_the_save(tmp_path):
     names = [os.path.basename(q) for q in ck.list_checkpoints(str(tmp_path / "run"))]
     assert names == ["1.1", "1.2-mb1"]
     ck.load(str(tmp_path / "run"))
+
+
+# ---- 5: frozen matrices in the weight statistics ---------------------------------------------
+def test_frozen_matrices_are_marked_in_the_weight_statistics(setup):
+    tmp, data, layers, params = setup
+    train(opts(tmp, data, layers, epochs=1))
+    text = open(params).read()
+    # freeze fc1's weights (a plain 0) and fc2's biases (a schedule whose base is 0)
+    text = text.replace("[fc1]\nepsW=0.05", "[fc1]\nepsW=0").replace(
+        "[fc2]\nepsW=0.05\nepsB=0.05", "[fc2]\nepsW=0.05\nepsB=exp[base=0;tgtFactor=10]")
+    open(params, "w").write(text)
+    w0 = ck.load(str(tmp / "save")).arrays
+    _, out = train({"epochs": 2}, load_file=str(tmp / "save"))
+    w1 = ck.load(str(tmp / "save")).arrays
+    assert np.array_equal(w0["w/fc1.weights[0]"], w1["w/fc1.weights[0]"])
+    assert np.array_equal(w0["w/fc2.biases"], w1["w/fc2.biases"])
+    num = r"\d\.\d{6}e[+-]\d\d"
+    # the original's format, with the marker appended; only the frozen matrices have it
+    assert re.search(rf"^Layer 'fc1' weights\[0\]: {num} \[{num}\] \[{num}\] \(frozen: epsW 0\)$", out, re.M)
+    assert re.search(rf"^Layer 'fc2' biases: {num} \[{num}\] \(frozen: epsB 0\)$", out, re.M)
+    assert re.search(rf"^Layer 'fc1' biases: {num} \[{num}\]$", out, re.M)
+    assert re.search(rf"^Layer 'fc2' weights\[0\]: {num} \[{num}\] \[{num}\]$", out, re.M)
