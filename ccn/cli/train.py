@@ -482,7 +482,7 @@ def _run_train(given: dict, load_file, out, stop_after, world):
 
     step_cases = cases_per_step(int(opts["mini"]), (train_dp, train_range), (test_dp, test_range),
                                 ranks=1 if world is None else world.size)
-    layers_note = None
+    layers_note = params_note = None
     if ckpt is None:
         layers = opts["layers"]
         params = os.path.abspath(find_params_file(layers, opts["params"]))
@@ -523,6 +523,9 @@ def _run_train(given: dict, load_file, out, stop_after, world):
                   init=False, allow_unused=True)  # (an older ccn may have saved a net with an unused layer)
         check_memory(net, step_cases, "--mini")
         ck.restore_net(net, ckpt)
+        from ..netfiles import describe_params_changes
+
+        params_note = describe_params_changes(ckpt.params_text, net.params_text)
     if not net.cost_layers():
         raise ConfigError(f"{net.layers_path}: the net has no cost layer (cost.logreg, cost.sum2, ...), so there is "
                           "nothing to train it on; add one that reads the net's output and the labels.")
@@ -614,6 +617,8 @@ def _run_train(given: dict, load_file, out, stop_after, world):
         echo(f"  resuming from {ckpt.path}")
         if getattr(trainer, "range_note", None):
             echo(f"  {trainer.range_note}")
+        if params_note:
+            echo(f"  {params_note}")
         if saved_device and saved_device != placement.device:
             echo(f"  the checkpoint was trained with --device {saved_device}; this run is on {placement.label} "
                  f"(give --device {saved_device} to continue there)")

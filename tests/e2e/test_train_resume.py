@@ -175,3 +175,23 @@ def test_frozen_matrices_are_marked_in_the_weight_statistics(setup):
     assert re.search(rf"^Layer 'fc2' biases: {num} \[{num}\] \(frozen: epsB 0\)$", out, re.M)
     assert re.search(rf"^Layer 'fc1' biases: {num} \[{num}\]$", out, re.M)
     assert re.search(rf"^Layer 'fc2' weights\[0\]: {num} \[{num}\] \[{num}\]$", out, re.M)
+
+
+# ---- 6: what changed in the layer-params since the checkpoint ---------------------------------
+def test_changed_layer_params_are_listed_on_resume(setup):
+    tmp, data, layers, params = setup
+    train(opts(tmp, data, layers, epochs=1))
+    text = open(params).read()
+    open(params, "w").write("# lower rates for the second epoch\n" + text.replace(
+        "[fc1]\nepsW=0.05", "[fc1]\nepsW=0   # frozen").replace("[fc2]\nepsW=0.05", "[fc2]\nepsW=0.005"))
+    _, out = train({"epochs": 2}, load_file=str(tmp / "save"))
+    notes = [l for l in out.splitlines() if "layer-params changed" in l]
+    assert notes == ["  note: layer-params changed since the checkpoint: fc1 epsW 0.05 -> 0; fc2 epsW 0.05 -> 0.005."]
+    _, out = train({"epochs": 3}, load_file=str(tmp / "save"))  # unchanged since: nothing said
+    assert "layer-params changed" not in out
+    # many changes: a few named, the rest counted
+    many = "".join(f"\n[l{i}]\nepsW=0.1\nepsB=0.1\n" for i in range(20))
+    from ccn.netfiles import describe_params_changes
+
+    note = describe_params_changes(many, many.replace("0.1", "0.2"))
+    assert note.count("->") == 10 and note.endswith("; and 30 more in 15 layers.")
