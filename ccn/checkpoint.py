@@ -18,6 +18,7 @@ Layout (``SAVE_PATH`` is the run folder given by ``--save-path``)::
       3.4-mb7/           written by Ctrl-C: epoch 3, data batch 4 in progress,
                          its first 7 minibatches done
       .tmp-.../          a checkpoint being written (ignored; removed by the next save)
+      .ccn-lock          the advisory lock of the run saving here (see lock_save_folder)
 
 ``meta.json`` holds: ``format`` (``"ccn-checkpoint"``), ``format_version``,
 ``ccn_version``, ``created`` (UTC, ISO 8601), ``options`` (every ``ccn train`` option),
@@ -67,6 +68,7 @@ ARRAYS = "arrays.npz"
 LAYERS = "layers.cfg"
 PARAMS = "params.cfg"
 TMP_PREFIX = ".tmp-"
+LOCK = ".ccn-lock"
 _NAME_RE = re.compile(r"^(\d+)\.(\d+)(?:-mb(\d+))?$")
 
 
@@ -283,6 +285,81 @@ def _remove(folder: str, path: str) -> None:
     except OSError:
         pass
     shutil.rmtree(doomed, ignore_errors=True)
+
+
+# ---- one run per save folder ----------------------------------------------------------------
+class SaveFolderLock:
+    """An advisory lock (``flock``) on ``FOLDER/.ccn-lock``, held by the one run saving into
+    FOLDER; the kernel drops it when the process ends, however it ends (kill -9 included), so a
+    stale lock file never blocks anything. The file records who holds it (host, PID, since when)
+    for the message another run gets; it stays in the folder (removing it would race with the
+    next run's lock) and is ignored by everything else (its name is no checkpoint's)."""
+
+    def __init__(self, folder: str, fd: int | None):
+        self.folder, self._fd = folder, fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                import fcntl
+
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except (ImportError, OSError):
+                pass
+            os.close(fd)
+
+
+def lock_save_folder(folder: str, warn=None) -> SaveFolderLock:
+    """Take the save folder's lock for this run, or refuse (InputError) when another run holds it.
+    Where the file system cannot lock (some network file systems), ``warn`` is told and the run
+    goes on unlocked."""
+    import socket
+
+    try:
+        import fcntl
+    except ImportError:  # (not POSIX)
+        return SaveFolderLock(folder, None)
+    path = os.path.join(folder, LOCK)
+    try:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:  # a teammate's lock file on shared storage: a read-only one locks as well
+            fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise InputError(f"{folder}: cannot create the lock file {LOCK} there ({e.strerror or e}). Give a writable "
+                         "--save-path.") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "{}")
+        except (OSError, ValueError):
+            holder = {}
+        os.close(fd)
+        who = ""
+        if isinstance(holder, dict) and holder.get("pid"):
+            who = f" (process {holder['pid']} on {holder.get('host', 'an unknown host')}" + (
+                f", since {holder['started']}" if holder.get("started") else "") + ")"
+        raise InputError(f"{folder} is in use by another ccn train{who}: two runs saving into one folder would "
+                         "overwrite each other's checkpoints. Wait for that run to end (or stop it: Ctrl-C or "
+                         "SIGTERM saves and stops it), then resume with -f; or give this run another --save-path.") \
+            from None
+    except OSError as e:  # the file system has no locks (ENOLCK, EOPNOTSUPP): go on without
+        os.close(fd)
+        if warn is not None:
+            warn(f"warning: {folder}: cannot lock the save folder ({e.strerror or e}); nothing stops a second run "
+                 "from saving there at the same time.")
+        return SaveFolderLock(folder, None)
+    me = {"host": socket.gethostname(), "pid": os.getpid(),
+          "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    try:
+        data = (json.dumps(me) + "\n").encode("utf-8")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+    except OSError:
+        pass  # the lock holds all the same; only the message naming its holder is the poorer
+    return SaveFolderLock(folder, fd)
 
 
 # ---- reading --------------------------------------------------------------------------------

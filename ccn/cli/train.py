@@ -347,6 +347,15 @@ def _check_save_folder(folder: str, ckpt) -> None:
 
 
 def _run_train(given: dict, load_file, out, stop_after, world):
+    locks = []  # the save folder's lock, held to the end of the run (ccn.checkpoint.lock_save_folder)
+    try:
+        return _run_train_locked(given, load_file, out, stop_after, world, locks)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _run_train_locked(given: dict, load_file, out, stop_after, world, locks: list):
     from .. import checkpoint as ck
     from .. import __version__
     from ..netfiles import find_params_file
@@ -564,6 +573,9 @@ def _run_train(given: dict, load_file, out, stop_after, world):
                          "between batches).")
     if world is None or world.rank == 0:
         ck.check_writable(opts["save_path"])
+        # one run per save folder: a second one (the same -f twice, two new runs with one --save-path)
+        # is refused before it looks at the folder's checkpoints, and so before it writes any
+        locks.append(ck.lock_save_folder(opts["save_path"], warn=lambda s: click.echo(s, err=True)))
         _check_save_folder(opts["save_path"], ckpt)
     saved_opts = {k: v for k, v in opts.items()}
     cfg = TrainConfig(epochs=int(opts["epochs"]), mini=int(opts["mini"]), test_freq=int(opts["test_freq"]),

@@ -195,3 +195,94 @@ def test_changed_layer_params_are_listed_on_resume(setup):
 
     note = describe_params_changes(many, many.replace("0.1", "0.2"))
     assert note.count("->") == 10 and note.endswith("; and 30 more in 15 layers.")
+
+
+# ---- 3: one run per save folder ----------------------------------------------------------------
+def _gated_env(tmp_path):
+    (tmp_path / "gated.py").write_text(GATED)
+    e = env()
+    e["PYTHONPATH"] = os.pathsep.join([str(tmp_path), e["PYTHONPATH"]])
+    return e
+
+
+def test_a_second_run_into_a_busy_save_folder_is_refused(tmp_path):
+    data = fakedata.make_dataset(tmp_path / "data")
+    layers, _ = fakedata.write_net(tmp_path / "net")
+    e = _gated_env(tmp_path)
+    run = tmp_path / "run"
+
+    def args(save, *extra):
+        a = train_args(tmp_path, data, layers, save, "--epochs", "2", "--test-freq", "1", *extra)
+        a[a.index("fakedata:open_provider")] = "gated:open_provider"
+        return a
+
+    def ccn_e(*a):
+        return subprocess.run([sys.executable, "-m", "ccn.cli.main", *a], capture_output=True, text=True, env=e,
+                              timeout=120)
+
+    # run A holds the folder, waiting for batch 2 after its first checkpoint
+    a = subprocess.Popen([sys.executable, "-m", "ccn.cli.main", *args(run)], env=e, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        t_end = time.time() + 60
+        while time.time() < t_end and not ck.list_checkpoints(str(run)) and a.poll() is None:
+            time.sleep(0.01)
+        assert a.poll() is None
+        held = sorted(os.listdir(run))
+        for second in (["train", "-f", str(run), "--epochs", "3"],  # the same -f twice
+                       args(run)):  # a new run with the same --save-path
+            r = ccn_e(*second)
+            assert r.returncode == 2, r.stderr
+            assert f"{run} is in use by another ccn train (process {a.pid} on " in r.stderr
+            assert "Traceback" not in r.stderr and "another --save-path" in r.stderr
+        assert sorted(os.listdir(run)) == held  # nothing written by the refused runs
+        # a fresh folder beside it is free
+        (tmp_path / "data" / "gate").write_text("")
+        r = ccn_e(*args(tmp_path / "other", "--epochs", "1"))
+        assert r.returncode == 0, r.stderr
+        # the lock dies with its process, however it ends
+        a.kill()
+        a.wait(timeout=60)
+    finally:
+        if a.poll() is None:
+            a.kill()
+    assert os.path.isfile(run / ck.LOCK)
+    r = ccn_e("train", "-f", str(run), "--epochs", "2")
+    assert r.returncode == 0, r.stderr
+    assert [os.path.basename(p) for p in ck.list_checkpoints(str(run))][-1] == "2.4"
+    # the lock file is no checkpoint: testing, plotting, pruning and discovery ignore it
+    r = ccn_e("test", "-f", str(run))
+    assert r.returncode == 0, r.stderr
+    r = ccn_e("show-cost", "-f", str(run), "-o", str(tmp_path / "cost.png"))
+    assert r.returncode == 0, r.stderr
+    r = ccn_e("train", "-f", str(run), "--epochs", "3", "--max-filesize", "0")
+    assert r.returncode == 0, r.stderr
+    assert [os.path.basename(p) for p in ck.list_checkpoints(str(run))] == ["3.4"]
+    assert sorted(os.listdir(run)) == [ck.LOCK, "3.4"]
+
+
+def test_the_lock_is_held_for_the_whole_run_and_released_after(setup):
+    tmp, data, layers, _ = setup
+    from ccn.cli.train import run_train
+    import ccn.train as T
+
+    seen = []
+    real_save = T.Trainer.save
+
+    def save(self):
+        with pytest.raises(InputError, match="is in use by another ccn train"):
+            ck.lock_save_folder(self.cfg.save_path)
+        seen.append(1)
+        return real_save(self)
+
+    T.Trainer.save = save
+    try:
+        train(opts(tmp, data, layers, epochs=1, save_path=str(tmp / "new" / "run")))  # a new folder
+    finally:
+        T.Trainer.save = real_save
+    assert seen
+    ck.lock_save_folder(str(tmp / "new" / "run")).release()  # free again once the run is over
+    # ... also after a refused run (the options fail after the lock is taken)
+    with pytest.raises(InputError, match="already holds the checkpoints"):
+        train(opts(tmp, data, layers, epochs=1, save_path=str(tmp / "new" / "run")))
+    ck.lock_save_folder(str(tmp / "new" / "run")).release()
