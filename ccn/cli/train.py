@@ -340,10 +340,43 @@ def _check_save_folder(folder: str, ckpt) -> None:
                          f"it there would mix it into that run's history; give --save-path NEW_FOLDER.")
     newer = [n for n in names if ck._order_key(n) > mine]
     if newer:
+        paths = [os.path.join(folder, n) for n in newer]
+        aside = (ck.aside_commands(paths) if len(paths) <= 4 else
+                 f"the {len(paths)} checkpoint folders {newer[0]} ... {newer[-1]}, e.g. mv {paths[0]} {paths[0]}.aside")
         raise InputError(f"{ckpt.path} is not the newest checkpoint of {folder} ({newer[-1]} is): training on from "
                          f"it there would mix two histories, and --max-filesize would delete the new checkpoints "
-                         f"first. To branch from it, give --save-path NEW_FOLDER; to go on from the newest, -f "
-                         f"{folder}.")
+                         f"first. To branch from it, give --save-path NEW_FOLDER (the new folder starts with its "
+                         f"history); to drop the newer ones and go on from it in {folder}, first move them aside "
+                         f"({aside}; a name that is not EPOCH.BATCH is ignored by ccn); to go on from the newest, "
+                         f"-f {folder}.")
+
+
+def _mid_batch_mini_message(ckpt, mini: int, save_path) -> str:
+    """The refusal of a new --mini for a checkpoint saved inside a data batch (E.B-mbK: its position
+    counts minibatches of the old size), with the routes that work."""
+    from .. import checkpoint as ck
+
+    old = ckpt.options.get("mini")
+    folder = os.path.dirname(os.path.abspath(ckpt.path))
+    here = ck._order_key(os.path.basename(ckpt.path))
+    between = [p for p in ck.list_checkpoints(folder)
+               if not ck._NAME_RE.match(os.path.basename(p)).group(3) and here is not None
+               and ck._order_key(os.path.basename(p)) < here]
+    msg = (f"{ckpt.path} was saved in the middle of a data batch with --mini {old}: its position counts minibatches "
+           f"of {old} cases, so it resumes only with --mini {old} (give it, or leave --mini out; the minibatch can "
+           "change at a checkpoint saved between batches).")
+    if not between:
+        return msg + (f" {folder} holds no checkpoint saved between batches before it: to train with --mini {mini} "
+                      "now, start a new run.")
+    prev = between[-1]
+    newer = [p for p in ck.list_checkpoints(folder) if ck._order_key(os.path.basename(p)) > ck._order_key(
+        os.path.basename(prev))]
+    return msg + (f" To switch to --mini {mini} now, go back to {prev}, the last checkpoint saved between batches "
+                  f"before it (the minibatches trained since are dropped): branch into a new folder, which starts "
+                  f"with its history, with ccn train -f {prev} --mini {mini} --save-path NEW_FOLDER; or, to go on in "
+                  f"{folder}, move the newer checkpoint folder{'s' if len(newer) > 1 else ''} aside first "
+                  f"({ck.aside_commands(newer)}; a name that is not EPOCH.BATCH is ignored by ccn), then ccn train -f "
+                  f"{folder} --mini {mini}.")
 
 
 def _run_train(given: dict, load_file, out, stop_after, world):
@@ -568,9 +601,7 @@ def _run_train_locked(given: dict, load_file, out, stop_after, world, locks: lis
 
     state = TrainState.from_checkpoint(ckpt) if ckpt is not None else TrainState()
     if ckpt is not None and state.mb > 0 and int(ckpt.options.get("mini", opts["mini"])) != int(opts["mini"]):
-        raise InputError(f"{ckpt.path} was saved in the middle of a data batch with --mini "
-                         f"{ckpt.options.get('mini')}; resume it with the same --mini (or from a checkpoint saved "
-                         "between batches).")
+        raise InputError(_mid_batch_mini_message(ckpt, int(opts["mini"]), given.get("save_path")))
     if world is None or world.rank == 0:
         ck.check_writable(opts["save_path"])
         # one run per save folder: a second one (the same -f twice, two new runs with one --save-path)

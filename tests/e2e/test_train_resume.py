@@ -286,3 +286,110 @@ def test_the_lock_is_held_for_the_whole_run_and_released_after(setup):
     with pytest.raises(InputError, match="already holds the checkpoints"):
         train(opts(tmp, data, layers, epochs=1, save_path=str(tmp / "new" / "run")))
     ck.lock_save_folder(str(tmp / "new" / "run")).release()
+
+
+# ---- 2: going back to an earlier checkpoint of the same folder --------------------------------
+def _mv_commands(message):
+    """The `mv A A.aside` commands a message proposes, as (source, target) pairs."""
+    return re.findall(r"mv (\S+) (\S+?\.aside)", message)
+
+
+def test_a_damaged_newest_checkpoint_names_routes_that_work(setup):
+    tmp, data, layers, _ = setup
+    run = tmp / "run"
+    train(opts(tmp, data, layers, epochs=2, save_path=str(run)))
+    shutil.copytree(run, tmp / "copy")
+    npz = run / "2.4" / "arrays.npz"
+    npz.write_bytes(npz.read_bytes()[:1000])
+    with pytest.raises(InputError, match="truncated or corrupted") as e:
+        train({"epochs": 3}, load_file=str(run))
+    msg = str(e.value)
+    assert f"The newest intact checkpoint before it is {run / '2.2'}" in msg
+    assert _mv_commands(msg) == [(str(run / "2.4"), str(run / "2.4.aside"))]
+    assert f"ccn train -f {run / '2.2'} --save-path NEW_FOLDER" in msg
+    # -f FOLDER/2.2 in place is still refused (newer checkpoints), but now says how
+    with pytest.raises(InputError, match="is not the newest checkpoint") as e:
+        train({"epochs": 3}, load_file=str(run / "2.2"))
+    assert _mv_commands(str(e.value)) == [(str(run / "2.4"), str(run / "2.4.aside"))]
+    # the read-only commands use the newest intact checkpoint, warning about the damaged one
+    for args in (["test", "-f", str(run)], ["show-cost", "-f", str(run), "-o", str(tmp / "c.png")]):
+        r = ccn(*args)
+        assert r.returncode == 0, r.stderr
+        assert f"warning: the newest checkpoint of {run}, {run / '2.4'}, is damaged" in r.stderr
+        assert f"using {run / '2.2'}, the newest intact one" in r.stderr
+    r = ccn("test", "-f", str(run / "2.4"))  # the damaged one named itself: refused, with the routes
+    assert r.returncode == 2 and "newest intact checkpoint before it" in r.stderr and "Traceback" not in r.stderr
+    # route 1: branch into a new folder, which keeps the history up to 2.2
+    train({"epochs": 3, "save_path": str(tmp / "branch")}, load_file=str(run / "2.2"))
+    c22, cb = ck.load(str(tmp / "copy" / "2.2")), ck.load(str(tmp / "branch"))
+    assert cb.path.endswith("3.4") and [os.path.basename(p) for p in ck.list_checkpoints(str(tmp / "branch"))] == [
+        "2.4", "3.2", "3.4"]
+    assert cb.meta["history"]["train"][:6] == c22.meta["history"]["train"] and len(cb.meta["history"]["train"]) == 12
+    # route 2: move the damaged one aside as said, then -f FOLDER goes on from 2.2 in place
+    for src, dst in _mv_commands(msg):
+        os.rename(src, dst)
+    train({"epochs": 3}, load_file=str(run))
+    cr = ck.load(str(run))
+    assert cr.path.endswith("3.4") and os.path.isdir(run / "2.4.aside")
+    # ... the same weights as the branch from 2.2, bitwise
+    ref = ck.load(str(tmp / "branch"))
+    for k in ref.arrays:
+        assert np.array_equal(ref.arrays[k], cr.arrays[k]), k
+
+
+def _interrupted_mid_batch(tmp, data, layers, run, at_step):
+    import ccn.train as T
+
+    calls = {"n": 0}
+    real_run = T.Trainer.run
+
+    def run_and_interrupt(self, stop_after=None):
+        real_step = self.net.train_step
+
+        def step(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == at_step:
+                self._on_sigint(signal.SIGINT, None)
+            return real_step(*a, **k)
+
+        self.net.train_step = step
+        return real_run(self, stop_after)
+
+    T.Trainer.run = run_and_interrupt
+    try:
+        res, _ = train(opts(tmp, data, layers, epochs=2, save_path=str(run)))
+    finally:
+        T.Trainer.run = real_run
+    return res
+
+
+def test_a_new_mini_after_a_mid_batch_checkpoint_names_routes_that_work(setup):
+    tmp, data, layers, _ = setup
+    run = tmp / "run"
+    res = _interrupted_mid_batch(tmp, data, layers, run, at_step=7)  # batch 3, its first minibatch (3 a batch)
+    assert os.path.basename(res.checkpoint) == "1.3-mb1"
+    assert [os.path.basename(p) for p in ck.list_checkpoints(str(run))] == ["1.2", "1.3-mb1"]
+    with pytest.raises(InputError, match="saved in the middle of a data batch with --mini 16") as e:
+        train({"mini": 8}, load_file=str(run))
+    msg = str(e.value)
+    assert f"go back to {run / '1.2'}" in msg and f"ccn train -f {run / '1.2'} --mini 8 --save-path NEW_FOLDER" in msg
+    assert _mv_commands(msg) == [(str(run / "1.3-mb1"), str(run / "1.3-mb1.aside"))]
+    # the branch works and keeps the history up to 1.2
+    train({"mini": 8, "save_path": str(tmp / "branch")}, load_file=str(run / "1.2"))
+    cb = ck.load(str(tmp / "branch"))
+    assert cb.path.endswith("2.4") and cb.options["mini"] == 8 and len(cb.meta["history"]["train"]) == 8
+    assert cb.meta["history"]["train"][:2] == ck.load(str(run / "1.2")).meta["history"]["train"]
+    # and so does going on in place once the mid-batch checkpoint is moved aside
+    for src, dst in _mv_commands(msg):
+        os.rename(src, dst)
+    train({"mini": 8}, load_file=str(run))
+    cr = ck.load(str(run))
+    assert cr.path.endswith("2.4") and cr.options["mini"] == 8
+    for k in cb.arrays:
+        assert np.array_equal(cb.arrays[k], cr.arrays[k]), k
+    # with no checkpoint between batches before it, the message says to start a new run
+    run2 = tmp / "run2"
+    res = _interrupted_mid_batch(tmp, data, layers, run2, at_step=2)
+    assert os.path.basename(res.checkpoint) == "1.1-mb2"
+    with pytest.raises(InputError, match="holds no checkpoint saved between batches before it") as e:
+        train({"mini": 8}, load_file=str(run2))
