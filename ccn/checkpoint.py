@@ -18,6 +18,7 @@ Layout (``SAVE_PATH`` is the run folder given by ``--save-path``)::
       3.4-mb7/           written by Ctrl-C: epoch 3, data batch 4 in progress,
                          its first 7 minibatches done
       .tmp-.../          a checkpoint being written (ignored; removed by the next save)
+      .ccn-lock          the advisory lock of the run saving here (see lock_save_folder)
 
 ``meta.json`` holds: ``format`` (``"ccn-checkpoint"``), ``format_version``,
 ``ccn_version``, ``created`` (UTC, ISO 8601), ``options`` (every ``ccn train`` option),
@@ -40,7 +41,9 @@ then deletes the oldest checkpoints until the rest fit, never the newest.
 
 Loading checks the sizes and checksums of every file, the format version and the ccn
 version, and reports a truncated, corrupted or foreign checkpoint as
-:class:`ccn.errors.InputError` (exit code 2).
+:class:`ccn.errors.InputError` (exit code 2); a damaged one names the newest intact checkpoint
+before it and how to go on from there. The read-only commands given a save folder use its newest
+intact checkpoint (:func:`load_newest_intact`), warning about the damaged ones.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ ARRAYS = "arrays.npz"
 LAYERS = "layers.cfg"
 PARAMS = "params.cfg"
 TMP_PREFIX = ".tmp-"
+LOCK = ".ccn-lock"
 _NAME_RE = re.compile(r"^(\d+)\.(\d+)(?:-mb(\d+))?$")
 
 
@@ -285,15 +289,180 @@ def _remove(folder: str, path: str) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
+# ---- one run per save folder ----------------------------------------------------------------
+class SaveFolderLock:
+    """An advisory lock (``flock``) on ``FOLDER/.ccn-lock``, held by the one run saving into
+    FOLDER; the kernel drops it when the process ends, however it ends (kill -9 included), so a
+    stale lock file never blocks anything. The file records who holds it (host, PID, since when)
+    for the message another run gets; it stays in the folder (removing it would race with the
+    next run's lock) and is ignored by everything else (its name is no checkpoint's)."""
+
+    def __init__(self, folder: str, fd: int | None):
+        self.folder, self._fd = folder, fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                import fcntl
+
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except (ImportError, OSError):
+                pass
+            os.close(fd)
+
+
+def lock_save_folder(folder: str, warn=None) -> SaveFolderLock:
+    """Take the save folder's lock for this run, or refuse (InputError) when another run holds it.
+    Where the file system cannot lock (some network file systems), ``warn`` is told and the run
+    goes on unlocked."""
+    import socket
+
+    try:
+        import fcntl
+    except ImportError:  # (not POSIX)
+        return SaveFolderLock(folder, None)
+    path = os.path.join(folder, LOCK)
+    try:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:  # a teammate's lock file on shared storage: a read-only one locks as well
+            fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise InputError(f"{folder}: cannot create the lock file {LOCK} there ({e.strerror or e}). Give a writable "
+                         "--save-path.") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "{}")
+        except (OSError, ValueError):
+            holder = {}
+        os.close(fd)
+        who = ""
+        if isinstance(holder, dict) and holder.get("pid"):
+            who = f" (process {holder['pid']} on {holder.get('host', 'an unknown host')}" + (
+                f", since {holder['started']}" if holder.get("started") else "") + ")"
+        raise InputError(f"{folder} is in use by another ccn train{who}: two runs saving into one folder would "
+                         "overwrite each other's checkpoints. Wait for that run to end (or stop it: Ctrl-C or "
+                         "SIGTERM saves and stops it), then resume with -f; or give this run another --save-path.") \
+            from None
+    except OSError as e:  # the file system has no locks (ENOLCK, EOPNOTSUPP): go on without
+        os.close(fd)
+        if warn is not None:
+            warn(f"warning: {folder}: cannot lock the save folder ({e.strerror or e}); nothing stops a second run "
+                 "from saving there at the same time.")
+        return SaveFolderLock(folder, None)
+    me = {"host": socket.gethostname(), "pid": os.getpid(),
+          "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    try:
+        data = (json.dumps(me) + "\n").encode("utf-8")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+    except OSError:
+        pass  # the lock holds all the same; only the message naming its holder is the poorer
+    return SaveFolderLock(folder, fd)
+
+
 # ---- reading --------------------------------------------------------------------------------
-def _corrupt(path: str, what: str) -> InputError:
-    return InputError(f"{path}: the checkpoint is truncated or corrupted ({what}). Resume from an earlier "
-                      "checkpoint of the same folder (give its folder to -f).")
+class CorruptCheckpoint(InputError):
+    """A checkpoint that fails verification (truncated, corrupted, incomplete)."""
+
+
+def _corrupt(path: str, what: str, advise: bool = False) -> InputError:
+    return CorruptCheckpoint(f"{path}: the checkpoint is truncated or corrupted ({what})."
+                             + (recovery_routes(path) if advise else ""))
+
+
+def aside_commands(paths: list[str]) -> str:
+    """Shell commands moving checkpoint folders aside within their folder (``mv R/3.2 R/3.2.aside``):
+    a name that is not EPOCH.BATCH is ignored by ccn (discovery, -f FOLDER, pruning)."""
+    return " && ".join(f"mv {p} {p}.aside" for p in paths)
+
+
+def newest_intact(folder: str, before: str | None = None, check_version: bool = False):
+    """(the newest checkpoint of ``folder`` older than ``before`` -- all of them if None -- that
+    passes verification, or None; the ones newer than it, whatever their state)."""
+    found = list_checkpoints(folder)
+    if before is not None:
+        key = _order_key(os.path.basename(os.path.normpath(before)))
+        found = [p for p in found if key is None or _order_key(os.path.basename(p)) < key]
+    for i in range(len(found) - 1, -1, -1):
+        try:
+            _load_verified(found[i], check_version)
+        except InputError:
+            continue
+        return found[i], found[i + 1:]
+    return None, []
+
+
+def recovery_routes(path: str) -> str:
+    """What to say after a damaged checkpoint ``path``: the newest intact one before it in its folder,
+    and the two ways to go on from it (ccn train refuses, by design, to resume an older checkpoint
+    in place beside newer ones: see ccn.cli.train._check_save_folder)."""
+    path = os.path.normpath(path)
+    folder = os.path.dirname(path) or "."
+    if _order_key(os.path.basename(path)) is None:
+        return ""
+    try:
+        good, _ = newest_intact(folder, before=path)
+    except Exception:  # (only advice: never let it hide the error itself)
+        return ""
+    if good is None:
+        return (f" No earlier checkpoint of {folder} is intact either: restore the folder from a backup, or start a "
+                "new run.")
+    newer = [p for p in list_checkpoints(folder) if _order_key(os.path.basename(p)) > _order_key(os.path.basename(good))]
+    if path not in newer:
+        newer.append(path)
+    return (f" The newest intact checkpoint before it is {good}. To go on from there in {folder}, first move the "
+            f"newer checkpoint folder{'s' if len(newer) > 1 else ''} aside ({aside_commands(newer)}; a name that is "
+            f"not EPOCH.BATCH is ignored by ccn), then ccn train -f {folder}; or branch from it into a new folder, "
+            f"which starts with its history: ccn train -f {good} --save-path NEW_FOLDER. (ccn test, show-cost and "
+            f"the other read-only commands given -f {folder} use {good} already.)")
 
 
 def load(path: str, check_version: bool = True) -> Checkpoint:
     """Load and verify a checkpoint (a checkpoint folder, or a save folder: its newest)."""
     path = resolve(path)
+    try:
+        return _load_verified(path, check_version)
+    except CorruptCheckpoint as e:
+        raise CorruptCheckpoint(f"{e}{recovery_routes(path)}") from e.__cause__
+
+
+def load_newest_intact(path: str, check_version: bool = True, warn=None) -> Checkpoint:
+    """:func:`load` for the read-only commands (test, show-cost, ...): given a save folder whose newest
+    checkpoint is damaged, the newest intact one instead, with a warning naming the damaged ones
+    (``warn``, stderr by default). A checkpoint folder given itself is loaded as it is."""
+    target = resolve(path)
+    if os.path.isfile(path) or os.path.normpath(target) == os.path.normpath(path):
+        return load(target, check_version)
+    damaged = []
+    for p in reversed(list_checkpoints(path)):
+        try:
+            c = _load_verified(p, check_version)
+        except CorruptCheckpoint as e:
+            damaged.append((p, e))
+            continue
+        if damaged:
+            what = "; ".join(str(e).split(": the checkpoint is ", 1)[-1].rstrip(".") for _, e in damaged[:3])
+            msg = (f"warning: the newest checkpoint{'s' if len(damaged) > 1 else ''} of {path}, "
+                   f"{', '.join(q for q, _ in damaged)}, {'are' if len(damaged) > 1 else 'is'} damaged ({what}); "
+                   f"using {p}, the newest intact one.")
+            if warn is None:
+                import sys
+
+                print(msg, file=sys.stderr, flush=True)
+            else:
+                warn(msg)
+        return c
+    if damaged:
+        raise CorruptCheckpoint(f"{damaged[0][1]} No checkpoint of {path} is intact.")
+    return load(target, check_version)
+
+
+def _load_verified(path: str, check_version: bool = True) -> Checkpoint:
+    """Load and verify the checkpoint folder ``path`` (CorruptCheckpoint without advice if damaged)."""
     mpath = os.path.join(path, META)
     try:
         with open(mpath, "rb") as f:
@@ -369,10 +538,11 @@ def restore_net(net, ckpt: Checkpoint) -> None:
         for kind in ("w", "inc", "grad"):
             key = f"{kind}/{name}"
             if key not in ckpt.arrays:
-                raise _corrupt(ckpt.path, f"{ARRAYS} lacks '{key}'")
+                raise _corrupt(ckpt.path, f"{ARRAYS} lacks '{key}'", advise=True)
             arr = ckpt.arrays[key]
             if tuple(arr.shape) != tuple(p.shape) or arr.dtype != np.float32:
-                raise _corrupt(ckpt.path, f"'{key}' is {arr.dtype} {arr.shape}, expected float32 {tuple(p.shape)}")
+                raise _corrupt(ckpt.path, f"'{key}' is {arr.dtype} {arr.shape}, expected float32 {tuple(p.shape)}",
+                               advise=True)
             net.set(name, arr, kind)
         net._net.set_passes(name, int(saved[name]["passes"]))
     net._net.seed = int(ckpt.net_meta["seed"])

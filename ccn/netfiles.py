@@ -60,3 +60,72 @@ def read_text(path: str, what: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: the {what} is not UTF-8 text (byte {e.start}); is it the right file?") from e
+
+
+def read_sections(text: str) -> dict[str, dict[str, tuple[str, str]]]:
+    """A simple reading of a layer file's text: ``{section: {key lower-cased: (key, value)}}``.
+
+    The dialect's basics only: ``[section]`` headers, ``key=value`` (or ``key: value``) lines,
+    comment lines starting with ``#`` or ``;`` and inline comments after whitespace, indented lines
+    continuing the value above. For comparing two versions of a file, not for building a net (the
+    core's parser checks everything)."""
+    out: dict[str, dict[str, tuple[str, str]]] = {}
+    cur, last = None, None
+    for raw in (text or "").lstrip("\ufeff").splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            if not line:
+                last = None
+            continue
+        for i in range(1, len(line)):  # an inline comment
+            if line[i] in "#;" and line[i - 1].isspace():
+                line = line[:i].rstrip()
+                break
+        if raw[:1].isspace() and last is not None and cur is not None:  # a continuation line
+            key, value = out[cur][last]
+            out[cur][last] = (key, f"{value} {line}".strip())
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            cur, last = line[1:-1].strip(), None
+            out.setdefault(cur, {})
+            continue
+        cut = min((i for i in (line.find("="), line.find(":")) if i > 0), default=-1)
+        if cur is None or cut < 0:
+            continue
+        key, value = line[:cut].strip(), line[cut + 1:].strip()
+        last = key.lower()
+        out[cur][last] = (key, value)
+    return out
+
+
+def params_changes(old_text: str, new_text: str) -> list[tuple[str, str, str | None, str | None]]:
+    """What differs between two layer-params texts: ``(section, key, old value, new value)`` per
+    changed key, ``None`` for a key (or section) that is not there, in the new text's order."""
+    old, new = read_sections(old_text), read_sections(new_text)
+    changes = []
+    for sec in list(new) + [s for s in old if s not in new]:
+        a, b = old.get(sec, {}), new.get(sec, {})
+        for lk in list(b) + [k for k in a if k not in b]:
+            va, vb = a.get(lk, (None, None))[1], b.get(lk, (None, None))[1]
+            if va != vb:
+                changes.append((sec, (b.get(lk) or a.get(lk))[0], va, vb))
+    return changes
+
+
+def describe_params_changes(old_text: str, new_text: str, limit: int = 10) -> str | None:
+    """One note listing what changed in the layer-params since a checkpoint, grouped by layer
+    (``fc10 epsW 0.01 -> 0.001; conv1 epsW 0.001 -> 0``), at most ``limit`` keys named; None if
+    nothing did."""
+    changes = params_changes(old_text, new_text)
+    if not changes:
+        return None
+    groups: dict[str, list[str]] = {}
+    for sec, key, va, vb in changes[:limit]:
+        groups.setdefault(sec, []).append(f"{key} {'(unset)' if va is None else va} -> "
+                                          f"{'(unset)' if vb is None else vb}")
+    text = "; ".join(f"{sec} {', '.join(items)}" for sec, items in groups.items())
+    more = len(changes) - limit
+    if more > 0:
+        layers = len({sec for sec, *_ in changes[limit:]})
+        text += f"; and {more} more in {layers} layer{'s' if layers > 1 else ''}"
+    return f"note: layer-params changed since the checkpoint: {text}."

@@ -825,8 +825,11 @@ def data_parallel_trainer(world: World, net, train_dp, test_dp, cfg, state, out)
                 raise KeyboardInterrupt
             self.net.stop_requested = True  # sent with the next all-reduce; every rank stops after it
             self.net.stop_signal = signum
-            self._display.line("interrupted: all ranks finish this minibatch, then rank 0 saves a checkpoint "
-                               "(press Ctrl-C again to abort without saving).")
+            self._display.line(self._stop_message(signum, "all ranks finish this minibatch, then rank 0 saves a "
+                                                          "checkpoint"))
+
+        def _stop_asked(self) -> bool:
+            return self._stop or self.net.stop_requested
 
         def _load(self, dp, batch, epoch, key):
             if key[0] != "test":

@@ -35,7 +35,9 @@ def load_model(path: str):
     """(checkpoint, net) for a checkpoint folder or a save folder (its newest checkpoint)."""
     from .net import Net
 
-    ckpt = ck.load(path, check_version=False)  # reading weights across versions is fine
+    # reading weights across versions is fine; a save folder whose newest checkpoint is damaged gives
+    # its newest intact one, with a warning (what ccn train -f FOLDER refuses to guess)
+    ckpt = ck.load_newest_intact(path, check_version=False)
     nm = ckpt.net_meta
     dims = {int(k): tuple(int(x) for x in v) for k, v in nm.get("data_dims", {}).items()}
     # the texts come from the checkpoint, so errors in them name its copies (CKPT/layers.cfg), not the

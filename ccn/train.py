@@ -22,7 +22,8 @@ What it does, as cuda-convnet did:
   soon as step k is enqueued, so its copy (host -> pinned -> device, on the net's copy
   stream) overlaps step k's backward pass and update on the GPU;
 * SIGINT (Ctrl-C), or SIGTERM, finishes the current minibatch, saves a checkpoint of that exact
-  position and stops; a second Ctrl-C aborts at once;
+  position and stops; a second Ctrl-C aborts at once (more SIGTERMs are ignored: schedulers may
+  send one to the process group and one to the process);
 * a non-finite cost stops training with :class:`ccn.errors.CcnRuntimeError` naming the first
   layer whose output went non-finite; nothing is saved, so the last checkpoint is the last
   good state.
@@ -169,7 +170,8 @@ def _nonfinite(costs: list[dict]) -> bool:
 class _Display:
     """Lines to stdout; on a terminal also a live rich progress bar underneath them."""
 
-    def __init__(self, total_batches: float, done: float, epochs: int, enabled: bool, out=None, on_closed=None):
+    def __init__(self, total_batches: float, done: float, epochs: int, enabled: bool, out=None, on_closed=None,
+                 epoch: int = 1):
         self.out = out or sys.stdout
         self.on_closed = on_closed  # called once if the output turns out to be a closed pipe (`| head`)
         self.progress = None
@@ -182,7 +184,7 @@ class _Display:
                 TextColumn("{task.percentage:>5.1f}%"), TextColumn("{task.fields[ips]:>8.0f} img/s"),
                 TextColumn("data wait {task.fields[wait]:>4.1f}%"), TextColumn("ETA"), TimeRemainingColumn(),
                 console=Console(file=self.out), transient=True, redirect_stdout=False, redirect_stderr=False)
-            self.task = self.progress.add_task("train", total=total_batches, completed=done, epoch=1, epochs=epochs,
+            self.task = self.progress.add_task("train", total=total_batches, completed=done, epoch=epoch, epochs=epochs,
                                                ips=0.0, wait=0.0)
             self.progress.start()
 
@@ -246,6 +248,7 @@ class Trainer:
         self.out = out
         self._cost_types = {l.name: l.type for l in net.layers if l.is_cost}
         self._stop = False
+        self._repeat_said = False
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccn-data")
         self._pending: dict = {}
         self._last_saved: str | None = None
@@ -334,9 +337,30 @@ class Trainer:
 
     # -- signals
     def _on_signal(self, signum, frame):
-        # SIGTERM (what batch schedulers send before killing a job) stops as Ctrl-C does
+        # SIGTERM (what batch schedulers send before killing a job) stops as Ctrl-C does. Only a second
+        # Ctrl-C aborts without saving: a scheduler may send TERM to the process group and to the process
+        # itself (Slurm's scancel, a job's time limit), so a repeated SIGTERM must not cost the checkpoint
+        if self._stop_asked():
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            if not self._repeat_said:
+                self._repeat_said = True
+                self._display.line(f"{signal.Signals(signum).name} again: still finishing this minibatch and saving "
+                                   "(only a second Ctrl-C aborts without saving).")
+            return
         self.stop_signal = signum
         self._on_sigint(signum, frame)
+
+    def _stop_asked(self) -> bool:
+        return self._stop
+
+    @staticmethod
+    def _stop_message(signum, what: str) -> str:
+        """The line printed when a signal asks to stop, worded by the signal received."""
+        if signum == signal.SIGINT:
+            return f"interrupted: {what} (press Ctrl-C again to abort without saving)."
+        name = signal.Signals(signum).name if signum else "a signal"
+        return f"interrupted by {name}: {what} (more {name}s are ignored; a Ctrl-C aborts without saving)."
 
     def _on_output_closed(self):
         # `ccn train ... | head`: stop as Ctrl-C does (finish the minibatch, save), not with a traceback
@@ -350,8 +374,7 @@ class Trainer:
         if self._stop:
             raise KeyboardInterrupt
         self._stop = True
-        self._display.line("interrupted: finishing this minibatch, then saving a checkpoint "
-                           "(press Ctrl-C again to abort without saving).")
+        self._display.line(self._stop_message(signum, "finishing this minibatch, then saving a checkpoint"))
 
     # -- main
     def run(self, stop_after: int | None = None) -> TrainResult:
@@ -360,9 +383,10 @@ class Trainer:
         nb = len(self.train_batches)
         total = cfg.epochs * nb
         self._display = _Display(total, min(st.batches_done, total), cfg.epochs, cfg.progress_bar, self.out,
-                                 on_closed=self._on_output_closed)
+                                 on_closed=self._on_output_closed, epoch=min(st.epoch, cfg.epochs))  # (resumed: its epoch)
         old_handlers = {}
         self.stop_signal = None
+        self._repeat_said = False
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 old_handlers[sig] = signal.signal(sig, self._on_signal)
@@ -570,16 +594,40 @@ class Trainer:
         return path
 
 
+def eps_base(p) -> float:
+    """The base of a parameter's learning rate (``ParamInfo.eps``: ``0.01``, or a schedule such as
+    ``exp[base=0.01;tgtFactor=10]``); every schedule is proportional to it, and the core freezes a
+    matrix whose base is 0 (``Param::begin_update``)."""
+    import re
+
+    text = str(p.eps).strip()
+    m = re.search(r"base=([^;\]]+)", text)
+    try:
+        return float(m.group(1) if m else text)
+    except ValueError:
+        return float("nan")
+
+
+def frozen_params(net) -> set[str]:
+    """The names of the parameters the core does not update (learning rate's base 0)."""
+    return {p.name for p in net.params if eps_base(p) <= 0}
+
+
 def weight_stats(net) -> list[str]:
-    """cuda-convnet's per-layer lines: mean |W|, mean |inc| and their ratio; biases likewise."""
+    """cuda-convnet's per-layer lines: mean |W|, mean |inc| and their ratio; biases likewise. A frozen
+    matrix (epsW or epsB 0) keeps its last momentum increment, so its line ends with
+    ``(frozen: epsW 0)``: the [inc] shown is not applied any more."""
+    frozen = frozen_params(net)
     lines = []
     for layer in net.layers:
         for i, wname in enumerate(layer.weights):
             w, inc = net.get(wname, "w"), net.get(wname, "inc")
             mw, mi = float(np.mean(np.abs(w), dtype=np.float64)), float(np.mean(np.abs(inc), dtype=np.float64))
-            lines.append("Layer '%s' weights[%d]: %e [%e] [%e]" % (layer.name, i, mw, mi, mi / mw if mw > 0 else 0))
+            lines.append("Layer '%s' weights[%d]: %e [%e] [%e]" % (layer.name, i, mw, mi, mi / mw if mw > 0 else 0)
+                         + (" (frozen: epsW 0)" if wname in frozen else ""))
         if layer.biases:
             b, inc = net.get(layer.biases, "w"), net.get(layer.biases, "inc")
             lines.append("Layer '%s' biases: %e [%e]" % (layer.name, float(np.mean(np.abs(b), dtype=np.float64)),
-                                                         float(np.mean(np.abs(inc), dtype=np.float64))))
+                                                         float(np.mean(np.abs(inc), dtype=np.float64)))
+                         + (" (frozen: epsB 0)" if layer.biases in frozen else ""))
     return lines

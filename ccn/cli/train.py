@@ -340,13 +340,55 @@ def _check_save_folder(folder: str, ckpt) -> None:
                          f"it there would mix it into that run's history; give --save-path NEW_FOLDER.")
     newer = [n for n in names if ck._order_key(n) > mine]
     if newer:
+        paths = [os.path.join(folder, n) for n in newer]
+        aside = (ck.aside_commands(paths) if len(paths) <= 4 else
+                 f"the {len(paths)} checkpoint folders {newer[0]} ... {newer[-1]}, e.g. mv {paths[0]} {paths[0]}.aside")
         raise InputError(f"{ckpt.path} is not the newest checkpoint of {folder} ({newer[-1]} is): training on from "
                          f"it there would mix two histories, and --max-filesize would delete the new checkpoints "
-                         f"first. To branch from it, give --save-path NEW_FOLDER; to go on from the newest, -f "
-                         f"{folder}.")
+                         f"first. To branch from it, give --save-path NEW_FOLDER (the new folder starts with its "
+                         f"history); to drop the newer ones and go on from it in {folder}, first move them aside "
+                         f"({aside}; a name that is not EPOCH.BATCH is ignored by ccn); to go on from the newest, "
+                         f"-f {folder}.")
+
+
+def _mid_batch_mini_message(ckpt, mini: int, save_path) -> str:
+    """The refusal of a new --mini for a checkpoint saved inside a data batch (E.B-mbK: its position
+    counts minibatches of the old size), with the routes that work."""
+    from .. import checkpoint as ck
+
+    old = ckpt.options.get("mini")
+    folder = os.path.dirname(os.path.abspath(ckpt.path))
+    here = ck._order_key(os.path.basename(ckpt.path))
+    between = [p for p in ck.list_checkpoints(folder)
+               if not ck._NAME_RE.match(os.path.basename(p)).group(3) and here is not None
+               and ck._order_key(os.path.basename(p)) < here]
+    msg = (f"{ckpt.path} was saved in the middle of a data batch with --mini {old}: its position counts minibatches "
+           f"of {old} cases, so it resumes only with --mini {old} (give it, or leave --mini out; the minibatch can "
+           "change at a checkpoint saved between batches).")
+    if not between:
+        return msg + (f" {folder} holds no checkpoint saved between batches before it: to train with --mini {mini} "
+                      "now, start a new run.")
+    prev = between[-1]
+    newer = [p for p in ck.list_checkpoints(folder) if ck._order_key(os.path.basename(p)) > ck._order_key(
+        os.path.basename(prev))]
+    return msg + (f" To switch to --mini {mini} now, go back to {prev}, the last checkpoint saved between batches "
+                  f"before it (the minibatches trained since are dropped): branch into a new folder, which starts "
+                  f"with its history, with ccn train -f {prev} --mini {mini} --save-path NEW_FOLDER; or, to go on in "
+                  f"{folder}, move the newer checkpoint folder{'s' if len(newer) > 1 else ''} aside first "
+                  f"({ck.aside_commands(newer)}; a name that is not EPOCH.BATCH is ignored by ccn), then ccn train -f "
+                  f"{folder} --mini {mini}.")
 
 
 def _run_train(given: dict, load_file, out, stop_after, world):
+    locks = []  # the save folder's lock, held to the end of the run (ccn.checkpoint.lock_save_folder)
+    try:
+        return _run_train_locked(given, load_file, out, stop_after, world, locks)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _run_train_locked(given: dict, load_file, out, stop_after, world, locks: list):
     from .. import checkpoint as ck
     from .. import __version__
     from ..netfiles import find_params_file
@@ -421,6 +463,18 @@ def _run_train(given: dict, load_file, out, stop_after, world):
     if not os.path.isdir(opts["data_path"]):
         raise InputError(f"{opts['data_path']}: the data path does not exist or is not a folder (--data-path).")
     crop_note = _crop_border(opts, given, ckpt is not None)
+    seed_note = None
+    if ckpt is not None:
+        # a run has one seed (the weights' draw, the data order and augmentation, the core's random
+        # numbers): resuming keeps the checkpoint's everywhere, the provider included, so that the
+        # resumed stretch is the one the saved options and the header describe, and can be reproduced
+        saved_seed = ckpt.position.get("seed", ckpt.options.get("seed", ckpt.net_meta.get("seed")))
+        if saved_seed is not None:
+            if "seed" in given and given["seed"] is not None and int(given["seed"]) != int(saved_seed):
+                seed_note = (f"note: --seed {given['seed']} is ignored on resume: the run goes on with its own seed "
+                             f"{int(saved_seed)} (the checkpoint's), so that it can be reproduced; a new seed needs a "
+                             "new run (e.g. --save-path NEW).")
+            opts["seed"] = int(saved_seed)
     if opts["seed"] is None:
         opts["seed"] = secrets.randbelow(2**31)
     if world is not None:  # the same weights and data order on every rank
@@ -470,7 +524,7 @@ def _run_train(given: dict, load_file, out, stop_after, world):
 
     step_cases = cases_per_step(int(opts["mini"]), (train_dp, train_range), (test_dp, test_range),
                                 ranks=1 if world is None else world.size)
-    layers_note = None
+    layers_note = params_note = None
     if ckpt is None:
         layers = opts["layers"]
         params = os.path.abspath(find_params_file(layers, opts["params"]))
@@ -511,7 +565,9 @@ def _run_train(given: dict, load_file, out, stop_after, world):
                   init=False, allow_unused=True)  # (an older ccn may have saved a net with an unused layer)
         check_memory(net, step_cases, "--mini")
         ck.restore_net(net, ckpt)
-        opts["seed"] = int(ckpt.position.get("seed", opts["seed"]))
+        from ..netfiles import describe_params_changes
+
+        params_note = describe_params_changes(ckpt.params_text, net.params_text)
     if not net.cost_layers():
         raise ConfigError(f"{net.layers_path}: the net has no cost layer (cost.logreg, cost.sum2, ...), so there is "
                           "nothing to train it on; add one that reads the net's output and the labels.")
@@ -545,11 +601,12 @@ def _run_train(given: dict, load_file, out, stop_after, world):
 
     state = TrainState.from_checkpoint(ckpt) if ckpt is not None else TrainState()
     if ckpt is not None and state.mb > 0 and int(ckpt.options.get("mini", opts["mini"])) != int(opts["mini"]):
-        raise InputError(f"{ckpt.path} was saved in the middle of a data batch with --mini "
-                         f"{ckpt.options.get('mini')}; resume it with the same --mini (or from a checkpoint saved "
-                         "between batches).")
+        raise InputError(_mid_batch_mini_message(ckpt, int(opts["mini"]), given.get("save_path")))
     if world is None or world.rank == 0:
         ck.check_writable(opts["save_path"])
+        # one run per save folder: a second one (the same -f twice, two new runs with one --save-path)
+        # is refused before it looks at the folder's checkpoints, and so before it writes any
+        locks.append(ck.lock_save_folder(opts["save_path"], warn=lambda s: click.echo(s, err=True)))
         _check_save_folder(opts["save_path"], ckpt)
     saved_opts = {k: v for k, v in opts.items()}
     cfg = TrainConfig(epochs=int(opts["epochs"]), mini=int(opts["mini"]), test_freq=int(opts["test_freq"]),
@@ -595,12 +652,16 @@ def _run_train(given: dict, load_file, out, stop_after, world):
              "in both --train-range and --test-range: the test error is measured on training data.")
     if layers_note:
         echo(layers_note)
+    if seed_note:
+        echo(seed_note)
     if crop_note:
         echo(f"  {crop_note}")
     if ckpt is not None:
         echo(f"  resuming from {ckpt.path}")
         if getattr(trainer, "range_note", None):
             echo(f"  {trainer.range_note}")
+        if params_note:
+            echo(f"  {params_note}")
         if saved_device and saved_device != placement.device:
             echo(f"  the checkpoint was trained with --device {saved_device}; this run is on {placement.label} "
                  f"(give --device {saved_device} to continue there)")
