@@ -11,7 +11,9 @@
 * MNIST / Fashion-MNIST: a folder with ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
   ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte`` (each optionally ``.gz``); 1 channel.
 * Folder: ``SRC/<class>/<image>`` (a seeded, per-class ``--test-fraction`` goes to test) or
-  ``SRC/train/<class>/...`` + ``SRC/val/<class>/...`` (or ``test/``). Class order: sorted names.
+  ``SRC/train/<class>/...`` + ``SRC/val/<class>/...`` (or ``test/``) with nothing else beside them.
+  Class order: the folder names sorted by code point. Which files are read, the warnings and
+  checks: see the folder section below and README.md ("Image folders").
 """
 
 from __future__ import annotations
