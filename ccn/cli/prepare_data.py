@@ -18,16 +18,22 @@ from ..batchrange import format_range
 from . import options as opt
 
 
+PROGRESS_SECONDS = 30.0  # off a terminal: a plain progress line this often (CCN_PROGRESS_SECONDS)
+
+
 def _progress(description: str, total: int | None, unit: str = "batches"):
-    """A rich progress bar (on a terminal) with ETA; returns (advance(n), close())."""
+    """A rich progress bar with ETA on a terminal; elsewhere (nohup, Slurm, a pipe) a plain line
+    on stderr every CCN_PROGRESS_SECONDS (30) seconds: done/total, rate, ETA. -> (advance(n), close())."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
     console = Console(stderr=True)
+    if not console.is_terminal:
+        return _plain_progress(description, total, unit)
     prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn(unit), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                    console=console, disable=not console.is_terminal, transient=False)
+                    console=console, transient=False)
     prog.start()
     task = prog.add_task(description, total=total)
 
@@ -35,6 +41,76 @@ def _progress(description: str, total: int | None, unit: str = "batches"):
         prog.update(task, completed=done, total=total_ if total_ is not None else total)
 
     return advance, prog.stop
+
+
+def _plain_progress(description: str, total: int | None, unit: str):
+    try:
+        every = float(os.environ.get("CCN_PROGRESS_SECONDS", PROGRESS_SECONDS))
+    except ValueError:
+        every = PROGRESS_SECONDS
+    t0 = time.monotonic()
+    state = {"last": t0, "first": None}  # first: (time, done) of the first report (a resumed run starts above 0)
+
+    def advance(done, total_=None):
+        tot = total_ if total_ is not None else total
+        now = time.monotonic()
+        if state["first"] is None:
+            state["first"] = (now, done)
+        if now - state["last"] < every or (tot is not None and done >= tot and every > 0):
+            return
+        state["last"] = now
+        t1, d1 = state["first"]
+        rate = (done - d1) / (now - t1) if now > t1 else 0.0
+        line = f"{description}: {done}" + (f"/{tot} {unit} ({100.0 * done / max(tot, 1):.1f}%)" if tot else f" {unit}")
+        line += f", {rate:.1f} {unit}/s"
+        if tot and rate > 0:
+            eta = int((tot - done) / rate)
+            line += f", ETA {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}"
+        line += f", {_clock(now - t0)} elapsed"
+        click.echo(line, err=True)
+
+    return advance, lambda: None
+
+
+def _clock(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived (a batch scheduler, `kill`, systemd): stop as Ctrl-C does."""
+
+
+def _run(description: str, total, unit: str, out: str, work) -> None:
+    """Run ``work(advance)`` with a progress display, SIGTERM turned into a clean stop (the worker
+    processes are ended, the finished batches kept, exit 143), then print the summary."""
+    import signal
+
+    def on_term(signum, frame):
+        raise _Terminated()
+
+    t = time.time()
+    try:
+        old = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # (not the main thread)
+        old = None
+    adv, stop = _progress(description, total, unit)
+    try:
+        meta = work(adv)
+    except _Terminated:
+        stop()
+        click.echo(f"error: stopped by SIGTERM. The batches finished so far in {out} are kept; rerun the same "
+                   "command to continue.", err=True)
+        raise SystemExit(143) from None
+    finally:
+        stop()
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+    _summary(meta, out, time.time() - t)
+
+
+def _warn(line: str) -> None:
+    click.echo(f"warning: {line}", err=True)
 
 
 def _summary(meta: dict, out: str, seconds: float | None = None) -> None:
@@ -47,6 +123,9 @@ def _summary(meta: dict, out: str, seconds: float | None = None) -> None:
                f"{_span(meta['test_batches'])}; {meta['num_classes']} classes, "
                f"{meta['channels']} x {meta['image_size'][0]} x {meta['image_size'][1]}, {meta['storage']}.")
     line = f"read {c['read']}, written {c['written']}, skipped {c['skipped']}"
+    ign = (meta.get("ignored") or {}).get("count", 0)
+    if ign:
+        line += f", ignored {ign} file{'s' if ign > 1 else ''} (not images, or not in a class folder)"
     before = meta.get("resumed", {})
     if seconds:
         now = c["written"] - before.get("written", 0)
@@ -62,7 +141,11 @@ def _summary(meta: dict, out: str, seconds: float | None = None) -> None:
     for name, reason in meta.get("skipped", [])[:20]:
         click.echo(f"  skipped {name}: {reason}")
     if c["skipped"] > 20:
-        click.echo(f"  ... and {c['skipped'] - 20} more (see {os.path.join(out, 'batches.meta.json')})")
+        where = os.path.join(out, meta["skipped_file"]) if meta.get("skipped_file") else \
+            os.path.join(out, "batches.meta.json")
+        click.echo(f"  ... and {c['skipped'] - 20} more (all {c['skipped']} with their reasons in {where})")
+    elif c["skipped"] and meta.get("skipped_file"):
+        click.echo(f"  (these are listed in {os.path.join(out, meta['skipped_file'])} too)")
 
 
 def _span(nums) -> str:
@@ -91,14 +174,10 @@ def builtin_cmd(out, train_batches, test_batches, batch_size, image_size, seed, 
     """The built-in dataset: 10 classes of coloured shapes and textures, generated (no download)."""
     from ..data import builtin
 
-    t = time.time()
-    adv, stop = _progress("builtin", train_batches + test_batches)
-    try:
-        meta = builtin.prepare(out, train_batches=train_batches, test_batches=test_batches, batch_size=batch_size,
-                               image_size=image_size, seed=seed, overwrite=overwrite, progress=adv)
-    finally:
-        stop()
-    _summary(meta, out, time.time() - t)
+    _run("builtin", train_batches + test_batches, "batches", out,
+         lambda adv: builtin.prepare(out, train_batches=train_batches, test_batches=test_batches,
+                                     batch_size=batch_size, image_size=image_size, seed=seed, overwrite=overwrite,
+                                     progress=adv))
 
 
 @prepare_data.command("cifar")
@@ -115,13 +194,9 @@ def cifar_cmd(src, out, batch_size, labels, overwrite):
     cifar-10-py-colmajor folder (data_batch_1..6, batch 6 for testing). No pickle code runs."""
     from ..data import sources
 
-    t = time.time()
-    adv, stop = _progress("cifar", None)
-    try:
-        meta = sources.prepare_cifar(src, out, batch_size=batch_size, labels=labels, overwrite=overwrite, progress=adv)
-    finally:
-        stop()
-    _summary(meta, out, time.time() - t)
+    _run("cifar", None, "batches", out,
+         lambda adv: sources.prepare_cifar(src, out, batch_size=batch_size, labels=labels, overwrite=overwrite,
+                                           progress=adv))
 
 
 @prepare_data.command("mnist")
@@ -134,14 +209,9 @@ def mnist_cmd(src, out, batch_size, fashion, overwrite):
     """MNIST / Fashion-MNIST from a folder of IDX files (gzipped or not)."""
     from ..data import sources
 
-    t = time.time()
-    adv, stop = _progress("mnist", None)
-    try:
-        meta = sources.prepare_mnist(src, out, batch_size=batch_size, fashion=fashion, overwrite=overwrite,
-                                     progress=adv)
-    finally:
-        stop()
-    _summary(meta, out, time.time() - t)
+    _run("mnist", None, "batches", out,
+         lambda adv: sources.prepare_mnist(src, out, batch_size=batch_size, fashion=fashion, overwrite=overwrite,
+                                           progress=adv))
 
 
 WORKERS = click.option("--workers", "-j", default=0, type=click.IntRange(0, 512),
@@ -170,15 +240,10 @@ def folder_cmd(src, out, size, crop, storage, quality, batch_size, test_fraction
     """Any folder of class subfolders of images (SRC/<class>/..., or SRC/train/<class> + SRC/val/<class>)."""
     from ..data import sources
 
-    t = time.time()
-    adv, stop = _progress("images", None, unit="images")
-    try:
-        meta = sources.prepare_folder(src, out, size=size, crop=crop, storage=storage, quality=quality,
-                                      batch_size=batch_size, test_fraction=test_fraction, seed=seed, workers=workers,
-                                      overwrite=overwrite, progress=adv)
-    finally:
-        stop()
-    _summary(meta, out, time.time() - t)
+    _run("images", None, "images", out,
+         lambda adv: sources.prepare_folder(src, out, size=size, crop=crop, storage=storage, quality=quality,
+                                            batch_size=batch_size, test_fraction=test_fraction, seed=seed,
+                                            workers=workers, overwrite=overwrite, progress=adv, warn=_warn))
 
 
 @prepare_data.command("imagenet")
@@ -201,12 +266,7 @@ def imagenet_cmd(out, train, val, devkit, label_order, size, crop, quality, batc
     3072 images per training batch, validation batches from the next multiple of 1000."""
     from ..data import imagenet
 
-    t = time.time()
-    adv, stop = _progress("images", None, unit="images")
-    try:
-        meta = imagenet.prepare_imagenet(out, train=train, val=val, devkit=devkit, label_order=label_order, size=size,
-                                         crop=crop, quality=quality, batch_size=batch_size, seed=seed, workers=workers,
-                                         overwrite=overwrite, progress=adv)
-    finally:
-        stop()
-    _summary(meta, out, time.time() - t)
+    _run("images", None, "images", out,
+         lambda adv: imagenet.prepare_imagenet(out, train=train, val=val, devkit=devkit, label_order=label_order,
+                                               size=size, crop=crop, quality=quality, batch_size=batch_size,
+                                               seed=seed, workers=workers, overwrite=overwrite, progress=adv))

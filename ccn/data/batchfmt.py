@@ -73,6 +73,16 @@ def _pad(n: int) -> int:
     return (-n) % ALIGN
 
 
+def text_name(s: str) -> str:
+    """``s`` as valid UTF-8 text: the bytes of a file name that is not UTF-8 (which os.listdir and
+    tarfile give as lone surrogates) become ``\\xNN``."""
+    try:
+        b = s.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        b = s.encode("utf-8", "backslashreplace")
+    return b.decode("utf-8", "backslashreplace")
+
+
 def encode_batch(kind: str, labels, *, channels: int, height: int, width: int, pixels=None, jpegs=None,
                  names=None) -> list:
     """Return the byte chunks of a batch container (see the module docstring)."""
@@ -96,7 +106,7 @@ def encode_batch(kind: str, labels, *, channels: int, height: int, width: int, p
     else:
         raise ValueError(kind)
     if names is not None:
-        nb = "\n".join(str(x).replace("\n", " ") for x in names).encode()
+        nb = "\n".join(text_name(str(x)).replace("\n", " ") for x in names).encode()
         sections.append(("names", [nb], len(nb)))
 
     def header_for(base):

@@ -1,7 +1,9 @@
 """Image decoding, resizing and encoding (Pillow).
 
 Decoding goes by content, never by file name (ImageNet has a PNG named .JPEG and CMYK and
-grayscale JPEGs); every image comes out RGB. A file Pillow cannot decode completely raises
+grayscale JPEGs); every image comes out RGB (transparency over white; 16-bit samples as
+value / 257, rounded). EXIF orientation is not applied: pixels are used as stored, as
+cuda-convnet's make-data (PIL without EXIF handling) used them. A file Pillow cannot decode completely raises
 :class:`BadImage` with the reason, so callers can report it and skip it.
 """
 
@@ -43,9 +45,11 @@ def open_rgb(data: bytes, shorter_at_least: int | None = None) -> Image.Image:
             im = im.convert("RGBA")
             bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
             return Image.alpha_composite(bg, im).convert("RGB")
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+            # 16-bit to 8-bit by a fixed rule, value / 257 rounded (65535 -> 255), as Pillow scales
+            # 16-bit RGB; never stretched to the image's own range (a dark image stays dark)
             a = np.asarray(im, dtype=np.float64)
-            a = a * (255.0 / max(1.0, a.max()))
+            a = np.clip(np.rint(a / 257.0), 0, 255)
             return Image.fromarray(a.astype(np.uint8)).convert("RGB")
         return im.convert("RGB")
     except Exception as e:

@@ -50,6 +50,51 @@ def read_ref(ref) -> bytes:
     raise ValueError(ref)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker when the parent process dies (killed, or gone without
+    shutting the pool down), instead of waiting forever for work: each worker holds both ends of
+    the pool's queues, so it would never see them close. Linux: PR_SET_PDEATHSIG; elsewhere (and
+    as a fallback) a thread that polls the parent's pid."""
+    import signal
+    import sys
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+
+    def watch():
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(1.0)
+
+    if os.getppid() != parent:  # (the parent died before prctl took effect)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="ccn-parent-watch").start()
+
+
+def _stop_workers(ex: ProcessPoolExecutor) -> None:
+    """End the workers now (an interrupt or SIGTERM must not wait for queued or running work)."""
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    ex.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        try:
+            p.terminate()
+        except (OSError, ValueError, AttributeError):
+            pass
+    for p in procs:
+        try:
+            p.join(timeout=5)
+        except (OSError, ValueError, AttributeError, AssertionError):
+            pass
+
+
 def _work(args):
     items, size, crop, storage, quality, want_stats = args
     out = []
@@ -102,7 +147,8 @@ def run(writer: DatasetWriter, plan, *, size: int, crop: bool, storage: str, qua
             for bi, a in jobs:
                 yield bi, a, _work(a)
             return
-        ex = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        ex = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_die_with_parent,
+                                 initargs=(os.getpid(),))
         try:
             window = workers * 3
             pending = []
@@ -118,7 +164,7 @@ def run(writer: DatasetWriter, plan, *, size: int, crop: bool, storage: str, qua
                     pending.append((nxt[0], nxt[1], ex.submit(_work, nxt[1])))
                 yield bi, a, fut.result()
         except BaseException:
-            ex.shutdown(wait=False, cancel_futures=True)  # an interrupt must not wait for queued work
+            _stop_workers(ex)  # an interrupt (Ctrl-C, SIGTERM) must not wait for queued work
             raise
         ex.shutdown(wait=True)
 

@@ -11,13 +11,16 @@
 * MNIST / Fashion-MNIST: a folder with ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
   ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte`` (each optionally ``.gz``); 1 channel.
 * Folder: ``SRC/<class>/<image>`` (a seeded, per-class ``--test-fraction`` goes to test) or
-  ``SRC/train/<class>/...`` + ``SRC/val/<class>/...`` (or ``test/``). Class order: sorted names.
+  ``SRC/train/<class>/...`` + ``SRC/val/<class>/...`` (or ``test/``) with nothing else beside them.
+  Class order: the folder names sorted by code point. Which files are read, the warnings and
+  checks: see the folder section below and README.md ("Image folders").
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import stat
 import struct
 import tarfile
 
@@ -257,32 +260,117 @@ def prepare_mnist(src: str, out: str, *, batch_size: int = 10000, fashion: bool 
 
 
 # -- folders of class folders ---------------------------------------------------------------
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
+# Which files are images: those whose extension is one Pillow opens (JPEG's .jpg/.jpeg/.jpe/.jfif,
+# .png, .gif, .bmp, .tif(f), .webp, .avif, .tga, .ppm/.pgm/.pbm, .ico, .psd, ...; see image_exts())
+# and files without an extension; each is decoded by content, and one Pillow cannot decode is
+# reported as skipped. Hidden files and system files (.DS_Store, Thumbs.db, desktop.ini) are
+# ignored and counted; any other file is ignored, counted and named in a warning.
+SYSTEM_FILES = {"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"}
+_EXTRA_EXTS = {".jpe", ".jfif", ".avif", ".avifs", ".heic", ".heif", ".jxl"}  # tried even if this Pillow lacks them
+
+
+def image_exts() -> set[str]:
+    from PIL import Image
+
+    Image.init()
+    return {e.lower() for e, f in Image.registered_extensions().items() if f in Image.OPEN} | _EXTRA_EXTS
+
+
+def shown(s: str) -> str:
+    """A name as ccn stores and prints it: a byte of a file name that is not UTF-8 (os.listdir
+    gives it as a lone surrogate) becomes ``\\xNN``, and so does a control character (a newline
+    in a file name), so names are always valid, one-line UTF-8."""
+    from .batchfmt import text_name
+
+    s = text_name(s)
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in s):
+        s = "".join(f"\\x{ord(ch):02x}" if ord(ch) < 32 or ord(ch) == 127 else ch for ch in s)
+    return s
+
+
+class Listing:
+    """What list_folder found besides the images: their sizes and times (for the plan), and the
+    files it left out."""
+
+    def __init__(self):
+        self.files: dict[str, tuple] = {}  # shown name -> (size, mtime_ns)
+        self.ignored: list[str] = []       # files in class folders that are not images (shown names)
+        self.system = 0                    # hidden and system files in class folders
+        self.loose: list[str] = []         # images not in a class folder
+        self.roots: tuple = ()             # (train root, test root or None)
+        self.labels: dict[str, int] = {}   # shown name -> label of every image file listed
 
 
 def _class_dirs(root: str) -> list[str]:
     try:
         names = sorted(n for n in os.listdir(root) if not n.startswith(".") and os.path.isdir(os.path.join(root, n)))
     except OSError as e:
-        raise InputError(f"cannot list {root}: {e.strerror or e}.") from None
+        raise InputError(f"cannot list {shown(root)}: {e.strerror or e}.") from None
     return names
 
 
-def _images_in(d: str) -> list[str]:
+def _loose_images(root: str, exts: set) -> list[str]:
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return []
+    return [os.path.join(root, n) for n in names if not n.startswith(".") and n.lower() not in SYSTEM_FILES
+            and os.path.splitext(n)[1].lower() in exts and os.path.isfile(os.path.join(root, n))]
+
+
+def _images_in(d: str, listing: Listing | None = None, exts: set | None = None, src: str | None = None) -> list[str]:
+    """The image files under class folder ``d``, in sorted order. Symlinked sub-folders are
+    followed (as a symlinked class folder is), each real folder once (a link back up is not a loop)."""
+    listing = Listing() if listing is None else listing
+    exts = image_exts() if exts is None else exts
     out = []
-    for dirpath, dirnames, filenames in os.walk(d):
-        dirnames[:] = sorted(x for x in dirnames if not x.startswith("."))
+    try:
+        st = os.stat(d)
+        visited = {(st.st_dev, st.st_ino)}
+    except OSError:
+        visited = set()
+    inside = [os.path.realpath(x) for x in (src or d, d)]
+
+    def within(a, b):
+        return a == b or a.startswith(b.rstrip(os.sep) + os.sep)
+
+    for dirpath, dirnames, filenames in os.walk(d, followlinks=True):
+        keep = []
+        for x in sorted(dirnames):
+            if x.startswith("."):
+                continue
+            p = os.path.join(dirpath, x)
+            if os.path.islink(p):
+                # a link into SRC lists images that are listed where they are (in another class, too);
+                # a link up to a folder above would loop
+                t = os.path.realpath(p)
+                if any(within(t, r) or within(r, t) for r in inside):
+                    continue
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in visited:
+                visited.add((st.st_dev, st.st_ino))
+                keep.append(x)
+        dirnames[:] = keep
         for f in sorted(filenames):
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTS:
-                out.append(os.path.join(dirpath, f))
+            p = os.path.join(dirpath, f)
+            if f.startswith(".") or f.lower() in SYSTEM_FILES:
+                listing.system += 1
+            elif os.path.splitext(f)[1].lower() in exts or not os.path.splitext(f)[1]:
+                out.append(p)
+            else:
+                listing.ignored.append(shown(os.path.relpath(p, src or d)))
     return out
 
 
-def _drop_repeats(items: list, seen: dict, repeats: list) -> list:
+def _drop_repeats(items: list, seen: dict, repeats: list, listing: Listing | None = None) -> list:
     """``items`` without the files already listed under another name (a symlink, a hard link):
     one image in both the training and the test set would make the test error optimistic, and
     one in two class folders has two labels. ``seen`` maps (device, inode) to the first name;
-    each dropped one is added to ``repeats`` as (name, reason)."""
+    each dropped one is added to ``repeats`` as (name, reason). Not regular files (a FIFO would
+    block the reader) go to ``listing.ignored``."""
     out = []
     for it in items:
         try:
@@ -290,6 +378,12 @@ def _drop_repeats(items: list, seen: dict, repeats: list) -> list:
         except OSError:
             out.append(it)  # (a dangling link: the reader reports it)
             continue
+        if not stat.S_ISREG(st.st_mode):
+            if listing is not None:
+                listing.ignored.append(it.name)
+            continue
+        if listing is not None:
+            listing.files[it.name] = (st.st_size, st.st_mtime_ns)
         key = (st.st_dev, st.st_ino)
         first = seen.setdefault(key, it.name)
         if first == it.name:
@@ -299,41 +393,73 @@ def _drop_repeats(items: list, seen: dict, repeats: list) -> list:
     return out
 
 
-def list_folder(src: str, test_fraction: float, seed: int, repeats: list | None = None):
-    """-> (class names, train items, test items). A file reached under several names is listed
-    under the first (in sorted order, training folders first); the others go to ``repeats``."""
-    repeats = [] if repeats is None else repeats
-    seen: dict = {}
-    if not os.path.isdir(src):
-        raise InputError(f"image folder {src} does not exist or is not a folder.")
-    top = _class_dirs(src)
-    split_dirs = [d for d in top if d.lower() in ("train", "val", "valid", "validation", "test")]
+SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
+
+
+def _layout(src: str, top: list[str]):
+    """-> (training root, test root or None): SRC/<class>/... or SRC/train/<class>/... + SRC/val/<class>/..."""
+    split_dirs = [d for d in top if d.lower() in SPLIT_NAMES]
     if "train" in [d.lower() for d in split_dirs] and len(split_dirs) == len(top):
         tr_root = os.path.join(src, next(d for d in top if d.lower() == "train"))
         te_names = [d for d in top if d.lower() != "train"]
         if len(te_names) > 1:
-            raise InputError(f"{src} has several test folders ({', '.join(te_names)}); keep one.")
-        te_root = os.path.join(src, te_names[0]) if te_names else None
-    else:
-        tr_root, te_root = src, None
-    classes = _class_dirs(tr_root)
-    if not classes:
-        raise InputError(f"{tr_root} has no class subfolders; expected {tr_root}/<class>/<image files>.")
+            raise InputError(f"{shown(src)} has several test folders ({', '.join(map(shown, te_names))}); keep one.")
+        return tr_root, (os.path.join(src, te_names[0]) if te_names else None)
+    train = next((d for d in top if d.lower() == "train"), None)
+    if train is not None and _class_dirs(os.path.join(src, train)) and \
+            not _loose_images(os.path.join(src, train), image_exts()):
+        # train/ holds class folders: a train/val layout with something else beside it, not a class named train
+        others = [d for d in top if d.lower() not in SPLIT_NAMES]
+        raise InputError(
+            f"{shown(src)} holds {'/, '.join(map(shown, split_dirs))}/ and also {'/, '.join(map(shown, others))}/, "
+            f"and {shown(train)}/ holds class folders: ccn reads either SRC/<class>/<images> (every top-level folder "
+            "is a class; --test-fraction of each is held out for testing) or SRC/train/<class>/<images> with "
+            "SRC/val/<class>/<images> (or test/) and no other folder beside them. Read as the first, train/ and "
+            "val/ would become classes; so move the other folders out of the way (or give "
+            f"{shown(os.path.join(src, train))} as SRC to use the training folder alone).")
+    return src, None
+
+
+def list_folder(src: str, test_fraction: float, seed: int, repeats: list | None = None,
+                listing: Listing | None = None):
+    """-> (class names, train items, test items). A file reached under several names is listed
+    under the first (in sorted order, training folders first); the others go to ``repeats``.
+    Class names are the folder names sorted by code point (as shown(): non-UTF-8 bytes as \\xNN)."""
+    repeats = [] if repeats is None else repeats
+    listing = Listing() if listing is None else listing
+    seen: dict = {}
+    if not os.path.isdir(src):
+        raise InputError(f"image folder {shown(src)} does not exist or is not a folder.")
+    exts = image_exts()
+    top = _class_dirs(src)
+    tr_root, te_root = _layout(src, top)
+    listing.roots = (tr_root, te_root)
+    for root in [src] if tr_root == src else [src, tr_root] + ([te_root] if te_root else []):
+        listing.loose += [shown(os.path.relpath(p, src)) for p in _loose_images(root, exts)]
+    raw_classes = _class_dirs(tr_root)
+    if not raw_classes:
+        raise InputError(f"{shown(tr_root)} has no class subfolders; expected {shown(tr_root)}/<class>/<image files>.")
+    classes = [shown(c) for c in raw_classes]
     lower = {}
     for c in classes:
         if c.lower() in lower:
-            raise InputError(f"{tr_root} has class folders {lower[c.lower()]} and {c} that differ only in case.")
+            raise InputError(f"{shown(tr_root)} has class folders {lower[c.lower()]} and {c} that differ only in case.")
         lower[c.lower()] = c
-    idx = {c: i for i, c in enumerate(classes)}
+    idx = {c: i for i, c in enumerate(raw_classes)}
     train, test = [], []
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0xF01D])
-    for c in classes:
-        files = _images_in(os.path.join(tr_root, c))
+
+    def items_of(d, label):
+        files = _images_in(d, listing, exts, src)
+        listing.labels.update((shown(os.path.relpath(p, src)), label) for p in files)
+        return files, _drop_repeats([pipeline.Item(("file", p), label, shown(os.path.relpath(p, src)))
+                                     for p in files], seen, repeats, listing)
+
+    for c in raw_classes:
+        files, items = items_of(os.path.join(tr_root, c), idx[c])
         if not files:
-            raise InputError(f"class folder {os.path.join(tr_root, c)} holds no images "
-                             f"({', '.join(sorted(IMAGE_EXTS))}).")
-        items = _drop_repeats([pipeline.Item(("file", p), idx[c], os.path.relpath(p, src)) for p in files],
-                              seen, repeats)
+            raise InputError(f"class folder {shown(os.path.join(tr_root, c))} holds no images (files with an "
+                             "image extension, e.g. .jpg, .png, or none).")
         if te_root is None and test_fraction > 0:
             perm = rng.permutation(len(items))
             k = int(round(len(items) * test_fraction))
@@ -344,16 +470,74 @@ def list_folder(src: str, test_fraction: float, seed: int, repeats: list | None 
     if te_root is not None:
         for c in _class_dirs(te_root):
             if c not in idx:
-                raise InputError(f"test class folder {os.path.join(te_root, c)} has no training counterpart in "
-                                 f"{tr_root}.")
-            test += _drop_repeats([pipeline.Item(("file", p), idx[c], os.path.relpath(p, src))
-                                   for p in _images_in(os.path.join(te_root, c))], seen, repeats)
+                raise InputError(f"test class folder {shown(os.path.join(te_root, c))} has no training counterpart "
+                                 f"in {shown(tr_root)}.")
+            test += items_of(os.path.join(te_root, c), idx[c])[1]
     return classes, train, test
+
+
+def _few(names: list, n: int = 5) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
+def _listing_warnings(src: str, listing: Listing, warn) -> None:
+    if listing.loose:
+        where = "in " + " and ".join(sorted({shown(os.path.dirname(os.path.join(src, n))) for n in listing.loose}))
+        warn(f"{len(listing.loose)} image file{'s' if len(listing.loose) > 1 else ''} {where} "
+             f"{'are' if len(listing.loose) > 1 else 'is'} not in a class folder and not used "
+             f"({_few(listing.loose)}); move {'them' if len(listing.loose) > 1 else 'it'} into a class folder "
+             "to use it.")
+    if listing.ignored or listing.system:
+        parts = []
+        if listing.ignored:
+            parts.append(f"{len(listing.ignored)} that are not images by their extension ({_few(listing.ignored)})")
+        if listing.system:
+            parts.append(f"{listing.system} hidden or system files (.DS_Store, Thumbs.db, ...)")
+        warn(f"ignored {len(listing.ignored) + listing.system} files in the class folders: {' and '.join(parts)}.")
+
+
+def _class_check(w, plan, classes: list[str], listing: Listing, test_fraction: float, src: str, warn) -> dict:
+    """Images per class as written; refuses a class left with none (all undecodable), warns of
+    classes with no training or no test images. -> {"train": [...], "test": [...]}"""
+    from . import batchfmt as bf
+
+    counts = {"train": np.zeros(len(classes), np.int64), "test": np.zeros(len(classes), np.int64)}
+    for num, train, _ in plan:
+        f = bf.BatchFile(os.path.join(w.out, bf.batch_name(num)))
+        try:
+            counts["train" if train else "test"] += np.bincount(f.labels, minlength=len(classes))[:len(classes)]
+        finally:
+            f.close()
+    total = counts["train"] + counts["test"]
+    has_test = any(not t for _, t, _ in plan)
+    if total.sum() and (total == 0).any():
+        label_of = listing.labels
+        tr_root = listing.roots[0]
+        parts = []
+        for c in np.flatnonzero(total == 0):
+            reasons = [f"{n}: {r}" for n, r in w.skipped if label_of.get(n) == c]
+            parts.append(f"class folder {shown(os.path.join(tr_root, classes[c]))} has no image that could be used "
+                         f"(all {len(reasons)} skipped: {'; '.join(reasons[:3])}{'; ...' if len(reasons) > 3 else ''})")
+        w.abandon()
+        raise InputError(f"{'; '.join(parts)}. A class without images cannot be learned, and would still take a "
+                         f"label; fix or remove {'that folder' if len(parts) == 1 else 'those folders'} and rerun "
+                         f"(the batches prepared so far in {w.out} were removed; every skipped file and why is in "
+                         f"{os.path.join(w.out, 'skipped.txt')}).")
+    why = f" (--test-fraction {test_fraction})" if listing.roots[1] is None else ""
+    no_train = [classes[c] for c in np.flatnonzero(counts["train"] == 0)]
+    if no_train:
+        warn(f"{len(no_train)} class{'es have' if len(no_train) > 1 else ' has'} no training images{why}: "
+             f"{_few(no_train)}.")
+    no_test = [classes[c] for c in np.flatnonzero(counts["test"] == 0)]
+    if has_test and no_test:
+        warn(f"{len(no_test)} class{'es have' if len(no_test) > 1 else ' has'} no test images{why}: {_few(no_test)}.")
+    return {k: v.tolist() for k, v in counts.items()}
 
 
 def prepare_folder(src: str, out: str, *, size: int = 64, crop: bool = True, storage: str = "auto",
                    quality: int = 90, batch_size: int = 10000, test_fraction: float = 0.1, seed: int = 0,
-                   workers: int = 0, overwrite: bool = False, progress=None) -> dict:
+                   workers: int = 0, overwrite: bool = False, progress=None, warn=None) -> dict:
+    """``warn(line)`` gets the warnings (files left out, classes without training or test images)."""
     if not 4 <= size <= 4096:
         raise InputError(f"--size must be between 4 and 4096 (got {size}).")
     if not 0 <= test_fraction < 1:
@@ -364,25 +548,36 @@ def prepare_folder(src: str, out: str, *, size: int = 64, crop: bool = True, sto
         storage = "raw" if size <= 64 and crop else "jpeg"
     if storage == "raw" and not crop:
         raise InputError("raw storage needs square images: drop --no-crop or use --storage jpeg.")
+    warn = warn or (lambda line: None)
     repeats: list = []
-    classes, train, test = list_folder(src, test_fraction, seed, repeats)
+    listing = Listing()
+    classes, train, test = list_folder(src, test_fraction, seed, repeats, listing)
+    _listing_warnings(src, listing, warn)
     if not train:
-        raise InputError(f"{src}: no training images are left (--test-fraction {test_fraction} took them all).")
+        raise InputError(f"{shown(src)}: no training images are left (--test-fraction {test_fraction} took them all).")
     if not test and test_fraction > 0:
-        raise InputError(f"{src}: --test-fraction {test_fraction} leaves no test images (each class has too few images "
-                         "to set a share aside): give a larger --test-fraction, a val/ folder beside train/, or "
-                         "--test-fraction 0 for no test set.")
+        raise InputError(f"{shown(src)}: --test-fraction {test_fraction} leaves no test images (each class has too few "
+                         "images to set a share aside): give a larger --test-fraction, a val/ folder beside train/, "
+                         "or --test-fraction 0 for no test set.")
     opts = {"size": size, "crop": crop, "storage": storage, "quality": quality, "batch_size": batch_size,
             "test_fraction": test_fraction}
     plan = pipeline.seeded_batches(train, batch_size, seed, 1, True)
     plan += pipeline.seeded_batches(test, batch_size, seed + 1, len(plan) + 1, False)
-    plan_id = fingerprint({"source": "folder", "items": [(it.name, it.label) for _, _, b in plan for it in b],
+    # the plan names the source folder and each file's size and modification time, so that another
+    # folder with the same names, or images edited in place, is not taken for this dataset
+    plan_id = fingerprint({"source": "folder", "src": os.path.realpath(src), "classes": classes,
+                           "items": [(it.name, it.label, *listing.files.get(it.name, (None, None)))
+                                     for _, _, b in plan for it in b],
                            "plan": [(n, t, len(b)) for n, t, b in plan], "seed": seed, **opts})
     w = DatasetWriter(out, plan_id=plan_id, storage=storage, channels=3, size=(size, size), overwrite=overwrite)
     if w.already_complete:
         return w.meta
     if not w.resumed:  # (a continued run has them in its progress file)
         for name, reason in repeats:
-            w.skip(name, reason)
+            w.skip(name, reason, read=True)
     pipeline.run(w, plan, size=size, crop=crop, storage=storage, quality=quality, workers=workers, progress=progress)
-    return w.finish(label_names=classes, source=f"image folder {src}", options=opts, seed=seed)
+    extra = {"ignored": {"count": len(listing.ignored) + listing.system + len(listing.loose),
+                         "files": (listing.loose + listing.ignored)[:100]}}
+    if any(int(v["count"]) for v in w.batches.values()):
+        extra["class_counts"] = _class_check(w, plan, classes, listing, test_fraction, src, warn)
+    return w.finish(label_names=classes, source=f"image folder {shown(src)}", options=opts, seed=seed, extra=extra)

@@ -29,6 +29,7 @@ from . import batchfmt as bf
 
 PROGRESS_JSON = ".ccn-progress.json"
 PROGRESS_NPZ = ".ccn-progress.npz"
+SKIPPED_NAME = "skipped.txt"  # every skipped image and why (the metadata lists the first 100)
 
 
 def fingerprint(obj) -> str:
@@ -179,7 +180,8 @@ class DatasetWriter:
 
     def _clear(self):
         for n in os.listdir(self.out):
-            if n.startswith("data_batch_") or n in (bf.META_NAME, bf.MEAN_NAME, PROGRESS_JSON, PROGRESS_NPZ) \
+            if n.startswith("data_batch_") or n in (bf.META_NAME, bf.MEAN_NAME, PROGRESS_JSON, PROGRESS_NPZ,
+                                                    SKIPPED_NAME) \
                     or (n.startswith(".data_batch_") and n.endswith(".tmp")):
                 try:
                     os.unlink(os.path.join(self.out, n))
@@ -189,10 +191,27 @@ class DatasetWriter:
     def done(self, num: int) -> bool:
         return str(num) in self.batches
 
-    def skip(self, name: str, reason: str) -> None:
+    def skip(self, name: str, reason: str, read: bool = False) -> None:
+        """Record a skipped image (all of them: finish() writes them to skipped.txt); ``read``:
+        count it as read too (one the pipeline never reads, e.g. a second link to a file)."""
         self.counts["skipped"] += 1
-        if len(self.skipped) < 100:
-            self.skipped.append([name, reason])
+        if read:
+            self.counts["read"] += 1
+        self.skipped.append([name, reason])
+
+    def write_skipped(self) -> str | None:
+        """Write every skipped image and why to skipped.txt (a tab between name and reason), atomically."""
+        if not self.skipped:
+            return None
+        lines = "".join(f"{n}\t{' '.join(str(r).split())}\n" for n, r in self.skipped)
+        fsutil.atomic_write(os.path.join(self.out, SKIPPED_NAME), [lines.encode("utf-8", "backslashreplace")])
+        return SKIPPED_NAME
+
+    def abandon(self) -> None:
+        """Give this preparation up (the source cannot make a dataset): remove the batches and the
+        progress files, keep skipped.txt."""
+        self._clear()
+        self.write_skipped()
 
     def commit(self, num: int, labels, *, train: bool, pixels=None, jpegs=None, names=None,
                stats: Stats | None = None, read: int | None = None, skipped=()) -> None:
@@ -232,7 +251,9 @@ class DatasetWriter:
             raise InputError(f"nothing to write to {self.out}: the source has no images.")
         if not any(int(v["count"]) for v in self.batches.values()):
             first = f" (the first: {self.skipped[0][0]}: {self.skipped[0][1]})" if self.skipped else ""
-            self._clear()
+            self.abandon()
+            if self.skipped:
+                first += f"; all of them and why are listed in {os.path.join(self.out, SKIPPED_NAME)}"
             why = (f"all {self.counts['skipped']} images read from {source} were skipped{first}"
                    if self.counts.get("skipped") else f"{source} has no images")
             raise InputError(f"nothing to write to {self.out}: {why}.")
@@ -241,6 +262,7 @@ class DatasetWriter:
         # metadata says so, rather than a zero mean that would shift every input
         stats, mean_from = (self.stats, "train") if self.stats.n_img or not self.test_stats.n_img else \
             (self.test_stats, "test")
+        skipped_file = self.write_skipped()  # before the metadata, which points to it
         mean = stats.mean_image()
         mean_digest = fsutil.atomic_save_npy(os.path.join(self.out, bf.MEAN_NAME), mean)
         checksums = {bf.batch_name(int(k)): v["checksum"] for k, v in self.batches.items()}
@@ -268,7 +290,8 @@ class DatasetWriter:
             "options": options,
             "seed": seed,
             "counts": self.counts,
-            "skipped": self.skipped,
+            "skipped": self.skipped[:100],
+            "skipped_file": skipped_file,
             "checksums": checksums,
             "plan_id": self.plan_id,
         }
