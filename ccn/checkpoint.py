@@ -312,6 +312,21 @@ class SaveFolderLock:
             os.close(fd)
 
 
+def _holder_plausible(holder: dict, host: str) -> bool:
+    """Whether the holder a lock file names may still be the holder: a run that could not write
+    its own record (a read-only lock file) leaves an older one behind, so a process of this host
+    that no longer exists is not named."""
+    if holder.get("host") != host:
+        return True
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, ValueError, TypeError):
+        return True
+    return True
+
+
 def lock_save_folder(folder: str, warn=None) -> SaveFolderLock:
     """Take the save folder's lock for this run, or refuse (InputError) when another run holds it.
     Where the file system cannot lock (some network file systems), ``warn`` is told and the run
@@ -326,6 +341,11 @@ def lock_save_folder(folder: str, warn=None) -> SaveFolderLock:
     try:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:  # group-writable, so that a teammate's run can open it for writing too (NFS locks need that)
+                if os.fstat(fd).st_uid == os.getuid():
+                    os.fchmod(fd, 0o664)
+            except OSError:
+                pass
         except PermissionError:  # a teammate's lock file on shared storage: a read-only one locks as well
             fd = os.open(path, os.O_RDONLY)
     except OSError as e:
@@ -340,7 +360,7 @@ def lock_save_folder(folder: str, warn=None) -> SaveFolderLock:
             holder = {}
         os.close(fd)
         who = ""
-        if isinstance(holder, dict) and holder.get("pid"):
+        if isinstance(holder, dict) and holder.get("pid") and _holder_plausible(holder, socket.gethostname()):
             who = f" (process {holder['pid']} on {holder.get('host', 'an unknown host')}" + (
                 f", since {holder['started']}" if holder.get("started") else "") + ")"
         raise InputError(f"{folder} is in use by another ccn train{who}: two runs saving into one folder would "
@@ -377,7 +397,16 @@ def _corrupt(path: str, what: str, advise: bool = False) -> InputError:
 def aside_commands(paths: list[str]) -> str:
     """Shell commands moving checkpoint folders aside within their folder (``mv R/3.2 R/3.2.aside``):
     a name that is not EPOCH.BATCH is ignored by ccn (discovery, -f FOLDER, pruning)."""
-    return " && ".join(f"mv {p} {p}.aside" for p in paths)
+    import shlex
+
+    def aside(p: str) -> str:
+        q, k = f"{p}.aside", 1
+        while os.path.exists(q):  # never move a folder into an earlier one set aside
+            k += 1
+            q = f"{p}.aside{k}"
+        return q
+
+    return " && ".join(f"mv {shlex.quote(p)} {shlex.quote(aside(p))}" for p in paths)
 
 
 def newest_intact(folder: str, before: str | None = None, check_version: bool = False):

@@ -297,7 +297,8 @@ class Net:
     def skip_frozen(self, on: bool = True) -> None:
         """Leave out of the backward pass what only feeds frozen matrices (epsW/epsB 0, which
         update leaves untouched, as cuda-convnet did): their gradients then stay 0. Off by
-        default, so that every gradient is there to read; ccn train turns it on."""
+        default, so that every gradient is there to read; ccn train (ccn.train.Trainer) turns
+        it on for the net it trains."""
         self._net.set_skip_frozen(bool(on))
 
     def train_step(self, data, progress: float, minibatch: int) -> list[dict]:

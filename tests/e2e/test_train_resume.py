@@ -263,7 +263,6 @@ def test_a_second_run_into_a_busy_save_folder_is_refused(tmp_path):
 
 def test_the_lock_is_held_for_the_whole_run_and_released_after(setup):
     tmp, data, layers, _ = setup
-    from ccn.cli.train import run_train
     import ccn.train as T
 
     seen = []
@@ -393,3 +392,42 @@ def test_a_new_mini_after_a_mid_batch_checkpoint_names_routes_that_work(setup):
     assert os.path.basename(res.checkpoint) == "1.1-mb2"
     with pytest.raises(InputError, match="holds no checkpoint saved between batches before it") as e:
         train({"mini": 8}, load_file=str(run2))
+
+
+def test_aside_commands_quote_paths_and_never_move_into_an_earlier_aside(tmp_path):
+    import shlex
+
+    run = tmp_path / "my runs"
+    (run / "3.2").mkdir(parents=True)
+    (run / "3.2.aside").mkdir()
+    cmd = ck.aside_commands([str(run / "3.2")])
+    assert shlex.split(cmd) == ["mv", str(run / "3.2"), str(run / "3.2.aside2")]
+
+
+def test_a_lock_record_of_a_process_gone_is_not_named(tmp_path):
+    # a run that could only open the lock file read-only holds the lock under an older record
+    import json
+    import socket
+    import textwrap
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folder = tmp_path / "run"
+    folder.mkdir()
+    lock = folder / ck.LOCK
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "started": "then"}))
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, os, sys, time
+        fd = os.open({str(lock)!r}, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        print("locked", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(InputError) as e:
+            ck.lock_save_folder(str(folder))
+        assert "in use by another ccn train:" in str(e.value) and str(dead.pid) not in str(e.value)
+    finally:
+        holder.kill()
+        holder.wait()
