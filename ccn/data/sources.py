@@ -406,16 +406,19 @@ def _layout(src: str, top: list[str]):
             raise InputError(f"{shown(src)} has several test folders ({', '.join(map(shown, te_names))}); keep one.")
         return tr_root, (os.path.join(src, te_names[0]) if te_names else None)
     train = next((d for d in top if d.lower() == "train"), None)
-    if train is not None and _class_dirs(os.path.join(src, train)) and \
+    tests = [d for d in split_dirs if d.lower() != "train"]
+    # train/ holding class folders beside a val/ (or test/, ...) folder is a train/val layout with
+    # something else beside it; without a split folder beside it, train/ is a class (bus/ car/ train/)
+    if train is not None and tests and _class_dirs(os.path.join(src, train)) and \
             not _loose_images(os.path.join(src, train), image_exts()):
-        # train/ holds class folders: a train/val layout with something else beside it, not a class named train
         others = [d for d in top if d.lower() not in SPLIT_NAMES]
+        splits = "/ and ".join(map(shown, [train] + tests)) + "/"
         raise InputError(
-            f"{shown(src)} holds {'/, '.join(map(shown, split_dirs))}/ and also {'/, '.join(map(shown, others))}/, "
-            f"and {shown(train)}/ holds class folders: ccn reads either SRC/<class>/<images> (every top-level folder "
-            "is a class; --test-fraction of each is held out for testing) or SRC/train/<class>/<images> with "
-            "SRC/val/<class>/<images> (or test/) and no other folder beside them. Read as the first, train/ and "
-            "val/ would become classes; so move the other folders out of the way (or give "
+            f"{shown(src)} holds {splits} and also {'/, '.join(map(shown, others))}/, and {shown(train)}/ holds "
+            "class folders: ccn reads either SRC/<class>/<images> (every top-level folder is a class; "
+            "--test-fraction of each is held out for testing) or SRC/train/<class>/<images> with "
+            "SRC/val/<class>/<images> (or test/) and no other folder beside them. Read as the first, "
+            f"{splits} would become classes; so move the other folders out of the way (or give "
             f"{shown(os.path.join(src, train))} as SRC to use the training folder alone).")
     return src, None
 

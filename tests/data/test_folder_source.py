@@ -193,6 +193,20 @@ def test_a_train_folder_beside_other_folders_is_refused(tmp_path):
     assert meta["label_names"] == ["bus", "train"]
 
 
+def test_a_class_named_train_with_sub_folders_is_a_class(tmp_path):
+    # SRC/{bus,car,train}/{day,night}/*.png: no val/ (or test/) beside train/, so train is a class
+    src = tmp_path / "src"
+    for ci, c in enumerate(("bus", "car", "train")):
+        for sub in ("day", "night"):
+            _save(src / c / sub / "0.png", _img(10 * ci))
+    meta = sources.prepare_folder(str(src), str(tmp_path / "o"), size=8, workers=1, test_fraction=0)
+    assert meta["label_names"] == ["bus", "car", "train"] and meta["num_train_cases"] == 6
+    # with a test/ beside it, the refusal names the split folders that are there
+    _classes(src / "test", ("day",), n=1)
+    with pytest.raises(InputError, match=r"holds train/ and test/ and also bus/, car/.*train/ and test/ would "):
+        sources.prepare_folder(str(src), str(tmp_path / "o2"), size=8, workers=1)
+
+
 def test_16_bit_images_scale_by_a_fixed_rule(tmp_path):
     src = tmp_path / "src"
     for c, v in (("dark", 1000), ("bright", 60000)):
