@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import pipeline, safepickle
-from .writer import DatasetWriter, fingerprint
+from .writer import PLAN_FORMAT, DatasetWriter, fingerprint
 
 
 # -- CIFAR ----------------------------------------------------------------------------------
@@ -572,7 +572,22 @@ def prepare_folder(src: str, out: str, *, size: int = 64, crop: bool = True, sto
                            "items": [(it.name, it.label, *listing.files.get(it.name, (None, None)))
                                      for _, _, b in plan for it in b],
                            "plan": [(n, t, len(b)) for n, t, b in plan], "seed": seed, **opts})
-    w = DatasetWriter(out, plan_id=plan_id, storage=storage, channels=3, size=(size, size), overwrite=overwrite)
+    # the plan's parts, stored too, so that a refusal can say what differs: the folder, the options,
+    # the class folders whose images (names) or files (sizes, times) changed
+    per_class_names: dict = {c: [] for c in classes}
+    per_class_files: dict = {c: [] for c in classes}
+    for it in sorted((it for _, _, b in plan for it in b), key=lambda it: it.name):
+        per_class_names[classes[it.label]].append(it.name)
+        per_class_files[classes[it.label]].append(listing.files.get(it.name, (None, None)))
+    parts = {"format": PLAN_FORMAT, "src": os.path.realpath(src), "options": {**opts, "seed": seed},
+             "names": {c: fingerprint(v)[:16] for c, v in per_class_names.items()},
+             "files": {c: fingerprint(v)[:16] for c, v in per_class_files.items()},
+             "order": fingerprint([(it.name, it.label) for _, _, b in plan for it in b])[:16]}
+    # (what ccn before the plan format 2 called this plan: names, labels, batches and options only)
+    legacy = fingerprint({"source": "folder", "items": [(it.name, it.label) for _, _, b in plan for it in b],
+                          "plan": [(n, t, len(b)) for n, t, b in plan], "seed": seed, **opts})
+    w = DatasetWriter(out, plan_id=plan_id, storage=storage, channels=3, size=(size, size), overwrite=overwrite,
+                      plan_parts=parts, legacy_ids=(legacy,))
     if w.already_complete:
         return w.meta
     if not w.resumed:  # (a continued run has them in its progress file)

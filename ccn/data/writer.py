@@ -36,6 +36,46 @@ def fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+PLAN_FORMAT = 2  # the plan's parts are stored (format 1: only the plan_id, no file sizes or dates)
+
+
+def plan_difference(old: dict, parts: dict | None, legacy_ids=()) -> str:
+    """Why the dataset (or progress) ``old`` is not the one planned now (``parts``), worded to
+    follow "holds a prepared dataset ...". The parts: "format", "src", "options" (a dict),
+    "names" and "files" ({class: hash of its images' names and labels / sizes and times}), "order"."""
+    before = old.get("plan")
+    if parts is None:
+        return "made from another source or with other options"
+    if not isinstance(before, dict):
+        if old.get("plan_id") in legacy_ids:
+            return ("made by an older ccn (the source's file dates and sizes were not recorded then): rerun with "
+                    "--overwrite to rebuild it, or use it as it is")
+        return "made by an older ccn, from another source or with other options"
+    if before.get("format") != parts.get("format"):
+        return f"made by another version of ccn (plan format {before.get('format')}, now {parts.get('format')})"
+    why = []
+    if before.get("src") != parts.get("src"):
+        why.append(f"the source folder differs (was {before.get('src')})")
+    bo, no = before.get("options") or {}, parts.get("options") or {}
+    opts = [f"{k} {no.get(k)} (was {bo.get(k)})" for k in sorted(set(bo) | set(no)) if bo.get(k) != no.get(k)]
+    if opts:
+        why.append(f"other options ({', '.join(opts)})")
+    bn, nn = before.get("names") or {}, parts.get("names") or {}
+    classes = [c for c in sorted(set(bn) | set(nn)) if bn.get(c) != nn.get(c)]
+    if classes:
+        why.append(f"other images in {len(classes)} class folder{'s' if len(classes) > 1 else ''} (added, removed "
+                   f"or renamed since, or other classes: {', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})")
+    bf_, nf = before.get("files") or {}, parts.get("files") or {}
+    changed = [c for c in sorted(set(bf_) & set(nf)) if c not in classes and bf_[c] != nf[c]]
+    if changed:
+        why.append(f"files changed since in {len(changed)} class folder{'s' if len(changed) > 1 else ''} "
+                   f"({', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''}: a size or modification time "
+                   "differs; an image edited or touched, or the source copied)")
+    if not why:
+        why.append("another order of the images")
+    return "that does not match this source and these options: " + "; ".join(why)
+
+
 class Stats:
     """Running sums for the mean image (over size x size centre crops) and the RGB covariance."""
 
@@ -112,9 +152,13 @@ def check_out_dir(out: str) -> None:
 
 class DatasetWriter:
     def __init__(self, out: str, *, plan_id: str, storage: str, channels: int, size: tuple[int, int],
-                 overwrite: bool = False):
+                 overwrite: bool = False, plan_parts: dict | None = None, legacy_ids=()):
+        """``plan_parts`` (optional): the plan's parts (see plan_difference), stored beside the
+        plan_id so that a refusal can say what differs; ``legacy_ids``: the plan_ids an older ccn
+        gave this same plan."""
         self.out = out
         self.plan_id = plan_id
+        self.plan_parts = plan_parts
         self.storage = storage
         self.channels = channels
         self.size = tuple(size)
@@ -138,8 +182,11 @@ class DatasetWriter:
                 self.meta = dict(meta, already_complete=True)  # the flag is not stored
                 return
             if not overwrite:
-                raise InputError(f"{out} already holds a prepared dataset made from another source or with "
-                                 "other options; choose a new folder or pass --overwrite.")
+                why = plan_difference(meta, plan_parts, legacy_ids)
+                if why.startswith("made by an older ccn (the source's"):
+                    raise InputError(f"{out} already holds a prepared dataset {why}.")
+                raise InputError(f"{out} already holds a prepared dataset {why}; choose a new folder or pass "
+                                 "--overwrite.")
             self._clear()
         elif os.path.exists(prog):
             try:
@@ -165,9 +212,8 @@ class DatasetWriter:
                     self.test_stats = Stats(channels, *self.size)
                     self._clear()
             elif p is not None and p.get("plan_id") != plan_id and not overwrite:
-                raise InputError(f"{out} holds an interrupted preparation of another source or with other "
-                                 "options; rerun that command to finish it, choose a new folder, or pass "
-                                 "--overwrite.")
+                raise InputError(f"{out} holds an interrupted preparation {plan_difference(p, plan_parts, ())}; "
+                                 "rerun that command to finish it, choose a new folder, or pass --overwrite.")
             else:
                 self._clear()
         else:
@@ -241,7 +287,7 @@ class DatasetWriter:
         np.savez(buf, **self.stats.arrays(), **{f"test_{k}": v for k, v in self.test_stats.arrays().items()})
         fsutil.atomic_write(os.path.join(self.out, PROGRESS_NPZ), [buf.getvalue()])
         fsutil.atomic_write_json(os.path.join(self.out, PROGRESS_JSON),
-                             {"plan_id": self.plan_id, "batches": self.batches, "counts": self.counts,
+                             {"plan_id": self.plan_id, "plan": self.plan_parts, "batches": self.batches, "counts": self.counts,
                               "skipped": self.skipped})
 
     def finish(self, *, label_names, source: str, options: dict, seed: int, extra: dict | None = None) -> dict:
@@ -295,6 +341,8 @@ class DatasetWriter:
             "checksums": checksums,
             "plan_id": self.plan_id,
         }
+        if self.plan_parts is not None:
+            meta["plan"] = self.plan_parts
         meta.update(extra or {})
         fsutil.atomic_write_json(os.path.join(self.out, bf.META_NAME), meta)
         for n in (PROGRESS_JSON, PROGRESS_NPZ):

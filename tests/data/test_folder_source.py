@@ -70,14 +70,49 @@ def test_a_changed_source_is_not_taken_for_the_prepared_one(tmp_path):
     kw = dict(size=8, workers=1, test_fraction=0.25)
     sources.prepare_folder(str(tmp_path / "A"), out, **kw)
     assert sources.prepare_folder(str(tmp_path / "A"), out, **kw).get("already_complete")
-    with pytest.raises(InputError, match="another source or with other options"):
+    with pytest.raises(InputError, match=r"the source folder differs \(was .*A\)"):
         sources.prepare_folder(str(tmp_path / "B"), out, **kw)
     # an image edited in place (same name, same size, a new modification time)
     p = tmp_path / "A" / "a" / "0.png"
     st = os.stat(p)
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
-    with pytest.raises(InputError, match="another source or with other options"):
+    with pytest.raises(InputError, match=r"files changed since in 1 class folder \(a: ") as e:
         sources.prepare_folder(str(tmp_path / "A"), out, **kw)
+    assert "source folder" not in str(e.value) and "options" not in str(e.value).split(":", 1)[1]
+
+
+def test_a_refused_rerun_says_what_differs(tmp_path):
+    src = tmp_path / "A"
+    _classes(src, n=4)
+    out = str(tmp_path / "o")
+    kw = dict(size=8, workers=1, test_fraction=0.25)
+    sources.prepare_folder(str(src), out, **kw)
+    with pytest.raises(InputError, match=r"other options \(size 12 \(was 8\)\)"):
+        sources.prepare_folder(str(src), out, **dict(kw, size=12))
+    _save(src / "b" / "new.png", _img(3))
+    with pytest.raises(InputError, match=r"other images in 1 class folder \(added, removed or renamed since.*: b\)"):
+        sources.prepare_folder(str(src), out, **kw)
+    os.remove(src / "b" / "new.png")
+    # a dataset an older ccn made (no plan parts, its plan_id from names, labels and options only)
+    meta = bf.read_meta(out)
+    plan = sources.pipeline.seeded_batches(sources.list_folder(str(src), 0.25, 0)[1], 10000, 0, 1, True)
+    plan += sources.pipeline.seeded_batches(sources.list_folder(str(src), 0.25, 0)[2], 10000, 1, len(plan) + 1, False)
+    meta.pop("plan")
+    meta["plan_id"] = sources.fingerprint({"source": "folder", "items": [(it.name, it.label) for _, _, b in plan
+                                                                         for it in b],
+                                           "plan": [(n, t, len(b)) for n, t, b in plan], "seed": 0,
+                                           **meta["options"]})
+    with open(os.path.join(out, bf.META_NAME), "w") as f:
+        json.dump(meta, f)
+    r = cli("folder", str(src), "--out", out, "--size", "8", "--test-fraction", "0.25", "-j", "1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "made by an older ccn (the source's file dates and sizes were not recorded then): rerun with " \
+           "--overwrite to rebuild it, or use it as it is" in r.stderr
+    meta["plan_id"] = "0" * 64  # an older ccn's dataset of something else
+    with open(os.path.join(out, bf.META_NAME), "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(InputError, match="made by an older ccn, from another source or with other options"):
+        sources.prepare_folder(str(src), out, **kw)
     meta = sources.prepare_folder(str(tmp_path / "A"), out, overwrite=True, **kw)
     assert not meta.get("already_complete")
 
