@@ -279,7 +279,8 @@ def image_exts() -> set[str]:
 def shown(s: str) -> str:
     """A name as ccn stores and prints it: a byte of a file name that is not UTF-8 (os.listdir
     gives it as a lone surrogate) becomes ``\\xNN``, and so does a control character (a newline
-    in a file name), so names are always valid, one-line UTF-8."""
+    in a file name), so names are always valid, one-line UTF-8; a backslash becomes ``\\\\``, so
+    that two names never look the same."""
     from .batchfmt import text_name
 
     s = text_name(s)

@@ -61,6 +61,18 @@ def test_names_that_are_not_utf8_are_stored_escaped(tmp_path):
     assert "normal/new\\x0aline.png" in names
 
 
+def test_the_escaping_of_names_is_one_to_one(tmp_path):
+    # a folder named with the text \xff and one with the byte 0xff: two classes, two names (before,
+    # both were stored as \xff and refused as folders that "differ only in case")
+    root = os.fsencode(str(tmp_path / "src"))
+    for c in (b"a\\xff", b"a\xff"):
+        for i in range(2):
+            _save(os.path.join(root, c, b"back\\slash%d.png" % i), _img(i))
+    meta = sources.prepare_folder(str(tmp_path / "src"), str(tmp_path / "o"), size=8, workers=1, test_fraction=0)
+    assert meta["label_names"] == ["a\\\\xff", "a\\xff"]
+    assert "a\\\\xff/back\\\\slash0.png" in _names(tmp_path / "o") and "a\\xff/back\\\\slash1.png" in _names(tmp_path / "o")
+
+
 def test_a_changed_source_is_not_taken_for_the_prepared_one(tmp_path):
     for root, v in (("A", 10), ("B", 200)):  # the same file names, other pictures
         _classes(tmp_path / root, n=4)
