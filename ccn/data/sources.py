@@ -588,7 +588,7 @@ def prepare_folder(src: str, out: str, *, size: int = 64, crop: bool = True, sto
     legacy = fingerprint({"source": "folder", "items": [(it.name, it.label) for _, _, b in plan for it in b],
                           "plan": [(n, t, len(b)) for n, t, b in plan], "seed": seed, **opts})
     w = DatasetWriter(out, plan_id=plan_id, storage=storage, channels=3, size=(size, size), overwrite=overwrite,
-                      plan_parts=parts, legacy_ids=(legacy,))
+                      plan_parts=parts, legacy_ids=(legacy,), warn=warn)
     if w.already_complete:
         return w.meta
     if not w.resumed:  # (a continued run has them in its progress file)

@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -29,6 +30,7 @@ from . import batchfmt as bf
 
 PROGRESS_JSON = ".ccn-progress.json"
 PROGRESS_NPZ = ".ccn-progress.npz"
+PROGRESS_SKIPPED = ".ccn-progress-skipped.jsonl"  # the skipped images so far, appended to (one JSON pair a line)
 SKIPPED_NAME = "skipped.txt"  # every skipped image and why (the metadata lists the first 100)
 
 
@@ -152,13 +154,15 @@ def check_out_dir(out: str) -> None:
 
 class DatasetWriter:
     def __init__(self, out: str, *, plan_id: str, storage: str, channels: int, size: tuple[int, int],
-                 overwrite: bool = False, plan_parts: dict | None = None, legacy_ids=()):
+                 overwrite: bool = False, plan_parts: dict | None = None, legacy_ids=(), warn=None):
         """``plan_parts`` (optional): the plan's parts (see plan_difference), stored beside the
         plan_id so that a refusal can say what differs; ``legacy_ids``: the plan_ids an older ccn
         gave this same plan."""
         self.out = out
         self.plan_id = plan_id
         self.plan_parts = plan_parts
+        self.warn = warn or (lambda line: print(f"note: {line}", file=sys.stderr))
+        self._skipped_saved = 0  # how many of self.skipped are in PROGRESS_SKIPPED
         self.storage = storage
         self.channels = channels
         self.size = tuple(size)
@@ -199,13 +203,21 @@ class DatasetWriter:
             if p is not None and p.get("plan_id") == plan_id and not overwrite:
                 self.batches = p["batches"]
                 self.counts = p["counts"]
-                self.skipped = p["skipped"]
                 self.stats.load_arrays(arrays)
                 if "test_n_img" in arrays:  # (progress files of earlier versions kept no test sums)
                     self.test_stats.load_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("test_")})
                 self.resumed = len(self.batches)
+                why = self._progress_mismatch(p)
+                if why is None:
+                    self.skipped = self._load_skipped(p)
+                    if self.skipped is None:
+                        why = f"{PROGRESS_SKIPPED} lacks skipped images that {PROGRESS_JSON} counts"
+                if why is not None:
+                    self.warn(f"{out}: the progress files of the interrupted run disagree ({why}); its statistics "
+                              "cannot be trusted, so the preparation starts over.")
                 # a listed batch file that has gone since cannot be un-merged from the sums: start over
-                if any(not os.path.isfile(os.path.join(out, bf.batch_name(int(k)))) for k in self.batches):
+                if why is not None or \
+                        any(not os.path.isfile(os.path.join(out, bf.batch_name(int(k)))) for k in self.batches):
                     self.batches, self.skipped, self.resumed = {}, [], 0
                     self.counts = {"read": 0, "written": 0, "skipped": 0}
                     self.stats = Stats(channels, *self.size)
@@ -224,10 +236,50 @@ class DatasetWriter:
             self._clear()
         self.written_before = self.counts["written"]  # by an earlier, interrupted run of the same plan
 
+    def _progress_mismatch(self, p: dict) -> str | None:
+        """Why the statistics (.npz) do not go with the batch list (.json), or None: an interruption
+        between the two replacements leaves one batch merged into the sums but not listed."""
+        want = p.get("npz_sha256")
+        if want is not None:
+            try:
+                got = bf.sha256_file(os.path.join(self.out, PROGRESS_NPZ))
+            except OSError:
+                got = None
+            if got != want:
+                return f"{PROGRESS_NPZ} is not the one {PROGRESS_JSON} was written with"
+        # (and for progress files of earlier versions, which kept no check) the images in the sums
+        n_train = sum(int(v["count"]) for v in self.batches.values() if v["train"])
+        n_test = sum(int(v["count"]) for v in self.batches.values() if not v["train"])
+        if self.stats.n_img != n_train or self.test_stats.n_img not in (0, n_test):
+            return (f"the statistics hold {self.stats.n_img} training images, the {len(self.batches)} batches "
+                    f"listed {n_train}")
+        return None
+
+    def _load_skipped(self, p: dict) -> list | None:
+        if "skipped" in p:  # (earlier versions kept the list in the JSON)
+            return [list(x) for x in p["skipped"]]
+        n = int(p.get("skipped_count", 0))
+        out = []
+        try:
+            with open(os.path.join(self.out, PROGRESS_SKIPPED), encoding="utf-8") as f:
+                for line in f:
+                    if len(out) == n:
+                        break  # (lines of a batch whose progress was not written: dropped)
+                    out.append(list(json.loads(line)))
+        except (OSError, ValueError):
+            return None if n else []
+        if len(out) < n:
+            return None
+        fsutil.atomic_write(os.path.join(self.out, PROGRESS_SKIPPED),
+                            ["".join(json.dumps(x) + "\n" for x in out).encode()])
+        self._skipped_saved = n
+        return out
+
     def _clear(self):
+        self._skipped_saved = 0
         for n in os.listdir(self.out):
             if n.startswith("data_batch_") or n in (bf.META_NAME, bf.MEAN_NAME, PROGRESS_JSON, PROGRESS_NPZ,
-                                                    SKIPPED_NAME) \
+                                                    PROGRESS_SKIPPED, SKIPPED_NAME) \
                     or (n.startswith(".data_batch_") and n.endswith(".tmp")):
                 try:
                     os.unlink(os.path.join(self.out, n))
@@ -283,12 +335,26 @@ class DatasetWriter:
         self._save_progress()
 
     def _save_progress(self):
+        # the skipped images new since the last batch are appended (the JSON says how many count); the
+        # JSON names the .npz it goes with, so a resume can tell an interruption between the two
+        new = self.skipped[self._skipped_saved:]
+        if new:
+            path = os.path.join(self.out, PROGRESS_SKIPPED)
+            try:
+                with open(path, "ab") as f:
+                    f.write("".join(json.dumps([str(n), str(r)]) + "\n" for n, r in new).encode())
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:
+                raise InputError(f"cannot write {path}: {e.strerror or e}.") from None
+            self._skipped_saved = len(self.skipped)
         buf = io.BytesIO()
         np.savez(buf, **self.stats.arrays(), **{f"test_{k}": v for k, v in self.test_stats.arrays().items()})
-        fsutil.atomic_write(os.path.join(self.out, PROGRESS_NPZ), [buf.getvalue()])
+        digest = fsutil.atomic_write(os.path.join(self.out, PROGRESS_NPZ), [buf.getvalue()])
         fsutil.atomic_write_json(os.path.join(self.out, PROGRESS_JSON),
-                             {"plan_id": self.plan_id, "plan": self.plan_parts, "batches": self.batches, "counts": self.counts,
-                              "skipped": self.skipped})
+                                 {"plan_id": self.plan_id, "plan": self.plan_parts, "batches": self.batches,
+                                  "counts": self.counts, "skipped_count": len(self.skipped),
+                                  "npz_sha256": digest})
 
     def finish(self, *, label_names, source: str, options: dict, seed: int, extra: dict | None = None) -> dict:
         train = sorted(int(k) for k, v in self.batches.items() if v["train"])
@@ -345,7 +411,7 @@ class DatasetWriter:
             meta["plan"] = self.plan_parts
         meta.update(extra or {})
         fsutil.atomic_write_json(os.path.join(self.out, bf.META_NAME), meta)
-        for n in (PROGRESS_JSON, PROGRESS_NPZ):
+        for n in (PROGRESS_JSON, PROGRESS_NPZ, PROGRESS_SKIPPED):
             try:
                 os.unlink(os.path.join(self.out, n))
             except OSError:

@@ -146,6 +146,66 @@ def test_an_interrupted_run_of_an_unchanged_source_resumes(tmp_path, monkeypatch
     assert meta["resumed"]["batches"] == len(meta["train_batches"]) + len(meta["test_batches"]) == 6
 
 
+def _stop_at_progress_json(m, k, name=".ccn-progress.json", func="atomic_write_json"):
+    """Interrupt the k-th write of the progress file ``name`` (the .npz and the .json are replaced in
+    turn, after the new skipped images are appended)."""
+    from ccn import fsutil
+
+    real, calls = getattr(fsutil, func), []
+
+    def write(path, obj):
+        if path.endswith(name):
+            calls.append(path)
+            if len(calls) == k:
+                raise KeyboardInterrupt
+        return real(path, obj)
+
+    m.setattr(fsutil, func, write)
+
+
+def test_a_resume_after_a_stop_between_the_progress_files_keeps_the_mean_right(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    for ci, c in enumerate(("a", "b")):
+        for i in range(6):
+            _save(src / c / f"{i}.png", Image.new("RGB", (8, 8), (250 * ((i + ci) % 2), 3, 9)))
+    kw = dict(size=8, workers=1, test_fraction=0, batch_size=2)
+    sources.prepare_folder(str(src), str(tmp_path / "ref"), **kw)
+    want = np.load(tmp_path / "ref" / bf.MEAN_NAME)
+    out = tmp_path / "o"
+    with monkeypatch.context() as m:
+        _stop_at_progress_json(m, 3)  # batch 3 is in the .npz sums, not in the .json's batch list
+        with pytest.raises(KeyboardInterrupt):
+            sources.prepare_folder(str(src), str(out), **kw)
+    notes = []
+    meta = sources.prepare_folder(str(src), str(out), warn=notes.append, **kw)
+    assert np.array_equal(np.load(out / bf.MEAN_NAME), want)
+    assert meta["counts"] == {"read": 12, "written": 12, "skipped": 0}
+    assert any("disagree" in n and "starts over" in n for n in notes), notes
+
+
+def test_the_skipped_list_is_kept_apart_and_complete_after_a_resume(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    _classes(src, n=6)
+    for c in ("a", "b"):
+        for i in range(4):
+            (src / c / f"bad{i}.png").write_bytes(b"not a png")
+    kw = dict(size=8, workers=1, test_fraction=0, batch_size=2)
+    out = tmp_path / "o"
+    with monkeypatch.context() as m:
+        _stop_at_progress_json(m, 6, ".ccn-progress.npz", "atomic_write")  # batch 6's skips appended, not counted
+        with pytest.raises(KeyboardInterrupt):
+            sources.prepare_folder(str(src), str(out), **kw)
+    with open(out / ".ccn-progress.json") as f:
+        p = json.load(f)
+    assert "skipped" not in p  # (not rewritten with every batch: appended to a side file)
+    meta = sources.prepare_folder(str(src), str(out), **kw)
+    assert meta["resumed"]["batches"] == 5
+    lines = (out / "skipped.txt").read_text().splitlines()
+    assert sorted(x.split("\t")[0] for x in lines) == sorted(f"{c}/bad{i}.png" for c in "ab" for i in range(4))
+    assert meta["counts"] == {"read": 20, "written": 12, "skipped": 8}
+    assert not [n for n in os.listdir(out) if n.startswith(".ccn-progress")]
+
+
 def test_which_files_are_read_and_which_are_reported(tmp_path):
     src = tmp_path / "src"
     _classes(src, n=3)
