@@ -298,6 +298,7 @@ class Listing:
         self.ignored: list[str] = []       # files in class folders that are not images (shown names)
         self.system = 0                    # hidden and system files in class folders
         self.loose: list[str] = []         # images not in a class folder
+        self.links: list[str] = []         # symlinked sub-folders not followed (into SRC or above it)
         self.roots: tuple = ()             # (train root, test root or None)
         self.labels: dict[str, int] = {}   # shown name -> label of every image file listed
 
@@ -346,6 +347,7 @@ def _images_in(d: str, listing: Listing | None = None, exts: set | None = None, 
                 # a link up to a folder above would loop
                 t = os.path.realpath(p)
                 if any(within(t, r) or within(r, t) for r in inside):
+                    listing.links.append(shown(os.path.relpath(p, src or d)))
                     continue
             try:
                 st = os.stat(p)
@@ -491,13 +493,19 @@ def _listing_warnings(src: str, listing: Listing, warn) -> None:
              f"{'are' if len(listing.loose) > 1 else 'is'} not in a class folder and not used "
              f"({_few(listing.loose)}); move {'them' if len(listing.loose) > 1 else 'it'} into a class folder "
              "to use it.")
-    if listing.ignored or listing.system:
+    if listing.ignored or listing.system or listing.links:
         parts = []
         if listing.ignored:
             parts.append(f"{len(listing.ignored)} that are not images by their extension ({_few(listing.ignored)})")
         if listing.system:
             parts.append(f"{listing.system} hidden or system files (.DS_Store, Thumbs.db, ...)")
-        warn(f"ignored {len(listing.ignored) + listing.system} files in the class folders: {' and '.join(parts)}.")
+        if listing.links:
+            n = len(listing.links)
+            parts.append(f"{n} symlinked folder{'s' if n > 1 else ''} that point{'' if n > 1 else 's'} into {shown(src)} "
+                         f"or to a folder above it, not followed (their images are read where they are, or would "
+                         f"loop: {_few(listing.links)})")
+        total = len(listing.ignored) + listing.system + len(listing.links)
+        warn(f"ignored {total} {'entries' if listing.links else 'files'} in the class folders: {' and '.join(parts)}.")
 
 
 def _class_check(w, plan, classes: list[str], listing: Listing, test_fraction: float, src: str, warn) -> dict:
@@ -596,7 +604,7 @@ def prepare_folder(src: str, out: str, *, size: int = 64, crop: bool = True, sto
             w.skip(name, reason, read=True)
     pipeline.run(w, plan, size=size, crop=crop, storage=storage, quality=quality, workers=workers, progress=progress)
     extra = {"ignored": {"count": len(listing.ignored) + listing.system + len(listing.loose),
-                         "files": (listing.loose + listing.ignored)[:100]}}
+                         "files": (listing.loose + listing.ignored)[:100], "links_not_followed": listing.links[:100]}}
     if any(int(v["count"]) for v in w.batches.values()):
         extra["class_counts"] = _class_check(w, plan, classes, listing, test_fraction, src, warn)
     return w.finish(label_names=classes, source=f"image folder {shown(src)}", options=opts, seed=seed, extra=extra)

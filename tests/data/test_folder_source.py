@@ -230,10 +230,14 @@ def test_which_files_are_read_and_which_are_reported(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert any(ln.startswith("warning: 1 image file in") and "loose.png" in ln and "not in a class folder" in ln
                for ln in lines), r.stderr
-    assert any(ln.startswith("warning: ignored 3 files") and "b/notes.txt" in ln and "2 hidden or system" in ln
+    assert any(ln.startswith("warning: ignored 5 entries") and "b/notes.txt" in ln and "2 hidden or system" in ln
                for ln in lines), r.stderr
+    # the links not followed are counted and named too
+    assert any("2 symlinked folders that point into" in ln and "not followed" in ln and "a/up" in ln
+               and "b/into_a" in ln for ln in lines), r.stderr
     assert "ignored 4 files" in r.stdout
-    assert bf.read_meta(str(tmp_path / "o"))["ignored"]["count"] == 4
+    ign = bf.read_meta(str(tmp_path / "o"))["ignored"]
+    assert ign["count"] == 4 and ign["links_not_followed"] == ["a/up", "b/into_a"]
 
 
 def test_a_class_whose_images_all_fail_is_refused(tmp_path):
