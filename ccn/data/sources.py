@@ -501,7 +501,8 @@ def _listing_warnings(src: str, listing: Listing, warn) -> None:
             parts.append(f"{listing.system} hidden or system files (.DS_Store, Thumbs.db, ...)")
         if listing.links:
             n = len(listing.links)
-            parts.append(f"{n} symlinked folder{'s' if n > 1 else ''} that point{'' if n > 1 else 's'} into {shown(src)} "
+            parts.append(f"{n} symlinked folder{'s' if n > 1 else ''} that point{'' if n > 1 else 's'} into "
+                         f"{shown(src)} "
                          f"or to a folder above it, not followed (their images are read where they are, or would "
                          f"loop: {_few(listing.links)})")
         total = len(listing.ignored) + listing.system + len(listing.links)

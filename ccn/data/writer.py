@@ -65,8 +65,9 @@ def plan_difference(old: dict, parts: dict | None, legacy_ids=()) -> str:
     bn, nn = before.get("names") or {}, parts.get("names") or {}
     classes = [c for c in sorted(set(bn) | set(nn)) if bn.get(c) != nn.get(c)]
     if classes:
+        more = ", ..." if len(classes) > 5 else ""
         why.append(f"other images in {len(classes)} class folder{'s' if len(classes) > 1 else ''} (added, removed "
-                   f"or renamed since, or other classes: {', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})")
+                   f"or renamed since, or other classes: {', '.join(classes[:5])}{more})")
     bf_, nf = before.get("files") or {}, parts.get("files") or {}
     changed = [c for c in sorted(set(bf_) & set(nf)) if c not in classes and bf_[c] != nf[c]]
     if changed:

@@ -70,7 +70,8 @@ def test_the_escaping_of_names_is_one_to_one(tmp_path):
             _save(os.path.join(root, c, b"back\\slash%d.png" % i), _img(i))
     meta = sources.prepare_folder(str(tmp_path / "src"), str(tmp_path / "o"), size=8, workers=1, test_fraction=0)
     assert meta["label_names"] == ["a\\\\xff", "a\\xff"]
-    assert "a\\\\xff/back\\\\slash0.png" in _names(tmp_path / "o") and "a\\xff/back\\\\slash1.png" in _names(tmp_path / "o")
+    names = _names(tmp_path / "o")
+    assert "a\\\\xff/back\\\\slash0.png" in names and "a\\xff/back\\\\slash1.png" in names
 
 
 def test_a_changed_source_is_not_taken_for_the_prepared_one(tmp_path):
