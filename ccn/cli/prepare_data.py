@@ -86,8 +86,14 @@ def _run(description: str, total, unit: str, out: str, work) -> None:
     processes are ended, the finished batches kept, exit 143), then print the summary."""
     import signal
 
+    hit = []
+
     def on_term(signum, frame):
-        raise _Terminated()
+        # the first TERM stops the run; a second one (a scheduler repeating it) is ignored, so that it
+        # cannot escape as a traceback or cut the worker joins short
+        if not hit:
+            hit.append(signum)
+            raise _Terminated()
 
     t = time.time()
     try:

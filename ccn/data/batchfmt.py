@@ -75,12 +75,35 @@ def _pad(n: int) -> int:
 
 def text_name(s: str) -> str:
     """``s`` as valid UTF-8 text: the bytes of a file name that is not UTF-8 (which os.listdir and
-    tarfile give as lone surrogates) become ``\\xNN``."""
+    tarfile give as lone surrogates) become ``\\xNN``, and a backslash becomes ``\\\\``, so that
+    the mapping is one-to-one (a name holding the text ``\\xff`` is stored as ``\\\\xff``, the
+    byte 0xff as ``\\xff``)."""
+    if "\\" not in s:
+        try:
+            s.encode("utf-8")
+            return s
+        except UnicodeEncodeError:
+            pass
+    out = []
+    for ch in s:
+        o = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= o <= 0xDCFF:  # a byte that is not UTF-8 (surrogateescape)
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif 0xD800 <= o <= 0xDFFF:  # any other lone surrogate
+            out.append(f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _valid_text(s: str) -> str:
     try:
-        b = s.encode("utf-8", "surrogateescape")
+        s.encode("utf-8")
+        return s
     except UnicodeEncodeError:
-        b = s.encode("utf-8", "backslashreplace")
-    return b.decode("utf-8", "backslashreplace")
+        return text_name(s)
 
 
 def encode_batch(kind: str, labels, *, channels: int, height: int, width: int, pixels=None, jpegs=None,
@@ -106,7 +129,8 @@ def encode_batch(kind: str, labels, *, channels: int, height: int, width: int, p
     else:
         raise ValueError(kind)
     if names is not None:
-        nb = "\n".join(text_name(str(x)).replace("\n", " ") for x in names).encode()
+        # names come as text (sources.shown, imagenet: already escaped); one that is not valid UTF-8 is escaped
+        nb = "\n".join(_valid_text(str(x)).replace("\n", " ") for x in names).encode()
         sections.append(("names", [nb], len(nb)))
 
     def header_for(base):

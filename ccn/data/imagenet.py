@@ -30,7 +30,7 @@ import tarfile
 import numpy as np
 
 from ..errors import InputError
-from . import pipeline
+from . import batchfmt as bf, pipeline
 from .matv5 import MatError, loadmat
 from .pipeline import Item
 from .writer import DatasetWriter, fingerprint
@@ -238,7 +238,7 @@ def prepare_imagenet(out: str, *, train: str | None, val: str | None, devkit: st
     if not wnids:
         raise InputError("no classes: the training data is empty and there is no devkit.")
     label = {w: i for i, w in enumerate(wnids)}
-    train_items = [Item(ref, label[w], name) for w in sorted(tr) for name, ref in tr[w]]
+    train_items = [Item(ref, label[w], bf.text_name(name)) for w in sorted(tr) for name, ref in tr[w]]
     val_items = []
     if val:
         for name, ref, wnid in index_val(val):
@@ -253,7 +253,7 @@ def prepare_imagenet(out: str, *, train: str | None, val: str | None, devkit: st
                 wnid = wnids_by_id[gt[k - 1] - 1]
             if wnid not in label:
                 raise InputError(f"validation class {wnid} is not among the training classes.")
-            val_items.append(Item(ref, label[wnid], name))
+            val_items.append(Item(ref, label[wnid], bf.text_name(name)))
     opts = {"size": size, "crop": crop, "quality": quality, "batch_size": batch_size, "label_order": label_order}
     # numbered as make-data numbered them: training from 0 (ImageNet's 418 batches are 0-417, the
     # original recipes' --train-range), validation from the next multiple of 1000 (1000-1016)

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import pipeline, safepickle
-from .writer import DatasetWriter, fingerprint
+from .writer import PLAN_FORMAT, DatasetWriter, fingerprint
 
 
 # -- CIFAR ----------------------------------------------------------------------------------
@@ -279,7 +279,8 @@ def image_exts() -> set[str]:
 def shown(s: str) -> str:
     """A name as ccn stores and prints it: a byte of a file name that is not UTF-8 (os.listdir
     gives it as a lone surrogate) becomes ``\\xNN``, and so does a control character (a newline
-    in a file name), so names are always valid, one-line UTF-8."""
+    in a file name), so names are always valid, one-line UTF-8; a backslash becomes ``\\\\``, so
+    that two names never look the same."""
     from .batchfmt import text_name
 
     s = text_name(s)
@@ -297,6 +298,7 @@ class Listing:
         self.ignored: list[str] = []       # files in class folders that are not images (shown names)
         self.system = 0                    # hidden and system files in class folders
         self.loose: list[str] = []         # images not in a class folder
+        self.links: list[str] = []         # symlinked sub-folders not followed (into SRC or above it)
         self.roots: tuple = ()             # (train root, test root or None)
         self.labels: dict[str, int] = {}   # shown name -> label of every image file listed
 
@@ -345,6 +347,7 @@ def _images_in(d: str, listing: Listing | None = None, exts: set | None = None, 
                 # a link up to a folder above would loop
                 t = os.path.realpath(p)
                 if any(within(t, r) or within(r, t) for r in inside):
+                    listing.links.append(shown(os.path.relpath(p, src or d)))
                     continue
             try:
                 st = os.stat(p)
@@ -406,16 +409,19 @@ def _layout(src: str, top: list[str]):
             raise InputError(f"{shown(src)} has several test folders ({', '.join(map(shown, te_names))}); keep one.")
         return tr_root, (os.path.join(src, te_names[0]) if te_names else None)
     train = next((d for d in top if d.lower() == "train"), None)
-    if train is not None and _class_dirs(os.path.join(src, train)) and \
+    tests = [d for d in split_dirs if d.lower() != "train"]
+    # train/ holding class folders beside a val/ (or test/, ...) folder is a train/val layout with
+    # something else beside it; without a split folder beside it, train/ is a class (bus/ car/ train/)
+    if train is not None and tests and _class_dirs(os.path.join(src, train)) and \
             not _loose_images(os.path.join(src, train), image_exts()):
-        # train/ holds class folders: a train/val layout with something else beside it, not a class named train
         others = [d for d in top if d.lower() not in SPLIT_NAMES]
+        splits = "/ and ".join(map(shown, [train] + tests)) + "/"
         raise InputError(
-            f"{shown(src)} holds {'/, '.join(map(shown, split_dirs))}/ and also {'/, '.join(map(shown, others))}/, "
-            f"and {shown(train)}/ holds class folders: ccn reads either SRC/<class>/<images> (every top-level folder "
-            "is a class; --test-fraction of each is held out for testing) or SRC/train/<class>/<images> with "
-            "SRC/val/<class>/<images> (or test/) and no other folder beside them. Read as the first, train/ and "
-            "val/ would become classes; so move the other folders out of the way (or give "
+            f"{shown(src)} holds {splits} and also {'/, '.join(map(shown, others))}/, and {shown(train)}/ holds "
+            "class folders: ccn reads either SRC/<class>/<images> (every top-level folder is a class; "
+            "--test-fraction of each is held out for testing) or SRC/train/<class>/<images> with "
+            "SRC/val/<class>/<images> (or test/) and no other folder beside them. Read as the first, "
+            f"{splits} would become classes; so move the other folders out of the way (or give "
             f"{shown(os.path.join(src, train))} as SRC to use the training folder alone).")
     return src, None
 
@@ -487,13 +493,20 @@ def _listing_warnings(src: str, listing: Listing, warn) -> None:
              f"{'are' if len(listing.loose) > 1 else 'is'} not in a class folder and not used "
              f"({_few(listing.loose)}); move {'them' if len(listing.loose) > 1 else 'it'} into a class folder "
              "to use it.")
-    if listing.ignored or listing.system:
+    if listing.ignored or listing.system or listing.links:
         parts = []
         if listing.ignored:
             parts.append(f"{len(listing.ignored)} that are not images by their extension ({_few(listing.ignored)})")
         if listing.system:
             parts.append(f"{listing.system} hidden or system files (.DS_Store, Thumbs.db, ...)")
-        warn(f"ignored {len(listing.ignored) + listing.system} files in the class folders: {' and '.join(parts)}.")
+        if listing.links:
+            n = len(listing.links)
+            parts.append(f"{n} symlinked folder{'s' if n > 1 else ''} that point{'' if n > 1 else 's'} into "
+                         f"{shown(src)} "
+                         f"or to a folder above it, not followed (their images are read where they are, or would "
+                         f"loop: {_few(listing.links)})")
+        total = len(listing.ignored) + listing.system + len(listing.links)
+        warn(f"ignored {total} {'entries' if listing.links else 'files'} in the class folders: {' and '.join(parts)}.")
 
 
 def _class_check(w, plan, classes: list[str], listing: Listing, test_fraction: float, src: str, warn) -> dict:
@@ -569,7 +582,22 @@ def prepare_folder(src: str, out: str, *, size: int = 64, crop: bool = True, sto
                            "items": [(it.name, it.label, *listing.files.get(it.name, (None, None)))
                                      for _, _, b in plan for it in b],
                            "plan": [(n, t, len(b)) for n, t, b in plan], "seed": seed, **opts})
-    w = DatasetWriter(out, plan_id=plan_id, storage=storage, channels=3, size=(size, size), overwrite=overwrite)
+    # the plan's parts, stored too, so that a refusal can say what differs: the folder, the options,
+    # the class folders whose images (names) or files (sizes, times) changed
+    per_class_names: dict = {c: [] for c in classes}
+    per_class_files: dict = {c: [] for c in classes}
+    for it in sorted((it for _, _, b in plan for it in b), key=lambda it: it.name):
+        per_class_names[classes[it.label]].append(it.name)
+        per_class_files[classes[it.label]].append(listing.files.get(it.name, (None, None)))
+    parts = {"format": PLAN_FORMAT, "src": os.path.realpath(src), "options": {**opts, "seed": seed},
+             "names": {c: fingerprint(v)[:16] for c, v in per_class_names.items()},
+             "files": {c: fingerprint(v)[:16] for c, v in per_class_files.items()},
+             "order": fingerprint([(it.name, it.label) for _, _, b in plan for it in b])[:16]}
+    # (what ccn before the plan format 2 called this plan: names, labels, batches and options only)
+    legacy = fingerprint({"source": "folder", "items": [(it.name, it.label) for _, _, b in plan for it in b],
+                          "plan": [(n, t, len(b)) for n, t, b in plan], "seed": seed, **opts})
+    w = DatasetWriter(out, plan_id=plan_id, storage=storage, channels=3, size=(size, size), overwrite=overwrite,
+                      plan_parts=parts, legacy_ids=(legacy,), warn=warn)
     if w.already_complete:
         return w.meta
     if not w.resumed:  # (a continued run has them in its progress file)
@@ -577,7 +605,7 @@ def prepare_folder(src: str, out: str, *, size: int = 64, crop: bool = True, sto
             w.skip(name, reason, read=True)
     pipeline.run(w, plan, size=size, crop=crop, storage=storage, quality=quality, workers=workers, progress=progress)
     extra = {"ignored": {"count": len(listing.ignored) + listing.system + len(listing.loose),
-                         "files": (listing.loose + listing.ignored)[:100]}}
+                         "files": (listing.loose + listing.ignored)[:100], "links_not_followed": listing.links[:100]}}
     if any(int(v["count"]) for v in w.batches.values()):
         extra["class_counts"] = _class_check(w, plan, classes, listing, test_fraction, src, warn)
     return w.finish(label_names=classes, source=f"image folder {shown(src)}", options=opts, seed=seed, extra=extra)

@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -29,11 +30,53 @@ from . import batchfmt as bf
 
 PROGRESS_JSON = ".ccn-progress.json"
 PROGRESS_NPZ = ".ccn-progress.npz"
+PROGRESS_SKIPPED = ".ccn-progress-skipped.jsonl"  # the skipped images so far, appended to (one JSON pair a line)
 SKIPPED_NAME = "skipped.txt"  # every skipped image and why (the metadata lists the first 100)
 
 
 def fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+PLAN_FORMAT = 2  # the plan's parts are stored (format 1: only the plan_id, no file sizes or dates)
+
+
+def plan_difference(old: dict, parts: dict | None, legacy_ids=()) -> str:
+    """Why the dataset (or progress) ``old`` is not the one planned now (``parts``), worded to
+    follow "holds a prepared dataset ...". The parts: "format", "src", "options" (a dict),
+    "names" and "files" ({class: hash of its images' names and labels / sizes and times}), "order"."""
+    before = old.get("plan")
+    if parts is None:
+        return "made from another source or with other options"
+    if not isinstance(before, dict):
+        if old.get("plan_id") in legacy_ids:
+            return ("made by an older ccn (the source's file dates and sizes were not recorded then): rerun with "
+                    "--overwrite to rebuild it, or use it as it is")
+        return "made by an older ccn, from another source or with other options"
+    if before.get("format") != parts.get("format"):
+        return f"made by another version of ccn (plan format {before.get('format')}, now {parts.get('format')})"
+    why = []
+    if before.get("src") != parts.get("src"):
+        why.append(f"the source folder differs (was {before.get('src')})")
+    bo, no = before.get("options") or {}, parts.get("options") or {}
+    opts = [f"{k} {no.get(k)} (was {bo.get(k)})" for k in sorted(set(bo) | set(no)) if bo.get(k) != no.get(k)]
+    if opts:
+        why.append(f"other options ({', '.join(opts)})")
+    bn, nn = before.get("names") or {}, parts.get("names") or {}
+    classes = [c for c in sorted(set(bn) | set(nn)) if bn.get(c) != nn.get(c)]
+    if classes:
+        more = ", ..." if len(classes) > 5 else ""
+        why.append(f"other images in {len(classes)} class folder{'s' if len(classes) > 1 else ''} (added, removed "
+                   f"or renamed since, or other classes: {', '.join(classes[:5])}{more})")
+    bf_, nf = before.get("files") or {}, parts.get("files") or {}
+    changed = [c for c in sorted(set(bf_) & set(nf)) if c not in classes and bf_[c] != nf[c]]
+    if changed:
+        why.append(f"files changed since in {len(changed)} class folder{'s' if len(changed) > 1 else ''} "
+                   f"({', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''}: a size or modification time "
+                   "differs; an image edited or touched, or the source copied)")
+    if not why:
+        why.append("another order of the images")
+    return "that does not match this source and these options: " + "; ".join(why)
 
 
 class Stats:
@@ -112,9 +155,15 @@ def check_out_dir(out: str) -> None:
 
 class DatasetWriter:
     def __init__(self, out: str, *, plan_id: str, storage: str, channels: int, size: tuple[int, int],
-                 overwrite: bool = False):
+                 overwrite: bool = False, plan_parts: dict | None = None, legacy_ids=(), warn=None):
+        """``plan_parts`` (optional): the plan's parts (see plan_difference), stored beside the
+        plan_id so that a refusal can say what differs; ``legacy_ids``: the plan_ids an older ccn
+        gave this same plan."""
         self.out = out
         self.plan_id = plan_id
+        self.plan_parts = plan_parts
+        self.warn = warn or (lambda line: print(f"note: {line}", file=sys.stderr))
+        self._skipped_saved = 0  # how many of self.skipped are in PROGRESS_SKIPPED
         self.storage = storage
         self.channels = channels
         self.size = tuple(size)
@@ -138,8 +187,11 @@ class DatasetWriter:
                 self.meta = dict(meta, already_complete=True)  # the flag is not stored
                 return
             if not overwrite:
-                raise InputError(f"{out} already holds a prepared dataset made from another source or with "
-                                 "other options; choose a new folder or pass --overwrite.")
+                why = plan_difference(meta, plan_parts, legacy_ids)
+                if why.startswith("made by an older ccn (the source's"):
+                    raise InputError(f"{out} already holds a prepared dataset {why}.")
+                raise InputError(f"{out} already holds a prepared dataset {why}; choose a new folder or pass "
+                                 "--overwrite.")
             self._clear()
         elif os.path.exists(prog):
             try:
@@ -152,22 +204,29 @@ class DatasetWriter:
             if p is not None and p.get("plan_id") == plan_id and not overwrite:
                 self.batches = p["batches"]
                 self.counts = p["counts"]
-                self.skipped = p["skipped"]
                 self.stats.load_arrays(arrays)
                 if "test_n_img" in arrays:  # (progress files of earlier versions kept no test sums)
                     self.test_stats.load_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("test_")})
                 self.resumed = len(self.batches)
+                why = self._progress_mismatch(p)
+                if why is None:
+                    self.skipped = self._load_skipped(p)
+                    if self.skipped is None:
+                        why = f"{PROGRESS_SKIPPED} lacks skipped images that {PROGRESS_JSON} counts"
+                if why is not None:
+                    self.warn(f"{out}: the progress files of the interrupted run disagree ({why}); its statistics "
+                              "cannot be trusted, so the preparation starts over.")
                 # a listed batch file that has gone since cannot be un-merged from the sums: start over
-                if any(not os.path.isfile(os.path.join(out, bf.batch_name(int(k)))) for k in self.batches):
+                if why is not None or \
+                        any(not os.path.isfile(os.path.join(out, bf.batch_name(int(k)))) for k in self.batches):
                     self.batches, self.skipped, self.resumed = {}, [], 0
                     self.counts = {"read": 0, "written": 0, "skipped": 0}
                     self.stats = Stats(channels, *self.size)
                     self.test_stats = Stats(channels, *self.size)
                     self._clear()
             elif p is not None and p.get("plan_id") != plan_id and not overwrite:
-                raise InputError(f"{out} holds an interrupted preparation of another source or with other "
-                                 "options; rerun that command to finish it, choose a new folder, or pass "
-                                 "--overwrite.")
+                raise InputError(f"{out} holds an interrupted preparation {plan_difference(p, plan_parts, ())}; "
+                                 "rerun that command to finish it, choose a new folder, or pass --overwrite.")
             else:
                 self._clear()
         else:
@@ -178,10 +237,50 @@ class DatasetWriter:
             self._clear()
         self.written_before = self.counts["written"]  # by an earlier, interrupted run of the same plan
 
+    def _progress_mismatch(self, p: dict) -> str | None:
+        """Why the statistics (.npz) do not go with the batch list (.json), or None: an interruption
+        between the two replacements leaves one batch merged into the sums but not listed."""
+        want = p.get("npz_sha256")
+        if want is not None:
+            try:
+                got = bf.sha256_file(os.path.join(self.out, PROGRESS_NPZ))
+            except OSError:
+                got = None
+            if got != want:
+                return f"{PROGRESS_NPZ} is not the one {PROGRESS_JSON} was written with"
+        # (and for progress files of earlier versions, which kept no check) the images in the sums
+        n_train = sum(int(v["count"]) for v in self.batches.values() if v["train"])
+        n_test = sum(int(v["count"]) for v in self.batches.values() if not v["train"])
+        if self.stats.n_img != n_train or self.test_stats.n_img not in (0, n_test):
+            return (f"the statistics hold {self.stats.n_img} training images, the {len(self.batches)} batches "
+                    f"listed {n_train}")
+        return None
+
+    def _load_skipped(self, p: dict) -> list | None:
+        if "skipped" in p:  # (earlier versions kept the list in the JSON)
+            return [list(x) for x in p["skipped"]]
+        n = int(p.get("skipped_count", 0))
+        out = []
+        try:
+            with open(os.path.join(self.out, PROGRESS_SKIPPED), encoding="utf-8") as f:
+                for line in f:
+                    if len(out) == n:
+                        break  # (lines of a batch whose progress was not written: dropped)
+                    out.append(list(json.loads(line)))
+        except (OSError, ValueError):
+            return None if n else []
+        if len(out) < n:
+            return None
+        fsutil.atomic_write(os.path.join(self.out, PROGRESS_SKIPPED),
+                            ["".join(json.dumps(x) + "\n" for x in out).encode()])
+        self._skipped_saved = n
+        return out
+
     def _clear(self):
+        self._skipped_saved = 0
         for n in os.listdir(self.out):
             if n.startswith("data_batch_") or n in (bf.META_NAME, bf.MEAN_NAME, PROGRESS_JSON, PROGRESS_NPZ,
-                                                    SKIPPED_NAME) \
+                                                    PROGRESS_SKIPPED, SKIPPED_NAME) \
                     or (n.startswith(".data_batch_") and n.endswith(".tmp")):
                 try:
                     os.unlink(os.path.join(self.out, n))
@@ -237,12 +336,26 @@ class DatasetWriter:
         self._save_progress()
 
     def _save_progress(self):
+        # the skipped images new since the last batch are appended (the JSON says how many count); the
+        # JSON names the .npz it goes with, so a resume can tell an interruption between the two
+        new = self.skipped[self._skipped_saved:]
+        if new:
+            path = os.path.join(self.out, PROGRESS_SKIPPED)
+            try:
+                with open(path, "ab") as f:
+                    f.write("".join(json.dumps([str(n), str(r)]) + "\n" for n, r in new).encode())
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:
+                raise InputError(f"cannot write {path}: {e.strerror or e}.") from None
+            self._skipped_saved = len(self.skipped)
         buf = io.BytesIO()
         np.savez(buf, **self.stats.arrays(), **{f"test_{k}": v for k, v in self.test_stats.arrays().items()})
-        fsutil.atomic_write(os.path.join(self.out, PROGRESS_NPZ), [buf.getvalue()])
+        digest = fsutil.atomic_write(os.path.join(self.out, PROGRESS_NPZ), [buf.getvalue()])
         fsutil.atomic_write_json(os.path.join(self.out, PROGRESS_JSON),
-                             {"plan_id": self.plan_id, "batches": self.batches, "counts": self.counts,
-                              "skipped": self.skipped})
+                                 {"plan_id": self.plan_id, "plan": self.plan_parts, "batches": self.batches,
+                                  "counts": self.counts, "skipped_count": len(self.skipped),
+                                  "npz_sha256": digest})
 
     def finish(self, *, label_names, source: str, options: dict, seed: int, extra: dict | None = None) -> dict:
         train = sorted(int(k) for k, v in self.batches.items() if v["train"])
@@ -295,9 +408,11 @@ class DatasetWriter:
             "checksums": checksums,
             "plan_id": self.plan_id,
         }
+        if self.plan_parts is not None:
+            meta["plan"] = self.plan_parts
         meta.update(extra or {})
         fsutil.atomic_write_json(os.path.join(self.out, bf.META_NAME), meta)
-        for n in (PROGRESS_JSON, PROGRESS_NPZ):
+        for n in (PROGRESS_JSON, PROGRESS_NPZ, PROGRESS_SKIPPED):
             try:
                 os.unlink(os.path.join(self.out, n))
             except OSError:

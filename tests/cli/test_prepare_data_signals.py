@@ -101,3 +101,25 @@ def test_progress_lines_off_a_terminal(tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("images: ")]
     assert lines and all("/12 images (" in ln and "images/s" in ln and "elapsed" in ln for ln in lines), r.stderr
     assert any("ETA" in ln for ln in lines), r.stderr
+
+
+def test_a_second_sigterm_is_ignored_while_stopping(capsys):
+    """A scheduler that sends TERM twice: the second one must not cut the clean-up (the worker
+    joins) short or escape as a traceback."""
+    from ccn.cli import prepare_data as pd
+
+    joined = []
+
+    def work(adv):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:  # (the pipeline ends and joins its workers here)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            joined.append(True)
+
+    with pytest.raises(SystemExit) as e:
+        pd._run("test", None, "batches", "OUT", work)
+    assert e.value.code == 143 and joined == [True]
+    assert "stopped by SIGTERM" in capsys.readouterr().err

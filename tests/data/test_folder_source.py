@@ -61,6 +61,19 @@ def test_names_that_are_not_utf8_are_stored_escaped(tmp_path):
     assert "normal/new\\x0aline.png" in names
 
 
+def test_the_escaping_of_names_is_one_to_one(tmp_path):
+    # a folder named with the text \xff and one with the byte 0xff: two classes, two names (before,
+    # both were stored as \xff and refused as folders that "differ only in case")
+    root = os.fsencode(str(tmp_path / "src"))
+    for c in (b"a\\xff", b"a\xff"):
+        for i in range(2):
+            _save(os.path.join(root, c, b"back\\slash%d.png" % i), _img(i))
+    meta = sources.prepare_folder(str(tmp_path / "src"), str(tmp_path / "o"), size=8, workers=1, test_fraction=0)
+    assert meta["label_names"] == ["a\\\\xff", "a\\xff"]
+    names = _names(tmp_path / "o")
+    assert "a\\\\xff/back\\\\slash0.png" in names and "a\\xff/back\\\\slash1.png" in names
+
+
 def test_a_changed_source_is_not_taken_for_the_prepared_one(tmp_path):
     for root, v in (("A", 10), ("B", 200)):  # the same file names, other pictures
         _classes(tmp_path / root, n=4)
@@ -70,14 +83,49 @@ def test_a_changed_source_is_not_taken_for_the_prepared_one(tmp_path):
     kw = dict(size=8, workers=1, test_fraction=0.25)
     sources.prepare_folder(str(tmp_path / "A"), out, **kw)
     assert sources.prepare_folder(str(tmp_path / "A"), out, **kw).get("already_complete")
-    with pytest.raises(InputError, match="another source or with other options"):
+    with pytest.raises(InputError, match=r"the source folder differs \(was .*A\)"):
         sources.prepare_folder(str(tmp_path / "B"), out, **kw)
     # an image edited in place (same name, same size, a new modification time)
     p = tmp_path / "A" / "a" / "0.png"
     st = os.stat(p)
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
-    with pytest.raises(InputError, match="another source or with other options"):
+    with pytest.raises(InputError, match=r"files changed since in 1 class folder \(a: ") as e:
         sources.prepare_folder(str(tmp_path / "A"), out, **kw)
+    assert "source folder" not in str(e.value) and "options" not in str(e.value).split(":", 1)[1]
+
+
+def test_a_refused_rerun_says_what_differs(tmp_path):
+    src = tmp_path / "A"
+    _classes(src, n=4)
+    out = str(tmp_path / "o")
+    kw = dict(size=8, workers=1, test_fraction=0.25)
+    sources.prepare_folder(str(src), out, **kw)
+    with pytest.raises(InputError, match=r"other options \(size 12 \(was 8\)\)"):
+        sources.prepare_folder(str(src), out, **dict(kw, size=12))
+    _save(src / "b" / "new.png", _img(3))
+    with pytest.raises(InputError, match=r"other images in 1 class folder \(added, removed or renamed since.*: b\)"):
+        sources.prepare_folder(str(src), out, **kw)
+    os.remove(src / "b" / "new.png")
+    # a dataset an older ccn made (no plan parts, its plan_id from names, labels and options only)
+    meta = bf.read_meta(out)
+    plan = sources.pipeline.seeded_batches(sources.list_folder(str(src), 0.25, 0)[1], 10000, 0, 1, True)
+    plan += sources.pipeline.seeded_batches(sources.list_folder(str(src), 0.25, 0)[2], 10000, 1, len(plan) + 1, False)
+    meta.pop("plan")
+    meta["plan_id"] = sources.fingerprint({"source": "folder", "items": [(it.name, it.label) for _, _, b in plan
+                                                                         for it in b],
+                                           "plan": [(n, t, len(b)) for n, t, b in plan], "seed": 0,
+                                           **meta["options"]})
+    with open(os.path.join(out, bf.META_NAME), "w") as f:
+        json.dump(meta, f)
+    r = cli("folder", str(src), "--out", out, "--size", "8", "--test-fraction", "0.25", "-j", "1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "made by an older ccn (the source's file dates and sizes were not recorded then): rerun with " \
+           "--overwrite to rebuild it, or use it as it is" in r.stderr
+    meta["plan_id"] = "0" * 64  # an older ccn's dataset of something else
+    with open(os.path.join(out, bf.META_NAME), "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(InputError, match="made by an older ccn, from another source or with other options"):
+        sources.prepare_folder(str(src), out, **kw)
     meta = sources.prepare_folder(str(tmp_path / "A"), out, overwrite=True, **kw)
     assert not meta.get("already_complete")
 
@@ -97,6 +145,66 @@ def test_an_interrupted_run_of_an_unchanged_source_resumes(tmp_path, monkeypatch
     assert not os.path.exists(os.path.join(out, "batches.meta.json"))
     meta = sources.prepare_folder(str(tmp_path / "src"), out, **kw)
     assert meta["resumed"]["batches"] == len(meta["train_batches"]) + len(meta["test_batches"]) == 6
+
+
+def _stop_at_progress_json(m, k, name=".ccn-progress.json", func="atomic_write_json"):
+    """Interrupt the k-th write of the progress file ``name`` (the .npz and the .json are replaced in
+    turn, after the new skipped images are appended)."""
+    from ccn import fsutil
+
+    real, calls = getattr(fsutil, func), []
+
+    def write(path, obj):
+        if path.endswith(name):
+            calls.append(path)
+            if len(calls) == k:
+                raise KeyboardInterrupt
+        return real(path, obj)
+
+    m.setattr(fsutil, func, write)
+
+
+def test_a_resume_after_a_stop_between_the_progress_files_keeps_the_mean_right(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    for ci, c in enumerate(("a", "b")):
+        for i in range(6):
+            _save(src / c / f"{i}.png", Image.new("RGB", (8, 8), (250 * ((i + ci) % 2), 3, 9)))
+    kw = dict(size=8, workers=1, test_fraction=0, batch_size=2)
+    sources.prepare_folder(str(src), str(tmp_path / "ref"), **kw)
+    want = np.load(tmp_path / "ref" / bf.MEAN_NAME)
+    out = tmp_path / "o"
+    with monkeypatch.context() as m:
+        _stop_at_progress_json(m, 3)  # batch 3 is in the .npz sums, not in the .json's batch list
+        with pytest.raises(KeyboardInterrupt):
+            sources.prepare_folder(str(src), str(out), **kw)
+    notes = []
+    meta = sources.prepare_folder(str(src), str(out), warn=notes.append, **kw)
+    assert np.array_equal(np.load(out / bf.MEAN_NAME), want)
+    assert meta["counts"] == {"read": 12, "written": 12, "skipped": 0}
+    assert any("disagree" in n and "starts over" in n for n in notes), notes
+
+
+def test_the_skipped_list_is_kept_apart_and_complete_after_a_resume(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    _classes(src, n=6)
+    for c in ("a", "b"):
+        for i in range(4):
+            (src / c / f"bad{i}.png").write_bytes(b"not a png")
+    kw = dict(size=8, workers=1, test_fraction=0, batch_size=2)
+    out = tmp_path / "o"
+    with monkeypatch.context() as m:
+        _stop_at_progress_json(m, 6, ".ccn-progress.npz", "atomic_write")  # batch 6's skips appended, not counted
+        with pytest.raises(KeyboardInterrupt):
+            sources.prepare_folder(str(src), str(out), **kw)
+    with open(out / ".ccn-progress.json") as f:
+        p = json.load(f)
+    assert "skipped" not in p  # (not rewritten with every batch: appended to a side file)
+    meta = sources.prepare_folder(str(src), str(out), **kw)
+    assert meta["resumed"]["batches"] == 5
+    lines = (out / "skipped.txt").read_text().splitlines()
+    assert sorted(x.split("\t")[0] for x in lines) == sorted(f"{c}/bad{i}.png" for c in "ab" for i in range(4))
+    assert meta["counts"] == {"read": 20, "written": 12, "skipped": 8}
+    assert not [n for n in os.listdir(out) if n.startswith(".ccn-progress")]
 
 
 def test_which_files_are_read_and_which_are_reported(tmp_path):
@@ -123,10 +231,14 @@ def test_which_files_are_read_and_which_are_reported(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert any(ln.startswith("warning: 1 image file in") and "loose.png" in ln and "not in a class folder" in ln
                for ln in lines), r.stderr
-    assert any(ln.startswith("warning: ignored 3 files") and "b/notes.txt" in ln and "2 hidden or system" in ln
+    assert any(ln.startswith("warning: ignored 5 entries") and "b/notes.txt" in ln and "2 hidden or system" in ln
                for ln in lines), r.stderr
+    # the links not followed are counted and named too
+    assert any("2 symlinked folders that point into" in ln and "not followed" in ln and "a/up" in ln
+               and "b/into_a" in ln for ln in lines), r.stderr
     assert "ignored 4 files" in r.stdout
-    assert bf.read_meta(str(tmp_path / "o"))["ignored"]["count"] == 4
+    ign = bf.read_meta(str(tmp_path / "o"))["ignored"]
+    assert ign["count"] == 4 and ign["links_not_followed"] == ["a/up", "b/into_a"]
 
 
 def test_a_class_whose_images_all_fail_is_refused(tmp_path):
@@ -191,6 +303,20 @@ def test_a_train_folder_beside_other_folders_is_refused(tmp_path):
     _classes(flat, ("bus", "train"), n=2)
     meta = sources.prepare_folder(str(flat), str(tmp_path / "o2"), size=8, workers=1, test_fraction=0)
     assert meta["label_names"] == ["bus", "train"]
+
+
+def test_a_class_named_train_with_sub_folders_is_a_class(tmp_path):
+    # SRC/{bus,car,train}/{day,night}/*.png: no val/ (or test/) beside train/, so train is a class
+    src = tmp_path / "src"
+    for ci, c in enumerate(("bus", "car", "train")):
+        for sub in ("day", "night"):
+            _save(src / c / sub / "0.png", _img(10 * ci))
+    meta = sources.prepare_folder(str(src), str(tmp_path / "o"), size=8, workers=1, test_fraction=0)
+    assert meta["label_names"] == ["bus", "car", "train"] and meta["num_train_cases"] == 6
+    # with a test/ beside it, the refusal names the split folders that are there
+    _classes(src / "test", ("day",), n=1)
+    with pytest.raises(InputError, match=r"holds train/ and test/ and also bus/, car/.*train/ and test/ would "):
+        sources.prepare_folder(str(src), str(tmp_path / "o2"), size=8, workers=1)
 
 
 def test_16_bit_images_scale_by_a_fixed_rule(tmp_path):
