@@ -154,12 +154,26 @@ def shown_names(ltype: str | None, names) -> list[str]:
     return out
 
 
-def format_costs(costs: dict[str, list[float]], cases: int, types: dict[str, str] | None = None) -> str:
+def format_costs(costs: dict[str, list[float]], cases: int, types: dict[str, str] | None = None,
+                 label_names: list[str] | None = None) -> str:
     """cuda-convnet's ``name:  v1, v2`` with each summed value divided by the number of cases
-    (``types`` maps layer names to their types, for the cost.dce precision and recall)."""
+    (``types`` maps layer names to their types). cost.dce as cuda-convnet2's
+    outputFilterFormatter printed it: ``name:  (crossent) c, (err) e, (LABEL) precision, recall``
+    per class, LABEL from ``label_names`` (the class index where there is none)."""
     types = types or {}
-    return " ".join(f"{name}:  " + ", ".join("%.6f" % v for v in shown_values(types.get(name), vals, cases))
-                    for name, vals in costs.items())
+    names = list(label_names or [])
+
+    def one(name, vals):
+        shown = shown_values(types.get(name), vals, cases)
+        if types.get(name) != "cost.dce":
+            return ", ".join("%.6f" % v for v in shown)
+        parts = ["(crossent) %.6f" % shown[0], "(err) %.6f" % shown[1]]
+        for k in range((len(shown) - 2) // 2):
+            label = names[k] if k < len(names) else str(k)
+            parts.append("(%s) %.6f, %.6f" % (label, shown[2 + 2 * k], shown[3 + 2 * k]))
+        return ", ".join(parts)
+
+    return " ".join(f"{name}:  " + one(name, vals) for name, vals in costs.items())
 
 
 def _nonfinite(costs: list[dict]) -> bool:
@@ -247,6 +261,7 @@ class Trainer:
             self.state.index, self.state.mb, self.state.partial = 0, 0, None
         self.out = out
         self._cost_types = {l.name: l.type for l in net.layers if l.is_cost}
+        self._label_names = None  # for cost.dce's lines, read when first needed (format_costs)
         self._stop = False
         self._repeat_said = False
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccn-data")
@@ -377,6 +392,16 @@ class Trainer:
         self._display.line(self._stop_message(signum, "finishing this minibatch, then saving a checkpoint"))
 
     # -- main
+    def _labels(self) -> list[str]:
+        """The class names cost.dce's lines show (ccn.testing.label_names of the training data)."""
+        if self._label_names is None:
+            self._label_names = []
+            if "cost.dce" in self._cost_types.values():
+                from .testing import label_names
+
+                self._label_names = label_names(self.train_dp, 0)
+        return self._label_names
+
     def run(self, stop_after: int | None = None) -> TrainResult:
         """Train to the end of ``epochs`` (or ``stop_after`` more batches, or Ctrl-C)."""
         cfg, st = self.cfg, self.state
@@ -459,7 +484,7 @@ class Trainer:
                 st.last = (epoch, bnum)
                 st.epoch, st.index = ne, ni
                 st.train_outputs.append({"epoch": epoch, "batch": bnum, "costs": sums.values, "cases": sums.cases})
-                costs_text = format_costs(sums.values, sums.cases, self._cost_types)
+                costs_text = format_costs(sums.values, sums.cases, self._cost_types, self._labels())
                 self._display.line(f"{epoch}.{bnum} ({100 * progress:.2f}%)... {costs_text} "
                                    f"({time.perf_counter() - t0:.3f} sec)")
                 if st.batches_done % cfg.test_freq == 0:
@@ -506,13 +531,13 @@ class Trainer:
         show = self._display.line
         show("")
         show("======================Test output======================")
-        show(format_costs(sums.values, sums.cases, self._cost_types))
+        show(format_costs(sums.values, sums.cases, self._cost_types, self._labels()))
         recent = st.test_outputs[-len(self.test_batches):]
         avg = _CostSum()
         for r in recent:
             avg.add([{"layer": k, "values": v} for k, v in r["costs"].items()], r["cases"])
         show("----------------------Averages-------------------------")
-        show(format_costs(avg.values, avg.cases, self._cost_types))
+        show(format_costs(avg.values, avg.cases, self._cost_types, self._labels()))
         show("-------------------------------------------------------")
         for line in weight_stats(self.net):
             show(line)

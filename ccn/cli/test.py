@@ -199,7 +199,7 @@ def run_test_command(load_file, *, test_range=None, data_path=None, data_provide
 
     echo("======================Test output======================")
     types = {l.name: l.type for l in net.layers if l.is_cost}
-    echo(format_costs(sums.values, sums.cases, types))
+    echo(format_costs(sums.values, sums.cases, types, T.label_names(dp, 0)))
     echo("-------------------------------------------------------")
     for layer, vals in sums.values.items():
         vn = shown_names(types.get(layer), names.get(layer, []))

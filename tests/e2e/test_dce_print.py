@@ -1,6 +1,7 @@
 """cost.dce is printed as cuda-convnet2 printed it: crossent and error per case, then per class
-precision = true positives / declared positives and recall = true positives / positives -- in the
-trainer's lines, its tests and ccn test."""
+precision = true positives / declared positives and recall = true positives / positives, tagged
+as its outputFilterFormatter did ("(crossent) c, (err) e, (label) p, r") -- in the trainer's
+lines, its tests and ccn test."""
 
 import io
 import math
@@ -49,6 +50,7 @@ coeff=1
 """
 
 NUM = r"(-?\d+\.\d{6}|inf)"
+LABEL = r"[^()]+"  # the class's name
 
 
 def test_shown_values_and_names():
@@ -58,8 +60,9 @@ def test_shown_values_and_names():
                                                            ("declared positive", "positive", "true positive")]) == \
         ["crossent", "error", "precision[0]", "recall[0]", "precision[1]", "recall[1]"]
     assert shown_values("cost.bce", vals[:3], 4) == [3.0, 0.75, 1.0]
-    assert format_costs({"det": vals, "lp": [2.0, 1.0]}, 4, {"det": "cost.dce"}) == \
-        "det:  3.000000, 0.750000, 0.500000, 0.400000, inf, 0.000000 lp:  0.500000, 0.250000"
+    # cuda-convnet2's outputFilterFormatter: (crossent), (err), then (label) precision, recall
+    assert format_costs({"det": vals, "lp": [2.0, 1.0]}, 4, {"det": "cost.dce"}, ["cat"]) == \
+        "det:  (crossent) 3.000000, (err) 0.750000, (cat) 0.500000, 0.400000, (1) inf, 0.000000 lp:  0.500000, 0.250000"
 
 
 def test_trainer_and_ccn_test_print_precision_and_recall(tmp_path):
@@ -75,7 +78,8 @@ def test_trainer_and_ccn_test_print_precision_and_recall(tmp_path):
     text = out.getvalue()
     c = ck.load(str(tmp_path / "save"))
     # each training line: the batch's summed counts turned into precision and recall
-    lines = re.findall(rf"^1\.(\d) \(\d+\.\d\d%\)\.\.\. det:  {NUM}, {NUM}, {NUM}, {NUM} \(", text, re.M)
+    lines = re.findall(rf"^1\.(\d) \(\d+\.\d\d%\)\.\.\. det:  \(crossent\) {NUM}, \(err\) {NUM}, \({LABEL}\) {NUM}, "
+                       rf"{NUM} \(", text, re.M)
     assert len(lines) == 4
     for (b, *shown), rec in zip(lines, c.meta["history"]["train"]):
         ce, err, dec, pos, tp = rec["costs"]["det"]
@@ -96,7 +100,8 @@ def test_trainer_and_ccn_test_print_precision_and_recall(tmp_path):
     precision, recall = tp / declared.sum(), tp / (t == 1).sum()
     assert 0 < precision <= 1 and 0 < recall <= 1
     test_line = text.split("======================Test output======================")[1].splitlines()[1]
-    got = [float(v) for v in re.fullmatch(rf"det:  {NUM}, {NUM}, {NUM}, {NUM}", test_line).groups()]
+    got = [float(v) for v in re.fullmatch(rf"det:  \(crossent\) {NUM}, \(err\) {NUM}, \({LABEL}\) {NUM}, {NUM}",
+                                          test_line).groups()]
     np.testing.assert_allclose(got[2:], [precision, recall], rtol=1e-6)
     np.testing.assert_allclose(got[1], np.sum(declared != (t == 1)) / 40, rtol=1e-6)
     # ccn test prints the same, with the names
