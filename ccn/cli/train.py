@@ -316,7 +316,7 @@ def _crop_border(opts: dict, given: dict, resuming: bool) -> str | None:
             "(random when training, the centre when testing)")
 
 
-def _check_save_folder(folder: str, ckpt) -> None:
+def _check_save_folder(folder: str, ckpt, load_file: str | None = None) -> None:
     """Refuse a save folder where this run's checkpoints would mix with another history: one
     holding checkpoints for a new run (or for a run resumed from elsewhere), or, resuming in a
     checkpoint's own folder, one holding checkpoints newer than it. ``-f`` would later resume the
@@ -339,6 +339,11 @@ def _check_save_folder(folder: str, ckpt) -> None:
         raise InputError(f"{ckpt.path} is not named EPOCH.BATCH like the checkpoints of {folder}, so training on from "
                          f"it there would mix it into that run's history; give --save-path NEW_FOLDER.")
     newer = [n for n in names if ck._order_key(n) > mine]
+    if newer and load_file and os.path.abspath(load_file) == os.path.abspath(folder):
+        # -f FOLDER read the newest, and newer ones appeared since: a run saving there ended meanwhile
+        raise InputError(f"{os.path.join(folder, newer[-1])} was saved after this run read the newest checkpoint of "
+                         f"{folder} ({os.path.basename(ckpt.path)}): another run was saving there and has just ended. "
+                         f"Run the same command again to go on from {newer[-1]}.")
     if newer:
         paths = [os.path.join(folder, n) for n in newer]
         aside = (ck.aside_commands(paths) if len(paths) <= 4 else
@@ -607,7 +612,7 @@ def _run_train_locked(given: dict, load_file, out, stop_after, world, locks: lis
         # one run per save folder: a second one (the same -f twice, two new runs with one --save-path)
         # is refused before it looks at the folder's checkpoints, and so before it writes any
         locks.append(ck.lock_save_folder(opts["save_path"], warn=lambda s: click.echo(s, err=True)))
-        _check_save_folder(opts["save_path"], ckpt)
+        _check_save_folder(opts["save_path"], ckpt, load_file)
     saved_opts = {k: v for k, v in opts.items()}
     cfg = TrainConfig(epochs=int(opts["epochs"]), mini=int(opts["mini"]), test_freq=int(opts["test_freq"]),
                       test_one=bool(opts["test_one"]), save_path=opts["save_path"],

@@ -431,3 +431,19 @@ def test_a_lock_record_of_a_process_gone_is_not_named(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_checkpoint_saved_while_a_resume_starts_says_so(setup):
+    # -f FOLDER read the newest; another run saved a newer one before this one took the lock
+    from ccn.cli.train import _check_save_folder
+
+    tmp, data, layers, _ = setup
+    run = tmp / "run"
+    train(opts(tmp, data, layers, epochs=2, save_path=str(run)))
+    older = ck.load(str(run / "2.2"))
+    with pytest.raises(InputError) as e:
+        _check_save_folder(str(run), older, str(run))
+    assert "was saved after this run read the newest checkpoint" in str(e.value)
+    assert "Run the same command again to go on from 2.4" in str(e.value)
+    with pytest.raises(InputError, match="is not the newest checkpoint"):  # -f FOLDER/2.2 as before
+        _check_save_folder(str(run), older, str(run / "2.2"))
