@@ -296,12 +296,20 @@ def test_conv_weight_contrast_normalisation():
     c, F, fs = int(rng.integers(1, 4)), int(rng.integers(3, 9)), int(rng.choice([2, 3]))
     n = int(rng.choice([1, 3, 7]))
     text = DATA + conv_text(channels=c, filters=F, filterSize=fs)
-    base = "[conv]\nepsW=0.05\nepsB=0.02\nmomW=0.9\nmomB=0.9\nwc=0.001\n"
+    base = "[conv]\nepsW=0.001\nepsB=0.02\nmomW=0.9\nmomB=0.9\nwc=0.001\n"
     x = rng.standard_normal((n, c * 25)).astype(np.float32)
     m = 5 - fs + 1  # output size, no padding
     seeds = {"conv": rng.standard_normal((n, F * m * m)).astype(np.float32)}
-    # filters of widely spread contrast, so that some fall below the band, some inside, some above
-    w0 = (rng.standard_normal((c * fs * fs, F)) * np.geomspace(0.05, 5, F)).astype(np.float32)
+    # filters whose contrast lies below the band, inside it and above it (a small step keeps it
+    # there), each with a nonzero mean, which the normalisation scales along with the rest
+    rows = c * fs * fs
+    w0 = np.empty((rows, F))
+    for f in range(F):
+        v = rng.standard_normal(rows)
+        v -= v.mean()
+        v *= [0.02, 0.15, 2.0][f % 3] * rows / np.sqrt(np.sum(v * v))
+        w0[:, f] = v + rng.uniform(-0.1, 0.1)
+    w0 = w0.astype(np.float32)
     after = []
     for extra in ("", "wcNormMin=0.08\nwcNormMax=0.3\n"):
         net = ccn.Net("<l>", "<p>", {0: (c, 5, 5)}, layers_text=text, params_text=base + extra)
