@@ -42,8 +42,9 @@ bool Param::begin_update(double progress, int minibatch, Step& step) {
   const double e = eps.value(progress);
   step.scale = (float)(e / ((double)minibatch * update_period));
   step.decay = is_bias ? 0.f : (float)(wc * e);
-  // wball: each column of every block of wball_rows rows (fc: whole columns; local: per module),
-  // only for weights that learn, as in the original.
+  // The constraints after the step, only for weights that learn (a frozen matrix returned above),
+  // as in the original: conv's weight-contrast normalisation, then wball on each column of every
+  // block of wball_rows rows (fc: whole columns; local: per module).
   if (wc_norm_max > 0 && !is_bias) step.wcn_min = (float)wc_norm_min, step.wcn_max = (float)wc_norm_max;
   step.wball_block = 0;
   if (wball > 0 && !is_bias) {

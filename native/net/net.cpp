@@ -465,8 +465,7 @@ void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
     }
     if (fused_producer_[i] >= 0) din[1] = nullptr;  // left to the producer's turn (fused_cost_)
     if (!any_in && !learns(l)) continue;
-    for (Param* p : l->weights) p->grad_written = true;
-    if (l->biases) l->biases->grad_written = true;
+    note_grads_written(*l);
     ctx.layer_id = i;
     const double t0 = now_s();
     if (!l->is_cost() && !written[i] && fused_cost < 0) {  // no consumer wrote dCost/d(this output): it is 0
@@ -486,14 +485,13 @@ void Net::bprop(const std::map<std::string, const Mat*>& seeds) {
       else grads_[j].zero();
       written[j] = 1;
     }
-    if (fused_cost >= 0 && l->has_neuron) {
+    Layer* cost = fused_cost >= 0 ? layers_[fused_cost].get() : nullptr;  // (net.h fused_cost_)
+    if (cost && l->has_neuron) {
       // neuron=logistic on this layer: the cost layer gives dCost/d(pre-activation)
-      Layer* cost = layers_[fused_cost].get();
       pre_grad_.resize(n, l->out.size());
       cost->fused_input_bprop(acts_[cost->inputs[0]->id], acts_[i], pre_grad_, true);
       l->bprop(ins, in_place_[i] ? acts_[i] : pre_[i], pre_grad_, din, ctx);
-    } else if (fused_cost >= 0) {
-      Layer* cost = layers_[fused_cost].get();
+    } else if (cost) {
       if (din[0]) cost->fused_input_bprop(acts_[cost->inputs[0]->id], acts_[i], *din[0], ctx.din_assign[0]);
     } else if (l->is_cost()) {
       l->bprop(ins, acts_[i], empty, din, ctx);

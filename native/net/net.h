@@ -74,6 +74,11 @@ class Net {
   void set_skip_frozen(bool on) { skip_frozen_ = on; compute_needs_grad(); }
   // Whether the backward pass computes gradients for layer i's parameters (set_skip_frozen).
   bool learns(const Layer* l) const;
+  // A backward pass goes through l: its parameters' gradients may now be nonzero (Param::grad_written).
+  static void note_grads_written(const Layer& l) {
+    for (Param* p : l.weights) p->grad_written = true;
+    if (l.biases) l.biases->grad_written = true;
+  }
   // Zero every gradient buffer before the backward pass, so that no layer assigns its input
   // gradients (Layer::bprop_assigns_din) but every one adds: tests compare the two branches.
   // Default: the environment variable CCN_GRAD_ZERO=eager (read once per process).

@@ -358,8 +358,7 @@ void Net::bprop_cuda(const std::map<std::string, const Mat*>& seeds) {
     if (fused_producer_[i] >= 0) din[1] = DevMat{};  // left to the producer's turn, as on the CPU
     const int fused_cost = seeds.empty() ? fused_cost_[i] : -1;
     if (!any_in && !learns(l)) continue;
-    for (Param* p : l->weights) p->grad_written = true;
-    if (l->biases) l->biases->grad_written = true;
+    note_grads_written(*l);
     ctx.layer_id = i;
     const int64_t osz = l->out.size();
     double t0 = 0;
