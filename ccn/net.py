@@ -58,6 +58,7 @@ class ParamInfo:
     init_value: float
     init_func: str
     eps: str
+    eps_base: float  # the schedule's base (0: frozen, never updated)
     mom: float
     wc: float
     wball: float

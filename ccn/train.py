@@ -619,23 +619,10 @@ class Trainer:
         return path
 
 
-def eps_base(p) -> float:
-    """The base of a parameter's learning rate (``ParamInfo.eps``: ``0.01``, or a schedule such as
-    ``exp[base=0.01;tgtFactor=10]``); every schedule is proportional to it, and the core freezes a
-    matrix whose base is 0 (``Param::begin_update``)."""
-    import re
-
-    text = str(p.eps).strip()
-    m = re.search(r"base=([^;\]]+)", text)
-    try:
-        return float(m.group(1) if m else text)
-    except ValueError:
-        return float("nan")
-
-
 def frozen_params(net) -> set[str]:
-    """The names of the parameters the core does not update (learning rate's base 0)."""
-    return {p.name for p in net.params if eps_base(p) <= 0}
+    """The names of the parameters the core does not update (learning rate's base 0,
+    ``Param::begin_update``)."""
+    return {p.name for p in net.params if p.eps_base <= 0}
 
 
 def weight_stats(net) -> list[str]:

@@ -341,6 +341,7 @@ PYBIND11_MODULE(_core, m) {
                d["init_value"] = p->init_value;
                d["init_func"] = p->init_func;
                d["eps"] = p->eps.str();
+               d["eps_base"] = p->eps.base;  // 0: the matrix is frozen (Param::begin_update)
                d["mom"] = p->mom;
                d["wc"] = p->wc;
                d["wball"] = p->wball;
