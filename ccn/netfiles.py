@@ -62,40 +62,14 @@ def read_text(path: str, what: str) -> str:
         raise InputError(f"{path}: the {what} is not UTF-8 text (byte {e.start}); is it the right file?") from e
 
 
-def read_sections(text: str) -> dict[str, dict[str, tuple[str, str]]]:
-    """A simple reading of a layer file's text: ``{section: {key lower-cased: (key, value)}}``.
+def read_sections(text: str, path: str = "layer-params") -> dict[str, dict[str, tuple[str, str]]]:
+    """A layer file's text as ``{section: {key lower-cased: (key, value)}}``, read by the core's
+    parser (native/netdef/config.cpp), so comments and continued values mean what they mean to a
+    net built from the text."""
+    from ._native import core
 
-    The dialect's basics only: ``[section]`` headers, ``key=value`` (or ``key: value``) lines,
-    comment lines starting with ``#`` or ``;`` and inline comments after whitespace, indented lines
-    continuing the value above. For comparing two versions of a file, not for building a net (the
-    core's parser checks everything)."""
-    out: dict[str, dict[str, tuple[str, str]]] = {}
-    cur, last = None, None
-    for raw in (text or "").lstrip("\ufeff").splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            if not line:
-                last = None
-            continue
-        for i in range(1, len(line)):  # an inline comment
-            if line[i] in "#;" and line[i - 1].isspace():
-                line = line[:i].rstrip()
-                break
-        if raw[:1].isspace() and last is not None and cur is not None:  # a continuation line
-            key, value = out[cur][last]
-            out[cur][last] = (key, f"{value} {line}".strip())
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            cur, last = line[1:-1].strip(), None
-            out.setdefault(cur, {})
-            continue
-        cut = min((i for i in (line.find("="), line.find(":")) if i > 0), default=-1)
-        if cur is None or cut < 0:
-            continue
-        key, value = line[:cut].strip(), line[cut + 1:].strip()
-        last = key.lower()
-        out[cur][last] = (key, value)
-    return out
+    return {name: {k.lower(): (k, v) for k, v, _line in entries}
+            for name, _line, entries in core.parse_config(text or "", path)}
 
 
 def params_changes(old_text: str, new_text: str) -> list[tuple[str, str, str | None, str | None]]:
