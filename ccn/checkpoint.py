@@ -132,6 +132,13 @@ def list_checkpoints(folder: str) -> list[str]:
     return [os.path.join(folder, n) for _, n in sorted(found)]
 
 
+def checkpoints_after(folder: str, path: str) -> list[str]:
+    """The checkpoint folders of ``folder`` that come after the checkpoint ``path`` in the run's
+    order (oldest first; none when ``path`` is not named EPOCH.BATCH)."""
+    key = _order_key(os.path.basename(os.path.normpath(path)))
+    return [] if key is None else [p for p in list_checkpoints(folder) if _order_key(os.path.basename(p)) > key]
+
+
 def is_checkpoint(path: str) -> bool:
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, META))
 
@@ -416,13 +423,21 @@ def newest_intact(folder: str, before: str | None = None, check_version: bool = 
     if before is not None:
         key = _order_key(os.path.basename(os.path.normpath(before)))
         found = [p for p in found if key is None or _order_key(os.path.basename(p)) < key]
-    for i in range(len(found) - 1, -1, -1):
+    good, _, failed = _newest_loadable(found, check_version, InputError)
+    return (good, [p for p, _ in reversed(failed)]) if good is not None else (None, [])
+
+
+def _newest_loadable(paths: list[str], check_version: bool, skip: type):
+    """Walk the checkpoint folders ``paths`` (oldest first) from the newest: (the first that loads
+    and verifies, its Checkpoint -- or None, None; [(path, error)] of the newer ones that raised
+    ``skip``, newest first)."""
+    failed = []
+    for p in reversed(paths):
         try:
-            _load_verified(found[i], check_version)
-        except InputError:
-            continue
-        return found[i], found[i + 1:]
-    return None, []
+            return p, _load_verified(p, check_version), failed
+        except skip as e:
+            failed.append((p, e))
+    return None, None, failed
 
 
 def recovery_routes(path: str) -> str:
@@ -440,7 +455,7 @@ def recovery_routes(path: str) -> str:
     if good is None:
         return (f" No earlier checkpoint of {folder} is intact either: restore the folder from a backup, or start a "
                 "new run.")
-    newer = [p for p in list_checkpoints(folder) if _order_key(os.path.basename(p)) > _order_key(os.path.basename(good))]
+    newer = checkpoints_after(folder, good)
     if path not in newer:
         newer.append(path)
     return (f" The newest intact checkpoint before it is {good}. To go on from there in {folder}, first move the "
@@ -466,13 +481,8 @@ def load_newest_intact(path: str, check_version: bool = True, warn=None) -> Chec
     target = resolve(path)
     if os.path.isfile(path) or os.path.normpath(target) == os.path.normpath(path):
         return load(target, check_version)
-    damaged = []
-    for p in reversed(list_checkpoints(path)):
-        try:
-            c = _load_verified(p, check_version)
-        except CorruptCheckpoint as e:
-            damaged.append((p, e))
-            continue
+    p, c, damaged = _newest_loadable(list_checkpoints(path), check_version, CorruptCheckpoint)
+    if c is not None:
         if damaged:
             what = "; ".join(str(e).split(": the checkpoint is ", 1)[-1].rstrip(".") for _, e in damaged[:3])
             msg = (f"warning: the newest checkpoint{'s' if len(damaged) > 1 else ''} of {path}, "

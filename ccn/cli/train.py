@@ -338,7 +338,7 @@ def _check_save_folder(folder: str, ckpt, load_file: str | None = None) -> None:
     if mine is None:  # a checkpoint folder renamed (e.g. a copy called "best"): no place in the run's order
         raise InputError(f"{ckpt.path} is not named EPOCH.BATCH like the checkpoints of {folder}, so training on from "
                          f"it there would mix it into that run's history; give --save-path NEW_FOLDER.")
-    newer = [n for n in names if ck._order_key(n) > mine]
+    newer = [os.path.basename(p) for p in ck.checkpoints_after(folder, ckpt.path)]
     if newer and load_file and os.path.abspath(load_file) == os.path.abspath(folder):
         # -f FOLDER read the newest, and newer ones appeared since: a run saving there ended meanwhile
         raise InputError(f"{os.path.join(folder, newer[-1])} was saved after this run read the newest checkpoint of "
@@ -347,7 +347,7 @@ def _check_save_folder(folder: str, ckpt, load_file: str | None = None) -> None:
     if newer:
         paths = [os.path.join(folder, n) for n in newer]
         aside = (ck.aside_commands(paths) if len(paths) <= 4 else
-                 f"the {len(paths)} checkpoint folders {newer[0]} ... {newer[-1]}, e.g. mv {paths[0]} {paths[0]}.aside")
+                 f"the {len(paths)} checkpoint folders {newer[0]} ... {newer[-1]}, e.g. {ck.aside_commands(paths[:1])}")
         raise InputError(f"{ckpt.path} is not the newest checkpoint of {folder} ({newer[-1]} is): training on from "
                          f"it there would mix two histories, and --max-filesize would delete the new checkpoints "
                          f"first. To branch from it, give --save-path NEW_FOLDER (the new folder starts with its "
@@ -374,8 +374,7 @@ def _mid_batch_mini_message(ckpt, mini: int, save_path) -> str:
         return msg + (f" {folder} holds no checkpoint saved between batches before it: to train with --mini {mini} "
                       "now, start a new run.")
     prev = between[-1]
-    newer = [p for p in ck.list_checkpoints(folder) if ck._order_key(os.path.basename(p)) > ck._order_key(
-        os.path.basename(prev))]
+    newer = ck.checkpoints_after(folder, prev)
     return msg + (f" To switch to --mini {mini} now, go back to {prev}, the last checkpoint saved between batches "
                   f"before it (the minibatches trained since are dropped): branch into a new folder, which starts "
                   f"with its history, with ccn train -f {prev} --mini {mini} --save-path NEW_FOLDER; or, to go on in "
