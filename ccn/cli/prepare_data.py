@@ -64,8 +64,7 @@ def _plain_progress(description: str, total: int | None, unit: str):
         line = f"{description}: {done}" + (f"/{tot} {unit} ({100.0 * done / max(tot, 1):.1f}%)" if tot else f" {unit}")
         line += f", {rate:.1f} {unit}/s"
         if tot and rate > 0:
-            eta = int((tot - done) / rate)
-            line += f", ETA {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}"
+            line += f", ETA {_clock((tot - done) / rate)}"
         line += f", {_clock(now - t0)} elapsed"
         click.echo(line, err=True)
 
