@@ -44,10 +44,16 @@ def _progress(description: str, total: int | None, unit: str = "batches"):
 
 
 def _plain_progress(description: str, total: int | None, unit: str):
+    v = os.environ.get("CCN_PROGRESS_SECONDS", "")
     try:
-        every = float(os.environ.get("CCN_PROGRESS_SECONDS", PROGRESS_SECONDS))
+        every = float(v) if v.strip() else PROGRESS_SECONDS
+        if not every >= 0:  # (NaN too)
+            raise ValueError
     except ValueError:
-        every = PROGRESS_SECONDS
+        from ..errors import ConfigError
+
+        raise ConfigError(f"CCN_PROGRESS_SECONDS must be a number of seconds, 0 or more (how often a progress line "
+                          f"is printed off a terminal), got '{v}'.") from None
     t0 = time.monotonic()
     state = {"last": t0, "first": None}  # first: (time, done) of the first report (a resumed run starts above 0)
 

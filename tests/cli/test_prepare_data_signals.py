@@ -101,6 +101,12 @@ def test_progress_lines_off_a_terminal(tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("images: ")]
     assert lines and all("/12 images (" in ln and "images/s" in ln and "elapsed" in ln for ln in lines), r.stderr
     assert any("ETA" in ln for ln in lines), r.stderr
+    # a bad value is named, not silently replaced
+    r = subprocess.run([sys.executable, "-m", "ccn.cli.main", "prepare-data", "folder", str(tmp_path / "src"),
+                        "--out", str(tmp_path / "o2"), "--size", "8", "--batch-size", "4", "-j", "1"],
+                       capture_output=True, text=True, env=_env(CCN_PROGRESS_SECONDS="soon"), timeout=120)
+    assert r.returncode == 2 and "CCN_PROGRESS_SECONDS must be a number of seconds" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_a_second_sigterm_is_ignored_while_stopping(capsys):

@@ -330,3 +330,12 @@ def test_skipping_frozen_layers_changes_nothing_but_the_work():
         np.testing.assert_array_equal(a.get(p.name, "inc"), b.get(p.name, "inc"), err_msg=p.name)
     assert np.any(ga["conv.weights[0]"]) and not np.any(gb["conv.weights[0]"])  # computed only without skipping
     np.testing.assert_array_equal(ga["conv2.weights[0]"], gb["conv2.weights[0]"])
+
+
+def test_a_negative_update_period_is_refused():
+    from ccn.errors import ConfigError
+
+    text = LOCAL.format(channels=2, filters=2, groups=1, fs=2, pad=0, stride=1)
+    params = PARAMS.format(eps=0.05, wball=0).replace("wcNormMax=0", "wcNormMax=0\nupdatePeriod=-1")
+    with pytest.raises(ConfigError, match=r"p\.cfg:\d+: in section \[loc\], key 'updatePeriod': must be 0 or more"):
+        ccn.Net("l.cfg", "p.cfg", data_dims={0: (2, 3, 3), 1: 1}, layers_text=text, params_text=params)
