@@ -24,8 +24,9 @@ def _diff(name, a, b, rtol, atol):
 
 def _twins(layers, params, dims, seed=3):
     ppath = "params.ini" if params is not None else None
-    cpu = ccn.Net("layers.ini", ppath, dims, seed=seed, layers_text=layers, params_text=params, device="cpu")
-    gpu = ccn.Net("layers.ini", ppath, dims, seed=seed, layers_text=layers, params_text=params, device="cuda")
+    # allow_unused: some of these nets hold side branches that reach no cost, compared forward only
+    cpu, gpu = (ccn.Net("layers.ini", ppath, dims, seed=seed, layers_text=layers, params_text=params, device=d,
+                        allow_unused=True) for d in ("cpu", "cuda"))
     for p in cpu.params:  # the same starting weights on both
         gpu.set(p.name, cpu.get(p.name))
     for net in (cpu, gpu):
