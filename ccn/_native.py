@@ -48,8 +48,27 @@ def _cublas_dirs():
 # value set by the user wins. `ccn info` reports it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _preload_blas()
+
+
+def _load_core_file(path):
+    """The extension from another build, e.g. the CUDA simulator's (tools/cudasim/run.sh)."""
+    import importlib.util
+    import sys
+
+    if not os.path.isfile(path):
+        raise ImportError(f"CCN_CORE={path} is not a file")
+    spec = importlib.util.spec_from_file_location(f"{__package__}._core", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sys.modules[spec.name] = mod
+    return mod
+
+
 try:
-    from . import _core as core  # noqa: E402
+    if os.environ.get("CCN_CORE"):
+        core = _load_core_file(os.environ["CCN_CORE"])
+    else:
+        from . import _core as core  # noqa: E402
 except ImportError as e:  # pragma: no cover - depends on the installation
     _here = os.path.dirname(os.path.abspath(__file__))
     _tree = os.path.isfile(os.path.join(os.path.dirname(_here), "CMakeLists.txt"))

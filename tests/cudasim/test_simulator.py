@@ -1,0 +1,176 @@
+"""The CUDA simulator (tools/cudasim): it catches the mistakes it claims to catch
+(sim_cases.cu, compiled through transform.py against libccnsim_rt.so), and every test under
+tests/cuda passes with the CUDA backend running on it, so the GPU code is exercised on
+machines and CI runs without a GPU. Skips where cmake, ninja, pybind11 or a C++ compiler are
+missing (the test extra installs the first three)."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SIM = os.path.join(ROOT, "tools", "cudasim")
+BUILD = os.environ.get("CCNSIM_BUILD_DIR", os.path.join(ROOT, "build", "sim"))
+sys.path.insert(0, SIM)
+import transform  # noqa: E402
+
+pytestmark = pytest.mark.skipif(bool(os.environ.get("CCN_CORE")), reason="already inside a simulator run")
+
+
+def _env():
+    env = dict(os.environ)
+    # the venv's tools (cmake, ninja from the test extra) when run as .venv/bin/python -m pytest
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["PYTHON"] = sys.executable
+    env["CCNSIM_BUILD_DIR"] = BUILD
+    env.pop("CCN_CORE", None)
+    return env
+
+
+def _missing():
+    env = _env()
+    for tool in ("cmake", "ninja"):
+        if not shutil.which(tool, path=env["PATH"]):
+            return f"{tool} is not installed"
+    if not shutil.which(os.environ.get("CXX", "c++"), path=env["PATH"]):
+        return "no C++ compiler"
+    try:
+        import pybind11  # noqa: F401
+    except ImportError:
+        return "pybind11 is not installed"
+    return None
+
+
+@pytest.fixture(scope="module")
+def sim_build():
+    why = _missing()
+    if why:
+        pytest.skip(f"the CUDA simulator cannot be built here: {why}")
+    r = subprocess.run(["bash", os.path.join(SIM, "build.sh")], env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0, f"tools/cudasim/build.sh failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    return os.path.join(BUILD, "lib")
+
+
+@pytest.fixture(scope="module")
+def cases(sim_build, tmp_path_factory):
+    d = tmp_path_factory.mktemp("simcases")
+    src = os.path.join(ROOT, "tests", "cudasim", "sim_cases.cu")
+    cpp = d / "sim_cases.cpp"
+    text, launches = transform.transform(open(src, encoding="utf-8").read(), "tests/cudasim/sim_cases.cu")
+    assert launches == 9
+    cpp.write_text(text)
+    exe = d / "sim_cases"
+    cmd = [os.environ.get("CXX", "c++"), "-std=c++17", "-O1", "-ffp-contract=off", f"-I{SIM}/include", str(cpp),
+           "-o", str(exe), f"-L{sim_build}", "-lccnsim_rt", f"-Wl,-rpath,{sim_build}"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-4000:]
+
+    def run(case):
+        p = subprocess.run([str(exe), case], capture_output=True, text=True, timeout=60)
+        return p.returncode, p.stdout, p.stderr
+
+    return run
+
+
+def _values(out, key):
+    return [float(v) for v in re.findall(rf"^{key} (\S+)$", out, re.M)]
+
+
+def test_transform_keeps_lines_and_finds_the_kernels_with_barriers():
+    src = ("__global__ void a(float* x) { __syncthreads(); }\n__device__ void helper() { __syncthreads(); }\n"
+           "__global__ void b(float* x) { helper(); }\n__global__ void c(float* x, int n) { if (n) x[0] = 1; }\n"
+           "void go(float* x, cudaStream_t s) {\n  c<<<dim3(2, 3),\n    64, 0, s>>>(x,\n      4);\n"
+           "  ns::k<float, 3><<<1, 32>>>();\n}\n")
+    out, n = transform.transform(src, "x.cu")
+    assert n == 2
+    assert transform.syncing_functions(src) == {"a", "helper", "b"}
+    body = out.split("\n", 2)[2]  # after the include and the #line
+    assert body.count("\n") == src.count("\n")
+    assert 'ccnsim_launch("c", __FILE__, __LINE__, false, dim3(2, 3), \n    64,  0,  s, c, x,\n      4);' in body
+    assert 'ccnsim_launch("ns::k<float,3>", __FILE__, __LINE__, false, 1,  32, 0, 0, ns::k<float, 3>)' in body
+
+
+def test_barriers_and_shared_memory(cases):
+    rc, out, err = cases("reduce")
+    assert rc == 0, err
+    assert _values(out, "launch") == [0]
+    assert _values(out, "sum") == [500500.0] * 3
+
+
+def test_new_device_memory_reads_as_nan(cases):
+    rc, out, err = cases("uninitialised")
+    vals = _values(out, "value")
+    assert rc == 0 and len(vals) == 5 and all(v != v for v in vals), out + err
+
+
+@pytest.mark.parametrize("case", ["past_end_write", "slack_write"])
+def test_a_kernel_writing_past_an_allocation_is_an_illegal_address(cases, case):
+    rc, out, err = cases(case)
+    assert rc == 0, err
+    assert _values(out, "launch") == [0]
+    assert _values(out, "sync") == [700]  # cudaErrorIllegalAddress, once
+    assert _values(out, "sync_again") == [0]
+    assert "kernel twice_kernel (launched at tests/cudasim/sim_cases.cu:" in err
+    if case == "past_end_write":  # reading x[1024]: the guard page after allocation #1
+        assert "block (4,0,0) thread (0,0,0)" in err and "0 bytes past the end of device allocation #1 of 4096" in err
+    else:
+        assert "wrote past the end of device allocation #2 of 4000 bytes" in err
+
+
+def test_launch_configurations_a_gpu_refuses(cases):
+    rc, out, err = cases("bad_config")
+    assert rc == 0 and _values(out, "launch") == [9, 9, 9], out + err  # cudaErrorInvalidConfiguration
+
+
+def test_threads_leaving_before_a_barrier_are_reported(cases):
+    rc, out, err = cases("divergent")
+    assert rc == 0 and _values(out, "sync") == [719], out + err  # cudaErrorLaunchFailure
+    assert "barrier divergence" in err and "16 threads wait at a __syncthreads()" in err
+
+
+def test_host_code_reading_device_memory_faults(cases):
+    rc, out, err = cases("host_touch")
+    assert rc != 0 and "about to read" in out and "read " not in out.split("about to read")[1]
+    assert "host code touched device memory" in err and "device allocation #1 of 32 bytes, offset 8" in err
+
+
+def test_streams_run_only_when_forced_so_a_missing_wait_reads_stale_data(cases):
+    rc, out, err = cases("streams")
+    assert rc == 0, err
+    (without,), (with_,) = _values(out, "without_wait"), _values(out, "with_wait")
+    assert without != without and with_ == 14.0
+
+
+def test_a_queued_copy_from_pinned_memory_reads_it_when_it_runs(cases):
+    rc, out, err = cases("pinned_reuse")
+    assert rc == 0, err
+    assert _values(out, "without_wait") == [2.0] and _values(out, "with_wait") == [1.0]
+
+
+def test_copies_check_their_kind_and_extent(cases):
+    rc, out, err = cases("memcpy_kind")
+    assert rc == 0 and _values(out, "wrong_kind") == [1] and _values(out, "past_end") == [1], out + err
+
+
+def test_cublas_sgemm_is_column_major_and_checks_its_arguments(cases):
+    rc, out, err = cases("gemm")
+    assert rc == 0, err
+    assert _values(out, "status") == [0, 0]
+    assert _values(out, "max_error")[0] < 1e-5
+    assert _values(out, "bad_lda") == [7]  # CUBLAS_STATUS_INVALID_VALUE
+    assert _values(out, "sync") == [700]
+    assert "matrix B and C does not lie inside one device allocation" in err
+
+
+def test_every_gpu_test_passes_on_the_simulator(sim_build):
+    """tests/cuda with the CUDA backend on the simulator (tools/cudasim/run.sh)."""
+    r = subprocess.run(["bash", os.path.join(SIM, "run.sh"), "tests/cuda", "-q", "-x", "-p", "no:randomly"],
+                       env=_env(), capture_output=True, text=True, cwd=ROOT)
+    tail = (r.stdout + r.stderr)[-6000:]
+    assert r.returncode == 0, f"tests/cuda on the CUDA simulator failed:\n{tail}"
+    m = re.search(r"(\d+) passed", r.stdout)
+    assert m and int(m.group(1)) > 150, tail

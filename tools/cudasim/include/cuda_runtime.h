@@ -1,0 +1,206 @@
+// tools/cudasim/include/cuda_runtime.h: the CUDA runtime API, as far as ccn uses it, for the
+// CUDA simulator (tools/cudasim/README.md). It replaces the toolkit's header when the CUDA
+// sources are compiled by the host compiler (CCN_CUDA=SIM): kernels become plain functions, a
+// launch `k<<<grid, block, smem, stream>>>(args)` becomes `ccnsim_launch(...)` (rewritten by
+// tools/cudasim/transform.py), and the runtime functions below are implemented on the CPU by
+// tools/cudasim/runtime.cpp (libccnsim_rt.so), which also exports the cuBLAS v2 entry points
+// ccn loads at run time.
+#pragma once
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+// ---- what nvcc defines ----------------------------------------------------------
+#ifndef __CUDACC__
+#define __CUDACC__ 1
+#endif
+#define CCN_CUDA_SIM 1
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__
+#define __launch_bounds__(...)
+// Block-shared memory: one copy per kernel (blocks run one after another, the threads of a
+// block share it).
+#define __shared__ static
+
+struct uint3 {
+  unsigned x, y, z;
+};
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+  constexpr dim3(uint3 v) : x(v.x), y(v.y), z(v.z) {}
+};
+
+extern "C" {
+extern uint3 ccnsim_threadIdx, ccnsim_blockIdx;
+extern dim3 ccnsim_blockDim, ccnsim_gridDim;
+void ccnsim_syncthreads();
+}
+#define threadIdx ccnsim_threadIdx
+#define blockIdx ccnsim_blockIdx
+#define blockDim ccnsim_blockDim
+#define gridDim ccnsim_gridDim
+#define warpSize 32
+inline void __syncthreads() { ccnsim_syncthreads(); }
+inline void __threadfence() {}
+
+// Threads of a simulated kernel run one at a time, so an atomic is a plain read-modify-write.
+template <class T>
+inline T atomicAdd(T* p, T v) {
+  T old = *p;
+  *p = old + v;
+  return old;
+}
+template <class T>
+inline T atomicMax(T* p, T v) {
+  T old = *p;
+  *p = old < v ? v : old;
+  return old;
+}
+
+// Round-to-nearest intrinsics: the host compiler is run with -ffp-contract=off, so a plain
+// operation is already one correctly rounded IEEE operation.
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
+inline float __frcp_rn(float a) { return 1.0f / a; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline float __expf(float a) { return std::exp(a); }
+inline float __logf(float a) { return std::log(a); }
+inline float __powf(float a, float b) { return std::pow(a, b); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __saturatef(float a) { return a < 0.f ? 0.f : (a > 1.f ? 1.f : a); }
+inline float rsqrtf(float a) { return 1.0f / std::sqrt(a); }
+inline float __int_as_float(int i) {
+  float f;
+  __builtin_memcpy(&f, &i, 4);
+  return f;
+}
+inline int __float_as_int(float f) {
+  int i;
+  __builtin_memcpy(&i, &f, 4);
+  return i;
+}
+using std::isfinite;
+using std::isinf;
+using std::isnan;
+using std::max;
+using std::min;
+
+// ---- the runtime API --------------------------------------------------------------
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorMemoryAllocation = 2,
+  cudaErrorInvalidConfiguration = 9,
+  cudaErrorInvalidDevicePointer = 17,
+  cudaErrorInvalidMemcpyDirection = 21,
+  cudaErrorNoDevice = 100,
+  cudaErrorInvalidDevice = 101,
+  cudaErrorInvalidResourceHandle = 400,
+  cudaErrorNotReady = 600,
+  cudaErrorIllegalAddress = 700,
+  cudaErrorLaunchFailure = 719,
+};
+using cudaError = cudaError_t;
+enum cudaMemcpyKind {
+  cudaMemcpyHostToHost = 0,
+  cudaMemcpyHostToDevice = 1,
+  cudaMemcpyDeviceToHost = 2,
+  cudaMemcpyDeviceToDevice = 3,
+  cudaMemcpyDefault = 4,
+};
+struct CUstream_st;
+struct CUevent_st;
+typedef CUstream_st* cudaStream_t;
+typedef CUevent_st* cudaEvent_t;
+#define cudaStreamDefault 0x0
+#define cudaStreamNonBlocking 0x1
+#define cudaEventDefault 0x0
+#define cudaEventDisableTiming 0x2
+
+struct cudaDeviceProp {
+  char name[256];
+  size_t totalGlobalMem;
+  int major, minor;
+  int multiProcessorCount;
+  int maxThreadsPerBlock;
+  size_t sharedMemPerBlock;
+};
+
+extern "C" {
+cudaError_t cudaGetDeviceCount(int* n);
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device);
+cudaError_t cudaGetDevice(int* device);
+cudaError_t cudaSetDevice(int device);
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes);
+cudaError_t cudaRuntimeGetVersion(int* v);
+cudaError_t cudaDriverGetVersion(int* v);
+cudaError_t cudaGetLastError();
+cudaError_t cudaPeekAtLastError();
+const char* cudaGetErrorString(cudaError_t e);
+const char* cudaGetErrorName(cudaError_t e);
+cudaError_t cudaMalloc(void** p, size_t bytes);
+cudaError_t cudaFree(void* p);
+cudaError_t cudaMallocHost(void** p, size_t bytes);
+cudaError_t cudaFreeHost(void* p);
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind);
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s);
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t s);
+cudaError_t cudaMemset(void* dst, int value, size_t bytes);
+cudaError_t cudaStreamCreate(cudaStream_t* s);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags);
+cudaError_t cudaStreamDestroy(cudaStream_t s);
+cudaError_t cudaStreamSynchronize(cudaStream_t s);
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags);
+cudaError_t cudaDeviceSynchronize();
+cudaError_t cudaEventCreate(cudaEvent_t* e);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned flags);
+cudaError_t cudaEventDestroy(cudaEvent_t e);
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s);
+cudaError_t cudaEventSynchronize(cudaEvent_t e);
+cudaError_t cudaEventQuery(cudaEvent_t e);
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b);
+}
+inline cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e) { return cudaStreamWaitEvent(s, e, 0); }
+template <class T>
+inline cudaError_t cudaMalloc(T** p, size_t bytes) {
+  return cudaMalloc(reinterpret_cast<void**>(p), bytes);
+}
+template <class T>
+inline cudaError_t cudaMallocHost(T** p, size_t bytes) {
+  return cudaMallocHost(reinterpret_cast<void**>(p), bytes);
+}
+
+// ---- kernel launches ----------------------------------------------------------------
+// Enqueues `body` (one thread's work, called once per thread with threadIdx/blockIdx set) on
+// stream s. `fibers`: the kernel's file calls __syncthreads, so each block's threads run as
+// fibers that meet at every barrier; otherwise they run one after another.
+extern "C++" void ccnsim_enqueue_kernel(const char* name, const char* file, int line, bool fibers, dim3 grid,
+                                        dim3 block, size_t smem, cudaStream_t s, std::function<void()> body);
+
+// k<<<grid, block, smem, stream>>>(args...): the arguments are converted to the kernel's
+// parameter types and copied now, as CUDA does at a launch.
+template <class... P, class... A>
+inline void ccnsim_launch(const char* name, const char* file, int line, bool fibers, dim3 grid, dim3 block,
+                          size_t smem, cudaStream_t s, void (*k)(P...), A&&... a) {
+  static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong number of arguments");
+  std::tuple<std::decay_t<P>...> args{static_cast<std::decay_t<P>>(std::forward<A>(a))...};
+  ccnsim_enqueue_kernel(name, file, line, fibers, grid, block, smem, s, [k, args] { std::apply(k, args); });
+}
+template <class... P, class... A>
+inline void ccnsim_launch(const char* name, const char* file, int line, bool fibers, dim3 grid, dim3 block,
+                          size_t smem, int s, void (*k)(P...), A&&... a) {  // stream 0
+  ccnsim_launch(name, file, line, fibers, grid, block, smem, (cudaStream_t) nullptr, k, std::forward<A>(a)...);
+}

@@ -1,0 +1,895 @@
+// tools/cudasim/runtime.cpp: libccnsim_rt.so, the CUDA runtime and the cuBLAS v2 calls ccn
+// uses, run on the CPU, so that the CUDA backend's kernels and its host code run and are
+// tested on machines without a GPU (tools/cudasim/README.md).
+//
+// What it models, to make the mistakes a GPU punishes show up here too:
+// - Streams run lazily: work waits in its stream's queue until something forces it (a
+//   synchronisation, an event it must wait for, a copy into pageable host memory). A missing
+//   cudaStreamWaitEvent or synchronisation therefore reads stale data every time, where a GPU
+//   would only sometimes.
+// - Device memory is its own mmap with a guard page after its end, filled with NaN (0xFF)
+//   bytes when allocated, and readable only while device work runs: host code touching
+//   device memory, a kernel reading past an allocation, and a value read before it was
+//   written all show.
+// - A kernel fault (SIGSEGV inside a kernel) becomes cudaErrorIllegalAddress at the next
+//   checked call, with a report on stderr naming the kernel, its launch site, the block and
+//   thread, and the allocation nearest the address.
+// - Launch configurations are checked against the limits of sm_90 (cudaErrorInvalidConfiguration).
+// - __syncthreads(): a block's threads run as fibers that all meet at each barrier; a block
+//   where some threads return while others wait at a barrier is reported.
+// - cuBLAS sgemm checks its arguments as cuBLAS does and that every matrix lies inside one
+//   device allocation (the product itself is the CPU BLAS's).
+// Not modelled: races between threads of a kernel, timing, memory limits of a real device.
+#include <cuda_runtime.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+
+// sgemm itself comes from the CPU BLAS ccn is built with (the column-major call is cuBLAS's).
+#if defined(CCN_BLAS_SCIPY_OPENBLAS)
+#include <cblas.h>
+#define CCNSIM_SGEMM scipy_cblas_sgemm
+#elif defined(CCN_BLAS_MKL)
+#include <mkl.h>
+#define CCNSIM_SGEMM cblas_sgemm
+#else
+#include <cblas.h>
+#define CCNSIM_SGEMM cblas_sgemm
+#endif
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+extern "C" {
+uint3 ccnsim_threadIdx, ccnsim_blockIdx;
+dim3 ccnsim_blockDim, ccnsim_gridDim;
+}
+
+struct CUstream_st;
+struct CUevent_st;
+
+namespace {
+
+std::recursive_mutex g_mu;
+using Lock = std::lock_guard<std::recursive_mutex>;
+
+const size_t kPage = 4096;
+const size_t kAlign = 256;
+
+// ---- device memory ---------------------------------------------------------------
+struct Alloc {
+  char* map = nullptr;   // whole mapping: guard page, data pages, guard page
+  size_t map_len = 0;
+  char* pages = nullptr;  // the data pages
+  size_t pages_len = 0;
+  char* p = nullptr;      // what cudaMalloc returned
+  size_t bytes = 0;
+  unsigned long serial = 0;
+};
+std::map<uintptr_t, Alloc> g_dev;  // by p
+std::map<uintptr_t, size_t> g_pinned;
+unsigned long g_serial = 0;
+size_t g_dev_bytes = 0;
+bool g_open = false;  // device memory readable (device work running)
+const size_t kTotalMem = size_t(16) << 30;
+
+void set_device_access(bool on) {
+  if (on == g_open) return;
+  for (auto& kv : g_dev) mprotect(kv.second.pages, kv.second.pages_len, on ? PROT_READ | PROT_WRITE : PROT_NONE);
+  g_open = on;
+}
+
+// The allocation holding [p, p + n), or null.
+const Alloc* dev_range(const void* p, size_t n) {
+  auto it = g_dev.upper_bound((uintptr_t)p);
+  if (it == g_dev.begin()) return nullptr;
+  --it;
+  const Alloc& a = it->second;
+  if ((const char*)p >= a.p && (const char*)p + n <= a.p + a.bytes) return &a;
+  return nullptr;
+}
+// The allocation whose mapping holds p (for fault reports), or null.
+const Alloc* near_alloc(const void* p) {
+  for (auto& kv : g_dev)
+    if ((const char*)p >= kv.second.map && (const char*)p < kv.second.map + kv.second.map_len) return &kv.second;
+  return nullptr;
+}
+bool is_pinned(const void* p, size_t n) {
+  auto it = g_pinned.upper_bound((uintptr_t)p);
+  if (it == g_pinned.begin()) return false;
+  --it;
+  return (uintptr_t)p + n <= it->first + it->second;
+}
+bool touches_device(const void* p, size_t n) {
+  auto it = g_dev.lower_bound((uintptr_t)p + n);
+  if (it == g_dev.begin()) return false;
+  --it;
+  return (uintptr_t)p < (uintptr_t)(it->second.p + it->second.bytes);
+}
+
+// ---- errors --------------------------------------------------------------------------
+cudaError_t g_last = cudaSuccess;    // cleared by cudaGetLastError
+cudaError_t g_sticky = cudaSuccess;  // a fault: returned by the calls that wait for work
+cudaError_t note(cudaError_t e) {
+  if (e != cudaSuccess) g_last = e;
+  return e;
+}
+
+// ---- streams, events and the work in them ------------------------------------------
+struct Op {
+  enum Kind { Kernel, Copy, Set, Marker, Wait, Task } kind;
+  std::function<void()> body;  // Kernel: one thread; Task: the whole op
+  std::string name, where;
+  bool fibers = false;
+  dim3 grid, block;
+  void* dst = nullptr;
+  const void* src = nullptr;
+  size_t n = 0;
+  int value = 0;
+  CUevent_st* ev = nullptr;
+  CUstream_st* wait_stream = nullptr;
+  unsigned long wait_seq = 0;
+};
+
+}  // namespace
+
+struct CUstream_st {
+  std::deque<Op> q;
+  unsigned long enqueued = 0, done = 0;
+};
+struct CUevent_st {
+  CUstream_st* s = nullptr;
+  unsigned long seq = 0;  // the op count of s at the record
+  bool recorded = false;
+  double t_ms = -1;  // when the marker ran
+};
+
+namespace {
+
+CUstream_st g_null_stream;
+std::set<CUstream_st*> g_streams{&g_null_stream};
+std::set<CUevent_st*> g_events;
+CUstream_st* S(cudaStream_t s) { return s ? s : &g_null_stream; }
+
+// ---- kernels: blocks one after another, threads in order or as fibers --------------
+// One fiber per thread of a block. On x86-64 a switch saves the callee-saved registers and
+// swaps stack pointers (ucontext's swapcontext makes a system call per switch, which made the
+// kernels with barriers 20x slower); elsewhere ucontext.
+struct Fiber {
+  std::vector<char> stack;
+  int state = 0;  // 0 runnable, 1 at a barrier, 2 returned
+#if defined(__x86_64__)
+  void* sp = nullptr;
+#else
+  ucontext_t ctx;
+#endif
+};
+std::vector<Fiber> g_fibers;
+int g_cur = -1;
+const std::function<void()>* g_body = nullptr;
+bool g_fiber_mode = false;
+const size_t kFiberStack = 256 * 1024;
+
+sigjmp_buf g_fault_jmp;
+volatile sig_atomic_t g_in_device_op = 0;
+void* g_fault_addr = nullptr;
+std::string g_fault_what;
+const Op* g_running = nullptr;
+
+#if defined(__x86_64__)
+extern "C" void ccnsim_switch(void** save_sp, void* to_sp);
+asm(R"(
+.text
+.p2align 4
+.globl ccnsim_switch
+.hidden ccnsim_switch
+.type ccnsim_switch,@function
+ccnsim_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+.size ccnsim_switch, .-ccnsim_switch
+)");
+void* g_sched_sp = nullptr;
+
+extern "C" [[noreturn]] void ccnsim_fiber_start() {
+  (*g_body)();
+  g_fibers[g_cur].state = 2;
+  ccnsim_switch(&g_fibers[g_cur].sp, g_sched_sp);
+  __builtin_unreachable();
+}
+uint64_t g_fp_control = 0;  // mxcsr | x87 control word << 32, read once per block
+void read_fp_control() {
+  uint32_t mx;
+  uint16_t cw;
+  asm volatile("stmxcsr %0" : "=m"(mx));
+  asm volatile("fnstcw %0" : "=m"(cw));
+  g_fp_control = (uint64_t)mx | ((uint64_t)cw << 32);
+}
+void fiber_prepare(Fiber& f) {
+  // The stack as ccnsim_switch leaves it: control word slot, six registers, then the address
+  // it "returns" to; after that ret, rsp is 8 mod 16 as at any function's entry.
+  uintptr_t top = ((uintptr_t)(f.stack.data() + f.stack.size())) & ~(uintptr_t)15;
+  uint64_t* sp = (uint64_t*)top;
+  *--sp = 0;                                   // fake return address of ccnsim_fiber_start
+  *--sp = (uint64_t)(void*)&ccnsim_fiber_start;
+  for (int r = 0; r < 6; ++r) *--sp = 0;       // rbp rbx r12 r13 r14 r15
+  *--sp = g_fp_control;
+  f.sp = sp;
+}
+void fiber_resume(Fiber& f) { ccnsim_switch(&g_sched_sp, f.sp); }
+void fiber_yield(Fiber& f) { ccnsim_switch(&f.sp, g_sched_sp); }
+#else
+ucontext_t g_sched;
+void fiber_entry() {
+  (*g_body)();
+  g_fibers[g_cur].state = 2;  // uc_link resumes the scheduler
+}
+void fiber_prepare(Fiber& f) {
+  getcontext(&f.ctx);
+  f.ctx.uc_stack.ss_sp = f.stack.data();
+  f.ctx.uc_stack.ss_size = f.stack.size();
+  f.ctx.uc_link = &g_sched;
+  makecontext(&f.ctx, fiber_entry, 0);
+}
+void read_fp_control() {}
+void fiber_resume(Fiber& f) { swapcontext(&g_sched, &f.ctx); }
+void fiber_yield(Fiber& f) { swapcontext(&f.ctx, &g_sched); }
+#endif
+
+void set_thread(unsigned t, dim3 b) {
+  ccnsim_threadIdx = uint3{t % b.x, (t / b.x) % b.y, t / (b.x * b.y)};
+}
+
+[[noreturn]] void kernel_error(const std::string& what) {
+  g_fault_what = what;
+  siglongjmp(g_fault_jmp, 2);
+}
+
+void run_block_fibers(const Op& op, unsigned nthreads) {
+  if (g_fibers.size() < nthreads) g_fibers.resize(nthreads);
+  read_fp_control();
+  for (unsigned t = 0; t < nthreads; ++t) {
+    Fiber& f = g_fibers[t];
+    if (f.stack.empty()) f.stack.resize(kFiberStack);
+    fiber_prepare(f);
+    f.state = 0;
+  }
+  g_fiber_mode = true;
+  unsigned returned = 0;
+  for (int phase = 0;; ++phase) {
+    unsigned waiting = 0;
+    for (unsigned t = 0; t < nthreads; ++t) {
+      Fiber& f = g_fibers[t];
+      if (f.state == 2) continue;
+      f.state = 0;
+      set_thread(t, op.block);
+      g_cur = (int)t;
+      fiber_resume(f);
+      if (f.state == 2)
+        ++returned;
+      else
+        ++waiting;
+    }
+    if (waiting == 0) break;
+    if (returned > 0) {
+      g_fiber_mode = false;
+      kernel_error("barrier divergence: in block (" + std::to_string(ccnsim_blockIdx.x) + "," +
+                   std::to_string(ccnsim_blockIdx.y) + "," + std::to_string(ccnsim_blockIdx.z) + "), " +
+                   std::to_string(waiting) + " threads wait at a __syncthreads() that " + std::to_string(returned) +
+                   " threads of the block never reach (they returned): undefined behaviour on a GPU");
+    }
+  }
+  g_fiber_mode = false;
+}
+
+void run_kernel(const Op& op) {
+  ccnsim_gridDim = op.grid;
+  ccnsim_blockDim = op.block;
+  const unsigned nthreads = op.block.x * op.block.y * op.block.z;
+  g_body = &op.body;
+  for (unsigned bz = 0; bz < op.grid.z; ++bz)
+    for (unsigned by = 0; by < op.grid.y; ++by)
+      for (unsigned bx = 0; bx < op.grid.x; ++bx) {
+        ccnsim_blockIdx = uint3{bx, by, bz};
+        if (op.fibers) {
+          run_block_fibers(op, nthreads);
+        } else {
+          for (unsigned t = 0; t < nthreads; ++t) {
+            set_thread(t, op.block);
+            op.body();
+          }
+        }
+      }
+}
+
+std::string alloc_text(const Alloc& a) {
+  return "device allocation #" + std::to_string(a.serial) + " of " + std::to_string(a.bytes) + " bytes";
+}
+
+std::string fault_place(void* addr) {
+  char buf[64];
+  snprintf(buf, sizeof buf, "%p", addr);
+  std::string s = std::string("address ") + buf;
+  if (const Alloc* a = near_alloc(addr)) {
+    long off = (long)((char*)addr - a->p);
+    s += off >= 0 ? ", " + std::to_string(off - (long)a->bytes) + " bytes past the end of " + alloc_text(*a)
+                  : ", " + std::to_string(-off) + " bytes before the start of " + alloc_text(*a);
+    if (off >= 0 && off < (long)a->bytes) s = std::string("address ") + buf + ", inside " + alloc_text(*a) + " (access while the host runs)";
+  } else {
+    s += ", not near any device allocation (a host pointer given to the device, or a wild pointer)";
+  }
+  return s;
+}
+
+// The bytes between an allocation's end and its guard page (under 256: CUDA's alignment) hold
+// a canary, the signalling NaN 0x7FA5A5A5 in each float: a kernel that reads there computes
+// with NaN, and one that writes there changes it (arithmetic on it, or any computed value,
+// gives another bit pattern) and is reported.
+const uint32_t kCanary = 0x7FA5A5A5u;
+unsigned char canary_byte(size_t k) { return (unsigned char)(kCanary >> (8 * (k % 4))); }
+void fill_slack(Alloc& a) {
+  for (char* q = a.p + a.bytes; q < a.pages + a.pages_len; ++q) *q = (char)canary_byte(q - (a.p + a.bytes));
+}
+Alloc* slack_written() {
+  for (auto& kv : g_dev) {
+    Alloc& a = kv.second;
+    for (const char* q = a.p + a.bytes; q < a.pages + a.pages_len; ++q)
+      if ((unsigned char)*q != canary_byte(q - (a.p + a.bytes))) return &a;
+  }
+  return nullptr;
+}
+
+void drop_all_queues() {
+  for (CUstream_st* s : g_streams) {
+    s->done += s->q.size();
+    s->q.clear();
+  }
+}
+
+void execute(CUstream_st* s, Op& op);
+
+// Runs s's work up to (and including) op number `upto` (1-based count of ops ever enqueued).
+// Device memory stays readable for the whole run of work (one mprotect pass, not one per op).
+void flush(CUstream_st* s, unsigned long upto) {
+  if (s->done >= upto || s->q.empty()) return;
+  const bool was_open = g_open;
+  set_device_access(true);
+  while (s->done < upto && !s->q.empty()) {
+    Op op = std::move(s->q.front());
+    s->q.pop_front();
+    ++s->done;
+    execute(s, op);
+  }
+  set_device_access(was_open);
+}
+void flush_all() {
+  for (CUstream_st* s : g_streams) flush(s, s->enqueued);
+}
+
+void execute(CUstream_st* s, Op& op) {
+  if (op.kind == Op::Wait) {
+    flush(op.wait_stream, op.wait_seq);
+    return;
+  }
+  if (op.kind == Op::Marker) {
+    op.ev->t_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    return;
+  }
+  if (g_sticky != cudaSuccess) return;  // a faulted context runs nothing more
+  g_running = &op;
+  g_in_device_op = 1;
+  const int fault = sigsetjmp(g_fault_jmp, 1);
+  if (fault == 0) {
+    switch (op.kind) {
+      case Op::Kernel: run_kernel(op); break;
+      case Op::Task: op.body(); break;
+      case Op::Copy: std::memmove(op.dst, op.src, op.n); break;
+      case Op::Set: std::memset(op.dst, op.value, op.n); break;
+      default: break;
+    }
+    if (op.kind == Op::Kernel || op.kind == Op::Task)
+      if (Alloc* a = slack_written()) {
+        g_fault_what = "it wrote past the end of " + alloc_text(*a) + " (into the bytes before the next 256-byte boundary)";
+        fill_slack(*a);
+        siglongjmp(g_fault_jmp, 3);
+      }
+  } else {
+    g_fiber_mode = false;
+    std::string what = g_fault_what.empty() ? "illegal memory access at " + fault_place(g_fault_addr) : g_fault_what;
+    g_fault_what.clear();
+    std::string who = op.kind == Op::Kernel && fault != 3
+                          ? "kernel " + op.name + " (launched at " + op.where + "), block (" +
+                                std::to_string(ccnsim_blockIdx.x) + "," + std::to_string(ccnsim_blockIdx.y) + "," +
+                                std::to_string(ccnsim_blockIdx.z) + ") thread (" + std::to_string(ccnsim_threadIdx.x) +
+                                "," + std::to_string(ccnsim_threadIdx.y) + "," + std::to_string(ccnsim_threadIdx.z) +
+                                ") of grid (" + std::to_string(op.grid.x) + "," + std::to_string(op.grid.y) + "," +
+                                std::to_string(op.grid.z) + ") x block (" + std::to_string(op.block.x) + "," +
+                                std::to_string(op.block.y) + "," + std::to_string(op.block.z) + ")"
+                          : (op.kind == Op::Kernel ? "kernel " + op.name + " (launched at " + op.where + ")"
+                                                   : op.name + " (" + op.where + ")");
+    fprintf(stderr, "ccn CUDA simulator: %s: %s. Later calls that wait for device work return cudaErrorIllegalAddress.\n",
+            who.c_str(), what.c_str());
+    fflush(stderr);
+    g_sticky = what.rfind("barrier divergence", 0) == 0 ? cudaErrorLaunchFailure : cudaErrorIllegalAddress;
+    drop_all_queues();
+  }
+  g_in_device_op = 0;
+  g_running = nullptr;
+}
+
+// ---- SIGSEGV: inside device work a fault of that work, else host code touching device memory
+struct sigaction g_old_segv, g_old_bus;
+bool g_handler = false;
+std::vector<char> g_altstack;
+
+void on_segv(int sig, siginfo_t* si, void* uc) {
+  if (g_in_device_op) {
+    g_fault_addr = si->si_addr;
+    siglongjmp(g_fault_jmp, 1);
+  }
+  if (const Alloc* a = near_alloc(si->si_addr)) {
+    char buf[512];
+    long off = (long)((char*)si->si_addr - a->p);
+    int n = snprintf(buf, sizeof buf,
+                     "ccn CUDA simulator: host code touched device memory at %p (%s, offset %ld): on a GPU this "
+                     "pointer is not readable from the host; copy it with cudaMemcpy.\n",
+                     si->si_addr, alloc_text(*a).c_str(), off);
+    if (n > 0) (void)!write(2, buf, (size_t)std::min(n, (int)sizeof buf - 1));
+  }
+  sigaction(sig, sig == SIGSEGV ? &g_old_segv : &g_old_bus, nullptr);  // the fault repeats: Python's faulthandler, then death
+}
+
+void install_handler() {
+  if (g_handler) return;
+  g_handler = true;
+  g_altstack.resize(1 << 16);
+  stack_t ss{};
+  ss.ss_sp = g_altstack.data();
+  ss.ss_size = g_altstack.size();
+  sigaltstack(&ss, nullptr);
+  struct sigaction sa {};
+  sa.sa_sigaction = on_segv;
+  sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGSEGV, &sa, &g_old_segv);
+  sigaction(SIGBUS, &sa, &g_old_bus);
+}
+
+void enqueue(CUstream_st* s, Op op) {
+  s->q.push_back(std::move(op));
+  ++s->enqueued;
+}
+
+const char* error_name(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
+    case cudaErrorInvalidMemcpyDirection: return "cudaErrorInvalidMemcpyDirection";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
+    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+  }
+  return "cudaErrorUnknown";
+}
+
+// A call that waits for device work returns the fault, once (then the simulator carries on,
+// so one failing test does not fail every later one; a GPU would need a new process).
+cudaError_t waited() {
+  cudaError_t e = g_sticky;
+  g_sticky = cudaSuccess;
+  return note(e);
+}
+
+}  // namespace
+
+// ---- the API ---------------------------------------------------------------------------
+void ccnsim_enqueue_kernel(const char* name, const char* file, int line, bool fibers, dim3 grid, dim3 block,
+                           size_t smem, cudaStream_t s, std::function<void()> body) {
+  Lock l(g_mu);
+  const unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0 || block.y == 0 || block.z == 0 || threads > 1024 ||
+      block.x > 1024 || block.y > 1024 || block.z > 64 || grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535 ||
+      smem > 48 * 1024) {
+    note(cudaErrorInvalidConfiguration);
+    return;
+  }
+  if (s && !g_streams.count(s)) {
+    note(cudaErrorInvalidResourceHandle);
+    return;
+  }
+  Op op{Op::Kernel};
+  op.body = std::move(body);
+  op.name = name;
+  op.where = std::string(file) + ":" + std::to_string(line);
+  op.fibers = fibers;
+  op.grid = grid;
+  op.block = block;
+  enqueue(S(s), std::move(op));
+}
+
+extern "C" {
+
+void ccnsim_syncthreads() {
+  if (!g_fiber_mode)
+    kernel_error("__syncthreads() in a kernel run without fibers (tools/cudasim/transform.py gives fibers to the "
+                 "launches of files that call __syncthreads)");
+  Fiber& f = g_fibers[g_cur];
+  f.state = 1;
+  fiber_yield(f);
+}
+
+cudaError_t cudaGetDeviceCount(int* n) {
+  *n = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device) {
+  if (device != 0) return note(cudaErrorInvalidDevice);
+  std::memset(p, 0, sizeof *p);
+  snprintf(p->name, sizeof p->name, "ccn CUDA simulator (CPU)");
+  p->totalGlobalMem = kTotalMem;
+  p->major = 9;
+  p->minor = 0;
+  p->multiProcessorCount = 132;
+  p->maxThreadsPerBlock = 1024;
+  p->sharedMemPerBlock = 48 * 1024;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : note(cudaErrorInvalidDevice); }
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  Lock l(g_mu);
+  *total_bytes = kTotalMem;
+  *free_bytes = kTotalMem - std::min(kTotalMem, g_dev_bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaRuntimeGetVersion(int* v) {
+  *v = 13000;
+  return cudaSuccess;
+}
+cudaError_t cudaDriverGetVersion(int* v) {
+  *v = 13000;
+  return cudaSuccess;
+}
+cudaError_t cudaGetLastError() {
+  Lock l(g_mu);
+  cudaError_t e = g_last;
+  g_last = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError() { return g_last; }
+const char* cudaGetErrorName(cudaError_t e) { return error_name(e); }
+const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevicePointer: return "invalid device pointer";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
+    case cudaErrorNotReady: return "device not ready";
+    default: return error_name(e);
+  }
+}
+
+cudaError_t cudaMalloc(void** out, size_t bytes) {
+  Lock l(g_mu);
+  install_handler();
+  const size_t want = (std::max<size_t>(bytes, 1) + kAlign - 1) / kAlign * kAlign;
+  const size_t pages_len = (want + kPage - 1) / kPage * kPage;
+  const size_t map_len = pages_len + 2 * kPage;
+  char* m = (char*)mmap(nullptr, map_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (m == MAP_FAILED) return note(cudaErrorMemoryAllocation);
+  Alloc a;
+  a.map = m;
+  a.map_len = map_len;
+  a.pages = m + kPage;
+  a.pages_len = pages_len;
+  a.p = a.pages + pages_len - want;  // the end of the allocation touches the guard page
+  a.bytes = bytes;
+  a.serial = ++g_serial;
+  mprotect(a.pages, a.pages_len, PROT_READ | PROT_WRITE);
+  std::memset(a.p, 0xFF, bytes);  // NaN in every float: a value read before it is written shows
+  fill_slack(a);
+  if (!g_open) mprotect(a.pages, a.pages_len, PROT_NONE);
+  g_dev[(uintptr_t)a.p] = a;
+  g_dev_bytes += bytes;
+  *out = a.p;
+  return cudaSuccess;
+}
+cudaError_t cudaFree(void* p) {
+  Lock l(g_mu);
+  if (!p) return cudaSuccess;
+  auto it = g_dev.find((uintptr_t)p);
+  if (it == g_dev.end()) return note(cudaErrorInvalidDevicePointer);
+  flush_all();  // cudaFree waits for the device
+  g_dev_bytes -= it->second.bytes;
+  munmap(it->second.map, it->second.map_len);
+  g_dev.erase(it);
+  return cudaSuccess;
+}
+cudaError_t cudaMallocHost(void** out, size_t bytes) {
+  Lock l(g_mu);
+  void* p = nullptr;
+  if (posix_memalign(&p, kPage, std::max<size_t>(bytes, 1)) != 0) return note(cudaErrorMemoryAllocation);
+  std::memset(p, 0xFF, std::max<size_t>(bytes, 1));
+  g_pinned[(uintptr_t)p] = std::max<size_t>(bytes, 1);
+  *out = p;
+  return cudaSuccess;
+}
+cudaError_t cudaFreeHost(void* p) {
+  Lock l(g_mu);
+  if (!p) return cudaSuccess;
+  auto it = g_pinned.find((uintptr_t)p);
+  if (it == g_pinned.end()) return note(cudaErrorInvalidValue);
+  flush_all();
+  g_pinned.erase(it);
+  free(p);
+  return cudaSuccess;
+}
+
+static cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s, bool async) {
+  if (bytes == 0) return cudaSuccess;
+  const bool dst_dev = dev_range(dst, bytes) != nullptr, src_dev = dev_range(src, bytes) != nullptr;
+  // A range that starts in device memory but runs past its allocation, or the wrong side for
+  // the kind, is an error (CUDA reports cudaErrorInvalidValue).
+  if ((!dst_dev && touches_device(dst, bytes)) || (!src_dev && touches_device(src, bytes))) return note(cudaErrorInvalidValue);
+  switch (kind) {
+    case cudaMemcpyHostToDevice:
+      if (!dst_dev || src_dev) return note(cudaErrorInvalidValue);
+      break;
+    case cudaMemcpyDeviceToHost:
+      if (dst_dev || !src_dev) return note(cudaErrorInvalidValue);
+      break;
+    case cudaMemcpyDeviceToDevice:
+      if (!dst_dev || !src_dev) return note(cudaErrorInvalidValue);
+      break;
+    case cudaMemcpyHostToHost:
+      if (dst_dev || src_dev) return note(cudaErrorInvalidValue);
+      break;
+    case cudaMemcpyDefault: break;
+    default: return note(cudaErrorInvalidMemcpyDirection);
+  }
+  CUstream_st* st = S(s);
+  const bool host_side_pageable = (!dst_dev && !is_pinned(dst, bytes)) || (!src_dev && !is_pinned(src, bytes));
+  Op op{Op::Copy};
+  op.dst = dst;
+  op.src = src;
+  op.n = bytes;
+  op.name = "cudaMemcpy";
+  op.where = "a copy of " + std::to_string(bytes) + " bytes";
+  if (async && !host_side_pageable) {  // pinned host memory or device to device: runs in stream order, later
+    enqueue(st, std::move(op));
+    return cudaSuccess;
+  }
+  // Pageable host memory (or cudaMemcpy): the copy is done when the call returns, after the
+  // stream's earlier work.
+  flush(st, st->enqueued);
+  enqueue(st, std::move(op));
+  flush(st, st->enqueued);
+  return async ? cudaSuccess : waited();
+}
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  Lock l(g_mu);
+  return copy(dst, src, bytes, kind, nullptr, false);
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s) {
+  Lock l(g_mu);
+  if (s && !g_streams.count(s)) return note(cudaErrorInvalidResourceHandle);
+  return copy(dst, src, bytes, kind, s, true);
+}
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t s) {
+  Lock l(g_mu);
+  if (bytes == 0) return cudaSuccess;
+  if (!dev_range(dst, bytes)) return note(cudaErrorInvalidValue);
+  if (s && !g_streams.count(s)) return note(cudaErrorInvalidResourceHandle);
+  Op op{Op::Set};
+  op.dst = dst;
+  op.n = bytes;
+  op.value = value;
+  op.name = "cudaMemsetAsync";
+  op.where = std::to_string(bytes) + " bytes";
+  enqueue(S(s), std::move(op));
+  return cudaSuccess;
+}
+cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
+  Lock l(g_mu);
+  cudaError_t e = cudaMemsetAsync(dst, value, bytes, nullptr);
+  if (e != cudaSuccess) return e;
+  flush(&g_null_stream, g_null_stream.enqueued);
+  return waited();
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, 0); }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
+  Lock l(g_mu);
+  *s = new CUstream_st;
+  g_streams.insert(*s);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  Lock l(g_mu);
+  if (!s || !g_streams.count(s)) return note(cudaErrorInvalidResourceHandle);
+  flush(s, s->enqueued);  // its work still runs
+  for (CUevent_st* e : g_events)
+    if (e->s == s) e->s = nullptr;
+  g_streams.erase(s);
+  delete s;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  Lock l(g_mu);
+  if (s && !g_streams.count(s)) return note(cudaErrorInvalidResourceHandle);
+  flush(S(s), S(s)->enqueued);
+  return waited();
+}
+cudaError_t cudaDeviceSynchronize() {
+  Lock l(g_mu);
+  flush_all();
+  return waited();
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
+  Lock l(g_mu);
+  if ((s && !g_streams.count(s)) || !g_events.count(e)) return note(cudaErrorInvalidResourceHandle);
+  if (!e->recorded || !e->s) return cudaSuccess;  // nothing to wait for
+  Op op{Op::Wait};
+  op.wait_stream = e->s;
+  op.wait_seq = e->seq;
+  enqueue(S(s), std::move(op));
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e, 0); }
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
+  Lock l(g_mu);
+  *e = new CUevent_st;
+  g_events.insert(*e);
+  return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  Lock l(g_mu);
+  if (!g_events.count(e)) return note(cudaErrorInvalidResourceHandle);
+  // A marker still queued keeps a pointer to it: run the work up to it first.
+  if (e->recorded && e->s) flush(e->s, e->seq);
+  g_events.erase(e);
+  delete e;
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  Lock l(g_mu);
+  if ((s && !g_streams.count(s)) || !g_events.count(e)) return note(cudaErrorInvalidResourceHandle);
+  Op op{Op::Marker};
+  op.ev = e;
+  CUstream_st* st = S(s);
+  enqueue(st, std::move(op));
+  e->s = st;
+  e->seq = st->enqueued;
+  e->recorded = true;
+  e->t_ms = -1;
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  Lock l(g_mu);
+  if (!g_events.count(e)) return note(cudaErrorInvalidResourceHandle);
+  if (e->recorded && e->s) flush(e->s, e->seq);
+  return waited();
+}
+cudaError_t cudaEventQuery(cudaEvent_t e) { return cudaEventSynchronize(e); }
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
+  Lock l(g_mu);
+  if (!g_events.count(a) || !g_events.count(b)) return note(cudaErrorInvalidResourceHandle);
+  if (a->t_ms < 0 || b->t_ms < 0) return note(cudaErrorNotReady);
+  *ms = (float)(b->t_ms - a->t_ms);
+  return cudaSuccess;
+}
+
+// ---- cuBLAS v2 (the calls ccn's native/cuda/cublas.cu loads) --------------------------
+struct CcnSimCublas {
+  cudaStream_t stream = nullptr;
+};
+enum { CUBLAS_OK = 0, CUBLAS_NOT_INITIALIZED = 1, CUBLAS_INVALID_VALUE = 7 };
+
+int cublasCreate_v2(void** h) {
+  *h = new CcnSimCublas;
+  return CUBLAS_OK;
+}
+int cublasDestroy_v2(void* h) {
+  delete (CcnSimCublas*)h;
+  return CUBLAS_OK;
+}
+int cublasSetStream_v2(void* h, cudaStream_t s) {
+  if (!h) return CUBLAS_NOT_INITIALIZED;
+  ((CcnSimCublas*)h)->stream = s;
+  return CUBLAS_OK;
+}
+int cublasGetVersion_v2(void* h, int* v) {
+  *v = 130000;
+  return CUBLAS_OK;
+}
+const char* cublasGetStatusString(int st) {
+  switch (st) {
+    case CUBLAS_OK: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+  }
+  return "CUBLAS_STATUS_UNKNOWN";
+}
+
+// Column-major C(m x n) = alpha op(A)(m x k) op(B)(k x n) + beta C; beta == 0 does not read C.
+int cublasSgemm_v2(void* h, int ta, int tb, int m, int n, int k, const float* alpha, const float* A, int lda,
+                   const float* B, int ldb, const float* beta, float* C, int ldc) {
+  Lock l(g_mu);
+  if (!h) return CUBLAS_NOT_INITIALIZED;
+  if ((ta != 0 && ta != 1) || (tb != 0 && tb != 1) || m < 0 || n < 0 || k < 0) return CUBLAS_INVALID_VALUE;
+  const int a_rows = ta == 0 ? m : k, a_cols = ta == 0 ? k : m;
+  const int b_rows = tb == 0 ? k : n, b_cols = tb == 0 ? n : k;
+  if (lda < std::max(1, a_rows) || ldb < std::max(1, b_rows) || ldc < std::max(1, m)) return CUBLAS_INVALID_VALUE;
+  if (m == 0 || n == 0) return CUBLAS_OK;
+  const float al = *alpha, be = *beta;  // host pointer mode: read at the call
+  char where[200];
+  snprintf(where, sizeof where, "cublasSgemm(%s, %s, m=%d, n=%d, k=%d, lda=%d, ldb=%d, ldc=%d)", ta ? "T" : "N",
+           tb ? "T" : "N", m, n, k, lda, ldb, ldc);
+  auto extent = [](int rows, int cols, int ld) { return cols == 0 ? size_t(0) : ((size_t)(cols - 1) * ld + rows) * 4; };
+  std::string bad;
+  if (k > 0 && al != 0.f && !dev_range(A, extent(a_rows, a_cols, lda))) bad = "A";
+  if (k > 0 && al != 0.f && !dev_range(B, extent(b_rows, b_cols, ldb))) bad += bad.empty() ? "B" : " and B";
+  if (!dev_range(C, extent(m, n, ldc))) bad += bad.empty() ? "C" : " and C";
+  Op op{Op::Task};
+  op.name = where;
+  op.where = "cuBLAS";
+  if (!bad.empty()) {
+    std::string msg = "matrix " + bad + " does not lie inside one device allocation";
+    op.body = [msg] { kernel_error(msg); };
+  } else {
+    op.body = [=] {
+      // cuBLAS's rule: with beta == 0, C is written, never read (it may hold NaN).
+      if (be == 0.f)
+        for (int j = 0; j < n; ++j) std::fill(C + (size_t)j * ldc, C + (size_t)j * ldc + m, 0.f);
+      CCNSIM_SGEMM(CblasColMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k, al, A, lda,
+                   B, ldb, be, C, ldc);
+    };
+  }
+  enqueue(S(((CcnSimCublas*)h)->stream), std::move(op));
+  return CUBLAS_OK;
+}
+
+}  // extern "C"
