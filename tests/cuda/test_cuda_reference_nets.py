@@ -48,7 +48,7 @@ def _agree(path, size, extra, steps=3):
     mini = 6 if size >= 128 else 16
     data = _batches(shape, mini, 2)
     runs = nc.train_runs(make, data, steps=steps, mini=mini)
-    sens = nc.sensitivity(runs["cpu"], runs["nudged"])
+    sens = nc.sensitivity(runs["cpu"], runs["nudged"], runs["nudged_w"])
     bad = nc.compare(runs["cpu"], runs["cuda"], sens)
     print(nc.report(runs["cpu"], runs["cuda"], sens))
     assert not bad, f"{os.path.basename(path)}:\n" + "\n".join(bad)

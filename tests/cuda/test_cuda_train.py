@@ -158,9 +158,11 @@ def batches(shape, n, count, classes=10, seed=0):
 def test_netcompare_measures_and_judges_on_the_cpu():
     data = batches((3, 8, 8), 16, 3)
     runs = nc.train_runs(make_small, data, steps=6, mini=16, devices=("cpu",))
-    sens = nc.sensitivity(runs["cpu"], runs["nudged"])
+    sens = nc.sensitivity(runs["cpu"], runs["nudged"], runs["nudged_w"])
     assert set(sens) == set(runs["cpu"]) and all(np.isfinite(v) for v in sens.values())
     assert any(v > 0 for v in sens.values())  # one ulp at the input does move the weights
+    w_only = nc.sensitivity(runs["cpu"], runs["nudged_w"])
+    assert all(sens[k] >= w_only[k] for k in sens) and any(v > 0 for v in w_only.values())
     same = nc.train(make_small("cpu"), data, 6, 16)
     assert nc.compare(runs["cpu"], same, sens) == []  # the CPU is deterministic: identical runs agree
     off = dict(same)
@@ -177,7 +179,7 @@ def test_netcompare_measures_and_judges_on_the_cpu():
 def _agree(make, shape, mini, steps=20, count=4):
     data = batches(shape, mini, count)
     runs = nc.train_runs(make, data, steps=steps, mini=mini)
-    sens = nc.sensitivity(runs["cpu"], runs["nudged"])
+    sens = nc.sensitivity(runs["cpu"], runs["nudged"], runs["nudged_w"])
     bad = nc.compare(runs["cpu"], runs["cuda"], sens)
     print(nc.report(runs["cpu"], runs["cuda"], sens))
     assert not bad, "\n".join(bad)
