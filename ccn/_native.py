@@ -70,6 +70,9 @@ try:
     else:
         from . import _core as core  # noqa: E402
 except ImportError as e:  # pragma: no cover - depends on the installation
+    if os.environ.get("CCN_CORE"):
+        raise CcnRuntimeError(f"the native core that CCN_CORE names could not be loaded ({e}). Unset CCN_CORE to use "
+                              "this ccn's own, or build that one again (tools/cudasim/build.sh).") from e
     _here = os.path.dirname(os.path.abspath(__file__))
     _tree = os.path.isfile(os.path.join(os.path.dirname(_here), "CMakeLists.txt"))
     raise CcnRuntimeError(

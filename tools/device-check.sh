@@ -16,7 +16,8 @@
 #                   GPU and on the CPU (a GPU checkpoint read by the CPU), and the same training
 #                   on the CPU for comparison
 #        bench      tools/bench_gpu.py: AlexNet training step at minibatch 128, ccn vs PyTorch fp32
-#        other tests the rest of the suite (pytest-xdist), if time is left
+#        other tests the rest of the suite (pytest-xdist), if time is left; not tests/cudasim
+#                    (the CUDA simulator stands in for a GPU where there is none)
 #      and ends with a short table. Logs go to $OUT (they come back with the call).
 #   3. Here, without a GPU:        tools/device-check.sh --dry-run
 #      runs the same script with what this machine has: no build (uses ccn/_core*.so from
@@ -177,7 +178,7 @@ if [[ "${R[build]}" != FAILED* ]] && ((!DRY)) && (( BUDGET - $(elapsed) > 40 ));
   SKIP=()
   command -v mpiexec >/dev/null || SKIP=(--ignore=tests/e2e/test_parallel.py)
   OMP_NUM_THREADS=2 timeout "$(limit 200 10)" python3 -m pytest -v -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"} \
-    tests --ignore=tests/cuda ${SKIP[@]+"${SKIP[@]}"} > "$OUT/tests-rest.log" 2>&1
+    tests --ignore=tests/cuda --ignore=tests/cudasim ${SKIP[@]+"${SKIP[@]}"} > "$OUT/tests-rest.log" 2>&1
   grep -E " (FAILED|ERROR) " "$OUT/tests-rest.log" | head -20
   R[tests_rest]="$(summary "$OUT/tests-rest.log"); $(grep -c " PASSED " "$OUT/tests-rest.log") passed so far${SKIP[@]+" (no mpiexec: test_parallel.py left out)"}"
 else

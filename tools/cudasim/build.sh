@@ -6,11 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
 BUILD=${CCNSIM_BUILD_DIR:-build/sim}
+case "$BUILD" in /*) ;; *) BUILD="$PWD/$BUILD" ;; esac
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCCN_CUDA=SIM \
     -DPython_EXECUTABLE="$(command -v "$PY")" \
     -Dpybind11_DIR="$("$PY" -m pybind11 --cmakedir)" \
-    -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$PWD/$BUILD/lib" >/dev/null
+    -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$BUILD/lib" >/dev/null
 fi
 cmake --build "$BUILD" -j"${CCN_JOBS:-2}" | { grep -v '^\[' || true; }
 test -f "$BUILD/lib/libccnsim_rt.so" && ls "$BUILD"/lib/_core*.so >/dev/null

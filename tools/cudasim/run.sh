@@ -7,8 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
 BUILD=${CCNSIM_BUILD_DIR:-build/sim}
+case "$BUILD" in /*) ;; *) BUILD="$PWD/$BUILD" ;; esac
 tools/cudasim/build.sh
 core=$(ls "$BUILD"/lib/_core*.so | head -1)
-export CCN_CORE="$PWD/$core" CCN_CUBLAS="$PWD/$BUILD/lib/libccnsim_rt.so"
+export CCN_CORE="$core" CCN_CUBLAS="$BUILD/lib/libccnsim_rt.so"
 [ $# -gt 0 ] || set -- tests/cuda
 exec "$PY" -m pytest -p no:cacheprovider "$@"
