@@ -36,6 +36,36 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def _cuda_simulator():
+    """libccnsim_rt.so when the tests run on the CUDA simulator (tools/cudasim/run.sh), else None."""
+    lib = os.environ.get("CCNSIM_RUNTIME")
+    if not (os.environ.get("CCN_CORE") and lib):
+        return None
+    import ctypes
+
+    rt = ctypes.CDLL(lib)
+    rt.ccnsim_reports.restype = ctypes.c_char_p
+    return rt
+
+
+_SIM = _cuda_simulator()
+
+
+@pytest.fixture(autouse=True)
+def _cuda_simulator_reports():
+    """On the CUDA simulator: each test starts with no fault on record, and fails if the
+    simulator reported one during it (a fault that an unchecked call would otherwise swallow)."""
+    if _SIM is None:
+        yield
+        return
+    _SIM.ccnsim_reset()
+    yield
+    reports = _SIM.ccnsim_reports().decode()
+    _SIM.ccnsim_reset()
+    if reports:
+        pytest.fail(f"the CUDA simulator reported:\n{reports}", pytrace=False)
+
+
 @pytest.fixture(autouse=True)
 def _replayable_default_rng(request, monkeypatch):
     """Tests draw fresh random inputs every run. So that a failure can be replayed, each test

@@ -40,6 +40,13 @@ __global__ void block_sum_kernel(const float* x, float* out, int n) {
   }
   if (threadIdx.x == 0) out[blockIdx.x] = sh[0];
 }
+// x[i] = x[i - 1] + 1 with no barrier: a race, whose result depends on the thread order
+__global__ void racy_kernel(float* x, int n) {
+  int i = threadIdx.x;
+  if (i > 0 && i < n) x[i] = x[i - 1] + 1;
+}
+// writes x[-3]
+__global__ void before_start_kernel(float* x) { x[-3] = 1; }
 // half the threads return before the barrier the others wait at
 __global__ void divergent_kernel(float* out) {
   if (threadIdx.x >= 16) return;
@@ -174,6 +181,49 @@ int main(int argc, char** argv) {
     // B read as 4 x 4 (ldb 4, n 4): past the end of its allocation
     std::printf("status %d\n", cublasSgemm_v2(h, 0, 0, m, 4, k, &one, dA, m, dB, k, &zero, dC, m));
     std::printf("sync %d\n", (int)cudaDeviceSynchronize());
+  } else if (!std::strcmp(c, "host_pointer_arg")) {
+    std::vector<float> host(4, 0.f);
+    fill_kernel<<<1, 4>>>(host.data(), 4, 5.f);
+    std::printf("launch %d\n", (int)cudaGetLastError());
+    std::printf("sync %d\n", (int)cudaDeviceSynchronize());
+    std::printf("host %.0f\n", host[0]);
+  } else if (!std::strcmp(c, "before_start")) {
+    float* x = dev(25);
+    before_start_kernel<<<1, 1>>>(x);
+    std::printf("sync %d\n", (int)cudaDeviceSynchronize());
+  } else if (!std::strcmp(c, "race")) {
+    float* x = dev(8);
+    cudaMemset(x, 0, 8 * sizeof(float));
+    racy_kernel<<<1, 8>>>(x, 8);
+    std::printf("last %.0f\n", get(x, 8)[7]);
+  } else if (!std::strcmp(c, "pageable_staged")) {
+    // a pageable source is taken at the call (the caller may reuse it at once), and the copy
+    // still runs in stream order: the kernel on another stream without a wait sees NaN
+    cudaStream_t compute, copy;
+    cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking);
+    cudaStreamCreateWithFlags(&copy, cudaStreamNonBlocking);
+    std::vector<float> host(4, 7.f);
+    float *x = dev(4), *out = dev(4);
+    cudaMemcpyAsync(x, host.data(), 4 * sizeof(float), cudaMemcpyHostToDevice, copy);
+    host[0] = 100.f;
+    twice_kernel<<<1, 4, 0, compute>>>(x, out, 4, 1);
+    cudaStreamSynchronize(compute);
+    std::printf("without_wait %f\n", get(out, 4)[0]);
+    cudaStreamSynchronize(copy);
+    std::printf("copied %.0f\n", get(x, 4)[0]);
+  } else if (!std::strcmp(c, "event_query")) {
+    cudaStream_t st;
+    cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);
+    cudaEvent_t e;
+    cudaEventCreateWithFlags(&e, cudaEventDisableTiming);
+    float* x = dev(4);
+    fill_kernel<<<1, 4, 0, st>>>(x, 4, 1.f);
+    cudaEventRecord(e, st);
+    std::printf("query %d\n", (int)cudaEventQuery(e));
+    std::printf("query %d\n", (int)cudaEventQuery(e));
+    std::printf("query %d\n", (int)cudaEventQuery(e));
+    float ms = 0;
+    std::printf("elapsed %d\n", (int)cudaEventElapsedTime(&ms, e, e));
   } else {
     std::printf("unknown case %s\n", c);
     return 2;

@@ -61,7 +61,7 @@ def cases(sim_build, tmp_path_factory):
     src = os.path.join(ROOT, "tests", "cudasim", "sim_cases.cu")
     cpp = d / "sim_cases.cpp"
     text, launches = transform.transform(open(src, encoding="utf-8").read(), "tests/cudasim/sim_cases.cu")
-    assert launches == 9
+    assert launches == 14
     cpp.write_text(text)
     exe = d / "sim_cases"
     cmd = [os.environ.get("CXX", "c++"), "-std=c++17", "-O1", "-ffp-contract=off", f"-I{SIM}/include", str(cpp),
@@ -69,8 +69,8 @@ def cases(sim_build, tmp_path_factory):
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-4000:]
 
-    def run(case):
-        p = subprocess.run([str(exe), case], capture_output=True, text=True, timeout=60)
+    def run(case, **env):
+        p = subprocess.run([str(exe), case], capture_output=True, text=True, timeout=60, env={**os.environ, **env})
         return p.returncode, p.stdout, p.stderr
 
     return run
@@ -112,13 +112,46 @@ def test_a_kernel_writing_past_an_allocation_is_an_illegal_address(cases, case):
     rc, out, err = cases(case)
     assert rc == 0, err
     assert _values(out, "launch") == [0]
-    assert _values(out, "sync") == [700]  # cudaErrorIllegalAddress, once
-    assert _values(out, "sync_again") == [0]
+    assert _values(out, "sync") == [700]  # cudaErrorIllegalAddress, from then on
+    assert _values(out, "sync_again") == [700]
     assert "kernel twice_kernel (launched at tests/cudasim/sim_cases.cu:" in err
     if case == "past_end_write":  # reading x[1024]: the guard page after allocation #1
         assert "block (4,0,0) thread (0,0,0)" in err and "0 bytes past the end of device allocation #1 of 4096" in err
     else:
         assert "wrote past the end of device allocation #2 of 4000 bytes" in err
+
+
+def test_a_kernel_writing_before_an_allocation_is_an_illegal_address(cases):
+    rc, out, err = cases("before_start")
+    assert rc == 0 and _values(out, "sync") == [700], out + err
+    assert "kernel before_start_kernel" in err and "wrote before the start of device allocation #1 of 100" in err
+
+
+def test_a_host_pointer_given_to_a_kernel_faults(cases):
+    rc, out, err = cases("host_pointer_arg")
+    assert rc == 0 and _values(out, "launch") == [0] and _values(out, "sync") == [700], out + err
+    assert _values(out, "host") == [0.0]  # the kernel never ran
+    assert "kernel fill_kernel" in err and "a kernel argument is not a device pointer: argument 1 (0x" in err
+
+
+def test_thread_order_can_be_reversed_to_show_races(cases):
+    rc, out, err = cases("race")
+    assert rc == 0 and _values(out, "last") == [7.0], out + err  # in order: each thread sees its neighbour's write
+    rc, out, err = cases("race", CCNSIM_ORDER="reverse")
+    assert rc == 0 and _values(out, "last") == [1.0], out + err  # reversed: each reads the 0 still there
+
+
+def test_a_pageable_copy_is_staged_at_the_call_and_runs_in_stream_order(cases):
+    rc, out, err = cases("pageable_staged")
+    assert rc == 0, err
+    (without,) = _values(out, "without_wait")
+    assert without != without and _values(out, "copied") == [7.0], out
+
+
+def test_an_event_is_not_ready_while_its_work_is_queued(cases):
+    rc, out, err = cases("event_query")
+    assert rc == 0 and _values(out, "query") == [600, 0, 0], out + err  # cudaErrorNotReady, then runs
+    assert _values(out, "elapsed") == [400], out  # no timing on a cudaEventDisableTiming event
 
 
 def test_launch_configurations_a_gpu_refuses(cases):
@@ -174,3 +207,16 @@ def test_every_gpu_test_passes_on_the_simulator(sim_build):
     assert r.returncode == 0, f"tests/cuda on the CUDA simulator failed:\n{tail}"
     m = re.search(r"(\d+) passed", r.stdout)
     assert m and int(m.group(1)) > 150, tail
+
+
+def test_kernel_tests_pass_with_blocks_and_threads_in_reverse_order(sim_build):
+    """The kernel and layer tests again with CCNSIM_ORDER=reverse: a kernel whose result
+    depends on the order its threads or blocks run in (a race on a GPU) fails one of the two."""
+    env = {**_env(), "CCNSIM_ORDER": "reverse"}
+    r = subprocess.run(["bash", os.path.join(SIM, "run.sh"), "tests/cuda/test_cuda_kernels.py",
+                        "tests/cuda/test_cuda_layers_more.py", "tests/cuda/test_cuda_layers_net.py", "-q", "-x"],
+                       env=env, capture_output=True, text=True, cwd=ROOT)
+    tail = (r.stdout + r.stderr)[-6000:]
+    assert r.returncode == 0, f"kernel tests with CCNSIM_ORDER=reverse failed:\n{tail}"
+    m = re.search(r"(\d+) passed", r.stdout)
+    assert m and int(m.group(1)) > 80, tail

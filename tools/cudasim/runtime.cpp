@@ -137,28 +137,44 @@ struct Op {
   const void* src = nullptr;
   size_t n = 0;
   int value = 0;
+  std::vector<char> staged;  // Copy from pageable host memory: the bytes, taken at the call
+  std::string bad;           // Kernel: why it faults as soon as it runs (a host pointer argument)
   CUevent_st* ev = nullptr;
+  unsigned long record_no = 0;  // Marker: which record of ev it is
   CUstream_st* wait_stream = nullptr;
   unsigned long wait_seq = 0;
+  unsigned long issue = 0;  // order of issue over all streams
 };
 
 }  // namespace
 
+// Destroyed streams and events are never freed (a queued op may still point at them), only
+// taken off the lists of valid handles.
 struct CUstream_st {
   std::deque<Op> q;
   unsigned long enqueued = 0, done = 0;
 };
 struct CUevent_st {
   CUstream_st* s = nullptr;
-  unsigned long seq = 0;  // the op count of s at the record
-  bool recorded = false;
-  double t_ms = -1;  // when the marker ran
+  unsigned long seq = 0;  // the op count of s at the latest record
+  unsigned long record_no = 0;
+  bool recorded = false, done = false, timing = true, polled = false;
+  double t_ms = -1;  // when the latest record's marker ran
 };
 
 namespace {
 
 CUstream_st g_null_stream;
-std::set<CUstream_st*> g_streams{&g_null_stream};
+std::set<CUstream_st*> g_streams{&g_null_stream};  // valid handles
+std::vector<CUstream_st*> g_all_streams{&g_null_stream};  // destroyed ones too, while work is queued
+unsigned long g_issue = 0;
+std::string g_reports;  // every report since the last ccnsim_reset()
+// CCNSIM_ORDER=reverse: blocks, and the threads of a block, run in descending order (a kernel
+// whose result depends on the order has a race on a GPU).
+bool g_reverse = [] {
+  const char* o = std::getenv("CCNSIM_ORDER");
+  return o && !std::strcmp(o, "reverse");
+}();
 std::set<CUevent_st*> g_events;
 CUstream_st* S(cudaStream_t s) { return s ? s : &g_null_stream; }
 
@@ -167,7 +183,7 @@ CUstream_st* S(cudaStream_t s) { return s ? s : &g_null_stream; }
 // swaps stack pointers (ucontext's swapcontext makes a system call per switch, which made the
 // kernels with barriers 20x slower); elsewhere ucontext.
 struct Fiber {
-  std::vector<char> stack;
+  char* stack = nullptr;  // kFiberStack bytes above a guard page (mmap)
   int state = 0;  // 0 runnable, 1 at a barrier, 2 returned
 #if defined(__x86_64__)
   void* sp = nullptr;
@@ -238,7 +254,7 @@ void read_fp_control() {
 void fiber_prepare(Fiber& f) {
   // The stack as ccnsim_switch leaves it: control word slot, six registers, then the address
   // it "returns" to; after that ret, rsp is 8 mod 16 as at any function's entry.
-  uintptr_t top = ((uintptr_t)(f.stack.data() + f.stack.size())) & ~(uintptr_t)15;
+  uintptr_t top = ((uintptr_t)(f.stack + kFiberStack)) & ~(uintptr_t)15;
   uint64_t* sp = (uint64_t*)top;
   *--sp = 0;                                   // fake return address of ccnsim_fiber_start
   *--sp = (uint64_t)(void*)&ccnsim_fiber_start;
@@ -256,8 +272,8 @@ void fiber_entry() {
 }
 void fiber_prepare(Fiber& f) {
   getcontext(&f.ctx);
-  f.ctx.uc_stack.ss_sp = f.stack.data();
-  f.ctx.uc_stack.ss_size = f.stack.size();
+  f.ctx.uc_stack.ss_sp = f.stack;
+  f.ctx.uc_stack.ss_size = kFiberStack;
   f.ctx.uc_link = &g_sched;
   makecontext(&f.ctx, fiber_entry, 0);
 }
@@ -280,7 +296,12 @@ void run_block_fibers(const Op& op, unsigned nthreads) {
   read_fp_control();
   for (unsigned t = 0; t < nthreads; ++t) {
     Fiber& f = g_fibers[t];
-    if (f.stack.empty()) f.stack.resize(kFiberStack);
+    if (!f.stack) {
+      char* m = (char*)mmap(nullptr, kFiberStack + kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (m == MAP_FAILED) kernel_error("no memory for the fiber stacks of a block");
+      mprotect(m, kPage, PROT_NONE);  // a thread that overflows its stack faults
+      f.stack = m + kPage;
+    }
     fiber_prepare(f);
     f.state = 0;
   }
@@ -288,7 +309,8 @@ void run_block_fibers(const Op& op, unsigned nthreads) {
   unsigned returned = 0;
   for (int phase = 0;; ++phase) {
     unsigned waiting = 0;
-    for (unsigned t = 0; t < nthreads; ++t) {
+    for (unsigned i = 0; i < nthreads; ++i) {
+      const unsigned t = g_reverse ? nthreads - 1 - i : i;
       Fiber& f = g_fibers[t];
       if (f.state == 2) continue;
       f.state = 0;
@@ -317,19 +339,21 @@ void run_kernel(const Op& op) {
   ccnsim_blockDim = op.block;
   const unsigned nthreads = op.block.x * op.block.y * op.block.z;
   g_body = &op.body;
-  for (unsigned bz = 0; bz < op.grid.z; ++bz)
-    for (unsigned by = 0; by < op.grid.y; ++by)
-      for (unsigned bx = 0; bx < op.grid.x; ++bx) {
-        ccnsim_blockIdx = uint3{bx, by, bz};
-        if (op.fibers) {
-          run_block_fibers(op, nthreads);
-        } else {
-          for (unsigned t = 0; t < nthreads; ++t) {
-            set_thread(t, op.block);
-            op.body();
-          }
-        }
+  if (!op.bad.empty()) kernel_error(op.bad);
+  const unsigned long nblocks = (unsigned long)op.grid.x * op.grid.y * op.grid.z;
+  for (unsigned long i = 0; i < nblocks; ++i) {
+    const unsigned long b = g_reverse ? nblocks - 1 - i : i;
+    ccnsim_blockIdx = uint3{(unsigned)(b % op.grid.x), (unsigned)(b / op.grid.x % op.grid.y),
+                            (unsigned)(b / ((unsigned long)op.grid.x * op.grid.y))};
+    if (op.fibers) {
+      run_block_fibers(op, nthreads);
+    } else {
+      for (unsigned k = 0; k < nthreads; ++k) {
+        set_thread(g_reverse ? nthreads - 1 - k : k, op.block);
+        op.body();
       }
+    }
+  }
 }
 
 std::string alloc_text(const Alloc& a) {
@@ -346,7 +370,12 @@ std::string fault_place(void* addr) {
                   : ", " + std::to_string(-off) + " bytes before the start of " + alloc_text(*a);
     if (off >= 0 && off < (long)a->bytes) s = std::string("address ") + buf + ", inside " + alloc_text(*a) + " (access while the host runs)";
   } else {
-    s += ", not near any device allocation (a host pointer given to the device, or a wild pointer)";
+    bool stack = false;
+    for (const Fiber& f : g_fibers)
+      if (f.stack && (char*)addr >= f.stack - kPage && (char*)addr < f.stack) stack = true;
+    s += stack ? ", the guard page below a thread's stack: a kernel thread used more than its " +
+                     std::to_string(kFiberStack / 1024) + " KB of stack"
+               : ", not near any device allocation (a host pointer given to the device, or a wild pointer)";
   }
   return s;
 }
@@ -359,18 +388,22 @@ const uint32_t kCanary = 0x7FA5A5A5u;
 unsigned char canary_byte(size_t k) { return (unsigned char)(kCanary >> (8 * (k % 4))); }
 void fill_slack(Alloc& a) {
   for (char* q = a.p + a.bytes; q < a.pages + a.pages_len; ++q) *q = (char)canary_byte(q - (a.p + a.bytes));
+  for (char* q = a.pages; q < a.p; ++q) *q = (char)canary_byte(q - a.pages);
 }
-Alloc* slack_written() {
+// The allocation whose canary a kernel changed, and where (+1 after the end, -1 before the start).
+Alloc* slack_written(int* where) {
   for (auto& kv : g_dev) {
     Alloc& a = kv.second;
     for (const char* q = a.p + a.bytes; q < a.pages + a.pages_len; ++q)
-      if ((unsigned char)*q != canary_byte(q - (a.p + a.bytes))) return &a;
+      if ((unsigned char)*q != canary_byte(q - (a.p + a.bytes))) return *where = 1, &a;
+    for (const char* q = a.pages; q < a.p; ++q)
+      if ((unsigned char)*q != canary_byte(q - a.pages)) return *where = -1, &a;
   }
   return nullptr;
 }
 
 void drop_all_queues() {
-  for (CUstream_st* s : g_streams) {
+  for (CUstream_st* s : g_all_streams) {
     s->done += s->q.size();
     s->q.clear();
   }
@@ -392,8 +425,16 @@ void flush(CUstream_st* s, unsigned long upto) {
   }
   set_device_access(was_open);
 }
+// Runs everything queued, one op at a time, always the stream whose next op was issued last:
+// work on independent streams runs in the order least like issue order.
 void flush_all() {
-  for (CUstream_st* s : g_streams) flush(s, s->enqueued);
+  for (;;) {
+    CUstream_st* pick = nullptr;
+    for (CUstream_st* s : g_all_streams)
+      if (!s->q.empty() && (!pick || s->q.front().issue > pick->q.front().issue)) pick = s;
+    if (!pick) return;
+    flush(pick, pick->done + 1);
+  }
 }
 
 void execute(CUstream_st* s, Op& op) {
@@ -402,7 +443,10 @@ void execute(CUstream_st* s, Op& op) {
     return;
   }
   if (op.kind == Op::Marker) {
-    op.ev->t_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    if (op.record_no == op.ev->record_no) {
+      op.ev->t_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+      op.ev->done = true;
+    }
     return;
   }
   if (g_sticky != cudaSuccess) return;  // a faulted context runs nothing more
@@ -417,9 +461,12 @@ void execute(CUstream_st* s, Op& op) {
       case Op::Set: std::memset(op.dst, op.value, op.n); break;
       default: break;
     }
+    int where = 0;
     if (op.kind == Op::Kernel || op.kind == Op::Task)
-      if (Alloc* a = slack_written()) {
-        g_fault_what = "it wrote past the end of " + alloc_text(*a) + " (into the bytes before the next 256-byte boundary)";
+      if (Alloc* a = slack_written(&where)) {
+        g_fault_what = where > 0 ? "it wrote past the end of " + alloc_text(*a) +
+                                       " (into the bytes before the next 256-byte boundary)"
+                                 : "it wrote before the start of " + alloc_text(*a);
         fill_slack(*a);
         siglongjmp(g_fault_jmp, 3);
       }
@@ -437,9 +484,10 @@ void execute(CUstream_st* s, Op& op) {
                                 std::to_string(op.block.y) + "," + std::to_string(op.block.z) + ")"
                           : (op.kind == Op::Kernel ? "kernel " + op.name + " (launched at " + op.where + ")"
                                                    : op.name + " (" + op.where + ")");
-    fprintf(stderr, "ccn CUDA simulator: %s: %s. Later calls that wait for device work return cudaErrorIllegalAddress.\n",
-            who.c_str(), what.c_str());
+    std::string report = "ccn CUDA simulator: " + who + ": " + what + ".";
+    fprintf(stderr, "%s Every later call that waits for device work returns the error.\n", report.c_str());
     fflush(stderr);
+    g_reports += report + "\n";
     g_sticky = what.rfind("barrier divergence", 0) == 0 ? cudaErrorLaunchFailure : cudaErrorIllegalAddress;
     drop_all_queues();
   }
@@ -486,6 +534,7 @@ void install_handler() {
 }
 
 void enqueue(CUstream_st* s, Op op) {
+  op.issue = ++g_issue;
   s->q.push_back(std::move(op));
   ++s->enqueued;
 }
@@ -508,19 +557,29 @@ const char* error_name(cudaError_t e) {
   return "cudaErrorUnknown";
 }
 
-// A call that waits for device work returns the fault, once (then the simulator carries on,
-// so one failing test does not fail every later one; a GPU would need a new process).
-cudaError_t waited() {
-  cudaError_t e = g_sticky;
-  g_sticky = cudaSuccess;
-  return note(e);
+// A call that waits for device work returns the fault, from then on (as on a GPU, where the
+// context is lost); ccnsim_reset() clears it (tests/conftest.py does, between tests).
+cudaError_t waited() { return note(g_sticky); }
+
+bool device_pointer(const void* p) {
+  auto it = g_dev.upper_bound((uintptr_t)p);
+  if (it != g_dev.begin()) {
+    --it;
+    if ((const char*)p >= it->second.p && (const char*)p <= it->second.p + it->second.bytes) return true;
+  }
+  return is_pinned(p, 1);  // pinned host memory is mapped into the device's address space
 }
 
 }  // namespace
 
 // ---- the API ---------------------------------------------------------------------------
+bool ccnsim_device_pointer(const void* p) {
+  Lock l(g_mu);
+  return !p || device_pointer(p);
+}
+
 void ccnsim_enqueue_kernel(const char* name, const char* file, int line, bool fibers, dim3 grid, dim3 block,
-                           size_t smem, cudaStream_t s, std::function<void()> body) {
+                           size_t smem, cudaStream_t s, std::function<void()> body, std::string bad) {
   Lock l(g_mu);
   const unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0 || block.y == 0 || block.z == 0 || threads > 1024 ||
@@ -540,6 +599,7 @@ void ccnsim_enqueue_kernel(const char* name, const char* file, int line, bool fi
   op.fibers = fibers;
   op.grid = grid;
   op.block = block;
+  if (!bad.empty()) op.bad = "a kernel argument is not a device pointer: " + bad;
   enqueue(S(s), std::move(op));
 }
 
@@ -591,10 +651,20 @@ cudaError_t cudaDriverGetVersion(int* v) {
 }
 cudaError_t cudaGetLastError() {
   Lock l(g_mu);
-  cudaError_t e = g_last;
+  cudaError_t e = g_sticky != cudaSuccess ? g_sticky : g_last;
   g_last = cudaSuccess;
   return e;
 }
+
+// For tests: forget a fault (a GPU would need a new process) and the reports so far.
+void ccnsim_reset() {
+  Lock l(g_mu);
+  drop_all_queues();
+  g_sticky = g_last = cudaSuccess;
+  g_reports.clear();
+}
+// Every report since the last reset ("" when none).
+const char* ccnsim_reports() { return g_reports.c_str(); }
 cudaError_t cudaPeekAtLastError() { return g_last; }
 const char* cudaGetErrorName(cudaError_t e) { return error_name(e); }
 const char* cudaGetErrorString(cudaError_t e) {
@@ -702,8 +772,16 @@ static cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind
     enqueue(st, std::move(op));
     return cudaSuccess;
   }
-  // Pageable host memory (or cudaMemcpy): the copy is done when the call returns, after the
-  // stream's earlier work.
+  if (async && kind != cudaMemcpyDeviceToHost && dst_dev) {
+    // From pageable host memory: the bytes are staged now (the caller may reuse its buffer),
+    // the copy runs in stream order, later.
+    op.staged.assign((const char*)src, (const char*)src + bytes);
+    op.src = op.staged.data();
+    enqueue(st, std::move(op));
+    return cudaSuccess;
+  }
+  // Into pageable host memory (or cudaMemcpy): the copy is done when the call returns, after
+  // the stream's earlier work.
   flush(st, st->enqueued);
   enqueue(st, std::move(op));
   flush(st, st->enqueued);
@@ -745,16 +823,13 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
   Lock l(g_mu);
   *s = new CUstream_st;
   g_streams.insert(*s);
+  g_all_streams.push_back(*s);
   return cudaSuccess;
 }
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
   Lock l(g_mu);
   if (!s || !g_streams.count(s)) return note(cudaErrorInvalidResourceHandle);
-  flush(s, s->enqueued);  // its work still runs
-  for (CUevent_st* e : g_events)
-    if (e->s == s) e->s = nullptr;
-  g_streams.erase(s);
-  delete s;
+  g_streams.erase(s);  // its queued work still runs, when something forces it
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
@@ -779,19 +854,17 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
   return cudaSuccess;
 }
 cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e, 0); }
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned flags) {
   Lock l(g_mu);
   *e = new CUevent_st;
+  (*e)->timing = !(flags & cudaEventDisableTiming);
   g_events.insert(*e);
   return cudaSuccess;
 }
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
   Lock l(g_mu);
   if (!g_events.count(e)) return note(cudaErrorInvalidResourceHandle);
-  // A marker still queued keeps a pointer to it: run the work up to it first.
-  if (e->recorded && e->s) flush(e->s, e->seq);
-  g_events.erase(e);
-  delete e;
+  g_events.erase(e);  // a queued marker may still point at it
   return cudaSuccess;
 }
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
@@ -804,7 +877,10 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   e->s = st;
   e->seq = st->enqueued;
   e->recorded = true;
+  e->done = false;
+  e->polled = false;
   e->t_ms = -1;
+  st->q.back().record_no = ++e->record_no;
   return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
@@ -813,11 +889,23 @@ cudaError_t cudaEventSynchronize(cudaEvent_t e) {
   if (e->recorded && e->s) flush(e->s, e->seq);
   return waited();
 }
-cudaError_t cudaEventQuery(cudaEvent_t e) { return cudaEventSynchronize(e); }
+// Not ready while its work is queued; a second query in a row runs that work (a GPU gets
+// there eventually, and a polling loop must end).
+cudaError_t cudaEventQuery(cudaEvent_t e) {
+  Lock l(g_mu);
+  if (!g_events.count(e)) return note(cudaErrorInvalidResourceHandle);
+  if (!e->recorded || e->done) return g_sticky;
+  if (!e->polled) {
+    e->polled = true;
+    return cudaErrorNotReady;
+  }
+  return cudaEventSynchronize(e);
+}
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
   Lock l(g_mu);
-  if (!g_events.count(a) || !g_events.count(b)) return note(cudaErrorInvalidResourceHandle);
-  if (a->t_ms < 0 || b->t_ms < 0) return note(cudaErrorNotReady);
+  if (!g_events.count(a) || !g_events.count(b) || !a->timing || !b->timing)
+    return note(cudaErrorInvalidResourceHandle);
+  if (!a->done || !b->done) return note(cudaErrorNotReady);
   *ms = (float)(b->t_ms - a->t_ms);
   return cudaSuccess;
 }

@@ -9,7 +9,9 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <functional>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -185,10 +187,31 @@ inline cudaError_t cudaMallocHost(T** p, size_t bytes) {
 
 // ---- kernel launches ----------------------------------------------------------------
 // Enqueues `body` (one thread's work, called once per thread with threadIdx/blockIdx set) on
-// stream s. `fibers`: the kernel's file calls __syncthreads, so each block's threads run as
-// fibers that meet at every barrier; otherwise they run one after another.
+// stream s. `fibers`: the kernel reaches __syncthreads, so each block's threads run as fibers
+// that meet at every barrier; otherwise they run one after another. `bad`: why the kernel
+// faults as soon as it runs ("" when it does not).
 extern "C++" void ccnsim_enqueue_kernel(const char* name, const char* file, int line, bool fibers, dim3 grid,
-                                        dim3 block, size_t smem, cudaStream_t s, std::function<void()> body);
+                                        dim3 block, size_t smem, cudaStream_t s, std::function<void()> body,
+                                        std::string bad);
+// Null, device memory (up to one past an allocation's end) or pinned host memory.
+extern "C++" bool ccnsim_device_pointer(const void* p);
+
+// A launch argument becomes the parameter's type as nvcc converts it: implicitly.
+template <class P, class A>
+inline P ccnsim_arg(A&& a) {
+  return std::forward<A>(a);
+}
+// A pointer argument must point at device memory: a GPU faults on a host pointer.
+template <class T>
+inline void ccnsim_check_arg(const T& v, int i, std::string& bad) {
+  if constexpr (std::is_pointer_v<T>) {
+    if (!ccnsim_device_pointer((const void*)v)) {
+      char buf[96];
+      snprintf(buf, sizeof buf, "%sargument %d (%p)", bad.empty() ? "" : ", ", i + 1, (const void*)v);
+      bad += buf;
+    }
+  }
+}
 
 // k<<<grid, block, smem, stream>>>(args...): the arguments are converted to the kernel's
 // parameter types and copied now, as CUDA does at a launch.
@@ -196,8 +219,13 @@ template <class... P, class... A>
 inline void ccnsim_launch(const char* name, const char* file, int line, bool fibers, dim3 grid, dim3 block,
                           size_t smem, cudaStream_t s, void (*k)(P...), A&&... a) {
   static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong number of arguments");
-  std::tuple<std::decay_t<P>...> args{static_cast<std::decay_t<P>>(std::forward<A>(a))...};
-  ccnsim_enqueue_kernel(name, file, line, fibers, grid, block, smem, s, [k, args] { std::apply(k, args); });
+  std::tuple<std::decay_t<P>...> args{ccnsim_arg<std::decay_t<P>>(std::forward<A>(a))...};
+  std::string bad;
+  std::apply([&bad](const auto&... v) {
+    int i = 0;
+    (ccnsim_check_arg(v, i++, bad), ...);
+  }, args);
+  ccnsim_enqueue_kernel(name, file, line, fibers, grid, block, smem, s, [k, args] { std::apply(k, args); }, bad);
 }
 template <class... P, class... A>
 inline void ccnsim_launch(const char* name, const char* file, int line, bool fibers, dim3 grid, dim3 block,
