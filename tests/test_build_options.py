@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="no cmake on PATH")
-@pytest.mark.parametrize("option,values", [("CCN_OPENMP", "AUTO, ON, OFF"), ("CCN_CUDA", "AUTO, ON, OFF"),
+@pytest.mark.parametrize("option,values", [("CCN_OPENMP", "AUTO, ON, OFF"), ("CCN_CUDA", "AUTO, ON, OFF, SIM"),
                                            ("CCN_BLAS", "pip, system, mkl")])
 def test_a_misspelt_build_option_is_refused(tmp_path, option, values):
     r = subprocess.run(["cmake", "-S", ROOT, "-B", str(tmp_path / "b"), f"-D{option}=maybe"],

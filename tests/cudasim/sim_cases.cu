@@ -47,6 +47,13 @@ __global__ void racy_kernel(float* x, int n) {
 }
 // writes x[-3]
 __global__ void before_start_kernel(float* x) { x[-3] = 1; }
+// block 0 writes its shared array, every block reads its own after the barrier
+__global__ void shared_leftover_kernel(float* out) {
+  __shared__ float s[4];
+  if (blockIdx.x == 0) s[threadIdx.x] = 7;
+  __syncthreads();
+  out[blockIdx.x * 4 + threadIdx.x] = s[threadIdx.x];
+}
 // half the threads return before the barrier the others wait at
 __global__ void divergent_kernel(float* out) {
   if (threadIdx.x >= 16) return;
@@ -191,6 +198,11 @@ int main(int argc, char** argv) {
     float* x = dev(25);
     before_start_kernel<<<1, 1>>>(x);
     std::printf("sync %d\n", (int)cudaDeviceSynchronize());
+  } else if (!std::strcmp(c, "shared_leftover")) {
+    float* out = dev(8);
+    shared_leftover_kernel<<<2, 4>>>(out);
+    std::vector<float> h = get(out, 8);
+    std::printf("block0 %f\nblock1 %f\n", h[0], h[4]);
   } else if (!std::strcmp(c, "race")) {
     float* x = dev(8);
     cudaMemset(x, 0, 8 * sizeof(float));

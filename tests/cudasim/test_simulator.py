@@ -61,7 +61,7 @@ def cases(sim_build, tmp_path_factory):
     src = os.path.join(ROOT, "tests", "cudasim", "sim_cases.cu")
     cpp = d / "sim_cases.cpp"
     text, launches = transform.transform(open(src, encoding="utf-8").read(), "tests/cudasim/sim_cases.cu")
-    assert launches == 14
+    assert launches == 15
     cpp.write_text(text)
     exe = d / "sim_cases"
     cmd = [os.environ.get("CXX", "c++"), "-std=c++17", "-O1", "-ffp-contract=off", f"-I{SIM}/include", str(cpp),
@@ -132,6 +132,13 @@ def test_a_host_pointer_given_to_a_kernel_faults(cases):
     assert rc == 0 and _values(out, "launch") == [0] and _values(out, "sync") == [700], out + err
     assert _values(out, "host") == [0.0]  # the kernel never ran
     assert "kernel fill_kernel" in err and "a kernel argument is not a device pointer: argument 1 (0x" in err
+
+
+def test_shared_memory_holds_nan_at_the_start_of_each_block(cases):
+    rc, out, err = cases("shared_leftover")
+    assert rc == 0, err
+    (b1,) = _values(out, "block1")
+    assert _values(out, "block0") == [7.0] and b1 != b1, out  # block 1 never wrote its shared array
 
 
 def test_thread_order_can_be_reversed_to_show_races(cases):

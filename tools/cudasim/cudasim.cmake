@@ -24,6 +24,16 @@ add_library(ccn_cuda OBJECT ${_gen_sources})
 target_include_directories(ccn_cuda PUBLIC native "${_sim}/include")
 target_link_libraries(ccn_cuda PUBLIC ccnsim_rt ${CMAKE_DL_LIBS})
 target_compile_definitions(ccn_cuda PUBLIC CCN_WITH_CUDA=1)
-target_compile_options(ccn_cuda PRIVATE -ffp-contract=off -Wall -Wno-unused-parameter -Wno-unknown-pragmas -Wno-sign-compare -g)
+target_compile_options(ccn_cuda PRIVATE -Wall -Wno-unused-parameter -Wno-unknown-pragmas -Wno-sign-compare -g)
+# Contraction as nvcc's default (--fmad=true): a*b+c may become one fused multiply-add, and only
+# the __f*_rn intrinsics stay separate roundings (include/cuda_runtime.h), so a kernel that must
+# match the CPU bit for bit and lacks them fails here as on a GPU.
+include(CheckCXXCompilerFlag)
+check_cxx_compiler_flag(-mfma CCNSIM_HAVE_MFMA)
+if(CCNSIM_HAVE_MFMA AND CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64|amd64")
+  target_compile_options(ccn_cuda PRIVATE -ffp-contract=fast -mfma)
+else()
+  target_compile_options(ccn_cuda PRIVATE -ffp-contract=fast)
+endif()
 target_compile_definitions(ccn_cpu PUBLIC CCN_WITH_CUDA=1)
 message(STATUS "ccn: CUDA backend on the CPU simulator (tools/cudasim; a test build, not for use)")

@@ -291,7 +291,14 @@ void set_thread(unsigned t, dim3 b) {
   siglongjmp(g_fault_jmp, 2);
 }
 
+// Block-shared arrays seen so far (ccnsim_shared): NaN bytes before each block that has barriers.
+std::map<void*, size_t> g_shared;
+void fill_shared() {
+  for (auto& kv : g_shared) std::memset(kv.first, 0xFF, kv.second);
+}
+
 void run_block_fibers(const Op& op, unsigned nthreads) {
+  fill_shared();
   if (g_fibers.size() < nthreads) g_fibers.resize(nthreads);
   read_fp_control();
   for (unsigned t = 0; t < nthreads; ++t) {
@@ -604,6 +611,10 @@ void ccnsim_enqueue_kernel(const char* name, const char* file, int line, bool fi
 }
 
 extern "C" {
+
+void ccnsim_shared(void* p, size_t bytes) {
+  if (g_shared.emplace(p, bytes).second) std::memset(p, 0xFF, bytes);  // first sight: this block's threads start after
+}
 
 void ccnsim_syncthreads() {
   if (!g_fiber_mode)

@@ -8,7 +8,8 @@ with the original text of each part kept, newlines included, so every line keeps
 (compiler messages and the file:line of ccn's CUDA errors point into the .cu file). `fibers`
 is true for a kernel that reaches __syncthreads() (syncing_functions); the runtime stops with
 a message if a kernel launched without fibers calls it after all. The third argument names the file in
-#line (the path ccn's errors show). Anything else in the file is left as it is.
+#line (the path ccn's errors show). Each `__shared__` declaration also registers its memory with the runtime (_shared_decls).
+Anything else in the file is left as it is.
 """
 
 import re
@@ -118,8 +119,24 @@ def syncing_functions(src):
     return sync
 
 
+_SHARED = re.compile(r"__shared__\s+([^;=(){}]+?)\s+(\w+)((?:\s*\[[^\]]*\])*)\s*;")
+
+
+def _shared_decls(src):
+    """`__shared__ T name[N];` -> `static T name[N]; ccnsim_shared(name, sizeof(name));` (on the
+    same line): the runtime fills block-shared memory with NaN bytes before each block, as a
+    GPU leaves it holding whatever was there."""
+    def one(m):
+        t, name, dims = m.group(1), m.group(2), m.group(3)
+        addr = name if dims.strip() else f"&{name}"
+        return f"static {t} {name}{dims}; ccnsim_shared({addr}, sizeof({name}));"
+
+    return _SHARED.sub(one, src)
+
+
 def transform(src, shown_path):
     sync = syncing_functions(src)
+    src = _shared_decls(src)
     out, pos, count = [], 0, 0
     while True:
         a = src.find("<<<", pos)

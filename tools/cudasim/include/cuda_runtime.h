@@ -28,7 +28,9 @@
 #define __noinline__
 #define __launch_bounds__(...)
 // Block-shared memory: one copy per kernel (blocks run one after another, the threads of a
-// block share it).
+// block share it). transform.py rewrites each declaration to register it (ccnsim_shared), and
+// the runtime fills it with NaN bytes before each block of a kernel with barriers; this macro
+// covers any declaration the rewrite missed.
 #define __shared__ static
 
 struct uint3 {
@@ -44,6 +46,7 @@ extern "C" {
 extern uint3 ccnsim_threadIdx, ccnsim_blockIdx;
 extern dim3 ccnsim_blockDim, ccnsim_gridDim;
 void ccnsim_syncthreads();
+void ccnsim_shared(void* p, size_t bytes);
 }
 #define threadIdx ccnsim_threadIdx
 #define blockIdx ccnsim_blockIdx
@@ -67,11 +70,36 @@ inline T atomicMax(T* p, T v) {
   return old;
 }
 
-// Round-to-nearest intrinsics: the host compiler is run with -ffp-contract=off, so a plain
-// operation is already one correctly rounded IEEE operation.
-inline float __fmul_rn(float a, float b) { return a * b; }
-inline float __fadd_rn(float a, float b) { return a + b; }
-inline float __fsub_rn(float a, float b) { return a - b; }
+// Round-to-nearest intrinsics: never merged into a fused multiply-add, as nvcc promises. The
+// simulator's kernels are compiled with contraction on (-ffp-contract=fast -mfma on x86-64,
+// like nvcc's default --fmad=true), so an empty asm hides the operands and the result from
+// the compiler's contraction.
+#if defined(__x86_64__)
+#define CCNSIM_OPAQUE(v) __asm__("" : "+x"(v))
+#else
+#define CCNSIM_OPAQUE(v) __asm__("" : "+w"(v))
+#endif
+inline float __fmul_rn(float a, float b) {
+  CCNSIM_OPAQUE(a);
+  CCNSIM_OPAQUE(b);
+  float r = a * b;
+  CCNSIM_OPAQUE(r);
+  return r;
+}
+inline float __fadd_rn(float a, float b) {
+  CCNSIM_OPAQUE(a);
+  CCNSIM_OPAQUE(b);
+  float r = a + b;
+  CCNSIM_OPAQUE(r);
+  return r;
+}
+inline float __fsub_rn(float a, float b) {
+  CCNSIM_OPAQUE(a);
+  CCNSIM_OPAQUE(b);
+  float r = a - b;
+  CCNSIM_OPAQUE(r);
+  return r;
+}
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 inline float __frcp_rn(float a) { return 1.0f / a; }
