@@ -43,8 +43,8 @@ def _kernel_start(s, end):
 
 
 def _split_top(text, sep=","):
-    """Split at top-level separators (not inside (), [], {} or <> of templates is not tracked:
-    launch configurations hold no template arguments with commas in ccn)."""
+    """Split at separators outside (), [] and {}. Template angle brackets are not tracked: no
+    launch configuration in ccn holds a template argument list with a comma."""
     parts, depth, cur = [], 0, []
     for ch in text:
         if ch in "([{":
@@ -60,17 +60,17 @@ def _split_top(text, sep=","):
     return parts
 
 
-def _matching_paren(s, i):
-    """Index of the ')' closing the '(' at s[i]."""
+def _matching(s, i, pair="()"):
+    """Index of the bracket closing the one at s[i] (pair: the opening and closing characters)."""
     depth = 0
     for j in range(i, len(s)):
-        if s[j] == "(":
+        if s[j] == pair[0]:
             depth += 1
-        elif s[j] == ")":
+        elif s[j] == pair[1]:
             depth -= 1
             if depth == 0:
                 return j
-    raise ValueError("unbalanced parentheses after a launch")
+    raise ValueError(f"unbalanced {pair} in the source")
 
 
 _KEYWORDS = {"for", "if", "while", "switch", "catch", "return", "sizeof", "do", "else"}
@@ -83,24 +83,12 @@ def _bodies(src):
     for m in re.finditer(r"\b([A-Za-z_]\w*)\s*\(", src):
         if m.group(1) in _KEYWORDS:
             continue
-        close = _matching_paren(src, m.end() - 1) if src.count("(", m.end() - 1) else -1
-        if close < 0:
-            continue
-        j = close + 1
+        j = _matching(src, m.end() - 1) + 1
         while j < len(src) and (src[j].isspace() or src.startswith("const", j)):
             j += 5 if src.startswith("const", j) else 1
         if j >= len(src) or src[j] != "{":
             continue
-        depth = 0
-        for k in range(j, len(src)):
-            if src[k] == "{":
-                depth += 1
-            elif src[k] == "}":
-                depth -= 1
-                if depth == 0:
-                    out.setdefault(m.group(1), "")
-                    out[m.group(1)] += src[j:k + 1]
-                    break
+        out[m.group(1)] = out.get(m.group(1), "") + src[j:_matching(src, j, "{}") + 1]
     return out
 
 
@@ -156,7 +144,7 @@ def transform(src, shown_path):
             p += 1
         if src[p] != "(":
             raise ValueError(f"{shown_path}: no argument list after a launch of {kernel.strip()}")
-        q = _matching_paren(src, p)
+        q = _matching(src, p)
         args = src[p + 1:q]
         name = re.sub(r"\s+", "", kernel)
         fibers = "true" if re.sub(r"<.*", "", name).split("::")[-1] in sync else "false"
