@@ -740,7 +740,7 @@ def cnorm_bprop(g, x, y, state, dout, din):
     u = Buf("state(u)", state.data[n:2 * n])
     scratch = np.full(3 * n, np.nan, f32)
     t, v, w = Buf("scratch(t)", scratch[:n]), Buf("scratch(v)", scratch[n:2 * n]), Buf("scratch(w)", scratch[2 * n:])
-    launch("cnorm_t_kernel", n, lambda e: t.store(e, (dout.load(e) * y.load(e)).astype(f32) / d.load(e)), writes=[t])
+    launch("ratio_kernel", n, lambda e: t.store(e, (dout.load(e) * y.load(e)).astype(f32) / d.load(e)), writes=[t])
 
     def vk(e):
         p = cmod(e, SS)

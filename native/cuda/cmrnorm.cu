@@ -33,8 +33,7 @@ __device__ __forceinline__ void chan_holders(const NormGeom& g, int c, int& lo, 
 // One thread per element (n, c, p).
 __global__ void cmrnorm_fprop_kernel(NormGeom g, const float* x, float* y, float* d) {
   const int SS = g.S * g.S;
-  const int64_t total = (int64_t)g.N * g.C * SS;
-  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+  CCN_NORM_FOR_ELEMENTS((int64_t)g.N * g.C * SS) {
     const int p = (int)(e % SS);
     const int c = (int)((e / SS) % g.C);
     const float* xp = x + (e - (int64_t)c * SS - p) + p;  // channel 0 at this pixel
@@ -45,29 +44,23 @@ __global__ void cmrnorm_fprop_kernel(NormGeom g, const float* x, float* y, float
       const float v = xp[(int64_t)k * SS];
       s = rn_add(s, rn_mul(v, v));
     }
-    const float den = rn_add(g.minDiv, rn_mul(g.a, s));
-    d[e] = den;
-    y[e] = rn_mul(x[e], inv_pow(den, g.pow_case, g.pow));
+    normalise(g, s, x, y, d, e);
   }
 }
 
-__global__ void ratio_kernel(const float* g, const float* y, const float* d, float* t, int64_t n) {
-  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n; e += (int64_t)gridDim.x * blockDim.x)
-    t[e] = rn_mul(g[e], y[e]) / d[e];
-}
-
+// One thread per element (n, c, p): gathers t = dout y / d (ratio_kernel, norm_common.cuh)
+// over the channels whose window holds c.
 __global__ void cmrnorm_bprop_kernel(NormGeom g, const float* x, const float* d, const float* dout, const float* t,
                                      float* din) {
   const int SS = g.S * g.S;
-  const int64_t total = (int64_t)g.N * g.C * SS;
-  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+  CCN_NORM_FOR_ELEMENTS((int64_t)g.N * g.C * SS) {
     const int p = (int)(e % SS);
     const int c = (int)((e / SS) % g.C);
     const float* tp = t + (e - (int64_t)c * SS - p) + p;
     int k0, k1;
     chan_holders(g, c, k0, k1);
     // the CPU: d += g * dp; then d += f * x * t_k for each holder k in order
-    float acc = rn_add(din[e], rn_mul(dout[e], inv_pow(d[e], g.pow_case, g.pow)));
+    float acc = rn_add(din[e], direct_grad(g, dout, d, e));
     const float fx = rn_mul(g.f2, x[e]);
     for (int k = k0; k < k1; ++k) acc = rn_add(acc, rn_mul(fx, tp[(int64_t)k * SS]));
     din[e] = acc;

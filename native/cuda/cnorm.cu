@@ -19,84 +19,49 @@
 namespace ccn::cuda {
 
 namespace {
-#define CCN_FOR_ELEMENTS(total) \
-  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < (total); e += (int64_t)gridDim.x * blockDim.x)
-
-// 1 / (number of window pixels of (py, px) inside the image), as the CPU's inverse_counts.
-__device__ __forceinline__ float inv_count(const NormGeom& g, int py, int px) {
-  int y0, y1, x0, x1;
-  window_of(py, g.size, g.S, y0, y1);
-  window_of(px, g.size, g.S, x0, x1);
-  return 1.f / (float)((y1 - y0) * (x1 - x0));
+// 1 / (number of window pixels of q inside the image), as the CPU's inverse_counts.
+__device__ __forceinline__ float inv_count(const NormGeom& g, const MapPixel& q) {
+  const Box b = window_box(g, q);
+  return 1.f / (float)((b.y1 - b.y0) * (b.x1 - b.x0));
 }
 
 // u = x - window sum * (1 / count); one thread per element.
 __global__ void cnorm_mean_kernel(NormGeom g, const float* x, float* u) {
-  const int SS = g.S * g.S;
-  CCN_FOR_ELEMENTS((int64_t)g.N * g.C * SS) {
-    const int p = (int)(e % SS), py = p / g.S, px = p % g.S;
-    int y0, y1, x0, x1;
-    window_of(py, g.size, g.S, y0, y1);
-    window_of(px, g.size, g.S, x0, x1);
-    const float s = box_sum<false>(x + (e - p), g.S, y0, y1, x0, x1);
-    u[e] = x[e] - rn_mul(s, inv_count(g, py, px));
+  CCN_NORM_FOR_ELEMENTS((int64_t)g.N * g.C * g.S * g.S) {
+    const MapPixel q = map_pixel(e, g.S);
+    u[e] = x[e] - rn_mul(window_sum<false>(x, g, q), inv_count(g, q));
   }
 }
 
 // d and y; one thread per element.
 __global__ void cnorm_fprop_kernel(NormGeom g, const float* x, const float* u, float* d, float* y) {
-  const int SS = g.S * g.S;
-  CCN_FOR_ELEMENTS((int64_t)g.N * g.C * SS) {
-    const int p = (int)(e % SS), py = p / g.S, px = p % g.S;
-    int y0, y1, x0, x1;
-    window_of(py, g.size, g.S, y0, y1);
-    window_of(px, g.size, g.S, x0, x1);
-    const float den = rn_add(g.minDiv, rn_mul(g.a, box_sum<true>(u + (e - p), g.S, y0, y1, x0, x1)));
-    d[e] = den;
-    y[e] = rn_mul(x[e], inv_pow(den, g.pow_case, g.pow));
+  CCN_NORM_FOR_ELEMENTS((int64_t)g.N * g.C * g.S * g.S) {
+    normalise(g, window_sum<true>(u, g, map_pixel(e, g.S)), x, y, d, e);
   }
 }
 
-// t = dout y / d (the CPU's T)
-__global__ void cnorm_t_kernel(const float* dout, const float* y, const float* d, float* t, int64_t n) {
-  CCN_FOR_ELEMENTS(n) t[e] = rn_mul(dout[e], y[e]) / d[e];
-}
+// (t = dout y / d, the CPU's T: ratio_kernel, norm_common.cuh)
 
 // v_r = f2 * u_r * (sum over holders p of r of t_p)   (the CPU's U)
 __global__ void cnorm_v_kernel(NormGeom g, const float* t, const float* u, float* v) {
-  const int SS = g.S * g.S;
-  CCN_FOR_ELEMENTS((int64_t)g.N * g.C * SS) {
-    const int p = (int)(e % SS), py = p / g.S, px = p % g.S;
-    int y0, y1, x0, x1;
-    holders_of(py, g.size, g.S, y0, y1);
-    holders_of(px, g.size, g.S, x0, x1);
-    v[e] = rn_mul(rn_mul(g.f2, u[e]), box_sum<false>(t + (e - p), g.S, y0, y1, x0, x1));
+  CCN_NORM_FOR_ELEMENTS((int64_t)g.N * g.C * g.S * g.S) {
+    v[e] = rn_mul(rn_mul(g.f2, u[e]), holders_sum<false>(t, g, map_pixel(e, g.S)));
   }
 }
 
 // w_r = v_r / n_r, as the CPU's U * inv_n (multiplied by the reciprocal)
 __global__ void cnorm_w_kernel(NormGeom g, const float* v, float* w) {
-  const int SS = g.S * g.S;
-  CCN_FOR_ELEMENTS((int64_t)g.N * g.C * SS) {
-    const int p = (int)(e % SS);
-    w[e] = rn_mul(v[e], inv_count(g, p / g.S, p % g.S));
-  }
+  CCN_NORM_FOR_ELEMENTS((int64_t)g.N * g.C * g.S * g.S) w[e] = rn_mul(v[e], inv_count(g, map_pixel(e, g.S)));
 }
 
 // din_s = (din_s + (dout_s d_s^-pow + v_s)) - sum over holders r of s of w_r   (the CPU's order)
 __global__ void cnorm_din_kernel(NormGeom g, const float* dout, const float* d, const float* v, const float* w,
                                  float* din) {
-  const int SS = g.S * g.S;
-  CCN_FOR_ELEMENTS((int64_t)g.N * g.C * SS) {
-    const int p = (int)(e % SS), py = p / g.S, px = p % g.S;
-    int y0, y1, x0, x1;
-    holders_of(py, g.size, g.S, y0, y1);
-    holders_of(px, g.size, g.S, x0, x1);
-    const float acc = rn_add(din[e], rn_add(rn_mul(dout[e], inv_pow(d[e], g.pow_case, g.pow)), v[e]));
-    din[e] = acc - box_sum<false>(w + (e - p), g.S, y0, y1, x0, x1);
+  CCN_NORM_FOR_ELEMENTS((int64_t)g.N * g.C * g.S * g.S) {
+    const float acc = rn_add(din[e], rn_add(direct_grad(g, dout, d, e), v[e]));
+    din[e] = acc - holders_sum<false>(w, g, map_pixel(e, g.S));
   }
 }
-#undef CCN_FOR_ELEMENTS
 }  // namespace
 
 void cnorm_fprop(CudaCtx& cx, const NormGeom& g, const float* x, float* y, float* state) {
@@ -121,7 +86,7 @@ void cnorm_bprop(CudaCtx& cx, const NormGeom& g, const float* x, const float* y,
   float* v = t + n;
   float* w = v + n;
   cudaStream_t st = (cudaStream_t)cx.stream;
-  cnorm_t_kernel<<<grid_for(n), 256, 0, st>>>(dout, y, d, t, n);
+  ratio_kernel<<<grid_for(n), 256, 0, st>>>(dout, y, d, t, n);
   CCN_CUDA_LAUNCHED();
   cnorm_v_kernel<<<grid_for(n), 256, 0, st>>>(g, t, u, v);
   CCN_CUDA_LAUNCHED();

@@ -16,38 +16,19 @@ namespace ccn::cuda {
 namespace {
 // One thread per element.
 __global__ void rnorm_fprop_kernel(NormGeom g, const float* x, float* y, float* d) {
-  const int SS = g.S * g.S;
-  const int64_t total = (int64_t)g.N * g.C * SS;
-  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
-    const int p = (int)(e % SS), py = p / g.S, px = p % g.S;
-    int y0, y1, x0, x1;
-    window_of(py, g.size, g.S, y0, y1);
-    window_of(px, g.size, g.S, x0, x1);
-    const float den = rn_add(g.minDiv, rn_mul(g.a, box_sum<true>(x + (e - p), g.S, y0, y1, x0, x1)));
-    d[e] = den;
-    y[e] = rn_mul(x[e], inv_pow(den, g.pow_case, g.pow));
+  CCN_NORM_FOR_ELEMENTS((int64_t)g.N * g.C * g.S * g.S) {
+    normalise(g, window_sum<true>(x, g, map_pixel(e, g.S)), x, y, d, e);
   }
 }
 
-// t_q = dout_q * y_q / d_q, one thread per element.
-__global__ void ratio_kernel(const float* g, const float* y, const float* d, float* t, int64_t n) {
-  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n; e += (int64_t)gridDim.x * blockDim.x)
-    t[e] = rn_mul(g[e], y[e]) / d[e];
-}
-
-// One thread per element p: gathers t over the positions whose window holds p.
+// One thread per element p: gathers t = dout y / d (ratio_kernel, norm_common.cuh) over the
+// positions whose window holds p.
 __global__ void rnorm_bprop_kernel(NormGeom g, const float* x, const float* d, const float* dout, const float* t,
                                    float* din) {
-  const int SS = g.S * g.S;
-  const int64_t total = (int64_t)g.N * g.C * SS;
-  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
-    const int p = (int)(e % SS), py = p / g.S, px = p % g.S;
-    int y0, y1, x0, x1;
-    holders_of(py, g.size, g.S, y0, y1);
-    holders_of(px, g.size, g.S, x0, x1);
-    const float s = box_sum<false>(t + (e - p), g.S, y0, y1, x0, x1);
+  CCN_NORM_FOR_ELEMENTS((int64_t)g.N * g.C * g.S * g.S) {
+    const float s = holders_sum<false>(t, g, map_pixel(e, g.S));
     // the CPU: d += g * dp + f * x * s
-    din[e] = rn_add(din[e], rn_add(rn_mul(dout[e], inv_pow(d[e], g.pow_case, g.pow)), rn_mul(rn_mul(g.f2, x[e]), s)));
+    din[e] = rn_add(din[e], rn_add(direct_grad(g, dout, d, e), rn_mul(rn_mul(g.f2, x[e]), s)));
   }
 }
 }  // namespace
