@@ -481,7 +481,8 @@ void execute(CUstream_st* s, Op& op) {
     g_fiber_mode = false;
     std::string what = g_fault_what.empty() ? "illegal memory access at " + fault_place(g_fault_addr) : g_fault_what;
     g_fault_what.clear();
-    std::string who = op.kind == Op::Kernel && fault != 3
+    // a canary found after the kernel, or a bad argument before it ran: no thread to name
+    std::string who = op.kind == Op::Kernel && fault != 3 && op.bad.empty()
                           ? "kernel " + op.name + " (launched at " + op.where + "), block (" +
                                 std::to_string(ccnsim_blockIdx.x) + "," + std::to_string(ccnsim_blockIdx.y) + "," +
                                 std::to_string(ccnsim_blockIdx.z) + ") thread (" + std::to_string(ccnsim_threadIdx.x) +
