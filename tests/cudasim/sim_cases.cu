@@ -40,6 +40,11 @@ __global__ void block_sum_kernel(const float* x, float* out, int n) {
   }
   if (threadIdx.x == 0) out[blockIdx.x] = sh[0];
 }
+// out[i] = x[i] for i <= n: one element too many, copied from x's slack into out's
+__global__ void copy_one_too_many_kernel(const float* x, float* out, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i <= n) out[i] = x[i];
+}
 // x[i] = x[i - 1] + 1 with no barrier: a race, whose result depends on the thread order
 __global__ void racy_kernel(float* x, int n) {
   int i = threadIdx.x;
@@ -98,10 +103,17 @@ int main(int argc, char** argv) {
     std::printf("launch %d\n", (int)cudaGetLastError());
     std::printf("sync %d\n", (int)cudaDeviceSynchronize());
     std::printf("sync_again %d\n", (int)cudaDeviceSynchronize());
+    std::printf("error_string %s\n", cudaGetErrorString(cudaErrorIllegalAddress));
+  } else if (!std::strcmp(c, "copy_one_too_many")) {
+    float *x = dev(10), *out = dev(10);
+    fill_kernel<<<1, 10>>>(x, 10, 1.f);
+    copy_one_too_many_kernel<<<1, 32>>>(x, out, 10);
+    std::printf("sync %d\n", (int)cudaDeviceSynchronize());
   } else if (!std::strcmp(c, "bad_config")) {
     float* x = dev(4);
     fill_kernel<<<1, 2048>>>(x, 4, 1.f);
     std::printf("launch %d\n", (int)cudaGetLastError());
+    std::printf("error_string %s\n", cudaGetErrorString(cudaErrorInvalidConfiguration));
     fill_kernel<<<dim3(1, 70000), 32>>>(x, 4, 1.f);
     std::printf("launch %d\n", (int)cudaGetLastError());
     fill_kernel<<<0, 32>>>(x, 4, 1.f);

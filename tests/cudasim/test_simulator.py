@@ -61,7 +61,7 @@ def cases(sim_build, tmp_path_factory):
     src = os.path.join(ROOT, "tests", "cudasim", "sim_cases.cu")
     cpp = d / "sim_cases.cpp"
     text, launches = transform.transform(open(src, encoding="utf-8").read(), "tests/cudasim/sim_cases.cu")
-    assert launches == 15
+    assert launches == 17
     cpp.write_text(text)
     exe = d / "sim_cases"
     cmd = [os.environ.get("CXX", "c++"), "-std=c++17", "-O1", "-ffp-contract=off", f"-I{SIM}/include", str(cpp),
@@ -115,10 +115,24 @@ def test_a_kernel_writing_past_an_allocation_is_an_illegal_address(cases, case):
     assert _values(out, "sync") == [700]  # cudaErrorIllegalAddress, from then on
     assert _values(out, "sync_again") == [700]
     assert "kernel twice_kernel (launched at tests/cudasim/sim_cases.cu:" in err
+    # the error ccn raises carries the report: cudaGetErrorString appends it
+    assert re.search(r"^error_string an illegal memory access was encountered \[ccn CUDA simulator: kernel twice_kernel",
+                     out, re.M), out
     if case == "past_end_write":  # reading x[1024]: the guard page after allocation #1
         assert "block (4,0,0) thread (0,0,0)" in err and "0 bytes past the end of device allocation #1 of 4096" in err
     else:
         assert "wrote past the end of device allocation #2 of 4000 bytes" in err
+
+
+def test_a_copy_of_one_allocations_canary_into_anothers_is_still_seen(cases):
+    rc, out, err = cases("copy_one_too_many")
+    assert rc == 0 and _values(out, "sync") == [700], out + err
+    assert "wrote past the end of device allocation #2 of 40 bytes" in err
+
+
+def test_a_misspelt_thread_order_is_refused(cases):
+    rc, out, err = cases("reduce", CCNSIM_ORDER="Reverse")
+    assert rc == 2 and "CCNSIM_ORDER=Reverse is not one of: forward, reverse" in err, (out, err)
 
 
 def test_a_kernel_writing_before_an_allocation_is_an_illegal_address(cases):
@@ -164,6 +178,8 @@ def test_an_event_is_not_ready_while_its_work_is_queued(cases):
 def test_launch_configurations_a_gpu_refuses(cases):
     rc, out, err = cases("bad_config")
     assert rc == 0 and _values(out, "launch") == [9, 9, 9], out + err  # cudaErrorInvalidConfiguration
+    assert "kernel fill_kernel (launched at tests/cudasim/sim_cases.cu:" in out
+    assert "x block (2048,1,1) = 2048 threads a block" in out
 
 
 def test_threads_leaving_before_a_barrier_are_reported(cases):

@@ -21,6 +21,7 @@
 //   device allocation (the product itself is the CPU BLAS's).
 // Not modelled: races between threads of a kernel, timing, memory limits of a real device.
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -169,12 +170,23 @@ std::set<CUstream_st*> g_streams{&g_null_stream};  // valid handles
 std::vector<CUstream_st*> g_all_streams{&g_null_stream};  // destroyed ones too, while work is queued
 unsigned long g_issue = 0;
 std::string g_reports;  // every report since the last ccnsim_reset()
+std::string g_fault_detail, g_config_detail;  // the latest fault's report, the latest refused launch
 // CCNSIM_ORDER=reverse: blocks, and the threads of a block, run in descending order (a kernel
 // whose result depends on the order has a race on a GPU).
 bool g_reverse = [] {
   const char* o = std::getenv("CCNSIM_ORDER");
-  return o && !std::strcmp(o, "reverse");
+  if (!o || !*o || !std::strcmp(o, "forward")) return false;
+  if (!std::strcmp(o, "reverse")) return true;
+  fprintf(stderr, "ccn CUDA simulator: CCNSIM_ORDER=%s is not one of: forward, reverse.\n", o);
+  _exit(2);
 }();
+
+// cuBLAS in a simulated process is this library's: CCN_CUBLAS names it, whatever it said, so a
+// real libcublas never receives the simulator's pointers.
+__attribute__((constructor)) void point_cublas_here() {
+  Dl_info info;
+  if (dladdr((void*)&point_cublas_here, &info) && info.dli_fname) setenv("CCN_CUBLAS", info.dli_fname, 1);
+}
 std::set<CUevent_st*> g_events;
 CUstream_st* S(cudaStream_t s) { return s ? s : &g_null_stream; }
 
@@ -387,24 +399,27 @@ std::string fault_place(void* addr) {
   return s;
 }
 
-// The bytes between an allocation's end and its guard page (under 256: CUDA's alignment) hold
-// a canary, the signalling NaN 0x7FA5A5A5 in each float: a kernel that reads there computes
-// with NaN, and one that writes there changes it (arithmetic on it, or any computed value,
-// gives another bit pattern) and is reported.
-const uint32_t kCanary = 0x7FA5A5A5u;
-unsigned char canary_byte(size_t k) { return (unsigned char)(kCanary >> (8 * (k % 4))); }
+// The bytes between an allocation's end and its guard page (under 256: CUDA's alignment), and
+// those in front of it in its first page, hold a canary: in each float a signalling NaN whose
+// payload is the allocation's own (so a kernel copying one allocation's canary into another's
+// still changes it). A kernel that reads there computes with NaN; one that writes there is
+// reported.
+uint32_t canary_of(const Alloc& a) {
+  return 0x7F800000u | ((uint32_t)(a.serial * 2654435761u) & 0x3FFFFFu) | 1u;  // quiet bit clear, payload != 0
+}
+unsigned char canary_byte(const Alloc& a, size_t k) { return (unsigned char)(canary_of(a) >> (8 * (k % 4))); }
 void fill_slack(Alloc& a) {
-  for (char* q = a.p + a.bytes; q < a.pages + a.pages_len; ++q) *q = (char)canary_byte(q - (a.p + a.bytes));
-  for (char* q = a.pages; q < a.p; ++q) *q = (char)canary_byte(q - a.pages);
+  for (char* q = a.p + a.bytes; q < a.pages + a.pages_len; ++q) *q = (char)canary_byte(a, q - (a.p + a.bytes));
+  for (char* q = a.pages; q < a.p; ++q) *q = (char)canary_byte(a, q - a.pages);
 }
 // The allocation whose canary a kernel changed, and where (+1 after the end, -1 before the start).
 Alloc* slack_written(int* where) {
   for (auto& kv : g_dev) {
     Alloc& a = kv.second;
     for (const char* q = a.p + a.bytes; q < a.pages + a.pages_len; ++q)
-      if ((unsigned char)*q != canary_byte(q - (a.p + a.bytes))) return *where = 1, &a;
+      if ((unsigned char)*q != canary_byte(a, q - (a.p + a.bytes))) return *where = 1, &a;
     for (const char* q = a.pages; q < a.p; ++q)
-      if ((unsigned char)*q != canary_byte(q - a.pages)) return *where = -1, &a;
+      if ((unsigned char)*q != canary_byte(a, q - a.pages)) return *where = -1, &a;
   }
   return nullptr;
 }
@@ -496,6 +511,7 @@ void execute(CUstream_st* s, Op& op) {
     fprintf(stderr, "%s Every later call that waits for device work returns the error.\n", report.c_str());
     fflush(stderr);
     g_reports += report + "\n";
+    g_fault_detail = report;
     g_sticky = what.rfind("barrier divergence", 0) == 0 ? cudaErrorLaunchFailure : cudaErrorIllegalAddress;
     drop_all_queues();
   }
@@ -593,6 +609,13 @@ void ccnsim_enqueue_kernel(const char* name, const char* file, int line, bool fi
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0 || block.y == 0 || block.z == 0 || threads > 1024 ||
       block.x > 1024 || block.y > 1024 || block.z > 64 || grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535 ||
       smem > 48 * 1024) {
+    char buf[400];
+    snprintf(buf, sizeof buf,
+             "ccn CUDA simulator: kernel %s (launched at %s:%d) refused: grid (%u,%u,%u) x block (%u,%u,%u) = %llu "
+             "threads a block, %zu bytes of dynamic shared memory; sm_90 allows up to 1024 threads a block "
+             "(x, y <= 1024, z <= 64), grid y and z <= 65535, 48 KB",
+             name, file, line, grid.x, grid.y, grid.z, block.x, block.y, block.z, threads, smem);
+    g_config_detail = buf;
     note(cudaErrorInvalidConfiguration);
     return;
   }
@@ -674,12 +697,26 @@ void ccnsim_reset() {
   drop_all_queues();
   g_sticky = g_last = cudaSuccess;
   g_reports.clear();
+  g_fault_detail.clear();
+  g_config_detail.clear();
 }
 // Every report since the last reset ("" when none).
 const char* ccnsim_reports() { return g_reports.c_str(); }
 cudaError_t cudaPeekAtLastError() { return g_last; }
 const char* cudaGetErrorName(cudaError_t e) { return error_name(e); }
+const char* plain_error_string(cudaError_t e);
+// With the simulator's own detail of the latest fault or refused launch appended, so that the
+// error ccn raises (native/cuda/check.h) carries it.
 const char* cudaGetErrorString(cudaError_t e) {
+  static std::string text;
+  const std::string& detail = e == cudaErrorInvalidConfiguration ? g_config_detail
+                              : (e == cudaErrorIllegalAddress || e == cudaErrorLaunchFailure) ? g_fault_detail
+                                                                                               : std::string();
+  text = plain_error_string(e);
+  if (!detail.empty()) text += " [" + detail + "]";
+  return text.c_str();
+}
+const char* plain_error_string(cudaError_t e) {
   switch (e) {
     case cudaSuccess: return "no error";
     case cudaErrorInvalidValue: return "invalid argument";
@@ -969,15 +1006,29 @@ int cublasSgemm_v2(void* h, int ta, int tb, int m, int n, int k, const float* al
   snprintf(where, sizeof where, "cublasSgemm(%s, %s, m=%d, n=%d, k=%d, lda=%d, ldb=%d, ldc=%d)", ta ? "T" : "N",
            tb ? "T" : "N", m, n, k, lda, ldb, ldc);
   auto extent = [](int rows, int cols, int ld) { return cols == 0 ? size_t(0) : ((size_t)(cols - 1) * ld + rows) * 4; };
-  std::string bad;
-  if (k > 0 && al != 0.f && !dev_range(A, extent(a_rows, a_cols, lda))) bad = "A";
-  if (k > 0 && al != 0.f && !dev_range(B, extent(b_rows, b_cols, ldb))) bad += bad.empty() ? "B" : " and B";
-  if (!dev_range(C, extent(m, n, ldc))) bad += bad.empty() ? "C" : " and C";
+  // Each matrix the product reads or writes must lie inside one allocation (cuBLAS would fault).
+  std::string bad, need;
+  auto check = [&](const char* what, const void* p, size_t bytes) {
+    if (dev_range(p, bytes)) return;
+    bad += bad.empty() ? what : std::string(" and ") + what;
+    char buf[160];
+    const Alloc* a = near_alloc(p);
+    snprintf(buf, sizeof buf, "; %s needs %zu bytes from %p, %s", what, bytes, p,
+             a ? ("which is offset " + std::to_string((long)((const char*)p - a->p)) + " in " + alloc_text(*a)).c_str()
+               : "not device memory");
+    need += buf;
+  };
+  if (k > 0 && al != 0.f) {
+    check("A", A, extent(a_rows, a_cols, lda));
+    check("B", B, extent(b_rows, b_cols, ldb));
+  }
+  check("C", C, extent(m, n, ldc));
   Op op{Op::Task};
   op.name = where;
   op.where = "cuBLAS";
   if (!bad.empty()) {
-    std::string msg = "matrix " + bad + " does not lie inside one device allocation";
+    std::string msg = "matrix " + bad + " does not lie inside one device allocation (column-major, as cuBLAS sees "
+                      "it: ccn's row-major wrapper passes its operands swapped)" + need;
     op.body = [msg] { kernel_error(msg); };
   } else {
     op.body = [=] {
