@@ -52,9 +52,10 @@ _SIM = _cuda_simulator()
 
 
 @pytest.fixture(autouse=True)
-def _cuda_simulator_reports():
+def _cuda_simulator_reports(request):
     """On the CUDA simulator: each test starts with no fault on record, and fails if the
-    simulator reported one during it (a fault that an unchecked call would otherwise swallow)."""
+    simulator reported one during it (a fault that an unchecked call would otherwise swallow).
+    A test that failed anyway gets the reports as a section of its failure instead."""
     if _SIM is None:
         yield
         return
@@ -63,7 +64,11 @@ def _cuda_simulator_reports():
     reports = _SIM.ccnsim_reports().decode()
     _SIM.ccnsim_reset()
     if reports:
-        pytest.fail(f"the CUDA simulator reported:\n{reports}", pytrace=False)
+        call = getattr(request.node, "_ccn_call_report", None)
+        if call is not None and call.failed:
+            call.sections.append(("CUDA simulator", reports))
+        else:
+            pytest.fail(f"the CUDA simulator reported:\n{reports}", pytrace=False)
 
 
 @pytest.fixture(autouse=True)
@@ -94,6 +99,8 @@ def _replayable_default_rng(request, monkeypatch):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    if report.when == "call":
+        item._ccn_call_report = report  # for the CUDA simulator's teardown check
     seed = getattr(item, "_ccn_seed", None)
     if report.failed and seed is not None:
         report.sections.append(("random seed", f"replay with CCN_PYTEST_SEED={seed}"))

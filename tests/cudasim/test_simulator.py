@@ -243,3 +243,49 @@ def test_kernel_tests_pass_with_blocks_and_threads_in_reverse_order(sim_build):
     assert r.returncode == 0, f"kernel tests with CCNSIM_ORDER=reverse failed:\n{tail}"
     m = re.search(r"(\d+) passed", r.stdout)
     assert m and int(m.group(1)) > 80, tail
+
+
+_FAULTING_TEST = """
+import ctypes, os
+
+def _sim():
+    rt = ctypes.CDLL(os.environ["CCNSIM_RUNTIME"])
+    p = ctypes.c_void_p()
+    assert rt.cudaMalloc(ctypes.byref(p), 16) == 0
+    return rt, p
+
+def test_fault_swallowed():  # an sgemm past its allocation, its error never checked
+    rt, p = _sim()
+    h = ctypes.c_void_p()
+    rt.cublasCreate_v2(ctypes.byref(h))
+    one = ctypes.c_float(1.0)
+    rt.cublasSgemm_v2(h, 0, 0, 4, 4, 4, ctypes.byref(one), p, 4, p, 4, ctypes.byref(one), p, 4)
+    rt.cudaDeviceSynchronize()
+
+def test_fault_and_a_failure():
+    test_fault_swallowed()
+    assert False, "failed on its own"
+
+def test_clean():
+    _sim()
+"""
+
+
+def test_a_test_during_which_the_simulator_reported_a_fault_fails(sim_build, tmp_path):
+    """tests/conftest.py on the simulator: a fault nothing checked still fails its test; a
+    test failing anyway carries the report as a section; the next test starts clean."""
+    (tmp_path / "test_inner.py").write_text(_FAULTING_TEST)
+    env = {**_env(), "PYTHONPATH": os.path.join(ROOT, "tests")}
+    r = subprocess.run(["bash", os.path.join(SIM, "run.sh"), str(tmp_path / "test_inner.py"), "-p", "conftest",
+                        "-rA", "-p", "no:randomly"], env=env, capture_output=True, text=True, cwd=ROOT)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    summary = out.split("short test summary info")[1]
+    assert re.search(r"ERROR .*::test_fault_swallowed", summary), out  # fails at its teardown
+    assert "ERROR at teardown of test_fault_swallowed" in out and "the CUDA simulator reported:" in out
+    assert re.search(r"FAILED .*::test_fault_and_a_failure", summary), out  # once, with the report as a section
+    assert not re.search(r"ERROR .*::test_fault_and_a_failure", summary), out
+    failure = out.split("_ test_fault_and_a_failure _")[1]
+    assert "failed on its own" in failure and "- CUDA simulator -" in failure, out
+    assert re.search(r"PASSED .*::test_clean", summary) and not re.search(r"(ERROR|FAILED) .*::test_clean", summary)
+    assert "matrix A and B and C does not lie inside one device allocation" in out
