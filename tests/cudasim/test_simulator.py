@@ -167,6 +167,7 @@ def test_a_pageable_copy_is_staged_at_the_call_and_runs_in_stream_order(cases):
     assert rc == 0, err
     (without,) = _values(out, "without_wait")
     assert without != without and _values(out, "copied") == [7.0], out
+    assert len(re.findall("cross-stream hazard", err)) == 1, err
 
 
 def test_an_event_is_not_ready_while_its_work_is_queued(cases):
@@ -199,6 +200,12 @@ def test_streams_run_only_when_forced_so_a_missing_wait_reads_stale_data(cases):
     assert rc == 0, err
     (without,), (with_,) = _values(out, "without_wait"), _values(out, "with_wait")
     assert without != without and with_ == 14.0
+    # and the unordered pair is named, once (the run with the wait has none)
+    hazards = re.findall(r"cross-stream hazard: (.*)", err)
+    assert len(hazards) == 1, err
+    assert re.match(r"cudaMemcpyAsync \(a copy of 16 bytes\) on stream #2 writes device allocation #\d+ of 16 bytes, "
+                    r"which kernel twice_kernel \(launched at tests/cudasim/sim_cases.cu:\d+\) on stream #1 reads, "
+                    r"with nothing ordering the two", hazards[0]), hazards[0]
 
 
 def test_a_queued_copy_from_pinned_memory_reads_it_when_it_runs(cases):

@@ -128,6 +128,15 @@ cudaError_t note(cudaError_t e) {
 }
 
 // ---- streams, events and the work in them ------------------------------------------
+// Happens-before, to name cross-stream hazards: a vector clock holds, per stream id, how many
+// of that stream's ops are ordered before a point (an op, a stream's tail, an event, the host).
+using VC = std::vector<unsigned long>;
+void join(VC& a, const VC& b) {
+  if (a.size() < b.size()) a.resize(b.size(), 0);
+  for (size_t i = 0; i < b.size(); ++i) a[i] = std::max(a[i], b[i]);
+}
+unsigned long at(const VC& v, int sid) { return (size_t)sid < v.size() ? v[sid] : 0; }
+
 struct Op {
   enum Kind { Kernel, Copy, Set, Marker, Wait, Task } kind;
   std::function<void()> body;  // Kernel: one thread; Task: the whole op
@@ -145,6 +154,11 @@ struct Op {
   CUstream_st* wait_stream = nullptr;
   unsigned long wait_seq = 0;
   unsigned long issue = 0;  // order of issue over all streams
+  int sid = 0;                // its stream's id
+  unsigned long seq = 0;      // its number on that stream (1-based)
+  VC vc;                      // what is ordered before it
+  VC wait_vc;                 // Wait: the event's clock
+  std::vector<std::pair<const void*, bool>> acc;  // device memory it reads (false) or writes (true)
 };
 
 }  // namespace
@@ -154,6 +168,8 @@ struct Op {
 struct CUstream_st {
   std::deque<Op> q;
   unsigned long enqueued = 0, done = 0;
+  int sid = 0;  // 0 for stream 0, then in order of creation
+  VC vc;        // what is ordered before its next op
 };
 struct CUevent_st {
   CUstream_st* s = nullptr;
@@ -161,6 +177,7 @@ struct CUevent_st {
   unsigned long record_no = 0;
   bool recorded = false, done = false, timing = true, polled = false;
   double t_ms = -1;  // when the latest record's marker ran
+  VC vc;             // what its latest record waits for
 };
 
 namespace {
@@ -169,6 +186,7 @@ CUstream_st g_null_stream;
 std::set<CUstream_st*> g_streams{&g_null_stream};  // valid handles
 std::vector<CUstream_st*> g_all_streams{&g_null_stream};  // destroyed ones too, while work is queued
 unsigned long g_issue = 0;
+VC g_host_vc;  // what the host has waited for
 std::string g_reports;  // every report since the last ccnsim_reset()
 std::string g_fault_detail, g_config_detail;  // the latest fault's report, the latest refused launch
 // CCNSIM_ORDER=reverse: blocks, and the threads of a block, run in descending order (a kernel
@@ -424,6 +442,71 @@ Alloc* slack_written(int* where) {
   return nullptr;
 }
 
+// Per allocation (by serial): the last op that wrote it and the ops that read it since, to
+// report two ops on different streams with nothing ordering them (a cross-stream hazard).
+struct Access {
+  int sid = -1;
+  unsigned long seq = 0;
+  std::string what;
+};
+struct Track {
+  Access writer;
+  std::vector<Access> readers;  // the latest per stream
+};
+std::map<unsigned long, Track> g_track;
+
+const Alloc* alloc_of(const void* p) {  // up to one past the end
+  auto it = g_dev.upper_bound((uintptr_t)p);
+  if (it == g_dev.begin()) return nullptr;
+  --it;
+  return (const char*)p <= it->second.p + it->second.bytes ? &it->second : nullptr;
+}
+std::string op_text(const Op& op) {
+  const std::string st = " on stream #" + std::to_string(op.sid);
+  if (op.kind == Op::Kernel) return "kernel " + op.name + " (launched at " + op.where + ")" + st;
+  return op.name + " (" + op.where + ")" + st;
+}
+void report(const std::string& text) {
+  const std::string r = "ccn CUDA simulator: " + text;
+  fprintf(stderr, "%s\n", r.c_str());
+  fflush(stderr);
+  g_reports += r + "\n";
+}
+void check_hazards(const Op& op) {
+  std::map<unsigned long, std::pair<const Alloc*, bool>> touched;  // serial -> (allocation, writes)
+  for (auto& a : op.acc)
+    if (const Alloc* al = alloc_of(a.first)) {
+      auto& t = touched[al->serial];
+      t.first = al;
+      t.second = t.second || a.second;
+    }
+  if (touched.empty()) return;
+  const std::string me = op_text(op);
+  auto unordered = [&](const Access& x) { return x.sid >= 0 && x.sid != op.sid && at(op.vc, x.sid) < x.seq; };
+  std::string hazard;
+  for (auto& kv : touched) {
+    Track& t = g_track[kv.first];
+    const std::string mem = alloc_text(*kv.second.first);
+    if (hazard.empty() && unordered(t.writer))
+      hazard = me + (kv.second.second ? " writes " : " reads ") + mem + ", which " + t.writer.what +
+               " wrote, with nothing ordering the two (no event waited for, no synchronisation between them)";
+    if (kv.second.second) {
+      for (const Access& r : t.readers)
+        if (hazard.empty() && unordered(r))
+          hazard = me + " writes " + mem + ", which " + r.what +
+                   " reads, with nothing ordering the two (no event waited for, no synchronisation between them)";
+      t.writer = Access{op.sid, op.seq, me};
+      t.readers.clear();
+    } else {
+      bool found = false;
+      for (Access& r : t.readers)
+        if (r.sid == op.sid) r = Access{op.sid, op.seq, me}, found = true;
+      if (!found) t.readers.push_back(Access{op.sid, op.seq, me});
+    }
+  }
+  if (!hazard.empty()) report("cross-stream hazard: " + hazard + ".");
+}
+
 void drop_all_queues() {
   for (CUstream_st* s : g_all_streams) {
     s->done += s->q.size();
@@ -472,6 +555,7 @@ void execute(CUstream_st* s, Op& op) {
     return;
   }
   if (g_sticky != cudaSuccess) return;  // a faulted context runs nothing more
+  check_hazards(op);
   g_running = &op;
   g_in_device_op = 1;
   const int fault = sigsetjmp(g_fault_jmp, 1);
@@ -559,8 +643,18 @@ void install_handler() {
 
 void enqueue(CUstream_st* s, Op op) {
   op.issue = ++g_issue;
+  op.sid = s->sid;
+  op.seq = ++s->enqueued;
+  join(s->vc, g_host_vc);  // work issued after the host waited for something comes after it
+  if (op.kind == Op::Wait) join(s->vc, op.wait_vc);
+  if (s->vc.size() <= (size_t)s->sid) s->vc.resize(s->sid + 1, 0);
+  s->vc[s->sid] = op.seq;
+  op.vc = s->vc;
   s->q.push_back(std::move(op));
-  ++s->enqueued;
+}
+void host_waits(const VC& v) { join(g_host_vc, v); }
+void host_waits_all() {
+  for (CUstream_st* s : g_all_streams) join(g_host_vc, s->vc);
 }
 
 const char* error_name(cudaError_t e) {
@@ -603,7 +697,8 @@ bool ccnsim_device_pointer(const void* p) {
 }
 
 void ccnsim_enqueue_kernel(const char* name, const char* file, int line, bool fibers, dim3 grid, dim3 block,
-                           size_t smem, cudaStream_t s, std::function<void()> body, std::string bad) {
+                           size_t smem, cudaStream_t s, std::function<void()> body, std::string bad,
+                           std::vector<std::pair<const void*, bool>> acc) {
   Lock l(g_mu);
   const unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0 || block.y == 0 || block.z == 0 || threads > 1024 ||
@@ -631,6 +726,7 @@ void ccnsim_enqueue_kernel(const char* name, const char* file, int line, bool fi
   op.grid = grid;
   op.block = block;
   if (!bad.empty()) op.bad = "a kernel argument is not a device pointer: " + bad;
+  op.acc = std::move(acc);
   enqueue(S(s), std::move(op));
 }
 
@@ -699,6 +795,7 @@ void ccnsim_reset() {
   g_reports.clear();
   g_fault_detail.clear();
   g_config_detail.clear();
+  g_track.clear();
 }
 // Every report since the last reset ("" when none).
 const char* ccnsim_reports() { return g_reports.c_str(); }
@@ -762,6 +859,8 @@ cudaError_t cudaFree(void* p) {
   auto it = g_dev.find((uintptr_t)p);
   if (it == g_dev.end()) return note(cudaErrorInvalidDevicePointer);
   flush_all();  // cudaFree waits for the device
+  host_waits_all();
+  g_track.erase(it->second.serial);
   g_dev_bytes -= it->second.bytes;
   munmap(it->second.map, it->second.map_len);
   g_dev.erase(it);
@@ -782,6 +881,7 @@ cudaError_t cudaFreeHost(void* p) {
   auto it = g_pinned.find((uintptr_t)p);
   if (it == g_pinned.end()) return note(cudaErrorInvalidValue);
   flush_all();
+  host_waits_all();
   g_pinned.erase(it);
   free(p);
   return cudaSuccess;
@@ -815,8 +915,10 @@ static cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind
   op.dst = dst;
   op.src = src;
   op.n = bytes;
-  op.name = "cudaMemcpy";
+  op.name = async ? "cudaMemcpyAsync" : "cudaMemcpy";
   op.where = "a copy of " + std::to_string(bytes) + " bytes";
+  if (src_dev) op.acc.emplace_back(src, false);
+  if (dst_dev) op.acc.emplace_back(dst, true);
   if (async && !host_side_pageable) {  // pinned host memory or device to device: runs in stream order, later
     enqueue(st, std::move(op));
     return cudaSuccess;
@@ -834,6 +936,7 @@ static cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind
   flush(st, st->enqueued);
   enqueue(st, std::move(op));
   flush(st, st->enqueued);
+  host_waits(st->vc);
   return async ? cudaSuccess : waited();
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
@@ -856,6 +959,7 @@ cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t s) 
   op.value = value;
   op.name = "cudaMemsetAsync";
   op.where = std::to_string(bytes) + " bytes";
+  op.acc.emplace_back(dst, true);
   enqueue(S(s), std::move(op));
   return cudaSuccess;
 }
@@ -864,6 +968,7 @@ cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
   cudaError_t e = cudaMemsetAsync(dst, value, bytes, nullptr);
   if (e != cudaSuccess) return e;
   flush(&g_null_stream, g_null_stream.enqueued);
+  host_waits(g_null_stream.vc);
   return waited();
 }
 
@@ -871,6 +976,7 @@ cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
   Lock l(g_mu);
   *s = new CUstream_st;
+  (*s)->sid = (int)g_all_streams.size();
   g_streams.insert(*s);
   g_all_streams.push_back(*s);
   return cudaSuccess;
@@ -885,11 +991,13 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   Lock l(g_mu);
   if (s && !g_streams.count(s)) return note(cudaErrorInvalidResourceHandle);
   flush(S(s), S(s)->enqueued);
+  host_waits(S(s)->vc);
   return waited();
 }
 cudaError_t cudaDeviceSynchronize() {
   Lock l(g_mu);
   flush_all();
+  host_waits_all();
   return waited();
 }
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
@@ -899,6 +1007,7 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
   Op op{Op::Wait};
   op.wait_stream = e->s;
   op.wait_seq = e->seq;
+  op.wait_vc = e->vc;
   enqueue(S(s), std::move(op));
   return cudaSuccess;
 }
@@ -929,6 +1038,7 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   e->done = false;
   e->polled = false;
   e->t_ms = -1;
+  e->vc = st->q.back().vc;
   st->q.back().record_no = ++e->record_no;
   return cudaSuccess;
 }
@@ -936,6 +1046,7 @@ cudaError_t cudaEventSynchronize(cudaEvent_t e) {
   Lock l(g_mu);
   if (!g_events.count(e)) return note(cudaErrorInvalidResourceHandle);
   if (e->recorded && e->s) flush(e->s, e->seq);
+  host_waits(e->vc);
   return waited();
 }
 // Not ready while its work is queued; a second query in a row runs that work (a GPU gets
@@ -1026,6 +1137,8 @@ int cublasSgemm_v2(void* h, int ta, int tb, int m, int n, int k, const float* al
   Op op{Op::Task};
   op.name = where;
   op.where = "cuBLAS";
+  if (k > 0 && al != 0.f) op.acc = {{A, false}, {B, false}};
+  op.acc.emplace_back(C, true);
   if (!bad.empty()) {
     std::string msg = "matrix " + bad + " does not lie inside one device allocation (column-major, as cuBLAS sees "
                       "it: ccn's row-major wrapper passes its operands swapped)" + need;

@@ -15,6 +15,7 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 // ---- what nvcc defines ----------------------------------------------------------
 #ifndef __CUDACC__
@@ -220,7 +221,7 @@ inline cudaError_t cudaMallocHost(T** p, size_t bytes) {
 // faults as soon as it runs ("" when it does not).
 extern "C++" void ccnsim_enqueue_kernel(const char* name, const char* file, int line, bool fibers, dim3 grid,
                                         dim3 block, size_t smem, cudaStream_t s, std::function<void()> body,
-                                        std::string bad);
+                                        std::string bad, std::vector<std::pair<const void*, bool>> acc);
 // Null, device memory (up to one past an allocation's end) or pinned host memory.
 extern "C++" bool ccnsim_device_pointer(const void* p);
 
@@ -229,10 +230,12 @@ template <class P, class A>
 inline P ccnsim_arg(A&& a) {
   return std::forward<A>(a);
 }
-// A pointer argument must point at device memory: a GPU faults on a host pointer.
+// A pointer argument must point at device memory: a GPU faults on a host pointer. Each one is
+// also an access (a write unless it points to const) for the cross-stream hazard check.
 template <class T>
-inline void ccnsim_check_arg(const T& v, int i, std::string& bad) {
+inline void ccnsim_check_arg(const T& v, int i, std::string& bad, std::vector<std::pair<const void*, bool>>& acc) {
   if constexpr (std::is_pointer_v<T>) {
+    if (v) acc.emplace_back((const void*)v, !std::is_const_v<std::remove_pointer_t<T>>);
     if (!ccnsim_device_pointer((const void*)v)) {
       char buf[96];
       snprintf(buf, sizeof buf, "%sargument %d (%p)", bad.empty() ? "" : ", ", i + 1, (const void*)v);
@@ -249,11 +252,13 @@ inline void ccnsim_launch(const char* name, const char* file, int line, bool fib
   static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong number of arguments");
   std::tuple<std::decay_t<P>...> args{ccnsim_arg<std::decay_t<P>>(std::forward<A>(a))...};
   std::string bad;
-  std::apply([&bad](const auto&... v) {
+  std::vector<std::pair<const void*, bool>> acc;
+  std::apply([&bad, &acc](const auto&... v) {
     int i = 0;
-    (ccnsim_check_arg(v, i++, bad), ...);
+    (ccnsim_check_arg(v, i++, bad, acc), ...);
   }, args);
-  ccnsim_enqueue_kernel(name, file, line, fibers, grid, block, smem, s, [k, args] { std::apply(k, args); }, bad);
+  ccnsim_enqueue_kernel(name, file, line, fibers, grid, block, smem, s, [k, args] { std::apply(k, args); }, bad,
+                        std::move(acc));
 }
 template <class... P, class... A>
 inline void ccnsim_launch(const char* name, const char* file, int line, bool fibers, dim3 grid, dim3 block,
