@@ -203,8 +203,8 @@ def test_streams_run_only_when_forced_so_a_missing_wait_reads_stale_data(cases):
     # and the unordered pair is named, once (the run with the wait has none)
     hazards = re.findall(r"cross-stream hazard: (.*)", err)
     assert len(hazards) == 1, err
-    assert re.match(r"cudaMemcpyAsync \(a copy of 16 bytes\) on stream #2 writes device allocation #\d+ of 16 bytes, "
-                    r"which kernel twice_kernel \(launched at tests/cudasim/sim_cases.cu:\d+\) on stream #1 reads, "
+    assert re.match(r"kernel twice_kernel \(launched at tests/cudasim/sim_cases.cu:\d+\) on stream #1 reads device "
+                    r"allocation #\d+ of 16 bytes, which cudaMemcpyAsync \(a copy of 16 bytes\) on stream #2 wrote, "
                     r"with nothing ordering the two", hazards[0]), hazards[0]
 
 

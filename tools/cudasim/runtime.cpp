@@ -555,7 +555,6 @@ void execute(CUstream_st* s, Op& op) {
     return;
   }
   if (g_sticky != cudaSuccess) return;  // a faulted context runs nothing more
-  check_hazards(op);
   g_running = &op;
   g_in_device_op = 1;
   const int fault = sigsetjmp(g_fault_jmp, 1);
@@ -650,6 +649,9 @@ void enqueue(CUstream_st* s, Op op) {
   if (s->vc.size() <= (size_t)s->sid) s->vc.resize(s->sid + 1, 0);
   s->vc[s->sid] = op.seq;
   op.vc = s->vc;
+  // Checked in issue order, when the op is issued: of two conflicting ops the later-issued one
+  // finds the other, whichever would run first.
+  check_hazards(op);
   s->q.push_back(std::move(op));
 }
 void host_waits(const VC& v) { join(g_host_vc, v); }
