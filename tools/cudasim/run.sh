@@ -10,7 +10,8 @@ BUILD=${CCNSIM_BUILD_DIR:-build/sim}
 case "$BUILD" in /*) ;; *) BUILD="$PWD/$BUILD" ;; esac
 tools/cudasim/build.sh
 core=$(ls "$BUILD"/lib/_core*.so | head -1)
-# CCNSIM_RUNTIME: tests/conftest.py checks the simulator's fault reports after each test
-export CCN_CORE="$core" CCN_CUBLAS="$BUILD/lib/libccnsim_rt.so" CCNSIM_RUNTIME="$BUILD/lib/libccnsim_rt.so"
+# CCNSIM_RUNTIME: tests/conftest.py checks the simulator's fault reports after each test (the
+# runtime points ccn's cuBLAS loader, CCN_CUBLAS, at itself)
+export CCN_CORE="$core" CCNSIM_RUNTIME="$BUILD/lib/libccnsim_rt.so"
 [ $# -gt 0 ] || set -- tests/cuda
 exec "$PY" -m pytest -p no:cacheprovider "$@"

@@ -19,7 +19,10 @@
 //   where some threads return while others wait at a barrier is reported.
 // - cuBLAS sgemm checks its arguments as cuBLAS does and that every matrix lies inside one
 //   device allocation (the product itself is the CPU BLAS's).
-// Not modelled: races between threads of a kernel, timing, memory limits of a real device.
+// - Cross-stream hazards: two ops on different streams touching one allocation with nothing
+//   ordering them (vector clocks over events, waits and host synchronisations) are reported.
+// Not modelled: races between threads of a kernel (CCNSIM_ORDER=reverse shows some), timing,
+// memory limits of a real device (tools/cudasim/README.md has the full list).
 #include <cuda_runtime.h>
 #include <dlfcn.h>
 #include <setjmp.h>
@@ -30,6 +33,15 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
 
 // sgemm itself comes from the CPU BLAS ccn is built with (the column-major call is cuBLAS's).
 #if defined(CCN_BLAS_SCIPY_OPENBLAS)
@@ -42,15 +54,6 @@
 #include <cblas.h>
 #define CCNSIM_SGEMM cblas_sgemm
 #endif
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <deque>
-#include <map>
-#include <mutex>
-#include <set>
-#include <string>
-#include <vector>
 
 extern "C" {
 uint3 ccnsim_threadIdx, ccnsim_blockIdx;
@@ -91,14 +94,17 @@ void set_device_access(bool on) {
   g_open = on;
 }
 
-// The allocation holding [p, p + n), or null.
-const Alloc* dev_range(const void* p, size_t n) {
+// The allocation p points into, up to one past its end, or null.
+const Alloc* alloc_of(const void* p) {
   auto it = g_dev.upper_bound((uintptr_t)p);
   if (it == g_dev.begin()) return nullptr;
   --it;
-  const Alloc& a = it->second;
-  if ((const char*)p >= a.p && (const char*)p + n <= a.p + a.bytes) return &a;
-  return nullptr;
+  return (const char*)p <= it->second.p + it->second.bytes ? &it->second : nullptr;
+}
+// The allocation holding [p, p + n), or null.
+const Alloc* dev_range(const void* p, size_t n) {
+  const Alloc* a = alloc_of(p);
+  return a && (const char*)p + n <= a->p + a->bytes ? a : nullptr;
 }
 // The allocation whose mapping holds p (for fault reports), or null.
 const Alloc* near_alloc(const void* p) {
@@ -172,10 +178,10 @@ struct CUstream_st {
   VC vc;        // what is ordered before its next op
 };
 struct CUevent_st {
-  CUstream_st* s = nullptr;
-  unsigned long seq = 0;  // the op count of s at the latest record
+  CUstream_st* s = nullptr;  // where it was last recorded (null: never)
+  unsigned long seq = 0;     // the op count of s at the latest record
   unsigned long record_no = 0;
-  bool recorded = false, done = false, timing = true, polled = false;
+  bool done = false, timing = true, polled = false;
   double t_ms = -1;  // when the latest record's marker ran
   VC vc;             // what its latest record waits for
 };
@@ -231,7 +237,6 @@ sigjmp_buf g_fault_jmp;
 volatile sig_atomic_t g_in_device_op = 0;
 void* g_fault_addr = nullptr;
 std::string g_fault_what;
-const Op* g_running = nullptr;
 
 #if defined(__x86_64__)
 extern "C" void ccnsim_switch(void** save_sp, void* to_sp);
@@ -344,7 +349,7 @@ void run_block_fibers(const Op& op, unsigned nthreads) {
   }
   g_fiber_mode = true;
   unsigned returned = 0;
-  for (int phase = 0;; ++phase) {
+  for (;;) {  // one barrier phase a pass
     unsigned waiting = 0;
     for (unsigned i = 0; i < nthreads; ++i) {
       const unsigned t = g_reverse ? nthreads - 1 - i : i;
@@ -402,10 +407,13 @@ std::string fault_place(void* addr) {
   snprintf(buf, sizeof buf, "%p", addr);
   std::string s = std::string("address ") + buf;
   if (const Alloc* a = near_alloc(addr)) {
-    long off = (long)((char*)addr - a->p);
-    s += off >= 0 ? ", " + std::to_string(off - (long)a->bytes) + " bytes past the end of " + alloc_text(*a)
-                  : ", " + std::to_string(-off) + " bytes before the start of " + alloc_text(*a);
-    if (off >= 0 && off < (long)a->bytes) s = std::string("address ") + buf + ", inside " + alloc_text(*a) + " (access while the host runs)";
+    const long off = (long)((char*)addr - a->p);
+    if (off < 0)
+      s += ", " + std::to_string(-off) + " bytes before the start of " + alloc_text(*a);
+    else if (off >= (long)a->bytes)
+      s += ", " + std::to_string(off - (long)a->bytes) + " bytes past the end of " + alloc_text(*a);
+    else
+      s += ", inside " + alloc_text(*a) + " (access while the host runs)";
   } else {
     bool stack = false;
     for (const Fiber& f : g_fibers)
@@ -455,22 +463,18 @@ struct Track {
 };
 std::map<unsigned long, Track> g_track;
 
-const Alloc* alloc_of(const void* p) {  // up to one past the end
-  auto it = g_dev.upper_bound((uintptr_t)p);
-  if (it == g_dev.begin()) return nullptr;
-  --it;
-  return (const char*)p <= it->second.p + it->second.bytes ? &it->second : nullptr;
+std::string op_label(const Op& op) {
+  return op.kind == Op::Kernel ? "kernel " + op.name + " (launched at " + op.where + ")"
+                               : op.name + " (" + op.where + ")";
 }
-std::string op_text(const Op& op) {
-  const std::string st = " on stream #" + std::to_string(op.sid);
-  if (op.kind == Op::Kernel) return "kernel " + op.name + " (launched at " + op.where + ")" + st;
-  return op.name + " (" + op.where + ")" + st;
-}
-void report(const std::string& text) {
+std::string op_text(const Op& op) { return op_label(op) + " on stream #" + std::to_string(op.sid); }
+// On stderr (with `tail`) and in ccnsim_reports(); returns the report.
+std::string report(const std::string& text, const char* tail = "") {
   const std::string r = "ccn CUDA simulator: " + text;
-  fprintf(stderr, "%s\n", r.c_str());
+  fprintf(stderr, "%s%s\n", r.c_str(), tail);
   fflush(stderr);
   g_reports += r + "\n";
+  return r;
 }
 void check_hazards(const Op& op) {
   std::map<unsigned long, std::pair<const Alloc*, bool>> touched;  // serial -> (allocation, writes)
@@ -483,18 +487,18 @@ void check_hazards(const Op& op) {
   if (touched.empty()) return;
   const std::string me = op_text(op);
   auto unordered = [&](const Access& x) { return x.sid >= 0 && x.sid != op.sid && at(op.vc, x.sid) < x.seq; };
+  const char* unordered_text = ", with nothing ordering the two (no event waited for, no synchronisation between them)";
   std::string hazard;
   for (auto& kv : touched) {
     Track& t = g_track[kv.first];
     const std::string mem = alloc_text(*kv.second.first);
     if (hazard.empty() && unordered(t.writer))
-      hazard = me + (kv.second.second ? " writes " : " reads ") + mem + ", which " + t.writer.what +
-               " wrote, with nothing ordering the two (no event waited for, no synchronisation between them)";
+      hazard = me + (kv.second.second ? " writes " : " reads ") + mem + ", which " + t.writer.what + " wrote" +
+               unordered_text;
     if (kv.second.second) {
       for (const Access& r : t.readers)
         if (hazard.empty() && unordered(r))
-          hazard = me + " writes " + mem + ", which " + r.what +
-                   " reads, with nothing ordering the two (no event waited for, no synchronisation between them)";
+          hazard = me + " writes " + mem + ", which " + r.what + " reads" + unordered_text;
       t.writer = Access{op.sid, op.seq, me};
       t.readers.clear();
     } else {
@@ -514,7 +518,7 @@ void drop_all_queues() {
   }
 }
 
-void execute(CUstream_st* s, Op& op);
+void execute(Op& op);
 
 // Runs s's work up to (and including) op number `upto` (1-based count of ops ever enqueued).
 // Device memory stays readable for the whole run of work (one mprotect pass, not one per op).
@@ -526,7 +530,7 @@ void flush(CUstream_st* s, unsigned long upto) {
     Op op = std::move(s->q.front());
     s->q.pop_front();
     ++s->done;
-    execute(s, op);
+    execute(op);
   }
   set_device_access(was_open);
 }
@@ -542,7 +546,7 @@ void flush_all() {
   }
 }
 
-void execute(CUstream_st* s, Op& op) {
+void execute(Op& op) {
   if (op.kind == Op::Wait) {
     flush(op.wait_stream, op.wait_seq);
     return;
@@ -555,7 +559,6 @@ void execute(CUstream_st* s, Op& op) {
     return;
   }
   if (g_sticky != cudaSuccess) return;  // a faulted context runs nothing more
-  g_running = &op;
   g_in_device_op = 1;
   const int fault = sigsetjmp(g_fault_jmp, 1);
   if (fault == 0) {
@@ -579,27 +582,22 @@ void execute(CUstream_st* s, Op& op) {
     g_fiber_mode = false;
     std::string what = g_fault_what.empty() ? "illegal memory access at " + fault_place(g_fault_addr) : g_fault_what;
     g_fault_what.clear();
+    std::string who = op_label(op);
     // a canary found after the kernel, or a bad argument before it ran: no thread to name
-    std::string who = op.kind == Op::Kernel && fault != 3 && op.bad.empty()
-                          ? "kernel " + op.name + " (launched at " + op.where + "), block (" +
-                                std::to_string(ccnsim_blockIdx.x) + "," + std::to_string(ccnsim_blockIdx.y) + "," +
-                                std::to_string(ccnsim_blockIdx.z) + ") thread (" + std::to_string(ccnsim_threadIdx.x) +
-                                "," + std::to_string(ccnsim_threadIdx.y) + "," + std::to_string(ccnsim_threadIdx.z) +
-                                ") of grid (" + std::to_string(op.grid.x) + "," + std::to_string(op.grid.y) + "," +
-                                std::to_string(op.grid.z) + ") x block (" + std::to_string(op.block.x) + "," +
-                                std::to_string(op.block.y) + "," + std::to_string(op.block.z) + ")"
-                          : (op.kind == Op::Kernel ? "kernel " + op.name + " (launched at " + op.where + ")"
-                                                   : op.name + " (" + op.where + ")");
-    std::string report = "ccn CUDA simulator: " + who + ": " + what + ".";
-    fprintf(stderr, "%s Every later call that waits for device work returns the error.\n", report.c_str());
-    fflush(stderr);
-    g_reports += report + "\n";
-    g_fault_detail = report;
+    if (op.kind == Op::Kernel && fault != 3 && op.bad.empty()) {
+      auto triple = [](unsigned x, unsigned y, unsigned z) {
+        return "(" + std::to_string(x) + "," + std::to_string(y) + "," + std::to_string(z) + ")";
+      };
+      who += ", block " + triple(ccnsim_blockIdx.x, ccnsim_blockIdx.y, ccnsim_blockIdx.z) + " thread " +
+             triple(ccnsim_threadIdx.x, ccnsim_threadIdx.y, ccnsim_threadIdx.z) + " of grid " +
+             triple(op.grid.x, op.grid.y, op.grid.z) + " x block " + triple(op.block.x, op.block.y, op.block.z);
+    }
+    g_fault_detail =
+        report(who + ": " + what + ".", " Every later call that waits for device work returns the error.");
     g_sticky = what.rfind("barrier divergence", 0) == 0 ? cudaErrorLaunchFailure : cudaErrorIllegalAddress;
     drop_all_queues();
   }
   g_in_device_op = 0;
-  g_running = nullptr;
 }
 
 // ---- SIGSEGV: inside device work a fault of that work, else host code touching device memory
@@ -681,14 +679,9 @@ const char* error_name(cudaError_t e) {
 // context is lost); ccnsim_reset() clears it (tests/conftest.py does, between tests).
 cudaError_t waited() { return note(g_sticky); }
 
-bool device_pointer(const void* p) {
-  auto it = g_dev.upper_bound((uintptr_t)p);
-  if (it != g_dev.begin()) {
-    --it;
-    if ((const char*)p >= it->second.p && (const char*)p <= it->second.p + it->second.bytes) return true;
-  }
-  return is_pinned(p, 1);  // pinned host memory is mapped into the device's address space
-}
+// Device memory (up to one past an allocation's end) or pinned host memory, which is mapped
+// into the device's address space.
+bool device_pointer(const void* p) { return alloc_of(p) || is_pinned(p, 1); }
 
 }  // namespace
 
@@ -741,7 +734,7 @@ void ccnsim_shared(void* p, size_t bytes) {
 void ccnsim_syncthreads() {
   if (!g_fiber_mode)
     kernel_error("__syncthreads() in a kernel run without fibers (tools/cudasim/transform.py gives fibers to the "
-                 "launches of files that call __syncthreads)");
+                 "kernels it finds reaching __syncthreads; it missed this one)");
   Fiber& f = g_fibers[g_cur];
   f.state = 1;
   fiber_yield(f);
@@ -1005,7 +998,7 @@ cudaError_t cudaDeviceSynchronize() {
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
   Lock l(g_mu);
   if ((s && !g_streams.count(s)) || !g_events.count(e)) return note(cudaErrorInvalidResourceHandle);
-  if (!e->recorded || !e->s) return cudaSuccess;  // nothing to wait for
+  if (!e->s) return cudaSuccess;  // never recorded: nothing to wait for
   Op op{Op::Wait};
   op.wait_stream = e->s;
   op.wait_seq = e->seq;
@@ -1036,7 +1029,6 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   enqueue(st, std::move(op));
   e->s = st;
   e->seq = st->enqueued;
-  e->recorded = true;
   e->done = false;
   e->polled = false;
   e->t_ms = -1;
@@ -1047,7 +1039,7 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
   Lock l(g_mu);
   if (!g_events.count(e)) return note(cudaErrorInvalidResourceHandle);
-  if (e->recorded && e->s) flush(e->s, e->seq);
+  if (e->s) flush(e->s, e->seq);
   host_waits(e->vc);
   return waited();
 }
@@ -1056,7 +1048,7 @@ cudaError_t cudaEventSynchronize(cudaEvent_t e) {
 cudaError_t cudaEventQuery(cudaEvent_t e) {
   Lock l(g_mu);
   if (!g_events.count(e)) return note(cudaErrorInvalidResourceHandle);
-  if (!e->recorded || e->done) return g_sticky;
+  if (!e->s || e->done) return g_sticky;
   if (!e->polled) {
     e->polled = true;
     return cudaErrorNotReady;

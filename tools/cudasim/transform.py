@@ -7,11 +7,12 @@ Every launch `kernel<<<grid, block[, smem[, stream]]>>>(args);` becomes
 with the original text of each part kept, newlines included, so every line keeps its number
 (compiler messages and the file:line of ccn's CUDA errors point into the .cu file). `fibers`
 is true for a kernel that reaches __syncthreads() (syncing_functions); the runtime stops with
-a message if a kernel launched without fibers calls it after all. The third argument names the file in
-#line (the path ccn's errors show). Each `__shared__` declaration also registers its memory with the runtime (_shared_decls).
-Anything else in the file is left as it is.
+a message if a kernel launched without fibers calls it after all. The third argument names
+the file in #line (the path ccn's errors show). Each `__shared__` declaration also registers
+its memory with the runtime (_shared_decls). Anything else in the file is left as it is.
 """
 
+import os
 import re
 import sys
 
@@ -26,17 +27,8 @@ def _kernel_start(s, end):
     """Start of the kernel expression that ends just before index `end` (exclusive): a name,
     possibly qualified (a::b) and with template arguments (k<float, 3>)."""
     i = _skip_back_ws(s, end - 1)
-    if s[i] == ">":  # template arguments: walk back to the matching '<'
-        depth = 0
-        while i >= 0:
-            if s[i] == ">":
-                depth += 1
-            elif s[i] == "<":
-                depth -= 1
-                if depth == 0:
-                    break
-            i -= 1
-        i = _skip_back_ws(s, i - 1)
+    if s[i] == ">":  # template arguments: back to the matching '<'
+        i = _skip_back_ws(s, _matching(s, i, "><", step=-1) - 1)
     while i >= 0 and (s[i].isalnum() or s[i] in "_:"):
         i -= 1
     return i + 1
@@ -60,10 +52,11 @@ def _split_top(text, sep=","):
     return parts
 
 
-def _matching(s, i, pair="()"):
-    """Index of the bracket closing the one at s[i] (pair: the opening and closing characters)."""
+def _matching(s, i, pair="()", step=1):
+    """Index of the bracket closing the one at s[i] (pair: the opening and closing characters;
+    step -1 walks backwards, e.g. pair "><" from a template argument list's '>')."""
     depth = 0
-    for j in range(i, len(s)):
+    for j in range(i, len(s) if step > 0 else -1, step):
         if s[j] == pair[0]:
             depth += 1
         elif s[j] == pair[1]:
@@ -168,8 +161,6 @@ def main(argv):
     tmp = argv[2] + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
-    import os
-
     os.replace(tmp, argv[2])
 
 

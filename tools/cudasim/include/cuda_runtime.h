@@ -80,27 +80,17 @@ inline T atomicMax(T* p, T v) {
 #else
 #define CCNSIM_OPAQUE(v) __asm__("" : "+w"(v))
 #endif
-inline float __fmul_rn(float a, float b) {
+template <class F>
+inline float ccnsim_rn(float a, float b, F op) {
   CCNSIM_OPAQUE(a);
   CCNSIM_OPAQUE(b);
-  float r = a * b;
+  float r = op(a, b);
   CCNSIM_OPAQUE(r);
   return r;
 }
-inline float __fadd_rn(float a, float b) {
-  CCNSIM_OPAQUE(a);
-  CCNSIM_OPAQUE(b);
-  float r = a + b;
-  CCNSIM_OPAQUE(r);
-  return r;
-}
-inline float __fsub_rn(float a, float b) {
-  CCNSIM_OPAQUE(a);
-  CCNSIM_OPAQUE(b);
-  float r = a - b;
-  CCNSIM_OPAQUE(r);
-  return r;
-}
+inline float __fmul_rn(float a, float b) { return ccnsim_rn(a, b, [](float x, float y) { return x * y; }); }
+inline float __fadd_rn(float a, float b) { return ccnsim_rn(a, b, [](float x, float y) { return x + y; }); }
+inline float __fsub_rn(float a, float b) { return ccnsim_rn(a, b, [](float x, float y) { return x - y; }); }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 inline float __frcp_rn(float a) { return 1.0f / a; }
