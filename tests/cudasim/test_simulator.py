@@ -45,6 +45,13 @@ def _missing():
     return None
 
 
+def _run_sim(*pytest_args, **env):
+    """tools/cudasim/run.sh with these pytest arguments (and extra environment) from the
+    repository folder; the CompletedProcess."""
+    return subprocess.run(["bash", os.path.join(SIM, "run.sh"), *pytest_args], env={**_env(), **env},
+                          capture_output=True, text=True, cwd=ROOT)
+
+
 @pytest.fixture(scope="module")
 def sim_build():
     why = _missing()
@@ -231,8 +238,7 @@ def test_cublas_sgemm_is_column_major_and_checks_its_arguments(cases):
 
 def test_every_gpu_test_passes_on_the_simulator(sim_build):
     """tests/cuda with the CUDA backend on the simulator (tools/cudasim/run.sh)."""
-    r = subprocess.run(["bash", os.path.join(SIM, "run.sh"), "tests/cuda", "-q", "-x", "-p", "no:randomly"],
-                       env=_env(), capture_output=True, text=True, cwd=ROOT)
+    r = _run_sim("tests/cuda", "-q", "-x", "-p", "no:randomly")
     tail = (r.stdout + r.stderr)[-6000:]
     assert r.returncode == 0, f"tests/cuda on the CUDA simulator failed:\n{tail}"
     m = re.search(r"(\d+) passed", r.stdout)
@@ -242,10 +248,8 @@ def test_every_gpu_test_passes_on_the_simulator(sim_build):
 def test_kernel_tests_pass_with_blocks_and_threads_in_reverse_order(sim_build):
     """The kernel and layer tests again with CCNSIM_ORDER=reverse: a kernel whose result
     depends on the order its threads or blocks run in (a race on a GPU) fails one of the two."""
-    env = {**_env(), "CCNSIM_ORDER": "reverse"}
-    r = subprocess.run(["bash", os.path.join(SIM, "run.sh"), "tests/cuda/test_cuda_kernels.py",
-                        "tests/cuda/test_cuda_layers_more.py", "tests/cuda/test_cuda_layers_net.py", "-q", "-x"],
-                       env=env, capture_output=True, text=True, cwd=ROOT)
+    r = _run_sim("tests/cuda/test_cuda_kernels.py", "tests/cuda/test_cuda_layers_more.py",
+                 "tests/cuda/test_cuda_layers_net.py", "-q", "-x", CCNSIM_ORDER="reverse")
     tail = (r.stdout + r.stderr)[-6000:]
     assert r.returncode == 0, f"kernel tests with CCNSIM_ORDER=reverse failed:\n{tail}"
     m = re.search(r"(\d+) passed", r.stdout)
@@ -282,9 +286,8 @@ def test_a_test_during_which_the_simulator_reported_a_fault_fails(sim_build, tmp
     """tests/conftest.py on the simulator: a fault nothing checked still fails its test; a
     test failing anyway carries the report as a section; the next test starts clean."""
     (tmp_path / "test_inner.py").write_text(_FAULTING_TEST)
-    env = {**_env(), "PYTHONPATH": os.path.join(ROOT, "tests")}
-    r = subprocess.run(["bash", os.path.join(SIM, "run.sh"), str(tmp_path / "test_inner.py"), "-p", "conftest",
-                        "-rA", "-p", "no:randomly"], env=env, capture_output=True, text=True, cwd=ROOT)
+    r = _run_sim(str(tmp_path / "test_inner.py"), "-p", "conftest", "-rA", "-p", "no:randomly",
+                 PYTHONPATH=os.path.join(ROOT, "tests"))
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
     summary = out.split("short test summary info")[1]
