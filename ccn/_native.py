@@ -8,7 +8,7 @@ editable, or an in-place developer build).
 import ctypes
 import os
 
-from .errors import CcnRuntimeError
+from .errors import CcnRuntimeError, InputError
 
 
 def _preload_blas():
@@ -52,12 +52,16 @@ _preload_blas()
 
 def _load_core_file(path):
     """The extension from another build, e.g. the CUDA simulator's (tools/cudasim/run.sh)."""
+    import importlib.machinery
     import importlib.util
     import sys
 
     if not os.path.isfile(path):
-        raise ImportError(f"CCN_CORE={path} is not a file")
-    spec = importlib.util.spec_from_file_location(f"{__package__}._core", path)
+        raise InputError(f"the environment variable CCN_CORE names {path}, which is not a file: it must name a built "
+                         "ccn extension (tools/cudasim/build.sh writes build/sim/lib/_core*.so), or be unset.")
+    name = f"{__package__}._core"
+    # the loader named: spec_from_file_location guesses it from the suffix (none for a wrong one)
+    spec = importlib.util.spec_from_file_location(name, path, loader=importlib.machinery.ExtensionFileLoader(name, path))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     sys.modules[spec.name] = mod

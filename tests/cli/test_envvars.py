@@ -41,3 +41,14 @@ def test_an_options_own_variable_is_known():
     r = ccn("info", CCN_INFO_JSON="1")
     assert r.returncode == 0, r.stderr
     assert "warning" not in r.stderr and r.stdout.lstrip().startswith("{")
+
+
+def test_ccn_core_naming_no_file_is_an_input_error():
+    r = ccn("info", CCN_CORE="/nonexistent/_core.so")
+    assert r.returncode == 2, r.stderr
+    assert "the environment variable CCN_CORE names /nonexistent/_core.so, which is not a file" in r.stderr
+    assert "Traceback" not in r.stderr
+    # a file that is not an extension: it cannot be loaded (a failure at run time, exit 1)
+    r = ccn("info", CCN_CORE=QS)
+    assert r.returncode == 1 and "the native core that CCN_CORE names could not be loaded" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
