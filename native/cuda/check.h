@@ -56,11 +56,13 @@ inline unsigned grid_for(int64_t n, int threads = 256) {
 }
 
 // Grid for a row kernel: blockIdx.y walks `rows` rows (with a grid-stride loop over y past
-// 65535 rows) and the x blocks run a grid-stride loop over a row's `cols` columns. Each
-// thread decodes its row once and its column with 32-bit arithmetic (the caller checks that
-// cols fits in an int), instead of splitting a 64-bit flat index with 64-bit divisions.
-inline dim3 rows_grid(int64_t rows, int64_t cols, int threads = 256) {
-  const int64_t bx = std::max<int64_t>(1, std::min<int64_t>((cols + threads - 1) / threads, 65535));
+// 65535 rows) and the x blocks run a grid-stride loop over a row's `cols` columns, about
+// `cols_per_thread` of them per thread. Each thread decodes its row once and its columns with
+// 32-bit arithmetic (the caller checks that cols fits in an int), instead of splitting a
+// 64-bit flat index with 64-bit divisions.
+inline dim3 rows_grid(int64_t rows, int64_t cols, int threads = 256, int cols_per_thread = 1) {
+  const int64_t per_block = (int64_t)threads * cols_per_thread;
+  const int64_t bx = std::max<int64_t>(1, std::min<int64_t>((cols + per_block - 1) / per_block, 65535));
   const int64_t by = std::max<int64_t>(1, std::min<int64_t>(rows, 65535));
   return dim3((unsigned)bx, (unsigned)by);
 }

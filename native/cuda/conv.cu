@@ -25,6 +25,7 @@
 #include "cuda/check.h"
 #include "cuda/context.h"
 #include "cuda/cublas.h"
+#include "cuda/fastdiv.cuh"
 #include "cuda/kernels.h"
 #include "kernels/unfold.h"
 
@@ -38,31 +39,50 @@ __device__ __forceinline__ int chan_of(const ConvGeom& g, int grp, int c) {
 }
 
 // Row kernels (rows_grid in check.h): blockIdx.y walks the rows of the destination, each
-// thread decodes its row once and then its columns with 32-bit arithmetic.
+// thread decodes its row once and then a few of its columns (kColsPerThread), splitting the
+// indices with FastDiv (fastdiv.cuh): a plain 32-bit division is ~20 instructions on the GPU,
+// and with one column per thread and a division for every part of the row and column index,
+// the divisions, not the memory traffic, set these kernels' time.
+constexpr int kColsPerThread = 4;
+
+// The divisors of one conv geometry, made once per launch on the host.
+struct ConvDivs {
+  FastDiv K, fs2, fs, MM, M, Cf, SS, S, stride;
+  explicit ConvDivs(const ConvGeom& g)
+      : K(g.Cf * g.fs * g.fs), fs2(g.fs * g.fs), fs(g.fs), MM(g.M * g.M), M(g.M), Cf(g.Cf), SS(g.S * g.S), S(g.S),
+        stride(g.stride) {}
+};
 
 // col row r = grp*K + k holds, for each (n, m) of the chunk (column j = n*MM + m), the input
 // pixel that tap k = (c, fy, fx) of module m = (my, mx) reads: col[r*cols + j].
-__global__ void im2col_kernel(ConvGeom g, const float* in, int n0, int Nc, float* col) {
-  const int fs2 = g.fs * g.fs, K = g.Cf * fs2, MM = g.M * g.M, SS = g.S * g.S, cols = Nc * MM;
+__global__ void im2col_kernel(ConvGeom g, ConvDivs dv, const float* in, int n0, int Nc, float* col) {
+  const int MM = g.M * g.M, SS = g.S * g.S, cols = Nc * MM;
   const int64_t case_stride = (int64_t)g.C * SS;
-  for (int r = blockIdx.y; r < g.groups * K; r += gridDim.y) {
-    const int grp = r / K, k = r % K;
-    const int c = k / fs2, fy = (k % fs2) / g.fs, fx = k % g.fs;
+  for (int r = blockIdx.y; r < g.groups * (int)dv.K.d; r += gridDim.y) {
+    int grp, k, c, t, fy, fx;
+    dv.K.divmod(r, grp, k);
+    dv.fs2.divmod(k, c, t);
+    dv.fs.divmod(t, fy, fx);
     const float* src = in + (int64_t)n0 * case_stride + (int64_t)chan_of(g, grp, c) * SS;
     float* dst = col + (int64_t)r * cols;
     for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < cols; j += gridDim.x * blockDim.x) {
-      const int n = j / MM, m = j - n * MM;
-      const int my = m / g.M, mx = m - my * g.M;
+      int n, m, my, mx;
+      dv.MM.divmod(j, n, m);
+      dv.M.divmod(m, my, mx);
       const int iy = my * g.stride - g.padding + fy, ix = mx * g.stride - g.padding + fx;
       float v = 0.f;
-      if (iy >= 0 && iy < g.S && ix >= 0 && ix < g.S) v = src[n * case_stride + iy * g.S + ix];
+      if ((unsigned)iy < (unsigned)g.S && (unsigned)ix < (unsigned)g.S) v = src[n * case_stride + iy * g.S + ix];
       dst[j] = v;
     }
   }
 }
 
-__device__ __forceinline__ int ceil_div_signed(int a, int b) {  // b > 0
-  return a >= 0 ? (a + b - 1) / b : -((-a) / b);
+// The modules covering input coordinate i along one axis: m0 .. m1 with m*st - pad <= i and
+// i < m*st - pad + fs, i.e. m0 = max(0, ceil((i + pad - fs + 1) / st)), m1 = min(M-1, (i + pad) / st).
+__device__ __forceinline__ void covering(const ConvGeom& g, const FastDiv& st, int i, int& m0, int& m1) {
+  const int a = i + g.padding - g.fs + 1;
+  m0 = a <= 0 ? 0 : st.div(a + g.stride - 1);
+  m1 = min(g.M - 1, st.div(i + g.padding));
 }
 
 // Fold dcol back into din. Row r = grp*Cf + c (one filter channel), column j = n*SS + p (a
@@ -70,20 +90,20 @@ __device__ __forceinline__ int ceil_div_signed(int a, int b) {  // b > 0
 // (my, mx) whose window covers the pixel (my*st - pad + fy = iy with 0 <= fy < fs).
 // Plain groups give each image channel one writer; a channel table may repeat channels,
 // then writers add atomically.
-__global__ void col2im_kernel(ConvGeom g, const float* dcol, int n0, int Nc, float* din) {
+__global__ void col2im_kernel(ConvGeom g, ConvDivs dv, const float* dcol, int n0, int Nc, float* din) {
   const int fs2 = g.fs * g.fs, K = g.Cf * fs2, MM = g.M * g.M, SS = g.S * g.S, cols = Nc * SS;
   const int64_t ncols = (int64_t)Nc * MM;  // one dcol row
   for (int r = blockIdx.y; r < g.groups * g.Cf; r += gridDim.y) {
-    const int grp = r / g.Cf, c = r % g.Cf;
+    int grp, c;
+    dv.Cf.divmod(r, grp, c);
     const float* rows = dcol + ((int64_t)grp * K + (int64_t)c * fs2) * ncols;  // row (grp, k = c*fs2)
     float* dst0 = din + (int64_t)n0 * g.C * SS + (int64_t)chan_of(g, grp, c) * SS;
     for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < cols; j += gridDim.x * blockDim.x) {
-      const int n = j / SS, p = j - n * SS;
-      const int iy = p / g.S, ix = p - iy * g.S;
-      const int my0 = max(0, ceil_div_signed(iy + g.padding - g.fs + 1, g.stride));
-      const int my1 = min(g.M - 1, (iy + g.padding) / g.stride);
-      const int mx0 = max(0, ceil_div_signed(ix + g.padding - g.fs + 1, g.stride));
-      const int mx1 = min(g.M - 1, (ix + g.padding) / g.stride);
+      int n, p, iy, ix, my0, my1, mx0, mx1;
+      dv.SS.divmod(j, n, p);
+      dv.S.divmod(p, iy, ix);
+      covering(g, dv.stride, iy, my0, my1);
+      covering(g, dv.stride, ix, mx0, mx1);
       float s = 0.f;
       for (int my = my0; my <= my1; ++my) {
         const int fy = iy + g.padding - my * g.stride;
@@ -102,27 +122,30 @@ __global__ void col2im_kernel(ConvGeom g, const float* dcol, int n0, int Nc, flo
 }
 
 // doutT[f][n][m] = dout[n0+n][f][m]: row f, column j = n*MM + m.
-__global__ void transpose_dout_kernel(const float* dout, int n0, int Nc, int F, int MM, float* doutT) {
-  const int cols = Nc * MM;
+__global__ void transpose_dout_kernel(const float* dout, int n0, int Nc, int F, FastDiv MM, float* doutT) {
+  const int cols = Nc * (int)MM.d;
   for (int f = blockIdx.y; f < F; f += gridDim.y) {
-    const float* src = dout + ((int64_t)n0 * F + f) * MM;
+    const float* src = dout + ((int64_t)n0 * F + f) * MM.d;
     float* dst = doutT + (int64_t)f * cols;
     for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < cols; j += gridDim.x * blockDim.x) {
-      const int n = j / MM, m = j - n * MM;
-      dst[j] = src[(int64_t)n * F * MM + m];
+      int n, m;
+      MM.divmod(j, n, m);
+      dst[j] = src[(int64_t)n * F * MM.d + m];
     }
   }
 }
 
 // out[n0+n][f][m] (= or +=) outT[f][n][m]: row f, column j = n*MM + m (transpose_dout's inverse).
-__global__ void untranspose_out_kernel(const float* outT, int n0, int Nc, int F, int MM, float* out, bool accumulate) {
-  const int cols = Nc * MM;
+__global__ void untranspose_out_kernel(const float* outT, int n0, int Nc, int F, FastDiv MM, float* out,
+                                       bool accumulate) {
+  const int cols = Nc * (int)MM.d;
   for (int f = blockIdx.y; f < F; f += gridDim.y) {
     const float* src = outT + (int64_t)f * cols;
-    float* dst = out + ((int64_t)n0 * F + f) * MM;
+    float* dst = out + ((int64_t)n0 * F + f) * MM.d;
     for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < cols; j += gridDim.x * blockDim.x) {
-      const int n = j / MM, m = j - n * MM;
-      float* o = dst + (int64_t)n * F * MM + m;
+      int n, m;
+      MM.divmod(j, n, m);
+      float* o = dst + (int64_t)n * F * MM.d + m;
       *o = accumulate ? *o + src[j] : src[j];
     }
   }
@@ -156,8 +179,8 @@ namespace {
 // im2col of cases n0 .. n0+nc-1 (the geometry and chunk checked by the caller).
 void unfold_chunk(CudaCtx& cx, const ConvGeom& g, const float* in, int n0, int nc, float* col) {
   const int64_t K = (int64_t)g.Cf * g.fs * g.fs;
-  im2col_kernel<<<rows_grid(g.groups * K, (int64_t)nc * g.M * g.M), 256, 0, (cudaStream_t)cx.stream>>>(g, in, n0, nc,
-                                                                                                      col);
+  im2col_kernel<<<rows_grid(g.groups * K, (int64_t)nc * g.M * g.M, 256, kColsPerThread), 256, 0,
+                  (cudaStream_t)cx.stream>>>(g, ConvDivs(g), in, n0, nc, col);
   CCN_CUDA_LAUNCHED();
 }
 }  // namespace
@@ -183,8 +206,8 @@ void conv_fprop(CudaCtx& cx, const ConvGeom& g, const float* in, const float* W,
     for (int grp = 0; grp < g.groups; ++grp)
       sgemm(cx, true, false, Fg, cols, K, 1.f, W + grp * Fg, g.F, col + (int64_t)grp * K * cols, cols, 0.f,
             outT + (int64_t)grp * Fg * cols, cols);
-    untranspose_out_kernel<<<rows_grid(g.F, cols), 256, 0, (cudaStream_t)cx.stream>>>(outT, n0, nc, g.F, MM, out,
-                                                                                      accumulate);
+    untranspose_out_kernel<<<rows_grid(g.F, cols, 256, kColsPerThread), 256, 0, (cudaStream_t)cx.stream>>>(
+        outT, n0, nc, g.F, FastDiv(MM), out, accumulate);
     CCN_CUDA_LAUNCHED();
   }
 }
@@ -202,14 +225,15 @@ void conv_bprop(CudaCtx& cx, const ConvGeom& g, const float* in, const float* W,
   cudaStream_t st = (cudaStream_t)cx.stream;
   for (int n0 = 0; n0 < g.N; n0 += Nc) {
     const int nc = std::min(Nc, g.N - n0), cols = nc * MM;
-    transpose_dout_kernel<<<rows_grid(g.F, cols), 256, 0, st>>>(dout, n0, nc, g.F, MM, doutT);
+    transpose_dout_kernel<<<rows_grid(g.F, cols, 256, kColsPerThread), 256, 0, st>>>(dout, n0, nc, g.F, FastDiv(MM),
+                                                                                     doutT);
     CCN_CUDA_LAUNCHED();
     if (din) {
       for (int grp = 0; grp < g.groups; ++grp)
         sgemm(cx, false, false, K, cols, Fg, 1.f, W + grp * Fg, g.F, doutT + (int64_t)grp * Fg * cols, cols, 0.f,
               dcol + (int64_t)grp * K * cols, cols);
-      col2im_kernel<<<rows_grid((int64_t)g.groups * g.Cf, (int64_t)nc * g.S * g.S), 256, 0, st>>>(g, dcol, n0, nc,
-                                                                                                  din);
+      col2im_kernel<<<rows_grid((int64_t)g.groups * g.Cf, (int64_t)nc * g.S * g.S, 256, kColsPerThread), 256, 0, st>>>(
+          g, ConvDivs(g), dcol, n0, nc, din);
       CCN_CUDA_LAUNCHED();
     }
     if (dW) {

@@ -9,6 +9,8 @@
 #include "cuda/kernels.h"
 #include "cuda/testing_ops.h"
 
+#include "cuda/fastdiv.cuh"
+
 namespace ccn::cuda {
 
 namespace {
@@ -197,6 +199,25 @@ const std::map<std::string, HostOp>& host_ops() {
          g.fs = get("fs"), g.stride = get("stride"), g.padding = get("padding"), g.M = get("M");
          arr["chunk"] = Mat(1, 1);
          arr["chunk"].at(0, 0) = (float)conv_chunk_cases(g, get("bprop") != 0, get("din") != 0);
+       }},
+      // FastDiv (fastdiv.cuh) against '/' and '%' for every n in [lo, hi] (scalars d, lo, hi;
+      // mul_delta, default 0, adds to the multiplier so a test can see a wrong one caught);
+      // array "bad" (1 element) receives the number of n where they differ.
+      {"fastdiv", [](std::map<std::string, Mat>& arr, const std::map<std::string, double>& sc) {
+         auto get = [&](const char* k, double dflt) { auto it = sc.find(k); return it == sc.end() ? dflt : it->second; };
+         const int64_t d = (int64_t)get("d", 1), lo = (int64_t)get("lo", 0), hi = (int64_t)get("hi", 0);
+         if (d < 1 || d >= (1ll << 31) || lo < 0 || hi >= (1ll << 31) || hi - lo > (1ll << 26))
+           input_error("CUDA test op fastdiv: needs 1 <= d < 2^31, 0 <= lo <= hi < 2^31, hi - lo <= 2^26.");
+         FastDiv f((uint32_t)d);
+         f.mul += (uint32_t)(int64_t)get("mul_delta", 0);
+         int64_t bad = 0;
+         for (int64_t n = lo; n <= hi; ++n) {
+           int q, r;
+           f.divmod((int)n, q, r);
+           bad += (q != n / d || r != n % d);
+         }
+         arr["bad"] = Mat(1, 1);
+         arr["bad"].at(0, 0) = (float)bad;
        }},
   };
   return t;

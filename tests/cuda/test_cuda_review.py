@@ -52,6 +52,33 @@ def test_conv_chunk_rule_follows_ccn_unfold_bytes(monkeypatch, geo, bprop, din):
         assert gpu_chunk(geo, bprop, din) == chunk_rule(geo, bprop, din, 256 << 20)
 
 
+def fastdiv_bad(d, lo, hi, mul_delta=0):
+    r = op("fastdiv", {"bad": np.zeros(1)}, d=d, lo=lo, hi=hi, mul_delta=mul_delta)
+    return int(np.asarray(r["bad"]).reshape(-1)[0])
+
+
+@needs_cuda_build
+def test_fastdiv_divides_exactly_below_2_31():
+    """The row kernels split indices with FastDiv (native/cuda/fastdiv.cuh, multiply and shift):
+    every n of windows at both ends of [0, 2^31) and at random places, for divisors that
+    are small, powers of two and their neighbours, the conv sizes of AlexNet, and near 2^31."""
+    rng = np.random.default_rng()
+    top = 2**31 - 1
+    divisors = [1, 2, 3, 5, 7, 11, 25, 27, 55, 121, 169, 729, 3025, 1200, 2304, 2**16 - 1, 2**16, 2**16 + 1,
+                2**30 - 1, 2**30, 2**30 + 1, top - 1, top]
+    divisors += [int(v) for v in rng.integers(1, 2**31, 8)] + [int(v) for v in rng.integers(1, 5000, 8)]
+    for d in divisors:
+        # the first quotients' edges (n near d, 2d, 3d), the top, and random places
+        windows = [(max(0, k * d - 1000), min(top, k * d + 1000)) for k in range(4) if k * d <= top]
+        windows += [(top - 20_000, top)] + [(int(a), int(a) + 20_000) for a in rng.integers(0, top - 20_000, 3)]
+        for lo, hi in windows:
+            assert fastdiv_bad(d, lo, hi) == 0, f"FastDiv({d}) wrong for some n in [{lo}, {hi}]"
+    # the check sees a wrong multiplier (so a broken FastDiv cannot pass): one too small
+    # fails at n = d already, one too large where n*e reaches 2^p
+    assert fastdiv_bad(729, 0, 10_000, mul_delta=-1) > 0
+    assert fastdiv_bad(7, top - 10_000, top, mul_delta=1) > 0
+
+
 @needs_cuda_build
 def test_conv_chunk_small_nets_unfold_in_one_chunk(monkeypatch):
     monkeypatch.delenv("CCN_UNFOLD_BYTES", raising=False)
