@@ -251,9 +251,13 @@ def _reexec_under_mpiexec(lv: LauncherVars) -> None:
                           "'.[mpi]').") from e
     lib = MPI.Get_library_version()
     if "MPICH" not in lib:
+        # Open MPI connects neither singletons (Accept/Connect fail with MPI_ERR_INTERN) nor separate
+        # mpiexec -n 1 jobs (they hung, tried with Open MPI 5.0.8) without a server of its own. Its
+        # version string ends in a NUL byte and its first line goes on with build details: name the
+        # MPI and its version only
+        name = (lib.replace("\0", "").strip().splitlines() or ["another MPI"])[0].split(",")[0].strip()
         raise ConfigError(f"WORLD_SIZE={lv.world_size} without an MPI launcher needs MPICH (pip install mpich); this "
-                          f"mpi4py uses {lib.splitlines()[0].strip()}. Start the ranks with mpiexec -n N ccn train ... "
-                          "instead.")
+                          f"mpi4py uses {name}. Start the ranks with mpiexec -n N ccn train ... instead.")
     exe = find_mpiexec()
     if exe is None:
         raise ConfigError(f"WORLD_SIZE={lv.world_size} is set without an MPI launcher: ccn runs each rank under "

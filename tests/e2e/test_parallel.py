@@ -296,6 +296,45 @@ def test_ranks_follow_the_single_process_trajectory(setup, net, mini, ranks):
     assert [os.path.basename(p) for p in ck.list_checkpoints(tmp / "many")] == ["1.4", "2.4"]
 
 
+def _on_a_terminal(a, **extra):
+    """`ccn train` with its stdout a terminal (a pty), as Open MPI's mpiexec gives every rank one:
+    (returncode, what it wrote there, stderr)."""
+    import pty
+
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "ccn.cli.main", "train", *a], stdout=slave, stderr=subprocess.PIPE,
+                         env=env(TERM="xterm", **extra))
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            b = os.read(master, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not b:
+            break
+        chunks.append(b)
+    os.close(master)
+    err = p.communicate(timeout=120)[1].decode()
+    return p.returncode, b"".join(chunks).decode(errors="replace").replace("\r\n", "\n"), err
+
+
+@pytest.mark.slow
+def test_a_rank_whose_stdout_is_a_terminal_prints_the_progress_lines(setup):
+    """Open MPI gives each rank's stdout a pty of its own whatever mpiexec's own stdout is (a pipe,
+    a log file), so a rank cannot tell the user's terminal from a log: under an MPI launcher the
+    progress lines are printed plainly, never the live display (whose escape codes filled the
+    log before, with no progress line in it). On a terminal of its own, one process shows it."""
+    tmp, data, nets = setup
+    rc, out, err = _on_a_terminal(args(tmp, data, nets["plain"], "alone", epochs=1))
+    assert rc == 0, err
+    assert "\x1b[" in out  # the live display (the lines are printed above it)
+    rc, out, err = _on_a_terminal(args(tmp, data, nets["plain"], "rank", epochs=1), OMPI_COMM_WORLD_SIZE="1",
+                                  OMPI_COMM_WORLD_RANK="0")
+    assert rc == 0, err
+    assert "\x1b[" not in out and len(costs(out)) == 4, out
+
+
 @pytest.mark.slow
 def test_resume_same_world_size_is_exact_and_other_sizes_continue(setup):
     tmp, data, nets = setup
@@ -719,6 +758,30 @@ def test_rank_variables_never_restart_a_caller_in_this_process(setup, monkeypatc
     with pytest.raises(ConfigError, match="is not the ccn command, so it cannot restart itself"):
         run_train({"layers": nets["plain"], "data_path": data, "data_provider": "fakedata:open_provider",
                    "train_range": "1", "test_range": "5", "save_path": str(tmp / "x")}, command=True)
+
+
+def test_rank_variables_with_open_mpi_are_refused_naming_it(monkeypatch):
+    """Under an mpi4py that uses Open MPI (which cannot connect separately started ranks) the
+    RANK/WORLD_SIZE rendezvous is refused before the restart, naming the MPI and its version
+    (Open MPI's version string ends in a NUL byte, which the message printed before)."""
+    import types
+
+    import mpi4py
+
+    from ccn.errors import ConfigError
+    from ccn.parallel import LauncherVars, _reexec_under_mpiexec
+
+    lib = "Open MPI v4.1.6, package: Debian OpenMPI, ident: 4.1.6, repo rev: v4.1.6, Sep 30, 2023\0"
+    fake = types.SimpleNamespace(Get_library_version=lambda: lib)
+    monkeypatch.setitem(sys.modules, "mpi4py.MPI", fake)
+    monkeypatch.setattr(mpi4py, "MPI", fake, raising=False)
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable, "-m", "ccn.cli.main", "train"])
+    monkeypatch.delenv("CCN_RDZV_EXEC", raising=False)
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail(f"restarted as {a}"))
+    with pytest.raises(ConfigError) as e:
+        _reexec_under_mpiexec(LauncherVars(1, 2, None, "127.0.0.1", 29500, "MASTER_PORT=29500"))
+    assert str(e.value) == ("WORLD_SIZE=2 without an MPI launcher needs MPICH (pip install mpich); this mpi4py uses "
+                            "Open MPI v4.1.6. Start the ranks with mpiexec -n N ccn train ... instead.")
 
 
 @pytest.mark.slow
