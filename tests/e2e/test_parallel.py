@@ -60,7 +60,8 @@ def env(**extra):
          **os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE, os.environ.get("PYTHONPATH", "")]),
          "OMP_NUM_THREADS": "1"}
     for k in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "WORLD_SIZE", "RANK",
-              "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "CCN_RDZV_PORT", "CCN_RDZV_EXEC", "TORCHELASTIC_USE_AGENT_STORE"):
+              "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "CCN_RDZV_PORT", "CCN_RDZV_EXEC",
+              "TORCHELASTIC_USE_AGENT_STORE"):
         e.pop(k, None)
     e.update(extra)
     return e
