@@ -43,7 +43,7 @@ non-blocking messages; when a deadline passes, rank 0 names the ranks that never
 that step, prints it, and aborts the job (``MPI_Abort``); the other ranks give rank 0 a few
 seconds to do so, then abort themselves. A rank that raises an error prints it (with its
 rank) and aborts the job at once. A rank killed outright is also caught by the launcher
-(MPICH's ``mpiexec`` ends the job and names the pid), or, in a world built by the
+(MPICH's and Open MPI's ``mpiexec`` end the job and name the pid), or, in a world built by the
 rendezvous, by its liveness link closing (below): the job stops at once naming it.
 
 Launchers: the MPI world is detected from the variables MPI launchers set (``PMI_SIZE``
@@ -56,7 +56,9 @@ still all MPI (:func:`init_world`):
    from PyPI, next to the Python or on PATH; ``CCN_MPIEXEC`` overrides). MPICH cannot connect
    singleton processes (MPI_Init with no launcher at all: they all claim the same process id,
    mpich issue 7805), but it connects separate one-process jobs; the pid stays the same, so
-   the launcher's signals still reach the rank;
+   the launcher's signals still reach the rank. Open MPI connects neither (singletons fail
+   with MPI_ERR_INTERN, separate ``mpiexec -n 1`` jobs hung; Open MPI 5.0.8), so under an
+   mpi4py on Open MPI this is refused, naming it: start such ranks with ``mpiexec`` instead;
 2. rank 0 opens an MPI port (``MPI_Open_port``) and listens on TCP at ``MASTER_PORT`` (under
    torchrun, whose agent already listens there, ``MASTER_PORT`` + 1; ``CCN_RDZV_PORT``
    overrides); every other rank connects to ``MASTER_ADDR`` there (retrying until rank 0 is
@@ -251,9 +253,13 @@ def _reexec_under_mpiexec(lv: LauncherVars) -> None:
                           "'.[mpi]').") from e
     lib = MPI.Get_library_version()
     if "MPICH" not in lib:
+        # Open MPI connects neither singletons (Accept/Connect fail with MPI_ERR_INTERN) nor separate
+        # mpiexec -n 1 jobs (they hung, tried with Open MPI 5.0.8) without a server of its own. Its
+        # version string ends in a NUL byte and its first line goes on with build details: name the
+        # MPI and its version only
+        name = (lib.replace("\0", "").strip().splitlines() or ["another MPI"])[0].split(",")[0].strip()
         raise ConfigError(f"WORLD_SIZE={lv.world_size} without an MPI launcher needs MPICH (pip install mpich); this "
-                          f"mpi4py uses {lib.splitlines()[0].strip()}. Start the ranks with mpiexec -n N ccn train ... "
-                          "instead.")
+                          f"mpi4py uses {name}. Start the ranks with mpiexec -n N ccn train ... instead.")
     exe = find_mpiexec()
     if exe is None:
         raise ConfigError(f"WORLD_SIZE={lv.world_size} is set without an MPI launcher: ccn runs each rank under "

