@@ -152,7 +152,9 @@ __global__ void untranspose_out_kernel(const float* outT, int n0, int Nc, int F,
 }
 
 void check_geom(const ConvGeom& g) {
-  CCN_CHECK(g.groups > 0 && g.F % g.groups == 0 && g.Cf > 0 && g.fs > 0 && g.stride > 0 && g.M > 0);
+  // (FastDiv divides by S, S*S, M, stride: all >= 1; covering() needs padding >= 0)
+  CCN_CHECK(g.groups > 0 && g.F % g.groups == 0 && g.Cf > 0 && g.fs > 0 && g.stride > 0 && g.M > 0 && g.S > 0 &&
+            g.padding >= 0);
   CCN_CHECK(g.vchan || g.Cf * g.groups == g.C, "plain groups need C = groups * Cf");
 }
 

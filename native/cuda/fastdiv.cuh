@@ -1,16 +1,18 @@
 // ccn/native/cuda/fastdiv.cuh: division by a divisor fixed at launch, by multiply and shift.
 //
 // A 32-bit integer division is emulated on NVIDIA GPUs (~20 instructions). The row kernels of
-// conv.cu and local.cu split every element's index into (case, module, pixel) parts, so on
-// an H100 the divisions, not the memory traffic, set their time (conv2's unfold: ~160
-// instructions per element, 1.3 ms for ~0.9 GB written). FastDiv does one in ~3.
+// conv.cu split every element's index into (case, module, pixel) parts, several divisions
+// each, and on an H100 those divisions took most of their time (AlexNet's conv2 unfold: ~0.6
+// GB written in 1.30 ms, 0.42 ms with FastDiv; tools/perf-notes.md gpu-5). FastDiv does one
+// in ~3 instructions.
 //
 // For a divisor d >= 1 let l = ceil(log2 d), p = 31 + l and mul = ceil(2^p / d), which fits in
 // 32 bits. Then for every 0 <= n < 2^31:  n / d == (n * mul) >> p  (64-bit product).
 // Proof (Granlund and Montgomery, 1994): mul = (2^p + e) / d with 0 <= e < d <= 2^l, so
 // n * mul / 2^p = n/d + n*e / (d * 2^p), and n*e < 2^31 * 2^l = 2^p makes the second term
 // less than 1/d, too small to carry floor(n/d) past the next integer.
-// tests/cuda/test_cuda_kernels.py checks it against NumPy at the edges (0, d-1, d, 2^31-1).
+// tests/cuda/test_cuda_review.py (test_fastdiv_divides_exactly_below_2_31) checks it against
+// C++ '/' and '%' on every n of windows at its quotients' edges and below 2^31.
 #pragma once
 
 #include <cstdint>

@@ -14,16 +14,14 @@ the input nudge alone, AlexNet's conv5 bias increments differed from the CPU's b
 input sensitivity on the CUDA simulator, after three steps, with gradients that agreed to
 3e-7 after one).
 
-Quantities decided by near-ties are the exception. When one ulp already moves a quantity by
-more than TIE_SENSITIVITY (1e-4, about a thousand float32 epsilons), it depends on discrete
-events: a max-pool window whose winner flips, a relu at zero, or a logistic output that rounds
-to one of a few levels around 0.5. A nudge then either flips one such tie or none (on
-layers-example.cfg, conv32's increments move by ~1e-3 or by ~1e-7). The GPU's own expf rounds
-one ulp away from glibc's in many elements at once, so it flips several ties: on an H100,
-layers-example.cfg's conv32 and local32 increments were 10.4x their one-flip sensitivity
-after three steps, while every other quantity agreed to ~1e-7. Such quantities are held to
-max(10 x sensitivity, TIE_TOLERANCE (5%)). A wrong gradient or wiring moves them by O(1), and
-each kernel is checked against NumPy on its own in the layer tests.
+The factor 10 can be raised per net (``factor=``), for a net shown to need it and with the
+reason at the call. Today that is one net, layers-example.cfg (test_cuda_reference_nets.py). Its
+conv32 and local32 layers have logistic outputs within ~1e-4 of 0.5 (initW 1e-5), which round
+to a few levels, and a max pool picks among them. So the quantities upstream of the pool are
+decided by near-ties: a one-ulp nudge flips one tie or none (conv32's increments move by ~1e-3
+or by ~1e-7 on the CPU). The GPU's expf rounds one ulp away from glibc's in many elements at
+once, so it flips several: on an H100 those quantities were 9.7-10.4x their one-flip
+sensitivity after three steps, while every other quantity agreed to ~1e-7.
 
 Quantities: each parameter's weights and momentum
 increments (relative error ||a - b|| / ||b||) and the first value of each cost layer over all
@@ -39,8 +37,6 @@ from __future__ import annotations
 import numpy as np
 
 FLOORS = {"w": 1e-4, "inc": 1e-3, "cost": 1e-4}  # relative; float32 after ~20 steps
-TIE_SENSITIVITY = 1e-4  # a one-ulp nudge moving a quantity more than this: it is decided by near-ties
-TIE_TOLERANCE = 0.05  # ... and then compared to within several tie flips, well below a wrong gradient's O(1)
 
 
 def nudge(data):
@@ -96,25 +92,23 @@ def sensitivity(ref: dict, *nudged: dict) -> dict:
     return {k: max(rel(n[k], ref[k]) for n in nudged) for k in ref}
 
 
-def tolerance(key: str, sens: dict, floors=None) -> float:
+def tolerance(key: str, sens: dict, floors=None, factor: float = 10) -> float:
     floors = floors or FLOORS
-    s = sens.get(key, 0.0)
-    tol = max(floors[key.split("/")[0]], 10 * s)
-    return max(tol, TIE_TOLERANCE) if s > TIE_SENSITIVITY else tol
+    return max(floors[key.split("/")[0]], factor * sens.get(key, 0.0))
 
 
-def compare(ref: dict, other: dict, sens: dict, floors=None) -> list[str]:
+def compare(ref: dict, other: dict, sens: dict, floors=None, factor: float = 10) -> list[str]:
     """One line per quantity out of tolerance (empty: all agree)."""
     bad = []
     for k in ref:
-        e, tol = rel(other[k], ref[k]), tolerance(k, sens, floors)
+        e, tol = rel(other[k], ref[k]), tolerance(k, sens, floors, factor)
         if not e <= tol:
             bad.append(f"{k}: relative error {e:.3g} > tolerance {tol:.3g} (1-ulp sensitivity {sens.get(k, 0):.3g})")
     return bad
 
 
-def report(ref: dict, other: dict, sens: dict, floors=None) -> str:
+def report(ref: dict, other: dict, sens: dict, floors=None, factor: float = 10) -> str:
     """Every quantity's error, tolerance and sensitivity, worst first (for logs)."""
-    rows = sorted(((rel(other[k], ref[k]), tolerance(k, sens, floors), sens.get(k, 0.0), k) for k in ref),
+    rows = sorted(((rel(other[k], ref[k]), tolerance(k, sens, floors, factor), sens.get(k, 0.0), k) for k in ref),
                   reverse=True)
     return "\n".join(f"{k:40} err {e:9.3g}  tol {t:9.3g}  sens {s:9.3g}" for e, t, s, k in rows)

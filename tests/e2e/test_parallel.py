@@ -18,10 +18,12 @@ MPICH's mpiexec -n 1) and are skipped when mpi4py uses another MPI."""
 
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -30,7 +32,7 @@ import pytest
 
 import fakedata
 from ccn import checkpoint as ck
-from ccn.parallel import split_rows
+from ccn.parallel import _MPI_SIZE_VARS, split_rows
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -59,8 +61,10 @@ def env(**extra):
          "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe",  # Open MPI 5
          **os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE, os.environ.get("PYTHONPATH", "")]),
          "OMP_NUM_THREADS": "1"}
-    for k in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "WORLD_SIZE", "RANK",
-              "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "CCN_RDZV_PORT", "CCN_RDZV_EXEC",
+    # a pytest started under a launcher must not make its children ranks: drop every variable
+    # ccn reads a world from (parallel._MPI_SIZE_VARS and the ranks beside them)
+    for k in (*_MPI_SIZE_VARS, "PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK", "WORLD_SIZE",
+              "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "CCN_RDZV_PORT", "CCN_RDZV_EXEC",
               "TORCHELASTIC_USE_AGENT_STORE"):
         e.pop(k, None)
     e.update(extra)
@@ -306,17 +310,29 @@ def _on_a_terminal(a, **extra):
     p = subprocess.Popen([sys.executable, "-m", "ccn.cli.main", "train", *a], stdout=slave, stderr=subprocess.PIPE,
                          env=env(TERM="xterm", **extra))
     os.close(slave)
-    chunks = []
-    while True:
-        try:
-            b = os.read(master, 65536)
-        except OSError:  # EIO: the process closed the terminal
-            break
-        if not b:
-            break
-        chunks.append(b)
-    os.close(master)
-    err = p.communicate(timeout=120)[1].decode()
+    # stderr is drained by a thread, so a child that fills that pipe cannot stall the terminal
+    err_box = []
+    reader = threading.Thread(target=lambda: err_box.append(p.stderr.read()), daemon=True)
+    reader.start()
+    chunks, deadline = [], time.time() + 120
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.time()))
+            if not ready:  # a hung run: kill it and say so, rather than wait forever
+                p.kill()
+                raise AssertionError(f"ccn train on a terminal did not finish in 120 s: {b''.join(chunks)!r}")
+            try:
+                b = os.read(master, 65536)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not b:
+                break
+            chunks.append(b)
+    finally:
+        os.close(master)
+    p.wait(timeout=max(1.0, deadline - time.time()))
+    reader.join(timeout=10)
+    err = (err_box[0] if err_box else b"").decode()
     return p.returncode, b"".join(chunks).decode(errors="replace").replace("\r\n", "\n"), err
 
 
