@@ -64,6 +64,34 @@ def cmod(a, b):
     return np.asarray(a, np.int64) - np.asarray(b, np.int64) * cdiv(a, b)
 
 
+class FastDiv:
+    """fastdiv.cuh FastDiv: n / d as (n * mul) >> shift (64-bit product), for 0 <= n < 2^31. Each
+    use checks that precondition on every index the simulated grid gives it."""
+
+    def __init__(self, d, what):
+        if not 1 <= d < INT32:
+            raise KernelError(f"FastDiv({what} = {d}): the divisor must be in [1, 2^31)")
+        self.d, self.what = int(d), what
+        l = 0
+        while (1 << l) < d:
+            l += 1
+        self.shift = 31 + l
+        self.mul = ((1 << self.shift) + d - 1) // d
+        if self.mul >= 1 << 32:
+            raise KernelError(f"FastDiv({what} = {d}): the multiplier does not fit in 32 bits")
+
+    def div(self, n):
+        n = np.asarray(n, np.int64)
+        if n.size and (n.min() < 0 or n.max() >= INT32):
+            raise KernelError(f"FastDiv({self.what}).div of {int(n.min() if n.min() < 0 else n.max())}: outside [0, 2^31)")
+        q = (n.astype(np.uint64) * np.uint64(self.mul)) >> np.uint64(self.shift)  # < 2^63: no wrap
+        return q.astype(np.int64)
+
+    def divmod(self, n):
+        q = self.div(n)
+        return q, np.asarray(n, np.int64) - q * self.d
+
+
 def i32(x, what):
     """An expression the kernel holds in `int`: it must fit."""
     x = np.asarray(x, np.int64)
@@ -215,13 +243,15 @@ class ConvGeom:
     vchan: object = None  # device int array (Buf) or None
 
 
-def launch_rows(name, rows, cols, body, writes=()):
+def launch_rows(name, rows, cols, body, writes=(), cols_per_thread=1):
     """A row kernel's launch (check.h rows_grid): blockIdx.y = r0 walks rows r0, r0 + gridDim.y,
     ...; in each row, threads j = blockIdx.x * blockDim.x + threadIdx.x walk the columns with
-    stride gridDim.x * blockDim.x. `body(r, j)` gets one row and the column ids of one loop
-    iteration. Checks that every (row, column) is visited once and records stores per launch."""
+    stride gridDim.x * blockDim.x (gridDim.x sized for ~cols_per_thread columns per thread).
+    `body(r, j)` gets one row and the column ids of one loop iteration. Checks that every
+    (row, column) is visited once and records stores per launch."""
     cap = min(SIM.cap, 65535)
-    bx = max(1, min((cols + SIM.threads - 1) // SIM.threads, cap))
+    per_block = SIM.threads * cols_per_thread
+    bx = max(1, min((cols + per_block - 1) // per_block, cap))
     by = max(1, min(rows, cap))
     stride = bx * SIM.threads
     i32(rows, f"{name}: rows")
@@ -273,42 +303,57 @@ def check_chunk(g, Nc):
 
 def check_geom(g):
     """conv.cu check_geom."""
-    if not (g.groups > 0 and g.F % g.groups == 0 and g.Cf > 0 and g.fs > 0 and g.stride > 0 and g.M > 0):
+    if not (g.groups > 0 and g.F % g.groups == 0 and g.Cf > 0 and g.fs > 0 and g.stride > 0 and g.M > 0 and g.S > 0
+            and g.padding >= 0):
         raise KernelError("conv geometry rejected by check_geom")
     if g.vchan is None and g.Cf * g.groups != g.C:
         raise KernelError("plain groups need C = groups * Cf")
 
 
+K_COLS_PER_THREAD = 4  # conv.cu kColsPerThread
+
+
+class ConvDivs:
+    """conv.cu ConvDivs: the divisors of one geometry, made on the host per launch."""
+
+    def __init__(self, g):
+        self.K, self.fs2, self.fs = FastDiv(g.Cf * g.fs * g.fs, "K"), FastDiv(g.fs * g.fs, "fs2"), FastDiv(g.fs, "fs")
+        self.MM, self.M, self.Cf = FastDiv(g.M * g.M, "MM"), FastDiv(g.M, "M"), FastDiv(g.Cf, "Cf")
+        self.SS, self.S, self.stride = FastDiv(g.S * g.S, "SS"), FastDiv(g.S, "S"), FastDiv(g.stride, "stride")
+
+
 def im2col_kernel(g, inp, n0, Nc, col):
-    fs2, K, MM, SS = i32(g.fs * g.fs, "fs2"), i32(g.Cf * g.fs * g.fs, "K"), i32(g.M * g.M, "MM"), i32(g.S * g.S, "SS")
+    dv = ConvDivs(g)
+    MM, SS = i32(g.M * g.M, "MM"), i32(g.S * g.S, "SS")
     cols = i32(Nc * MM, "cols")
     case_stride = g.C * SS  # int64_t
 
     def body(r, j):
-        grp, k = cdiv(r, K), cmod(r, K)
-        c, fy, fx = cdiv(k, fs2), cdiv(cmod(k, fs2), g.fs), cmod(k, g.fs)
+        grp, k = dv.K.divmod(r)
+        c, t = dv.fs2.divmod(k)
+        fy, fx = dv.fs.divmod(t)
         src = n0 * case_stride + int(chan_of(g, grp, c)) * SS
         dst = r * cols
-        n = cdiv(j, MM)
-        m = i32(j - n * MM, "m")
-        my = cdiv(m, g.M)
-        mx = i32(m - my * g.M, "mx")
+        n, m = dv.MM.divmod(j)
+        my, mx = dv.M.divmod(m)
         iy = i32(my * g.stride - g.padding + fy, "iy")
         ix = i32(mx * g.stride - g.padding + fx, "ix")
-        inside = (iy >= 0) & (iy < g.S) & (ix >= 0) & (ix < g.S)
+        inside = (iy >= 0) & (iy < g.S) & (ix >= 0) & (ix < g.S)  # the kernel's unsigned compares
         i32(iy * g.S + ix, "iy * S + ix")
         col.store(dst + j, inp.load(src + n * case_stride + iy * g.S + ix, inside))
 
-    launch_rows("im2col_kernel", i32(g.groups * K, "groups * K"), cols, body, writes=[col])
+    launch_rows("im2col_kernel", i32(g.groups * g.Cf * g.fs * g.fs, "groups * K"), cols, body, writes=[col],
+                cols_per_thread=K_COLS_PER_THREAD)
 
 
-def ceil_div_signed(a, b):  # conv.cu / local.cu
+def ceil_div_signed(a, b):  # local.cu (conv.cu had it before FastDiv)
     return np.where(a >= 0, cdiv(a + b - 1, b), -cdiv(-a, b))
 
 
 def covering_modules(g, iy, ix):
     """The modules [my0, my1] x [mx0, mx1] whose windows cover input pixel (iy, ix): the range
-    conv.cu's col2im and local.cu's input-gradient kernels both compute."""
+    local.cu's input-gradient kernel computes (conv.cu's col2im computes it with FastDiv,
+    `covering`, and is checked against this)."""
     my0 = np.maximum(0, ceil_div_signed(iy + g.padding - g.fs + 1, g.stride))
     my1 = np.minimum(g.M - 1, cdiv(iy + g.padding, g.stride))
     mx0 = np.maximum(0, ceil_div_signed(ix + g.padding - g.fs + 1, g.stride))
@@ -316,20 +361,32 @@ def covering_modules(g, iy, ix):
     return my0, my1, mx0, mx1
 
 
+def covering(g, st, i):
+    """conv.cu covering: the modules m0 .. m1 covering input coordinate i along one axis, with
+    FastDiv (for padding >= 0, which check_geom requires; covering_modules is the signed rule)."""
+    a = i + g.padding - g.fs + 1
+    m0 = np.where(a <= 0, 0, st.div(np.maximum(a, 0) + g.stride - 1))
+    m1 = np.minimum(g.M - 1, st.div(i + g.padding))
+    return m0, m1
+
+
 def col2im_kernel(g, dcol, n0, Nc, din):
+    dv = ConvDivs(g)
     fs2, K, MM, SS = g.fs * g.fs, g.Cf * g.fs * g.fs, g.M * g.M, i32(g.S * g.S, "SS")
     cols = i32(Nc * SS, "cols")
     ncols = Nc * MM  # int64_t: one dcol row
 
     def body(r, j):
-        grp, c = cdiv(r, g.Cf), cmod(r, g.Cf)
+        grp, c = dv.Cf.divmod(r)
         rows = (grp * K + c * fs2) * ncols  # row (grp, k = c*fs2)
         dst0 = n0 * g.C * SS + int(chan_of(g, grp, c)) * SS
-        n = cdiv(j, SS)
-        p = i32(j - n * SS, "p")
-        iy = cdiv(p, g.S)
-        ix = i32(p - iy * g.S, "ix")
-        my0, my1, mx0, mx1 = covering_modules(g, iy, ix)
+        n, p = dv.SS.divmod(j)
+        iy, ix = dv.S.divmod(p)
+        my0, my1 = covering(g, dv.stride, iy)
+        mx0, mx1 = covering(g, dv.stride, ix)
+        want = covering_modules(g, iy, ix)  # the signed rule local.cu keeps: the same ranges
+        if not all(np.array_equal(u, v) for u, v in zip((my0, my1, mx0, mx1), want)):
+            raise KernelError("col2im_kernel: covering differs from the signed ceil-division rule")
         s = np.zeros(j.shape, dcol.data.dtype)
         span = cdiv(g.fs + g.stride - 1, g.stride) + 1  # at most this many modules cover a pixel
         for jy in range(int(span)):
@@ -350,33 +407,33 @@ def col2im_kernel(g, dcol, n0, Nc, din):
             din.store(dst, din.load(dst) + s)
 
     launch_rows("col2im_kernel", i32(g.groups * g.Cf, "groups * Cf"), cols, body,
-                writes=[] if g.vchan is not None else [din])
+                writes=[] if g.vchan is not None else [din], cols_per_thread=K_COLS_PER_THREAD)
 
 
 def transpose_dout_kernel(dout, n0, Nc, F, MM, doutT):
+    fMM = FastDiv(MM, "MM")
     cols = i32(Nc * MM, "cols")
 
     def body(f, j):
         src = (n0 * F + f) * MM
-        n = cdiv(j, MM)
-        m = i32(j - n * MM, "m")
+        n, m = fMM.divmod(j)
         doutT.store(f * cols + j, dout.load(src + n * F * MM + m))
 
-    launch_rows("transpose_dout_kernel", F, cols, body, writes=[doutT])
+    launch_rows("transpose_dout_kernel", F, cols, body, writes=[doutT], cols_per_thread=K_COLS_PER_THREAD)
 
 
 def untranspose_out_kernel(outT, n0, Nc, F, MM, out, accumulate):
+    fMM = FastDiv(MM, "MM")
     cols = i32(Nc * MM, "cols")
 
     def body(f, j):
         src = f * cols
         dst = (n0 * F + f) * MM
-        n = cdiv(j, MM)
-        m = i32(j - n * MM, "m")
+        n, m = fMM.divmod(j)
         o = dst + n * F * MM + m
         out.store(o, out.load(o) + outT.load(src + j) if accumulate else outT.load(src + j))
 
-    launch_rows("untranspose_out_kernel", F, cols, body, writes=[out])
+    launch_rows("untranspose_out_kernel", F, cols, body, writes=[out], cols_per_thread=K_COLS_PER_THREAD)
 
 
 def conv_fprop(g, inp, W, out, accumulate, budget=K_SCRATCH_BYTES):
