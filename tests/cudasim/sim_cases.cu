@@ -52,6 +52,15 @@ __global__ void racy_kernel(float* x, int n) {
 }
 // writes x[-3]
 __global__ void before_start_kernel(float* x) { x[-3] = 1; }
+
+// out[i] = expf(x[i]), out[n + i] = powf(x[i], 0.75f) (the device's math functions)
+__global__ void math_kernel(const float* x, float* out, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) {
+    out[i] = expf(x[i]);
+    out[n + i] = powf(fabsf(x[i]), 0.75f);
+  }
+}
 // block 0 writes its shared array, every block reads its own after the barrier
 __global__ void shared_leftover_kernel(float* out) {
   __shared__ float s[4];
@@ -88,6 +97,31 @@ int main(int argc, char** argv) {
     block_sum_kernel<<<3, 256>>>(x, out, 1000);
     std::printf("launch %d\n", (int)cudaGetLastError());
     for (float v : get(out, 3)) std::printf("sum %.1f\n", v);
+  } else if (!std::strcmp(c, "math")) {  // expf and powf against the nearest float, twice
+    const int n = 4000;
+    std::vector<float> h(n);
+    for (int i = 0; i < n; ++i) h[i] = -20.f + 40.f * (float)i / (float)n + 1e-3f * (float)(i % 7);
+    h[0] = 0.f;  // expf(0) = 1 exactly
+    float *x = dev(n), *out = dev(2 * n);
+    cudaMemcpy(x, h.data(), sizeof(float) * n, cudaMemcpyHostToDevice);
+    std::vector<float> first;
+    for (int run = 0; run < 2; ++run) {
+      math_kernel<<<(n + 255) / 256, 256>>>(x, out, n);
+      std::vector<float> r = get(out, 2 * n);
+      int off = 0, far = 0;
+      for (int i = 0; i < 2 * n; ++i) {
+        const double exact = i < n ? std::exp((double)h[i]) : std::pow(std::fabs((double)h[i - n]), 0.75);
+        const float near = (float)exact;
+        if (r[i] != near) ++off;
+        if (r[i] != near && r[i] != std::nextafter(near, exact > (double)near ? INFINITY : -INFINITY)) ++far;
+      }
+      if (run == 0) {
+        first = r;
+        std::printf("off %d\nfar %d\nexp0 %.9g\n", off, far, r[0]);
+      } else {
+        std::printf("same %d\n", (int)(r == first));
+      }
+    }
   } else if (!std::strcmp(c, "uninitialised")) {  // nothing wrote the allocation
     float* x = dev(5);
     for (float v : get(x, 5)) std::printf("value %f\n", v);

@@ -68,7 +68,7 @@ def cases(sim_build, tmp_path_factory):
     src = os.path.join(ROOT, "tests", "cudasim", "sim_cases.cu")
     cpp = d / "sim_cases.cpp"
     text, launches = transform.transform(open(src, encoding="utf-8").read(), "tests/cudasim/sim_cases.cu")
-    assert launches == 17
+    assert launches == 18
     cpp.write_text(text)
     exe = d / "sim_cases"
     cmd = [os.environ.get("CXX", "c++"), "-std=c++17", "-O1", "-ffp-contract=off", f"-I{SIM}/include", str(cpp),
@@ -106,6 +106,21 @@ def test_barriers_and_shared_memory(cases):
     assert rc == 0, err
     assert _values(out, "launch") == [0]
     assert _values(out, "sum") == [500500.0] * 3
+
+
+def test_device_math_is_faithful_not_correctly_rounded(cases):
+    """expf and powf in device code: about half the results the other neighbour of the exact
+    value (as a GPU's, documented at 2 and 4 ulp, may be), never further, the same on every run;
+    exact results stay exact. CCNSIM_MATH=exact gives the nearest floats; a typo is refused."""
+    rc, out, err = cases("math")
+    assert rc == 0, err
+    off, far = _values(out, "off")[0], _values(out, "far")[0]
+    assert 0.3 * 8000 < off < 0.7 * 8000 and far == 0, out
+    assert _values(out, "exp0") == [1.0] and _values(out, "same") == [1], out
+    rc, out, err = cases("math", CCNSIM_MATH="exact")
+    assert rc == 0 and _values(out, "off") == [0] and _values(out, "same") == [1], out + err
+    rc, out, err = cases("math", CCNSIM_MATH="Exact")
+    assert rc == 2 and "CCNSIM_MATH=Exact is not one of: faithful, exact" in err, (out, err)
 
 
 def test_new_device_memory_reads_as_nan(cases):

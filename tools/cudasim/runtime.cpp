@@ -727,6 +727,17 @@ void ccnsim_enqueue_kernel(const char* name, const char* file, int line, bool fi
 
 extern "C" {
 
+// CCNSIM_MATH: the single-precision math functions of device code (cuda_runtime.h). "faithful"
+// (the default) returns either neighbour of the exact result, as a GPU's expf, powf, tanhf,
+// logf ... (documented at 1-4 ulp) may; "exact" returns the correctly rounded one (the host's).
+int ccnsim_math_faithful = [] {
+  const char* o = std::getenv("CCNSIM_MATH");
+  if (!o || !*o || !std::strcmp(o, "faithful")) return 1;
+  if (!std::strcmp(o, "exact")) return 0;
+  fprintf(stderr, "ccn CUDA simulator: CCNSIM_MATH=%s is not one of: faithful, exact.\n", o);
+  _exit(2);
+}();
+
 void ccnsim_shared(void* p, size_t bytes) {
   if (g_shared.emplace(p, bytes).second) std::memset(p, 0xFF, bytes);  // first sight: this block's threads start after
 }

@@ -113,6 +113,50 @@ inline int __float_as_int(float f) {
   __builtin_memcpy(&i, &f, 4);
   return i;
 }
+
+// ---- the device's single-precision math functions --------------------------------------
+// A GPU's expf, powf, tanhf, logf, log1pf and expm1f are not correctly rounded: CUDA documents
+// them at 2, 4, 2, 1, 1 and 1 ulp. The host's are (nearly) correctly rounded, so a tolerance
+// tuned here could be too tight on a GPU: on an H100 expf flipped near-ties that glibc's did
+// not (tests/cuda/netcompare.py). So device code gets these through ccnsim_faithful: the
+// exact result (in double) rounded to either neighbouring float, chosen by a hash of the
+// function and its arguments (deterministic, as on a GPU), at most 1 ulp from exact. Where
+// the exact value is a float (expf(0) = 1), that float. Results below FLT_MIN stay the nearest
+// float: there one ulp is a change by a factor (0 or 1.4e-45 is -50 or -103 in a safelog), and
+// the H100 matched the CPU where gradcheck.ini's softmax underflows. CCNSIM_MATH=exact: the
+// nearest float everywhere.
+extern "C" int ccnsim_math_faithful;
+inline float ccnsim_faithful(double exact, uint32_t fn, float a, float b = 0.f) {
+  const float r = (float)exact;
+  if (!ccnsim_math_faithful || !std::isfinite(r) || (double)r == exact || std::isnan(exact) ||
+      std::fabs(r) < 1.17549435e-38f)
+    return r;
+  uint32_t ua, ub;
+  __builtin_memcpy(&ua, &a, 4);
+  __builtin_memcpy(&ub, &b, 4);
+  uint64_t h = ((uint64_t)ua << 32 | ub) ^ ((uint64_t)fn * 0x9E3779B97F4A7C15ull);  // splitmix64's finaliser
+  h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ull;
+  h = (h ^ (h >> 27)) * 0x94D049BB133111EBull;
+  h ^= h >> 31;
+  if (!(h & 1)) return r;
+  const float other = std::nextafter(r, exact > (double)r ? INFINITY : -INFINITY);  // the other side of exact
+  return std::isfinite(other) ? other : r;
+}
+inline float ccnsim_expf(float a) { return ccnsim_faithful(std::exp((double)a), 1, a); }
+inline float ccnsim_logf(float a) { return ccnsim_faithful(std::log((double)a), 2, a); }
+inline float ccnsim_log1pf(float a) { return ccnsim_faithful(std::log1p((double)a), 3, a); }
+inline float ccnsim_expm1f(float a) { return ccnsim_faithful(std::expm1((double)a), 4, a); }
+inline float ccnsim_tanhf(float a) { return ccnsim_faithful(std::tanh((double)a), 5, a); }
+inline float ccnsim_powf(float a, float b) { return ccnsim_faithful(std::pow((double)a, (double)b), 6, a, b); }
+// (function-like macros: `expf(x)` in a .cu file; <cmath> is already in, so no declaration of
+// the library's own is rewritten)
+#define expf(a) ccnsim_expf(a)
+#define logf(a) ccnsim_logf(a)
+#define log1pf(a) ccnsim_log1pf(a)
+#define expm1f(a) ccnsim_expm1f(a)
+#define tanhf(a) ccnsim_tanhf(a)
+#define powf(a, b) ccnsim_powf(a, b)
+
 using std::isfinite;
 using std::isinf;
 using std::isnan;
