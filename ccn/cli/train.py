@@ -603,11 +603,6 @@ def _run_train_locked(given: dict, load_file, out, stop_after, world, locks: lis
 
     class_warnings = check_classes(net, train_dp, opts["data_path"])
 
-    # no live progress display under an MPI launcher: Open MPI gives each rank's stdout a terminal
-    # (a pty) of its own even when mpiexec writes to a pipe or a log file, which then filled with
-    # the display's escape codes instead of the progress lines (MPICH gives a pipe)
-    from ..parallel import _under_mpi_launcher
-
     state = TrainState.from_checkpoint(ckpt) if ckpt is not None else TrainState()
     if ckpt is not None and state.mb > 0 and int(ckpt.options.get("mini", opts["mini"])) != int(opts["mini"]):
         raise InputError(_mid_batch_mini_message(ckpt, int(opts["mini"]), given.get("save_path")))
@@ -618,12 +613,18 @@ def _run_train_locked(given: dict, load_file, out, stop_after, world, locks: lis
         locks.append(ck.lock_save_folder(opts["save_path"], warn=lambda s: click.echo(s, err=True)))
         _check_save_folder(opts["save_path"], ckpt, load_file)
     saved_opts = {k: v for k, v in opts.items()}
+    from ..parallel import _under_mpi_launcher
+
+    # no live progress display under an MPI launcher: Open MPI gives each rank's stdout a terminal
+    # (a pty) of its own even when mpiexec writes to a pipe or a log file, which then filled with
+    # the display's escape codes instead of the progress lines (MPICH gives a pipe)
+    progress_bar = out is None and sys.stdout.isatty() and not _under_mpi_launcher()
     cfg = TrainConfig(epochs=int(opts["epochs"]), mini=int(opts["mini"]), test_freq=int(opts["test_freq"]),
                       test_one=bool(opts["test_one"]), save_path=opts["save_path"],
                       max_filesize_mb=opts["max_filesize"], force_save=bool(opts["force_save"]),
                       provider_seed=int(opts["seed"]), multiview=bool(opts["multiview_test"]),
                       options=saved_opts, layers_file_sha256=layers_sha,
-                      progress_bar=out is None and sys.stdout.isatty() and not _under_mpi_launcher())
+                      progress_bar=progress_bar)
     if world is not None:
         world.check_same(_what_ranks_share(opts, net, train_dp, state))
     if world is None:

@@ -6,10 +6,9 @@
 #include "core/rng.h"
 #include "cuda/check.h"
 #include "cuda/context.h"
+#include "cuda/fastdiv.cuh"
 #include "cuda/kernels.h"
 #include "cuda/testing_ops.h"
-
-#include "cuda/fastdiv.cuh"
 
 namespace ccn::cuda {
 

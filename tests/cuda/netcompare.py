@@ -28,7 +28,7 @@ increments (relative error ||a - b|| / ||b||) and the first value of each cost l
 steps (the summed log-probability; the error counts are integers that a near tie may flip).
 
     runs = train_runs(make, batches, steps=20, mini=32)   # make(device) -> ccn.Net
-    failures = compare(runs["cpu"], runs["cuda"], sensitivity(runs["cpu"], runs["nudged"], runs["nudged_w"]))
+    failures, table = judge(runs)
     assert not failures, "\\n".join(failures)
 """
 
@@ -112,3 +112,11 @@ def report(ref: dict, other: dict, sens: dict, floors=None, factor: float = 10) 
     rows = sorted(((rel(other[k], ref[k]), tolerance(k, sens, floors, factor), sens.get(k, 0.0), k) for k in ref),
                   reverse=True)
     return "\n".join(f"{k:40} err {e:9.3g}  tol {t:9.3g}  sens {s:9.3g}" for e, t, s, k in rows)
+
+
+def judge(runs: dict, factor: float = 10) -> tuple[list[str], str]:
+    """train_runs' CUDA run against its CPU run, with the sensitivity of both nudged runs:
+    (compare's failures, report's table)."""
+    sens = sensitivity(runs["cpu"], runs["nudged"], runs["nudged_w"])
+    return (compare(runs["cpu"], runs["cuda"], sens, factor=factor),
+            report(runs["cpu"], runs["cuda"], sens, factor=factor))

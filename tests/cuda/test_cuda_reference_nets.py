@@ -52,15 +52,12 @@ def _batches(net, mini, count, seed=0):
 NEAR_TIES = {"cuda-convnet/layers-example.cfg": 30}
 
 
-def _agree(path, size, extra, steps=3):
+def _agree(path, size, extra, steps=3, factor=10):
     make, shape = _maker(path, size, extra)
     mini = 6 if size >= 128 else 16
     data = _batches(shape, mini, 2)
-    runs = nc.train_runs(make, data, steps=steps, mini=mini)
-    sens = nc.sensitivity(runs["cpu"], runs["nudged"], runs["nudged_w"])
-    factor = next((f for name, f in NEAR_TIES.items() if path.endswith(os.sep + os.path.normpath(name))), 10)
-    bad = nc.compare(runs["cpu"], runs["cuda"], sens, factor=factor)
-    print(nc.report(runs["cpu"], runs["cuda"], sens, factor=factor))
+    bad, table = nc.judge(nc.train_runs(make, data, steps=steps, mini=mini), factor=factor)
+    print(table)
     assert not bad, f"{os.path.basename(path)}:\n" + "\n".join(bad)
 
 
@@ -68,7 +65,7 @@ def _agree(path, size, extra, steps=3):
 @pytest.mark.parametrize("name", sorted(n for n, v in REFERENCE.items() if v[2] == 1))
 def test_reference_file_trains_on_the_gpu_as_on_the_cpu(name, reference_dir):
     size, extra, _ = REFERENCE[name]
-    _agree(os.path.join(reference_dir, name), size, extra)
+    _agree(os.path.join(reference_dir, name), size, extra, factor=NEAR_TIES.get(name, 10))
 
 
 @pytest.mark.cuda

@@ -184,10 +184,8 @@ def test_netcompare_measures_and_judges_on_the_cpu():
 # ---- GPU against CPU ----------------------------------------------------------------------
 def _agree(make, shape, mini, steps=20, count=4):
     data = batches(shape, mini, count)
-    runs = nc.train_runs(make, data, steps=steps, mini=mini)
-    sens = nc.sensitivity(runs["cpu"], runs["nudged"], runs["nudged_w"])
-    bad = nc.compare(runs["cpu"], runs["cuda"], sens)
-    print(nc.report(runs["cpu"], runs["cuda"], sens))
+    bad, table = nc.judge(nc.train_runs(make, data, steps=steps, mini=mini))
+    print(table)
     assert not bad, "\n".join(bad)
 
 

@@ -16,6 +16,7 @@ env() lets Open MPI run as root and oversubscribe the cores (both settings are i
 MPICH). The RANK/WORLD_SIZE launcher tests need MPICH (each rank restarts itself under
 MPICH's mpiexec -n 1) and are skipped when mpi4py uses another MPI."""
 
+import functools
 import os
 import re
 import select
@@ -473,7 +474,15 @@ def test_sigterm_to_one_rank_stops_every_rank_with_a_checkpoint(tmp_path):
 
 
 # ---- RANK / WORLD_SIZE launchers (torchrun, a shell loop): no MPI launcher -------------------
-_MPI_LIBRARY = []
+@functools.cache
+def _mpi_library() -> str:
+    """mpi4py's MPI.Get_library_version(), asked in a child, so that this process never loads an
+    MPI library."""
+    r = subprocess.run([sys.executable, "-c", "import mpi4py; mpi4py.rc.initialize = False; "
+                        "from mpi4py import MPI; print(MPI.Get_library_version())"],
+                       capture_output=True, text=True, env=env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
 
 
 def rendezvous_mpi() -> None:
@@ -481,13 +490,7 @@ def rendezvous_mpi() -> None:
     the ranks connect as separate MPI jobs): skip them where mpi4py uses Open MPI, which connects
     neither singletons nor separate jobs (ccn refuses such a run; see the README's "Scale-out")."""
     mpiexec()
-    if not _MPI_LIBRARY:  # asked in a child, so that this process never loads an MPI library
-        r = subprocess.run([sys.executable, "-c", "import mpi4py; mpi4py.rc.initialize = False; "
-                            "from mpi4py import MPI; print(MPI.Get_library_version())"],
-                           capture_output=True, text=True, env=env(), timeout=60)
-        assert r.returncode == 0, r.stderr
-        _MPI_LIBRARY.append(r.stdout)
-    if "Open MPI" in _MPI_LIBRARY[0]:
+    if "Open MPI" in _mpi_library():
         pytest.skip("the RANK/WORLD_SIZE rendezvous needs MPICH; this mpi4py uses Open MPI, which cannot connect "
                     "separately started ranks (ccn refuses the run, saying so)")
 
